@@ -1,0 +1,111 @@
+//! The admin HTTP server (axum, loopback by default): `/metrics` (the agent's recorder
+//! merged with every worker's reported families), `/healthz`, `/readyz`, and a place for
+//! the authenticated `/api/v1/*` routes. It runs as tasks on the agent's runtime and
+//! only reads: the pool view and heartbeat from the supervisor, the exposition snapshot
+//! from the sampler.
+
+pub mod auth;
+pub mod describe;
+pub mod exposition;
+pub mod health;
+pub mod recorder;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+pub use describe::describe_metrics;
+pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
+pub use exposition::{Part, merge};
+pub use recorder::{RecorderError, build_recorder, install_recorder, spawn_upkeep};
+
+use crate::sampler::ExpositionReader;
+use crate::supervisor::PoolView;
+
+/// Request bodies beyond this are refused (413); the API takes small JSON only.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Prometheus text format 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Everything the handlers read; cheap to clone.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub exposition: ExpositionReader,
+    pub pool: watch::Receiver<PoolView>,
+    /// The supervisor sends `Instant::now()` on every control-loop tick.
+    pub heartbeat: watch::Receiver<Instant>,
+    /// `/healthz` fails once the last tick is older than this.
+    pub heartbeat_max_age: Duration,
+    pub token: AdminToken,
+    /// Serve `/metrics`, `/healthz`, `/readyz` without the token.
+    pub open_metrics: bool,
+}
+
+/// The admin routes without an API.
+pub fn router(state: AdminState) -> Router {
+    router_with_api(state, Router::new())
+}
+
+/// The admin routes, with `api` (already given its state) nested under `/api/v1` behind
+/// the bearer token.
+pub fn router_with_api(state: AdminState, api: Router) -> Router {
+    let token = state.token.clone();
+    let mut probes = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state.clone());
+    if !state.open_metrics {
+        probes = probes.layer(middleware::from_fn_with_state(token.clone(), require_token));
+    }
+    let api = api.layer(middleware::from_fn_with_state(token, require_token));
+    probes
+        .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The recorder's families, the sampler's float counters and every worker's families,
+/// each family once.
+pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> String {
+    let slots: Vec<String> = snapshot.workers.keys().map(ToString::to_string).collect();
+    let mut parts = vec![
+        Part { worker: None, text: agent },
+        Part { worker: None, text: &snapshot.sampler },
+    ];
+    for (slot, text) in slots.iter().zip(snapshot.workers.values()) {
+        parts.push(Part {
+            worker: Some(slot),
+            text: &text.text,
+        });
+    }
+    merge(&parts)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let snapshot = state.exposition.scrape();
+    let body = render_metrics(&state.metrics.render(), &snapshot);
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! Handler tests through the real router (`tower::ServiceExt::oneshot`), and a
+//! `promtool check metrics` run over a rendered page.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use tower::ServiceExt;
+
+use super::*;
+use crate::sampler::{Exposition, ExpositionWriter, WorkerText, exposition_channel};
+use crate::supervisor::{SlotState, SlotView, WorkerView};
+
+const TOKEN: &str = "test-token-123";
+
+fn slot(n: usize, state: SlotState, ready: Option<bool>, budget_exhausted: bool) -> SlotView {
+    SlotView {
+        slot: n,
+        state,
+        worker: ready.map(|ready| WorkerView {
+            worker_id: n as u64 + 100,
+            pid: 4000 + n as u32,
+            started_at: Instant::now(),
+            started_wall: SystemTime::now(),
+            ready,
+            probe: false,
+            link: None,
+        }),
+        restarts: 0,
+        budget_exhausted,
+    }
+}
+
+struct Fixture {
+    state: AdminState,
+    writer: ExpositionWriter,
+    _pool: watch::Sender<PoolView>,
+    _heartbeat: watch::Sender<Instant>,
+}
+
+fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
+    let recorder = build_recorder().expect("recorder");
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
+        metrics::histogram!(crate::sampler::SAMPLE_DURATION).record(0.0004);
+    });
+    let (writer, reader) = exposition_channel();
+    let (pool_tx, pool) = watch::channel(view);
+    let (beat_tx, heartbeat) = watch::channel(last_tick);
+    Fixture {
+        state: AdminState {
+            metrics: handle,
+            exposition: reader,
+            pool,
+            heartbeat,
+            heartbeat_max_age: Duration::from_secs(5),
+            token: AdminToken::new(TOKEN),
+            open_metrics,
+        },
+        writer,
+        _pool: pool_tx,
+        _heartbeat: beat_tx,
+    }
+}
+
+async fn get_path(router: Router, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = router
+        .oneshot(request.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn ready_pool() -> PoolView {
+    PoolView {
+        slots: vec![slot(0, SlotState::Ready, Some(true), false)],
+        stopping: false,
+    }
+}
+
+#[tokio::test]
+async fn readyz_lists_every_unready_slot_and_spent_budget() {
+    let view = PoolView {
+        slots: vec![
+            slot(0, SlotState::Ready, Some(true), false),
+            slot(1, SlotState::Starting, Some(false), false),
+            slot(2, SlotState::Backoff, None, false),
+            slot(3, SlotState::Ready, Some(true), true),
+        ],
+        stopping: false,
+    };
+    let f = fixture(view, Instant::now(), true);
+    let (status, body) = get_path(router(f.state), "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["ready"], false);
+    assert_eq!(
+        json["reason"],
+        "slot 1 is starting; slot 2 has no worker (backoff); slot 3 restart budget exhausted"
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_200_when_all_ready_and_503_when_stopping() {
+    let f = fixture(ready_pool(), Instant::now(), true);
+    let (status, body) = get_path(router(f.state.clone()), "/readyz", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ready":true}"#));
+    let mut stopping = ready_pool();
+    stopping.stopping = true;
+    f._pool.send_replace(stopping);
+    let (status, body) = get_path(router(f.state), "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("shutting down"), "{body}");
+}
+
+#[tokio::test]
+async fn healthz_follows_the_heartbeat() {
+    let f = fixture(ready_pool(), Instant::now(), true);
+    assert_eq!(get_path(router(f.state.clone()), "/healthz", None).await.0, StatusCode::OK);
+    let stale = Instant::now().checked_sub(Duration::from_secs(60)).expect("uptime");
+    f._heartbeat.send_replace(stale);
+    let (status, body) = get_path(router(f.state), "/healthz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("last ticked"), "{body}");
+}
+
+#[tokio::test]
+async fn closed_metrics_need_the_token_and_the_api_always_does() {
+    let f = fixture(ready_pool(), Instant::now(), false);
+    let api = Router::new().route("/ping", get(|| async { "pong" }));
+    let app = router_with_api(f.state, api);
+    let (status, body) = get_path(app.clone(), "/metrics", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("\"error\":\"unauthorized\""), "{body}");
+    assert_eq!(get_path(app.clone(), "/readyz", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get_path(app.clone(), "/metrics", Some(TOKEN)).await.0, StatusCode::OK);
+    assert_eq!(get_path(app.clone(), "/api/v1/ping", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get_path(app, "/api/v1/ping", Some(TOKEN)).await, (StatusCode::OK, "pong".into()));
+}
+
+#[tokio::test]
+async fn open_metrics_serve_without_a_token_but_the_api_stays_closed() {
+    let f = fixture(ready_pool(), Instant::now(), true);
+    let api = Router::new().route("/ping", get(|| async { "pong" }));
+    let app = router_with_api(f.state, api);
+    assert_eq!(get_path(app.clone(), "/metrics", None).await.0, StatusCode::OK);
+    assert_eq!(get_path(app, "/api/v1/ping", None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn oversized_api_bodies_are_refused() {
+    let f = fixture(ready_pool(), Instant::now(), true);
+    let api = Router::new().route("/echo", axum::routing::post(|body: String| async move { body.len().to_string() }));
+    let app = router_with_api(f.state, api);
+    let request = Request::post("/api/v1/echo")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::from(vec![b'x'; BODY_LIMIT + 1]))
+        .expect("request");
+    let response = app.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn sample_exposition() -> Exposition {
+    let worker = |slot: usize| WorkerText {
+        worker_id: slot as u64,
+        text: Arc::from(format!(
+            "# HELP http_requests_total Requests served.\n# TYPE http_requests_total counter\n\
+http_requests_total{{method=\"GET\",route=\"/items/{{id}}\",status=\"200\"}} {}\n\
+# HELP demo_cache_lookups_total Cache lookups by layer.\n# TYPE demo_cache_lookups_total counter\n\
+demo_cache_lookups_total{{worker=\"{slot}\",layer=\"l1\"}} 3\n",
+            slot + 1
+        )),
+    };
+    let mut cpu = std::collections::BTreeMap::new();
+    cpu.insert(0, 1.25);
+    cpu.insert(1, 0.5);
+    Exposition {
+        workers: [(0, worker(0)), (1, worker(1))].into_iter().collect(),
+        sampler: crate::sampler::render_cpu_counters(&cpu, Some(0.75)),
+    }
+}
+
+#[tokio::test]
+async fn metrics_merge_worker_families_under_the_worker_label() {
+    let f = fixture(ready_pool(), Instant::now(), true);
+    f.writer.publish(sample_exposition());
+    let (status, body) = get_path(router(f.state), "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.matches("# TYPE http_requests_total counter").count(), 1, "{body}");
+    assert!(body.contains("http_requests_total{worker=\"1\",method=\"GET\""), "{body}");
+    assert!(body.contains("heapwarden_worker_cpu_seconds_total{worker=\"0\"} 1.25"), "{body}");
+    assert!(body.contains("heapwarden_sample_duration_seconds_bucket{le=\"0.0005\"} 1"), "{body}");
+    assert!(f.writer.take_scrape_request(), "a scrape asks the next round for worker text");
+}
+
+/// `promtool check metrics` over a page with every kind of part. Fails (naming the
+/// Debian package) when promtool is not installed.
+#[test]
+fn rendered_metrics_pass_promtool() {
+    use std::io::Write;
+    let recorder = build_recorder().expect("recorder");
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe_metrics();
+        metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
+        metrics::gauge!("heapwarden_system_memory_bytes", "state" => "used").set(1e9);
+        metrics::histogram!(crate::sampler::SAMPLE_DURATION).record(0.002);
+        metrics::counter!("heapwarden_worker_restarts_total", "worker" => "0", "reason" => "leak").increment(1);
+    });
+    let page = render_metrics(&handle.render(), &sample_exposition());
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => panic!("promtool is required (Debian package `prometheus`): {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(page.as_bytes())
+        .expect("write page");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "promtool did not finish in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert!(
+        output.status.success(),
+        "promtool rejected the page:\n{}{}\n---\n{page}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

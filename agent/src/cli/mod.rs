@@ -1,0 +1,71 @@
+//! Command-line entry: parses the role and its flags, loads and validates the config
+//! before anything starts (a bad config is one line per error and exit 64), and
+//! dispatches to the agent, the demo worker, the on-call verbs or a hidden helper mode.
+
+mod args;
+pub mod client;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::{Cli, Command, ConfigArgs, ConvertArgs, DemoArgs};
+
+use crate::config::{self, Config, EX_CONFIG};
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let config = match load_config(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            exit_code(crate::supervisor::run(config))
+        }
+        Command::Demo(args) => {
+            let config = match load_config(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            exit_code(crate::demo::main(config, args))
+        }
+        Command::CheckConfig(args) => match load_config(&args) {
+            Ok(config) => {
+                println!(
+                    "config ok: {} workers, service on {}, admin on {}",
+                    config.pool.worker_count(),
+                    config.pool.listen,
+                    config.admin.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::ExecWorker { argv } => crate::supervisor::trampoline::exec_worker(argv),
+        Command::ConvertProfile(args) => exit_code(crate::profiles::convert_main(args)),
+        Command::Client(verb) => client::main(verb),
+    }
+}
+
+/// Loads the config; on failure prints every error, one per line, and returns exit 64.
+pub fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    let env = std::env::vars().filter(|(k, _)| k.starts_with("HEAPWARDEN_"));
+    match config::load(args.config.as_deref(), env, &args.overrides()) {
+        Ok(c) => Ok(c),
+        Err(errors) => {
+            eprintln!("{errors}");
+            Err(ExitCode::from(EX_CONFIG as u8))
+        }
+    }
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heapwarden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

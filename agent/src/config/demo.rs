@@ -1,0 +1,189 @@
+//! The `[demo]` section: settings of the demo cache-aside service the default workers run.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use super::types::Size;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DemoConfig {
+    /// Empty: a SQLite file in the state directory. `postgres://…` for PostgreSQL.
+    pub database_url: String,
+    /// Empty: no L2 cache.
+    pub redis_url: String,
+    /// Prepended to every Redis key, so several deployments (or tests) can share one Redis.
+    pub redis_key_prefix: String,
+    pub l1_capacity: u64,
+    #[serde(with = "humantime_serde")]
+    pub l1_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub l2_ttl: Duration,
+    /// Rows the items table is filled with at start (idempotent); `--seed` overrides.
+    pub seed_rows: u64,
+    pub leak_endpoint: bool,
+    /// Bytes leaked per second on purpose (0B: none).
+    pub leak_rate: Size,
+    /// Upper bound of the SQL connection pool.
+    pub db_max_connections: u32,
+    /// How long a request waits for a pooled connection before failing with 503.
+    #[serde(with = "humantime_serde")]
+    pub db_acquire_timeout: Duration,
+    /// Idle connections above the minimum are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub db_idle_timeout: Duration,
+    /// Per-command Redis timeout: a Redis that stops answering costs at most this.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// Threads of the CPU pool behind `POST /compute` (0: one per core).
+    pub compute_threads: usize,
+    /// Requests waiting for a compute thread; beyond this `/compute` answers 503.
+    pub compute_queue: usize,
+    /// Largest `rounds` a single compute request or job may ask for.
+    pub compute_max_rounds: u64,
+    /// Jobs this worker runs at once.
+    pub jobs_concurrency: usize,
+    /// Attempts before a job goes to the dead-letter state.
+    pub job_max_attempts: u32,
+    /// Delay before the first retry; doubles with each further attempt.
+    #[serde(with = "humantime_serde")]
+    pub job_backoff: Duration,
+    /// How long a taken job stays leased to its worker; past it, another worker retakes it.
+    #[serde(with = "humantime_serde")]
+    pub job_lease: Duration,
+    /// How often an idle worker looks for due jobs.
+    #[serde(with = "humantime_serde")]
+    pub jobs_poll: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub max_body: Size,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            database_url: String::new(),
+            redis_url: String::new(),
+            redis_key_prefix: "heapwarden:demo:".to_string(),
+            l1_capacity: 10_000,
+            l1_ttl: Duration::from_secs(60),
+            l2_ttl: Duration::from_secs(300),
+            seed_rows: 1000,
+            leak_endpoint: false,
+            leak_rate: Size(0),
+            db_max_connections: 8,
+            db_acquire_timeout: Duration::from_secs(5),
+            db_idle_timeout: Duration::from_secs(60),
+            redis_timeout: Duration::from_millis(250),
+            compute_threads: 0,
+            compute_queue: 16,
+            compute_max_rounds: 50_000_000,
+            jobs_concurrency: 2,
+            job_max_attempts: 5,
+            job_backoff: Duration::from_millis(500),
+            job_lease: Duration::from_secs(30),
+            jobs_poll: Duration::from_millis(250),
+            max_body: Size(64 * 1024),
+        }
+    }
+}
+
+impl DemoConfig {
+    pub(super) fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let mut fail = |key: &str, message: &str| {
+            errors.push(ConfigError::new(&format!("demo.{key}"), message));
+        };
+        if self.l1_capacity == 0 {
+            fail("l1-capacity", "must be at least 1");
+        }
+        if self.l1_ttl.is_zero() {
+            fail("l1-ttl", "must be longer than 0s");
+        }
+        if self.l2_ttl.as_secs() == 0 {
+            fail("l2-ttl", "must be at least 1s (Redis expiry is in seconds)");
+        }
+        let url = self.database_url.as_str();
+        if !(url.is_empty()
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            fail(
+                "database-url",
+                "must be empty (SQLite in state-dir), postgres://… or sqlite:…",
+            );
+        }
+        let redis = self.redis_url.as_str();
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        {
+            fail("redis-url", "must be empty (no L2) or redis://…");
+        }
+        if self.db_max_connections == 0 {
+            fail("db-max-connections", "must be at least 1");
+        }
+        if self.db_acquire_timeout.is_zero() {
+            fail("db-acquire-timeout", "must be longer than 0s");
+        }
+        if self.redis_timeout.is_zero() {
+            fail("redis-timeout", "must be longer than 0s");
+        }
+        if self.compute_queue == 0 {
+            fail("compute-queue", "must be at least 1");
+        }
+        if self.compute_max_rounds == 0 {
+            fail("compute-max-rounds", "must be at least 1");
+        }
+        if self.jobs_concurrency == 0 {
+            fail("jobs-concurrency", "must be at least 1");
+        }
+        if self.job_max_attempts == 0 {
+            fail("job-max-attempts", "must be at least 1");
+        }
+        if self.job_lease < Duration::from_secs(1) {
+            fail("job-lease", "must be at least 1s");
+        }
+        if self.jobs_poll.is_zero() {
+            fail("jobs-poll", "must be longer than 0s");
+        }
+        if self.max_body.bytes() < 256 {
+            fail("max-body", "must be at least 256B");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        let mut errors = Vec::new();
+        DemoConfig::default().validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+
+        let bad = DemoConfig {
+            database_url: "mysql://x".into(),
+            jobs_concurrency: 0,
+            max_body: Size(10),
+            ..DemoConfig::default()
+        };
+        bad.validate(&mut errors);
+        let text = format!("{errors:?}");
+        for key in ["demo.database-url", "demo.jobs-concurrency", "demo.max-body"] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        assert_eq!(errors.len(), 3);
+    }
+
+    #[test]
+    fn kebab_case_keys_parse() {
+        let parsed: DemoConfig = toml::from_str(
+            "db-max-connections = 3\njob-backoff = \"50ms\"\nmax-body = \"1KiB\"\n",
+        )
+        .expect("parses");
+        assert_eq!(parsed.db_max_connections, 3);
+        assert_eq!(parsed.job_backoff, Duration::from_millis(50));
+        assert_eq!(parsed.max_body, Size(1024));
+    }
+}

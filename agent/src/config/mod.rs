@@ -1,0 +1,12 @@
+//! The agent's configuration: one TOML file (kebab-case keys, unknown keys refused),
+//! overridden by `HEAPWARDEN_*` environment variables and then by CLI flags, and
+//! validated as a whole so that every mistake is reported at once with its key.
+
+mod demo;
+mod load;
+mod sections;
+pub mod types;
+
+pub use demo::DemoConfig;
+pub use load::{ConfigError, ConfigErrors, EX_CONFIG, load};
+pub use sections::*;

@@ -1,0 +1,321 @@
+//! The config sections and their defaults (the contract in DESIGN.md, "Config sketch").
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::demo::DemoConfig;
+use super::load::ConfigError;
+use super::types::{LeakAction, Rate, Size, Toggle, Watch};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Profiles, their index and the demo's SQLite database live here.
+    pub state_dir: PathBuf,
+    pub admin: AdminConfig,
+    pub pool: PoolConfig,
+    pub sampling: SamplingConfig,
+    pub watchdog: WatchdogConfig,
+    pub profiles: ProfilesConfig,
+    pub log: LogConfig,
+    pub demo: DemoConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: default_state_dir(),
+            admin: AdminConfig::default(),
+            pool: PoolConfig::default(),
+            sampling: SamplingConfig::default(),
+            watchdog: WatchdogConfig::default(),
+            profiles: ProfilesConfig::default(),
+            log: LogConfig::default(),
+            demo: DemoConfig::default(),
+        }
+    }
+}
+
+/// systemd's `StateDirectory=` wins; root gets the FHS path; anyone else a path in $HOME,
+/// so `heapwarden run` works on a fresh machine without privileges.
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(dir);
+    }
+    let is_root = nix::unistd::geteuid().is_root();
+    match std::env::var_os("HOME") {
+        Some(home) if !is_root => PathBuf::from(home).join(".local/state/heapwarden"),
+        _ => PathBuf::from("/var/lib/heapwarden"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Empty: `<state-dir>/admin-token`, created with a random token on first start.
+    pub token_file: PathBuf,
+    /// Serve /metrics, /healthz and /readyz without the token.
+    pub open_metrics: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            token_file: PathBuf::new(),
+            open_metrics: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PoolConfig {
+    /// 0: one worker per CPU.
+    pub workers: usize,
+    /// Program and arguments; empty: this binary's `demo` role.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub min_uptime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub kill_timeout: Duration,
+    pub restart: RestartConfig,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: 0,
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            min_uptime: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            kill_timeout: Duration::from_secs(10),
+            restart: RestartConfig::default(),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The configured worker count, with 0 meaning one per CPU.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestartConfig {
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub factor: f64,
+    /// Failures within `window` that put a slot in the `failed` state.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(15),
+            factor: 2.0,
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+            cool_down: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SamplingConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Read smaps_rollup (PSS/USS/swap) once every N intervals: it takes the worker's
+    /// mmap lock, so it is kept off the fast path.
+    pub pss_every: u32,
+    /// Unanswered pings after which a probe-linked worker is unhealthy.
+    pub missed_pings: u32,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            interval: Duration::from_secs(1),
+            pss_every: 10,
+            missed_pings: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WatchdogConfig {
+    pub watch: Watch,
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
+    pub max_memory: Toggle<Size>,
+    pub growth: Toggle<Size>,
+    pub strikes: u32,
+    #[serde(with = "humantime_serde")]
+    pub trend_window: Duration,
+    pub trend_min_rate: Toggle<Rate>,
+    pub action: LeakAction,
+    pub max_concurrent_replacements: u32,
+    pub max_leak_restarts_per_hour: u32,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            watch: Watch::Auto,
+            warmup: Duration::from_secs(30),
+            max_memory: Toggle::On(Size::mib(512)),
+            growth: Toggle::On(Size::mib(256)),
+            strikes: 3,
+            trend_window: Duration::from_secs(300),
+            trend_min_rate: Toggle::On(Rate {
+                bytes_per_second: 1048576.0 / 60.0,
+            }),
+            action: LeakAction::Restart,
+            max_concurrent_replacements: 1,
+            max_leak_restarts_per_hour: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProfilesConfig {
+    pub max_count: usize,
+    pub max_bytes: Size,
+    /// A dump is skipped (logged, counted) when the state directory's filesystem has
+    /// less than this free.
+    pub min_free_disk: Size,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        ProfilesConfig {
+            max_count: 50,
+            max_bytes: Size::mib(512),
+            min_free_disk: Size::mib(256),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogConfig {
+    pub level: LogLevel,
+    /// Keys whose values are replaced by "[REDACTED]" before a record is serialised.
+    pub redact: Vec<String>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: LogLevel::Info,
+            redact: [
+                "authorization",
+                "cookie",
+                "set-cookie",
+                "password",
+                "token",
+                "secret",
+                "api_key",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Config {
+    /// Semantic checks that serde cannot express; every problem is collected.
+    pub(super) fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let p = &self.pool;
+        if p.command.first().is_some_and(|c| c.trim().is_empty()) {
+            errors.push(ConfigError::new("pool.command", "the program name is empty"));
+        }
+        if p.workers > 1024 {
+            errors.push(ConfigError::new("pool.workers", "at most 1024 workers"));
+        }
+        let r = &p.restart;
+        if !(r.factor >= 1.0 && r.factor.is_finite()) {
+            errors.push(ConfigError::new("pool.restart.factor", "must be a number >= 1.0"));
+        }
+        if r.initial_delay > r.max_delay {
+            errors.push(ConfigError::new(
+                "pool.restart.initial-delay",
+                "must not exceed pool.restart.max-delay",
+            ));
+        }
+        if r.max_restarts == 0 {
+            errors.push(ConfigError::new("pool.restart.max-restarts", "must be at least 1"));
+        }
+        if self.sampling.interval < Duration::from_millis(50) {
+            errors.push(ConfigError::new("sampling.interval", "must be at least 50ms"));
+        }
+        if self.sampling.pss_every == 0 {
+            errors.push(ConfigError::new("sampling.pss-every", "must be at least 1"));
+        }
+        let w = &self.watchdog;
+        if w.strikes == 0 {
+            errors.push(ConfigError::new("watchdog.strikes", "must be at least 1"));
+        }
+        if w.trend_window < self.sampling.interval * 5 {
+            errors.push(ConfigError::new(
+                "watchdog.trend-window",
+                "must span at least 5 sampling intervals",
+            ));
+        }
+        if w.max_concurrent_replacements == 0 {
+            errors.push(ConfigError::new(
+                "watchdog.max-concurrent-replacements",
+                "must be at least 1",
+            ));
+        }
+        if self.profiles.max_count == 0 {
+            errors.push(ConfigError::new("profiles.max-count", "must be at least 1"));
+        }
+        if p.listen == self.admin.listen && p.listen.port() != 0 {
+            errors.push(ConfigError::new("admin.listen", "must differ from pool.listen"));
+        }
+        self.demo.validate(errors);
+    }
+}

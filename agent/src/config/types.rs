@@ -1,0 +1,199 @@
+//! Value types that appear in the config file: sizes ("512MiB"), rates ("1MiB/min"),
+//! limits that can be switched off ("off"), and the watched memory figure.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A byte count written like "512MiB", "1.5 GiB" or a bare integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub const fn mib(n: u64) -> Size {
+        Size(n * 1024 * 1024)
+    }
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|_| format!("expected a size like \"512MiB\", got {s:?}"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (unit, scale) in UNITS {
+            if self.0 >= scale && self.0 % scale == 0 {
+                return write!(f, "{}{unit}", self.0 / scale);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match SizeInput::deserialize(d)? {
+            SizeInput::Int(n) => Ok(Size(n)),
+            SizeInput::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeInput {
+    Int(u64),
+    Text(String),
+}
+
+/// A growth rate written like "1MiB/min", "10MiB/s" or "512KiB/h".
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Rate {
+    pub bytes_per_second: f64,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("expected a rate like \"1MiB/min\" (per s, min or h), got {s:?}");
+        let (size, per) = s.trim().split_once('/').ok_or_else(bad)?;
+        let size: Size = size.parse().map_err(|_| bad())?;
+        let seconds = match per.trim() {
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return Err(bad()),
+        };
+        Ok(Rate {
+            bytes_per_second: size.0 as f64 / seconds,
+        })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per_min = (self.bytes_per_second * 60.0).round() as u64;
+        write!(f, "{}/min", Size(per_min))
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A rule threshold that can be written as "off" to disable the rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Toggle<T> {
+    Off,
+    On(T),
+}
+
+impl<T: Copy> Toggle<T> {
+    pub fn get(&self) -> Option<T> {
+        match self {
+            Toggle::Off => None,
+            Toggle::On(v) => Some(*v),
+        }
+    }
+}
+
+impl<T: fmt::Display> Serialize for Toggle<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Toggle::Off => s.serialize_str("off"),
+            Toggle::On(v) => s.collect_str(v),
+        }
+    }
+}
+
+impl<'de, T: FromStr<Err = String>> Deserialize<'de> for Toggle<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = match SizeInput::deserialize(d)? {
+            SizeInput::Int(n) => n.to_string(),
+            SizeInput::Text(s) => s,
+        };
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(Toggle::Off);
+        }
+        text.parse()
+            .map(Toggle::On)
+            .map_err(|e: String| serde::de::Error::custom(format!("{e}, or \"off\"")))
+    }
+}
+
+/// Which memory figure the leak rules watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Watch {
+    /// heap allocated when the worker links the probe, else PSS, else RSS.
+    Auto,
+    Heap,
+    Pss,
+    Rss,
+}
+
+/// What the watchdog does when a rule trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeakAction {
+    Restart,
+    ProfileOnly,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        assert_eq!("512MiB".parse::<Size>().unwrap(), Size::mib(512));
+        assert_eq!("0B".parse::<Size>().unwrap(), Size(0));
+        assert!("lots".parse::<Size>().is_err());
+        assert_eq!(Size::mib(512).to_string(), "512MiB");
+    }
+
+    #[test]
+    fn rates_need_a_time_unit() {
+        let r: Rate = "1MiB/min".parse().unwrap();
+        assert!((r.bytes_per_second - 1048576.0 / 60.0).abs() < 1e-6);
+        assert_eq!("10MiB/s".parse::<Rate>().unwrap().bytes_per_second, 10.0 * 1048576.0);
+        assert!("1MiB".parse::<Rate>().is_err());
+        assert!("1MiB/fortnight".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn toggles_accept_off() {
+        let t: Toggle<Size> = toml::from_str::<toml::Table>("v = \"off\"").unwrap()["v"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert_eq!(t, Toggle::Off);
+    }
+}

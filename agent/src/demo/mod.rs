@@ -1,0 +1,159 @@
+//! The demo cache-aside HTTP service that default workers run (`heapwarden demo`).
+//!
+//! `GET /items/{id}` reads through L1 (moka, `cache`) → L2 (Redis, `redis_l2`) → SQL
+//! (`db`); writes invalidate every worker's L1 through the agent before answering
+//! (`items`). Around it: CPU work on a bounded pool (`compute`), durable jobs (`jobs`),
+//! NDJSON export, a leak on purpose (`leak`), health probes and the shutdown path
+//! (`server`), metrics and request logs (`metrics`), JSON errors (`error`).
+
+mod cache;
+mod compute;
+pub(crate) mod db;
+mod error;
+mod items;
+mod jobs;
+mod leak;
+mod metrics;
+mod redis_l2;
+mod routes;
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use heapwarden_probes::{Probe, RuntimeLag};
+use metrics_exporter_prometheus::PrometheusHandle;
+use slog::{Logger, error, info, o};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::DemoArgs;
+use crate::config::{Config, DemoConfig, LogLevel};
+
+/// Everything a request handler can reach. Built once per worker process.
+pub struct App {
+    pub config: DemoConfig,
+    pub log: Logger,
+    pub db: db::Db,
+    pub l1: cache::L1,
+    pub l2: Option<Arc<redis_l2::L2>>,
+    pub probe: Option<Probe>,
+    pub compute: compute::ComputePool,
+    pub jobs: Arc<jobs::Jobs>,
+    pub metrics: PrometheusHandle,
+    pub lag: RuntimeLag,
+    pub draining: AtomicBool,
+    /// Whether request log records are written at all (level info or finer).
+    pub log_requests: bool,
+}
+
+const LAG_PERIOD: Duration = Duration::from_millis(100);
+const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
+
+pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    let (root, _log_guard) = crate::log::init(&config.log);
+    let log = root.new(o!("module" => "demo", "worker" => args.slot, "pid" => std::process::id()));
+    // Sampling costs little and lets the agent pull profiles; without it we still serve.
+    if let Err(e) = heapwarden_probes::activate_profiling() {
+        info!(log, "Heap profiling is unavailable in this worker."; "error" => e.to_string());
+    }
+    let probe = Probe::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("demo-runtime")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(config, args, probe, log.clone()));
+    match &result {
+        Ok(()) => info!(log, "The demo worker stopped."),
+        Err(e) => error!(log, "The demo worker failed."; "error" => format!("{e:#}")),
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn run(config: Config, args: DemoArgs, probe: Option<Probe>, log: Logger) -> anyhow::Result<()> {
+    let demo = config.demo.clone();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+    let metrics = metrics::install(args.slot)?;
+    let db = db::Db::open(&demo, &config.state_dir).await?;
+    db.prepare(args.seed.unwrap_or(demo.seed_rows)).await?;
+    let l2 = if demo.redis_url.trim().is_empty() {
+        None
+    } else {
+        let l2 = redis_l2::L2::new(&demo.redis_url, &demo.redis_key_prefix, demo.l2_ttl, demo.redis_timeout, log.clone())
+            .context("demo.redis-url is not a usable Redis URL")?;
+        tokio::spawn(l2.clone().maintain());
+        Some(l2)
+    };
+    let compute = compute::ComputePool::start(demo.compute_threads, demo.compute_queue)?;
+    let jobs = jobs::Jobs::new(db.clone(), &demo, log.clone());
+    let (listener, inherited) = server::service_listener(config.pool.listen)
+        .with_context(|| format!("cannot listen on {}", config.pool.listen))?;
+    let app = Arc::new(App {
+        log_requests: matches!(config.log.level, LogLevel::Info | LogLevel::Debug | LogLevel::Trace),
+        l1: cache::L1::new(demo.l1_capacity, demo.l1_ttl),
+        lag: heapwarden_probes::spawn_lag_monitor(LAG_PERIOD),
+        draining: AtomicBool::new(false),
+        config: demo,
+        log: log.clone(),
+        db,
+        l2,
+        probe,
+        compute,
+        jobs,
+        metrics,
+    });
+    connect_probe(&app);
+    let stop = CancellationToken::new();
+    spawn_background(&app, &stop);
+    tokio::spawn(server::watch_for_shutdown(app.clone(), stop.clone()));
+
+    info!(log, "The demo worker is serving.";
+        "listen" => listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "inherited_socket" => inherited,
+        "database" => match app.db { db::Db::Sqlite(_) => "sqlite", db::Db::Postgres(_) => "postgres" },
+        "redis" => app.l2.is_some(), "compute_threads" => app.compute.threads());
+    if let Some(probe) = &app.probe {
+        probe.ready();
+    }
+    let service = axum::serve(listener, routes::router(app.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    tokio::select! {
+        served = service => served.context("the HTTP server failed")?,
+        () = server::drain_deadline(&app, &stop, FALLBACK_DRAIN, &log) => {}
+    }
+    Ok(())
+}
+
+/// Hands the probe our metrics, our invalidation hook and the runtime lag.
+fn connect_probe(app: &Arc<App>) {
+    let Some(probe) = &app.probe else { return };
+    let for_metrics = app.clone();
+    probe.set_metrics_source(move || metrics::render(&for_metrics));
+    let for_invalidate = app.clone();
+    probe.on_invalidate(move |key, version| {
+        if let Some(id) = cache::parse_item_key(key) {
+            items::invalidate_local(&for_invalidate, id, version);
+        }
+    });
+    probe.set_runtime_lag(app.lag.clone());
+}
+
+fn spawn_background(app: &Arc<App>, stop: &CancellationToken) {
+    tokio::spawn(app.jobs.clone().run(stop.clone(), FALLBACK_DRAIN));
+    let leak_rate = app.config.leak_rate.bytes();
+    if leak_rate > 0 {
+        tokio::spawn(leak::leak_steadily(leak_rate, app.log.clone()));
+    }
+    let handle = app.metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}

@@ -1,0 +1,16 @@
+//! heapwarden: a memory-leak watchdog and observability agent for Linux services.
+//!
+//! One binary, several roles (`cli`): the agent (`supervisor`, `sampler`, `watchdog`,
+//! `profiles`, `admin`), one worker of the demo service (`demo`), and the on-call CLI.
+
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod log;
+pub mod profiles;
+pub mod sampler;
+pub mod supervisor;
+pub mod watchdog;

@@ -1,0 +1,129 @@
+//! Structured logging: slog + slog-json, one JSON object per line on stdout, written
+//! from a slog-async thread. Sensitive keys are redacted before serialisation
+//! (`redact.rs`), and `LogGuard` flushes every queued record at shutdown.
+
+mod redact;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use slog::{Drain, Level, Logger, o};
+
+pub use redact::{Redact, RedactedJson};
+
+use crate::config::{LogConfig, LogLevel};
+
+/// Keeps the async drain alive; dropping it waits until every record is written.
+pub struct LogGuard {
+    _async_guard: slog_async::AsyncGuard,
+}
+
+/// A logger writing JSON lines to stdout.
+pub fn init(config: &LogConfig) -> (Logger, LogGuard) {
+    build(config, std::io::stdout())
+}
+
+/// A logger writing JSON lines to `out` (stdout in production, a buffer in tests).
+pub fn build<W: Write + Send + 'static>(config: &LogConfig, out: W) -> (Logger, LogGuard) {
+    let json = slog_json::Json::new(out)
+        .set_newlines(true)
+        .add_default_keys()
+        .build()
+        .fuse();
+    let redacted = Redact::new(json, &config.redact).fuse();
+    let (drain, guard) = slog_async::Async::new(redacted)
+        .chan_size(8192)
+        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
+        .thread_name("heapwarden-log".into())
+        .build_with_guard();
+    let drain = drain.filter_level(slog_level(config.level)).fuse();
+    let logger = Logger::root(drain, o!());
+    (logger, LogGuard { _async_guard: guard })
+}
+
+pub fn slog_level(level: LogLevel) -> Level {
+    match level {
+        LogLevel::Error => Level::Error,
+        LogLevel::Warn => Level::Warning,
+        LogLevel::Info => Level::Info,
+        LogLevel::Debug => Level::Debug,
+        LogLevel::Trace => Level::Trace,
+    }
+}
+
+/// An in-memory sink for tests: clones share the same buffer.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slog::info;
+
+    #[test]
+    fn records_are_json_with_context_and_redacted_keys() {
+        let buf = SharedBuffer::default();
+        let (logger, guard) = build(&LogConfig::default(), buf.clone());
+        let child = logger.new(o!("module" => "supervisor", "worker" => 2, "token" => "t0p"));
+        let nested = RedactedJson(serde_json::json!({
+            "headers": {"Authorization": "Bearer abc", "accept": "*/*"},
+            "user": {"password": "hunter2", "name": "ada"}
+        }));
+        info!(child, "A worker said hello."; "password" => "hunter2", "request" => nested, "bytes" => 42u64);
+        drop(logger);
+        drop(child);
+        drop(guard);
+        let lines = buf.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let rec = &lines[0];
+        assert_eq!(rec["msg"], "A worker said hello.");
+        assert_eq!(rec["level"], "INFO");
+        assert!(rec["ts"].is_string());
+        assert_eq!(rec["module"], "supervisor");
+        assert_eq!(rec["worker"], 2);
+        assert_eq!(rec["bytes"], 42);
+        assert_eq!(rec["password"], "[REDACTED]");
+        assert_eq!(rec["token"], "[REDACTED]");
+        assert_eq!(rec["request"]["headers"]["Authorization"], "[REDACTED]");
+        assert_eq!(rec["request"]["headers"]["accept"], "*/*");
+        assert_eq!(rec["request"]["user"]["password"], "[REDACTED]");
+        assert_eq!(rec["request"]["user"]["name"], "ada");
+        assert!(!String::from_utf8_lossy(&buf.0.lock().unwrap()).contains("hunter2"));
+    }
+
+    #[test]
+    fn nothing_is_lost_at_shutdown() {
+        let buf = SharedBuffer::default();
+        let (logger, guard) = build(&LogConfig::default(), buf.clone());
+        for i in 0..5000u32 {
+            info!(logger, "A numbered record."; "n" => i);
+        }
+        drop(logger);
+        drop(guard);
+        let lines = buf.lines();
+        assert_eq!(lines.len(), 5000);
+        assert_eq!(lines[4999]["n"], 4999);
+    }
+}

@@ -1,0 +1,160 @@
+//! Redaction of sensitive keys before a record reaches the JSON serialiser: a drain
+//! wrapper that hands slog-json a serializer which swaps sensitive values for
+//! "[REDACTED]", at the top level and inside nested JSON values.
+
+use std::fmt;
+use std::sync::Arc;
+
+use slog::{
+    BorrowedKV, Drain, KV, Key, OwnedKV, OwnedKVList, Record, RecordStatic, SerdeValue,
+    Serializer,
+};
+
+const REDACTED: &str = "[REDACTED]";
+
+pub struct Redact<D> {
+    inner: D,
+    keys: Arc<Vec<String>>,
+}
+
+impl<D> Redact<D> {
+    pub fn new(inner: D, keys: &[String]) -> Self {
+        let keys = keys.iter().map(|k| normalise(k)).collect();
+        Redact {
+            inner,
+            keys: Arc::new(keys),
+        }
+    }
+}
+
+/// `Set-Cookie`, `set_cookie` and `set-cookie` are the same key.
+fn normalise(key: &str) -> String {
+    key.to_ascii_lowercase().replace('_', "-")
+}
+
+fn is_sensitive(keys: &[String], key: &str) -> bool {
+    let key = normalise(key);
+    keys.iter().any(|k| *k == key)
+}
+
+impl<D: Drain> Drain for Redact<D> {
+    type Ok = D::Ok;
+    type Err = D::Err;
+
+    fn log(&self, record: &Record, values: &OwnedKVList) -> Result<D::Ok, D::Err> {
+        let record_kv = RedactedKv {
+            inner: record.kv(),
+            keys: self.keys.clone(),
+        };
+        let context = OwnedKVList::from(OwnedKV(RedactedKv {
+            inner: values.clone(),
+            keys: self.keys.clone(),
+        }));
+        let static_part = RecordStatic {
+            location: record.location(),
+            level: record.level(),
+            tag: record.tag(),
+        };
+        let args = record.msg();
+        let redacted = Record::new(&static_part, args, BorrowedKV(&record_kv));
+        self.inner.log(&redacted, &context)
+    }
+}
+
+struct RedactedKv<K> {
+    inner: K,
+    keys: Arc<Vec<String>>,
+}
+
+impl<K: KV> KV for RedactedKv<K> {
+    fn serialize(&self, record: &Record, serializer: &mut dyn Serializer) -> slog::Result {
+        self.inner.serialize(
+            record,
+            &mut RedactingSerializer {
+                inner: serializer,
+                keys: &self.keys,
+            },
+        )
+    }
+}
+
+struct RedactingSerializer<'a> {
+    inner: &'a mut dyn Serializer,
+    keys: &'a [String],
+}
+
+macro_rules! forward {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        $(fn $name(&mut self, key: Key, val: $ty) -> slog::Result {
+            if is_sensitive(self.keys, key) {
+                return self.inner.emit_str(key, REDACTED);
+            }
+            self.inner.$name(key, val)
+        })*
+    };
+}
+
+impl Serializer for RedactingSerializer<'_> {
+    forward!(
+        emit_usize: usize, emit_isize: isize, emit_bool: bool, emit_char: char,
+        emit_u8: u8, emit_i8: i8, emit_u16: u16, emit_i16: i16, emit_u32: u32,
+        emit_i32: i32, emit_f32: f32, emit_u64: u64, emit_i64: i64, emit_f64: f64,
+        emit_u128: u128, emit_i128: i128, emit_str: &str,
+        emit_arguments: &fmt::Arguments,
+    );
+
+    fn emit_unit(&mut self, key: Key) -> slog::Result {
+        self.inner.emit_unit(key)
+    }
+
+    fn emit_none(&mut self, key: Key) -> slog::Result {
+        self.inner.emit_none(key)
+    }
+
+    fn emit_serde(&mut self, key: Key, value: &dyn SerdeValue) -> slog::Result {
+        if is_sensitive(self.keys, key) {
+            return self.inner.emit_str(key, REDACTED);
+        }
+        let mut json = serde_json::to_value(value.as_serde()).unwrap_or(serde_json::Value::Null);
+        redact_json(self.keys, &mut json);
+        self.inner.emit_serde(key, &RedactedJson(json))
+    }
+}
+
+fn redact_json(keys: &[String], value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if is_sensitive(keys, k) {
+                    *v = serde_json::Value::String(REDACTED.into());
+                } else {
+                    redact_json(keys, v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_json(keys, v)),
+        _ => {}
+    }
+}
+
+/// A nested JSON value in a log record (serialised as JSON, not as a string); its
+/// sensitive keys are redacted like top-level ones.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(transparent)]
+pub struct RedactedJson(pub serde_json::Value);
+
+impl slog::Value for RedactedJson {
+    fn serialize(&self, _: &Record, key: Key, serializer: &mut dyn Serializer) -> slog::Result {
+        serializer.emit_serde(key, self)
+    }
+}
+
+impl SerdeValue for RedactedJson {
+    fn as_serde(&self) -> &dyn erased_serde::Serialize {
+        self
+    }
+
+    fn to_sendable(&self) -> Box<dyn SerdeValue + Send + 'static> {
+        Box::new(self.clone())
+    }
+}

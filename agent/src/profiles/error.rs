@@ -1,0 +1,42 @@
+//! Errors of profile conversion and diffing, each carrying the file involved.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::pprof::DecodeError;
+use super::raw::RawError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("raw dump {path} is {bytes} bytes, over the {limit}-byte limit")]
+    RawTooLarge { path: PathBuf, bytes: u64, limit: u64 },
+    #[error("raw dump {path}: {source}")]
+    Raw { path: PathBuf, source: RawError },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("profile {path}: {source}")]
+    Decode { path: PathBuf, source: DecodeError },
+    #[error("profile {path} has no inuse_space sample type")]
+    NoSpaceSamples { path: PathBuf },
+    #[error("cannot start the conversion helper {exe}: {source}")]
+    HelperSpawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("conversion helper for {raw} did not finish within {timeout:?}; killed")]
+    HelperTimeout { raw: PathBuf, timeout: Duration },
+    #[error("conversion helper for {raw} failed ({status}): {stderr}")]
+    HelperFailed {
+        raw: PathBuf,
+        status: String,
+        stderr: String,
+    },
+}

@@ -1,0 +1,34 @@
+//! Heap profiles: conversion of raw jemalloc dumps into symbolized pprof (`convert`, run
+//! in a short-lived helper process so the agent's RSS stays small), the profile store
+//! with its index and retention (`store`, `index`), and leak-minus-baseline diffs
+//! (`diff`).
+#![forbid(unsafe_code)]
+
+mod convert;
+mod diff;
+mod error;
+mod index;
+pub mod pprof;
+pub mod raw;
+mod store;
+mod store_handle;
+mod symbolize;
+pub mod trim;
+
+pub use convert::{
+    ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_with_helper,
+};
+pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
+pub use error::ProfileError;
+pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileMeta, Trigger};
+pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};
+
+use crate::cli::ConvertArgs;
+
+/// Entry of the hidden `__convert-profile` helper process: converts, then prints the
+/// summary as one JSON line on stdout for the parent to read.
+pub fn convert_main(args: ConvertArgs) -> anyhow::Result<()> {
+    let summary = convert::convert_with_exe(&args.raw, &args.out, args.pid, args.exe.as_deref())?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}

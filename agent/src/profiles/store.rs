@@ -1,0 +1,253 @@
+//! The profile store: the directory `<state-dir>/profiles` (0700, files 0600), the index,
+//! retention by count and bytes, and the free-disk check. `ProfileStore` is a plain
+//! struct with one owner; `ProfileStoreHandle` (in `store_handle.rs`) runs it on its own
+//! thread and is what the rest of the agent holds.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::index::{IndexFile, ProfileFigures, ProfileId, ProfileMeta, Trigger};
+use crate::config::ProfilesConfig;
+
+pub use super::store_handle::{ProfileStoreHandle, StoreStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("profile store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("only {free} bytes free under {path}, below the {min_free}-byte minimum; dump skipped")]
+    DiskShort {
+        path: PathBuf,
+        free: u64,
+        min_free: u64,
+    },
+    #[error("no profile with id {0}")]
+    UnknownId(u64),
+    #[error("no baseline profile for slot {slot} to diff against")]
+    NoBaseline { slot: usize },
+    #[error("profile {id} for slot {slot} was not written: {reason}")]
+    NotWritten { id: u64, slot: usize, reason: String },
+    #[error(transparent)]
+    Profile(#[from] super::ProfileError),
+    #[error("the profile store task has stopped")]
+    Stopped,
+}
+
+/// A profile being taken: the worker dumps to `raw_path`, the helper converts to
+/// `out_path`, then [`ProfileStore::commit`] (or `abort`) finishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingProfile {
+    pub id: u64,
+    pub slot: usize,
+    pub pid: u32,
+    pub trigger: Trigger,
+    pub raw_path: PathBuf,
+    pub out_path: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct ProfileStore {
+    dir: PathBuf,
+    config: ProfilesConfig,
+    index: IndexFile,
+    skipped_for_disk: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ProfileStore {
+    /// Opens (creating) `<state_dir>/profiles`, tightens its mode to 0700, loads the
+    /// index, and removes what a crash left behind: raw dumps, partial files, profiles
+    /// the index does not know, index entries whose file is gone.
+    pub fn open(state_dir: &Path, config: ProfilesConfig) -> Result<ProfileStore, StoreError> {
+        let dir = state_dir.join("profiles");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&dir))?;
+        let index_path = dir.join("index.json");
+        let mut index = IndexFile::load(&index_path).map_err(io_err(&index_path))?;
+        index.profiles.retain(|p| dir.join(&p.file).is_file());
+        let known: Vec<String> = index.profiles.iter().map(|p| p.file.clone()).collect();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "index.json" && !known.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let max_id = index.profiles.iter().map(|p| p.id).max().unwrap_or(0);
+        index.next_id = index.next_id.max(max_id + 1).max(1);
+        let store = ProfileStore {
+            dir,
+            config,
+            index,
+            skipped_for_disk: 0,
+        };
+        store.save()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stored profiles, oldest first.
+    pub fn list(&self) -> &[ProfileMeta] {
+        &self.index.profiles
+    }
+
+    pub fn get(&self, id: u64) -> Option<&ProfileMeta> {
+        self.index.profiles.iter().find(|p| p.id == id)
+    }
+
+    /// The file of a stored profile (for download and diffs).
+    pub fn path_of(&self, id: u64) -> Option<PathBuf> {
+        self.get(id).map(|p| self.dir.join(ProfileId::file_name(p.id)))
+    }
+
+    /// The newest baseline of a slot, the default `base` of a diff.
+    pub fn latest_baseline(&self, slot: usize) -> Option<&ProfileMeta> {
+        self.index
+            .profiles
+            .iter()
+            .rev()
+            .find(|p| p.slot == slot && p.trigger == Trigger::Baseline)
+    }
+
+    /// Bytes of all stored profiles (`heapwarden_profiles_stored_bytes`).
+    pub fn stored_bytes(&self) -> u64 {
+        self.index.profiles.iter().map(|p| p.bytes).sum()
+    }
+
+    /// Dumps skipped because the disk was short (since the store was opened).
+    pub fn skipped_for_disk(&self) -> u64 {
+        self.skipped_for_disk
+    }
+
+    /// Bytes available to us on the profile directory's filesystem.
+    pub fn free_disk(&self) -> Result<u64, StoreError> {
+        let stat = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| StoreError::Io {
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
+        Ok((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
+    }
+
+    /// Whether at least `min_free` bytes are free where profiles are written.
+    pub fn free_disk_ok(&self, min_free: u64) -> Result<bool, StoreError> {
+        Ok(self.free_disk()? >= min_free)
+    }
+
+    /// Starts a profile: checks free disk (a short disk skips the dump and counts it),
+    /// then reserves the next id and the two paths.
+    pub fn begin(
+        &mut self,
+        slot: usize,
+        pid: u32,
+        trigger: Trigger,
+    ) -> Result<PendingProfile, StoreError> {
+        let min_free = self.config.min_free_disk.bytes();
+        let free = self.free_disk()?;
+        if free < min_free {
+            self.skipped_for_disk += 1;
+            return Err(StoreError::DiskShort {
+                path: self.dir.clone(),
+                free,
+                min_free,
+            });
+        }
+        let id = self.index.next_id;
+        self.index.next_id += 1;
+        // Persist the bump so an id is never handed out twice across a crash.
+        self.save()?;
+        Ok(PendingProfile {
+            id,
+            slot,
+            pid,
+            trigger,
+            raw_path: self.dir.join(format!("{id}.raw")),
+            out_path: self.dir.join(ProfileId::file_name(id)),
+        })
+    }
+
+    /// Records a converted profile, deletes its raw dump, applies retention. Returns the
+    /// new entry and the entries retention removed.
+    pub fn commit(
+        &mut self,
+        pending: PendingProfile,
+        figures: ProfileFigures,
+        rule: Option<String>,
+    ) -> Result<(ProfileMeta, Vec<ProfileMeta>), StoreError> {
+        let _ = std::fs::remove_file(&pending.raw_path);
+        let meta = std::fs::metadata(&pending.out_path).map_err(|e| StoreError::NotWritten {
+            id: pending.id,
+            slot: pending.slot,
+            reason: e.to_string(),
+        })?;
+        std::fs::set_permissions(&pending.out_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&pending.out_path))?;
+        let entry = ProfileMeta {
+            id: pending.id,
+            slot: pending.slot,
+            pid: pending.pid,
+            trigger: pending.trigger,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            bytes: meta.len(),
+            figures,
+            rule,
+            file: ProfileId::file_name(pending.id),
+        };
+        self.index.profiles.push(entry.clone());
+        let removed = self.enforce_retention(entry.id);
+        self.save()?;
+        Ok((entry, removed))
+    }
+
+    /// Drops a profile that failed: removes whatever files it left.
+    pub fn abort(&mut self, pending: &PendingProfile) {
+        let _ = std::fs::remove_file(&pending.raw_path);
+        let _ = std::fs::remove_file(&pending.out_path);
+    }
+
+    /// Deletes oldest profiles until both limits hold. The newest baseline of each slot
+    /// goes last (diffs need it), and the profile just written is never deleted.
+    fn enforce_retention(&mut self, keep_id: u64) -> Vec<ProfileMeta> {
+        let max_count = self.config.max_count.max(1);
+        let max_bytes = self.config.max_bytes.bytes();
+        let mut removed = Vec::new();
+        while self.index.profiles.len() > max_count || self.stored_bytes() > max_bytes {
+            let mut newest_baseline: HashMap<usize, u64> = HashMap::new();
+            for p in self.index.profiles.iter().filter(|p| p.trigger == Trigger::Baseline) {
+                newest_baseline.insert(p.slot, p.id);
+            }
+            let protected = |p: &ProfileMeta| newest_baseline.get(&p.slot) == Some(&p.id);
+            let victim = self
+                .index
+                .profiles
+                .iter()
+                .position(|p| p.id != keep_id && !protected(p))
+                .or_else(|| self.index.profiles.iter().position(|p| p.id != keep_id));
+            let Some(victim) = victim else { break };
+            let gone = self.index.profiles.remove(victim);
+            let _ = std::fs::remove_file(self.dir.join(&gone.file));
+            removed.push(gone);
+        }
+        removed
+    }
+
+    fn save(&self) -> Result<(), StoreError> {
+        Ok(self.index.save(&self.dir.join("index.json"))?)
+    }
+}

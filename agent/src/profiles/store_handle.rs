@@ -1,0 +1,159 @@
+//! `ProfileStoreHandle`: the one owner of the [`ProfileStore`] runs on its own thread
+//! (its work is small blocking file I/O: fsync'ed index rewrites, deletes), and the rest
+//! of the agent talks to it with typed async calls over a bounded channel. Diffs read two
+//! profile files, so they run on the blocking pool, not on the owner thread.
+
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::diff::{DiffReport, diff_files};
+use super::index::{ProfileFigures, ProfileMeta, Trigger};
+use super::store::{PendingProfile, ProfileStore, StoreError};
+
+/// Figures for `heapwarden_profiles_stored_bytes` and friends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    pub count: usize,
+    pub stored_bytes: u64,
+    pub skipped_for_disk: u64,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Command {
+    Begin(usize, u32, Trigger, Reply<Result<PendingProfile, StoreError>>),
+    Commit(
+        PendingProfile,
+        ProfileFigures,
+        Option<String>,
+        Reply<Result<(ProfileMeta, Vec<ProfileMeta>), StoreError>>,
+    ),
+    Abort(PendingProfile),
+    List(Reply<Vec<ProfileMeta>>),
+    Get(u64, Reply<Option<(ProfileMeta, PathBuf)>>),
+    LatestBaseline(usize, Reply<Option<ProfileMeta>>),
+    Stats(Reply<StoreStats>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProfileStoreHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ProfileStoreHandle {
+    /// Moves the store onto its own thread. The thread ends when every handle is dropped.
+    pub fn spawn(store: ProfileStore) -> (ProfileStoreHandle, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(64);
+        let thread = std::thread::Builder::new()
+            .name("profile-store".into())
+            .spawn(move || run(store, rx))
+            .expect("the OS can start one thread at agent start");
+        (ProfileStoreHandle { tx }, thread)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Reserves an id and paths; `Err(DiskShort)` means skip this dump (already counted).
+    pub async fn begin(
+        &self,
+        slot: usize,
+        pid: u32,
+        trigger: Trigger,
+    ) -> Result<PendingProfile, StoreError> {
+        self.ask(|r| Command::Begin(slot, pid, trigger, r)).await?
+    }
+
+    /// Records a converted profile; returns it and what retention removed.
+    pub async fn commit(
+        &self,
+        pending: PendingProfile,
+        figures: ProfileFigures,
+        rule: Option<String>,
+    ) -> Result<(ProfileMeta, Vec<ProfileMeta>), StoreError> {
+        self.ask(|r| Command::Commit(pending, figures, rule, r))
+            .await?
+    }
+
+    /// Removes the files of a profile that failed.
+    pub async fn abort(&self, pending: PendingProfile) {
+        let _ = self.tx.send(Command::Abort(pending)).await;
+    }
+
+    pub async fn list(&self) -> Result<Vec<ProfileMeta>, StoreError> {
+        self.ask(Command::List).await
+    }
+
+    /// A profile's entry and file path (the API streams the file for download).
+    pub async fn get(&self, id: u64) -> Result<(ProfileMeta, PathBuf), StoreError> {
+        self.ask(|r| Command::Get(id, r))
+            .await?
+            .ok_or(StoreError::UnknownId(id))
+    }
+
+    pub async fn latest_baseline(&self, slot: usize) -> Result<Option<ProfileMeta>, StoreError> {
+        self.ask(|r| Command::LatestBaseline(slot, r)).await
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.ask(Command::Stats).await
+    }
+
+    /// `id` minus `base`; without a base, the newest baseline of `id`'s slot.
+    pub async fn diff(&self, id: u64, base: Option<u64>) -> Result<DiffReport, StoreError> {
+        let (meta, path) = self.get(id).await?;
+        let base_meta = match base {
+            Some(base) => self.get(base).await?.0,
+            None => self
+                .latest_baseline(meta.slot)
+                .await?
+                .ok_or(StoreError::NoBaseline { slot: meta.slot })?,
+        };
+        let (_, base_path) = self.get(base_meta.id).await?;
+        let report = tokio::task::spawn_blocking(move || {
+            diff_files(base_meta.id, &base_path, meta.id, &path)
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)??;
+        Ok(report)
+    }
+}
+
+fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
+    while let Some(command) = rx.blocking_recv() {
+        // A dropped reply means the asker went away; nothing to do about it.
+        match command {
+            Command::Begin(slot, pid, trigger, r) => {
+                let _ = r.send(store.begin(slot, pid, trigger));
+            }
+            Command::Commit(pending, figures, rule, r) => {
+                let _ = r.send(store.commit(pending, figures, rule));
+            }
+            Command::Abort(pending) => store.abort(&pending),
+            Command::List(r) => {
+                let _ = r.send(store.list().to_vec());
+            }
+            Command::Get(id, r) => {
+                let found = store.get(id).cloned();
+                let _ = r.send(found.and_then(|m| store.path_of(m.id).map(|p| (m, p))));
+            }
+            Command::LatestBaseline(slot, r) => {
+                let _ = r.send(store.latest_baseline(slot).cloned());
+            }
+            Command::Stats(r) => {
+                let _ = r.send(StoreStats {
+                    count: store.list().len(),
+                    stored_bytes: store.stored_bytes(),
+                    skipped_for_disk: store.skipped_for_disk(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The procfs half of one sampling round: every worker's tree, the agent itself, the
+//! machine and the agent's cgroup. Plain blocking reads, run off the async runtime
+//! (`spawn_blocking`) so a slow `smaps_rollup` never stalls the supervisor.
+
+use std::path::PathBuf;
+
+use super::procfs::{ProcError, ProcFs};
+use super::system::{
+    CgroupMemory, LoadAverage, SystemError, SystemMemory, read_cgroup_memory, read_loadavg,
+    read_meminfo,
+};
+use super::tree::{ChildSource, ParentTable, process_tree};
+
+/// Where the readers look; the real paths in production, temp dirs in tests.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub proc: ProcFs,
+    /// The agent's cgroup v2 directory, found once at start (`system::own_cgroup_dir`).
+    pub cgroup_dir: Option<PathBuf>,
+    /// The agent's own pid in `proc` (its RSS/CPU are metrics too).
+    pub agent_pid: u32,
+    /// `/proc/PID/task/*/children` exists; otherwise one ppid scan per round.
+    pub kernel_children: bool,
+}
+
+/// One worker tree's procfs figures.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TreeFigures {
+    pub rss: u64,
+    pub cpu_seconds: f64,
+    pub processes: usize,
+    /// Present on smaps rounds.
+    pub smaps: Option<TreeSmaps>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TreeSmaps {
+    pub pss: u64,
+    pub uss: u64,
+    pub swap: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AgentFigures {
+    pub rss: u64,
+    pub cpu_seconds: f64,
+}
+
+/// Everything but the workers; each part independently optional.
+#[derive(Debug, Default)]
+pub struct HostFigures {
+    pub agent: Option<AgentFigures>,
+    pub memory: Option<SystemMemory>,
+    pub load: Option<LoadAverage>,
+    pub cgroup: Option<CgroupMemory>,
+    /// Reads that failed for a reason other than absence, for one log line per round.
+    pub errors: Vec<SystemError>,
+}
+
+/// Reads every tree rooted at `pids`, in order. The root's own figures decide the
+/// result (a vanished root is `Gone`); a descendant that exits mid-read is skipped.
+pub fn collect_trees(roots: &Roots, pids: &[u32], with_smaps: bool) -> Vec<Result<TreeFigures, ProcError>> {
+    let table = if roots.kernel_children {
+        None
+    } else {
+        // Without the kernel's lists, a scan failure only costs the descendants.
+        Some(ParentTable::scan(&roots.proc).unwrap_or_default())
+    };
+    let source = table.as_ref().map_or(ChildSource::Kernel, ChildSource::Table);
+    pids.iter()
+        .map(|&pid| read_tree(&roots.proc, pid, source, with_smaps))
+        .collect()
+}
+
+pub fn read_tree(
+    proc: &ProcFs,
+    root: u32,
+    source: ChildSource<'_>,
+    with_smaps: bool,
+) -> Result<TreeFigures, ProcError> {
+    let mut figures = TreeFigures::default();
+    let mut smaps = TreeSmaps::default();
+    let mut ticks: u64 = 0;
+    for pid in process_tree(proc, root, source) {
+        let read = read_one(proc, pid, with_smaps);
+        let (rss, stat, rollup) = match read {
+            Ok(r) => r,
+            Err(e) if pid != root && e.is_gone() => continue,
+            Err(e) => return Err(e),
+        };
+        figures.rss = figures.rss.saturating_add(rss);
+        figures.processes += 1;
+        ticks = ticks.saturating_add(stat.tree_ticks());
+        if let Some(r) = rollup {
+            smaps.pss = smaps.pss.saturating_add(r.pss);
+            smaps.uss = smaps.uss.saturating_add(r.uss);
+            smaps.swap = smaps.swap.saturating_add(r.swap);
+        }
+    }
+    figures.cpu_seconds = proc.ticks_to_seconds(ticks);
+    figures.smaps = with_smaps.then_some(smaps);
+    Ok(figures)
+}
+
+type OneProcess = (u64, super::procfs::StatFigures, Option<super::procfs::SmapsRollup>);
+
+fn read_one(proc: &ProcFs, pid: u32, with_smaps: bool) -> Result<OneProcess, ProcError> {
+    let rss = proc.rss_bytes(pid)?;
+    let stat = proc.stat(pid)?;
+    let rollup = if with_smaps {
+        Some(proc.smaps_rollup(pid)?)
+    } else {
+        None
+    };
+    Ok((rss, stat, rollup))
+}
+
+pub fn collect_host(roots: &Roots) -> HostFigures {
+    let mut host = HostFigures::default();
+    let proc = &roots.proc;
+    host.agent = match (proc.rss_bytes(roots.agent_pid), proc.stat(roots.agent_pid)) {
+        // Own CPU only: the agent reaps its workers, so its cutime is theirs.
+        (Ok(rss), Ok(stat)) => Some(AgentFigures {
+            rss,
+            cpu_seconds: proc.ticks_to_seconds(stat.own_ticks),
+        }),
+        _ => None,
+    };
+    host.memory = keep(read_meminfo(proc.root()), &mut host.errors);
+    host.load = keep(read_loadavg(proc.root()), &mut host.errors);
+    host.cgroup = roots
+        .cgroup_dir
+        .as_deref()
+        .and_then(|dir| keep(read_cgroup_memory(dir), &mut host.errors));
+    host
+}
+
+fn keep<T>(result: Result<T, SystemError>, errors: &mut Vec<SystemError>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}

@@ -1,0 +1,121 @@
+//! The sampler: every `interval` it measures each worker's process tree from procfs
+//! (RSS and CPU each round, PSS/USS/swap every `pss-every` rounds), asks probe-linked
+//! workers for their heap figures over the control channel, and measures the agent, the
+//! machine and the agent's cgroup. It publishes a [`WorkerSample`] per worker for the
+//! watchdog, records the metrics, and asks the supervisor to replace a worker that
+//! stopped answering. One task (`run_sampler`) owns all of that state.
+
+mod collect;
+mod feed;
+mod misses;
+pub mod procfs;
+mod record;
+mod round;
+pub mod system;
+pub mod tree;
+
+use std::path::Path;
+use std::time::Instant;
+
+use heapwarden_probes::HeapStats;
+use slog::{Logger, debug, info};
+use tokio::sync::{mpsc, watch};
+
+pub use collect::{AgentFigures, HostFigures, Roots, TreeFigures, TreeSmaps, collect_host, collect_trees, read_tree};
+pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
+pub use misses::MissTracker;
+pub use record::{SAMPLE_DURATION, render_cpu_counters};
+
+use crate::config::SamplingConfig;
+use crate::supervisor::{PoolView, Request};
+
+/// One worker's figures from one round, for the watchdog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSample {
+    pub slot: usize,
+    pub worker_id: u64,
+    pub pid: u32,
+    pub at: Instant,
+    /// Bytes, summed over the worker's process tree.
+    pub rss: u64,
+    /// Present on smaps rounds (every `pss-every` intervals).
+    pub pss: Option<u64>,
+    pub uss: Option<u64>,
+    pub swap: Option<u64>,
+    pub cpu_seconds: f64,
+    /// Processes in the tree (the worker and its descendants).
+    pub processes: usize,
+    /// From the probe, when the worker links it and answered in time.
+    pub heap: Option<HeapStats>,
+    pub runtime_lag_seconds: Option<f64>,
+}
+
+impl Roots {
+    /// The real `/proc` and the agent's cgroup under `cgroup_root` (`/sys/fs/cgroup`).
+    pub fn system(cgroup_root: &Path) -> Roots {
+        let proc = procfs::ProcFs::system();
+        let agent_pid = std::process::id();
+        let cgroup_dir = system::own_cgroup_dir(proc.root(), cgroup_root)
+            .ok()
+            .flatten()
+            .filter(|dir| dir.join("cgroup.controllers").exists());
+        let kernel_children = tree::kernel_lists_children(&proc, agent_pid);
+        Roots {
+            proc,
+            cgroup_dir,
+            agent_pid,
+            kernel_children,
+        }
+    }
+}
+
+/// Samples until the supervisor drops its end of `pool`.
+///
+/// `samples` is never awaited: a watchdog that falls behind loses samples (logged at
+/// debug), it never slows the sampler down.
+pub async fn run_sampler(
+    cfg: SamplingConfig,
+    roots: Roots,
+    mut pool: watch::Receiver<PoolView>,
+    samples: mpsc::Sender<WorkerSample>,
+    requests: mpsc::Sender<Request>,
+    exposition: ExpositionWriter,
+    log: Logger,
+) {
+    info!(log, "The sampler started.";
+        "interval_ms" => cfg.interval.as_millis() as u64, "pss_every" => cfg.pss_every,
+        "kernel_children" => roots.kernel_children,
+        "cgroup" => roots.cgroup_dir.as_ref().map(|d| d.display().to_string()));
+    let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = pool.changed() => {
+                if changed.is_err() { break }
+                // A new view alone is no reason to sample; wait for the tick.
+                continue;
+            }
+        }
+        let view = pool.borrow_and_update().clone();
+        let outcome = state.round(&view, exposition.take_scrape_request(), &exposition.current()).await;
+        for (worker_id, request) in outcome.requests {
+            if let Err(e) = requests.try_send(request) {
+                state.request_failed(worker_id);
+                debug!(log, "The supervisor's request queue is full; retrying next round."; "error" => %e);
+            }
+        }
+        let mut dropped = 0usize;
+        for sample in outcome.samples {
+            if samples.try_send(sample).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            debug!(log, "The watchdog is behind; samples were dropped."; "dropped" => dropped);
+        }
+        exposition.publish(outcome.exposition);
+    }
+    info!(log, "The sampler stopped.");
+}

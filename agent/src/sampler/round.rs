@@ -1,0 +1,242 @@
+//! One sampling round: procfs reads on a blocking thread while every probe-linked
+//! worker is asked for its figures concurrently, so one slow worker delays nobody.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use heapwarden_probes::{AgentMsg, HeapStats, WorkerMsg};
+use slog::{Logger, debug, warn};
+
+use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};
+use super::feed::{Exposition, WorkerText};
+use super::misses::MissTracker;
+use super::procfs::ProcError;
+use super::{WorkerSample, record};
+use crate::config::SamplingConfig;
+use crate::supervisor::{ControlLink, LinkError, PoolView, Request, SlotState};
+
+/// A worker to sample this round.
+#[derive(Debug, Clone)]
+struct Target {
+    slot: usize,
+    state: SlotState,
+    worker_id: u64,
+    pid: u32,
+    link: Option<ControlLink>,
+}
+
+/// What a probe said, when it answered.
+#[derive(Debug, Default)]
+struct ProbeReply {
+    heap: Option<HeapStats>,
+    runtime_lag_seconds: Option<f64>,
+    dropped: Option<u64>,
+    metrics: Option<String>,
+}
+
+pub struct RoundOutcome {
+    pub samples: Vec<WorkerSample>,
+    /// With the worker each request is about.
+    pub requests: Vec<(u64, Request)>,
+    pub exposition: Exposition,
+}
+
+pub struct SamplerState {
+    cfg: SamplingConfig,
+    roots: Roots,
+    log: Logger,
+    round: u64,
+    misses: MissTracker,
+    /// Workers whose procfs read failed, so the failure is logged once, not every second.
+    warned: HashSet<u64>,
+}
+
+impl SamplerState {
+    pub fn new(cfg: SamplingConfig, roots: Roots, log: Logger) -> Self {
+        SamplerState {
+            cfg,
+            roots,
+            log,
+            round: 0,
+            misses: MissTracker::default(),
+            warned: HashSet::new(),
+        }
+    }
+
+    /// The supervisor did not take the request; ask again next round.
+    pub fn request_failed(&mut self, worker_id: u64) {
+        self.misses.unreport(worker_id);
+    }
+
+    pub async fn round(
+        &mut self,
+        view: &PoolView,
+        ask_metrics: bool,
+        previous: &Exposition,
+    ) -> RoundOutcome {
+        let started = Instant::now();
+        let with_smaps = self.round % u64::from(self.cfg.pss_every.max(1)) == 0;
+        self.round += 1;
+        let targets: Vec<Target> = view
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let w = s.worker.as_ref()?;
+                Some(Target {
+                    slot: s.slot,
+                    state: s.state,
+                    worker_id: w.worker_id,
+                    pid: w.pid,
+                    link: if w.probe { w.link.clone() } else { None },
+                })
+            })
+            .collect();
+
+        let roots = self.roots.clone();
+        let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+        let procfs = tokio::task::spawn_blocking(move || {
+            (collect_trees(&roots, &pids, with_smaps), collect_host(&roots))
+        });
+        let timeout = self.cfg.interval / 2;
+        let probes = join_all(
+            targets
+                .iter()
+                .map(|t| ask_probe(t.link.clone(), ask_metrics, timeout)),
+        );
+        let (procfs, replies) = tokio::join!(procfs, probes);
+        let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), HostFigures::default()));
+
+        let mut outcome = RoundOutcome {
+            samples: Vec::with_capacity(targets.len()),
+            requests: Vec::new(),
+            exposition: Exposition::default(),
+        };
+        let mut cpu = BTreeMap::new();
+        let at = Instant::now();
+        for (i, (target, reply)) in targets.iter().zip(replies).enumerate() {
+            let reply = self.judge_reply(target, reply, &mut outcome.requests);
+            let keep_text = previous
+                .workers
+                .get(&target.slot)
+                .filter(|t| t.worker_id == target.worker_id)
+                .cloned();
+            let fresh_text = reply.as_ref().and_then(|r| r.metrics.as_deref()).map(|t| WorkerText {
+                worker_id: target.worker_id,
+                text: Arc::from(t),
+            });
+            if let Some(text) = fresh_text.or(keep_text) {
+                outcome.exposition.workers.insert(target.slot, text);
+            }
+            let Some(tree) = self.tree_or_log(target, trees.get(i)) else {
+                continue;
+            };
+            let reply = reply.unwrap_or_default();
+            let sample = WorkerSample {
+                slot: target.slot,
+                worker_id: target.worker_id,
+                pid: target.pid,
+                at,
+                rss: tree.rss,
+                pss: tree.smaps.map(|s| s.pss),
+                uss: tree.smaps.map(|s| s.uss),
+                swap: tree.smaps.map(|s| s.swap),
+                cpu_seconds: tree.cpu_seconds,
+                processes: tree.processes,
+                heap: reply.heap,
+                runtime_lag_seconds: reply.runtime_lag_seconds,
+            };
+            record::record_worker(&sample, reply.dropped);
+            cpu.insert(target.slot, tree.cpu_seconds);
+            outcome.samples.push(sample);
+        }
+        let live: HashSet<u64> = targets.iter().map(|t| t.worker_id).collect();
+        self.misses.retain(|id| live.contains(&id));
+        self.warned.retain(|id| live.contains(id));
+
+        if !host.errors.is_empty() {
+            debug!(self.log, "Some machine figures could not be read.";
+                "errors" => host.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+        }
+        record::record_slots(view);
+        record::record_host(&host);
+        outcome.exposition.sampler =
+            record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
+        record::record_round_duration(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// Counts a miss for a probe-linked worker that did not answer.
+    fn judge_reply(
+        &mut self,
+        target: &Target,
+        reply: Option<Result<ProbeReply, LinkError>>,
+        requests: &mut Vec<(u64, Request)>,
+    ) -> Option<ProbeReply> {
+        let reply = reply?;
+        let answered = reply.is_ok();
+        if let Err(e) = &reply {
+            debug!(self.log, "A worker did not answer a sample request.";
+                "worker" => target.slot, "worker_id" => target.worker_id, "error" => %e,
+                "missed" => self.misses.missed(target.worker_id) + 1);
+        }
+        let limit = self.cfg.missed_pings;
+        if let Some(request) =
+            self.misses.observe(target.worker_id, target.slot, target.state, answered, limit)
+        {
+            warn!(self.log, "A worker stopped answering; asking for its replacement.";
+                "worker" => target.slot, "worker_id" => target.worker_id, "pid" => target.pid,
+                "missed" => self.misses.missed(target.worker_id));
+            requests.push((target.worker_id, request));
+        }
+        reply.ok()
+    }
+
+    fn tree_or_log<'a>(
+        &mut self,
+        target: &Target,
+        tree: Option<&'a Result<TreeFigures, ProcError>>,
+    ) -> Option<&'a TreeFigures> {
+        match tree? {
+            Ok(tree) => Some(tree),
+            // Exited between the view and the read; the supervisor reaps it.
+            Err(e) if e.is_gone() => None,
+            Err(e) => {
+                if self.warned.insert(target.worker_id) {
+                    warn!(self.log, "A worker's memory figures could not be read.";
+                        "worker" => target.slot, "pid" => target.pid, "error" => %e);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// `None` for a worker without a probe; otherwise the probe's answer or why there was none.
+async fn ask_probe(
+    link: Option<ControlLink>,
+    metrics: bool,
+    timeout: Duration,
+) -> Option<Result<ProbeReply, LinkError>> {
+    let link = link?;
+    let reply = link
+        .request(move |seq| AgentMsg::Sample { seq, metrics }, timeout)
+        .await;
+    Some(reply.map(|msg| match msg {
+        WorkerMsg::Stats {
+            heap,
+            runtime_lag_seconds,
+            dropped,
+            metrics,
+            ..
+        } => ProbeReply {
+            heap,
+            runtime_lag_seconds,
+            dropped: Some(dropped),
+            metrics,
+        },
+        // Any reply proves the worker is alive, even one we did not ask for.
+        _ => ProbeReply::default(),
+    }))
+}

@@ -1,0 +1,95 @@
+//! A worker's process tree: the worker and its descendants, so a worker that forks
+//! helpers (a shell wrapper, a pre-fork server) is measured whole.
+//!
+//! Children come from `/proc/PID/task/TID/children` where the kernel has it
+//! (`CONFIG_PROC_CHILDREN`); otherwise from one scan of every `/proc/*/stat` per round,
+//! shared by all workers (`ParentTable`).
+
+use std::collections::HashMap;
+
+use super::procfs::{ProcFs, parse_stat};
+
+/// Stops a fork bomb in a worker from making one sampling round unbounded.
+pub const MAX_TREE: usize = 4096;
+
+/// ppid → children, from one scan of the `/proc` root.
+#[derive(Debug, Default, Clone)]
+pub struct ParentTable {
+    children: HashMap<u32, Vec<u32>>,
+}
+
+impl ParentTable {
+    /// Reads every numeric entry's `stat`; processes that vanish mid-scan are skipped.
+    pub fn scan(proc: &ProcFs) -> std::io::Result<ParentTable> {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for entry in std::fs::read_dir(proc.root())? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if let Some(stat) = parse_stat(&text) {
+                children.entry(stat.ppid).or_default().push(pid);
+            }
+        }
+        Ok(ParentTable { children })
+    }
+
+    pub fn children_of(&self, pid: u32) -> &[u32] {
+        self.children.get(&pid).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Where a process's children are looked up.
+#[derive(Debug, Clone, Copy)]
+pub enum ChildSource<'a> {
+    /// `/proc/PID/task/*/children`.
+    Kernel,
+    Table(&'a ParentTable),
+}
+
+/// Whether this kernel exposes `children` files, judged on `pid` (the agent itself).
+pub fn kernel_lists_children(proc: &ProcFs, pid: u32) -> bool {
+    let task = proc.pid_path(pid, "task");
+    let Ok(mut tasks) = std::fs::read_dir(&task) else {
+        return false;
+    };
+    tasks
+        .next()
+        .and_then(Result::ok)
+        .is_some_and(|t| t.path().join("children").exists())
+}
+
+/// `root` and every descendant, root first. A vanished process simply has no children.
+pub fn process_tree(proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() && tree.len() < MAX_TREE {
+        let pid = tree[next];
+        next += 1;
+        match source {
+            ChildSource::Kernel => kernel_children(proc, pid, &mut tree),
+            ChildSource::Table(table) => tree.extend_from_slice(table.children_of(pid)),
+        }
+    }
+    tree.truncate(MAX_TREE);
+    tree
+}
+
+fn kernel_children(proc: &ProcFs, pid: u32, out: &mut Vec<u32>) {
+    let Ok(tasks) = std::fs::read_dir(proc.pid_path(pid, "task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        out.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+}

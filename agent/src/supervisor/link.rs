@@ -1,0 +1,195 @@
+//! The agent's end of one worker's control channel. One task owns the socket: it writes
+//! requests, matches replies to waiting callers by `seq`, and forwards everything the
+//! worker says on its own (hello, ready, invalidations) to the supervisor as events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use heapwarden_probes::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
+use slog::{Logger, debug, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests waiting for a reply beyond this are a sign of a stuck worker; the oldest
+/// caller has long timed out, so its slot is reclaimed.
+const MAX_PENDING: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("control channel of worker {worker_id} is closed")]
+    Closed { worker_id: u64 },
+    #[error("worker {worker_id} did not answer within {timeout:?}")]
+    Timeout { worker_id: u64, timeout: Duration },
+    #[error("control channel of worker {worker_id} is congested")]
+    Congested { worker_id: u64 },
+}
+
+type BuildMsg = Box<dyn FnOnce(u64) -> AgentMsg + Send>;
+
+enum LinkCommand {
+    Request {
+        build: BuildMsg,
+        reply: oneshot::Sender<WorkerMsg>,
+    },
+    Send(AgentMsg),
+}
+
+/// What a link reports to the supervisor.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Message { worker_id: u64, msg: WorkerMsg },
+    Closed { worker_id: u64 },
+}
+
+/// A cheap handle to a worker's control channel.
+#[derive(Clone, Debug)]
+pub struct ControlLink {
+    worker_id: u64,
+    tx: mpsc::Sender<LinkCommand>,
+}
+
+impl std::fmt::Debug for LinkCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkCommand")
+    }
+}
+
+impl ControlLink {
+    pub fn worker_id(&self) -> u64 {
+        self.worker_id
+    }
+
+    /// Sends a request built around a fresh sequence number and waits for the reply
+    /// carrying the same number.
+    pub async fn request(
+        &self,
+        build: impl FnOnce(u64) -> AgentMsg + Send + 'static,
+        timeout: Duration,
+    ) -> Result<WorkerMsg, LinkError> {
+        let (reply, wait) = oneshot::channel();
+        let command = LinkCommand::Request {
+            build: Box::new(build),
+            reply,
+        };
+        self.tx.try_send(command).map_err(|e| self.send_error(e))?;
+        let worker_id = self.worker_id;
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(msg)) => Ok(msg),
+            Ok(Err(_)) => Err(LinkError::Closed { worker_id }),
+            Err(_) => Err(LinkError::Timeout { worker_id, timeout }),
+        }
+    }
+
+    /// Sends a message that expects no reply; never waits.
+    pub fn send(&self, msg: AgentMsg) -> Result<(), LinkError> {
+        self.tx
+            .try_send(LinkCommand::Send(msg))
+            .map_err(|e| self.send_error(e))
+    }
+
+    fn send_error<T>(&self, e: mpsc::error::TrySendError<T>) -> LinkError {
+        let worker_id = self.worker_id;
+        match e {
+            mpsc::error::TrySendError::Full(_) => LinkError::Congested { worker_id },
+            mpsc::error::TrySendError::Closed(_) => LinkError::Closed { worker_id },
+        }
+    }
+}
+
+/// Starts the task that owns `stream` and returns its handle.
+pub fn spawn_link(
+    stream: UnixStream,
+    worker_id: u64,
+    events: mpsc::Sender<LinkEvent>,
+    log: Logger,
+) -> ControlLink {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(run_link(stream, worker_id, rx, events, log));
+    ControlLink { worker_id, tx }
+}
+
+async fn run_link(
+    mut stream: UnixStream,
+    worker_id: u64,
+    mut commands: mpsc::Receiver<LinkCommand>,
+    events: mpsc::Sender<LinkEvent>,
+    log: Logger,
+) {
+    let mut pending: HashMap<u64, oneshot::Sender<WorkerMsg>> = HashMap::new();
+    let mut next_seq: u64 = 1;
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { break };
+                let msg = match command {
+                    LinkCommand::Send(msg) => msg,
+                    LinkCommand::Request { build, reply } => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        if pending.len() >= MAX_PENDING {
+                            pending.retain(|_, waiter| !waiter.is_closed());
+                        }
+                        pending.insert(seq, reply);
+                        build(seq)
+                    }
+                };
+                let frame = match encode(&msg) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(log, "A control message could not be encoded."; "error" => %e);
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.write_all(&frame).await {
+                    debug!(log, "The control channel closed while writing."; "error" => %e);
+                    break;
+                }
+            }
+            read = stream.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                decoder.push(&buf[..n]);
+                loop {
+                    match decoder.next_frame::<WorkerMsg>() {
+                        Ok(Some(msg)) => route(msg, worker_id, &mut pending, &events).await,
+                        Ok(None) => break,
+                        Err(e) if e.is_fatal() => {
+                            warn!(log, "The worker sent an unreadable control frame; closing the channel."; "error" => %e);
+                            let _ = events.send(LinkEvent::Closed { worker_id }).await;
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = events.send(LinkEvent::Closed { worker_id }).await;
+}
+
+async fn route(
+    msg: WorkerMsg,
+    worker_id: u64,
+    pending: &mut HashMap<u64, oneshot::Sender<WorkerMsg>>,
+    events: &mpsc::Sender<LinkEvent>,
+) {
+    let reply_seq = match &msg {
+        WorkerMsg::Stats { seq, .. }
+        | WorkerMsg::ProfileWritten { seq, .. }
+        | WorkerMsg::Pong { seq }
+        | WorkerMsg::Invalidated { seq } => Some(*seq),
+        _ => None,
+    };
+    if let Some(waiter) = reply_seq.and_then(|seq| pending.remove(&seq)) {
+        let _ = waiter.send(msg);
+        return;
+    }
+    let _ = events.send(LinkEvent::Message { worker_id, msg }).await;
+}

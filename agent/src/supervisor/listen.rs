@@ -1,0 +1,56 @@
+//! The service socket: bound once by the agent (or received from systemd) and handed to
+//! every worker, so a draining worker just stops accepting and nothing queued in the
+//! kernel is lost.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Socket, Type};
+
+use super::spawn::{inherited_listener, move_high};
+
+pub struct ServiceSocket {
+    pub fd: OwnedFd,
+    /// `LISTEN_FDNAMES` value passed on to workers.
+    pub name: String,
+    pub local_addr: Option<SocketAddr>,
+    pub socket_activated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot use the socket passed by systemd: {0}")]
+    Inherited(io::Error),
+}
+
+pub fn open(addr: SocketAddr) -> Result<ServiceSocket, ListenError> {
+    if let Some((fd, name)) = inherited_listener().map_err(ListenError::Inherited)? {
+        let local_addr = Socket::from(fd.try_clone().map_err(ListenError::Inherited)?)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        return Ok(ServiceSocket {
+            fd,
+            name,
+            local_addr,
+            socket_activated: true,
+        });
+    }
+    let bind = |source| ListenError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind)?;
+    socket.set_reuse_address(true).map_err(bind)?;
+    socket.bind(&addr.into()).map_err(bind)?;
+    // A deep backlog: while workers are being replaced, connections wait here.
+    socket.listen(4096).map_err(bind)?;
+    let local_addr = socket.local_addr().ok().and_then(|a| a.as_socket());
+    let fd = move_high(OwnedFd::from(socket)).map_err(bind)?;
+    Ok(ServiceSocket {
+        fd,
+        name: "http".into(),
+        local_addr,
+        socket_activated: false,
+    })
+}

@@ -1,0 +1,1 @@
+//! watchdog (being written).

@@ -1,0 +1,129 @@
+//! The allocator: jemalloc as the global allocator with heap profiling compiled in, and
+//! the few `mallctl` writes that need raw pointers. This is one of the two modules allowed
+//! `unsafe`, because jemalloc's control interface is C.
+//!
+//! Profiling is *enabled* (`prof:true`) but *inactive* (`prof_active:false`) at start: the
+//! same binary is also the supervising agent, which must not pay for sampling. A worker
+//! calls [`activate_profiling`] once at start. `prof:true` cannot be turned on later, which
+//! is why it is compiled in rather than left to the worker.
+
+use std::ffi::{CString, c_char};
+
+use tikv_jemalloc_ctl::raw;
+
+use crate::error::ProbeError;
+
+/// The options the [`install!`](crate::install) macro compiles into the binary.
+/// `lg_prof_sample:19` samples once per 512 KiB allocated on average. The crate builds
+/// jemalloc with unprefixed symbols, so the `MALLOC_CONF` environment variable (read after
+/// this symbol) still overrides any of these.
+pub const DEFAULT_MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
+
+/// Makes jemalloc the global allocator and compiles in [`DEFAULT_MALLOC_CONF`].
+///
+/// Put it once at the binary's crate root. It must expand in the *binary*: jemalloc keeps
+/// a weak default `malloc_conf`, and a definition inside a library archive would never be
+/// pulled in by the linker. An app under `#![forbid(unsafe_code)]` can still use it: rustc
+/// does not report `unsafe_code` inside another crate's macro expansion, and the one
+/// unsafe attribute is justified here.
+#[macro_export]
+macro_rules! install {
+    () => {
+        #[global_allocator]
+        static HEAPWARDEN_GLOBAL_ALLOCATOR: $crate::__jemallocator::Jemalloc =
+            $crate::__jemallocator::Jemalloc;
+
+        /// Read by jemalloc at its first allocation, before `main`.
+        // SAFETY: jemalloc declares `const char *malloc_conf`; a `&[u8]` starts with the
+        // data pointer, the bytes are NUL-terminated and 'static, and nothing else in the
+        // binary defines this symbol (the macro is used once per binary).
+        #[unsafe(export_name = "malloc_conf")]
+        pub static MALLOC_CONF: &[u8] = $crate::alloc::DEFAULT_MALLOC_CONF;
+    };
+}
+
+/// Starts allocation sampling (`prof.active = true`). Call once at worker start; the
+/// agent role never calls it. Fails when profiling was disabled (`MALLOC_CONF=prof:false`).
+pub fn activate_profiling() -> Result<(), ProbeError> {
+    // SAFETY: "prof.active" is a bool key; `raw::write` passes a pointer to a live bool of
+    // the right size.
+    unsafe { raw::write(b"prof.active\0", true) }.map_err(|cause| ProbeError::Jemalloc {
+        key: "prof.active",
+        cause,
+    })
+}
+
+/// Whether allocation sampling is currently on.
+pub fn profiling_active() -> Result<bool, ProbeError> {
+    // SAFETY: "prof.active" is a bool key, so reading it as `bool` matches its size.
+    unsafe { raw::read::<bool>(b"prof.active\0") }.map_err(|cause| ProbeError::Jemalloc {
+        key: "prof.active",
+        cause,
+    })
+}
+
+/// Writes jemalloc's raw heap profile to `path` (`prof.dump`).
+pub(crate) fn prof_dump(path: &CString) -> Result<(), tikv_jemalloc_ctl::Error> {
+    let file_name: *const c_char = path.as_ptr();
+    // SAFETY: "prof.dump" takes a `const char *`; `path` is NUL-terminated and outlives
+    // the call, and jemalloc copies the name before returning.
+    unsafe { raw::write(b"prof.dump\0", file_name) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use tikv_jemalloc_ctl::profiling;
+
+    #[test]
+    fn compiled_in_options_enable_profiling_at_512k_samples() {
+        // An override in the test environment would make this test meaningless.
+        if std::env::var_os("MALLOC_CONF").is_some() {
+            println!("skipped: MALLOC_CONF is set in the environment");
+            return;
+        }
+        assert!(profiling::prof::read().expect("opt.prof is readable"));
+        assert_eq!(
+            profiling::lg_prof_sample::read().expect("lg_prof_sample"),
+            19
+        );
+    }
+
+    const CHILD_ENV: &str = "HEAPWARDEN_PROBES_CONF_CHILD";
+
+    /// Runs only as the child of the test below, printing what jemalloc parsed.
+    #[test]
+    fn child_reports_options() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        println!(
+            "conf prof={} lg_prof_sample={}",
+            profiling::prof::read().unwrap_or(false),
+            profiling::lg_prof_sample::read().unwrap_or(0)
+        );
+    }
+
+    #[test]
+    fn malloc_conf_env_var_overrides_compiled_in_options() {
+        let exe = std::env::current_exe().expect("test executable path");
+        let output = Command::new(exe)
+            .args([
+                "alloc::tests::child_reports_options",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            // Unprefixed symbols mean jemalloc reads `MALLOC_CONF`, not `_RJEM_MALLOC_CONF`.
+            .env("MALLOC_CONF", "lg_prof_sample:21")
+            .output()
+            .expect("run the test binary as a child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}");
+        assert!(
+            stdout.contains("conf prof=true lg_prof_sample=21"),
+            "env var did not override (compiled-in prof:true must survive): {stdout}"
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! The reader thread: decodes agent messages and answers them.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use super::{Shared, lock, read_hooks};
+use crate::channel::{AgentMsg, FrameDecoder, WorkerMsg};
+use crate::diag::warn;
+use crate::dump::dump_profile;
+use crate::stats::HeapStats;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads until end-of-stream, an I/O error or a frame error that loses frame boundaries,
+/// then closes the channel (which tells the app to drain).
+pub(super) fn run_reader(shared: Arc<Shared>, mut socket: UnixStream) {
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    'read: loop {
+        let n = match socket.read(&mut chunk) {
+            Ok(0) => {
+                if let Err(error) = decoder.finish() {
+                    warn(
+                        "The agent closed the channel mid-frame.",
+                        &[("error", json!(error.to_string()))],
+                    );
+                }
+                break;
+            }
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                warn(
+                    "Reading from the agent failed.",
+                    &[("error", json!(error.to_string()))],
+                );
+                break;
+            }
+        };
+        decoder.push(&chunk[..n]);
+        loop {
+            match decoder.next_frame::<AgentMsg>() {
+                Ok(Some(msg)) => handle(&shared, msg),
+                Ok(None) => break,
+                Err(error) if error.is_fatal() => {
+                    warn(
+                        "The agent sent a frame that cannot be delimited; closing the channel.",
+                        &[("error", json!(error.to_string()))],
+                    );
+                    break 'read;
+                }
+                Err(error) => {
+                    warn(
+                        "Ignored a malformed frame from the agent.",
+                        &[("error", json!(error.to_string()))],
+                    );
+                }
+            }
+        }
+    }
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+    shared.close();
+}
+
+fn reply(shared: &Shared, msg: WorkerMsg) {
+    // Failure is already counted in `dropped`; the agent sees a missing answer.
+    let _ = shared.send(msg);
+}
+
+fn handle(shared: &Shared, msg: AgentMsg) {
+    match msg {
+        AgentMsg::Sample { seq, metrics } => reply(shared, sample(shared, seq, metrics)),
+        AgentMsg::Dump { seq, path } => {
+            let (error, micros) = match dump_profile(Path::new(&path)) {
+                Ok(took) => (None, u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
+                Err(error) => (Some(error.to_string()), 0),
+            };
+            reply(
+                shared,
+                WorkerMsg::ProfileWritten {
+                    seq,
+                    path,
+                    error,
+                    micros,
+                },
+            );
+        }
+        AgentMsg::Drain { deadline_ms } => {
+            shared
+                .drain_deadline_ms
+                .store(deadline_ms, Ordering::Relaxed);
+            shared.drained.send_replace(true);
+        }
+        AgentMsg::Invalidate { seq, key, version } => {
+            let callback = read_hooks(shared).invalidate.clone();
+            if let Some(callback) = callback
+                && catch_unwind(AssertUnwindSafe(|| callback(&key, version))).is_err()
+            {
+                warn(
+                    "The app's invalidation callback panicked.",
+                    &[("key", json!(key))],
+                );
+            }
+            reply(shared, WorkerMsg::Invalidated { seq });
+        }
+        AgentMsg::InvalidateDone { seq } => {
+            if let Some(waiter) = lock(&shared.pending_invalidations).remove(&seq) {
+                let _ = waiter.send(());
+            }
+        }
+        AgentMsg::Ping { seq } => reply(shared, WorkerMsg::Pong { seq }),
+    }
+}
+
+fn sample(shared: &Shared, seq: u64, with_metrics: bool) -> WorkerMsg {
+    let heap = match HeapStats::read() {
+        Ok(heap) => Some(heap),
+        Err(error) => {
+            warn(
+                "Could not read jemalloc heap stats.",
+                &[("error", json!(error.to_string()))],
+            );
+            None
+        }
+    };
+    let (runtime_lag, metrics_source) = {
+        let hooks = read_hooks(shared);
+        (hooks.runtime_lag.clone(), hooks.metrics.clone())
+    };
+    let metrics = match metrics_source {
+        Some(render) if with_metrics => match catch_unwind(AssertUnwindSafe(|| render())) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                warn("The app's metrics source panicked.", &[]);
+                None
+            }
+        },
+        _ => None,
+    };
+    WorkerMsg::Stats {
+        seq,
+        heap,
+        runtime_lag_seconds: runtime_lag.map(|lag| lag.lag_seconds()),
+        dropped: shared.dropped.load(Ordering::Relaxed),
+        metrics,
+    }
+}

@@ -1,0 +1,42 @@
+//! `ProbeError`: everything the probe's public API can fail with, carrying the key, path
+//! or sequence number involved.
+
+use std::path::PathBuf;
+
+/// Errors from the probe library.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    // tikv-jemalloc-ctl's error implements std's Error only with its `use_std` feature,
+    // so it is carried as a field and shown in the message rather than as a source.
+    #[error("jemalloc control key {key} failed: {cause}")]
+    Jemalloc {
+        key: &'static str,
+        cause: tikv_jemalloc_ctl::Error,
+    },
+    #[error("heap profile path {path:?} contains a NUL byte")]
+    DumpPathNul { path: PathBuf },
+    #[error("jemalloc could not write a heap profile to {path:?} (is profiling enabled?): {cause}")]
+    Dump {
+        path: PathBuf,
+        cause: tikv_jemalloc_ctl::Error,
+    },
+    #[error("control channel to the agent is closed")]
+    ChannelClosed,
+    #[error("control channel send queue is full; message dropped")]
+    QueueFull,
+    #[error("agent did not confirm invalidation {seq} of key {key:?} in time")]
+    InvalidateTimeout { seq: u64, key: String },
+    /// An inherited descriptor variable (`HEAPWARDEN_CONTROL_FD`, `LISTEN_FDS`) is unusable.
+    #[error("{var}={value:?} does not name a usable inherited socket: {reason}")]
+    InheritedFd {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("control channel I/O failed while {doing}")]
+    Io {
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,62 @@
+//! `heapwarden-probes`: the library a Rust worker links so the heapwarden agent can see
+//! inside it.
+//!
+//! It owns four things, each in its own module:
+//! - the allocator ([`install!`], jemalloc with heap profiling compiled in, sampling
+//!   off until [`activate_profiling`]) and its figures ([`HeapStats`]);
+//! - raw heap-profile dumps ([`dump_profile`]) that the agent symbolises out of process;
+//! - the control channel to the agent ([`channel`] frames, [`Probe`] client on its own
+//!   thread, so nothing in the worker's hot path ever waits on the agent);
+//! - a liveness helper ([`spawn_lag_monitor`]) that tells a stalled async runtime apart
+//!   from a busy one;
+//! - socket activation: [`take_listen_socket`] adopts the listener the agent shares.
+//!
+//! # Opting in
+//! One line at the binary's crate root, then take the probe at start:
+//! ```ignore
+//! heapwarden_probes::install!();
+//!
+//! fn main() {
+//!     let _ = heapwarden_probes::activate_profiling();
+//!     let probe = heapwarden_probes::Probe::from_env(); // None when not under heapwarden
+//!     // ... bind, then `probe.ready()`, and stop accepting once `probe.drained()` resolves.
+//! }
+//! ```
+//! `MALLOC_CONF` in the environment still overrides the compiled-in jemalloc options.
+//!
+//! Only `alloc` (jemalloc's C interface) and `fd` (adopting inherited descriptors) use
+//! `unsafe`; each says why every block is sound.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod alloc;
+pub mod channel;
+mod client;
+mod diag;
+mod dump;
+mod error;
+#[allow(unsafe_code)]
+mod fd;
+mod liveness;
+mod stats;
+
+pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
+pub use channel::{AgentMsg, FrameDecoder, FrameError, PROTOCOL_VERSION, WorkerMsg};
+pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe};
+pub use dump::dump_profile;
+pub use error::ProbeError;
+pub use fd::take_listen_socket;
+pub use liveness::{RuntimeLag, spawn_lag_monitor};
+pub use stats::HeapStats;
+
+/// Re-exported so that [`install!`] expands without the app depending on it directly.
+#[doc(hidden)]
+pub use tikv_jemallocator as __jemallocator;
+
+/// The crate's own unit tests need the same allocator and options a worker gets. Expanded
+/// locally, the macro's export name trips `deny(unsafe_code)`, hence the allow.
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod test_allocator {
+    crate::install!();
+}
