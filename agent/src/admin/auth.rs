@@ -139,7 +139,11 @@ fn create_token(path: &Path) -> Result<String, AuthError> {
 }
 
 /// Middleware: 401 with a JSON body unless the request carries the bearer token.
-pub async fn require_token(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(token): State<AdminToken>,
+    request: Request,
+    next: Next,
+) -> Response {
     let offered = request
         .headers()
         .get(header::AUTHORIZATION)

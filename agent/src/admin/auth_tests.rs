@@ -12,7 +12,10 @@ fn a_missing_default_token_is_created_private_and_then_reused() {
     let path = state.join(DEFAULT_TOKEN_FILE);
     let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(load_or_create_token(Path::new(""), &state).expect("reread"), token);
+    assert_eq!(
+        load_or_create_token(Path::new(""), &state).expect("reread"),
+        token
+    );
 }
 
 #[test]
@@ -23,8 +26,14 @@ fn a_group_readable_token_file_is_refused_with_its_path_and_mode() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let err = load_or_create_token(&path, dir.path()).expect_err("too open");
     let text = err.to_string();
-    assert!(matches!(err, AuthError::TooOpen { mode: 0o640, .. }), "{text}");
-    assert!(text.contains(&path.display().to_string()) && text.contains("0640"), "{text}");
+    assert!(
+        matches!(err, AuthError::TooOpen { mode: 0o640, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("0640"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -36,9 +45,15 @@ fn a_configured_file_is_read_trimmed_and_never_created() {
     assert!(!path.exists());
     std::fs::write(&path, "  s3cret \n").expect("write");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    assert_eq!(load_or_create_token(&path, dir.path()).expect("read"), "s3cret");
+    assert_eq!(
+        load_or_create_token(&path, dir.path()).expect("read"),
+        "s3cret"
+    );
     std::fs::write(&path, "\n").expect("write");
-    assert!(matches!(load_or_create_token(&path, dir.path()), Err(AuthError::Empty { .. })));
+    assert!(matches!(
+        load_or_create_token(&path, dir.path()),
+        Err(AuthError::Empty { .. })
+    ));
 }
 
 #[test]

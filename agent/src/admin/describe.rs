@@ -5,37 +5,109 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 pub fn describe_metrics() {
-    describe_gauge!("heapwarden_worker_up", "1 when the slot's worker is running and ready.");
+    describe_gauge!(
+        "heapwarden_worker_up",
+        "1 when the slot's worker is running and ready."
+    );
     describe_gauge!(
         "heapwarden_worker_state",
         "1 for the slot's current state (starting, ready, replacing, backoff, failed, stopping)."
     );
-    describe_gauge!("heapwarden_worker_rss_bytes", "Resident set size of the worker's process tree.");
-    describe_gauge!("heapwarden_worker_pss_bytes", "Proportional set size of the worker's process tree (smaps_rollup).");
-    describe_gauge!("heapwarden_worker_uss_bytes", "Unique set size (private pages) of the worker's process tree.");
-    describe_gauge!("heapwarden_worker_swap_bytes", "Swapped-out memory of the worker's process tree.");
-    describe_gauge!("heapwarden_worker_heap_allocated_bytes", "Heap used: jemalloc stats.allocated.");
-    describe_gauge!("heapwarden_worker_heap_active_bytes", "Heap total: jemalloc stats.active.");
-    describe_gauge!("heapwarden_worker_heap_resident_bytes", "jemalloc stats.resident.");
-    describe_gauge!("heapwarden_worker_heap_retained_bytes", "jemalloc stats.retained.");
-    describe_gauge!("heapwarden_worker_runtime_lag_seconds", "Scheduling lag of the worker's async runtime.");
+    describe_gauge!(
+        "heapwarden_worker_rss_bytes",
+        "Resident set size of the worker's process tree."
+    );
+    describe_gauge!(
+        "heapwarden_worker_pss_bytes",
+        "Proportional set size of the worker's process tree (smaps_rollup)."
+    );
+    describe_gauge!(
+        "heapwarden_worker_uss_bytes",
+        "Unique set size (private pages) of the worker's process tree."
+    );
+    describe_gauge!(
+        "heapwarden_worker_swap_bytes",
+        "Swapped-out memory of the worker's process tree."
+    );
+    describe_gauge!(
+        "heapwarden_worker_heap_allocated_bytes",
+        "Heap used: jemalloc stats.allocated."
+    );
+    describe_gauge!(
+        "heapwarden_worker_heap_active_bytes",
+        "Heap total: jemalloc stats.active."
+    );
+    describe_gauge!(
+        "heapwarden_worker_heap_resident_bytes",
+        "jemalloc stats.resident."
+    );
+    describe_gauge!(
+        "heapwarden_worker_heap_retained_bytes",
+        "jemalloc stats.retained."
+    );
+    describe_gauge!(
+        "heapwarden_worker_runtime_lag_seconds",
+        "Scheduling lag of the worker's async runtime."
+    );
     describe_counter!(
         "heapwarden_worker_probe_dropped_messages_total",
         "Control messages the worker's probe dropped because the agent was not reading."
     );
-    describe_gauge!("heapwarden_worker_growth_bytes_per_second", "Fitted trend of the watched memory figure.");
-    describe_gauge!("heapwarden_worker_seconds_to_limit", "Predicted seconds until the watched figure reaches max-memory.");
-    describe_counter!("heapwarden_worker_restarts_total", "Worker restarts by reason.");
-    describe_counter!("heapwarden_leak_detections_total", "Leak rule trips by rule.");
-    describe_counter!("heapwarden_heap_profiles_total", "Heap profiles taken by trigger and outcome.");
-    describe_histogram!("heapwarden_heap_profile_duration_seconds", "Time to dump, convert and store one heap profile.");
-    describe_gauge!("heapwarden_profiles_stored_bytes", "Bytes of heap profiles kept in the state directory.");
-    describe_histogram!("heapwarden_drain_duration_seconds", "Time a replaced worker took to drain.");
-    describe_histogram!("heapwarden_sample_duration_seconds", "Duration of one sampling round over all workers.");
-    describe_gauge!("heapwarden_agent_rss_bytes", "Resident set size of the agent process.");
-    describe_gauge!("heapwarden_system_memory_bytes", "Machine memory by state (total, available, used).");
+    describe_gauge!(
+        "heapwarden_worker_growth_bytes_per_second",
+        "Fitted trend of the watched memory figure."
+    );
+    describe_gauge!(
+        "heapwarden_worker_seconds_to_limit",
+        "Predicted seconds until the watched figure reaches max-memory."
+    );
+    describe_counter!(
+        "heapwarden_worker_restarts_total",
+        "Worker restarts by reason."
+    );
+    describe_counter!(
+        "heapwarden_leak_detections_total",
+        "Leak rule trips by rule."
+    );
+    describe_counter!(
+        "heapwarden_heap_profiles_total",
+        "Heap profiles taken by trigger and outcome."
+    );
+    describe_histogram!(
+        "heapwarden_heap_profile_duration_seconds",
+        "Time to dump, convert and store one heap profile."
+    );
+    describe_gauge!(
+        "heapwarden_profiles_stored_bytes",
+        "Bytes of heap profiles kept in the state directory."
+    );
+    describe_histogram!(
+        "heapwarden_drain_duration_seconds",
+        "Time a replaced worker took to drain."
+    );
+    describe_histogram!(
+        "heapwarden_sample_duration_seconds",
+        "Duration of one sampling round over all workers."
+    );
+    describe_gauge!(
+        "heapwarden_agent_rss_bytes",
+        "Resident set size of the agent process."
+    );
+    describe_gauge!(
+        "heapwarden_system_memory_bytes",
+        "Machine memory by state (total, available, used)."
+    );
     describe_gauge!("heapwarden_system_load", "Load average by period.");
-    describe_gauge!("heapwarden_cgroup_memory_pressure", "PSI memory pressure (some) of the agent's cgroup, percent.");
-    describe_gauge!("heapwarden_cgroup_memory_current_bytes", "memory.current of the agent's cgroup.");
-    describe_gauge!("heapwarden_cgroup_memory_max_bytes", "memory.max of the agent's cgroup, when limited.");
+    describe_gauge!(
+        "heapwarden_cgroup_memory_pressure",
+        "PSI memory pressure (some) of the agent's cgroup, percent."
+    );
+    describe_gauge!(
+        "heapwarden_cgroup_memory_current_bytes",
+        "memory.current of the agent's cgroup."
+    );
+    describe_gauge!(
+        "heapwarden_cgroup_memory_max_bytes",
+        "memory.max of the agent's cgroup, when limited."
+    );
 }

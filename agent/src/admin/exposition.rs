@@ -84,7 +84,9 @@ fn merge_part(families: &mut Families, part: &Part<'_>) {
             }
             let family = families.get(name);
             match keyword {
-                "HELP" if family.help.is_none() => family.help = Some(rest.unwrap_or("").to_string()),
+                "HELP" if family.help.is_none() => {
+                    family.help = Some(rest.unwrap_or("").to_string())
+                }
                 "TYPE" if family.kind.is_none() => family.kind = rest.map(|k| k.trim().to_string()),
                 _ => {}
             }
@@ -102,7 +104,9 @@ fn merge_part(families: &mut Families, part: &Part<'_>) {
             }
         };
         let sample = match part.worker {
-            Some(worker) if !has_label(labels, "worker") => with_worker(metric, labels, value, worker),
+            Some(worker) if !has_label(labels, "worker") => {
+                with_worker(metric, labels, value, worker)
+            }
             _ => line.to_string(),
         };
         families.get(&family_name).samples.push(sample);
@@ -173,11 +177,7 @@ fn has_label(labels: &str, name: &str) -> bool {
             _ if escaped => escaped = false,
             '\\' if in_quotes => escaped = true,
             '"' => in_quotes = !in_quotes,
-            '=' if !in_quotes => {
-                if labels[start..i].trim().trim_start_matches(',').trim() == name {
-                    return true;
-                }
-            }
+            '=' if !in_quotes && labels[start..i].trim() == name => return true,
             ',' if !in_quotes => start = i + 1,
             _ => {}
         }

@@ -31,9 +31,18 @@ fn type_lines(text: &str) -> Vec<&str> {
 fn families_from_several_workers_appear_once() {
     let (w0, w1) = (worker_text("0"), worker_text("1"));
     let merged = merge(&[
-        Part { worker: None, text: AGENT },
-        Part { worker: Some("0"), text: &w0 },
-        Part { worker: Some("1"), text: &w1 },
+        Part {
+            worker: None,
+            text: AGENT,
+        },
+        Part {
+            worker: Some("0"),
+            text: &w0,
+        },
+        Part {
+            worker: Some("1"),
+            text: &w1,
+        },
     ]);
     let types = type_lines(&merged);
     assert_eq!(types.len(), 3, "{merged}");
@@ -45,24 +54,43 @@ fn families_from_several_workers_appear_once() {
         .position(|l| *l == "# TYPE http_request_duration_seconds histogram")
         .expect("histogram family");
     assert_eq!(lines.len() - start - 1, 8, "{merged}");
-    assert!(lines[start + 1..].iter().all(|l| l.starts_with("http_request_duration_seconds_")));
+    assert!(
+        lines[start + 1..]
+            .iter()
+            .all(|l| l.starts_with("http_request_duration_seconds_"))
+    );
 }
 
 #[test]
 fn a_missing_worker_label_is_added_and_an_existing_one_kept() {
     let text = "# TYPE demo_jobs_total counter\ndemo_jobs_total{outcome=\"completed\"} 3\n\
 demo_cache_invalidations_total 2\nx{worker=\"9\"} 1\n";
-    let merged = merge(&[Part { worker: Some("2"), text }]);
-    assert!(merged.contains("demo_jobs_total{worker=\"2\",outcome=\"completed\"} 3"), "{merged}");
-    assert!(merged.contains("demo_cache_invalidations_total{worker=\"2\"} 2"), "{merged}");
+    let merged = merge(&[Part {
+        worker: Some("2"),
+        text,
+    }]);
+    assert!(
+        merged.contains("demo_jobs_total{worker=\"2\",outcome=\"completed\"} 3"),
+        "{merged}"
+    );
+    assert!(
+        merged.contains("demo_cache_invalidations_total{worker=\"2\"} 2"),
+        "{merged}"
+    );
     assert!(merged.contains("x{worker=\"9\"} 1"), "{merged}");
 }
 
 #[test]
 fn labels_with_quotes_braces_and_commas_survive() {
     let text = "m{route=\"/a,{b}\\\"c\",worker_x=\"1\"} 1\n";
-    let merged = merge(&[Part { worker: Some("0"), text }]);
-    assert_eq!(merged, "m{worker=\"0\",route=\"/a,{b}\\\"c\",worker_x=\"1\"} 1\n");
+    let merged = merge(&[Part {
+        worker: Some("0"),
+        text,
+    }]);
+    assert_eq!(
+        merged,
+        "m{worker=\"0\",route=\"/a,{b}\\\"c\",worker_x=\"1\"} 1\n"
+    );
 }
 
 #[test]
@@ -76,12 +104,28 @@ fn free_comments_and_garbage_are_dropped() {
 fn a_conflicting_type_keeps_the_first() {
     let a = "# TYPE m counter\nm{worker=\"0\"} 1\n";
     let b = "# TYPE m gauge\nm{worker=\"1\"} 2\n";
-    let merged = merge(&[Part { worker: None, text: a }, Part { worker: None, text: b }]);
-    assert_eq!(merged, "# TYPE m counter\nm{worker=\"0\"} 1\nm{worker=\"1\"} 2\n");
+    let merged = merge(&[
+        Part {
+            worker: None,
+            text: a,
+        },
+        Part {
+            worker: None,
+            text: b,
+        },
+    ]);
+    assert_eq!(
+        merged,
+        "# TYPE m counter\nm{worker=\"0\"} 1\nm{worker=\"1\"} 2\n"
+    );
 }
 
 fn arb_part() -> impl Strategy<Value = String> {
-    let family = (0usize..6, prop::sample::select(vec!["counter", "gauge", "histogram"]), 0usize..4);
+    let family = (
+        0usize..6,
+        prop::sample::select(vec!["counter", "gauge", "histogram"]),
+        0usize..4,
+    );
     prop::collection::vec(family, 0..6).prop_map(|families| {
         let mut text = String::new();
         for (n, kind, samples) in families {
@@ -89,7 +133,9 @@ fn arb_part() -> impl Strategy<Value = String> {
             text.push_str(&format!("# HELP {name} help {n}\n# TYPE {name} {kind}\n"));
             for s in 0..samples {
                 if kind == "histogram" {
-                    text.push_str(&format!("{name}_bucket{{le=\"+Inf\",i=\"{s}\"}} 1\n{name}_count{{i=\"{s}\"}} 1\n"));
+                    text.push_str(&format!(
+                        "{name}_bucket{{le=\"+Inf\",i=\"{s}\"}} 1\n{name}_count{{i=\"{s}\"}} 1\n"
+                    ));
                 } else {
                     text.push_str(&format!("{name}{{i=\"{s}\"}} {s}\n"));
                 }

@@ -25,7 +25,11 @@ pub fn not_ready_reason(view: &PoolView) -> Option<String> {
         match &slot.worker {
             Some(w) if w.ready => {}
             Some(_) => clauses.push(format!("slot {} is {}", slot.slot, slot.state.as_str())),
-            None => clauses.push(format!("slot {} has no worker ({})", slot.slot, slot.state.as_str())),
+            None => clauses.push(format!(
+                "slot {} has no worker ({})",
+                slot.slot,
+                slot.state.as_str()
+            )),
         }
         if slot.budget_exhausted {
             clauses.push(format!("slot {} restart budget exhausted", slot.slot));

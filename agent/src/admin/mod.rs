@@ -22,8 +22,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
-pub use describe::describe_metrics;
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
+pub use describe::describe_metrics;
 pub use exposition::{Part, merge};
 pub use recorder::{RecorderError, build_recorder, install_recorder, spawn_upkeep};
 
@@ -89,8 +89,14 @@ pub async fn serve(
 pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> String {
     let slots: Vec<String> = snapshot.workers.keys().map(ToString::to_string).collect();
     let mut parts = vec![
-        Part { worker: None, text: agent },
-        Part { worker: None, text: &snapshot.sampler },
+        Part {
+            worker: None,
+            text: agent,
+        },
+        Part {
+            worker: None,
+            text: &snapshot.sampler,
+        },
     ];
     for (slot, text) in slots.iter().zip(snapshot.workers.values()) {
         parts.push(Part {

@@ -115,7 +115,10 @@ async fn readyz_lists_every_unready_slot_and_spent_budget() {
 async fn readyz_is_200_when_all_ready_and_503_when_stopping() {
     let f = fixture(ready_pool(), Instant::now(), true);
     let (status, body) = get_path(router(f.state.clone()), "/readyz", None).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ready":true}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"ready":true}"#)
+    );
     let mut stopping = ready_pool();
     stopping.stopping = true;
     f._pool.send_replace(stopping);
@@ -127,8 +130,13 @@ async fn readyz_is_200_when_all_ready_and_503_when_stopping() {
 #[tokio::test]
 async fn healthz_follows_the_heartbeat() {
     let f = fixture(ready_pool(), Instant::now(), true);
-    assert_eq!(get_path(router(f.state.clone()), "/healthz", None).await.0, StatusCode::OK);
-    let stale = Instant::now().checked_sub(Duration::from_secs(60)).expect("uptime");
+    assert_eq!(
+        get_path(router(f.state.clone()), "/healthz", None).await.0,
+        StatusCode::OK
+    );
+    let stale = Instant::now()
+        .checked_sub(Duration::from_secs(60))
+        .expect("uptime");
     f._heartbeat.send_replace(stale);
     let (status, body) = get_path(router(f.state), "/healthz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -143,10 +151,22 @@ async fn closed_metrics_need_the_token_and_the_api_always_does() {
     let (status, body) = get_path(app.clone(), "/metrics", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("\"error\":\"unauthorized\""), "{body}");
-    assert_eq!(get_path(app.clone(), "/readyz", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(get_path(app.clone(), "/metrics", Some(TOKEN)).await.0, StatusCode::OK);
-    assert_eq!(get_path(app.clone(), "/api/v1/ping", None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(get_path(app, "/api/v1/ping", Some(TOKEN)).await, (StatusCode::OK, "pong".into()));
+    assert_eq!(
+        get_path(app.clone(), "/readyz", Some("wrong")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_path(app.clone(), "/metrics", Some(TOKEN)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_path(app.clone(), "/api/v1/ping", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_path(app, "/api/v1/ping", Some(TOKEN)).await,
+        (StatusCode::OK, "pong".into())
+    );
 }
 
 #[tokio::test]
@@ -154,14 +174,23 @@ async fn open_metrics_serve_without_a_token_but_the_api_stays_closed() {
     let f = fixture(ready_pool(), Instant::now(), true);
     let api = Router::new().route("/ping", get(|| async { "pong" }));
     let app = router_with_api(f.state, api);
-    assert_eq!(get_path(app.clone(), "/metrics", None).await.0, StatusCode::OK);
-    assert_eq!(get_path(app, "/api/v1/ping", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get_path(app.clone(), "/metrics", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_path(app, "/api/v1/ping", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn oversized_api_bodies_are_refused() {
     let f = fixture(ready_pool(), Instant::now(), true);
-    let api = Router::new().route("/echo", axum::routing::post(|body: String| async move { body.len().to_string() }));
+    let api = Router::new().route(
+        "/echo",
+        axum::routing::post(|body: String| async move { body.len().to_string() }),
+    );
     let app = router_with_api(f.state, api);
     let request = Request::post("/api/v1/echo")
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
@@ -197,11 +226,27 @@ async fn metrics_merge_worker_families_under_the_worker_label() {
     f.writer.publish(sample_exposition());
     let (status, body) = get_path(router(f.state), "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body.matches("# TYPE http_requests_total counter").count(), 1, "{body}");
-    assert!(body.contains("http_requests_total{worker=\"1\",method=\"GET\""), "{body}");
-    assert!(body.contains("heapwarden_worker_cpu_seconds_total{worker=\"0\"} 1.25"), "{body}");
-    assert!(body.contains("heapwarden_sample_duration_seconds_bucket{le=\"0.0005\"} 1"), "{body}");
-    assert!(f.writer.take_scrape_request(), "a scrape asks the next round for worker text");
+    assert_eq!(
+        body.matches("# TYPE http_requests_total counter").count(),
+        1,
+        "{body}"
+    );
+    assert!(
+        body.contains("http_requests_total{worker=\"1\",method=\"GET\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("heapwarden_worker_cpu_seconds_total{worker=\"0\"} 1.25"),
+        "{body}"
+    );
+    assert!(
+        body.contains("heapwarden_sample_duration_seconds_bucket{le=\"0.0005\"} 1"),
+        "{body}"
+    );
+    assert!(
+        f.writer.take_scrape_request(),
+        "a scrape asks the next round for worker text"
+    );
 }
 
 /// `promtool check metrics` over a page with every kind of part. Fails (naming the
@@ -216,7 +261,8 @@ fn rendered_metrics_pass_promtool() {
         metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
         metrics::gauge!("heapwarden_system_memory_bytes", "state" => "used").set(1e9);
         metrics::histogram!(crate::sampler::SAMPLE_DURATION).record(0.002);
-        metrics::counter!("heapwarden_worker_restarts_total", "worker" => "0", "reason" => "leak").increment(1);
+        metrics::counter!("heapwarden_worker_restarts_total", "worker" => "0", "reason" => "leak")
+            .increment(1);
     });
     let page = render_metrics(&handle.render(), &sample_exposition());
     let child = std::process::Command::new("promtool")

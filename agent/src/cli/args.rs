@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "heapwarden", version, about = "Memory-leak watchdog for Linux services")]
+#[command(
+    name = "heapwarden",
+    version,
+    about = "Memory-leak watchdog for Linux services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

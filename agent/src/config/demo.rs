@@ -115,8 +115,7 @@ impl DemoConfig {
             );
         }
         let redis = self.redis_url.as_str();
-        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://"))
-        {
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             fail("redis-url", "must be empty (no L2) or redis://…");
         }
         if self.db_max_connections == 0 {
@@ -170,7 +169,11 @@ mod tests {
         };
         bad.validate(&mut errors);
         let text = format!("{errors:?}");
-        for key in ["demo.database-url", "demo.jobs-concurrency", "demo.max-body"] {
+        for key in [
+            "demo.database-url",
+            "demo.jobs-concurrency",
+            "demo.max-body",
+        ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
         assert_eq!(errors.len(), 3);
@@ -178,10 +181,9 @@ mod tests {
 
     #[test]
     fn kebab_case_keys_parse() {
-        let parsed: DemoConfig = toml::from_str(
-            "db-max-connections = 3\njob-backoff = \"50ms\"\nmax-body = \"1KiB\"\n",
-        )
-        .expect("parses");
+        let parsed: DemoConfig =
+            toml::from_str("db-max-connections = 3\njob-backoff = \"50ms\"\nmax-body = \"1KiB\"\n")
+                .expect("parses");
         assert_eq!(parsed.db_max_connections, 3);
         assert_eq!(parsed.job_backoff, Duration::from_millis(50));
         assert_eq!(parsed.max_body, Size(1024));

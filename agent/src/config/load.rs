@@ -86,7 +86,9 @@ pub fn load(
     }
     let config: Config = Value::Table(tree)
         .try_into()
-        .map_err(|e: toml::de::Error| ConfigErrors(vec![ConfigError::new("(config)", e.message())]))?;
+        .map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError::new("(config)", e.message())])
+        })?;
     config.validate(&mut errors);
     if errors.is_empty() {
         Ok(config)
@@ -112,15 +114,22 @@ fn read_file(path: &Path) -> Result<Table, ConfigErrors> {
     let one = |msg: String| ConfigErrors(vec![ConfigError::new("(file)", msg)]);
     let text = std::fs::read_to_string(path)
         .map_err(|e| one(format!("cannot read {}: {e}", path.display())))?;
-    text.parse::<Table>()
-        .map_err(|e| one(format!("{} is not valid TOML: {}", path.display(), e.to_string().trim())))
+    text.parse::<Table>().map_err(|e| {
+        one(format!(
+            "{} is not valid TOML: {}",
+            path.display(),
+            e.to_string().trim()
+        ))
+    })
 }
 
 /// An override is read as a TOML value when it is one (`4`, `true`, `["a", "b"]`) and as
 /// a plain string otherwise (`127.0.0.1:8080`, `30s`).
 fn parse_override(raw: &str) -> Value {
     match format!("v = {raw}").parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_string())),
         Err(_) => Value::String(raw.to_string()),
     }
 }

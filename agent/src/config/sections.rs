@@ -270,14 +270,20 @@ impl Config {
     pub(super) fn validate(&self, errors: &mut Vec<ConfigError>) {
         let p = &self.pool;
         if p.command.first().is_some_and(|c| c.trim().is_empty()) {
-            errors.push(ConfigError::new("pool.command", "the program name is empty"));
+            errors.push(ConfigError::new(
+                "pool.command",
+                "the program name is empty",
+            ));
         }
         if p.workers > 1024 {
             errors.push(ConfigError::new("pool.workers", "at most 1024 workers"));
         }
         let r = &p.restart;
         if !(r.factor >= 1.0 && r.factor.is_finite()) {
-            errors.push(ConfigError::new("pool.restart.factor", "must be a number >= 1.0"));
+            errors.push(ConfigError::new(
+                "pool.restart.factor",
+                "must be a number >= 1.0",
+            ));
         }
         if r.initial_delay > r.max_delay {
             errors.push(ConfigError::new(
@@ -286,10 +292,16 @@ impl Config {
             ));
         }
         if r.max_restarts == 0 {
-            errors.push(ConfigError::new("pool.restart.max-restarts", "must be at least 1"));
+            errors.push(ConfigError::new(
+                "pool.restart.max-restarts",
+                "must be at least 1",
+            ));
         }
         if self.sampling.interval < Duration::from_millis(50) {
-            errors.push(ConfigError::new("sampling.interval", "must be at least 50ms"));
+            errors.push(ConfigError::new(
+                "sampling.interval",
+                "must be at least 50ms",
+            ));
         }
         if self.sampling.pss_every == 0 {
             errors.push(ConfigError::new("sampling.pss-every", "must be at least 1"));
@@ -314,7 +326,10 @@ impl Config {
             errors.push(ConfigError::new("profiles.max-count", "must be at least 1"));
         }
         if p.listen == self.admin.listen && p.listen.port() != 0 {
-            errors.push(ConfigError::new("admin.listen", "must differ from pool.listen"));
+            errors.push(ConfigError::new(
+                "admin.listen",
+                "must differ from pool.listen",
+            ));
         }
         self.demo.validate(errors);
     }

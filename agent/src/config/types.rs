@@ -183,7 +183,10 @@ mod tests {
     fn rates_need_a_time_unit() {
         let r: Rate = "1MiB/min".parse().unwrap();
         assert!((r.bytes_per_second - 1048576.0 / 60.0).abs() < 1e-6);
-        assert_eq!("10MiB/s".parse::<Rate>().unwrap().bytes_per_second, 10.0 * 1048576.0);
+        assert_eq!(
+            "10MiB/s".parse::<Rate>().unwrap().bytes_per_second,
+            10.0 * 1048576.0
+        );
         assert!("1MiB".parse::<Rate>().is_err());
         assert!("1MiB/fortnight".parse::<Rate>().is_err());
     }

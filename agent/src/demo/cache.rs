@@ -61,7 +61,11 @@ impl L1 {
     /// was cached.
     pub fn fill(&self, item: Arc<Item>) -> bool {
         let _guard = self.stripe(item.id);
-        if self.floors.get(&item.id).is_some_and(|floor| item.version < floor) {
+        if self
+            .floors
+            .get(&item.id)
+            .is_some_and(|floor| item.version < floor)
+        {
             return false;
         }
         self.items.insert(item.id, item);

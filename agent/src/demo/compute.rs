@@ -126,7 +126,10 @@ mod tests {
             .expect("first runs");
         started.recv().expect("the thread took the first task");
         let _queued = pool.try_run(|| ()).expect("second waits in the queue");
-        assert!(matches!(pool.try_run(|| ()), Err(ComputeError::Busy { queue: 1 })));
+        assert!(matches!(
+            pool.try_run(|| ()),
+            Err(ComputeError::Busy { queue: 1 })
+        ));
         drop(release);
     }
 

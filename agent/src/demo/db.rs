@@ -220,8 +220,7 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await)
-            .map(|_| ())
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
             .map_err(DbError::query("pinging the database"))
     }
 
@@ -233,8 +232,7 @@ impl Db {
     }
 
     pub async fn get_item(&self, id: i64) -> Result<Option<ItemRow>, DbError> {
-        const SQL: &str =
-            "SELECT id, name, value, version, deleted FROM demo_items WHERE id = $1";
+        const SQL: &str = "SELECT id, name, value, version, deleted FROM demo_items WHERE id = $1";
         on_pool!(self, pool => sqlx::query_as::<_, ItemRow>(SQL).bind(id).fetch_optional(pool).await)
             .map_err(DbError::query("reading an item"))
     }
@@ -288,7 +286,9 @@ impl Db {
         }.await);
         if let Err(error) = result {
             // Ends the chunked body without its terminator, so the client sees a failure.
-            let _ = out.send(Err(std::io::Error::other(error.to_string()))).await;
+            let _ = out
+                .send(Err(std::io::Error::other(error.to_string())))
+                .await;
         }
     }
 }

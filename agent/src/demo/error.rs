@@ -85,7 +85,11 @@ impl From<PathRejection> for ApiError {
 pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
-        let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+        let status = if status.is_client_error() {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         ApiError::new(status, rejection.body_text())
     })?;
     serde_json::from_slice(&bytes)

@@ -125,10 +125,20 @@ impl Db {
         let now = now_ms();
         let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let result = match self {
-            Db::Sqlite(pool) => sqlx::query_as::<_, Claimed>(CLAIM_SQLITE)
-                .bind(now).bind(until).fetch_optional(pool).await,
-            Db::Postgres(pool) => sqlx::query_as::<_, Claimed>(CLAIM_PG)
-                .bind(now).bind(until).fetch_optional(pool).await,
+            Db::Sqlite(pool) => {
+                sqlx::query_as::<_, Claimed>(CLAIM_SQLITE)
+                    .bind(now)
+                    .bind(until)
+                    .fetch_optional(pool)
+                    .await
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as::<_, Claimed>(CLAIM_PG)
+                    .bind(now)
+                    .bind(until)
+                    .fetch_optional(pool)
+                    .await
+            }
         };
         result.map_err(DbError::query("taking a job"))
     }
@@ -139,8 +149,7 @@ impl Db {
             WHERE id = $1 AND attempts = $2 AND state = 'running'";
         let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         on_pool!(self, pool => sqlx::query(SQL).bind(job.id).bind(job.attempts).bind(until)
-            .execute(pool).await)
-        .map(|done| done.rows_affected() == 1)
+            .execute(pool).await.map(|done| done.rows_affected() == 1))
         .map_err(DbError::query("renewing a job lease"))
     }
 
@@ -157,8 +166,7 @@ impl Db {
             result = $6, lease_until_ms = 0, updated_ms = $7
             WHERE id = $1 AND attempts = $2 AND state = 'running'";
         on_pool!(self, pool => sqlx::query(SQL).bind(job.id).bind(job.attempts).bind(state)
-            .bind(run_at_ms).bind(error).bind(result).bind(now_ms()).execute(pool).await)
-        .map(|_| ())
+            .bind(run_at_ms).bind(error).bind(result).bind(now_ms()).execute(pool).await.map(|_| ()))
         .map_err(DbError::query("recording a job outcome"))
     }
 }
@@ -234,7 +242,8 @@ impl Jobs {
     async fn run_one(&self, job: Claimed) {
         if job.attempts > job.max_attempts {
             // Taken again after its last attempt's worker died: that was the last try.
-            self.finish(&job, Err("the worker running the last attempt died".into())).await;
+            self.finish(&job, Err("the worker running the last attempt died".into()))
+                .await;
             return;
         }
         let outcome = {
@@ -275,21 +284,30 @@ impl Jobs {
         let (state, run_at, error, result, counted) = match outcome {
             Ok(digest) => ("completed", 0, None, Some(digest), "completed"),
             Err(error) if job.attempts < job.max_attempts => {
-                let exponent = u32::try_from(job.attempts.saturating_sub(1)).unwrap_or(u32::MAX).min(16);
+                let exponent = u32::try_from(job.attempts.saturating_sub(1))
+                    .unwrap_or(u32::MAX)
+                    .min(16);
                 let delay = self.backoff.saturating_mul(1 << exponent);
-                let run_at = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                let run_at =
+                    now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                 ("queued", run_at, Some(error), None, "retried")
             }
             Err(error) => ("dead", 0, Some(error), None, "failed"),
         };
-        match self.db.finish_job(job, state, run_at, error.as_deref(), result.as_deref()).await {
+        match self
+            .db
+            .finish_job(job, state, run_at, error.as_deref(), result.as_deref())
+            .await
+        {
             Ok(()) => {
                 metrics::counter!("demo_jobs_total", "outcome" => counted).increment(1);
                 info!(self.log, "A job attempt ended."; "job" => job.id, "attempt" => job.attempts,
                     "state" => state, "error" => error);
             }
-            Err(e) => warn!(self.log, "Could not record a job outcome; its lease will expire and it runs again.";
-                "job" => job.id, "error" => e.to_string()),
+            Err(e) => {
+                warn!(self.log, "Could not record a job outcome; its lease will expire and it runs again.";
+                "job" => job.id, "error" => e.to_string())
+            }
         }
     }
 }

@@ -75,7 +75,11 @@ fn request_id(headers: &HeaderMap) -> Arc<str> {
         Some(id) => Arc::from(id),
         None => {
             let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
-            Arc::from(format!("{:x}-{:x}-{n:x}", std::process::id(), crate::demo::db::now_ms()))
+            Arc::from(format!(
+                "{:x}-{:x}-{n:x}",
+                std::process::id(),
+                crate::demo::db::now_ms()
+            ))
         }
     }
 }

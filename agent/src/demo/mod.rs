@@ -73,18 +73,33 @@ pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn run(config: Config, args: DemoArgs, probe: Option<Probe>, log: Logger) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    args: DemoArgs,
+    probe: Option<Probe>,
+    log: Logger,
+) -> anyhow::Result<()> {
     let demo = config.demo.clone();
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     let metrics = metrics::install(args.slot)?;
     let db = db::Db::open(&demo, &config.state_dir).await?;
     db.prepare(args.seed.unwrap_or(demo.seed_rows)).await?;
     let l2 = if demo.redis_url.trim().is_empty() {
         None
     } else {
-        let l2 = redis_l2::L2::new(&demo.redis_url, &demo.redis_key_prefix, demo.l2_ttl, demo.redis_timeout, log.clone())
-            .context("demo.redis-url is not a usable Redis URL")?;
+        let l2 = redis_l2::L2::new(
+            &demo.redis_url,
+            &demo.redis_key_prefix,
+            demo.l2_ttl,
+            demo.redis_timeout,
+            log.clone(),
+        )
+        .context("demo.redis-url is not a usable Redis URL")?;
         tokio::spawn(l2.clone().maintain());
         Some(l2)
     };
@@ -93,7 +108,10 @@ async fn run(config: Config, args: DemoArgs, probe: Option<Probe>, log: Logger) 
     let (listener, inherited) = server::service_listener(config.pool.listen)
         .with_context(|| format!("cannot listen on {}", config.pool.listen))?;
     let app = Arc::new(App {
-        log_requests: matches!(config.log.level, LogLevel::Info | LogLevel::Debug | LogLevel::Trace),
+        log_requests: matches!(
+            config.log.level,
+            LogLevel::Info | LogLevel::Debug | LogLevel::Trace
+        ),
         l1: cache::L1::new(demo.l1_capacity, demo.l1_ttl),
         lag: heapwarden_probes::spawn_lag_monitor(LAG_PERIOD),
         draining: AtomicBool::new(false),

@@ -120,10 +120,7 @@ impl L2 {
         self.broken.notify_one();
     }
 
-    async fn run<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Option<T> {
+    async fn run<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
@@ -142,10 +139,7 @@ impl L2 {
             return L2Lookup::Unavailable;
         };
         let cmd = redis::cmd("GET").arg(self.key(id)).to_owned();
-        let Some(value) = self
-            .run(cmd.query_async::<Option<String>>(&mut conn))
-            .await
-        else {
+        let Some(value) = self.run(cmd.query_async::<Option<String>>(&mut conn)).await else {
             return L2Lookup::Unavailable;
         };
         match value.as_deref().map(decode) {
@@ -165,16 +159,13 @@ impl L2 {
             return;
         };
         let value = format!("{}:i:{json}", item.version);
-        let invocation = self
-            .fill
+        let mut invocation = self.fill.prepare_invoke();
+        invocation
             .key(self.key(item.id))
             .arg(item.version)
             .arg(value)
-            .arg(self.ttl_secs)
-            .to_owned();
-        let _ = self
-            .run(invocation.invoke_async::<i64>(&mut conn))
-            .await;
+            .arg(self.ttl_secs);
+        let _ = self.run(invocation.invoke_async::<i64>(&mut conn)).await;
     }
 
     /// Replaces the cached value with a tombstone at `version`. When Redis is down the
@@ -190,15 +181,21 @@ impl L2 {
         }
     }
 
-    async fn write_tombstone(&self, conn: &mut MultiplexedConnection, id: i64, version: i64) -> bool {
-        let invocation = self
-            .tombstone
+    async fn write_tombstone(
+        &self,
+        conn: &mut MultiplexedConnection,
+        id: i64,
+        version: i64,
+    ) -> bool {
+        let mut invocation = self.tombstone.prepare_invoke();
+        invocation
             .key(self.key(id))
             .arg(version)
             .arg(format!("{version}:t:"))
-            .arg(self.ttl_secs)
-            .to_owned();
-        self.run(invocation.invoke_async::<i64>(conn)).await.is_some()
+            .arg(self.ttl_secs);
+        self.run(invocation.invoke_async::<i64>(conn))
+            .await
+            .is_some()
     }
 
     /// Owns the connection: connects, reconnects with backoff after a failure, replays
@@ -216,19 +213,20 @@ impl L2 {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await;
             match attempt {
-                Ok(mut conn) if self.replay_pending(&mut conn).await => {
-                    if let Ok(mut slot) = self.conn.write() {
-                        *slot = Some(conn);
+                Ok(mut conn) => {
+                    if self.replay_pending(&mut conn).await {
+                        if let Ok(mut slot) = self.conn.write() {
+                            *slot = Some(conn);
+                        }
+                        self.up.store(true, Ordering::SeqCst);
+                        if ever_connected || unreachable_logged {
+                            info!(self.log, "Redis is reachable again; L2 is back in use.");
+                        }
+                        ever_connected = true;
+                        backoff = BACKOFF_START;
+                        self.broken.notified().await;
                     }
-                    self.up.store(true, Ordering::SeqCst);
-                    if ever_connected || unreachable_logged {
-                        info!(self.log, "Redis is reachable again; L2 is back in use.");
-                    }
-                    ever_connected = true;
-                    backoff = BACKOFF_START;
-                    self.broken.notified().await;
                 }
-                Ok(_) => {}
                 Err(error) => {
                     // After a drop, `mark_down` already logged the transition.
                     if !ever_connected && !unreachable_logged {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,13 +24,17 @@ use super::error::{ApiError, parse_id, parse_json};
 use super::items;
 use super::jobs::JobSpec;
 use super::leak::{MAX_LEAK_PER_REQUEST, leak_on_purpose_for_heap_profile};
+use super::metrics::RequestId;
 use crate::log::RedactedJson;
 
 pub fn router(app: Arc<App>) -> Router {
     let max_body = usize::try_from(app.config.max_body.bytes()).unwrap_or(usize::MAX);
     Router::new()
         .route("/items/export", get(export_items))
-        .route("/items/{id}", get(get_item).put(put_item).delete(delete_item))
+        .route(
+            "/items/{id}",
+            get(get_item).put(put_item).delete(delete_item),
+        )
         .route("/compute", post(compute))
         .route("/jobs", post(create_job))
         .route("/jobs/{id}", get(job_status))
@@ -39,7 +43,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(super::server::readyz))
         .route("/metrics", get(metrics))
         .fallback(unknown_route)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), super::metrics::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::metrics::observe,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
 }
@@ -53,7 +60,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn get_item(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+async fn get_item(
+    State(app): State<Arc<App>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     match items::read(&app, id).await? {
         Some((item, layer)) => {
@@ -90,7 +100,10 @@ async fn put_item(
     Ok(Json(item).into_response())
 }
 
-async fn delete_item(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+async fn delete_item(
+    State(app): State<Arc<App>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let Some(version) = app.db.delete_item(id).await? else {
         return Err(ApiError::not_found(format!("no item {id}")));
@@ -120,11 +133,16 @@ struct ComputeBody {
     rounds: u64,
 }
 
-async fn compute(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn compute(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body: ComputeBody = parse_json(body)?;
     let max = app.config.compute_max_rounds;
     if body.rounds == 0 || body.rounds > max {
-        return Err(ApiError::bad_request(format!("rounds must be between 1 and {max}")));
+        return Err(ApiError::bad_request(format!(
+            "rounds must be between 1 and {max}"
+        )));
     }
     let rounds = body.rounds;
     let started = Instant::now();
@@ -138,25 +156,39 @@ async fn compute(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
     Ok(Json(json!({"digest": digest, "rounds": rounds, "micros": micros})).into_response())
 }
 
-async fn create_job(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn create_job(
+    State(app): State<Arc<App>>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let spec: JobSpec = parse_json(body)?;
     if spec.rounds > app.config.compute_max_rounds {
         return Err(ApiError::bad_request("rounds exceeds compute-max-rounds"));
     }
     let payload = serde_json::to_string(&spec)
         .map_err(|e| ApiError::bad_request(format!("unstorable job: {e}")))?;
-    let id = app.db.enqueue_job(&payload, app.config.job_max_attempts).await?;
-    info!(app.log, "Queued a job."; "job" => id,
+    let id = app
+        .db
+        .enqueue_job(&payload, app.config.job_max_attempts)
+        .await?;
+    info!(app.log, "Queued a job."; "job" => id, "request_id" => &*request_id.0,
         "payload" => RedactedJson(serde_json::to_value(&spec).unwrap_or_default()));
     app.jobs.wake.notify_one();
-    let mut response = (StatusCode::ACCEPTED, Json(json!({"id": id, "state": "queued"}))).into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "state": "queued"})),
+    )
+        .into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/jobs/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }
 
-async fn job_status(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+async fn job_status(
+    State(app): State<Arc<App>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     match app.db.job_status(id).await? {
         Some(status) => Ok(Json(status).into_response()),
@@ -174,15 +206,19 @@ async fn leak(
     query: Result<Query<LeakQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     if !app.config.leak_endpoint {
-        return Err(ApiError::not_found("the leak endpoint is off (demo.leak-endpoint)"));
+        return Err(ApiError::not_found(
+            "the leak endpoint is off (demo.leak-endpoint)",
+        ));
     }
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let raw = query.bytes.unwrap_or_default();
-    let bytes: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("bytes must be a non-negative integer, got {raw:?}")))?;
+    let bytes: u64 = raw.parse().map_err(|_| {
+        ApiError::bad_request(format!("bytes must be a non-negative integer, got {raw:?}"))
+    })?;
     if bytes > MAX_LEAK_PER_REQUEST {
-        return Err(ApiError::bad_request(format!("bytes must be at most {MAX_LEAK_PER_REQUEST}")));
+        return Err(ApiError::bad_request(format!(
+            "bytes must be at most {MAX_LEAK_PER_REQUEST}"
+        )));
     }
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     let total = leak_on_purpose_for_heap_profile(bytes);

@@ -30,8 +30,7 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 fn socket_activated() -> bool {
     let fds = std::env::var("LISTEN_FDS").ok();
     let pid = std::env::var("LISTEN_PID").ok();
-    fds.as_deref() == Some("1")
-        && pid.is_none_or(|p| p.trim() == std::process::id().to_string())
+    fds.as_deref() == Some("1") && pid.is_none_or(|p| p.trim() == std::process::id().to_string())
 }
 
 #[allow(unsafe_code)]
@@ -99,8 +98,13 @@ pub async fn drain_deadline(app: &App, stop: &CancellationToken, fallback: Durat
 pub async fn healthz(State(app): State<Arc<App>>) -> Response {
     let lag = app.lag.lag_seconds();
     let stalled = app.lag.is_stalled(STALL_THRESHOLD);
-    let status = if stalled { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let body = json!({"status": if stalled { "stalled" } else { "ok" }, "runtime_lag_seconds": lag});
+    let status = if stalled {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body =
+        json!({"status": if stalled { "stalled" } else { "ok" }, "runtime_lag_seconds": lag});
     (status, Json(body)).into_response()
 }
 
@@ -120,7 +124,11 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
         Some(_) => "degraded",
     };
     let ready = database == "up";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if !ready { "not-ready" } else if redis == "degraded" { "degraded" } else { "ready" },
         "database": database,

@@ -38,7 +38,12 @@ pub fn build<W: Write + Send + 'static>(config: &LogConfig, out: W) -> (Logger, 
         .build_with_guard();
     let drain = drain.filter_level(slog_level(config.level)).fuse();
     let logger = Logger::root(drain, o!());
-    (logger, LogGuard { _async_guard: guard })
+    (
+        logger,
+        LogGuard {
+            _async_guard: guard,
+        },
+    )
 }
 
 pub fn slog_level(level: LogLevel) -> Level {

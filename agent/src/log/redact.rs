@@ -6,8 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use slog::{
-    BorrowedKV, Drain, KV, Key, OwnedKV, OwnedKVList, Record, RecordStatic, SerdeValue,
-    Serializer,
+    BorrowedKV, Drain, KV, Key, OwnedKV, OwnedKVList, Record, RecordStatic, SerdeValue, Serializer,
 };
 
 const REDACTED: &str = "[REDACTED]";

@@ -239,8 +239,13 @@ fn build_profile(
 
 /// Mappings, sample types and header fields.
 fn finish_tables(t: &mut Tables, dump: &RawDump, dumped_at: SystemTime, pid: Option<u32>) {
-    let symbolized: std::collections::HashSet<u64> =
-        t.profile.location.iter().filter(|l| !l.line.is_empty()).map(|l| l.mapping_id).collect();
+    let symbolized: std::collections::HashSet<u64> = t
+        .profile
+        .location
+        .iter()
+        .filter(|l| !l.line.is_empty())
+        .map(|l| l.mapping_id)
+        .collect();
     for (i, m) in dump.mappings.iter().enumerate() {
         let id = i as u64 + 1;
         let has = symbolized.contains(&id);
@@ -264,8 +269,14 @@ fn finish_tables(t: &mut Tables, dump: &RawDump, dumped_at: SystemTime, pid: Opt
     let bytes = t.strings.intern("bytes");
     // inuse_space last and default: `go tool pprof -top` then ranks by bytes.
     t.profile.sample_type = vec![
-        pprof::ValueType { r#type: objects, unit: count },
-        pprof::ValueType { r#type: space, unit: bytes },
+        pprof::ValueType {
+            r#type: objects,
+            unit: count,
+        },
+        pprof::ValueType {
+            r#type: space,
+            unit: bytes,
+        },
     ];
     t.profile.default_sample_type = space;
     let period_type = t.strings.intern("space");

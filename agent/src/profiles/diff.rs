@@ -136,7 +136,12 @@ fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> 
         .sample_type
         .iter()
         .position(|t| string(t.r#type) == "inuse_space")
-        .or_else(|| profile.sample_type.iter().rposition(|t| string(t.unit) == "bytes"))
+        .or_else(|| {
+            profile
+                .sample_type
+                .iter()
+                .rposition(|t| string(t.unit) == "bytes")
+        })
         .ok_or_else(|| ProfileError::NoSpaceSamples {
             path: path.to_path_buf(),
         })?;
@@ -169,7 +174,10 @@ fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> 
             .take(STACK_DEPTH)
             .map(|(name, _)| name)
             .collect();
-        let leaf = stack.first().cloned().unwrap_or_else(|| "<empty stack>".to_owned());
+        let leaf = stack
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "<empty stack>".to_owned());
         agg.total += bytes;
         *agg.by_function.entry(leaf).or_default() += bytes;
         *agg.by_stack.entry(stack).or_default() += bytes;
@@ -191,7 +199,11 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
         })
         .filter(|e| e.delta_bytes != 0)
         .collect();
-    top.sort_by(|a, b| b.delta_bytes.cmp(&a.delta_bytes).then(a.function.cmp(&b.function)));
+    top.sort_by(|a, b| {
+        b.delta_bytes
+            .cmp(&a.delta_bytes)
+            .then(a.function.cmp(&b.function))
+    });
     top.truncate(TOP_FUNCTIONS);
     let mut top_stacks: Vec<StackDiff> = keys(&base.by_stack, &profile.by_stack)
         .map(|s| {
@@ -206,7 +218,11 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
         })
         .filter(|e| e.delta_bytes != 0)
         .collect();
-    top_stacks.sort_by(|a, b| b.delta_bytes.cmp(&a.delta_bytes).then(a.frames.cmp(&b.frames)));
+    top_stacks.sort_by(|a, b| {
+        b.delta_bytes
+            .cmp(&a.delta_bytes)
+            .then(a.frames.cmp(&b.frames))
+    });
     top_stacks.truncate(TOP_STACKS);
     DiffReport {
         base_id,

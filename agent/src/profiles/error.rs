@@ -14,7 +14,11 @@ pub enum ProfileError {
         source: std::io::Error,
     },
     #[error("raw dump {path} is {bytes} bytes, over the {limit}-byte limit")]
-    RawTooLarge { path: PathBuf, bytes: u64, limit: u64 },
+    RawTooLarge {
+        path: PathBuf,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("raw dump {path}: {source}")]
     Raw { path: PathBuf, source: RawError },
     #[error("cannot write {path}: {source}")]

@@ -137,8 +137,24 @@ mod tests {
     #[test]
     fn anything_else_is_rejected() {
         for bad in [
-            "", "0", "007", "-1", "+1", " 1", "1 ", "1.0", "../x", "1/../../etc", "%2e%2e",
-            "..", "/etc/passwd", "1e3", "0x10", "١", "1\0", "12a",
+            "",
+            "0",
+            "007",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "../x",
+            "1/../../etc",
+            "%2e%2e",
+            "..",
+            "/etc/passwd",
+            "1e3",
+            "0x10",
+            "١",
+            "1\0",
+            "12a",
         ] {
             assert!(
                 matches!(ProfileId::parse(bad), Err(ProfileIdError::NotDecimal(_))),

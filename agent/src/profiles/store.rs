@@ -31,7 +31,11 @@ pub enum StoreError {
     #[error("no baseline profile for slot {slot} to diff against")]
     NoBaseline { slot: usize },
     #[error("profile {id} for slot {slot} was not written: {reason}")]
-    NotWritten { id: u64, slot: usize, reason: String },
+    NotWritten {
+        id: u64,
+        slot: usize,
+        reason: String,
+    },
     #[error(transparent)]
     Profile(#[from] super::ProfileError),
     #[error("the profile store task has stopped")]
@@ -111,7 +115,8 @@ impl ProfileStore {
 
     /// The file of a stored profile (for download and diffs).
     pub fn path_of(&self, id: u64) -> Option<PathBuf> {
-        self.get(id).map(|p| self.dir.join(ProfileId::file_name(p.id)))
+        self.get(id)
+            .map(|p| self.dir.join(ProfileId::file_name(p.id)))
     }
 
     /// The newest baseline of a slot, the default `base` of a diff.
@@ -229,7 +234,12 @@ impl ProfileStore {
         let mut removed = Vec::new();
         while self.index.profiles.len() > max_count || self.stored_bytes() > max_bytes {
             let mut newest_baseline: HashMap<usize, u64> = HashMap::new();
-            for p in self.index.profiles.iter().filter(|p| p.trigger == Trigger::Baseline) {
+            for p in self
+                .index
+                .profiles
+                .iter()
+                .filter(|p| p.trigger == Trigger::Baseline)
+            {
                 newest_baseline.insert(p.slot, p.id);
             }
             let protected = |p: &ProfileMeta| newest_baseline.get(&p.slot) == Some(&p.id);

@@ -22,7 +22,12 @@ pub struct StoreStats {
 type Reply<T> = oneshot::Sender<T>;
 
 enum Command {
-    Begin(usize, u32, Trigger, Reply<Result<PendingProfile, StoreError>>),
+    Begin(
+        usize,
+        u32,
+        Trigger,
+        Reply<Result<PendingProfile, StoreError>>,
+    ),
     Commit(
         PendingProfile,
         ProfileFigures,

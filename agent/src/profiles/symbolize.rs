@@ -61,7 +61,9 @@ pub fn resolve(
         );
         if let Some(i) = mapping {
             let m = &mappings[i];
-            let entry = by_file.entry(m.path.as_path()).or_insert((i, vec![], vec![]));
+            let entry = by_file
+                .entry(m.path.as_path())
+                .or_insert((i, vec![], vec![]));
             entry.1.push(addr);
             entry.2.push(addr - m.start + m.file_offset);
         }
@@ -102,10 +104,7 @@ pub fn resolve(
 
 fn frames_of(sym: &blazesym::symbolize::Sym<'_>, full_name: Option<&str>) -> Vec<Frame> {
     let code = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| match info {
-        Some(info) => (
-            info.to_path().display().to_string(),
-            info.line.unwrap_or(0),
-        ),
+        Some(info) => (info.to_path().display().to_string(), info.line.unwrap_or(0)),
         None => (String::new(), 0),
     };
     // blazesym lists inlined calls outermost first; pprof wants innermost first.
@@ -139,7 +138,8 @@ fn readable_path(m: &MappedFile, is_main: bool, sources: &SymbolSources) -> Opti
     if is_main && let Some(exe) = &sources.exe {
         return Some(exe.clone());
     }
-    let same_file = std::fs::metadata(&m.path).is_ok_and(|meta| meta.is_file() && meta.ino() == m.inode);
+    let same_file =
+        std::fs::metadata(&m.path).is_ok_and(|meta| meta.is_file() && meta.ino() == m.inode);
     if !m.deleted && same_file {
         return Some(m.path.clone());
     }

@@ -25,7 +25,15 @@ fn is_allocator_source(file: &str) -> bool {
 
 fn is_allocator_function(function: &str) -> bool {
     const C_PREFIXES: [&str; 10] = [
-        "prof_", "_rjem_", "je_", "imalloc", "ialloc", "arena_", "tcache_", "__rust_", "__rdl_",
+        "prof_",
+        "_rjem_",
+        "je_",
+        "imalloc",
+        "ialloc",
+        "arena_",
+        "tcache_",
+        "__rust_",
+        "__rdl_",
         "__rustc::",
     ];
     const C_EXACT: [&str; 14] = [
@@ -143,9 +151,18 @@ mod tests {
         let frames = |names: &[&'static str]| -> Vec<(&'static str, &'static str)> {
             names.iter().map(|n| (*n, "")).collect()
         };
-        let stack = frames(&["prof_backtrace_impl", "malloc", "app::leak", "app::main", "malloc"]);
+        let stack = frames(&[
+            "prof_backtrace_impl",
+            "malloc",
+            "app::leak",
+            "app::main",
+            "malloc",
+        ]);
         assert_eq!(first_application_frame(&stack), 2);
-        assert_eq!(first_application_frame(&frames(&["malloc", "__rust_alloc"])), 1);
+        assert_eq!(
+            first_application_frame(&frames(&["malloc", "__rust_alloc"])),
+            1
+        );
         assert_eq!(first_application_frame::<&str>(&[]), 0);
     }
 }

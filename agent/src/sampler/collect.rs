@@ -59,14 +59,20 @@ pub struct HostFigures {
 
 /// Reads every tree rooted at `pids`, in order. The root's own figures decide the
 /// result (a vanished root is `Gone`); a descendant that exits mid-read is skipped.
-pub fn collect_trees(roots: &Roots, pids: &[u32], with_smaps: bool) -> Vec<Result<TreeFigures, ProcError>> {
+pub fn collect_trees(
+    roots: &Roots,
+    pids: &[u32],
+    with_smaps: bool,
+) -> Vec<Result<TreeFigures, ProcError>> {
     let table = if roots.kernel_children {
         None
     } else {
         // Without the kernel's lists, a scan failure only costs the descendants.
         Some(ParentTable::scan(&roots.proc).unwrap_or_default())
     };
-    let source = table.as_ref().map_or(ChildSource::Kernel, ChildSource::Table);
+    let source = table
+        .as_ref()
+        .map_or(ChildSource::Kernel, ChildSource::Table);
     pids.iter()
         .map(|&pid| read_tree(&roots.proc, pid, source, with_smaps))
         .collect()
@@ -102,7 +108,11 @@ pub fn read_tree(
     Ok(figures)
 }
 
-type OneProcess = (u64, super::procfs::StatFigures, Option<super::procfs::SmapsRollup>);
+type OneProcess = (
+    u64,
+    super::procfs::StatFigures,
+    Option<super::procfs::SmapsRollup>,
+);
 
 fn read_one(proc: &ProcFs, pid: u32, with_smaps: bool) -> Result<OneProcess, ProcError> {
     let rss = proc.rss_bytes(pid)?;

@@ -87,8 +87,10 @@ mod tests {
         let (writer, reader) = exposition_channel();
         assert!(writer.take_scrape_request(), "first round fetches");
         assert!(!writer.take_scrape_request());
-        let mut next = Exposition::default();
-        next.sampler = "x 1\n".into();
+        let next = Exposition {
+            sampler: "x 1\n".into(),
+            ..Exposition::default()
+        };
         writer.publish(next.clone());
         assert_eq!(*reader.scrape(), next);
         assert!(writer.take_scrape_request());

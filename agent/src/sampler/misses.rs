@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::supervisor::{RestartReason, Request, SlotState};
+use crate::supervisor::{Request, RestartReason, SlotState};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Misses {

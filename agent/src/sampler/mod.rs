@@ -14,6 +14,13 @@ mod round;
 pub mod system;
 pub mod tree;
 
+#[cfg(test)]
+mod fake_proc;
+#[cfg(test)]
+mod round_tests;
+#[cfg(test)]
+mod tests;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,7 +28,10 @@ use heapwarden_probes::HeapStats;
 use slog::{Logger, debug, info};
 use tokio::sync::{mpsc, watch};
 
-pub use collect::{AgentFigures, HostFigures, Roots, TreeFigures, TreeSmaps, collect_host, collect_trees, read_tree};
+pub use collect::{
+    AgentFigures, HostFigures, Roots, TreeFigures, TreeSmaps, collect_host, collect_trees,
+    read_tree,
+};
 pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
 pub use misses::MissTracker;
 pub use record::{SAMPLE_DURATION, render_cpu_counters};
@@ -99,7 +109,13 @@ pub async fn run_sampler(
             }
         }
         let view = pool.borrow_and_update().clone();
-        let outcome = state.round(&view, exposition.take_scrape_request(), &exposition.current()).await;
+        let outcome = state
+            .round(
+                &view,
+                exposition.take_scrape_request(),
+                &exposition.current(),
+            )
+            .await;
         for (worker_id, request) in outcome.requests {
             if let Err(e) = requests.try_send(request) {
                 state.request_failed(worker_id);

@@ -153,7 +153,9 @@ pub fn parse_stat(text: &str) -> Option<StatFigures> {
     let ppid = fields.nth(1)?.parse().ok()?;
     // cutime/cstime are signed in the kernel's format; clamping keeps a corrupt value
     // from wrapping the sum.
-    let mut ticks = fields.skip(9).map(|f| f.parse::<i64>().ok().map(|t| t.max(0) as u64));
+    let mut ticks = fields
+        .skip(9)
+        .map(|f| f.parse::<i64>().ok().map(|t| t.max(0) as u64));
     let (utime, stime) = (ticks.next()??, ticks.next()??);
     let (cutime, cstime) = (ticks.next()??, ticks.next()??);
     Some(StatFigures {

@@ -44,10 +44,19 @@ pub fn record_worker(sample: &WorkerSample, probe_dropped: Option<u64>) {
         set("heapwarden_worker_swap_bytes", swap as f64);
     }
     if let Some(heap) = &sample.heap {
-        set("heapwarden_worker_heap_allocated_bytes", heap.allocated as f64);
+        set(
+            "heapwarden_worker_heap_allocated_bytes",
+            heap.allocated as f64,
+        );
         set("heapwarden_worker_heap_active_bytes", heap.active as f64);
-        set("heapwarden_worker_heap_resident_bytes", heap.resident as f64);
-        set("heapwarden_worker_heap_retained_bytes", heap.retained as f64);
+        set(
+            "heapwarden_worker_heap_resident_bytes",
+            heap.resident as f64,
+        );
+        set(
+            "heapwarden_worker_heap_retained_bytes",
+            heap.retained as f64,
+        );
     }
     if let Some(lag) = sample.runtime_lag_seconds {
         set("heapwarden_worker_runtime_lag_seconds", lag);
@@ -96,7 +105,10 @@ pub fn record_round_duration(seconds: f64) {
 pub fn render_cpu_counters(workers: &BTreeMap<usize, f64>, agent: Option<f64>) -> String {
     let mut out = String::new();
     if !workers.is_empty() {
-        let _ = writeln!(out, "# HELP {WORKER_CPU} CPU time of the worker's process tree.");
+        let _ = writeln!(
+            out,
+            "# HELP {WORKER_CPU} CPU time of the worker's process tree."
+        );
         let _ = writeln!(out, "# TYPE {WORKER_CPU} counter");
         for (slot, seconds) in workers {
             let _ = writeln!(out, "{WORKER_CPU}{{worker=\"{slot}\"}} {seconds}");

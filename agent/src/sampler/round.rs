@@ -77,7 +77,7 @@ impl SamplerState {
         previous: &Exposition,
     ) -> RoundOutcome {
         let started = Instant::now();
-        let with_smaps = self.round % u64::from(self.cfg.pss_every.max(1)) == 0;
+        let with_smaps = self.round.is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
         self.round += 1;
         let targets: Vec<Target> = view
             .slots
@@ -97,7 +97,10 @@ impl SamplerState {
         let roots = self.roots.clone();
         let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
         let procfs = tokio::task::spawn_blocking(move || {
-            (collect_trees(&roots, &pids, with_smaps), collect_host(&roots))
+            (
+                collect_trees(&roots, &pids, with_smaps),
+                collect_host(&roots),
+            )
         });
         let timeout = self.cfg.interval / 2;
         let probes = join_all(
@@ -122,10 +125,14 @@ impl SamplerState {
                 .get(&target.slot)
                 .filter(|t| t.worker_id == target.worker_id)
                 .cloned();
-            let fresh_text = reply.as_ref().and_then(|r| r.metrics.as_deref()).map(|t| WorkerText {
-                worker_id: target.worker_id,
-                text: Arc::from(t),
-            });
+            let fresh_text =
+                reply
+                    .as_ref()
+                    .and_then(|r| r.metrics.as_deref())
+                    .map(|t| WorkerText {
+                        worker_id: target.worker_id,
+                        text: Arc::from(t),
+                    });
             if let Some(text) = fresh_text.or(keep_text) {
                 outcome.exposition.workers.insert(target.slot, text);
             }
@@ -183,7 +190,8 @@ impl SamplerState {
         }
         let limit = self.cfg.missed_pings;
         if let Some(request) =
-            self.misses.observe(target.worker_id, target.slot, target.state, answered, limit)
+            self.misses
+                .observe(target.worker_id, target.slot, target.state, answered, limit)
         {
             warn!(self.log, "A worker stopped answering; asking for its replacement.";
                 "worker" => target.slot, "worker_id" => target.worker_id, "pid" => target.pid,

@@ -113,7 +113,10 @@ pub fn parse_loadavg(text: &str) -> Option<LoadAverage> {
 
 /// The agent's cgroup v2 directory: the `0::` line of `<proc>/self/cgroup` under
 /// `cgroup_root`. `None` on a v1-only host.
-pub fn own_cgroup_dir(proc_root: &Path, cgroup_root: &Path) -> Result<Option<PathBuf>, SystemError> {
+pub fn own_cgroup_dir(
+    proc_root: &Path,
+    cgroup_root: &Path,
+) -> Result<Option<PathBuf>, SystemError> {
     let Some(text) = read_optional(&proc_root.join("self/cgroup"))? else {
         return Ok(None);
     };

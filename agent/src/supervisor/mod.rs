@@ -14,7 +14,7 @@ pub mod view;
 
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles};
-pub use view::{PoolView, RestartReason, Request, SlotState, SlotView, WorkerView};
+pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
 
 use anyhow::Context;
 use slog::{info, o};

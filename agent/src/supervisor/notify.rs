@@ -41,7 +41,10 @@ impl SystemdNotifier {
     pub fn ready(&mut self, status: &str) {
         if self.enabled && !self.ready_sent {
             self.ready_sent = true;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)]);
+            let _ = sd_notify::notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(status),
+            ]);
         }
     }
 

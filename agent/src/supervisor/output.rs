@@ -12,7 +12,11 @@ use crate::log::RedactedJson;
 /// Longer lines are cut: a worker printing without newlines must not grow our memory.
 const MAX_LINE: usize = 64 * 1024;
 
-pub fn capture<R: AsyncRead + Unpin + Send + 'static>(reader: R, stream: &'static str, log: Logger) {
+pub fn capture<R: AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    stream: &'static str,
+    log: Logger,
+) {
     let log = log.new(slog::o!("stream" => stream));
     tokio::spawn(async move {
         let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE));
@@ -44,7 +48,9 @@ fn relay(log: &Logger, line: &str) {
         fields.remove("pid");
         let fields = RedactedJson(serde_json::Value::Object(fields));
         match level.as_ref().and_then(|l| l.as_str()) {
-            Some("ERRO" | "ERROR" | "CRIT" | "CRITICAL") => error!(log, "{}", msg; "fields" => fields),
+            Some("ERRO" | "ERROR" | "CRIT" | "CRITICAL") => {
+                error!(log, "{}", msg; "fields" => fields)
+            }
             Some("WARN" | "WARNING") => warn!(log, "{}", msg; "fields" => fields),
             _ => info!(log, "{}", msg; "fields" => fields),
         }

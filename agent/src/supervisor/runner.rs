@@ -212,7 +212,11 @@ impl Supervisor {
     fn execute(&mut self, action: Action) -> Option<Flow> {
         match action {
             Action::Spawn { slot, worker } => Some(Flow::Event(self.spawn(slot, worker))),
-            Action::Drain { worker, pid, via_channel } => {
+            Action::Drain {
+                worker,
+                pid,
+                via_channel,
+            } => {
                 let deadline_ms = self.config.pool.drain_timeout.as_millis() as u64;
                 let sent = via_channel
                     && self
@@ -235,7 +239,8 @@ impl Supervisor {
             }
             Action::Schedule { at, timer } => {
                 self.timer_seq += 1;
-                self.timers.push(Reverse((at, self.timer_seq, TimerKey(timer))));
+                self.timers
+                    .push(Reverse((at, self.timer_seq, TimerKey(timer))));
                 None
             }
             Action::CountRestart { slot, reason } => {
@@ -252,7 +257,8 @@ impl Supervisor {
                 let retry_in = until.saturating_duration_since(Instant::now());
                 error!(self.log, "A worker slot keeps failing; it is paused before the next try.";
                     "worker" => slot, "retry_in_seconds" => retry_in.as_secs());
-                metrics::counter!("heapwarden_worker_failed_total", "worker" => slot.to_string()).increment(1);
+                metrics::counter!("heapwarden_worker_failed_total", "worker" => slot.to_string())
+                    .increment(1);
                 None
             }
             Action::BudgetExhausted { slot } => {
@@ -307,7 +313,9 @@ impl Supervisor {
             signal_group(pid, NixSignal::SIGKILL);
             match status {
                 ExitStatus::Code(code) => info!(log, "A worker exited."; "exit_code" => code),
-                ExitStatus::Signal(sig) => info!(log, "A worker was killed by a signal."; "signal" => sig),
+                ExitStatus::Signal(sig) => {
+                    info!(log, "A worker was killed by a signal."; "signal" => sig)
+                }
             }
             let _ = exits.send((worker, status)).await;
         });
@@ -353,7 +361,10 @@ impl Supervisor {
         tokio::spawn(async move {
             let asks = peers.iter().map(|link| {
                 let key = key.clone();
-                link.request(move |seq| AgentMsg::Invalidate { seq, key, version }, INVALIDATE_TIMEOUT)
+                link.request(
+                    move |seq| AgentMsg::Invalidate { seq, key, version },
+                    INVALIDATE_TIMEOUT,
+                )
             });
             for result in futures_util::future::join_all(asks).await {
                 if let Err(e) = result {
@@ -368,7 +379,11 @@ impl Supervisor {
         let _ = self.heartbeat_tx.send(Instant::now());
         self.systemd.watchdog();
         let view = self.view_tx.borrow();
-        let ready = view.slots.iter().filter(|s| s.state == SlotState::Ready).count();
+        let ready = view
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Ready)
+            .count();
         let restarts: u64 = view.slots.iter().map(|s| s.restarts).sum();
         let last_leak = match self.last_leak {
             Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
@@ -387,7 +402,8 @@ impl Supervisor {
     }
 
     fn publish(&mut self) {
-        self.runtimes.retain(|id, _| self.pool.worker(*id).is_some());
+        self.runtimes
+            .retain(|id, _| self.pool.worker(*id).is_some());
         let slots = (0..self.pool.slot_count())
             .map(|slot| {
                 let worker = self.pool.serving(slot).and_then(|w| {

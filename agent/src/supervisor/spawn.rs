@@ -109,7 +109,14 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
             if libc::dup2(listen_fd, LISTEN_FD) < 0 || libc::dup2(control_fd, CONTROL_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The agent may have died between fork and prctl: then nobody would

@@ -43,14 +43,29 @@ pub enum ExitStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Start,
-    Spawned { worker: WorkerId, pid: u32 },
-    SpawnFailed { worker: WorkerId },
+    Spawned {
+        worker: WorkerId,
+        pid: u32,
+    },
+    SpawnFailed {
+        worker: WorkerId,
+    },
     /// The worker links the probe (it said hello on the control channel).
-    Hello { worker: WorkerId },
-    Ready { worker: WorkerId },
-    Exited { worker: WorkerId, status: ExitStatus },
+    Hello {
+        worker: WorkerId,
+    },
+    Ready {
+        worker: WorkerId,
+    },
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+    },
     Timer(Timer),
-    Replace { slot: usize, reason: RestartReason },
+    Replace {
+        slot: usize,
+        reason: RestartReason,
+    },
     Reload,
     Shutdown,
     ForceShutdown,
@@ -59,11 +74,22 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
     /// Backoff or cool-down is over; `epoch` guards against stale timers.
-    Respawn { slot: usize, epoch: u64 },
-    ReadyTimeout { worker: WorkerId },
-    MinUptime { worker: WorkerId },
-    DrainDeadline { worker: WorkerId },
-    KillDeadline { worker: WorkerId },
+    Respawn {
+        slot: usize,
+        epoch: u64,
+    },
+    ReadyTimeout {
+        worker: WorkerId,
+    },
+    MinUptime {
+        worker: WorkerId,
+    },
+    DrainDeadline {
+        worker: WorkerId,
+    },
+    KillDeadline {
+        worker: WorkerId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,15 +100,37 @@ pub enum Signal {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Spawn { slot: usize, worker: WorkerId },
+    Spawn {
+        slot: usize,
+        worker: WorkerId,
+    },
     /// Ask the worker to stop accepting and finish in-flight work: over the control
     /// channel when it links the probe, else SIGTERM.
-    Drain { worker: WorkerId, pid: u32, via_channel: bool },
-    Signal { worker: WorkerId, pid: u32, signal: Signal },
-    Schedule { at: Instant, timer: Timer },
-    CountRestart { slot: usize, reason: RestartReason },
-    SlotFailed { slot: usize, until: Instant },
-    BudgetExhausted { slot: usize },
+    Drain {
+        worker: WorkerId,
+        pid: u32,
+        via_channel: bool,
+    },
+    Signal {
+        worker: WorkerId,
+        pid: u32,
+        signal: Signal,
+    },
+    Schedule {
+        at: Instant,
+        timer: Timer,
+    },
+    CountRestart {
+        slot: usize,
+        reason: RestartReason,
+    },
+    SlotFailed {
+        slot: usize,
+        until: Instant,
+    },
+    BudgetExhausted {
+        slot: usize,
+    },
     Exit,
 }
 
@@ -167,7 +215,10 @@ impl Pool {
         self.dispatch(event, now, &mut out);
         for (slot, from) in before.into_iter().enumerate() {
             let to = self.slot_state(slot);
-            debug_assert!(allowed(from, to), "slot {slot}: {from:?} -> {to:?} is not allowed");
+            debug_assert!(
+                allowed(from, to),
+                "slot {slot}: {from:?} -> {to:?} is not allowed"
+            );
         }
         out
     }
@@ -223,7 +274,11 @@ impl Pool {
                 self.stopping = true;
                 for w in self.workers.values() {
                     if let Some(pid) = w.pid {
-                        out.push(Action::Signal { worker: w.id, pid, signal: Signal::Kill });
+                        out.push(Action::Signal {
+                            worker: w.id,
+                            pid,
+                            signal: Signal::Kill,
+                        });
                     }
                 }
                 self.exit_if_done(out);
@@ -261,7 +316,9 @@ impl Pool {
     }
 
     fn on_ready(&mut self, worker: WorkerId, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         if w.ready || w.role == Role::Draining {
             return;
         }
@@ -279,8 +336,16 @@ impl Pool {
         }
     }
 
-    fn on_exit(&mut self, worker: WorkerId, status: ExitStatus, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+    fn on_exit(
+        &mut self,
+        worker: WorkerId,
+        status: ExitStatus,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         let slot = w.slot;
         if self.stopping {
             self.exit_if_done(out);
@@ -322,12 +387,19 @@ impl Pool {
         let r = &self.settings.restart;
         let has_worker = self.role_in(slot, Role::Current).is_some();
         let s = &mut self.slots[slot];
-        while s.failures.front().is_some_and(|t| now.duration_since(*t) > r.window) {
+        while s
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > r.window)
+        {
             s.failures.pop_front();
         }
         s.failures.push_back(now);
         s.epoch += 1;
-        let timer = Timer::Respawn { slot, epoch: s.epoch };
+        let timer = Timer::Respawn {
+            slot,
+            epoch: s.epoch,
+        };
         if s.failures.len() >= r.max_restarts as usize {
             s.failures.clear();
             s.attempt = 0;
@@ -339,13 +411,18 @@ impl Pool {
             out.push(Action::Schedule { at: until, timer });
             return;
         }
-        let delay = r.initial_delay.mul_f64(r.factor.powi(s.attempt.min(64) as i32));
+        let delay = r
+            .initial_delay
+            .mul_f64(r.factor.powi(s.attempt.min(64) as i32));
         let delay = delay.min(r.max_delay);
         s.attempt += 1;
         if !has_worker {
             s.phase = Phase::Backoff;
         }
-        out.push(Action::Schedule { at: now + delay, timer });
+        out.push(Action::Schedule {
+            at: now + delay,
+            timer,
+        });
     }
 
     fn on_timer(&mut self, timer: Timer, now: Instant, out: &mut Vec<Action>) {
@@ -363,7 +440,9 @@ impl Pool {
                 }
             }
             Timer::MinUptime { worker } => {
-                let Some(w) = self.workers.get(&worker) else { return };
+                let Some(w) = self.workers.get(&worker) else {
+                    return;
+                };
                 let (slot, plain_and_waiting) = (w.slot, !w.probe && !w.ready);
                 if w.role == Role::Current {
                     self.slots[slot].attempt = 0;
@@ -375,19 +454,31 @@ impl Pool {
                 }
             }
             Timer::ReadyTimeout { worker } => {
-                let Some(w) = self.workers.get_mut(&worker) else { return };
+                let Some(w) = self.workers.get_mut(&worker) else {
+                    return;
+                };
                 if w.ready || w.role == Role::Draining {
                     return;
                 }
                 w.kill_reason = Some(RestartReason::Unhealthy);
                 if let Some(pid) = w.pid {
-                    out.push(Action::Signal { worker, pid, signal: Signal::Kill });
+                    out.push(Action::Signal {
+                        worker,
+                        pid,
+                        signal: Signal::Kill,
+                    });
                 }
             }
             Timer::DrainDeadline { worker } => {
-                let Some(w) = self.workers.get(&worker) else { return };
+                let Some(w) = self.workers.get(&worker) else {
+                    return;
+                };
                 if let (Some(pid), true) = (w.pid, w.probe) {
-                    out.push(Action::Signal { worker, pid, signal: Signal::Term });
+                    out.push(Action::Signal {
+                        worker,
+                        pid,
+                        signal: Signal::Term,
+                    });
                 }
                 out.push(Action::Schedule {
                     at: now + self.settings.kill_timeout,
@@ -396,19 +487,33 @@ impl Pool {
             }
             Timer::KillDeadline { worker } => {
                 if let Some(pid) = self.workers.get(&worker).and_then(|w| w.pid) {
-                    out.push(Action::Signal { worker, pid, signal: Signal::Kill });
+                    out.push(Action::Signal {
+                        worker,
+                        pid,
+                        signal: Signal::Kill,
+                    });
                 }
             }
         }
     }
 
-    fn request_replacement(&mut self, slot: usize, reason: RestartReason, now: Instant, out: &mut Vec<Action>) {
+    fn request_replacement(
+        &mut self,
+        slot: usize,
+        reason: RestartReason,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if self.stopping || slot >= self.slots.len() {
             return;
         }
         if reason == RestartReason::Leak {
             let s = &mut self.slots[slot];
-            while s.leak_restarts.front().is_some_and(|t| now.duration_since(*t) >= HOUR) {
+            while s
+                .leak_restarts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= HOUR)
+            {
                 s.leak_restarts.pop_front();
             }
             if s.leak_restarts.len() >= self.settings.max_leak_restarts_per_hour {
@@ -431,7 +536,9 @@ impl Pool {
     fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
         let limit = self.settings.max_concurrent_replacements.max(1);
         while !self.stopping && self.in_flight() < limit {
-            let Some((slot, reason)) = self.replace_queue.pop_front() else { break };
+            let Some((slot, reason)) = self.replace_queue.pop_front() else {
+                break;
+            };
             let serving = self.role_in(slot, Role::Current);
             if serving.is_none() || self.replacement_of(slot).is_some() {
                 continue; // the slot is restarting anyway, or already being replaced
@@ -451,10 +558,16 @@ impl Pool {
     }
 
     fn drain(&mut self, worker: WorkerId, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         w.role = Role::Draining;
         if let Some(pid) = w.pid {
-            out.push(Action::Drain { worker, pid, via_channel: w.probe });
+            out.push(Action::Drain {
+                worker,
+                pid,
+                via_channel: w.probe,
+            });
         }
         out.push(Action::Schedule {
             at: now + self.settings.drain_timeout,
@@ -464,10 +577,16 @@ impl Pool {
 
     /// Shutdown path: SIGTERM now, SIGKILL after `kill_timeout`.
     fn terminate(&mut self, worker: WorkerId, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         w.role = Role::Draining;
         if let Some(pid) = w.pid {
-            out.push(Action::Signal { worker, pid, signal: Signal::Term });
+            out.push(Action::Signal {
+                worker,
+                pid,
+                signal: Signal::Term,
+            });
             out.push(Action::Schedule {
                 at: now + self.settings.kill_timeout,
                 timer: Timer::KillDeadline { worker },
@@ -516,7 +635,8 @@ impl Pool {
 
     /// The worker serving the slot.
     pub fn serving(&self, slot: usize) -> Option<&Worker> {
-        self.role_in(slot, Role::Current).and_then(|id| self.workers.get(&id))
+        self.role_in(slot, Role::Current)
+            .and_then(|id| self.workers.get(&id))
     }
 
     pub fn restarts(&self, slot: usize) -> u64 {

@@ -33,7 +33,12 @@ struct Harness {
 impl Harness {
     fn new(workers: usize) -> Harness {
         let t0 = Instant::now();
-        Harness { pool: Pool::new(settings(workers)), t0, now: t0, next_pid: 1000 }
+        Harness {
+            pool: Pool::new(settings(workers)),
+            t0,
+            now: t0,
+            next_pid: 1000,
+        }
     }
 
     fn at(&mut self, secs: f64) {
@@ -52,13 +57,22 @@ impl Harness {
             .collect();
         for worker in spawned {
             self.next_pid += 1;
-            actions.extend(self.pool.handle(Event::Spawned { worker, pid: self.next_pid }, self.now));
+            actions.extend(self.pool.handle(
+                Event::Spawned {
+                    worker,
+                    pid: self.next_pid,
+                },
+                self.now,
+            ));
         }
         actions
     }
 
     fn serving(&self, slot: usize) -> WorkerId {
-        self.pool.serving(slot).expect("slot has a serving worker").id
+        self.pool
+            .serving(slot)
+            .expect("slot has a serving worker")
+            .id
     }
 }
 
@@ -74,14 +88,20 @@ fn spawns(actions: &[Action]) -> Vec<WorkerId> {
 
 fn respawn_delay(actions: &[Action], now: Instant) -> Option<Duration> {
     actions.iter().find_map(|a| match a {
-        Action::Schedule { at, timer: Timer::Respawn { .. } } => Some(at.duration_since(now)),
+        Action::Schedule {
+            at,
+            timer: Timer::Respawn { .. },
+        } => Some(at.duration_since(now)),
         _ => None,
     })
 }
 
 fn respawn_timer(actions: &[Action]) -> Option<Timer> {
     actions.iter().find_map(|a| match a {
-        Action::Schedule { timer: t @ Timer::Respawn { .. }, .. } => Some(*t),
+        Action::Schedule {
+            timer: t @ Timer::Respawn { .. },
+            ..
+        } => Some(*t),
         _ => None,
     })
 }
@@ -91,7 +111,10 @@ fn start_spawns_every_slot_with_ready_and_uptime_timers() {
     let mut h = Harness::new(3);
     let actions = h.feed(Event::Start);
     assert_eq!(spawns(&actions).len(), 3);
-    let timers = actions.iter().filter(|a| matches!(a, Action::Schedule { .. })).count();
+    let timers = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Schedule { .. }))
+        .count();
     assert_eq!(timers, 6);
     assert_eq!(h.pool.slot_state(0), SlotState::Starting);
 }
@@ -104,8 +127,14 @@ fn crashes_back_off_exponentially_and_reset_after_min_uptime() {
     for i in 0..4 {
         h.at(i as f64 * 20.0);
         let w = h.serving(0);
-        let actions = h.feed(Event::Exited { worker: w, status: ExitStatus::Code(1) });
-        assert!(actions.contains(&Action::CountRestart { slot: 0, reason: RestartReason::Exit }));
+        let actions = h.feed(Event::Exited {
+            worker: w,
+            status: ExitStatus::Code(1),
+        });
+        assert!(actions.contains(&Action::CountRestart {
+            slot: 0,
+            reason: RestartReason::Exit
+        }));
         delays.push(respawn_delay(&actions, h.now).expect("respawn scheduled"));
         assert_eq!(h.pool.slot_state(0), SlotState::Backoff);
         let timer = respawn_timer(&actions).unwrap();
@@ -119,9 +148,18 @@ fn crashes_back_off_exponentially_and_reset_after_min_uptime() {
     h.at(90.0);
     h.feed(Event::Timer(Timer::MinUptime { worker: w }));
     h.at(200.0);
-    let actions = h.feed(Event::Exited { worker: w, status: ExitStatus::Signal(11) });
-    assert!(actions.contains(&Action::CountRestart { slot: 0, reason: RestartReason::Crash }));
-    assert_eq!(respawn_delay(&actions, h.now), Some(Duration::from_millis(100)));
+    let actions = h.feed(Event::Exited {
+        worker: w,
+        status: ExitStatus::Signal(11),
+    });
+    assert!(actions.contains(&Action::CountRestart {
+        slot: 0,
+        reason: RestartReason::Crash
+    }));
+    assert_eq!(
+        respawn_delay(&actions, h.now),
+        Some(Duration::from_millis(100))
+    );
 }
 
 #[test]
@@ -135,7 +173,10 @@ fn backoff_is_capped_at_max_delay() {
     for i in 0..12 {
         h.at(i as f64 * 0.5);
         let w = h.serving(0);
-        let actions = h.feed(Event::Exited { worker: w, status: ExitStatus::Code(1) });
+        let actions = h.feed(Event::Exited {
+            worker: w,
+            status: ExitStatus::Code(1),
+        });
         last = respawn_delay(&actions, h.now).unwrap();
         h.feed(Event::Timer(respawn_timer(&actions).unwrap()));
     }
@@ -150,16 +191,25 @@ fn crash_loop_fails_the_slot_then_retries_after_cool_down() {
     for i in 0..5 {
         h.at(i as f64);
         let w = h.serving(0);
-        last = h.feed(Event::Exited { worker: w, status: ExitStatus::Code(2) });
+        last = h.feed(Event::Exited {
+            worker: w,
+            status: ExitStatus::Code(2),
+        });
         if i < 4 {
             h.feed(Event::Timer(respawn_timer(&last).unwrap()));
         }
     }
-    assert!(last.iter().any(|a| matches!(a, Action::SlotFailed { slot: 0, .. })));
+    assert!(
+        last.iter()
+            .any(|a| matches!(a, Action::SlotFailed { slot: 0, .. }))
+    );
     assert_eq!(h.pool.slot_state(0), SlotState::Failed);
     assert_eq!(respawn_delay(&last, h.now), Some(Duration::from_secs(300)));
     // A stale backoff timer from before does nothing.
-    assert!(h.feed(Event::Timer(Timer::Respawn { slot: 0, epoch: 1 })).is_empty());
+    assert!(
+        h.feed(Event::Timer(Timer::Respawn { slot: 0, epoch: 1 }))
+            .is_empty()
+    );
     let actions = h.feed(Event::Timer(respawn_timer(&last).unwrap()));
     assert_eq!(spawns(&actions).len(), 1);
     assert_eq!(h.pool.slot_state(0), SlotState::Starting);
@@ -188,9 +238,21 @@ fn never_ready_worker_is_killed_and_counted_unhealthy() {
     h.feed(Event::Hello { worker: w });
     h.at(30.0);
     let actions = h.feed(Event::Timer(Timer::ReadyTimeout { worker: w }));
-    assert!(matches!(actions[..], [Action::Signal { signal: Signal::Kill, .. }]));
-    let actions = h.feed(Event::Exited { worker: w, status: ExitStatus::Signal(9) });
-    assert!(actions.contains(&Action::CountRestart { slot: 0, reason: RestartReason::Unhealthy }));
+    assert!(matches!(
+        actions[..],
+        [Action::Signal {
+            signal: Signal::Kill,
+            ..
+        }]
+    ));
+    let actions = h.feed(Event::Exited {
+        worker: w,
+        status: ExitStatus::Signal(9),
+    });
+    assert!(actions.contains(&Action::CountRestart {
+        slot: 0,
+        reason: RestartReason::Unhealthy
+    }));
 }
 
 fn ready_pool(workers: usize) -> Harness {
@@ -212,22 +274,44 @@ fn reload_replaces_one_slot_at_a_time_make_before_break() {
     let new0 = spawns(&actions);
     assert_eq!(new0.len(), 1, "one replacement at a time");
     assert_eq!(h.pool.slot_state(0), SlotState::Replacing);
-    assert_eq!(h.serving(0), old0, "the old worker serves until the new one is ready");
-    assert!(!actions.iter().any(|a| matches!(a, Action::Drain { .. } | Action::Signal { .. })));
+    assert_eq!(
+        h.serving(0),
+        old0,
+        "the old worker serves until the new one is ready"
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Drain { .. } | Action::Signal { .. }))
+    );
 
     h.at(1.0);
     let actions = h.feed(Event::Ready { worker: new0[0] });
-    assert!(actions.iter().any(|a| matches!(a, Action::Drain { worker, via_channel: true, .. } if *worker == old0)));
-    assert!(actions.contains(&Action::CountRestart { slot: 0, reason: RestartReason::Reload }));
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Drain { worker, via_channel: true, .. } if *worker == old0)
+        )
+    );
+    assert!(actions.contains(&Action::CountRestart {
+        slot: 0,
+        reason: RestartReason::Reload
+    }));
     let new1 = spawns(&actions);
     assert_eq!(new1.len(), 1, "slot 1 starts once slot 0 is ready");
     assert_eq!(h.serving(0), new0[0]);
 
     h.at(2.0);
     let actions = h.feed(Event::Ready { worker: new1[0] });
-    assert!(actions.iter().any(|a| matches!(a, Action::Drain { worker, .. } if *worker == old1)));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Drain { worker, .. } if *worker == old1))
+    );
     // Draining workers exiting is not a restart.
-    let actions = h.feed(Event::Exited { worker: old0, status: ExitStatus::Code(0) });
+    let actions = h.feed(Event::Exited {
+        worker: old0,
+        status: ExitStatus::Code(0),
+    });
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(h.pool.slot_state(0), SlotState::Ready);
 }
@@ -236,27 +320,52 @@ fn reload_replaces_one_slot_at_a_time_make_before_break() {
 fn drain_escalates_to_term_then_kill() {
     let mut h = ready_pool(1);
     let old = h.serving(0);
-    let new = spawns(&h.feed(Event::Replace { slot: 0, reason: RestartReason::Manual }))[0];
+    let new = spawns(&h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Manual,
+    }))[0];
     h.feed(Event::Ready { worker: new });
     h.at(30.0);
     let actions = h.feed(Event::Timer(Timer::DrainDeadline { worker: old }));
-    assert!(matches!(actions[0], Action::Signal { signal: Signal::Term, .. }));
+    assert!(matches!(
+        actions[0],
+        Action::Signal {
+            signal: Signal::Term,
+            ..
+        }
+    ));
     h.at(40.0);
     let actions = h.feed(Event::Timer(Timer::KillDeadline { worker: old }));
-    assert!(matches!(actions[..], [Action::Signal { signal: Signal::Kill, .. }]));
+    assert!(matches!(
+        actions[..],
+        [Action::Signal {
+            signal: Signal::Kill,
+            ..
+        }]
+    ));
 }
 
 #[test]
 fn replacement_that_never_gets_ready_leaves_the_old_worker_serving() {
     let mut h = ready_pool(1);
     let old = h.serving(0);
-    let new = spawns(&h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak }))[0];
+    let new = spawns(&h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Leak,
+    }))[0];
     h.feed(Event::Hello { worker: new });
     h.at(30.0);
     h.feed(Event::Timer(Timer::ReadyTimeout { worker: new }));
-    let actions = h.feed(Event::Exited { worker: new, status: ExitStatus::Signal(9) });
+    let actions = h.feed(Event::Exited {
+        worker: new,
+        status: ExitStatus::Signal(9),
+    });
     assert_eq!(h.serving(0), old);
-    assert!(!actions.iter().any(|a| matches!(a, Action::CountRestart { .. })));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::CountRestart { .. }))
+    );
     assert!(!actions.iter().any(|a| matches!(a, Action::Drain { .. })));
     // After the backoff the replacement is attempted again.
     let retry = h.feed(Event::Timer(respawn_timer(&actions).unwrap()));
@@ -268,9 +377,18 @@ fn replacement_that_never_gets_ready_leaves_the_old_worker_serving() {
 fn serving_worker_dying_mid_replacement_hands_over_to_the_replacement() {
     let mut h = ready_pool(1);
     let old = h.serving(0);
-    let new = spawns(&h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak }))[0];
-    let actions = h.feed(Event::Exited { worker: old, status: ExitStatus::Signal(9) });
-    assert!(actions.contains(&Action::CountRestart { slot: 0, reason: RestartReason::Crash }));
+    let new = spawns(&h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Leak,
+    }))[0];
+    let actions = h.feed(Event::Exited {
+        worker: old,
+        status: ExitStatus::Signal(9),
+    });
+    assert!(actions.contains(&Action::CountRestart {
+        slot: 0,
+        reason: RestartReason::Crash
+    }));
     assert!(spawns(&actions).is_empty());
     assert_eq!(h.serving(0), new);
     assert_eq!(h.pool.slot_state(0), SlotState::Starting);
@@ -281,19 +399,34 @@ fn leak_restarts_obey_the_hourly_budget() {
     let mut h = ready_pool(1);
     for i in 0..2 {
         h.at(i as f64 * 60.0);
-        let new = spawns(&h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak }));
+        let new = spawns(&h.feed(Event::Replace {
+            slot: 0,
+            reason: RestartReason::Leak,
+        }));
         assert_eq!(new.len(), 1);
         h.feed(Event::Ready { worker: new[0] });
     }
     h.at(200.0);
-    let actions = h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak });
+    let actions = h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Leak,
+    });
     assert_eq!(actions, vec![Action::BudgetExhausted { slot: 0 }]);
     assert!(h.pool.budget_exhausted(0));
     // Repeated trips do not repeat the alert action.
-    assert!(h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak }).is_empty());
+    assert!(
+        h.feed(Event::Replace {
+            slot: 0,
+            reason: RestartReason::Leak
+        })
+        .is_empty()
+    );
     // An hour after the first leak restart, the budget has room again.
     h.at(3600.0);
-    let actions = h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak });
+    let actions = h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Leak,
+    });
     assert_eq!(spawns(&actions).len(), 1);
     assert!(!h.pool.budget_exhausted(0));
 }
@@ -301,12 +434,24 @@ fn leak_restarts_obey_the_hourly_budget() {
 #[test]
 fn concurrent_replacements_are_limited() {
     let mut h = ready_pool(3);
-    let a = h.feed(Event::Replace { slot: 0, reason: RestartReason::Leak });
-    let b = h.feed(Event::Replace { slot: 1, reason: RestartReason::Leak });
+    let a = h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Leak,
+    });
+    let b = h.feed(Event::Replace {
+        slot: 1,
+        reason: RestartReason::Leak,
+    });
     assert_eq!(spawns(&a).len(), 1);
     assert!(spawns(&b).is_empty(), "second replacement waits");
-    let started = h.feed(Event::Ready { worker: spawns(&a)[0] });
-    assert_eq!(spawns(&started).len(), 1, "queued replacement starts when the first is done");
+    let started = h.feed(Event::Ready {
+        worker: spawns(&a)[0],
+    });
+    assert_eq!(
+        spawns(&started).len(),
+        1,
+        "queued replacement starts when the first is done"
+    );
 }
 
 #[test]
@@ -314,17 +459,46 @@ fn shutdown_terms_everyone_then_kills_and_exits_when_all_are_gone() {
     let mut h = ready_pool(2);
     let (a, b) = (h.serving(0), h.serving(1));
     let actions = h.feed(Event::Shutdown);
-    let terms = actions.iter().filter(|x| matches!(x, Action::Signal { signal: Signal::Term, .. })).count();
+    let terms = actions
+        .iter()
+        .filter(|x| {
+            matches!(
+                x,
+                Action::Signal {
+                    signal: Signal::Term,
+                    ..
+                }
+            )
+        })
+        .count();
     assert_eq!(terms, 2);
     assert_eq!(h.pool.slot_state(0), SlotState::Stopping);
     // No restarts while stopping.
-    let actions = h.feed(Event::Exited { worker: a, status: ExitStatus::Code(0) });
+    let actions = h.feed(Event::Exited {
+        worker: a,
+        status: ExitStatus::Code(0),
+    });
     assert!(actions.is_empty());
-    assert!(h.feed(Event::Replace { slot: 1, reason: RestartReason::Leak }).is_empty());
+    assert!(
+        h.feed(Event::Replace {
+            slot: 1,
+            reason: RestartReason::Leak
+        })
+        .is_empty()
+    );
     h.at(10.0);
     let actions = h.feed(Event::Timer(Timer::KillDeadline { worker: b }));
-    assert!(matches!(actions[..], [Action::Signal { signal: Signal::Kill, .. }]));
-    let actions = h.feed(Event::Exited { worker: b, status: ExitStatus::Signal(9) });
+    assert!(matches!(
+        actions[..],
+        [Action::Signal {
+            signal: Signal::Kill,
+            ..
+        }]
+    ));
+    let actions = h.feed(Event::Exited {
+        worker: b,
+        status: ExitStatus::Signal(9),
+    });
     assert_eq!(actions, vec![Action::Exit]);
 }
 
@@ -333,7 +507,18 @@ fn second_signal_kills_at_once() {
     let mut h = ready_pool(2);
     h.feed(Event::Shutdown);
     let actions = h.feed(Event::ForceShutdown);
-    let kills = actions.iter().filter(|x| matches!(x, Action::Signal { signal: Signal::Kill, .. })).count();
+    let kills = actions
+        .iter()
+        .filter(|x| {
+            matches!(
+                x,
+                Action::Signal {
+                    signal: Signal::Kill,
+                    ..
+                }
+            )
+        })
+        .count();
     assert_eq!(kills, 2);
 }
 

@@ -1,0 +1,177 @@
+//! Whole sampling rounds over a fake `/proc`, with real control links to fake probes
+//! (one that answers, one that never does).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use heapwarden_probes::HeapStats;
+use heapwarden_probes::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::collect::Roots;
+use super::fake_proc::{FakeProc, PAGE};
+use super::feed::Exposition;
+use super::round::SamplerState;
+use crate::config::SamplingConfig;
+use crate::supervisor::link::spawn_link;
+use crate::supervisor::{
+    ControlLink, PoolView, Request, RestartReason, SlotState, SlotView, WorkerView,
+};
+
+const HEAP: HeapStats = HeapStats {
+    allocated: 1000,
+    active: 2000,
+    resident: 3000,
+    mapped: 4000,
+    retained: 5000,
+    metadata: 6,
+};
+
+/// A probe that answers every `Sample` with `HEAP` and a metrics line.
+async fn answering_probe(mut stream: UnixStream) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        decoder.push(&buf[..n]);
+        while let Ok(Some(msg)) = decoder.next_frame::<AgentMsg>() {
+            let AgentMsg::Sample { seq, metrics } = msg else {
+                continue;
+            };
+            let reply = WorkerMsg::Stats {
+                seq,
+                heap: Some(HEAP),
+                runtime_lag_seconds: Some(0.002),
+                dropped: 3,
+                metrics: metrics.then(|| "demo_jobs_total{outcome=\"completed\"} 4\n".to_string()),
+            };
+            let frame = encode(&reply).expect("encode");
+            if stream.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A probe that reads and never answers.
+async fn silent_probe(mut stream: UnixStream) {
+    let mut buf = vec![0u8; 4096];
+    while let Ok(1..) = stream.read(&mut buf).await {}
+}
+
+fn link(worker_id: u64, answers: bool) -> ControlLink {
+    let (agent_end, worker_end) = UnixStream::pair().expect("socketpair");
+    if answers {
+        tokio::spawn(answering_probe(worker_end));
+    } else {
+        tokio::spawn(silent_probe(worker_end));
+    }
+    let (events, mut events_rx) = mpsc::channel(16);
+    tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    spawn_link(
+        agent_end,
+        worker_id,
+        events,
+        slog::Logger::root(slog::Discard, slog::o!()),
+    )
+}
+
+fn slot(n: usize, pid: u32, link: Option<ControlLink>) -> SlotView {
+    SlotView {
+        slot: n,
+        state: SlotState::Ready,
+        worker: Some(WorkerView {
+            worker_id: 100 + n as u64,
+            pid,
+            started_at: Instant::now(),
+            started_wall: SystemTime::now(),
+            ready: true,
+            probe: link.is_some(),
+            link,
+        }),
+        restarts: 0,
+        budget_exhausted: false,
+    }
+}
+
+#[tokio::test]
+async fn rounds_sample_every_worker_and_report_a_silent_one_once() {
+    let fake = FakeProc::new();
+    fake.process(1, 0, 10, [1, 1, 0, 0], [1, 1, 0]);
+    fake.process(10, 1, 100, [10, 0, 0, 0], [300, 200, 0]);
+    fake.process(20, 1, 200, [20, 0, 0, 0], [500, 400, 8]);
+    fake.process(30, 1, 300, [30, 0, 0, 0], [700, 600, 0]);
+    let roots = Roots {
+        proc: fake.procfs(),
+        cgroup_dir: None,
+        agent_pid: 1,
+        kernel_children: false,
+    };
+    let cfg = SamplingConfig {
+        interval: Duration::from_millis(100),
+        pss_every: 2,
+        missed_pings: 2,
+    };
+    let view = PoolView {
+        slots: vec![
+            slot(0, 10, Some(link(100, true))),
+            slot(1, 20, Some(link(101, false))),
+            slot(2, 30, None),
+        ],
+        stopping: false,
+    };
+    let mut state = SamplerState::new(cfg, roots, slog::Logger::root(slog::Discard, slog::o!()));
+    let run = async {
+        let first = state.round(&view, true, &Exposition::default()).await;
+        let second = state.round(&view, false, &first.exposition).await;
+        let third = state.round(&view, false, &second.exposition).await;
+        (first, second, third)
+    };
+    let (first, second, third) = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("rounds finish");
+
+    assert_eq!(first.samples.len(), 3);
+    let s0 = &first.samples[0];
+    assert_eq!(
+        (s0.slot, s0.rss, s0.pss, s0.heap),
+        (0, 100 * PAGE, Some(300 * 1024), Some(HEAP))
+    );
+    assert_eq!(s0.runtime_lag_seconds, Some(0.002));
+    assert_eq!(
+        first.samples[1].heap, None,
+        "the silent worker still gets procfs figures"
+    );
+    assert_eq!(first.samples[2].uss, Some(600 * 1024));
+    assert_eq!(
+        second.samples[0].pss, None,
+        "smaps only every pss-every rounds"
+    );
+    assert_eq!(third.samples[0].pss, Some(300 * 1024));
+
+    let text = &first
+        .exposition
+        .workers
+        .get(&0)
+        .expect("worker 0 text")
+        .text;
+    assert!(text.contains("demo_jobs_total"), "{text}");
+    assert!(
+        third.exposition.workers.contains_key(&0),
+        "text kept until the next scrape"
+    );
+    assert!(
+        first
+            .exposition
+            .sampler
+            .contains("heapwarden_worker_cpu_seconds_total{worker=\"2\"} 0.3")
+    );
+
+    assert!(first.requests.is_empty());
+    let replace = Request::Replace {
+        slot: 1,
+        reason: RestartReason::Unhealthy,
+    };
+    assert_eq!(second.requests, vec![(101, replace)]);
+    assert!(third.requests.is_empty(), "asked once per worker");
+}

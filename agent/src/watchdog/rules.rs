@@ -1,0 +1,272 @@
+//! Leak rules for ONE worker, as a pure state machine over (time, bytes) samples of the
+//! watched figure: no I/O and no clock of its own, so tests drive it with a fake clock.
+//!
+//! - `max_memory`: the first sample above the limit trips, warm-up or not.
+//! - `growth`: once warm-up ends, the baseline is the median of the samples in the second
+//!   half of warm-up (so a start-up spike does not count); `strikes` consecutive samples
+//!   above baseline + growth trip.
+//! - `trend`: a Theil–Sen slope over the last `trend_window` of samples (after warm-up)
+//!   trips when it exceeds `trend_min_rate` and the rise is real rather than an artefact
+//!   of sawtooth memory: the window is ≥ 80% covered, the last quarter's median exceeds
+//!   the first quarter's by half the expected rise, and the rise over the window exceeds
+//!   the spread of the samples around the fitted line (a GC sawtooth's spread is its
+//!   whole amplitude, a leak's is its noise).
+//!
+//! A detector trips at most once; the caller `reset()`s it for the replacement worker.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use stats::{Fit, median, quantile, theil_sen};
+use crate::config::WatchdogConfig;
+
+// Kept beside this file (watchdog/rules_*.rs) and declared here, so the watchdog module
+// only declares `rules`.
+#[path = "rules_stats.rs"]
+mod stats;
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod tests;
+
+/// Bounds the window's memory whatever the sampling interval (1 h of 1 s samples).
+const MAX_WINDOW_SAMPLES: usize = 3600;
+/// The trend rule waits until samples cover this share of the window.
+const MIN_WINDOW_COVERAGE: f64 = 0.8;
+/// Slope is reported (metrics, time to limit) from this many post-warm-up samples on.
+const MIN_SLOPE_SAMPLES: usize = 5;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesConfig {
+    pub max_memory: Option<u64>,
+    pub growth: Option<u64>,
+    pub strikes: u32,
+    pub trend_window: Duration,
+    /// Bytes per second.
+    pub trend_min_rate: Option<f64>,
+    pub warmup: Duration,
+}
+
+impl RulesConfig {
+    pub fn from_watchdog(w: &WatchdogConfig) -> RulesConfig {
+        RulesConfig {
+            max_memory: w.max_memory.get().map(|s| s.bytes()),
+            growth: w.growth.get().map(|s| s.bytes()),
+            strikes: w.strikes,
+            trend_window: w.trend_window,
+            trend_min_rate: w.trend_min_rate.get().map(|r| r.bytes_per_second),
+            warmup: w.warmup,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    MaxMemory,
+    Growth,
+    Trend,
+}
+
+impl Rule {
+    /// The `rule` label of `heapwarden_leak_detections_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::MaxMemory => "max_memory",
+            Rule::Growth => "growth",
+            Rule::Trend => "trend",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trip {
+    pub rule: Rule,
+    /// The sample that tripped.
+    pub value: u64,
+    /// The growth baseline, once taken.
+    pub baseline: Option<u64>,
+    pub slope_bytes_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub trip: Option<Trip>,
+    /// Fitted growth of the watched figure (`heapwarden_worker_growth_bytes_per_second`).
+    pub slope_bytes_per_sec: Option<f64>,
+    /// Predicted time until `max_memory` at the fitted slope; `None` when not growing.
+    pub seconds_to_limit: Option<f64>,
+    /// True on exactly one observation, when warm-up ends: write the baseline profile now.
+    pub baseline_ready: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeakDetector {
+    config: RulesConfig,
+    started: Option<Instant>,
+    /// Second half of warm-up, for the baseline.
+    warmup_tail: Vec<f64>,
+    baseline: Option<u64>,
+    strikes: u32,
+    /// Post-warm-up samples within `trend_window`, oldest first.
+    window: VecDeque<(Instant, f64)>,
+    tripped: Option<Rule>,
+}
+
+impl LeakDetector {
+    pub fn new(config: RulesConfig) -> LeakDetector {
+        LeakDetector {
+            config,
+            started: None,
+            warmup_tail: Vec::new(),
+            baseline: None,
+            strikes: 0,
+            window: VecDeque::new(),
+            tripped: None,
+        }
+    }
+
+    /// Forgets everything: the next sample starts a new warm-up (a new worker).
+    pub fn reset(&mut self) {
+        *self = LeakDetector::new(self.config.clone());
+    }
+
+    pub fn config(&self) -> &RulesConfig {
+        &self.config
+    }
+
+    pub fn baseline(&self) -> Option<u64> {
+        self.baseline
+    }
+
+    /// The rule that tripped, until `reset`.
+    pub fn tripped(&self) -> Option<Rule> {
+        self.tripped
+    }
+
+    /// Consecutive samples above baseline + growth so far.
+    pub fn strikes(&self) -> u32 {
+        self.strikes
+    }
+
+    pub fn observe(&mut self, at: Instant, value: u64) -> Observation {
+        let started = *self.started.get_or_insert(at);
+        let elapsed = at.saturating_duration_since(started);
+        let mut obs = Observation::default();
+        let mut trip = None;
+        if let Some(limit) = self.config.max_memory
+            && value > limit
+        {
+            trip = Some(Rule::MaxMemory);
+        }
+        if self.baseline.is_none() {
+            if elapsed < self.config.warmup {
+                if elapsed >= self.config.warmup / 2 {
+                    self.warmup_tail.push(value as f64);
+                }
+                return self.finish(obs, trip, value);
+            }
+            let baseline = median(&mut self.warmup_tail).unwrap_or(value as f64);
+            self.baseline = Some(baseline.round() as u64);
+            self.warmup_tail = Vec::new();
+            obs.baseline_ready = true;
+        }
+        self.push_window(at, value);
+        if trip.is_none() && self.growth_tripped(value) {
+            trip = Some(Rule::Growth);
+        }
+        let fit = self.fit();
+        if let Some(fit) = fit {
+            obs.slope_bytes_per_sec = Some(fit.slope);
+            obs.seconds_to_limit = self.seconds_to_limit(&fit, at);
+        }
+        if trip.is_none() && fit.is_some_and(|f| self.trend_tripped(&f)) {
+            trip = Some(Rule::Trend);
+        }
+        self.finish(obs, trip, value)
+    }
+
+    fn finish(&mut self, mut obs: Observation, trip: Option<Rule>, value: u64) -> Observation {
+        if let Some(rule) = trip
+            && self.tripped.is_none()
+        {
+            self.tripped = Some(rule);
+            obs.trip = Some(Trip {
+                rule,
+                value,
+                baseline: self.baseline,
+                slope_bytes_per_sec: obs.slope_bytes_per_sec,
+            });
+        }
+        obs
+    }
+
+    fn push_window(&mut self, at: Instant, value: u64) {
+        self.window.push_back((at, value as f64));
+        while let Some((t, _)) = self.window.front()
+            && (at.saturating_duration_since(*t) > self.config.trend_window
+                || self.window.len() > MAX_WINDOW_SAMPLES)
+        {
+            self.window.pop_front();
+        }
+    }
+
+    fn growth_tripped(&mut self, value: u64) -> bool {
+        let (Some(growth), Some(baseline)) = (self.config.growth, self.baseline) else {
+            return false;
+        };
+        if value > baseline.saturating_add(growth) {
+            self.strikes += 1;
+        } else {
+            self.strikes = 0;
+        }
+        self.strikes >= self.config.strikes.max(1)
+    }
+
+    fn fit(&mut self) -> Option<Fit> {
+        if self.window.len() < MIN_SLOPE_SAMPLES {
+            return None;
+        }
+        theil_sen(self.window.make_contiguous())
+    }
+
+    fn seconds_to_limit(&self, fit: &Fit, now: Instant) -> Option<f64> {
+        let limit = self.config.max_memory? as f64;
+        if fit.slope <= 0.0 {
+            return None;
+        }
+        Some(((limit - fit.at(now)) / fit.slope).max(0.0))
+    }
+
+    fn trend_tripped(&self, fit: &Fit) -> bool {
+        let Some(min_rate) = self.config.trend_min_rate else {
+            return false;
+        };
+        let (Some(first), Some(last)) = (self.window.front(), self.window.back()) else {
+            return false;
+        };
+        let span = last.0.saturating_duration_since(first.0).as_secs_f64();
+        if fit.slope <= min_rate
+            || span < MIN_WINDOW_COVERAGE * self.config.trend_window.as_secs_f64()
+        {
+            return false;
+        }
+        // Consistency: the last quarter sits above the first by half the expected rise.
+        let quarter = (self.window.len() / 4).max(1);
+        let mut head: Vec<f64> = self.window.iter().take(quarter).map(|s| s.1).collect();
+        let mut tail: Vec<f64> = self.window.iter().rev().take(quarter).map(|s| s.1).collect();
+        let (Some(head), Some(tail)) = (median(&mut head), median(&mut tail)) else {
+            return false;
+        };
+        if tail - head < 0.5 * min_rate * span {
+            return false;
+        }
+        // Signal over spread: the fitted rise must exceed the interquartile range of the
+        // residuals, which for a sawtooth is about half its amplitude.
+        let mut residuals: Vec<f64> = self.window.iter().map(|(t, v)| v - fit.at(*t)).collect();
+        let q1 = quantile(&mut residuals, 0.25).unwrap_or(0.0);
+        let q3 = quantile(&mut residuals, 0.75).unwrap_or(0.0);
+        fit.slope * span > q3 - q1
+    }
+}

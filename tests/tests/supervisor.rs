@@ -1,0 +1,327 @@
+//! End-to-end tests of the supervisor: the real `heapwarden run` supervising small shell
+//! and Python workers that trap signals.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use heapwarden_tests::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn ts(record: &Value) -> f64 {
+    let text = record["ts"].as_str().expect("ts");
+    let t = humantime_parse(text);
+    t.as_secs_f64()
+}
+
+/// Parses the RFC 3339 `ts` the agent writes (UTC, fractional seconds).
+fn humantime_parse(text: &str) -> Duration {
+    // 2026-11-22T15:23:51.570660567Z → seconds within the day are enough here.
+    let time = text.split('T').nth(1).expect("time part").trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().and_then(|p| p.parse().ok()).expect("hours");
+    let m: f64 = parts.next().and_then(|p| p.parse().ok()).expect("minutes");
+    let s: f64 = parts.next().and_then(|p| p.parse().ok()).expect("seconds");
+    Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
+}
+
+fn worker_pids(logs: &Logs) -> Vec<i32> {
+    logs.matching(msg("A worker started."))
+        .iter()
+        .filter_map(|r| r["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect()
+}
+
+#[test]
+fn crashing_worker_is_restarted_with_growing_delays() {
+    let _guard = TimeoutGuard::new("crashing_worker", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let agent = sandbox.agent(&format!(
+        r#"
+[pool]
+workers = 1
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "echo up; exit 3"]
+min-uptime = "5s"
+[pool.restart]
+initial-delay = "100ms"
+factor = 2.0
+max-delay = "10s"
+max-restarts = 20
+"#
+    ));
+    let starts = agent
+        .logs
+        .wait_for_n(5, SECS(20), "5 worker starts", msg("A worker started."));
+    let gaps: Vec<f64> = starts.windows(2).map(|w| ts(&w[1]) - ts(&w[0])).collect();
+    for pair in gaps.windows(2) {
+        assert!(pair[1] > pair[0] * 1.5, "delays must grow: {gaps:?}");
+    }
+    assert!(gaps[0] >= 0.09 && gaps[0] < 0.5, "first delay ~100ms: {gaps:?}");
+    let restarts = agent.logs.matching(msg("A worker slot restarted."));
+    assert!(restarts.iter().all(|r| r["reason"] == "exit"), "{restarts:?}");
+    let exits = agent.logs.matching(msg("A worker exited."));
+    assert!(exits.iter().all(|r| r["exit_code"] == 3), "{exits:?}");
+}
+
+#[test]
+fn crash_loop_marks_slot_failed_then_retries_after_cool_down() {
+    let _guard = TimeoutGuard::new("crash_loop", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let agent = sandbox.agent(&format!(
+        r#"
+[pool]
+workers = 1
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "kill -SEGV $$"]
+[pool.restart]
+initial-delay = "50ms"
+max-delay = "100ms"
+max-restarts = 3
+window = "60s"
+cool-down = "2s"
+"#
+    ));
+    let failed = agent
+        .logs
+        .wait_for(SECS(20), "slot failed", msg("A worker slot keeps failing; it is paused before the next try."));
+    assert_eq!(failed["worker"], 0);
+    let starts_before = agent.logs.matching(msg("A worker started.")).len();
+    assert_eq!(starts_before, 3, "exactly max-restarts starts before the cool-down");
+    let next = agent.logs.wait_for_n(starts_before + 1, SECS(10), "start after cool-down", msg("A worker started."));
+    let waited = ts(&next[starts_before]) - ts(&failed);
+    assert!((1.9..4.0).contains(&waited), "retried after the 2s cool-down, waited {waited}s");
+    let crashes = agent.logs.matching(msg("A worker slot restarted."));
+    assert!(crashes.iter().all(|r| r["reason"] == "crash"), "{crashes:?}");
+}
+
+#[test]
+fn sigterm_kills_a_worker_that_ignores_it_after_kill_timeout_and_exits_zero() {
+    let _guard = TimeoutGuard::new("graceful_sigterm", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let mut agent = sandbox.agent(&format!(
+        r#"
+[pool]
+workers = 2
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "trap 'echo ignoring TERM' TERM; echo up; while true; do sleep 0.1; done"]
+min-uptime = "200ms"
+kill-timeout = "1s"
+"#
+    ));
+    agent.logs.wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    let pids = worker_pids(&agent.logs);
+    assert_eq!(pids.len(), 2);
+    let sent = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(SECS(10)).expect("agent exits after kill-timeout");
+    let took = sent.elapsed();
+    assert!(status.success(), "agent exit status {status:?}");
+    assert!(took >= Duration::from_millis(900), "waited for kill-timeout, took {took:?}");
+    assert!(took < SECS(4), "exited within the bound, took {took:?}");
+    for pid in pids {
+        assert!(wait_gone(pid, SECS(2)), "worker {pid} still running");
+    }
+    agent.logs.wait_for(SECS(5), "TERM was delivered", |r| r["msg"] == "ignoring TERM");
+}
+
+#[test]
+fn second_signal_kills_at_once() {
+    let _guard = TimeoutGuard::new("second_signal", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let mut agent = sandbox.agent(&format!(
+        r#"
+[pool]
+workers = 1
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+min-uptime = "200ms"
+kill-timeout = "30s"
+"#
+    ));
+    agent.logs.wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    agent.signal(Signal::SIGTERM);
+    agent.logs.wait_for(SECS(5), "first signal", msg("Shutdown signal received: draining workers."));
+    agent.signal(Signal::SIGINT);
+    let status = agent.wait_exit(SECS(5)).expect("second signal ends the agent at once");
+    assert!(status.success());
+}
+
+#[test]
+fn sigkill_of_the_agent_leaves_no_worker_running() {
+    let _guard = TimeoutGuard::new("sigkill_agent", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let mut agent = sandbox.agent(&format!(
+        r#"
+[pool]
+workers = 3
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+min-uptime = "200ms"
+"#
+    ));
+    agent.logs.wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    let pids = worker_pids(&agent.logs);
+    assert_eq!(pids.len(), 3);
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(SECS(5)).expect("agent died");
+    for pid in pids {
+        assert!(wait_gone(pid, SECS(5)), "worker {pid} outlived the agent");
+    }
+}
+
+fn python_pool(sandbox: &Sandbox, workers: usize, port: u16) -> Proc {
+    sandbox.agent(&format!(
+        r#"
+[pool]
+workers = {workers}
+listen = "127.0.0.1:{port}"
+{}
+min-uptime = "10s"
+drain-timeout = "5s"
+kill-timeout = "2s"
+"#,
+        py_worker_command()
+    ))
+}
+
+#[test]
+fn the_shared_socket_is_served_by_every_worker() {
+    let _guard = TimeoutGuard::new("shared_socket", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let agent = python_pool(&sandbox, 3, port);
+    // Ready comes from READY=1 on each worker's NOTIFY_SOCKET (min-uptime is 10s).
+    agent.logs.wait_for(SECS(8), "all ready via sd_notify", msg("Every worker is ready."));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let (status, body) = http_get(addr, "/", SECS(5)).expect("request");
+        assert_eq!(status, 200);
+        let slot = body.split_whitespace().nth(3).unwrap_or("?").to_string();
+        seen.insert(slot);
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "every worker accepted on the shared socket: {seen:?}");
+}
+
+#[test]
+fn rolling_reload_under_load_drops_no_request() {
+    let _guard = TimeoutGuard::new("reload_under_load", SECS(90));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let agent = python_pool(&sandbox, 2, port);
+    agent.logs.wait_for(SECS(8), "all ready", msg("Every worker is ready."));
+    let old_pids = worker_pids(&agent.logs);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(addr, "/", SECS(5)) {
+                        Ok((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let before = ok.load(Ordering::Relaxed);
+    agent.signal(Signal::SIGHUP);
+    agent.logs.wait_for_n(2, SECS(30), "both slots reloaded", |r| {
+        r["msg"] == "A worker slot restarted." && r["reason"] == "reload"
+    });
+    for pid in &old_pids {
+        assert!(wait_gone(*pid, SECS(10)), "old worker {pid} drained and exited");
+    }
+    // Keep the load on the new workers for a moment.
+    let after_reload = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < after_reload + 200 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failed.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(ok.load(Ordering::Relaxed) > before + 200, "the client loop made progress");
+    let new_pids = worker_pids(&agent.logs);
+    assert_eq!(new_pids.len(), 4, "two new workers started");
+}
+
+use std::sync::Mutex;
+
+#[test]
+fn bad_config_is_refused_with_every_key_named() {
+    let _guard = TimeoutGuard::new("bad_config", SECS(30));
+    let sandbox = Sandbox::new();
+    let path = sandbox.write(
+        "bad.toml",
+        r#"
+[pool]
+workers = "many"
+min-uptime = "soon"
+[pool.restart]
+factor = 0.5
+[watchdog]
+strikes = 0
+max-memory = "lots"
+[nonsense]
+x = 1
+"#,
+    );
+    for verb in ["check-config", "run"] {
+        let out = std::process::Command::new(heapwarden())
+            .args([verb, "-c"])
+            .arg(&path)
+            .output()
+            .expect("run heapwarden");
+        assert_eq!(out.status.code(), Some(64), "{verb} exits 64");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for key in ["pool.workers", "pool.min-uptime", "watchdog.max-memory", "nonsense"] {
+            assert!(err.contains(key), "{verb}: {key} not named in:\n{err}");
+        }
+        assert!(out.stdout.is_empty(), "{verb} started nothing");
+    }
+    // Semantic errors are reported together too, once the types are right.
+    let path = sandbox.write(
+        "bad2.toml",
+        "[pool.restart]\nfactor = 0.5\n[watchdog]\nstrikes = 0\n",
+    );
+    let out = std::process::Command::new(heapwarden())
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run heapwarden");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(err.contains("pool.restart.factor") && err.contains("watchdog.strikes"), "{err}");
+    // An environment override is type-checked and attributed too.
+    let out = std::process::Command::new(heapwarden())
+        .args(["check-config"])
+        .env("HEAPWARDEN_POOL_WORKERS", "lots")
+        .output()
+        .expect("run heapwarden");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(err.contains("pool.workers") && err.contains("HEAPWARDEN_POOL_WORKERS"), "{err}");
+}
