@@ -4,6 +4,7 @@
 //! only reads: the pool view and heartbeat from the supervisor, the exposition snapshot
 //! from the sampler.
 
+pub mod api;
 pub mod auth;
 pub mod describe;
 pub mod exposition;

@@ -21,7 +21,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            exit_code(crate::supervisor::run(config))
+            exit_code(crate::agent::run(config))
         }
         Command::Demo(args) => {
             let config = match load_config(&args.config) {

@@ -10,3 +10,6 @@ pub mod types;
 pub use demo::DemoConfig;
 pub use load::{ConfigError, ConfigErrors, EX_CONFIG, load};
 pub use sections::*;
+
+#[cfg(test)]
+mod tests;

@@ -44,6 +44,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     pub lag: RuntimeLag,
     pub draining: AtomicBool,
+    /// `x-worker` on every response: which slot served it (tests and debugging).
+    pub worker_header: axum::http::HeaderValue,
     /// Whether request log records are written at all (level info or finer).
     pub log_requests: bool,
 }
@@ -112,6 +114,7 @@ async fn run(
             config.log.level,
             LogLevel::Info | LogLevel::Debug | LogLevel::Trace
         ),
+        worker_header: axum::http::HeaderValue::from(args.slot),
         l1: cache::L1::new(demo.l1_capacity, demo.l1_ttl),
         lag: heapwarden_probes::spawn_lag_monitor(LAG_PERIOD),
         draining: AtomicBool::new(false),

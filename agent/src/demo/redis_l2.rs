@@ -279,6 +279,61 @@ fn decode(value: &str) -> Option<Decoded> {
 mod tests {
     use super::*;
 
+    fn item(id: i64, version: i64) -> Item {
+        Item {
+            id,
+            name: format!("v{version}"),
+            value: version,
+            version,
+        }
+    }
+
+    async fn version_in_redis(l2: &L2, id: i64) -> Option<i64> {
+        match l2.get(id).await {
+            L2Lookup::Hit(item) => Some(item.version),
+            L2Lookup::Tombstone => Some(-1),
+            L2Lookup::Miss => None,
+            L2Lookup::Unavailable => panic!("Redis went away mid-test"),
+        }
+    }
+
+    /// The Lua guards, against the real Redis of HEAPWARDEN_TEST_REDIS_URL.
+    #[test]
+    fn stale_fills_cannot_overwrite_a_newer_tombstone_or_item() {
+        let Some(url) = std::env::var("HEAPWARDEN_TEST_REDIS_URL").ok().filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: HEAPWARDEN_TEST_REDIS_URL is not set");
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let log = Logger::root(slog::Discard, slog::o!());
+            let prefix = format!("hwtest:{}:{}:", std::process::id(), super::super::db::now_ms());
+            let l2 = L2::new(&url, &prefix, Duration::from_secs(60), Duration::from_secs(1), log)
+                .expect("client");
+            tokio::spawn(l2.clone().maintain());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !l2.is_up() {
+                assert!(std::time::Instant::now() < deadline, "Redis at {url} is unreachable");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            l2.fill(&item(7, 1)).await;
+            assert_eq!(version_in_redis(&l2, 7).await, Some(1));
+            l2.invalidate(7, 2).await;
+            assert_eq!(version_in_redis(&l2, 7).await, Some(-1), "the write left a tombstone");
+            l2.fill(&item(7, 1)).await;
+            assert_eq!(version_in_redis(&l2, 7).await, Some(-1), "a stale fill was refused");
+            l2.fill(&item(7, 2)).await;
+            assert_eq!(version_in_redis(&l2, 7).await, Some(2), "the written version fills");
+            l2.fill(&item(7, 1)).await;
+            l2.invalidate(7, 1).await;
+            assert_eq!(version_in_redis(&l2, 7).await, Some(2), "older fills and tombstones lose");
+        });
+    }
+
     #[test]
     fn values_decode() {
         let item = Item {

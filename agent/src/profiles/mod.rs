@@ -14,6 +14,8 @@ mod store;
 mod store_handle;
 mod symbolize;
 pub mod trim;
+#[cfg(test)]
+mod tests;
 
 pub use convert::{
     ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_with_helper,

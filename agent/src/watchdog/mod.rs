@@ -1,1 +1,231 @@
-//! watchdog (being written).
+//! The watchdog: one task that feeds each worker's samples to its leak rules, writes the
+//! baseline profile at warm-up end, and on a trip writes the leak profile, diffs it
+//! against the baseline, logs the top growing allocation sites, and asks the supervisor
+//! for a make-before-break replacement (unless `action = "profile-only"`).
+
+pub mod capture;
+pub mod rules;
+
+use std::collections::HashMap;
+
+use slog::{Logger, error, info, warn};
+use tokio::sync::{mpsc, watch};
+
+pub use capture::{CaptureError, CaptureRequest, take_profile};
+use rules::{LeakDetector, Observation, RulesConfig, Trip};
+
+use crate::admin::api::{FiguresView, SlotFigures};
+use crate::config::types::{LeakAction, Watch};
+use crate::config::WatchdogConfig;
+use crate::log::RedactedJson;
+use crate::profiles::{ProfileFigures, ProfileStoreHandle, Trigger};
+use crate::sampler::WorkerSample;
+use crate::supervisor::{PoolView, Request, RestartReason};
+
+/// How many growing sites a detection record lists.
+const TOP_SITES: usize = 5;
+
+/// The memory figure a worker's rules watch, fixed for the worker's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Figure {
+    Heap,
+    Pss,
+    Rss,
+}
+
+impl Figure {
+    fn pick(watch: Watch, sample: &WorkerSample) -> Figure {
+        match watch {
+            Watch::Heap => Figure::Heap,
+            Watch::Pss => Figure::Pss,
+            Watch::Rss => Figure::Rss,
+            Watch::Auto if sample.heap.is_some() => Figure::Heap,
+            Watch::Auto => Figure::Pss,
+        }
+    }
+
+    fn read(self, sample: &WorkerSample) -> Option<u64> {
+        match self {
+            Figure::Heap => sample.heap.as_ref().map(|h| h.allocated),
+            Figure::Pss => sample.pss,
+            Figure::Rss => Some(sample.rss),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Figure::Heap => "heap_allocated",
+            Figure::Pss => "pss",
+            Figure::Rss => "rss",
+        }
+    }
+}
+
+struct SlotWatch {
+    worker_id: u64,
+    figure: Figure,
+    detector: LeakDetector,
+}
+
+pub struct Watchdog {
+    config: WatchdogConfig,
+    rules: RulesConfig,
+    slots: HashMap<usize, SlotWatch>,
+    pool: watch::Receiver<PoolView>,
+    requests: mpsc::Sender<Request>,
+    store: ProfileStoreHandle,
+    figures: watch::Sender<FiguresView>,
+    log: Logger,
+}
+
+impl Watchdog {
+    pub fn new(
+        config: WatchdogConfig,
+        pool: watch::Receiver<PoolView>,
+        requests: mpsc::Sender<Request>,
+        store: ProfileStoreHandle,
+        figures: watch::Sender<FiguresView>,
+        log: Logger,
+    ) -> Watchdog {
+        Watchdog {
+            rules: RulesConfig::from_watchdog(&config),
+            config,
+            slots: HashMap::new(),
+            pool,
+            requests,
+            store,
+            figures,
+            log,
+        }
+    }
+
+    /// Consumes samples until the sampler stops.
+    pub async fn run(mut self, mut samples: mpsc::Receiver<WorkerSample>) {
+        while let Some(sample) = samples.recv().await {
+            self.observe(sample);
+        }
+    }
+
+    fn observe(&mut self, sample: WorkerSample) {
+        let slot = sample.slot;
+        self.figures.send_modify(|all| {
+            let f = all.entry(slot).or_default();
+            f.rss_bytes = Some(sample.rss);
+            f.pss_bytes = sample.pss.or(f.pss_bytes);
+            f.heap_allocated_bytes = sample.heap.as_ref().map(|h| h.allocated);
+            f.heap_active_bytes = sample.heap.as_ref().map(|h| h.active);
+        });
+        let ready = self.pool.borrow().slots.get(slot).is_some_and(|s| {
+            s.worker
+                .as_ref()
+                .is_some_and(|w| w.worker_id == sample.worker_id && w.ready)
+        });
+        // Warm-up starts once the worker is ready: start-up allocations are no leak.
+        if !ready {
+            return;
+        }
+        let watch = self.slots.entry(slot).or_insert_with(|| SlotWatch {
+            worker_id: sample.worker_id,
+            figure: Figure::pick(self.config.watch, &sample),
+            detector: LeakDetector::new(self.rules.clone()),
+        });
+        if watch.worker_id != sample.worker_id {
+            watch.worker_id = sample.worker_id;
+            watch.figure = Figure::pick(self.config.watch, &sample);
+            watch.detector.reset();
+        }
+        let Some(value) = watch.figure.read(&sample) else { return };
+        let figure = watch.figure;
+        let obs = watch.detector.observe(sample.at, value);
+        record_trend(slot, &obs);
+        self.figures.send_modify(|all| {
+            let f: &mut SlotFigures = all.entry(slot).or_default();
+            f.growth_bytes_per_second = obs.slope_bytes_per_sec;
+            f.seconds_to_limit = obs.seconds_to_limit;
+            f.watched = Some(figure.as_str());
+        });
+        if obs.baseline_ready {
+            self.spawn_profile(&sample, Trigger::Baseline, None, &obs);
+        }
+        if let Some(trip) = obs.trip.clone() {
+            self.on_trip(&sample, figure, trip, &obs);
+        }
+    }
+
+    fn on_trip(&self, sample: &WorkerSample, figure: Figure, trip: Trip, obs: &Observation) {
+        let slot = sample.slot;
+        metrics::counter!("heapwarden_leak_detections_total",
+            "worker" => slot.to_string(), "rule" => trip.rule.as_str())
+        .increment(1);
+        warn!(self.log, "A leak rule tripped.";
+            "worker" => slot, "pid" => sample.pid, "rule" => trip.rule.as_str(),
+            "figure" => figure.as_str(), "bytes" => trip.value,
+            "baseline_bytes" => trip.baseline,
+            "growth_bytes_per_second" => trip.slope_bytes_per_sec,
+            "action" => match self.config.action { LeakAction::Restart => "restart", LeakAction::ProfileOnly => "profile-only" });
+        self.spawn_profile(sample, Trigger::Leak, Some(trip), obs);
+    }
+
+    /// Writes a profile off the sampling path; for a leak, then diffs and replaces.
+    fn spawn_profile(&self, sample: &WorkerSample, trigger: Trigger, trip: Option<Trip>, obs: &Observation) {
+        let view = self.pool.borrow();
+        let Some(worker) = view.slots.get(sample.slot).and_then(|s| s.worker.clone()) else {
+            return;
+        };
+        drop(view);
+        let figures = ProfileFigures {
+            rss: Some(sample.rss),
+            pss: sample.pss,
+            heap_allocated: sample.heap.as_ref().map(|h| h.allocated),
+            heap_active: sample.heap.as_ref().map(|h| h.active),
+            growth_bytes_per_second: obs.slope_bytes_per_sec,
+        };
+        let request = CaptureRequest {
+            slot: sample.slot,
+            pid: worker.pid,
+            link: worker.link.filter(|_| worker.probe),
+            trigger,
+            figures,
+            rule: trip.as_ref().map(|t| t.rule.as_str().to_string()),
+        };
+        let store = self.store.clone();
+        let log = self.log.clone();
+        let requests = self.requests.clone();
+        let restart = self.config.action == LeakAction::Restart;
+        let slot = sample.slot;
+        tokio::spawn(async move {
+            let profile = take_profile(&store, request, &log).await;
+            let Some(trip) = trip else { return };
+            let diff = match &profile {
+                Ok(meta) => store.diff(meta.id, None).await.ok(),
+                Err(_) => None,
+            };
+            let sites = diff
+                .as_ref()
+                .map(|d| serde_json::to_value(&d.top.iter().filter(|e| e.delta_bytes > 0).take(TOP_SITES).collect::<Vec<_>>()).unwrap_or_default())
+                .unwrap_or_default();
+            error!(log, "A memory leak was detected.";
+                "worker" => slot, "rule" => trip.rule.as_str(), "bytes" => trip.value,
+                "profile_id" => profile.as_ref().ok().map(|m| m.id),
+                "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
+                "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
+                "top_growing_sites" => RedactedJson(sites),
+                "action" => if restart { "restart" } else { "profile-only" });
+            if restart {
+                let replace = Request::Replace { slot, reason: RestartReason::Leak };
+                if requests.send(replace).await.is_err() {
+                    info!(log, "The supervisor is gone; the leaking worker is not replaced."; "worker" => slot);
+                }
+            }
+        });
+    }
+}
+
+fn record_trend(slot: usize, obs: &Observation) {
+    let worker = slot.to_string();
+    metrics::gauge!("heapwarden_worker_growth_bytes_per_second", "worker" => worker.clone())
+        .set(obs.slope_bytes_per_sec.unwrap_or(0.0));
+    // NaN when not growing: comparisons against it are false, so alerts stay quiet.
+    metrics::gauge!("heapwarden_worker_seconds_to_limit", "worker" => worker)
+        .set(obs.seconds_to_limit.unwrap_or(f64::NAN));
+}

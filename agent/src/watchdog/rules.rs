@@ -9,7 +9,7 @@
 //!   trips when it exceeds `trend_min_rate` and the rise is real rather than an artefact
 //!   of sawtooth memory: the window is ≥ 80% covered, the last quarter's median exceeds
 //!   the first quarter's by half the expected rise, and the rise over the window exceeds
-//!   the spread of the samples around the fitted line (a GC sawtooth's spread is its
+//!   twice the spread of the samples around the fitted line (a GC sawtooth's spread is its
 //!   whole amplitude, a leak's is its noise).
 //!
 //! A detector trips at most once; the caller `reset()`s it for the replacement worker.
@@ -262,11 +262,14 @@ impl LeakDetector {
         if tail - head < 0.5 * min_rate * span {
             return false;
         }
-        // Signal over spread: the fitted rise must exceed the interquartile range of the
-        // residuals, which for a sawtooth is about half its amplitude.
+        // Signal over spread: the fitted rise must exceed twice the interquartile range of
+        // the residuals. A sawtooth's residual IQR is about half its amplitude, and a
+        // sawtooth whose floor does not rise cannot climb more than its amplitude; for
+        // bounded noise ±a the IQR is about a, and a chance slope of pure noise stays
+        // far below a rise of 2a.
         let mut residuals: Vec<f64> = self.window.iter().map(|(t, v)| v - fit.at(*t)).collect();
         let q1 = quantile(&mut residuals, 0.25).unwrap_or(0.0);
         let q3 = quantile(&mut residuals, 0.75).unwrap_or(0.0);
-        fit.slope * span > q3 - q1
+        fit.slope * span > 2.0 * (q3 - q1)
     }
 }

@@ -1,0 +1,219 @@
+//! The on-call API under `/api/v1` (behind the bearer token): workers, heap profiles on
+//! demand, profile download and diffs, manual restart and rolling reload. Handlers only
+//! read snapshots and send requests; the supervisor, the watchdog and the profile store
+//! own their state.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use slog::Logger;
+use tokio::sync::{mpsc, watch};
+
+use crate::profiles::{ProfileFigures, ProfileId, ProfileStoreHandle, StoreError, Trigger};
+use crate::supervisor::{PoolView, Request, RestartReason};
+use crate::watchdog::{CaptureError, CaptureRequest, take_profile};
+
+/// The latest figures per slot, published by the watchdog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SlotFigures {
+    pub rss_bytes: Option<u64>,
+    pub pss_bytes: Option<u64>,
+    pub heap_allocated_bytes: Option<u64>,
+    pub heap_active_bytes: Option<u64>,
+    pub growth_bytes_per_second: Option<f64>,
+    pub seconds_to_limit: Option<f64>,
+    pub watched: Option<&'static str>,
+}
+
+pub type FiguresView = BTreeMap<usize, SlotFigures>;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: watch::Receiver<PoolView>,
+    pub figures: watch::Receiver<FiguresView>,
+    pub requests: mpsc::Sender<Request>,
+    pub store: ProfileStoreHandle,
+    pub log: Logger,
+}
+
+pub fn api_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/workers", get(workers))
+        .route("/workers/{slot}/profile", post(profile_now))
+        .route("/workers/{slot}/restart", post(restart))
+        .route("/reload", post(reload))
+        .route("/profiles", get(profiles))
+        .route("/profiles/{id}", get(download))
+        .route("/profiles/{id}/diff", get(diff))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
+        .with_state(state)
+}
+
+/// A JSON error body: `{"error": "..."}`.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match e {
+            StoreError::UnknownId(_) | StoreError::NoBaseline { .. } => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerRow {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: &'static str,
+    pub ready: bool,
+    pub probe: bool,
+    pub uptime_seconds: Option<f64>,
+    pub restarts: u64,
+    pub budget_exhausted: bool,
+    #[serde(flatten)]
+    pub figures: SlotFigures,
+}
+
+async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
+    let figures = state.figures.borrow().clone();
+    let view = state.pool.borrow().clone();
+    let rows = view
+        .slots
+        .iter()
+        .map(|s| WorkerRow {
+            slot: s.slot,
+            pid: s.worker.as_ref().map(|w| w.pid),
+            state: s.state.as_str(),
+            ready: s.worker.as_ref().is_some_and(|w| w.ready),
+            probe: s.worker.as_ref().is_some_and(|w| w.probe),
+            uptime_seconds: s.worker.as_ref().map(|w| w.started_at.elapsed().as_secs_f64()),
+            restarts: s.restarts,
+            budget_exhausted: s.budget_exhausted,
+            figures: figures.get(&s.slot).cloned().unwrap_or_default(),
+        })
+        .collect();
+    Json(rows)
+}
+
+/// Slots are small decimal numbers; anything else is a client error.
+fn parse_slot(raw: &str, view: &PoolView) -> Result<usize, ApiError> {
+    let slot: usize = raw
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{raw:?} is not a worker slot number")))?;
+    if slot >= view.slots.len() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no worker slot {slot}")));
+    }
+    Ok(slot)
+}
+
+fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    ProfileId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn profile_now(State(state): State<ApiState>, Path(slot): Path<String>) -> Result<Response, ApiError> {
+    let view = state.pool.borrow().clone();
+    let slot = parse_slot(&slot, &view)?;
+    let worker = view.slots[slot]
+        .worker
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, format!("worker slot {slot} has no running worker")))?;
+    let figures = state.figures.borrow().get(&slot).cloned().unwrap_or_default();
+    let request = CaptureRequest {
+        slot,
+        pid: worker.pid,
+        link: worker.link.filter(|_| worker.probe),
+        trigger: Trigger::Manual,
+        figures: ProfileFigures {
+            rss: figures.rss_bytes,
+            pss: figures.pss_bytes,
+            heap_allocated: figures.heap_allocated_bytes,
+            heap_active: figures.heap_active_bytes,
+            growth_bytes_per_second: figures.growth_bytes_per_second,
+        },
+        rule: None,
+    };
+    match take_profile(&state.store, request, &state.log).await {
+        Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
+        Err(e @ CaptureError::NoProbe { .. }) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ CaptureError::Skipped(_)) => Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+    }
+}
+
+async fn restart(State(state): State<ApiState>, Path(slot): Path<String>) -> Result<Response, ApiError> {
+    let slot = parse_slot(&slot, &state.pool.borrow().clone())?;
+    send(&state, Request::Replace { slot, reason: RestartReason::Manual }).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "replacing": slot }))).into_response())
+}
+
+async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    send(&state, Request::Reload).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "reloading": true }))).into_response())
+}
+
+async fn send(state: &ApiState, request: Request) -> Result<(), ApiError> {
+    state
+        .requests
+        .send(request)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the supervisor is shutting down"))
+}
+
+async fn profiles(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(Json(state.store.list().await?).into_response())
+}
+
+async fn download(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let (meta, path) = state.store.get(id).await?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("profile {id} is indexed but unreadable: {e}")))?;
+    let disposition = format!("attachment; filename=\"heapwarden-{}-worker{}-{}.pb.gz\"", meta.id, meta.slot, meta.trigger.as_str());
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    base: Option<String>,
+}
+
+async fn diff(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<DiffQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let base = query.base.as_deref().map(parse_id).transpose()?;
+    Ok(Json(state.store.diff(id, base).await?).into_response())
+}

@@ -1,0 +1,128 @@
+//! The agent role (`heapwarden run`): checks what can be checked before anything starts
+//! (state directory, admin token, both listening sockets, the profile store), then wires
+//! the parts together on one small runtime — supervisor, sampler, watchdog, admin server —
+//! and runs until the supervisor has stopped every worker.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use slog::{Logger, info, o};
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::api::{ApiState, api_router};
+use crate::admin::{AdminState, AdminToken, install_recorder, load_or_create_token, router_with_api, serve, spawn_upkeep};
+use crate::config::Config;
+use crate::profiles::{ProfileStore, ProfileStoreHandle};
+use crate::sampler::{Roots, exposition_channel, run_sampler};
+use crate::supervisor::{Supervisor, listen};
+use crate::watchdog::Watchdog;
+
+/// `/healthz` fails when the control loop has not ticked for this long.
+const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let (log, log_guard) = crate::log::init(&config.log);
+    let result = run_logged(config, log.new(o!("module" => "agent")));
+    if let Err(e) = &result {
+        slog::error!(log, "The agent could not run."; "error" => format!("{e:#}"));
+    }
+    drop(log);
+    drop(log_guard);
+    result
+}
+
+fn run_logged(config: Config, log: Logger) -> anyhow::Result<()> {
+    prepare_state_dir(&config.state_dir)?;
+    let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
+        .context("the admin token cannot be used")?;
+    let metrics = install_recorder().context("cannot install the metrics recorder")?;
+    let store = ProfileStore::open(&config.state_dir, config.profiles.clone())
+        .context("cannot open the profile store")?;
+    // One thread: the agent is I/O-bound and small; a single thread also keeps the
+    // parent-death signal of workers tied to a thread that lives as long as we do.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async move {
+        let socket = listen::open(config.pool.listen)?;
+        let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+        info!(log, "The agent is starting.";
+            "workers" => config.pool.worker_count(),
+            "listen" => socket.local_addr.map(|a| a.to_string()).unwrap_or_default(),
+            "admin" => config.admin.listen.to_string(),
+            "socket_activated" => socket.socket_activated,
+            "state_dir" => config.state_dir.display().to_string());
+        metrics::gauge!("heapwarden_profiles_limit_bytes").set(config.profiles.max_bytes.bytes() as f64);
+        let (store, _store_thread) = ProfileStoreHandle::spawn(store);
+        let sup_log = log.new(o!("module" => "supervisor"));
+        let (supervisor, handles) = Supervisor::new(config.clone(), socket, sup_log)?;
+        let (exposition_writer, exposition_reader) = exposition_channel();
+        let (samples_tx, samples_rx) = mpsc::channel(1024);
+        let (figures_tx, figures_rx) = watch::channel(Default::default());
+
+        let upkeep = spawn_upkeep(metrics.clone());
+        let sampler = tokio::spawn(run_sampler(
+            config.sampling.clone(),
+            Roots::system(Path::new(CGROUP_ROOT)),
+            handles.view.clone(),
+            samples_tx,
+            handles.requests.clone(),
+            exposition_writer,
+            log.new(o!("module" => "sampler")),
+        ));
+        let watchdog = Watchdog::new(
+            config.watchdog.clone(),
+            handles.view.clone(),
+            handles.requests.clone(),
+            store.clone(),
+            figures_tx,
+            log.new(o!("module" => "watchdog")),
+        );
+        let watchdog = tokio::spawn(watchdog.run(samples_rx));
+        let api = api_router(ApiState {
+            pool: handles.view.clone(),
+            figures: figures_rx,
+            requests: handles.requests.clone(),
+            store: store.clone(),
+            log: log.new(o!("module" => "api")),
+        });
+        let admin_state = AdminState {
+            metrics,
+            exposition: exposition_reader,
+            pool: handles.view.clone(),
+            heartbeat: handles.heartbeat.clone(),
+            heartbeat_max_age: HEARTBEAT_MAX_AGE,
+            token: AdminToken::new(token),
+            open_metrics: config.admin.open_metrics,
+        };
+        let admin = tokio::spawn(serve(
+            admin_listener,
+            router_with_api(admin_state, api),
+            std::future::pending(),
+        ));
+
+        let outcome = supervisor.run().await;
+        for task in [sampler, watchdog, upkeep] {
+            task.abort();
+        }
+        admin.abort();
+        outcome
+    });
+    drop(runtime);
+    result
+}
+
+/// The state directory holds profiles and the admin token: owner-only.
+fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state-dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict state-dir {} to mode 0700", dir.display()))?;
+    Ok(())
+}

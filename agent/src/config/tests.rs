@@ -1,0 +1,97 @@
+//! Tests of loading: the committed example, overrides, and error reporting.
+
+use std::path::Path;
+
+use super::load::{env_name, known_keys};
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../systemd/heapwarden.toml");
+
+fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    load(Some(&path), env, &[])
+}
+
+#[test]
+fn the_example_config_parses_and_documents_every_key() {
+    let config = load_text(EXAMPLE, &[]).expect("example config is valid");
+    assert_eq!(config.state_dir, Path::new("/var/lib/heapwarden"));
+    for key in known_keys() {
+        let leaf = key.rsplit('.').next().unwrap();
+        assert!(
+            EXAMPLE.lines().any(|l| l.trim_start().starts_with(&format!("{leaf} ="))
+                || l.trim_start().starts_with(&format!("[{key}]"))),
+            "systemd/heapwarden.toml does not document `{key}`"
+        );
+    }
+}
+
+#[test]
+fn the_example_matches_the_defaults() {
+    let example = load_text(EXAMPLE, &[]).unwrap();
+    let defaults = load(None, Vec::new(), &[]).unwrap();
+    assert_eq!(example.pool, defaults.pool);
+    assert_eq!(example.watchdog, defaults.watchdog);
+    assert_eq!(example.demo, defaults.demo);
+}
+
+#[test]
+fn environment_overrides_file_and_flags_override_environment() {
+    let text = "[pool]\nworkers = 2\nlisten = \"127.0.0.1:1000\"\n";
+    let c = load_text(text, &[("HEAPWARDEN_POOL_WORKERS", "7"), ("HEAPWARDEN_POOL_MIN_UPTIME", "2s")]).unwrap();
+    assert_eq!(c.pool.workers, 7);
+    assert_eq!(c.pool.min_uptime, std::time::Duration::from_secs(2));
+    let c = load(
+        None,
+        vec![("HEAPWARDEN_POOL_WORKERS".to_string(), "7".to_string())],
+        &[("pool.workers", "3".to_string())],
+    )
+    .unwrap();
+    assert_eq!(c.pool.workers, 3);
+    assert_eq!(env_name("admin.token-file"), "HEAPWARDEN_ADMIN_TOKEN_FILE");
+    assert_eq!(env_name("state-dir"), "HEAPWARDEN_STATE_DIR");
+}
+
+#[test]
+fn every_error_is_reported_with_its_key() {
+    let text = "[pool]\nworkers = -1\nkill-timeout = \"later\"\n[watchdog]\nwatch = \"vibes\"\nstrikes = 0\n[typo]\n";
+    let errors = load_text(text, &[]).unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"pool.workers"), "{errors}");
+    assert!(keys.contains(&"pool.kill-timeout"), "{errors}");
+    assert!(keys.contains(&"watchdog.watch"), "{errors}");
+    assert!(keys.contains(&"typo"), "{errors}");
+}
+
+#[test]
+fn rules_can_be_switched_off() {
+    let c = load_text("[watchdog]\nmax-memory = \"off\"\ngrowth = \"off\"\ntrend-min-rate = \"off\"\n", &[]).unwrap();
+    assert_eq!(c.watchdog.max_memory.get(), None);
+    assert_eq!(c.watchdog.trend_min_rate.get(), None);
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let errors = load_text("[pool\nworkers = 2", &[]).unwrap_err();
+    assert!(errors.to_string().contains("not valid TOML"), "{errors}");
+}
+
+proptest::proptest! {
+    /// Arbitrary text never panics the loader: it is a config or a list of errors.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = load_text(&text, &[]);
+    }
+
+    /// Arbitrary values for a real key give a config or an error naming that key.
+    #[test]
+    fn bad_values_name_their_key(value in "[a-z0-9\"\\[\\]., -]{0,20}") {
+        let text = format!("[pool]\nmin-uptime = {value}\n");
+        if let Err(errors) = load_text(&text, &[]) {
+            proptest::prop_assert!(errors.0.iter().any(|e| e.key.starts_with("pool") || e.key == "(file)"), "{}", errors);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Taking one heap profile: reserve it in the store, have the worker write jemalloc's raw
+//! dump (cheap, in the worker), convert and symbolize it in a helper process (heavy, out
+//! of the worker and out of the agent), then commit it. Used for baseline, leak and
+//! on-demand profiles alike.
+
+use std::time::{Duration, Instant};
+
+use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
+use slog::{Logger, info, warn};
+
+use crate::profiles::{
+    ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger, convert_in_helper,
+};
+use crate::supervisor::ControlLink;
+
+/// The worker writes its dump well under a millisecond; this covers a busy machine.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("worker {slot} does not link the heapwarden probe, so it cannot write heap profiles")]
+    NoProbe { slot: usize },
+    #[error("skipped: {0}")]
+    Skipped(StoreError),
+    #[error("worker {slot} (pid {pid}) could not write its heap dump: {reason}")]
+    Dump { slot: usize, pid: u32, reason: String },
+    #[error("the heap dump of worker {slot} could not be converted: {reason}")]
+    Convert { slot: usize, reason: String },
+    #[error("the profile store failed: {0}")]
+    Store(StoreError),
+}
+
+impl CaptureError {
+    /// The `outcome` label of `heapwarden_heap_profiles_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CaptureError::NoProbe { .. } => "no_probe",
+            CaptureError::Skipped(StoreError::DiskShort { .. }) => "skipped_disk_full",
+            CaptureError::Skipped(_) | CaptureError::Store(_) => "store_error",
+            CaptureError::Dump { .. } => "dump_failed",
+            CaptureError::Convert { .. } => "convert_failed",
+        }
+    }
+}
+
+pub struct CaptureRequest {
+    pub slot: usize,
+    pub pid: u32,
+    pub link: Option<ControlLink>,
+    pub trigger: Trigger,
+    pub figures: ProfileFigures,
+    pub rule: Option<String>,
+}
+
+/// Takes one profile and records its outcome in the metrics and the log.
+pub async fn take_profile(
+    store: &ProfileStoreHandle,
+    request: CaptureRequest,
+    log: &Logger,
+) -> Result<ProfileMeta, CaptureError> {
+    let started = Instant::now();
+    let trigger = request.trigger.as_str();
+    let slot = request.slot;
+    let result = capture(store, request).await;
+    let outcome = match &result {
+        Ok(_) => "written",
+        Err(e) => e.outcome(),
+    };
+    metrics::counter!("heapwarden_heap_profiles_total", "trigger" => trigger, "outcome" => outcome)
+        .increment(1);
+    match &result {
+        Ok(meta) => {
+            let seconds = started.elapsed().as_secs_f64();
+            metrics::histogram!("heapwarden_heap_profile_duration_seconds").record(seconds);
+            info!(log, "A heap profile was written.";
+                "worker" => slot, "profile_id" => meta.id, "trigger" => trigger,
+                "bytes" => meta.bytes, "seconds" => seconds);
+        }
+        Err(e) => warn!(log, "A heap profile was not written."; "worker" => slot,
+            "trigger" => trigger, "outcome" => outcome, "error" => %e),
+    }
+    if let Ok(stats) = store.stats().await {
+        metrics::gauge!("heapwarden_profiles_stored_bytes").set(stats.stored_bytes as f64);
+    }
+    result
+}
+
+async fn capture(store: &ProfileStoreHandle, request: CaptureRequest) -> Result<ProfileMeta, CaptureError> {
+    let CaptureRequest { slot, pid, link, trigger, figures, rule } = request;
+    let link = link.ok_or(CaptureError::NoProbe { slot })?;
+    let pending = store.begin(slot, pid, trigger).await.map_err(CaptureError::Skipped)?;
+    let path = pending.raw_path.display().to_string();
+    let reply = link
+        .request(move |seq| AgentMsg::Dump { seq, path }, DUMP_TIMEOUT)
+        .await;
+    let dump_error = match reply {
+        Ok(WorkerMsg::ProfileWritten { error: None, .. }) => None,
+        Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Some(e),
+        Ok(other) => Some(format!("unexpected reply {other:?}")),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(reason) = dump_error {
+        store.abort(pending).await;
+        return Err(CaptureError::Dump { slot, pid, reason });
+    }
+    if let Err(e) = convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await {
+        store.abort(pending).await;
+        return Err(CaptureError::Convert { slot, reason: e.to_string() });
+    }
+    let (meta, removed) = store
+        .commit(pending, figures, rule)
+        .await
+        .map_err(CaptureError::Store)?;
+    drop(removed);
+    Ok(meta)
+}

@@ -1,0 +1,207 @@
+//! Shared helpers of the demo end-to-end tests: start `heapwarden demo` alone (its own
+//! port, state directory and config), a private `redis-server`, an HTTP client that
+//! returns 4xx/5xx as values, and a PostgreSQL schema per test run.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use heapwarden_tests::{Proc, Sandbox, free_port, heapwarden, msg};
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A standalone demo worker; SIGKILLed on drop.
+pub struct Demo {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Demo {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Writes the config (`state-dir` in the sandbox, a free port, `[demo]` lines from the
+/// caller) and starts `heapwarden demo`, waiting until it serves.
+pub fn start_demo(sandbox: &Sandbox, demo_toml: &str, extra_args: &[&str]) -> Demo {
+    start_demo_on(sandbox, free_port(), demo_toml, extra_args)
+}
+
+pub fn start_demo_on(sandbox: &Sandbox, port: u16, demo_toml: &str, extra_args: &[&str]) -> Demo {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let state = sandbox.path().join("state");
+    let text = format!(
+        "state-dir = {:?}\n[pool]\nlisten = \"{addr}\"\n[demo]\n{demo_toml}\n",
+        state.display().to_string()
+    );
+    let config = sandbox.write("demo.toml", &text);
+    let mut command = Command::new(heapwarden());
+    command.arg("demo").arg("-c").arg(config).args(extra_args);
+    command.env_remove("LISTEN_FDS").env_remove("HEAPWARDEN_CONTROL_FD");
+    let proc = Proc::spawn(command);
+    proc.logs
+        .wait_for(START_TIMEOUT, "the demo to serve", msg("The demo worker is serving."));
+    Demo { proc, addr }
+}
+
+/// One HTTP answer, whatever its status.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+pub fn client(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// `method url` with optional headers and body; panics only on transport errors.
+pub fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    try_call(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+pub fn try_call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Reply, ureq::Error> {
+    let agent = client(Duration::from_secs(20));
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(body.unwrap_or("").to_string())
+        .expect("request");
+    let mut response = agent.run(request)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = response.body_mut().read_to_string()?;
+    Ok(Reply { status, headers, body })
+}
+
+pub fn get(url: &str) -> Reply {
+    call("GET", url, &[], None)
+}
+
+/// The value of the first sample of `name` whose label set contains every `labels` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
+pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A private redis-server on its own port, never the shared one. Killed on drop.
+pub struct RedisServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        let proc = Proc::spawn(command);
+        poll(Duration::from_secs(10), "redis-server to answer PING", || {
+            redis_ping(port).then_some(())
+        });
+        RedisServer { proc, port }
+    }
+
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn redis_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// The service URL from the environment, or None (the caller prints "skipped").
+pub fn service_env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A fresh schema in the test database; returns a URL whose connections use it.
+pub fn pg_schema(base_url: &str, tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let schema = format!("hw_{tag}_{}_{nanos}", std::process::id());
+    let status = Command::new("psql")
+        .arg(base_url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE SCHEMA {schema}")])
+        .status()
+        .expect("psql (Debian package postgresql-client) is required");
+    assert!(status.success(), "creating schema {schema} failed; is PostgreSQL at {base_url} up?");
+    let sep = if base_url.contains('?') { '&' } else { '?' };
+    format!("{base_url}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// Counts the NDJSON lines of a streamed body, checking each parses.
+pub fn count_ndjson(url: &str) -> usize {
+    let agent = client(Duration::from_secs(120));
+    let response = agent.get(url).call().expect("export request");
+    assert_eq!(response.status().as_u16(), 200);
+    let reader = BufReader::new(response.into_body().into_reader());
+    let mut n = 0;
+    for line in reader.lines() {
+        let line = line.expect("export body");
+        serde_json::from_str::<serde_json::Value>(&line).expect("each line is JSON");
+        n += 1;
+    }
+    n
+}
