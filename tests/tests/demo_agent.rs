@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use demo_support::*;
-use heapwarden_tests::{Proc, Sandbox, TimeoutGuard, free_port, msg};
+use heapwarden_tests::{Proc, Sandbox, TimeoutGuard, free_port, heapwarden, msg};
 
 const KEYS: usize = 5;
 
@@ -35,7 +35,13 @@ fn start_agent(sandbox: &Sandbox, workers: usize, sampling: &str, demo_toml: &st
          [sampling]\n{sampling}\n[demo]\n{demo_toml}\n",
         token.display().to_string()
     );
-    let proc = sandbox.agent(&config);
+    // Workers inherit HEAPWARDEN_CONFIG, so they read the same file as the agent.
+    let state = sandbox.path().join("state");
+    let text = format!("state-dir = {:?}\n{config}", state.display().to_string());
+    let path = sandbox.write("heapwarden.toml", &text);
+    let mut command = std::process::Command::new(heapwarden());
+    command.arg("run").env("HEAPWARDEN_CONFIG", path).current_dir(sandbox.path());
+    let proc = Proc::spawn(command);
     proc.logs.wait_for(START_TIMEOUT * 2, "every worker ready", msg("Every worker is ready."));
     Agent { proc, service, admin }
 }

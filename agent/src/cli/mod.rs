@@ -4,6 +4,7 @@
 
 mod args;
 pub mod client;
+mod table;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,87 @@
+//! Human-readable tables for the on-call verbs (`--json` prints the API's JSON instead).
+
+use serde_json::Value;
+
+pub fn mib(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
+}
+
+fn duration(v: &Value) -> String {
+    match v.as_f64() {
+        None => "-".into(),
+        Some(s) if s.is_nan() => "-".into(),
+        Some(s) if s >= 86400.0 => format!("{:.1}d", s / 86400.0),
+        Some(s) if s >= 3600.0 => format!("{:.1}h", s / 3600.0),
+        Some(s) if s >= 60.0 => format!("{:.1}m", s / 60.0),
+        Some(s) => format!("{s:.0}s"),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn print_workers(rows: &Value) {
+    println!(
+        "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
+        "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS_MiB", "HEAP_MiB", "GROWTH_MiB/m", "TO_LIMIT"
+    );
+    for r in rows.as_array().into_iter().flatten() {
+        let growth = r["growth_bytes_per_second"]
+            .as_f64()
+            .map_or("-".into(), |g| format!("{:+.2}", g * 60.0 / 1048576.0));
+        let mut state = text(&r["state"]);
+        if r["budget_exhausted"] == true {
+            state.push('!');
+        }
+        println!(
+            "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
+            text(&r["slot"]),
+            text(&r["pid"]),
+            state,
+            duration(&r["uptime_seconds"]),
+            text(&r["restarts"]),
+            mib(&r["rss_bytes"]),
+            mib(&r["heap_allocated_bytes"]),
+            growth,
+            duration(&r["seconds_to_limit"])
+        );
+    }
+}
+
+pub fn print_profiles(rows: &Value) {
+    println!("{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  CREATED", "ID", "SLOT", "PID", "TRIGGER", "RULE", "BYTES", "HEAP_MiB");
+    for r in rows.as_array().into_iter().flatten() {
+        let created = r["created_unix_ms"]
+            .as_u64()
+            .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string())
+            .unwrap_or_default();
+        println!(
+            "{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  {created}",
+            text(&r["id"]),
+            text(&r["slot"]),
+            text(&r["pid"]),
+            text(&r["trigger"]),
+            text(&r["rule"]),
+            text(&r["bytes"]),
+            mib(&r["figures"]["heap_allocated"]),
+        );
+    }
+}
+
+pub fn print_diff(report: &Value) {
+    println!(
+        "profile {} minus base {}: {} MiB growth",
+        text(&report["profile_id"]),
+        text(&report["base_id"]),
+        mib(&report["total_delta_bytes"])
+    );
+    println!("{:>12}  FUNCTION", "GROWTH_MiB");
+    for e in report["top"].as_array().into_iter().flatten().take(15) {
+        println!("{:>12}  {}", mib(&e["delta_bytes"]), text(&e["function"]));
+    }
+}
