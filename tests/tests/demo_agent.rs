@@ -17,7 +17,8 @@ use heapwarden_tests::{Proc, Sandbox, TimeoutGuard, free_port, heapwarden, msg};
 const KEYS: usize = 5;
 
 struct Agent {
-    proc: Proc,
+    /// Kept for its kill-on-drop.
+    _proc: Proc,
     service: SocketAddr,
     admin: SocketAddr,
 }
@@ -43,7 +44,7 @@ fn start_agent(sandbox: &Sandbox, workers: usize, sampling: &str, demo_toml: &st
     command.arg("run").env("HEAPWARDEN_CONFIG", path).current_dir(sandbox.path());
     let proc = Proc::spawn(command);
     proc.logs.wait_for(START_TIMEOUT * 2, "every worker ready", msg("Every worker is ready."));
-    Agent { proc, service, admin }
+    Agent { _proc: proc, service, admin }
 }
 
 /// Once a PUT was acknowledged, no read that starts afterwards, on any worker, may

@@ -55,7 +55,10 @@ fn run(cmd: &mut Command, timeout: Duration) -> Output {
 }
 
 fn go() -> PathBuf {
-    let candidates = [PathBuf::from("/usr/bin/go"), PathBuf::from("/usr/lib/go/bin/go")];
+    let candidates = [
+        PathBuf::from("/usr/bin/go"),
+        PathBuf::from("/usr/lib/go/bin/go"),
+    ];
     candidates
         .into_iter()
         .find(|p| p.is_file())
@@ -91,7 +94,10 @@ fn converted_profiles_open_in_go_pprof_and_the_diff_names_the_leak() {
     let worker = target_bin("leak-dumper");
     let heapwarden = target_bin("heapwarden");
     run(
-        Command::new(&worker).arg(&base_raw).arg(&leak_raw).arg("64"),
+        Command::new(&worker)
+            .arg(&base_raw)
+            .arg(&leak_raw)
+            .arg("64"),
         Duration::from_secs(60),
     );
     for (raw, out) in [(&base_raw, &base), (&leak_raw, &leak)] {

@@ -33,7 +33,7 @@ fn normalise(key: &str) -> String {
 
 fn is_sensitive(keys: &[String], key: &str) -> bool {
     let key = normalise(key);
-    keys.iter().any(|k| *k == key)
+    keys.contains(&key)
 }
 
 impl<D: Drain> Drain for Redact<D> {

@@ -35,6 +35,16 @@ pub struct ConvertSummary {
     pub raw_bytes: u64,
     pub out_bytes: u64,
     pub elapsed_ms: u64,
+    /// Peak RSS of the process that converted (VmHWM), set by the helper process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// This process's peak resident set size (`VmHWM` in `/proc/self/status`).
+pub(crate) fn own_peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Converts `raw` into a pprof `.pb.gz` at `out` (written 0600, atomically).
@@ -231,6 +241,7 @@ fn build_profile(
         raw_bytes: 0,
         out_bytes: 0,
         elapsed_ms: 0,
+        peak_rss_kib: None,
     };
     let mut profile = t.profile;
     profile.string_table = t.strings.finish();

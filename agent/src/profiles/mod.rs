@@ -13,9 +13,9 @@ pub mod raw;
 mod store;
 mod store_handle;
 mod symbolize;
-pub mod trim;
 #[cfg(test)]
 mod tests;
+pub mod trim;
 
 pub use convert::{
     ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_with_helper,
@@ -30,7 +30,9 @@ use crate::cli::ConvertArgs;
 /// Entry of the hidden `__convert-profile` helper process: converts, then prints the
 /// summary as one JSON line on stdout for the parent to read.
 pub fn convert_main(args: ConvertArgs) -> anyhow::Result<()> {
-    let summary = convert::convert_with_exe(&args.raw, &args.out, args.pid, args.exe.as_deref())?;
+    let mut summary =
+        convert::convert_with_exe(&args.raw, &args.out, args.pid, args.exe.as_deref())?;
+    summary.peak_rss_kib = convert::own_peak_rss_kib();
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -18,7 +18,7 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
 
-fn string<'a>(p: &'a Profile, i: i64) -> &'a str {
+fn string(p: &Profile, i: i64) -> &str {
     &p.string_table[i as usize]
 }
 
@@ -47,12 +47,22 @@ fn hand_made_dump_converts_to_symbolized_pprof_with_our_function_on_top() {
         .iter()
         .map(|t| (string(&profile, t.r#type), string(&profile, t.unit)))
         .collect();
-    assert_eq!(types, [("inuse_objects", "count"), ("inuse_space", "bytes")]);
+    assert_eq!(
+        types,
+        [("inuse_objects", "count"), ("inuse_space", "bytes")]
+    );
     assert_eq!(string(&profile, profile.default_sample_type), "inuse_space");
     let scale = 1.0 / (1.0 - (-2.0f64).exp());
-    assert_eq!(profile.sample[0].value, [(2.0 * scale).round() as i64, (2097152.0 * scale).round() as i64]);
+    assert_eq!(
+        profile.sample[0].value,
+        [
+            (2.0 * scale).round() as i64,
+            (2097152.0 * scale).round() as i64
+        ]
+    );
     let leaf = &profile.location[profile.sample[0].location_id[0] as usize - 1];
-    let function = &profile.function[leaf.line.last().expect("symbolized").function_id as usize - 1];
+    let function =
+        &profile.function[leaf.line.last().expect("symbolized").function_id as usize - 1];
     assert!(
         string(&profile, function.name).ends_with("profile_test_allocation_site"),
         "leaf named {:?}",
@@ -78,20 +88,33 @@ fn profile_of(samples: &[(&[&str], i64)]) -> Profile {
     let mut p = Profile::default();
     let space = strings.intern("inuse_space");
     let bytes = strings.intern("bytes");
-    p.sample_type = vec![pprof::ValueType { r#type: space, unit: bytes }];
+    p.sample_type = vec![pprof::ValueType {
+        r#type: space,
+        unit: bytes,
+    }];
     for (names, value) in samples {
         let mut location_id = Vec::new();
         for name in *names {
             let id = p.location.len() as u64 + 1;
-            p.function.push(pprof::Function { id, name: strings.intern(name), ..Default::default() });
+            p.function.push(pprof::Function {
+                id,
+                name: strings.intern(name),
+                ..Default::default()
+            });
             p.location.push(pprof::Location {
                 id,
-                line: vec![pprof::Line { function_id: id, line: 1 }],
+                line: vec![pprof::Line {
+                    function_id: id,
+                    line: 1,
+                }],
                 ..Default::default()
             });
             location_id.push(id);
         }
-        p.sample.push(pprof::Sample { location_id, value: vec![*value] });
+        p.sample.push(pprof::Sample {
+            location_id,
+            value: vec![*value],
+        });
     }
     p.string_table = strings.finish();
     p
@@ -104,15 +127,35 @@ fn diff_ranks_growing_application_functions_with_allocator_frames_trimmed() {
         (&["malloc", "app::steady", "main"], 500),
     ]);
     let leak = profile_of(&[
-        (&["prof_backtrace_impl", "__rust_alloc", "alloc::raw_vec::grow", "app::leaky", "main"], 9000),
+        (
+            &[
+                "prof_backtrace_impl",
+                "__rust_alloc",
+                "alloc::raw_vec::grow",
+                "app::leaky",
+                "main",
+            ],
+            9000,
+        ),
         (&["malloc", "app::cache_fill", "main"], 1500),
         (&["malloc", "app::steady", "main"], 400),
     ]);
     let report = diff_profiles(1, &base, 2, &leak).expect("diffs");
     assert_eq!((report.base_id, report.profile_id), (1, 2));
     assert_eq!(report.total_delta_bytes, 10900 - 1500);
-    let top: Vec<(&str, i64)> = report.top.iter().map(|e| (e.function.as_str(), e.delta_bytes)).collect();
-    assert_eq!(top, [("app::leaky", 9000), ("app::cache_fill", 500), ("app::steady", -100)]);
+    let top: Vec<(&str, i64)> = report
+        .top
+        .iter()
+        .map(|e| (e.function.as_str(), e.delta_bytes))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("app::leaky", 9000),
+            ("app::cache_fill", 500),
+            ("app::steady", -100)
+        ]
+    );
     assert_eq!(report.top_stacks[0].frames, ["app::leaky", "main"]);
     assert_eq!(top_sites(&report, 1), "app::leaky +8.8KiB");
 }
@@ -120,25 +163,49 @@ fn diff_ranks_growing_application_functions_with_allocator_frames_trimmed() {
 #[test]
 fn diff_files_reads_stored_profiles_and_rejects_non_profiles() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (a, b, junk) = (dir.path().join("1.pb.gz"), dir.path().join("2.pb.gz"), dir.path().join("3"));
-    std::fs::write(&a, pprof::encode_gz(&profile_of(&[(&["f"], 1)])).expect("gz")).expect("w");
-    std::fs::write(&b, pprof::encode_gz(&profile_of(&[(&["f"], 5)])).expect("gz")).expect("w");
+    let (a, b, junk) = (
+        dir.path().join("1.pb.gz"),
+        dir.path().join("2.pb.gz"),
+        dir.path().join("3"),
+    );
+    std::fs::write(
+        &a,
+        pprof::encode_gz(&profile_of(&[(&["f"], 1)])).expect("gz"),
+    )
+    .expect("w");
+    std::fs::write(
+        &b,
+        pprof::encode_gz(&profile_of(&[(&["f"], 5)])).expect("gz"),
+    )
+    .expect("w");
     std::fs::write(&junk, b"\x1f\x8bnot gzip at all").expect("w");
     let report = diff_files(1, &a, 2, &b).expect("diffs");
     assert_eq!(report.top[0].delta_bytes, 4);
-    assert!(matches!(diff_files(1, &a, 3, &junk), Err(ProfileError::Decode { .. })));
+    assert!(matches!(
+        diff_files(1, &a, 3, &junk),
+        Err(ProfileError::Decode { .. })
+    ));
 }
 
 fn store_config(max_count: usize, max_bytes: u64) -> ProfilesConfig {
-    ProfilesConfig { max_count, max_bytes: Size(max_bytes), min_free_disk: Size(0) }
+    ProfilesConfig {
+        max_count,
+        max_bytes: Size(max_bytes),
+        min_free_disk: Size(0),
+    }
 }
 
 /// Takes one profile through begin → (fake conversion) → commit.
 fn add(store: &mut ProfileStore, slot: usize, trigger: Trigger, size: usize) -> ProfileMeta {
-    let pending = store.begin(slot, 100 + slot as u32, trigger).expect("begin");
+    let pending = store
+        .begin(slot, 100 + slot as u32, trigger)
+        .expect("begin");
     std::fs::write(&pending.raw_path, "raw").expect("raw");
     std::fs::write(&pending.out_path, vec![0u8; size]).expect("out");
-    store.commit(pending, ProfileFigures::default(), None).expect("commit").0
+    store
+        .commit(pending, ProfileFigures::default(), None)
+        .expect("commit")
+        .0
 }
 
 #[test]
@@ -152,7 +219,10 @@ fn store_is_private_and_ids_stay_monotonic_across_reopen() {
     assert_eq!(second.file, "2.pb.gz");
     assert_eq!(mode(&store.dir().join("2.pb.gz")), 0o600);
     assert_eq!(mode(&store.dir().join("index.json")), 0o600);
-    assert!(!store.dir().join("2.raw").exists(), "raw dump removed on commit");
+    assert!(
+        !store.dir().join("2.raw").exists(),
+        "raw dump removed on commit"
+    );
     assert_eq!(store.stored_bytes(), 30);
     let aborted = store.begin(1, 5, Trigger::Manual).expect("begin");
     std::fs::write(&aborted.out_path, "half").expect("w");
@@ -162,11 +232,18 @@ fn store_is_private_and_ids_stay_monotonic_across_reopen() {
     drop(store);
     let store = ProfileStore::open(state.path(), store_config(10, 1 << 20)).expect("reopen");
     assert_eq!(store.list().len(), 2);
-    assert!(!store.dir().join("99.pb.gz").exists(), "unknown files are cleaned up");
+    assert!(
+        !store.dir().join("99.pb.gz").exists(),
+        "unknown files are cleaned up"
+    );
     assert_eq!(store.latest_baseline(0).map(|m| m.id), Some(1));
     assert_eq!(store.path_of(7), None);
     let mut store = store;
-    assert_eq!(add(&mut store, 0, Trigger::Manual, 1).id, 4, "id 3 was handed out before");
+    assert_eq!(
+        add(&mut store, 0, Trigger::Manual, 1).id,
+        4,
+        "id 3 was handed out before"
+    );
 }
 
 #[test]
@@ -178,23 +255,37 @@ fn retention_drops_oldest_but_keeps_each_slots_newest_baseline() {
     let leak_a = add(&mut store, 0, Trigger::Leak, 10);
     let leak_b = add(&mut store, 0, Trigger::Leak, 10);
     let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
-    assert_eq!(ids, [base0.id, base1.id, leak_b.id], "oldest non-baseline went first");
+    assert_eq!(
+        ids,
+        [base0.id, base1.id, leak_b.id],
+        "oldest non-baseline went first"
+    );
     assert!(!store.dir().join(&leak_a.file).exists());
     // By bytes: 25 bytes allowed, a 20-byte profile pushes out older ones.
     let mut store = ProfileStore::open(state.path(), store_config(10, 25)).expect("reopen");
     let big = add(&mut store, 0, Trigger::Leak, 20);
     assert!(store.stored_bytes() <= 25 || store.list().len() == 1);
-    assert_eq!(store.list().last().map(|m| m.id), Some(big.id), "the new profile stays");
+    assert_eq!(
+        store.list().last().map(|m| m.id),
+        Some(big.id),
+        "the new profile stays"
+    );
 }
 
 #[test]
 fn short_disk_skips_the_dump_and_counts_it() {
     let state = tempfile::tempdir().expect("temp dir");
-    let config = ProfilesConfig { min_free_disk: Size(u64::MAX), ..store_config(10, 1 << 20) };
+    let config = ProfilesConfig {
+        min_free_disk: Size(u64::MAX),
+        ..store_config(10, 1 << 20)
+    };
     let mut store = ProfileStore::open(state.path(), config).expect("open");
     assert!(store.free_disk_ok(0).expect("statvfs"));
     assert!(!store.free_disk_ok(u64::MAX).expect("statvfs"));
-    assert!(matches!(store.begin(0, 1, Trigger::Leak), Err(StoreError::DiskShort { .. })));
+    assert!(matches!(
+        store.begin(0, 1, Trigger::Leak),
+        Err(StoreError::DiskShort { .. })
+    ));
     assert_eq!(store.skipped_for_disk(), 1);
 }
 
@@ -207,13 +298,24 @@ async fn handle_serves_the_store_from_its_own_thread_and_diffs() {
         let pending = handle.begin(3, 42, trigger).await.expect("begin");
         let profile = profile_of(&[(&["malloc", "app::leaky"], bytes)]);
         std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
-        handle.commit(pending, ProfileFigures::default(), Some("trend".into())).await.expect("commit");
+        handle
+            .commit(pending, ProfileFigures::default(), Some("trend".into()))
+            .await
+            .expect("commit");
     }
-    let report = handle.diff(2, None).await.expect("diff against the slot's baseline");
-    assert_eq!((report.base_id, report.top[0].function.as_str()), (1, "app::leaky"));
+    let report = handle
+        .diff(2, None)
+        .await
+        .expect("diff against the slot's baseline");
+    assert_eq!(
+        (report.base_id, report.top[0].function.as_str()),
+        (1, "app::leaky")
+    );
     assert!(matches!(handle.get(9).await, Err(StoreError::UnknownId(9))));
     let stats = handle.stats().await.expect("stats");
     assert_eq!(stats.count, 2);
     drop(handle);
-    thread.join().expect("store thread ends with its last handle");
+    thread
+        .join()
+        .expect("store thread ends with its last handle");
 }

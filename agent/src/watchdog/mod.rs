@@ -202,7 +202,7 @@ impl Watchdog {
             };
             let sites = diff
                 .as_ref()
-                .map(|d| serde_json::to_value(&d.top.iter().filter(|e| e.delta_bytes > 0).take(TOP_SITES).collect::<Vec<_>>()).unwrap_or_default())
+                .map(|d| serde_json::to_value(d.top.iter().filter(|e| e.delta_bytes > 0).take(TOP_SITES).collect::<Vec<_>>()).unwrap_or_default())
                 .unwrap_or_default();
             error!(log, "A memory leak was detected.";
                 "worker" => slot, "rule" => trip.rule.as_str(), "bytes" => trip.value,

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use stats::{Fit, median, quantile, theil_sen};
 use crate::config::WatchdogConfig;
+use stats::{Fit, median, quantile, theil_sen};
 
 // Kept beside this file (watchdog/rules_*.rs) and declared here, so the watchdog module
 // only declares `rules`.
@@ -255,7 +255,13 @@ impl LeakDetector {
         // Consistency: the last quarter sits above the first by half the expected rise.
         let quarter = (self.window.len() / 4).max(1);
         let mut head: Vec<f64> = self.window.iter().take(quarter).map(|s| s.1).collect();
-        let mut tail: Vec<f64> = self.window.iter().rev().take(quarter).map(|s| s.1).collect();
+        let mut tail: Vec<f64> = self
+            .window
+            .iter()
+            .rev()
+            .take(quarter)
+            .map(|s| s.1)
+            .collect();
         let (Some(head), Some(tail)) = (median(&mut head), median(&mut tail)) else {
             return false;
         };

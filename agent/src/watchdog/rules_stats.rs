@@ -44,7 +44,7 @@ pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
     let as_secs = |(t, v): &(Instant, f64)| (t.saturating_duration_since(origin).as_secs_f64(), *v);
     let mut chosen: Vec<(f64, f64)> = points.iter().step_by(stride).map(as_secs).collect();
     // Keep the newest point even when striding skips it.
-    if (points.len() - 1) % stride != 0
+    if !(points.len() - 1).is_multiple_of(stride)
         && let Some(last) = points.last()
     {
         chosen.push(as_secs(last));

@@ -77,7 +77,10 @@ fn start_up_spike_never_trips_and_does_not_move_the_baseline() {
         assert_eq!(obs.trip, None, "tripped at {s}s");
     }
     let baseline = detector.baseline().expect("baseline taken");
-    assert!(baseline.abs_diff(100 * MIB) < 5 * MIB, "baseline {baseline}");
+    assert!(
+        baseline.abs_diff(100 * MIB) < 5 * MIB,
+        "baseline {baseline}"
+    );
 }
 
 #[test]
@@ -96,24 +99,45 @@ fn linear_leak_trips_trend_within_its_window_and_before_max_memory() {
     .expect("the leak trips a rule");
     let trip = obs.trip.expect("trip");
     assert_eq!(trip.rule, Rule::Trend, "tripped by {trip:?} at {at}s");
-    assert!(at <= warmup + 120, "trend took {}s after warm-up", at - warmup);
+    assert!(
+        at <= warmup + 120,
+        "trend took {}s after warm-up",
+        at - warmup
+    );
     let max_crossing = warmup + 412; // 100 MiB + 1 MiB/s reaches 512 MiB
     assert!(at < max_crossing);
     let slope = trip.slope_bytes_per_sec.expect("slope");
-    assert!((slope - MIB as f64).abs() < 0.1 * MIB as f64, "slope {slope}");
+    assert!(
+        (slope - MIB as f64).abs() < 0.1 * MIB as f64,
+        "slope {slope}"
+    );
     let eta = obs.seconds_to_limit.expect("growing, so a time to limit");
     let expected = (max_crossing - at) as f64;
-    assert!((eta - expected).abs() < 30.0, "eta {eta}s, expected ~{expected}s");
+    assert!(
+        (eta - expected).abs() < 30.0,
+        "eta {eta}s, expected ~{expected}s"
+    );
 }
 
 #[test]
 fn max_memory_trips_on_the_first_sample_over_even_in_warm_up() {
-    let (at, obs) = run(defaults(), 60, |s| if s < 5 { 100 * MIB } else { 513 * MIB })
-        .expect("trips");
+    let (at, obs) = run(
+        defaults(),
+        60,
+        |s| if s < 5 { 100 * MIB } else { 513 * MIB },
+    )
+    .expect("trips");
     assert_eq!(at, 5);
     let trip = obs.trip.expect("trip");
-    assert_eq!((trip.rule, trip.value, trip.baseline), (Rule::MaxMemory, 513 * MIB, None));
-    assert_eq!(run(defaults(), 60, |_| 512 * MIB), None, "at the limit is not over it");
+    assert_eq!(
+        (trip.rule, trip.value, trip.baseline),
+        (Rule::MaxMemory, 513 * MIB, None)
+    );
+    assert_eq!(
+        run(defaults(), 60, |_| 512 * MIB),
+        None,
+        "at the limit is not over it"
+    );
 }
 
 #[test]
@@ -130,16 +154,27 @@ fn growth_counts_consecutive_strikes_and_a_dip_resets_them() {
         assert!(!feed(s, 100).baseline_ready);
     }
     assert!(feed(30, 100).baseline_ready, "warm-up ends at 30 s");
-    assert!(!feed(31, 100).baseline_ready, "baseline_ready is reported once");
+    assert!(
+        !feed(31, 100).baseline_ready,
+        "baseline_ready is reported once"
+    );
     // 357 MiB > 100 + 256: two strikes, a dip, then three in a row.
     assert_eq!(feed(32, 357).trip, None);
     assert_eq!(feed(33, 357).trip, None);
-    assert_eq!(feed(34, 356).trip, None, "356 MiB is not above baseline + growth");
+    assert_eq!(
+        feed(34, 356).trip,
+        None,
+        "356 MiB is not above baseline + growth"
+    );
     assert_eq!(feed(35, 357).trip, None);
     assert_eq!(feed(36, 357).trip, None);
     let trip = feed(37, 357).trip.expect("third consecutive strike trips");
     assert_eq!((trip.rule, trip.baseline), (Rule::Growth, Some(100 * MIB)));
-    assert_eq!(feed(38, 400).trip, None, "a detector trips once until reset");
+    assert_eq!(
+        feed(38, 400).trip,
+        None,
+        "a detector trips once until reset"
+    );
 }
 
 #[test]

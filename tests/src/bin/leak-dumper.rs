@@ -31,7 +31,9 @@ fn leaky_function_for_pprof_test(mib: usize) {
 /// What the worker holds before the leak starts (its normal working set).
 #[inline(never)]
 fn baseline_working_set(mib: usize) -> Vec<Vec<u8>> {
-    (0..mib * 4).map(|i| vec![(i % 13) as u8; 256 * 1024]).collect()
+    (0..mib * 4)
+        .map(|i| vec![(i % 13) as u8; 256 * 1024])
+        .collect()
 }
 
 fn dump(path: &Path) -> Result<(), String> {
@@ -47,7 +49,9 @@ fn run(args: &[String]) -> Result<(), String> {
     };
     let hold = args.last().is_some_and(|a| a == "--hold");
     let leak_mib = match args.get(2).filter(|a| *a != "--hold") {
-        Some(n) => n.parse().map_err(|_| format!("LEAK_MIB is not a number: {n}"))?,
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("LEAK_MIB is not a number: {n}"))?,
         None => 64,
     };
     heapwarden_probes::activate_profiling().map_err(|e| e.to_string())?;
