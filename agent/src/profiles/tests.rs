@@ -319,3 +319,40 @@ async fn handle_serves_the_store_from_its_own_thread_and_diffs() {
         .join()
         .expect("store thread ends with its last handle");
 }
+
+/// A fake helper: a shell script standing in for `heapwarden __convert-profile`.
+fn fake_helper(dir: &Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("helper.sh");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    path
+}
+
+#[tokio::test]
+async fn helper_summary_failure_and_timeout_are_reported() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (raw, out) = (dir.path().join("1.raw"), dir.path().join("1.pb.gz"));
+    let ok = fake_helper(
+        dir.path(),
+        r#"echo '{"samples":1,"locations":2,"functions":3,"unsymbolized":0,"total_bytes":5,"total_objects":1,"raw_bytes":9,"out_bytes":7,"elapsed_ms":1}'"#,
+    );
+    let summary = convert_with_helper(&ok, &raw, &out, Some(1), Duration::from_secs(10))
+        .await
+        .expect("summary parsed");
+    assert_eq!((summary.samples, summary.out_bytes), (1, 7));
+
+    let failing = fake_helper(dir.path(), "echo 'cannot read raw' >&2; exit 3");
+    let err = convert_with_helper(&failing, &raw, &out, None, Duration::from_secs(10))
+        .await
+        .expect_err("non-zero exit is an error");
+    assert!(err.to_string().contains("cannot read raw"), "{err}");
+
+    let hanging = fake_helper(dir.path(), "exec sleep 30");
+    let started = Instant::now();
+    let err = convert_with_helper(&hanging, &raw, &out, None, Duration::from_millis(300))
+        .await
+        .expect_err("times out");
+    assert!(matches!(err, ProfileError::HelperTimeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

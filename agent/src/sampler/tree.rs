@@ -41,6 +41,15 @@ impl ParentTable {
         Ok(ParentTable { children })
     }
 
+    /// Processes seen by the scan.
+    pub fn len(&self) -> usize {
+        self.children.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
     pub fn children_of(&self, pid: u32) -> &[u32] {
         self.children.get(&pid).map_or(&[], Vec::as_slice)
     }

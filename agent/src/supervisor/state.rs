@@ -359,16 +359,13 @@ impl Pool {
                     ExitStatus::Code(_) => RestartReason::Exit,
                 });
                 self.count_restart(slot, reason, out);
-                let quick = now.duration_since(w.started_at) < self.settings.min_uptime;
                 if let Some(next) = self.replacement_of(slot) {
+                    // The replacement was already starting: it takes over the slot.
                     if let Some(n) = self.workers.get_mut(&next) {
                         n.role = Role::Current;
                     }
                     self.pump(now, out);
-                } else if quick || !w.ready {
-                    self.back_off(slot, now, out);
                 } else {
-                    self.slots[slot].attempt = 0;
                     self.back_off(slot, now, out);
                 }
             }

@@ -240,3 +240,17 @@ proptest! {
         prop_assert_eq!(trip, None);
     }
 }
+
+#[test]
+fn leak_under_a_gc_sawtooth_trips_trend_once_the_floor_climbs() {
+    let warmup = defaults().warmup.as_secs();
+    let mut tooth = sawtooth(20, 0);
+    // A 200 MiB sawtooth whose floor rises 1 MiB/s after warm-up.
+    let (at, obs) = run(defaults(), 1800, |s| {
+        tooth(s) + s.saturating_sub(warmup) * MIB
+    })
+    .expect("the rising floor is a leak");
+    let trip = obs.trip.expect("trip");
+    assert!(matches!(trip.rule, Rule::Trend | Rule::Growth), "{trip:?}");
+    assert!(at <= warmup + 300, "took {}s after warm-up", at - warmup);
+}
