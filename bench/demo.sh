@@ -102,7 +102,7 @@ measure() {
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    printf "| %-28s | %7s | %-7s | %10s | %9s | %9s |\n" "$label" "$workers" "$layer" "$rps" "$p50" "$p99"
+    printf "| %-32s | %7s | %-7s | %10s | %9s | %9s |\n" "$label" "$workers" "$layer" "$rps" "$p50" "$p99"
 }
 
 REDIS="redis-url = \"redis://127.0.0.1:$REDIS_PORT\""
@@ -114,8 +114,8 @@ DB="l1-ttl = \"1ms\""
 
 echo "heapwarden demo benchmark: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $CORES cores, $(uname -r)"
 echo
-printf "| %-28s | %7s | %-7s | %10s | %9s | %9s |\n" "case" "workers" "x-cache" "req/s" "p50" "p99"
-printf "|%s|%s|%s|%s|%s|%s|\n" "------------------------------" "---------" "---------" "------------" "-----------" "-----------"
+printf "| %-32s | %7s | %-7s | %10s | %9s | %9s |\n" "case" "workers" "x-cache" "req/s" "p50" "p99"
+printf "|%s|%s|%s|%s|%s|%s|\n" "----------------------------------" "---------" "---------" "------------" "-----------" "-----------"
 for spec in "demo 1" "run $CORES"; do
     read -r mode workers <<<"$spec"
     start "$mode" "$workers" "$L1" info; measure "L1 hit" "$workers"; stop

@@ -23,9 +23,10 @@ use crate::watchdog::Watchdog;
 const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// `worker_env`: variables every worker gets so it sees the agent's config.
+pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<()> {
     let (log, log_guard) = crate::log::init(&config.log);
-    let result = run_logged(config, log.new(o!("module" => "agent")));
+    let result = run_logged(config, worker_env, log.new(o!("module" => "agent")));
     if let Err(e) = &result {
         slog::error!(log, "The agent could not run."; "error" => format!("{e:#}"));
     }
@@ -34,7 +35,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-fn run_logged(config: Config, log: Logger) -> anyhow::Result<()> {
+fn run_logged(config: Config, worker_env: Vec<(String, String)>, log: Logger) -> anyhow::Result<()> {
     prepare_state_dir(&config.state_dir)?;
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
         .context("the admin token cannot be used")?;
@@ -61,7 +62,7 @@ fn run_logged(config: Config, log: Logger) -> anyhow::Result<()> {
         metrics::gauge!("heapwarden_profiles_limit_bytes").set(config.profiles.max_bytes.bytes() as f64);
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
         let sup_log = log.new(o!("module" => "supervisor"));
-        let (supervisor, handles) = Supervisor::new(config.clone(), socket, sup_log)?;
+        let (supervisor, handles) = Supervisor::new(config.clone(), worker_env, socket, sup_log)?;
         let (exposition_writer, exposition_reader) = exposition_channel();
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());

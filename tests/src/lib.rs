@@ -240,13 +240,17 @@ impl Sandbox {
         path
     }
 
-    /// Starts `heapwarden run -c <config>`; `config` gets `state-dir` prepended.
+    /// Starts `heapwarden run -c <config>`; `config` gets `state-dir` prepended and,
+    /// unless it has an `[admin]` section, a free admin port (tests run in parallel).
     pub fn agent(&self, config: &str) -> Proc {
         let state = self.dir.path().join("state");
         let text = format!("state-dir = {:?}\n{config}", state.display().to_string());
         let path = self.write("heapwarden.toml", &text);
         let mut command = Command::new(heapwarden());
         command.arg("run").arg("-c").arg(path).current_dir(self.dir.path());
+        if !config.contains("[admin]") {
+            command.env("HEAPWARDEN_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()));
+        }
         Proc::spawn(command)
     }
 }

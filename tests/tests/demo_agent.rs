@@ -41,10 +41,21 @@ fn start_agent(sandbox: &Sandbox, workers: usize, sampling: &str, demo_toml: &st
     let text = format!("state-dir = {:?}\n{config}", state.display().to_string());
     let path = sandbox.write("heapwarden.toml", &text);
     let mut command = std::process::Command::new(heapwarden());
-    command.arg("run").env("HEAPWARDEN_CONFIG", path).current_dir(sandbox.path());
+    command
+        .arg("run")
+        .env("HEAPWARDEN_CONFIG", path)
+        .current_dir(sandbox.path());
     let proc = Proc::spawn(command);
-    proc.logs.wait_for(START_TIMEOUT * 2, "every worker ready", msg("Every worker is ready."));
-    Agent { _proc: proc, service, admin }
+    proc.logs.wait_for(
+        START_TIMEOUT * 2,
+        "every worker ready",
+        msg("Every worker is ready."),
+    );
+    Agent {
+        _proc: proc,
+        service,
+        admin,
+    }
 }
 
 /// Once a PUT was acknowledged, no read that starts afterwards, on any worker, may
@@ -131,9 +142,10 @@ fn no_worker_serves_a_version_older_than_an_acknowledged_write() {
                 .expect("PUT");
             let text = response.body_mut().read_to_string().unwrap_or_default();
             assert_eq!(response.status().as_u16(), 200, "write failed: {text}");
-            let version = serde_json::from_str::<serde_json::Value>(&text).expect("json")["version"]
-                .as_i64()
-                .expect("version");
+            let version =
+                serde_json::from_str::<serde_json::Value>(&text).expect("json")["version"]
+                    .as_i64()
+                    .expect("version");
             acked[key].fetch_max(version, Ordering::SeqCst);
             writes += 1;
         }
@@ -145,10 +157,21 @@ fn no_worker_serves_a_version_older_than_an_acknowledged_write() {
     }
     let violations = violations.lock().expect("list");
     let seen = workers_seen.lock().expect("set");
-    let (reads, l1_hits) = (reads.load(Ordering::Relaxed), l1_hits.load(Ordering::Relaxed));
+    let (reads, l1_hits) = (
+        reads.load(Ordering::Relaxed),
+        l1_hits.load(Ordering::Relaxed),
+    );
     eprintln!("{writes} writes, {reads} reads ({l1_hits} from L1), workers {seen:?}");
-    assert!(violations.is_empty(), "{} stale reads, first: {:?}", violations.len(), &violations[..violations.len().min(5)]);
-    assert!(writes > 50 && reads > 500, "too little traffic to mean anything");
+    assert!(
+        violations.is_empty(),
+        "{} stale reads, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+    assert!(
+        writes > 50 && reads > 500,
+        "too little traffic to mean anything"
+    );
     assert!(l1_hits > 100, "reads must exercise the L1 caches");
     assert_eq!(seen.len(), 4, "reads must reach every worker: {seen:?}");
     drop(agent);
@@ -156,7 +179,11 @@ fn no_worker_serves_a_version_older_than_an_acknowledged_write() {
 
 fn heap_allocated(admin: SocketAddr) -> Option<f64> {
     let reply = try_call("GET", &format!("http://{admin}/metrics"), &[], None).ok()?;
-    metric(&reply.body, "heapwarden_worker_heap_allocated_bytes", &[("worker", "0")])
+    metric(
+        &reply.body,
+        "heapwarden_worker_heap_allocated_bytes",
+        &[("worker", "0")],
+    )
 }
 
 #[test]
@@ -164,7 +191,11 @@ fn exporting_200k_rows_keeps_the_worker_heap_flat() {
     let _timeout = TimeoutGuard::new("export_heap", Duration::from_secs(240));
     let sandbox = Sandbox::new();
     let agent = start_agent(&sandbox, 1, "interval = \"100ms\"", "seed-rows = 200000");
-    let baseline = poll(Duration::from_secs(20), "heap figures from the probe", || heap_allocated(agent.admin));
+    let baseline = poll(
+        Duration::from_secs(20),
+        "heap figures from the probe",
+        || heap_allocated(agent.admin),
+    );
 
     let peak = Arc::new(Mutex::new(baseline));
     let done = Arc::new(AtomicBool::new(false));
@@ -186,5 +217,8 @@ fn exporting_200k_rows_keeps_the_worker_heap_flat() {
     assert_eq!(rows, 200_000);
     let growth = *peak.lock().expect("peak") - baseline;
     eprintln!("heap_allocated baseline {baseline} bytes, growth during export {growth} bytes");
-    assert!(growth < 16.0 * 1024.0 * 1024.0, "the export grew the heap by {growth} bytes");
+    assert!(
+        growth < 16.0 * 1024.0 * 1024.0,
+        "the export grew the heap by {growth} bytes"
+    );
 }

@@ -24,11 +24,20 @@ fn reads_fill_the_cache_and_writes_invalidate_it() {
     let second = get(&demo.url("/items/3"));
     assert_eq!(second.header("x-cache"), Some("l1"));
 
-    let put = call("PUT", &demo.url("/items/3"), &[], Some(r#"{"name":"renamed","value":42}"#));
+    let put = call(
+        "PUT",
+        &demo.url("/items/3"),
+        &[],
+        Some(r#"{"name":"renamed","value":42}"#),
+    );
     assert_eq!(put.status, 200, "{put:?}");
     assert_eq!(put.json()["version"], 2);
     let after = get(&demo.url("/items/3"));
-    assert_eq!(after.header("x-cache"), Some("db"), "the write dropped the L1 entry");
+    assert_eq!(
+        after.header("x-cache"),
+        Some("db"),
+        "the write dropped the L1 entry"
+    );
     assert_eq!(after.json()["name"], "renamed");
     assert_eq!(get(&demo.url("/items/3")).json()["version"], 2);
 
@@ -39,20 +48,45 @@ fn reads_fill_the_cache_and_writes_invalidate_it() {
     assert_eq!(get(&demo.url("/items/999")).status, 404);
 
     // Re-creating a deleted item continues its version sequence.
-    let again = call("PUT", &demo.url("/items/3"), &[], Some(r#"{"name":"back","value":1}"#));
+    let again = call(
+        "PUT",
+        &demo.url("/items/3"),
+        &[],
+        Some(r#"{"name":"back","value":1}"#),
+    );
     assert_eq!(again.json()["version"], 4);
     assert_eq!(get(&demo.url("/items/3")).json()["name"], "back");
 
     let metrics = get(&demo.url("/metrics")).body;
     for layer in ["l1", "db", "miss"] {
-        let n = metric(&metrics, "demo_cache_lookups_total", &[("layer", layer), ("worker", "0")]);
-        assert!(n.is_some_and(|n| n >= 1.0), "layer {layer} not counted:\n{metrics}");
+        let n = metric(
+            &metrics,
+            "demo_cache_lookups_total",
+            &[("layer", layer), ("worker", "0")],
+        );
+        assert!(
+            n.is_some_and(|n| n >= 1.0),
+            "layer {layer} not counted:\n{metrics}"
+        );
     }
-    let served = metric(&metrics, "http_requests_total",
-        &[("route", "/items/{id}"), ("method", "GET"), ("status", "200")]);
+    let served = metric(
+        &metrics,
+        "http_requests_total",
+        &[
+            ("route", "/items/{id}"),
+            ("method", "GET"),
+            ("status", "200"),
+        ],
+    );
     assert!(served.is_some_and(|n| n >= 4.0), "{metrics}");
-    assert!(metrics.contains("http_request_duration_seconds_bucket"), "{metrics}");
-    assert!(!metrics.contains("route=\"/items/3\""), "raw paths must not be labels");
+    assert!(
+        metrics.contains("http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("route=\"/items/3\""),
+        "raw paths must not be labels"
+    );
     assert!(metric(&metrics, "demo_cache_invalidations_total", &[]).is_some_and(|n| n >= 3.0));
     assert!(metric(&metrics, "demo_db_pool_connections", &[("state", "idle")]).is_some());
 }
@@ -65,13 +99,38 @@ fn bad_input_gets_json_errors_never_500() {
     let cases: Vec<(&str, &str, Option<String>, u16)> = vec![
         ("GET", "/items/abc", None, 400),
         ("GET", "/items/99999999999999999999999", None, 400),
-        ("PUT", "/items/x", Some(r#"{"name":"a","value":1}"#.into()), 400),
+        (
+            "PUT",
+            "/items/x",
+            Some(r#"{"name":"a","value":1}"#.into()),
+            400,
+        ),
         ("PUT", "/items/1", Some(r#"{"name":"a","#.into()), 400),
-        ("PUT", "/items/1", Some(r#"{"name":"a","value":"one"}"#.into()), 400),
-        ("PUT", "/items/1", Some(r#"{"name":"a","value":1,"admin":true}"#.into()), 400),
-        ("PUT", "/items/1", Some(format!(r#"{{"name":"{}","value":1}}"#, "a".repeat(4096))), 413),
+        (
+            "PUT",
+            "/items/1",
+            Some(r#"{"name":"a","value":"one"}"#.into()),
+            400,
+        ),
+        (
+            "PUT",
+            "/items/1",
+            Some(r#"{"name":"a","value":1,"admin":true}"#.into()),
+            400,
+        ),
+        (
+            "PUT",
+            "/items/1",
+            Some(format!(r#"{{"name":"{}","value":1}}"#, "a".repeat(4096))),
+            413,
+        ),
         ("POST", "/compute", Some("not json".into()), 400),
-        ("POST", "/compute", Some(r#"{"password":"p","rounds":0}"#.into()), 400),
+        (
+            "POST",
+            "/compute",
+            Some(r#"{"password":"p","rounds":0}"#.into()),
+            400,
+        ),
         ("POST", "/jobs", Some("[1,2".into()), 400),
         ("GET", "/jobs/nope", None, 400),
         ("GET", "/jobs/12345", None, 404),
@@ -104,19 +163,30 @@ fn request_logs_carry_ids_and_redact_secrets() {
     let queued = call("POST", &demo.url("/jobs"), &headers, Some(job));
     assert_eq!(queued.status, 202, "{queued:?}");
     let generated = get(&demo.url("/items/2"));
-    let generated_id = generated.header("x-request-id").expect("generated id").to_string();
+    let generated_id = generated
+        .header("x-request-id")
+        .expect("generated id")
+        .to_string();
 
     let logs = &demo.proc.logs;
-    let record = logs.wait_for(Duration::from_secs(5), "the request log of GET /items/1", |r| {
-        r["msg"] == "Served a request." && r["request_id"] == "test-req-42" && r["method"] == "GET"
-    });
+    let record = logs.wait_for(
+        Duration::from_secs(5),
+        "the request log of GET /items/1",
+        |r| {
+            r["msg"] == "Served a request."
+                && r["request_id"] == "test-req-42"
+                && r["method"] == "GET"
+        },
+    );
     assert_eq!(record["route"], "/items/{id}");
     assert_eq!(record["status"], 200);
     assert!(record["latency_ms"].is_number());
     assert_eq!(record["worker"], 0);
     assert_eq!(record["headers"]["authorization"], "[REDACTED]");
     assert_eq!(record["headers"]["cookie"], "[REDACTED]");
-    logs.wait_for(Duration::from_secs(5), "the generated id logged", |r| r["request_id"] == generated_id.as_str());
+    logs.wait_for(Duration::from_secs(5), "the generated id logged", |r| {
+        r["request_id"] == generated_id.as_str()
+    });
     let queued_log = logs.wait_for(Duration::from_secs(5), "the job log", msg("Queued a job."));
     assert_eq!(queued_log["payload"]["password"], "[REDACTED]");
     assert_eq!(queued_log["payload"]["metadata"]["token"], "[REDACTED]");
@@ -128,7 +198,11 @@ fn request_logs_carry_ids_and_redact_secrets() {
 fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
     let _timeout = TimeoutGuard::new("compute_saturation", Duration::from_secs(120));
     let sandbox = Sandbox::new();
-    let demo = start_demo(&sandbox, "seed-rows = 5\ncompute-threads = 1\ncompute-queue = 1", &[]);
+    let demo = start_demo(
+        &sandbox,
+        "seed-rows = 5\ncompute-threads = 1\ncompute-queue = 1",
+        &[],
+    );
     assert_eq!(get(&demo.url("/items/1")).status, 200); // warm L1
 
     let url = demo.url("/compute");
@@ -153,10 +227,16 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
             let reply = get(&demo.url(path));
             let took = started.elapsed();
             assert_eq!(reply.status, 200, "{path}: {reply:?}");
-            assert!(took < Duration::from_millis(50), "{path} took {took:?} while compute is saturated");
+            assert!(
+                took < Duration::from_millis(50),
+                "{path} took {took:?} while compute is saturated"
+            );
         }
     }
-    let mut statuses: Vec<u16> = senders.into_iter().map(|t| t.join().expect("sender").status).collect();
+    let mut statuses: Vec<u16> = senders
+        .into_iter()
+        .map(|t| t.join().expect("sender").status)
+        .collect();
     statuses.sort_unstable();
     assert!(statuses.contains(&200), "{statuses:?}");
 }
@@ -165,11 +245,28 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
 fn jobs_retry_with_backoff_then_dead_letter() {
     let _timeout = TimeoutGuard::new("jobs_retry", Duration::from_secs(60));
     let sandbox = Sandbox::new();
-    let demo = start_demo(&sandbox, "seed-rows = 0\njob-max-attempts = 3\njob-backoff = \"50ms\"\njobs-poll = \"50ms\"", &[]);
-    let flaky = call("POST", &demo.url("/jobs"), &[], Some(r#"{"rounds":100,"fail_attempts":2}"#));
+    let demo = start_demo(
+        &sandbox,
+        "seed-rows = 0\njob-max-attempts = 3\njob-backoff = \"50ms\"\njobs-poll = \"50ms\"",
+        &[],
+    );
+    let flaky = call(
+        "POST",
+        &demo.url("/jobs"),
+        &[],
+        Some(r#"{"rounds":100,"fail_attempts":2}"#),
+    );
     assert_eq!(flaky.status, 202);
-    assert_eq!(flaky.header("location"), Some(format!("/jobs/{}", flaky.json()["id"]).as_str()));
-    let doomed = call("POST", &demo.url("/jobs"), &[], Some(r#"{"rounds":100,"fail_attempts":9}"#));
+    assert_eq!(
+        flaky.header("location"),
+        Some(format!("/jobs/{}", flaky.json()["id"]).as_str())
+    );
+    let doomed = call(
+        "POST",
+        &demo.url("/jobs"),
+        &[],
+        Some(r#"{"rounds":100,"fail_attempts":9}"#),
+    );
     let (flaky_id, doomed_id) = (flaky.json()["id"].clone(), doomed.json()["id"].clone());
 
     let done = poll(Duration::from_secs(20), "the flaky job to complete", || {
@@ -177,18 +274,35 @@ fn jobs_retry_with_backoff_then_dead_letter() {
         (s["state"] == "completed").then_some(s)
     });
     assert_eq!(done["attempts"], 3, "{done}");
-    assert!(done["result"].as_str().is_some_and(|r| r.len() == 16), "{done}");
+    assert!(
+        done["result"].as_str().is_some_and(|r| r.len() == 16),
+        "{done}"
+    );
     let dead = poll(Duration::from_secs(20), "the doomed job to go dead", || {
         let s = get(&demo.url(&format!("/jobs/{doomed_id}"))).json();
         (s["state"] == "dead").then_some(s)
     });
     assert_eq!(dead["attempts"], 3, "{dead}");
-    assert!(dead["last_error"].as_str().is_some_and(|e| e.contains("on purpose")));
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("on purpose"))
+    );
 
     let metrics = get(&demo.url("/metrics")).body;
-    assert_eq!(metric(&metrics, "demo_jobs_total", &[("outcome", "completed")]), Some(1.0), "{metrics}");
-    assert_eq!(metric(&metrics, "demo_jobs_total", &[("outcome", "failed")]), Some(1.0));
-    assert_eq!(metric(&metrics, "demo_jobs_total", &[("outcome", "retried")]), Some(4.0));
+    assert_eq!(
+        metric(&metrics, "demo_jobs_total", &[("outcome", "completed")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "demo_jobs_total", &[("outcome", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "demo_jobs_total", &[("outcome", "retried")]),
+        Some(4.0)
+    );
 }
 
 #[test]
@@ -197,7 +311,12 @@ fn a_job_taken_by_a_killed_worker_runs_again_after_restart() {
     let sandbox = Sandbox::new();
     let config = "seed-rows = 0\njob-lease = \"1s\"\njobs-poll = \"50ms\"";
     let demo = start_demo(&sandbox, config, &[]);
-    let job = call("POST", &demo.url("/jobs"), &[], Some(r#"{"rounds":100,"sleep_ms":3000}"#));
+    let job = call(
+        "POST",
+        &demo.url("/jobs"),
+        &[],
+        Some(r#"{"rounds":100,"sleep_ms":3000}"#),
+    );
     let id = job.json()["id"].clone();
     poll(Duration::from_secs(10), "the job to start", || {
         (get(&demo.url(&format!("/jobs/{id}"))).json()["state"] == "running").then_some(())
@@ -206,11 +325,18 @@ fn a_job_taken_by_a_killed_worker_runs_again_after_restart() {
     drop(demo); // SIGKILL mid-job: no chance to give it back
 
     let demo = start_demo_on(&sandbox, port, config, &[]);
-    let done = poll(Duration::from_secs(30), "the job to complete after restart", || {
-        let s = get(&demo.url(&format!("/jobs/{id}"))).json();
-        (s["state"] == "completed").then_some(s)
-    });
-    assert_eq!(done["attempts"], 2, "the dead worker's attempt counts: {done}");
+    let done = poll(
+        Duration::from_secs(30),
+        "the job to complete after restart",
+        || {
+            let s = get(&demo.url(&format!("/jobs/{id}"))).json();
+            (s["state"] == "completed").then_some(s)
+        },
+    );
+    assert_eq!(
+        done["attempts"], 2,
+        "the dead worker's attempt counts: {done}"
+    );
 }
 
 #[test]
@@ -232,10 +358,20 @@ fn leak_endpoint_leaks_when_enabled_and_sigterm_stops_cleanly() {
     assert_eq!(reply.json()["leaked_total"], 1_048_576);
     let again = call("POST", &demo.url("/debug/leak?bytes=1048576"), &[], None);
     assert_eq!(again.json()["leaked_total"], 2 * 1_048_576);
-    assert_eq!(call("POST", &demo.url("/debug/leak?bytes=lots"), &[], None).status, 400);
+    assert_eq!(
+        call("POST", &demo.url("/debug/leak?bytes=lots"), &[], None).status,
+        400
+    );
 
     demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = demo.proc.wait_exit(Duration::from_secs(10)).expect("exits after SIGTERM");
+    let status = demo
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
-    demo.proc.logs.wait_for(Duration::from_secs(2), "the stop record", msg("The demo worker stopped."));
+    demo.proc.logs.wait_for(
+        Duration::from_secs(2),
+        "the stop record",
+        msg("The demo worker stopped."),
+    );
 }

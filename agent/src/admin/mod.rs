@@ -33,6 +33,8 @@ use crate::supervisor::PoolView;
 
 /// Request bodies beyond this are refused (413); the API takes small JSON only.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// A sensible `AdminState::heartbeat_max_age` for a control loop ticking every second.
+pub const DEFAULT_HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
 /// Prometheus text format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

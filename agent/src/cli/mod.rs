@@ -22,7 +22,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            exit_code(crate::agent::run(config))
+            exit_code(crate::agent::run(config, worker_env(&args)))
         }
         Command::Demo(args) => {
             let config = match load_config(&args.config) {
@@ -47,6 +47,20 @@ pub fn main() -> ExitCode {
         Command::ConvertProfile(args) => exit_code(crate::profiles::convert_main(args)),
         Command::Client(verb) => client::main(verb),
     }
+}
+
+/// What workers need to see the agent's config: the file (absolute) and the flags, as
+/// the environment overrides they stand for. Variables the agent itself got pass on.
+fn worker_env(args: &ConfigArgs) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if let Some(path) = &args.config {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        env.push(("HEAPWARDEN_CONFIG".to_string(), absolute.display().to_string()));
+    }
+    for (key, value) in args.overrides() {
+        env.push((config::env_name(key), value));
+    }
+    env
 }
 
 /// Loads the config; on failure prints every error, one per line, and returns exit 64.

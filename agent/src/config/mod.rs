@@ -8,7 +8,7 @@ mod sections;
 pub mod types;
 
 pub use demo::DemoConfig;
-pub use load::{ConfigError, ConfigErrors, EX_CONFIG, load};
+pub use load::{ConfigError, ConfigErrors, EX_CONFIG, env_name, load};
 pub use sections::*;
 
 #[cfg(test)]

@@ -113,7 +113,9 @@ pub async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Ne
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    response.headers_mut().insert("x-worker", app.worker_header.clone());
+    response
+        .headers_mut()
+        .insert("x-worker", app.worker_header.clone());
     let status = response.status().as_u16();
     metrics::counter!("http_requests_total",
         "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())

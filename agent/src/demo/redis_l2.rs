@@ -300,7 +300,9 @@ mod tests {
     /// The Lua guards, against the real Redis of HEAPWARDEN_TEST_REDIS_URL.
     #[test]
     fn stale_fills_cannot_overwrite_a_newer_tombstone_or_item() {
-        let Some(url) = std::env::var("HEAPWARDEN_TEST_REDIS_URL").ok().filter(|u| !u.is_empty())
+        let Some(url) = std::env::var("HEAPWARDEN_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
         else {
             eprintln!("skipped: HEAPWARDEN_TEST_REDIS_URL is not set");
             return;
@@ -311,26 +313,55 @@ mod tests {
             .expect("runtime");
         runtime.block_on(async {
             let log = Logger::root(slog::Discard, slog::o!());
-            let prefix = format!("hwtest:{}:{}:", std::process::id(), super::super::db::now_ms());
-            let l2 = L2::new(&url, &prefix, Duration::from_secs(60), Duration::from_secs(1), log)
-                .expect("client");
+            let prefix = format!(
+                "hwtest:{}:{}:",
+                std::process::id(),
+                super::super::db::now_ms()
+            );
+            let l2 = L2::new(
+                &url,
+                &prefix,
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+                log,
+            )
+            .expect("client");
             tokio::spawn(l2.clone().maintain());
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while !l2.is_up() {
-                assert!(std::time::Instant::now() < deadline, "Redis at {url} is unreachable");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "Redis at {url} is unreachable"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             l2.fill(&item(7, 1)).await;
             assert_eq!(version_in_redis(&l2, 7).await, Some(1));
             l2.invalidate(7, 2).await;
-            assert_eq!(version_in_redis(&l2, 7).await, Some(-1), "the write left a tombstone");
+            assert_eq!(
+                version_in_redis(&l2, 7).await,
+                Some(-1),
+                "the write left a tombstone"
+            );
             l2.fill(&item(7, 1)).await;
-            assert_eq!(version_in_redis(&l2, 7).await, Some(-1), "a stale fill was refused");
+            assert_eq!(
+                version_in_redis(&l2, 7).await,
+                Some(-1),
+                "a stale fill was refused"
+            );
             l2.fill(&item(7, 2)).await;
-            assert_eq!(version_in_redis(&l2, 7).await, Some(2), "the written version fills");
+            assert_eq!(
+                version_in_redis(&l2, 7).await,
+                Some(2),
+                "the written version fills"
+            );
             l2.fill(&item(7, 1)).await;
             l2.invalidate(7, 1).await;
-            assert_eq!(version_in_redis(&l2, 7).await, Some(2), "older fills and tombstones lose");
+            assert_eq!(
+                version_in_redis(&l2, 7).await,
+                Some(2),
+                "older fills and tombstones lose"
+            );
         });
     }
 

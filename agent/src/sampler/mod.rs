@@ -65,10 +65,12 @@ impl Roots {
     pub fn system(cgroup_root: &Path) -> Roots {
         let proc = procfs::ProcFs::system();
         let agent_pid = std::process::id();
-        let cgroup_dir = system::own_cgroup_dir(proc.root(), cgroup_root)
-            .ok()
-            .flatten()
-            .filter(|dir| dir.join("cgroup.controllers").exists());
+        // A hybrid host mounts v2 at `<root>/unified`: no memory controller there, but
+        // PSI (`memory.pressure`) still is.
+        let cgroup_dir = [cgroup_root.to_path_buf(), cgroup_root.join("unified")]
+            .iter()
+            .filter_map(|root| system::own_cgroup_dir(proc.root(), root).ok().flatten())
+            .find(|dir| dir.join("cgroup.controllers").exists());
         let kernel_children = tree::kernel_lists_children(&proc, agent_pid);
         Roots {
             proc,

@@ -27,10 +27,15 @@ pub fn record_slots(view: &PoolView) {
             gauge!("heapwarden_worker_state", "worker" => worker.clone(), "state" => state.as_str())
                 .set(value);
         }
+        // Not a state of its own (the slot keeps serving), but what alerts page on.
+        let exhausted = if slot.budget_exhausted { 1.0 } else { 0.0 };
+        gauge!("heapwarden_worker_state", "worker" => worker.clone(), "state" => "budget_exhausted")
+            .set(exhausted);
     }
 }
 
-pub fn record_worker(sample: &WorkerSample, probe_dropped: Option<u64>) {
+/// `dropped_since`: control messages the worker's probe dropped since the last round.
+pub fn record_worker(sample: &WorkerSample, dropped_since: u64) {
     let worker = sample.slot.to_string();
     let set = |name: &'static str, value: f64| gauge!(name, "worker" => worker.clone()).set(value);
     set("heapwarden_worker_rss_bytes", sample.rss as f64);
@@ -61,10 +66,8 @@ pub fn record_worker(sample: &WorkerSample, probe_dropped: Option<u64>) {
     if let Some(lag) = sample.runtime_lag_seconds {
         set("heapwarden_worker_runtime_lag_seconds", lag);
     }
-    if let Some(dropped) = probe_dropped {
-        counter!("heapwarden_worker_probe_dropped_messages_total", "worker" => worker.clone())
-            .absolute(dropped);
-    }
+    counter!("heapwarden_worker_probe_dropped_messages_total", "worker" => worker.clone())
+        .increment(dropped_since);
 }
 
 pub fn record_host(host: &HostFigures) {

@@ -1,7 +1,7 @@
 //! One sampling round: procfs reads on a blocking thread while every probe-linked
 //! worker is asked for its figures concurrently, so one slow worker delays nobody.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct SamplerState {
     misses: MissTracker,
     /// Workers whose procfs read failed, so the failure is logged once, not every second.
     warned: HashSet<u64>,
+    /// Each worker's last reported drop count: the slot's counter grows by the difference,
+    /// so it stays monotonic across replacements.
+    dropped: HashMap<u64, u64>,
 }
 
 impl SamplerState {
@@ -62,6 +65,7 @@ impl SamplerState {
             round: 0,
             misses: MissTracker::default(),
             warned: HashSet::new(),
+            dropped: HashMap::new(),
         }
     }
 
@@ -77,7 +81,9 @@ impl SamplerState {
         previous: &Exposition,
     ) -> RoundOutcome {
         let started = Instant::now();
-        let with_smaps = self.round.is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
+        let with_smaps = self
+            .round
+            .is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
         self.round += 1;
         let targets: Vec<Target> = view
             .slots
@@ -154,13 +160,18 @@ impl SamplerState {
                 heap: reply.heap,
                 runtime_lag_seconds: reply.runtime_lag_seconds,
             };
-            record::record_worker(&sample, reply.dropped);
+            let dropped_since = reply.dropped.map_or(0, |now| {
+                let last = self.dropped.insert(target.worker_id, now).unwrap_or(0);
+                now.saturating_sub(last)
+            });
+            record::record_worker(&sample, dropped_since);
             cpu.insert(target.slot, tree.cpu_seconds);
             outcome.samples.push(sample);
         }
         let live: HashSet<u64> = targets.iter().map(|t| t.worker_id).collect();
         self.misses.retain(|id| live.contains(&id));
         self.warned.retain(|id| live.contains(id));
+        self.dropped.retain(|id, _| live.contains(id));
 
         if !host.errors.is_empty() {
             debug!(self.log, "Some machine figures could not be read.";

@@ -121,6 +121,9 @@ async fn rounds_sample_every_worker_and_report_a_silent_one_once() {
         stopping: false,
     };
     let mut state = SamplerState::new(cfg, roots, slog::Logger::root(slog::Discard, slog::o!()));
+    // The rounds record on this thread (a current-thread test runtime).
+    let recorder = crate::admin::build_recorder().expect("recorder");
+    let _local = metrics::set_default_local_recorder(&recorder);
     let run = async {
         let first = state.round(&view, true, &Exposition::default()).await;
         let second = state.round(&view, false, &first.exposition).await;
@@ -174,4 +177,53 @@ async fn rounds_sample_every_worker_and_report_a_silent_one_once() {
     };
     assert_eq!(second.requests, vec![(101, replace)]);
     assert!(third.requests.is_empty(), "asked once per worker");
+
+    let page = recorder.handle().render();
+    for expected in [
+        "heapwarden_worker_up{worker=\"2\"} 1",
+        "heapwarden_worker_state{worker=\"0\",state=\"ready\"} 1",
+        "heapwarden_worker_state{worker=\"0\",state=\"backoff\"} 0",
+        "heapwarden_worker_rss_bytes{worker=\"1\"} 819200",
+        "heapwarden_worker_pss_bytes{worker=\"0\"} 307200",
+        "heapwarden_worker_heap_allocated_bytes{worker=\"0\"} 1000",
+        "heapwarden_worker_heap_retained_bytes{worker=\"0\"} 5000",
+        "heapwarden_worker_probe_dropped_messages_total{worker=\"0\"} 3",
+        "heapwarden_system_memory_bytes{state=\"used\"} 409600",
+        "heapwarden_system_load{period=\"15m\"} 2",
+        "heapwarden_agent_rss_bytes 40960",
+        "heapwarden_sample_duration_seconds_count 3",
+    ] {
+        assert!(page.contains(expected), "missing {expected} in\n{page}");
+    }
+}
+
+#[test]
+fn slots_without_a_ready_worker_are_down() {
+    let mut starting = slot(0, 10, None);
+    if let Some(w) = starting.worker.as_mut() {
+        w.ready = false;
+    }
+    starting.state = SlotState::Starting;
+    let mut empty = slot(1, 20, None);
+    empty.worker = None;
+    empty.state = SlotState::Backoff;
+    let view = PoolView {
+        slots: vec![starting, empty],
+        stopping: false,
+    };
+    let recorder = crate::admin::build_recorder().expect("recorder");
+    metrics::with_local_recorder(&recorder, || super::record::record_slots(&view));
+    let page = recorder.handle().render();
+    assert!(
+        page.contains("heapwarden_worker_up{worker=\"0\"} 0"),
+        "{page}"
+    );
+    assert!(
+        page.contains("heapwarden_worker_up{worker=\"1\"} 0"),
+        "{page}"
+    );
+    assert!(
+        page.contains("heapwarden_worker_state{worker=\"1\",state=\"backoff\"} 1"),
+        "{page}"
+    );
 }

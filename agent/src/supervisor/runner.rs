@@ -84,7 +84,8 @@ impl PartialOrd for TimerKey {
 
 impl Supervisor {
     pub fn new(
-        config: Config,
+        mut config: Config,
+        worker_env: Vec<(String, String)>,
         socket: ServiceSocket,
         log: Logger,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
@@ -94,6 +95,10 @@ impl Supervisor {
         } else {
             config.pool.command.iter().map(OsString::from).collect()
         };
+        // The pool's own env wins over what the agent passes on.
+        for (key, value) in worker_env {
+            config.pool.env.entry(key).or_insert(value);
+        }
         let settings = super::settings_from(&config);
         let (view_tx, view) = watch::channel(PoolView::default());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());

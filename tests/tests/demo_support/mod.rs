@@ -42,10 +42,15 @@ pub fn start_demo_on(sandbox: &Sandbox, port: u16, demo_toml: &str, extra_args: 
     let config = sandbox.write("demo.toml", &text);
     let mut command = Command::new(heapwarden());
     command.arg("demo").arg("-c").arg(config).args(extra_args);
-    command.env_remove("LISTEN_FDS").env_remove("HEAPWARDEN_CONTROL_FD");
+    command
+        .env_remove("LISTEN_FDS")
+        .env_remove("HEAPWARDEN_CONTROL_FD");
     let proc = Proc::spawn(command);
-    proc.logs
-        .wait_for(START_TIMEOUT, "the demo to serve", msg("The demo worker is serving."));
+    proc.logs.wait_for(
+        START_TIMEOUT,
+        "the demo to serve",
+        msg("The demo worker is serving."),
+    );
     Demo { proc, addr }
 }
 
@@ -102,7 +107,11 @@ pub fn try_call(
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
     let body = response.body_mut().read_to_string()?;
-    Ok(Reply { status, headers, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub fn get(url: &str) -> Reply {
@@ -114,7 +123,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
@@ -126,7 +139,10 @@ pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -140,11 +156,22 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start_on(port: u16) -> RedisServer {
         let mut command = Command::new("redis-server");
-        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
         let proc = Proc::spawn(command);
-        poll(Duration::from_secs(10), "redis-server to answer PING", || {
-            redis_ping(port).then_some(())
-        });
+        poll(
+            Duration::from_secs(10),
+            "redis-server to answer PING",
+            || redis_ping(port).then_some(()),
+        );
         RedisServer { proc, port }
     }
 
@@ -183,10 +210,19 @@ pub fn pg_schema(base_url: &str, tag: &str) -> String {
     let schema = format!("hw_{tag}_{}_{nanos}", std::process::id());
     let status = Command::new("psql")
         .arg(base_url)
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE SCHEMA {schema}")])
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            &format!("CREATE SCHEMA {schema}"),
+        ])
         .status()
         .expect("psql (Debian package postgresql-client) is required");
-    assert!(status.success(), "creating schema {schema} failed; is PostgreSQL at {base_url} up?");
+    assert!(
+        status.success(),
+        "creating schema {schema} failed; is PostgreSQL at {base_url} up?"
+    );
     let sep = if base_url.contains('?') { '&' } else { '?' };
     format!("{base_url}{sep}options=-csearch_path%3D{schema}")
 }

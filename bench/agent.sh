@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Benchmarks the heapwarden agent (start-up, restart latency, footprint, sampling cost,
+# leak-detection latency, heap-profile dump time) and prints markdown tables.
+# Builds the release binaries first: the figures are for what ships.
+#
+# Usage: bench/agent.sh [--quick] [--only startup,restart,footprint,detection,dump]
+#   --quick   short smoke run (about 1 minute); its figures are not reference figures
+# Full run: about 6 minutes. Progress goes to stderr, tables to stdout:
+#   bench/agent.sh > agent-bench.md
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cargo build --release --workspace --bins >&2
+exec "${CARGO_TARGET_DIR:-$root/target}/release/bench-agent" "$@"
