@@ -26,7 +26,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// `worker_env`: variables every worker gets so it sees the agent's config.
 pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<()> {
     let (log, log_guard) = crate::log::init(&config.log);
-    let result = run_logged(config, worker_env, log.new(o!("module" => "agent")));
+    let result = run_logged(config, worker_env, log.clone());
     if let Err(e) = &result {
         slog::error!(log, "The agent could not run."; "error" => format!("{e:#}"));
     }
@@ -35,7 +35,9 @@ pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<
     result
 }
 
-fn run_logged(config: Config, worker_env: Vec<(String, String)>, log: Logger) -> anyhow::Result<()> {
+/// `root` has no context; each part gets its own `module`.
+fn run_logged(config: Config, worker_env: Vec<(String, String)>, root: Logger) -> anyhow::Result<()> {
+    let log = root.new(o!("module" => "agent"));
     prepare_state_dir(&config.state_dir)?;
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
         .context("the admin token cannot be used")?;
@@ -61,7 +63,7 @@ fn run_logged(config: Config, worker_env: Vec<(String, String)>, log: Logger) ->
             "state_dir" => config.state_dir.display().to_string());
         metrics::gauge!("heapwarden_profiles_limit_bytes").set(config.profiles.max_bytes.bytes() as f64);
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
-        let sup_log = log.new(o!("module" => "supervisor"));
+        let sup_log = root.new(o!("module" => "supervisor"));
         let (supervisor, handles) = Supervisor::new(config.clone(), worker_env, socket, sup_log)?;
         let (exposition_writer, exposition_reader) = exposition_channel();
         let (samples_tx, samples_rx) = mpsc::channel(1024);
@@ -75,7 +77,7 @@ fn run_logged(config: Config, worker_env: Vec<(String, String)>, log: Logger) ->
             samples_tx,
             handles.requests.clone(),
             exposition_writer,
-            log.new(o!("module" => "sampler")),
+            root.new(o!("module" => "sampler")),
         ));
         let watchdog = Watchdog::new(
             config.watchdog.clone(),
@@ -83,7 +85,7 @@ fn run_logged(config: Config, worker_env: Vec<(String, String)>, log: Logger) ->
             handles.requests.clone(),
             store.clone(),
             figures_tx,
-            log.new(o!("module" => "watchdog")),
+            root.new(o!("module" => "watchdog")),
         );
         let watchdog = tokio::spawn(watchdog.run(samples_rx));
         let api = api_router(ApiState {
@@ -91,7 +93,7 @@ fn run_logged(config: Config, worker_env: Vec<(String, String)>, log: Logger) ->
             figures: figures_rx,
             requests: handles.requests.clone(),
             store: store.clone(),
-            log: log.new(o!("module" => "api")),
+            log: root.new(o!("module" => "api")),
         });
         let admin_state = AdminState {
             metrics,

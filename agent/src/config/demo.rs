@@ -26,6 +26,8 @@ pub struct DemoConfig {
     pub leak_endpoint: bool,
     /// Bytes leaked per second on purpose (0B: none).
     pub leak_rate: Size,
+    /// Worker slots that leak at `leak-rate`; empty: every worker.
+    pub leak_slots: Vec<usize>,
     /// Upper bound of the SQL connection pool.
     pub db_max_connections: u32,
     /// How long a request waits for a pooled connection before failing with 503.
@@ -72,6 +74,7 @@ impl Default for DemoConfig {
             seed_rows: 1000,
             leak_endpoint: false,
             leak_rate: Size(0),
+            leak_slots: Vec::new(),
             db_max_connections: 8,
             db_acquire_timeout: Duration::from_secs(5),
             db_idle_timeout: Duration::from_secs(60),

@@ -44,6 +44,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     pub lag: RuntimeLag,
     pub draining: AtomicBool,
+    /// The worker slot this process serves (`HEAPWARDEN_WORKER_SLOT`).
+    pub slot: usize,
     /// `x-worker` on every response: which slot served it (tests and debugging).
     pub worker_header: axum::http::HeaderValue,
     /// Whether request log records are written at all (level info or finer).
@@ -114,6 +116,7 @@ async fn run(
             config.log.level,
             LogLevel::Info | LogLevel::Debug | LogLevel::Trace
         ),
+        slot: args.slot,
         worker_header: axum::http::HeaderValue::from(args.slot),
         l1: cache::L1::new(demo.l1_capacity, demo.l1_ttl),
         lag: heapwarden_probes::spawn_lag_monitor(LAG_PERIOD),
@@ -166,7 +169,8 @@ fn connect_probe(app: &Arc<App>) {
 fn spawn_background(app: &Arc<App>, stop: &CancellationToken) {
     tokio::spawn(app.jobs.clone().run(stop.clone(), FALLBACK_DRAIN));
     let leak_rate = app.config.leak_rate.bytes();
-    if leak_rate > 0 {
+    let leaks_here = app.config.leak_slots.is_empty() || app.config.leak_slots.contains(&app.slot);
+    if leak_rate > 0 && leaks_here {
         tokio::spawn(leak::leak_steadily(leak_rate, app.log.clone()));
     }
     let handle = app.metrics.clone();

@@ -1,0 +1,218 @@
+//! End-to-end tests of the watchdog: the real agent with two demo workers, one leaking
+//! for real (`leak-rate`, `leak-slots`), under a client loop of HTTP requests.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use heapwarden_tests::*;
+use serde_json::Value;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const LEAK_FN: &str = "leak_on_purpose_for_heap_profile";
+
+struct Setup {
+    sandbox: Sandbox,
+    agent: Proc,
+    service: SocketAddr,
+    config: std::path::PathBuf,
+}
+
+fn start(action: &str) -> Setup {
+    let sandbox = Sandbox::new();
+    let (port, admin) = (free_port(), free_port());
+    let agent = sandbox.agent(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[pool]
+workers = 2
+listen = "127.0.0.1:{port}"
+min-uptime = "1s"
+drain-timeout = "5s"
+kill-timeout = "2s"
+[sampling]
+interval = "250ms"
+pss-every = 4
+[watchdog]
+warmup = "3s"
+max-memory = "1GiB"
+growth = "off"
+trend-window = "6s"
+trend-min-rate = "1MiB/s"
+action = "{action}"
+[log]
+level = "warn"
+[demo]
+seed-rows = 100
+leak-rate = "6MiB"
+leak-slots = [1]
+"#
+    ));
+    let config = sandbox.path().join("heapwarden.toml");
+    let service = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    // The log level is warn (the demo logs every request at info): poll /readyz.
+    let deadline = std::time::Instant::now() + SECS(60);
+    while !matches!(http_get(admin, "/readyz", SECS(2)), Ok((200, _))) {
+        assert!(std::time::Instant::now() < deadline, "agent not ready:\n{}", agent.logs.raw());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Setup { sandbox, agent, service, config }
+}
+
+fn cli(setup: &Setup, args: &[&str]) -> Value {
+    let out = Command::new(heapwarden())
+        .args(args)
+        .arg("--json")
+        .arg("-c")
+        .arg(&setup.config)
+        .output()
+        .expect("run the CLI");
+    assert!(out.status.success(), "heapwarden {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("CLI JSON")
+}
+
+/// Reads items in a loop on fresh connections until stopped; failures are kept.
+struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    fn start(addr: SocketAddr, threads: usize) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut id = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        id = id % 100 + 1;
+                        match http_get(addr, &format!("/items/{id}"), SECS(10)) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failed.lock().unwrap().push(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        ClientLoop { stop, ok, failed, threads }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.lock().unwrap().clone())
+    }
+}
+
+fn go_pprof(args: &[&str]) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .output()
+        .expect("`go` is missing: install the Debian package golang-go");
+    assert!(out.status.success(), "go tool pprof {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first function line of `go tool pprof -top` output.
+fn top_entry(report: &str) -> String {
+    report
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
+    let _guard = TimeoutGuard::new("leak_replaced", SECS(150));
+    let setup = start("restart");
+    let logs = &setup.agent.logs;
+    let clients = ClientLoop::start(setup.service, 4);
+
+    let detection = logs.wait_for(SECS(60), "leak detection on worker 1", |r| {
+        r["msg"] == "A memory leak was detected." && r["worker"] == 1
+    });
+    assert_eq!(detection["rule"], "trend", "{detection}");
+    let sites = detection["top_growing_sites"].as_array().expect("top sites");
+    let top = sites.first().and_then(|s| s["function"].as_str()).unwrap_or_default();
+    assert!(top.contains(LEAK_FN), "top growing site names the leak: {sites:?}");
+    let leak_id = detection["profile_id"].as_u64().expect("leak profile id");
+    let base_id = detection["baseline_profile_id"].as_u64().expect("baseline id");
+
+    let replaced = logs.wait_for(SECS(30), "leak replacement of worker 1", |r| {
+        r["msg"] == "A memory leak was detected." && r["worker"] == 1 && r["action"] == "restart"
+    });
+    assert_eq!(replaced["profile_id"], detection["profile_id"]);
+    let deadline = std::time::Instant::now() + SECS(30);
+    loop {
+        let workers = cli(&setup, &["ps"]);
+        if workers[1]["restarts"].as_u64().unwrap_or(0) >= 1 && workers[1]["ready"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "worker 1 was not replaced: {workers}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the old worker drain and the new one serve for a while under load.
+    let served = clients.ok.load(Ordering::Relaxed);
+    while clients.ok.load(Ordering::Relaxed) < served + 300 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, failures) = clients.finish();
+    assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(ok > 300, "the client loop made progress ({ok})");
+    let workers = cli(&setup, &["ps"]);
+    assert_eq!(workers[0]["restarts"], 0, "the healthy worker was left alone: {workers}");
+
+    // The on-call view: the diff names the leak, the files open in go tool pprof.
+    let diff = cli(&setup, &["diff", &leak_id.to_string()]);
+    assert!(diff["top"][0]["function"].as_str().unwrap_or_default().contains(LEAK_FN), "{diff}");
+    let dir = setup.sandbox.path();
+    let (leak, base) = (dir.join("leak.pb.gz"), dir.join("base.pb.gz"));
+    cli(&setup, &["pull", &leak_id.to_string(), "-o", leak.to_str().unwrap()]);
+    cli(&setup, &["pull", &base_id.to_string(), "-o", base.to_str().unwrap()]);
+    let top = go_pprof(&["-top", leak.to_str().unwrap()]);
+    assert!(top_entry(&top).contains(LEAK_FN), "go tool pprof -top:\n{top}");
+    let diff = go_pprof(&["-top", "-base", base.to_str().unwrap(), leak.to_str().unwrap()]);
+    assert!(top_entry(&diff).contains(LEAK_FN), "go tool pprof -top -base:\n{diff}");
+    let profiles = cli(&setup, &["profiles"]);
+    let triggers: Vec<&str> = profiles.as_array().unwrap().iter().filter_map(|p| p["trigger"].as_str()).collect();
+    assert!(triggers.contains(&"baseline") && triggers.contains(&"leak"), "{triggers:?}");
+}
+
+#[test]
+fn the_dry_run_writes_the_profile_and_restarts_nothing() {
+    let _guard = TimeoutGuard::new("dry_run", SECS(120));
+    let setup = start("profile-only");
+    let logs = &setup.agent.logs;
+    let detection = logs.wait_for(SECS(60), "leak detection", |r| {
+        r["msg"] == "A memory leak was detected." && r["worker"] == 1
+    });
+    assert_eq!(detection["action"], "profile-only");
+    let leak_id = detection["profile_id"].as_u64().expect("the leak profile was written");
+    // Give a restart every chance to happen: several sampling rounds and a drain.
+    std::thread::sleep(SECS(3));
+    let workers = cli(&setup, &["ps"]);
+    assert!(workers.as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{workers}");
+    let profiles = cli(&setup, &["profiles"]);
+    assert!(
+        profiles.as_array().unwrap().iter().any(|p| p["id"] == leak_id && p["trigger"] == "leak"),
+        "{profiles}"
+    );
+    let baselines = profiles.as_array().unwrap().iter().filter(|p| p["trigger"] == "baseline").count();
+    assert_eq!(baselines, 2, "a baseline per worker: {profiles}");
+}
