@@ -4,6 +4,8 @@
 
 #![allow(unsafe_code)]
 
+pub mod promql;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -107,11 +109,21 @@ impl Logs {
     }
 
     pub fn records(&self) -> Vec<Value> {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).records.clone()
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .records
+            .clone()
     }
 
     pub fn raw(&self) -> String {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).raw.join("\n")
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .raw
+            .join("\n")
     }
 
     /// Records matching `pred`, in order.
@@ -120,7 +132,13 @@ impl Logs {
     }
 
     /// Waits until at least `n` records match `pred`; panics with the log on timeout.
-    pub fn wait_for_n(&self, n: usize, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn wait_for_n(
+        &self,
+        n: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         let (lock, cvar) = &*self.inner;
         let mut buf = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,11 +179,20 @@ pub struct Proc {
 impl Proc {
     /// Spawns `command` with stdout/stderr collected and a parent-death signal.
     pub fn spawn(mut command: Command) -> Proc {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 Ok(())
             });
         }
@@ -247,9 +274,16 @@ impl Sandbox {
         let text = format!("state-dir = {:?}\n{config}", state.display().to_string());
         let path = self.write("heapwarden.toml", &text);
         let mut command = Command::new(heapwarden());
-        command.arg("run").arg("-c").arg(path).current_dir(self.dir.path());
+        command
+            .arg("run")
+            .arg("-c")
+            .arg(path)
+            .current_dir(self.dir.path());
         if !config.contains("[admin]") {
-            command.env("HEAPWARDEN_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()));
+            command.env(
+                "HEAPWARDEN_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            );
         }
         Proc::spawn(command)
     }
@@ -288,7 +322,10 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -296,7 +333,10 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -340,6 +380,9 @@ print("python worker drained", flush=True)
 
 /// TOML for `command = [...]` running the Python worker.
 pub fn py_worker_command() -> String {
-    let script = PY_HTTP_WORKER.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let script = PY_HTTP_WORKER
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
     format!("command = [\"python3\", \"-c\", \"{script}\"]")
 }

@@ -21,7 +21,11 @@ fn ts(record: &Value) -> f64 {
 /// Parses the RFC 3339 `ts` the agent writes (UTC, fractional seconds).
 fn humantime_parse(text: &str) -> Duration {
     // 2026-11-22T15:23:51.570660567Z → seconds within the day are enough here.
-    let time = text.split('T').nth(1).expect("time part").trim_end_matches('Z');
+    let time = text
+        .split('T')
+        .nth(1)
+        .expect("time part")
+        .trim_end_matches('Z');
     let mut parts = time.split(':');
     let h: f64 = parts.next().and_then(|p| p.parse().ok()).expect("hours");
     let m: f64 = parts.next().and_then(|p| p.parse().ok()).expect("minutes");
@@ -63,9 +67,15 @@ max-restarts = 20
     for pair in gaps.windows(2) {
         assert!(pair[1] > pair[0] * 1.5, "delays must grow: {gaps:?}");
     }
-    assert!(gaps[0] >= 0.09 && gaps[0] < 0.5, "first delay ~100ms: {gaps:?}");
+    assert!(
+        gaps[0] >= 0.09 && gaps[0] < 0.5,
+        "first delay ~100ms: {gaps:?}"
+    );
     let restarts = agent.logs.matching(msg("A worker slot restarted."));
-    assert!(restarts.iter().all(|r| r["reason"] == "exit"), "{restarts:?}");
+    assert!(
+        restarts.iter().all(|r| r["reason"] == "exit"),
+        "{restarts:?}"
+    );
     let exits = agent.logs.matching(msg("A worker exited."));
     assert!(exits.iter().all(|r| r["exit_code"] == 3), "{exits:?}");
 }
@@ -89,17 +99,33 @@ window = "60s"
 cool-down = "2s"
 "#
     ));
-    let failed = agent
-        .logs
-        .wait_for(SECS(20), "slot failed", msg("A worker slot keeps failing; it is paused before the next try."));
+    let failed = agent.logs.wait_for(
+        SECS(20),
+        "slot failed",
+        msg("A worker slot keeps failing; it is paused before the next try."),
+    );
     assert_eq!(failed["worker"], 0);
     let starts_before = agent.logs.matching(msg("A worker started.")).len();
-    assert_eq!(starts_before, 3, "exactly max-restarts starts before the cool-down");
-    let next = agent.logs.wait_for_n(starts_before + 1, SECS(10), "start after cool-down", msg("A worker started."));
+    assert_eq!(
+        starts_before, 3,
+        "exactly max-restarts starts before the cool-down"
+    );
+    let next = agent.logs.wait_for_n(
+        starts_before + 1,
+        SECS(10),
+        "start after cool-down",
+        msg("A worker started."),
+    );
     let waited = ts(&next[starts_before]) - ts(&failed);
-    assert!((1.9..4.0).contains(&waited), "retried after the 2s cool-down, waited {waited}s");
+    assert!(
+        (1.9..4.0).contains(&waited),
+        "retried after the 2s cool-down, waited {waited}s"
+    );
     let crashes = agent.logs.matching(msg("A worker slot restarted."));
-    assert!(crashes.iter().all(|r| r["reason"] == "crash"), "{crashes:?}");
+    assert!(
+        crashes.iter().all(|r| r["reason"] == "crash"),
+        "{crashes:?}"
+    );
 }
 
 #[test]
@@ -117,20 +143,29 @@ min-uptime = "200ms"
 kill-timeout = "1s"
 "#
     ));
-    agent.logs.wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    agent
+        .logs
+        .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
     let pids = worker_pids(&agent.logs);
     assert_eq!(pids.len(), 2);
     let sent = std::time::Instant::now();
     agent.signal(Signal::SIGTERM);
-    let status = agent.wait_exit(SECS(10)).expect("agent exits after kill-timeout");
+    let status = agent
+        .wait_exit(SECS(10))
+        .expect("agent exits after kill-timeout");
     let took = sent.elapsed();
     assert!(status.success(), "agent exit status {status:?}");
-    assert!(took >= Duration::from_millis(900), "waited for kill-timeout, took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited for kill-timeout, took {took:?}"
+    );
     assert!(took < SECS(4), "exited within the bound, took {took:?}");
     for pid in pids {
         assert!(wait_gone(pid, SECS(2)), "worker {pid} still running");
     }
-    agent.logs.wait_for(SECS(5), "TERM was delivered", |r| r["msg"] == "ignoring TERM");
+    agent.logs.wait_for(SECS(5), "TERM was delivered", |r| {
+        r["msg"] == "ignoring TERM"
+    });
 }
 
 #[test]
@@ -148,11 +183,19 @@ min-uptime = "200ms"
 kill-timeout = "30s"
 "#
     ));
-    agent.logs.wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    agent
+        .logs
+        .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
     agent.signal(Signal::SIGTERM);
-    agent.logs.wait_for(SECS(5), "first signal", msg("Shutdown signal received: draining workers."));
+    agent.logs.wait_for(
+        SECS(5),
+        "first signal",
+        msg("Shutdown signal received: draining workers."),
+    );
     agent.signal(Signal::SIGINT);
-    let status = agent.wait_exit(SECS(5)).expect("second signal ends the agent at once");
+    let status = agent
+        .wait_exit(SECS(5))
+        .expect("second signal ends the agent at once");
     assert!(status.success());
 }
 
@@ -170,7 +213,9 @@ command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
 min-uptime = "200ms"
 "#
     ));
-    agent.logs.wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    agent
+        .logs
+        .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
     let pids = worker_pids(&agent.logs);
     assert_eq!(pids.len(), 3);
     agent.signal(Signal::SIGKILL);
@@ -202,7 +247,11 @@ fn the_shared_socket_is_served_by_every_worker() {
     let port = free_port();
     let agent = python_pool(&sandbox, 3, port);
     // Ready comes from READY=1 on each worker's NOTIFY_SOCKET (min-uptime is 10s).
-    agent.logs.wait_for(SECS(8), "all ready via sd_notify", msg("Every worker is ready."));
+    agent.logs.wait_for(
+        SECS(8),
+        "all ready via sd_notify",
+        msg("Every worker is ready."),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..300 {
@@ -214,7 +263,11 @@ fn the_shared_socket_is_served_by_every_worker() {
             break;
         }
     }
-    assert_eq!(seen.len(), 3, "every worker accepted on the shared socket: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "every worker accepted on the shared socket: {seen:?}"
+    );
 }
 
 #[test]
@@ -223,7 +276,9 @@ fn rolling_reload_under_load_drops_no_request() {
     let sandbox = Sandbox::new();
     let port = free_port();
     let agent = python_pool(&sandbox, 2, port);
-    agent.logs.wait_for(SECS(8), "all ready", msg("Every worker is ready."));
+    agent
+        .logs
+        .wait_for(SECS(8), "all ready", msg("Every worker is ready."));
     let old_pids = worker_pids(&agent.logs);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -246,11 +301,16 @@ fn rolling_reload_under_load_drops_no_request() {
         .collect();
     let before = ok.load(Ordering::Relaxed);
     agent.signal(Signal::SIGHUP);
-    agent.logs.wait_for_n(2, SECS(30), "both slots reloaded", |r| {
-        r["msg"] == "A worker slot restarted." && r["reason"] == "reload"
-    });
+    agent
+        .logs
+        .wait_for_n(2, SECS(30), "both slots reloaded", |r| {
+            r["msg"] == "A worker slot restarted." && r["reason"] == "reload"
+        });
     for pid in &old_pids {
-        assert!(wait_gone(*pid, SECS(10)), "old worker {pid} drained and exited");
+        assert!(
+            wait_gone(*pid, SECS(10)),
+            "old worker {pid} drained and exited"
+        );
     }
     // Keep the load on the new workers for a moment.
     let after_reload = ok.load(Ordering::Relaxed);
@@ -262,8 +322,16 @@ fn rolling_reload_under_load_drops_no_request() {
         c.join().unwrap();
     }
     let failures = failed.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(ok.load(Ordering::Relaxed) > before + 200, "the client loop made progress");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > before + 200,
+        "the client loop made progress"
+    );
     let new_pids = worker_pids(&agent.logs);
     assert_eq!(new_pids.len(), 4, "two new workers started");
 }
@@ -297,7 +365,12 @@ x = 1
             .expect("run heapwarden");
         assert_eq!(out.status.code(), Some(64), "{verb} exits 64");
         let err = String::from_utf8_lossy(&out.stderr);
-        for key in ["pool.workers", "pool.min-uptime", "watchdog.max-memory", "nonsense"] {
+        for key in [
+            "pool.workers",
+            "pool.min-uptime",
+            "watchdog.max-memory",
+            "nonsense",
+        ] {
             assert!(err.contains(key), "{verb}: {key} not named in:\n{err}");
         }
         assert!(out.stdout.is_empty(), "{verb} started nothing");
@@ -314,7 +387,10 @@ x = 1
         .expect("run heapwarden");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64));
-    assert!(err.contains("pool.restart.factor") && err.contains("watchdog.strikes"), "{err}");
+    assert!(
+        err.contains("pool.restart.factor") && err.contains("watchdog.strikes"),
+        "{err}"
+    );
     // An environment override is type-checked and attributed too.
     let out = std::process::Command::new(heapwarden())
         .args(["check-config"])
@@ -323,5 +399,8 @@ x = 1
         .expect("run heapwarden");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64));
-    assert!(err.contains("pool.workers") && err.contains("HEAPWARDEN_POOL_WORKERS"), "{err}");
+    assert!(
+        err.contains("pool.workers") && err.contains("HEAPWARDEN_POOL_WORKERS"),
+        "{err}"
+    );
 }

@@ -57,10 +57,19 @@ leak-slots = [1]
     // The log level is warn (the demo logs every request at info): poll /readyz.
     let deadline = std::time::Instant::now() + SECS(60);
     while !matches!(http_get(admin, "/readyz", SECS(2)), Ok((200, _))) {
-        assert!(std::time::Instant::now() < deadline, "agent not ready:\n{}", agent.logs.raw());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent not ready:\n{}",
+            agent.logs.raw()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Setup { sandbox, agent, service, config }
+    Setup {
+        sandbox,
+        agent,
+        service,
+        config,
+    }
 }
 
 fn cli(setup: &Setup, args: &[&str]) -> Value {
@@ -71,7 +80,11 @@ fn cli(setup: &Setup, args: &[&str]) -> Value {
         .arg(&setup.config)
         .output()
         .expect("run the CLI");
-    assert!(out.status.success(), "heapwarden {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "heapwarden {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("CLI JSON")
 }
 
@@ -105,7 +118,12 @@ impl ClientLoop {
                 })
             })
             .collect();
-        ClientLoop { stop, ok, failed, threads }
+        ClientLoop {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
     }
 
     fn finish(self) -> (u64, Vec<String>) {
@@ -113,7 +131,10 @@ impl ClientLoop {
         for t in self.threads {
             t.join().unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.lock().unwrap().clone())
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.lock().unwrap().clone(),
+        )
     }
 }
 
@@ -123,7 +144,11 @@ fn go_pprof(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("`go` is missing: install the Debian package golang-go");
-    assert!(out.status.success(), "go tool pprof {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -148,11 +173,21 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
         r["msg"] == "A memory leak was detected." && r["worker"] == 1
     });
     assert_eq!(detection["rule"], "trend", "{detection}");
-    let sites = detection["top_growing_sites"].as_array().expect("top sites");
-    let top = sites.first().and_then(|s| s["function"].as_str()).unwrap_or_default();
-    assert!(top.contains(LEAK_FN), "top growing site names the leak: {sites:?}");
+    let sites = detection["top_growing_sites"]
+        .as_array()
+        .expect("top sites");
+    let top = sites
+        .first()
+        .and_then(|s| s["function"].as_str())
+        .unwrap_or_default();
+    assert!(
+        top.contains(LEAK_FN),
+        "top growing site names the leak: {sites:?}"
+    );
     let leak_id = detection["profile_id"].as_u64().expect("leak profile id");
-    let base_id = detection["baseline_profile_id"].as_u64().expect("baseline id");
+    let base_id = detection["baseline_profile_id"]
+        .as_u64()
+        .expect("baseline id");
 
     let replaced = logs.wait_for(SECS(30), "leak replacement of worker 1", |r| {
         r["msg"] == "A memory leak was detected." && r["worker"] == 1 && r["action"] == "restart"
@@ -164,7 +199,10 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
         if workers[1]["restarts"].as_u64().unwrap_or(0) >= 1 && workers[1]["ready"] == true {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "worker 1 was not replaced: {workers}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker 1 was not replaced: {workers}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Let the old worker drain and the new one serve for a while under load.
@@ -173,25 +211,64 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (ok, failures) = clients.finish();
-    assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     assert!(ok > 300, "the client loop made progress ({ok})");
     let workers = cli(&setup, &["ps"]);
-    assert_eq!(workers[0]["restarts"], 0, "the healthy worker was left alone: {workers}");
+    assert_eq!(
+        workers[0]["restarts"], 0,
+        "the healthy worker was left alone: {workers}"
+    );
 
     // The on-call view: the diff names the leak, the files open in go tool pprof.
     let diff = cli(&setup, &["diff", &leak_id.to_string()]);
-    assert!(diff["top"][0]["function"].as_str().unwrap_or_default().contains(LEAK_FN), "{diff}");
+    assert!(
+        diff["top"][0]["function"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(LEAK_FN),
+        "{diff}"
+    );
     let dir = setup.sandbox.path();
     let (leak, base) = (dir.join("leak.pb.gz"), dir.join("base.pb.gz"));
-    cli(&setup, &["pull", &leak_id.to_string(), "-o", leak.to_str().unwrap()]);
-    cli(&setup, &["pull", &base_id.to_string(), "-o", base.to_str().unwrap()]);
+    cli(
+        &setup,
+        &["pull", &leak_id.to_string(), "-o", leak.to_str().unwrap()],
+    );
+    cli(
+        &setup,
+        &["pull", &base_id.to_string(), "-o", base.to_str().unwrap()],
+    );
     let top = go_pprof(&["-top", leak.to_str().unwrap()]);
-    assert!(top_entry(&top).contains(LEAK_FN), "go tool pprof -top:\n{top}");
-    let diff = go_pprof(&["-top", "-base", base.to_str().unwrap(), leak.to_str().unwrap()]);
-    assert!(top_entry(&diff).contains(LEAK_FN), "go tool pprof -top -base:\n{diff}");
+    assert!(
+        top_entry(&top).contains(LEAK_FN),
+        "go tool pprof -top:\n{top}"
+    );
+    let diff = go_pprof(&[
+        "-top",
+        "-base",
+        base.to_str().unwrap(),
+        leak.to_str().unwrap(),
+    ]);
+    assert!(
+        top_entry(&diff).contains(LEAK_FN),
+        "go tool pprof -top -base:\n{diff}"
+    );
     let profiles = cli(&setup, &["profiles"]);
-    let triggers: Vec<&str> = profiles.as_array().unwrap().iter().filter_map(|p| p["trigger"].as_str()).collect();
-    assert!(triggers.contains(&"baseline") && triggers.contains(&"leak"), "{triggers:?}");
+    let triggers: Vec<&str> = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["trigger"].as_str())
+        .collect();
+    assert!(
+        triggers.contains(&"baseline") && triggers.contains(&"leak"),
+        "{triggers:?}"
+    );
 }
 
 #[test]
@@ -203,16 +280,34 @@ fn the_dry_run_writes_the_profile_and_restarts_nothing() {
         r["msg"] == "A memory leak was detected." && r["worker"] == 1
     });
     assert_eq!(detection["action"], "profile-only");
-    let leak_id = detection["profile_id"].as_u64().expect("the leak profile was written");
+    let leak_id = detection["profile_id"]
+        .as_u64()
+        .expect("the leak profile was written");
     // Give a restart every chance to happen: several sampling rounds and a drain.
     std::thread::sleep(SECS(3));
     let workers = cli(&setup, &["ps"]);
-    assert!(workers.as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{workers}");
+    assert!(
+        workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["restarts"] == 0),
+        "{workers}"
+    );
     let profiles = cli(&setup, &["profiles"]);
     assert!(
-        profiles.as_array().unwrap().iter().any(|p| p["id"] == leak_id && p["trigger"] == "leak"),
+        profiles
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == leak_id && p["trigger"] == "leak"),
         "{profiles}"
     );
-    let baselines = profiles.as_array().unwrap().iter().filter(|p| p["trigger"] == "baseline").count();
+    let baselines = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["trigger"] == "baseline")
+        .count();
     assert_eq!(baselines, 2, "a baseline per worker: {profiles}");
 }

@@ -63,13 +63,20 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -109,7 +116,10 @@ async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
             state: s.state.as_str(),
             ready: s.worker.as_ref().is_some_and(|w| w.ready),
             probe: s.worker.as_ref().is_some_and(|w| w.probe),
-            uptime_seconds: s.worker.as_ref().map(|w| w.started_at.elapsed().as_secs_f64()),
+            uptime_seconds: s
+                .worker
+                .as_ref()
+                .map(|w| w.started_at.elapsed().as_secs_f64()),
             restarts: s.restarts,
             budget_exhausted: s.budget_exhausted,
             figures: figures.get(&s.slot).cloned().unwrap_or_default(),
@@ -120,11 +130,17 @@ async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
 
 /// Slots are small decimal numbers; anything else is a client error.
 fn parse_slot(raw: &str, view: &PoolView) -> Result<usize, ApiError> {
-    let slot: usize = raw
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{raw:?} is not a worker slot number")))?;
+    let slot: usize = raw.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not a worker slot number"),
+        )
+    })?;
     if slot >= view.slots.len() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no worker slot {slot}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no worker slot {slot}"),
+        ));
     }
     Ok(slot)
 }
@@ -133,14 +149,24 @@ fn parse_id(raw: &str) -> Result<u64, ApiError> {
     ProfileId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-async fn profile_now(State(state): State<ApiState>, Path(slot): Path<String>) -> Result<Response, ApiError> {
+async fn profile_now(
+    State(state): State<ApiState>,
+    Path(slot): Path<String>,
+) -> Result<Response, ApiError> {
     let view = state.pool.borrow().clone();
     let slot = parse_slot(&slot, &view)?;
-    let worker = view.slots[slot]
-        .worker
-        .clone()
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, format!("worker slot {slot} has no running worker")))?;
-    let figures = state.figures.borrow().get(&slot).cloned().unwrap_or_default();
+    let worker = view.slots[slot].worker.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("worker slot {slot} has no running worker"),
+        )
+    })?;
+    let figures = state
+        .figures
+        .borrow()
+        .get(&slot)
+        .cloned()
+        .unwrap_or_default();
     let request = CaptureRequest {
         slot,
         pid: worker.pid,
@@ -157,42 +183,77 @@ async fn profile_now(State(state): State<ApiState>, Path(slot): Path<String>) ->
     };
     match take_profile(&state.store, request, &state.log).await {
         Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
-        Err(e @ CaptureError::NoProbe { .. }) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
-        Err(e @ CaptureError::Skipped(_)) => Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())),
+        Err(e @ CaptureError::NoProbe { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e @ CaptureError::Skipped(_)) => Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
     }
 }
 
-async fn restart(State(state): State<ApiState>, Path(slot): Path<String>) -> Result<Response, ApiError> {
+async fn restart(
+    State(state): State<ApiState>,
+    Path(slot): Path<String>,
+) -> Result<Response, ApiError> {
     let slot = parse_slot(&slot, &state.pool.borrow().clone())?;
-    send(&state, Request::Replace { slot, reason: RestartReason::Manual }).await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "replacing": slot }))).into_response())
+    send(
+        &state,
+        Request::Replace {
+            slot,
+            reason: RestartReason::Manual,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "replacing": slot })),
+    )
+        .into_response())
 }
 
 async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
     send(&state, Request::Reload).await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "reloading": true }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "reloading": true })),
+    )
+        .into_response())
 }
 
 async fn send(state: &ApiState, request: Request) -> Result<(), ApiError> {
-    state
-        .requests
-        .send(request)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the supervisor is shutting down"))
+    state.requests.send(request).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is shutting down",
+        )
+    })
 }
 
 async fn profiles(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(Json(state.store.list().await?).into_response())
 }
 
-async fn download(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn download(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let (meta, path) = state.store.get(id).await?;
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("profile {id} is indexed but unreadable: {e}")))?;
-    let disposition = format!("attachment; filename=\"heapwarden-{}-worker{}-{}.pb.gz\"", meta.id, meta.slot, meta.trigger.as_str());
+    let bytes = tokio::fs::read(&path).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("profile {id} is indexed but unreadable: {e}"),
+        )
+    })?;
+    let disposition = format!(
+        "attachment; filename=\"heapwarden-{}-worker{}-{}.pb.gz\"",
+        meta.id,
+        meta.slot,
+        meta.trigger.as_str()
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),

@@ -91,18 +91,31 @@ fn run(verb: Verb) -> anyhow::Result<()> {
         Verb::Pull { id, output, common } => {
             let bytes = Client::new(&common)?.get_bytes(&format!("/profiles/{}", segment(&id)))?;
             let path = output.unwrap_or_else(|| PathBuf::from(format!("heapwarden-{id}.pb.gz")));
-            std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             if common.json {
-                println!("{}", serde_json::json!({ "id": id, "path": path, "bytes": bytes.len() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": id, "path": path, "bytes": bytes.len() })
+                );
             } else {
-                println!("wrote {} ({} bytes); open it with: go tool pprof -top {}", path.display(), bytes.len(), path.display());
+                println!(
+                    "wrote {} ({} bytes); open it with: go tool pprof -top {}",
+                    path.display(),
+                    bytes.len(),
+                    path.display()
+                );
             }
             Ok(())
         }
         Verb::Dump { slot, common } => {
-            let meta = Client::new(&common)?.post_json(&format!("/workers/{}/profile", segment(&slot)))?;
+            let meta =
+                Client::new(&common)?.post_json(&format!("/workers/{}/profile", segment(&slot)))?;
             print_out(&common, &meta, |m| {
-                println!("profile {} of worker {} written ({} bytes); pull it with: heapwarden pull {}", m["id"], m["slot"], m["bytes"], m["id"]);
+                println!(
+                    "profile {} of worker {} written ({} bytes); pull it with: heapwarden pull {}",
+                    m["id"], m["slot"], m["bytes"], m["id"]
+                );
             })
         }
         Verb::Diff { id, base, common } => {
@@ -114,12 +127,17 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             print_out(&common, &report, print_diff)
         }
         Verb::Restart { slot, common } => {
-            let reply = Client::new(&common)?.post_json(&format!("/workers/{}/restart", segment(&slot)))?;
-            print_out(&common, &reply, |_| println!("worker {slot} is being replaced (make-before-break)"))
+            let reply =
+                Client::new(&common)?.post_json(&format!("/workers/{}/restart", segment(&slot)))?;
+            print_out(&common, &reply, |_| {
+                println!("worker {slot} is being replaced (make-before-break)")
+            })
         }
         Verb::Reload(common) => {
             let reply = Client::new(&common)?.post_json("/reload")?;
-            print_out(&common, &reply, |_| println!("every worker is being replaced, one at a time"))
+            print_out(&common, &reply, |_| {
+                println!("every worker is being replaced, one at a time")
+            })
         }
     }
 }
@@ -136,7 +154,13 @@ fn print_out(common: &Common, value: &Value, table: impl Fn(&Value)) -> anyhow::
 /// Keeps user input inside one path segment; the agent validates the rest.
 fn segment(raw: &str) -> String {
     raw.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32 & 0xff)
+            }
+        })
         .collect()
 }
 
@@ -148,14 +172,19 @@ struct Client {
 
 impl Client {
     fn new(common: &Common) -> anyhow::Result<Client> {
-        let config = super::load_config(&common.config).map_err(|_| anyhow!("the config is invalid (see above)"))?;
+        let config = super::load_config(&common.config)
+            .map_err(|_| anyhow!("the config is invalid (see above)"))?;
         let token = read_token(&config)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
             .build()
             .into();
-        Ok(Client { base: format!("http://{}/api/v1", config.admin.listen), token, agent })
+        Ok(Client {
+            base: format!("http://{}/api/v1", config.admin.listen),
+            token,
+            agent,
+        })
     }
 
     fn get_json(&self, path: &str) -> anyhow::Result<Value> {
@@ -182,8 +211,12 @@ impl Client {
         serde_json::from_slice(&bytes).context("the agent sent invalid JSON")
     }
 
-    fn read(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Vec<u8>> {
-        let mut response = response.map_err(|e| anyhow!("cannot reach the agent at {}: {e}", self.base))?;
+    fn read(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mut response =
+            response.map_err(|e| anyhow!("cannot reach the agent at {}: {e}", self.base))?;
         let status = response.status().as_u16();
         let bytes = response
             .body_mut()
@@ -211,7 +244,11 @@ fn read_token(config: &Config) -> anyhow::Result<String> {
     } else {
         config.admin.token_file.clone()
     };
-    let token = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the admin token {} (set -c or HEAPWARDEN_ADMIN_TOKEN_FILE)", path.display()))?;
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the admin token {} (set -c or HEAPWARDEN_ADMIN_TOKEN_FILE)",
+            path.display()
+        )
+    })?;
     Ok(token.trim().to_string())
 }

@@ -55,7 +55,10 @@ fn worker_env(args: &ConfigArgs) -> Vec<(String, String)> {
     let mut env = Vec::new();
     if let Some(path) = &args.config {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-        env.push(("HEAPWARDEN_CONFIG".to_string(), absolute.display().to_string()));
+        env.push((
+            "HEAPWARDEN_CONFIG".to_string(),
+            absolute.display().to_string(),
+        ));
     }
     for (key, value) in args.overrides() {
         env.push((config::env_name(key), value));

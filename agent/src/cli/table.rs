@@ -3,7 +3,8 @@
 use serde_json::Value;
 
 pub fn mib(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
+    v.as_f64()
+        .map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
 }
 
 fn duration(v: &Value) -> String {
@@ -28,7 +29,15 @@ fn text(v: &Value) -> String {
 pub fn print_workers(rows: &Value) {
     println!(
         "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
-        "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS_MiB", "HEAP_MiB", "GROWTH_MiB/m", "TO_LIMIT"
+        "SLOT",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "RSS_MiB",
+        "HEAP_MiB",
+        "GROWTH_MiB/m",
+        "TO_LIMIT"
     );
     for r in rows.as_array().into_iter().flatten() {
         let growth = r["growth_bytes_per_second"]
@@ -54,11 +63,19 @@ pub fn print_workers(rows: &Value) {
 }
 
 pub fn print_profiles(rows: &Value) {
-    println!("{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  CREATED", "ID", "SLOT", "PID", "TRIGGER", "RULE", "BYTES", "HEAP_MiB");
+    println!(
+        "{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  CREATED",
+        "ID", "SLOT", "PID", "TRIGGER", "RULE", "BYTES", "HEAP_MiB"
+    );
     for r in rows.as_array().into_iter().flatten() {
         let created = r["created_unix_ms"]
             .as_u64()
-            .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string())
+            .map(|ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+                .to_string()
+            })
             .unwrap_or_default();
         println!(
             "{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  {created}",

@@ -22,8 +22,10 @@ fn the_example_config_parses_and_documents_every_key() {
     for key in known_keys() {
         let leaf = key.rsplit('.').next().unwrap();
         assert!(
-            EXAMPLE.lines().any(|l| l.trim_start().starts_with(&format!("{leaf} ="))
-                || l.trim_start().starts_with(&format!("[{key}]"))),
+            EXAMPLE
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{leaf} ="))
+                    || l.trim_start().starts_with(&format!("[{key}]"))),
             "systemd/heapwarden.toml does not document `{key}`"
         );
     }
@@ -41,7 +43,14 @@ fn the_example_matches_the_defaults() {
 #[test]
 fn environment_overrides_file_and_flags_override_environment() {
     let text = "[pool]\nworkers = 2\nlisten = \"127.0.0.1:1000\"\n";
-    let c = load_text(text, &[("HEAPWARDEN_POOL_WORKERS", "7"), ("HEAPWARDEN_POOL_MIN_UPTIME", "2s")]).unwrap();
+    let c = load_text(
+        text,
+        &[
+            ("HEAPWARDEN_POOL_WORKERS", "7"),
+            ("HEAPWARDEN_POOL_MIN_UPTIME", "2s"),
+        ],
+    )
+    .unwrap();
     assert_eq!(c.pool.workers, 7);
     assert_eq!(c.pool.min_uptime, std::time::Duration::from_secs(2));
     let c = load(
@@ -68,7 +77,11 @@ fn every_error_is_reported_with_its_key() {
 
 #[test]
 fn rules_can_be_switched_off() {
-    let c = load_text("[watchdog]\nmax-memory = \"off\"\ngrowth = \"off\"\ntrend-min-rate = \"off\"\n", &[]).unwrap();
+    let c = load_text(
+        "[watchdog]\nmax-memory = \"off\"\ngrowth = \"off\"\ntrend-min-rate = \"off\"\n",
+        &[],
+    )
+    .unwrap();
     assert_eq!(c.watchdog.max_memory.get(), None);
     assert_eq!(c.watchdog.trend_min_rate.get(), None);
 }

@@ -41,6 +41,8 @@ struct WorkerRuntime {
     pid: u32,
     link: ControlLink,
     started_wall: SystemTime,
+    /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
+    drain_started: Option<Instant>,
 }
 
 pub struct Supervisor {
@@ -161,7 +163,10 @@ impl Supervisor {
                     info!(self.log, "SIGHUP received: replacing every worker, one slot at a time.");
                     Some(Event::Reload)
                 }
-                Some((worker, status)) = self.exits_rx.recv() => Some(Event::Exited { worker, status }),
+                Some((worker, status)) = self.exits_rx.recv() => {
+                    self.record_drain(worker);
+                    Some(Event::Exited { worker, status })
+                }
                 Some(worker) = self.ready_rx.recv() => Some(Event::Ready { worker }),
                 Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
                 Some(request) = self.requests_rx.recv() => Some(match request {
@@ -222,6 +227,9 @@ impl Supervisor {
                 pid,
                 via_channel,
             } => {
+                if let Some(rt) = self.runtimes.get_mut(&worker) {
+                    rt.drain_started = Some(Instant::now());
+                }
                 let deadline_ms = self.config.pool.drain_timeout.as_millis() as u64;
                 let sent = via_channel
                     && self
@@ -330,6 +338,7 @@ impl Supervisor {
                 pid,
                 link,
                 started_wall: SystemTime::now(),
+                drain_started: None,
             },
         );
         Event::Spawned { worker, pid }
@@ -378,6 +387,14 @@ impl Supervisor {
             }
             let _ = origin_link.send(AgentMsg::InvalidateDone { seq });
         });
+    }
+
+    fn record_drain(&self, worker: WorkerId) {
+        if let Some(started) = self.runtimes.get(&worker).and_then(|r| r.drain_started) {
+            let seconds = started.elapsed().as_secs_f64();
+            metrics::histogram!("heapwarden_drain_duration_seconds").record(seconds);
+            info!(self.log, "A drained worker has exited."; "worker_id" => worker, "seconds" => seconds);
+        }
     }
 
     fn heartbeat(&mut self) {

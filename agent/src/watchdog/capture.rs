@@ -23,7 +23,11 @@ pub enum CaptureError {
     #[error("skipped: {0}")]
     Skipped(StoreError),
     #[error("worker {slot} (pid {pid}) could not write its heap dump: {reason}")]
-    Dump { slot: usize, pid: u32, reason: String },
+    Dump {
+        slot: usize,
+        pid: u32,
+        reason: String,
+    },
     #[error("the heap dump of worker {slot} could not be converted: {reason}")]
     Convert { slot: usize, reason: String },
     #[error("the profile store failed: {0}")]
@@ -85,10 +89,23 @@ pub async fn take_profile(
     result
 }
 
-async fn capture(store: &ProfileStoreHandle, request: CaptureRequest) -> Result<ProfileMeta, CaptureError> {
-    let CaptureRequest { slot, pid, link, trigger, figures, rule } = request;
+async fn capture(
+    store: &ProfileStoreHandle,
+    request: CaptureRequest,
+) -> Result<ProfileMeta, CaptureError> {
+    let CaptureRequest {
+        slot,
+        pid,
+        link,
+        trigger,
+        figures,
+        rule,
+    } = request;
     let link = link.ok_or(CaptureError::NoProbe { slot })?;
-    let pending = store.begin(slot, pid, trigger).await.map_err(CaptureError::Skipped)?;
+    let pending = store
+        .begin(slot, pid, trigger)
+        .await
+        .map_err(CaptureError::Skipped)?;
     let path = pending.raw_path.display().to_string();
     let reply = link
         .request(move |seq| AgentMsg::Dump { seq, path }, DUMP_TIMEOUT)
@@ -105,7 +122,10 @@ async fn capture(store: &ProfileStoreHandle, request: CaptureRequest) -> Result<
     }
     if let Err(e) = convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await {
         store.abort(pending).await;
-        return Err(CaptureError::Convert { slot, reason: e.to_string() });
+        return Err(CaptureError::Convert {
+            slot,
+            reason: e.to_string(),
+        });
     }
     let (meta, removed) = store
         .commit(pending, figures, rule)

@@ -15,8 +15,8 @@ pub use capture::{CaptureError, CaptureRequest, take_profile};
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
 
 use crate::admin::api::{FiguresView, SlotFigures};
-use crate::config::types::{LeakAction, Watch};
 use crate::config::WatchdogConfig;
+use crate::config::types::{LeakAction, Watch};
 use crate::log::RedactedJson;
 use crate::profiles::{ProfileFigures, ProfileStoreHandle, Trigger};
 use crate::sampler::WorkerSample;
@@ -134,7 +134,9 @@ impl Watchdog {
             watch.figure = Figure::pick(self.config.watch, &sample);
             watch.detector.reset();
         }
-        let Some(value) = watch.figure.read(&sample) else { return };
+        let Some(value) = watch.figure.read(&sample) else {
+            return;
+        };
         let figure = watch.figure;
         let obs = watch.detector.observe(sample.at, value);
         record_trend(slot, &obs);
@@ -167,7 +169,13 @@ impl Watchdog {
     }
 
     /// Writes a profile off the sampling path; for a leak, then diffs and replaces.
-    fn spawn_profile(&self, sample: &WorkerSample, trigger: Trigger, trip: Option<Trip>, obs: &Observation) {
+    fn spawn_profile(
+        &self,
+        sample: &WorkerSample,
+        trigger: Trigger,
+        trip: Option<Trip>,
+        obs: &Observation,
+    ) {
         let view = self.pool.borrow();
         let Some(worker) = view.slots.get(sample.slot).and_then(|s| s.worker.clone()) else {
             return;
@@ -202,7 +210,16 @@ impl Watchdog {
             };
             let sites = diff
                 .as_ref()
-                .map(|d| serde_json::to_value(d.top.iter().filter(|e| e.delta_bytes > 0).take(TOP_SITES).collect::<Vec<_>>()).unwrap_or_default())
+                .map(|d| {
+                    serde_json::to_value(
+                        d.top
+                            .iter()
+                            .filter(|e| e.delta_bytes > 0)
+                            .take(TOP_SITES)
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap_or_default()
+                })
                 .unwrap_or_default();
             error!(log, "A memory leak was detected.";
                 "worker" => slot, "rule" => trip.rule.as_str(), "bytes" => trip.value,
@@ -212,7 +229,10 @@ impl Watchdog {
                 "top_growing_sites" => RedactedJson(sites),
                 "action" => if restart { "restart" } else { "profile-only" });
             if restart {
-                let replace = Request::Replace { slot, reason: RestartReason::Leak };
+                let replace = Request::Replace {
+                    slot,
+                    reason: RestartReason::Leak,
+                };
                 if requests.send(replace).await.is_err() {
                     info!(log, "The supervisor is gone; the leaking worker is not replaced."; "worker" => slot);
                 }

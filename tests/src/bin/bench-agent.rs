@@ -426,6 +426,9 @@ struct Window {
     rss_mean: f64,
     rss_max: f64,
     hwm: f64,
+    /// Anonymous (heap, stacks) and file-backed (the mapped binary) parts of VmRSS at the end.
+    rss_anon: f64,
+    rss_file: f64,
     cpu_percent: f64,
     rounds: f64,
     round_mean_ms: f64,
@@ -480,12 +483,18 @@ fn measure_window(bench: &Bench, spec: &Spec, seconds: u64, what: &str) -> Bench
     }
     let (cpu1, wall) = (cpu_ticks(pid), t0.elapsed().as_secs_f64());
     let hwm = status_kib(pid, "VmHWM:") / 1024.0;
+    let (rss_anon, rss_file) = (
+        status_kib(pid, "RssAnon:") / 1024.0,
+        status_kib(pid, "RssFile:") / 1024.0,
+    );
     let (sum1, count1) = rounds(agent.metrics());
     agent.stop();
     Ok(Window {
         rss_mean: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
         rss_max: percentile(&rss, 1.0),
         hwm,
+        rss_anon,
+        rss_file,
         cpu_percent: (cpu1 - cpu0) / bench.clock_ticks / wall * 100.0,
         rounds: count1 - count0,
         round_mean_ms: (sum1 - sum0) / (count1 - count0) * 1000.0,
@@ -542,12 +551,13 @@ fn footprint(bench: &Bench) -> BenchResult<()> {
     }
     println!("## Agent footprint: idle workers, sampled every 1 s\n");
     println!(
-        "| workers | window s | VmRSS mean MiB | VmRSS max MiB | VmHWM MiB | CPU % of one core | target |\n|---|---:|---:|---:|---:|---:|---|"
+        "| workers | window s | VmRSS mean MiB | VmRSS max MiB | VmHWM MiB | RssAnon / RssFile MiB | CPU % of one core | target |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|"
     );
     for (what, _, w, secs, target) in windows.iter().take(3) {
         println!(
-            "| {what} | {secs} | {:.1} | {:.1} | {:.1} | {:.3} | {target} |",
-            w.rss_mean, w.rss_max, w.hwm, w.cpu_percent
+            "| {what} | {secs} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.3} | {target} |",
+            w.rss_mean, w.rss_max, w.hwm, w.rss_anon, w.rss_file, w.cpu_percent
         );
     }
     println!(
@@ -606,12 +616,14 @@ fn detection(bench: &Bench) -> BenchResult<Vec<ProfileRecord>> {
     let window = if bench.quick { "20s" } else { "60s" };
     println!("## Leak detection: one probe-worker leaking, sampled every 1 s\n");
     println!(
-        "Config: `warmup = \"5s\"`, `max-memory = \"{LIMIT_MIB}MiB\"`, `growth = \"off\"`, `trend-window = \"{window}\"`, \
-         `trend-min-rate = \"1MiB/min\"` (or `\"off\"`); heap figure = `heapwarden_worker_heap_allocated_bytes`, polled every 100 ms.\n"
+        "Config: `warmup = \"5s\"`, `max-memory = \"{LIMIT_MIB}MiB\"`, `growth = \"off\"`, \
+         `trend-window = \"{window}\"`, `trend-min-rate = \"1MiB/min\"` (or `\"off\"`), `action = \"restart\"`; \
+         heap = `heapwarden_worker_heap_allocated_bytes{{worker=\"0\"}}` polled every 100 ms.\n"
     );
     println!(
-        "| leak | held at start | trend rule | ready → trip s | rule | heap at trip MiB | computed crossing → trip s \
-         | first /metrics ≥ {LIMIT_MIB} MiB → trip s | peak heap seen MiB |\n|---|---:|---|---:|---|---:|---:|---:|---:|"
+        "| leak | held at start | trend rule | ready → trip s | rule | heap at trip MiB | fitted rate MiB/s \
+         | crossing → tripping sample s | first /metrics ≥ {LIMIT_MIB} MiB → trip log s | peak heap seen MiB |\n\
+         |---|---:|---|---:|---|---:|---:|---:|---:|---:|"
     );
     let runs = [
         (1.0, 0, true),
@@ -621,9 +633,9 @@ fn detection(bench: &Bench) -> BenchResult<Vec<ProfileRecord>> {
     ];
     let mut profiles = Vec::new();
     for (rate, hold, trend) in runs {
+        let trend_text = if trend { "on" } else { "off" };
         progress(format!(
-            "detection: {rate} MiB/s, hold {hold} MiB, trend {}",
-            if trend { "on" } else { "off" }
+            "detection: {rate} MiB/s, hold {hold} MiB, trend {trend_text}"
         ));
         let mut spec = Spec::probe(bench, 1);
         spec.env = vec![
@@ -631,71 +643,107 @@ fn detection(bench: &Bench) -> BenchResult<Vec<ProfileRecord>> {
             ("PROBE_WORKER_HOLD_MIB", hold.to_string()),
         ];
         spec.sections = format!(
-            "[watchdog]\nwarmup = \"5s\"\nmax-memory = \"{LIMIT_MIB}MiB\"\ngrowth = \"off\"\ntrend-window = \"{window}\"\ntrend-min-rate = \"{}\"\n",
+            "[watchdog]\nwarmup = \"5s\"\nmax-memory = \"{LIMIT_MIB}MiB\"\ngrowth = \"off\"\n\
+             trend-window = \"{window}\"\ntrend-min-rate = \"{}\"\n",
             if trend { "1MiB/min" } else { "off" }
         );
-        let agent = Agent::start(bench, &spec)?;
-        let ready = agent.wait_ready(1, Duration::from_secs(30));
-        let trip_msg = msg("A leak rule tripped.");
-        let mut seen: Vec<(f64, f64)> = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while agent.proc.logs.matching(&trip_msg).is_empty() && Instant::now() < deadline {
-            let heap = agent
-                .metrics()
-                .and_then(|b| metric(&b, "heapwarden_worker_heap_allocated_bytes{worker=\"0\"}"));
-            if let Some(heap) = heap.filter(|h| seen.last().is_none_or(|(_, last)| last != h)) {
-                seen.push((now_epoch(), heap / MIB));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let trip = agent
-            .proc
-            .logs
-            .wait_for(Duration::from_secs(1), "a leak rule trip", &trip_msg);
-        agent.proc.logs.wait_for(
-            Duration::from_secs(60),
-            "the leak report",
-            msg("A memory leak was detected."),
-        );
-        let records = agent.stop();
-        let trip_at = ts(&trip);
-        let before_trip: Vec<(f64, f64)> = seen
-            .iter()
-            .copied()
-            .filter(|(t, _)| *t <= trip_at + 0.05)
-            .collect();
-        let crossing = line_crossing(&before_trip, LIMIT_MIB);
-        let first_over = seen
-            .iter()
-            .find(|(_, h)| *h >= LIMIT_MIB)
-            .map(|(t, _)| trip_at - t);
-        let fmt = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "—".into());
-        let peak = seen.iter().map(|(_, h)| *h).fold(f64::NAN, f64::max);
-        let trip_mib = trip["bytes"].as_f64().unwrap_or(f64::NAN) / MIB;
-        let crossed = trip_mib >= LIMIT_MIB;
-        println!(
-            "| {rate} MiB/s | {hold} MiB | {} | {:.2} | {} | {trip_mib:.1} | {} | {} | {peak:.1} |",
-            if trend { "on" } else { "off" },
-            trip_at - ready,
-            trip["rule"].as_str().unwrap_or("?"),
-            fmt(crossing.map(|c| trip_at - c).filter(|_| crossed)),
-            fmt(first_over.filter(|_| crossed)),
-        );
-        let label = format!("{rate} MiB/s leak");
+        let label = format!("| {rate} MiB/s | {hold} MiB | {trend_text} |");
+        let (row, records) = detection_run(bench, &spec)?;
+        println!("{label} {row}");
+        let leak = format!("{rate} MiB/s leak");
         profiles.extend(profile_records(&records, |r| {
-            Some(format!("{} ({label})", r["trigger"].as_str()?))
+            Some(format!("{} ({leak})", r["trigger"].as_str()?))
         }));
     }
     println!(
-        "| PM2 `max_memory_restart` (comparison) | | | | | | ≈ 12 (up to 30: checks every 30 s) | | 321 (peak) |\n\n\
-         \"Computed crossing\": a least-squares line through the distinct heap values seen on /metrics \
-         (time first seen, MiB) before the trip, solved for {LIMIT_MIB} MiB. \"—\": the trip came before the limit.\n"
+        "| PM2 `max_memory_restart` (comparison: checks every 30 s) | | | | | | | ≈ 12 (up to 30) | | 321 |\n\n\
+         \"Crossing → tripping sample\" = (heap at trip − {LIMIT_MIB} MiB) / fitted rate: how long the heap had been \
+         over the limit when the sample that tripped was taken (the fitted rate is a least-squares slope through \
+         the distinct heap values seen on /metrics). \"First /metrics ≥ limit → trip log\": the trip record's `ts` \
+         minus the first poll that showed the heap over the limit (negative: the trip was logged before the \
+         scrape saw the value). \"—\": the trend rule tripped below the limit.\n"
     );
     Ok(profiles)
 }
 
-/// When a least-squares line through `(time, value)` points reaches `limit`.
-fn line_crossing(points: &[(f64, f64)], limit: f64) -> Option<f64> {
+/// One leak run: the table cells after the run's label, and the agent's log records.
+fn detection_run(bench: &Bench, spec: &Spec) -> BenchResult<(String, Vec<Value>)> {
+    let agent = Agent::start(bench, spec)?;
+    let ready = agent.wait_ready(1, Duration::from_secs(30));
+    let trip_msg = msg("A leak rule tripped.");
+    let mut seen: Vec<(f64, f64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut after_trip = None;
+    // Keeps polling 2 s past the trip, so the scrape that shows the tripping sample is seen.
+    while after_trip.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(2))
+        && Instant::now() < deadline
+    {
+        let heap = agent
+            .metrics()
+            .and_then(|b| metric(&b, "heapwarden_worker_heap_allocated_bytes{worker=\"0\"}"));
+        if let Some(heap) = heap.filter(|h| seen.last().is_none_or(|(_, last)| last != h)) {
+            seen.push((now_epoch(), heap / MIB));
+        }
+        if after_trip.is_none() && !agent.proc.logs.matching(&trip_msg).is_empty() {
+            after_trip = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(trip) = agent.proc.logs.matching(&trip_msg).into_iter().next() else {
+        let log =
+            std::env::temp_dir().join(format!("bench-agent-no-trip-{}.log", std::process::id()));
+        std::fs::write(&log, agent.proc.logs.raw())?;
+        let last = seen.last().map(|(_, h)| *h).unwrap_or(f64::NAN);
+        agent.stop();
+        return Ok((
+            format!(
+                "no trip in 150 s (last heap {last:.1} MiB; agent log: {}) | | | | | | |",
+                log.display()
+            ),
+            Vec::new(),
+        ));
+    };
+    agent.proc.logs.wait_for(
+        Duration::from_secs(60),
+        "the leak report",
+        msg("A memory leak was detected."),
+    );
+    let records = agent.stop();
+    let trip_at = ts(&trip);
+    let trip_mib = trip["bytes"].as_f64().unwrap_or(f64::NAN) / MIB;
+    let crossed = trip_mib >= LIMIT_MIB;
+    // The rate from the leaking worker's own values: up to the peak, before its replacement.
+    let peak_at = seen
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.1.total_cmp(&b.1.1))
+        .map_or(0, |(i, _)| i);
+    let rate = seen.get(..=peak_at).and_then(fitted_rate);
+    let fmt = |v: Option<f64>| {
+        v.filter(|x| x.is_finite())
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "—".into())
+    };
+    let over_for = rate.map(|r| (trip_mib - LIMIT_MIB) / r).filter(|_| crossed);
+    let first_over = seen
+        .iter()
+        .find(|(_, h)| *h >= LIMIT_MIB)
+        .map(|(t, _)| trip_at - t)
+        .filter(|_| crossed);
+    let peak = seen.iter().map(|(_, h)| *h).fold(f64::NAN, f64::max);
+    let row = format!(
+        "{:.2} | {} | {trip_mib:.1} | {} | {} | {} | {peak:.1} |",
+        trip_at - ready,
+        trip["rule"].as_str().unwrap_or("?"),
+        fmt(rate),
+        fmt(over_for),
+        fmt(first_over),
+    );
+    Ok((row, records))
+}
+
+/// Least-squares slope (value units per second) through `(time, value)` points.
+fn fitted_rate(points: &[(f64, f64)]) -> Option<f64> {
     if points.len() < 3 {
         return None;
     }
@@ -706,8 +754,7 @@ fn line_crossing(points: &[(f64, f64)], limit: f64) -> Option<f64> {
     let (cov, var) = points.iter().fold((0.0, 0.0), |(c, s), (t, v)| {
         (c + (t - mt) * (v - mv), s + (t - mt) * (t - mt))
     });
-    let slope = cov / var;
-    (slope > 0.0).then(|| mt + (limit - mv) / slope)
+    (var > 0.0).then(|| cov / var)
 }
 
 // ---------------------------------------------------------------------------- dumps

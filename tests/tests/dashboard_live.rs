@@ -1,0 +1,103 @@
+//! The dashboard against a running agent: every metric name its expressions use is
+//! exported by a real `heapwarden run` with demo workers that have served requests, run a
+//! job, leaked, been profiled and been replaced.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use heapwarden_tests::promql::dashboard_metric_names;
+use heapwarden_tests::*;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Names the dashboard may use that come from Prometheus itself, not from the agent.
+const FROM_PROMETHEUS: &[&str] = &["up"];
+
+fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, SECS(5)).expect("connect");
+    s.set_read_timeout(Some(SECS(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn every_dashboard_metric_is_exported_by_a_running_agent() {
+    let _guard = TimeoutGuard::new("dashboard_live", SECS(120));
+    let sandbox = Sandbox::new();
+    let (port, admin_port) = (free_port(), free_port());
+    let agent = sandbox.agent(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[pool]
+workers = 2
+listen = "127.0.0.1:{port}"
+min-uptime = "1s"
+drain-timeout = "3s"
+[sampling]
+interval = "250ms"
+pss-every = 2
+[watchdog]
+warmup = "2s"
+growth = "off"
+trend-window = "5s"
+trend-min-rate = "1MiB/s"
+[log]
+level = "warn"
+[demo]
+seed-rows = 50
+leak-rate = "6MiB"
+leak-slots = [1]
+"#
+    ));
+    let service: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let deadline = Instant::now() + SECS(60);
+    while !matches!(http_get(admin, "/readyz", SECS(2)), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "agent not ready:\n{}", agent.logs.raw());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Traffic for the demo's families: reads (l1/db), a write (invalidation), a job.
+    for id in 1..=20 {
+        assert_eq!(request(service, "GET", &format!("/items/{id}"), ""), 200);
+        assert_eq!(request(service, "GET", &format!("/items/{id}"), ""), 200);
+    }
+    assert_eq!(request(service, "PUT", "/items/3", r#"{"name":"x","value":1}"#), 200);
+    assert!(matches!(request(service, "POST", "/jobs", r#"{"password":"p","rounds":1000}"#), 200..=202));
+    // A leak replacement: detections, profiles, restarts{reason="leak"}, a drain.
+    agent.logs.wait_for(SECS(60), "the old worker drained", |r| {
+        r["msg"] == "A memory leak was detected." && r["worker"] == 1
+    });
+    let deadline = Instant::now() + SECS(40);
+    let body = loop {
+        let (_, body) = http_get(admin, "/metrics", SECS(5)).expect("scrape /metrics");
+        let drained = body.lines().any(|l| l.starts_with("heapwarden_drain_duration_seconds_count") && !l.ends_with(" 0"));
+        let jobs = body.lines().any(|l| l.starts_with("demo_jobs_total"));
+        if drained && jobs {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no drain/job yet; /metrics:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/heapwarden.json"))
+        .expect("dashboard JSON");
+    let names = dashboard_metric_names(&dashboard);
+    assert!(names.len() > 20, "the dashboard uses many metrics: {names:?}");
+    let exported = |name: &str| {
+        body.lines()
+            .any(|l| l.starts_with(&format!("# TYPE {name} ")) || l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+    };
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !FROM_PROMETHEUS.contains(&n.as_str()) && !exported(n))
+        .collect();
+    assert!(missing.is_empty(), "dashboard metrics the agent does not export: {missing:?}");
+}
