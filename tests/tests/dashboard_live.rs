@@ -25,7 +25,10 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -62,7 +65,11 @@ leak-slots = [1]
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let deadline = Instant::now() + SECS(60);
     while !matches!(http_get(admin, "/readyz", SECS(2)), Ok((200, _))) {
-        assert!(Instant::now() < deadline, "agent not ready:\n{}", agent.logs.raw());
+        assert!(
+            Instant::now() < deadline,
+            "agent not ready:\n{}",
+            agent.logs.raw()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Traffic for the demo's families: reads (l1/db), a write (invalidation), a job.
@@ -70,34 +77,64 @@ leak-slots = [1]
         assert_eq!(request(service, "GET", &format!("/items/{id}"), ""), 200);
         assert_eq!(request(service, "GET", &format!("/items/{id}"), ""), 200);
     }
-    assert_eq!(request(service, "PUT", "/items/3", r#"{"name":"x","value":1}"#), 200);
-    assert!(matches!(request(service, "POST", "/jobs", r#"{"password":"p","rounds":1000}"#), 200..=202));
+    assert_eq!(
+        request(service, "PUT", "/items/3", r#"{"name":"x","value":1}"#),
+        200
+    );
+    assert!(matches!(
+        request(
+            service,
+            "POST",
+            "/jobs",
+            r#"{"password":"p","rounds":1000}"#
+        ),
+        200..=202
+    ));
     // A leak replacement: detections, profiles, restarts{reason="leak"}, a drain.
-    agent.logs.wait_for(SECS(60), "the old worker drained", |r| {
-        r["msg"] == "A memory leak was detected." && r["worker"] == 1
-    });
+    agent
+        .logs
+        .wait_for(SECS(60), "the old worker drained", |r| {
+            r["msg"] == "A memory leak was detected." && r["worker"] == 1
+        });
     let deadline = Instant::now() + SECS(40);
     let body = loop {
         let (_, body) = http_get(admin, "/metrics", SECS(5)).expect("scrape /metrics");
-        let drained = body.lines().any(|l| l.starts_with("heapwarden_drain_duration_seconds_count") && !l.ends_with(" 0"));
+        let drained = body.lines().any(|l| {
+            l.starts_with("heapwarden_drain_duration_seconds_count") && !l.ends_with(" 0")
+        });
         let jobs = body.lines().any(|l| l.starts_with("demo_jobs_total"));
         if drained && jobs {
             break body;
         }
-        assert!(Instant::now() < deadline, "no drain/job yet; /metrics:\n{body}");
+        assert!(
+            Instant::now() < deadline,
+            "no drain/job yet; /metrics:\n{body}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/heapwarden.json"))
-        .expect("dashboard JSON");
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dashboards/heapwarden.json"
+    ))
+    .expect("dashboard JSON");
     let names = dashboard_metric_names(&dashboard);
-    assert!(names.len() > 20, "the dashboard uses many metrics: {names:?}");
+    assert!(
+        names.len() > 20,
+        "the dashboard uses many metrics: {names:?}"
+    );
     let exported = |name: &str| {
-        body.lines()
-            .any(|l| l.starts_with(&format!("# TYPE {name} ")) || l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        body.lines().any(|l| {
+            l.starts_with(&format!("# TYPE {name} "))
+                || l.starts_with(&format!("{name}{{"))
+                || l.starts_with(&format!("{name} "))
+        })
     };
     let missing: Vec<&String> = names
         .iter()
         .filter(|n| !FROM_PROMETHEUS.contains(&n.as_str()) && !exported(n))
         .collect();
-    assert!(missing.is_empty(), "dashboard metrics the agent does not export: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "dashboard metrics the agent does not export: {missing:?}"
+    );
 }

@@ -404,3 +404,136 @@ x = 1
         "{err}"
     );
 }
+
+/// Children of `pid` that are zombies (exited, not reaped).
+fn zombie_children(pid: i32) -> Vec<i32> {
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse().ok()) == Some(pid) {
+            zombies.push(child);
+        }
+    }
+    zombies
+}
+
+#[test]
+fn worker_output_is_relayed_structured_and_exited_workers_are_reaped() {
+    let _guard = TimeoutGuard::new("output_and_zombies", SECS(60));
+    let sandbox = Sandbox::new();
+    let port = free_port();
+    let agent = sandbox.agent(&format!(
+        r#"
+[pool]
+workers = 2
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "echo plain line; echo '{{\"msg\":\"structured hello\",\"level\":\"WARN\",\"password\":\"hunter2\",\"n\":7}}'; echo to stderr >&2; exit 1"]
+[pool.restart]
+initial-delay = "20ms"
+max-delay = "50ms"
+max-restarts = 100
+"#
+    ));
+    let structured = agent.logs.wait_for(SECS(10), "structured line", |r| {
+        r["msg"] == "structured hello"
+    });
+    assert_eq!(structured["level"], "WARN");
+    assert_eq!(structured["stream"], "stdout");
+    assert_eq!(structured["fields"]["n"], 7, "{structured}");
+    assert_eq!(
+        structured["fields"]["password"], "[REDACTED]",
+        "{structured}"
+    );
+    assert!(structured["worker"].is_u64() && structured["pid"].is_u64());
+    let plain = agent
+        .logs
+        .wait_for(SECS(10), "stderr line", |r| r["msg"] == "to stderr");
+    assert_eq!(plain["stream"], "stderr");
+    agent
+        .logs
+        .wait_for_n(20, SECS(20), "many exits", msg("A worker exited."));
+    // Every exited worker was reaped: at most the ones exiting right now are zombies.
+    let deadline = std::time::Instant::now() + SECS(2);
+    let mut zombies = zombie_children(agent.pid());
+    while !zombies.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        zombies = zombie_children(agent.pid());
+    }
+    assert!(zombies.len() <= 2, "zombies left behind: {zombies:?}");
+    assert!(
+        !agent.logs.raw().contains("hunter2"),
+        "a secret reached the log"
+    );
+}
+
+#[test]
+fn a_socket_passed_by_systemd_is_handed_to_the_workers() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let _guard = TimeoutGuard::new("socket_activation", SECS(60));
+    let sandbox = Sandbox::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let unused = free_port();
+    let config = sandbox.write(
+        "heapwarden.toml",
+        &format!(
+            "state-dir = {:?}\n[admin]\nlisten = \"127.0.0.1:{}\"\n[pool]\nworkers = 2\nlisten = \"127.0.0.1:{unused}\"\nmin-uptime = \"10s\"\n{}\n",
+            sandbox.path().join("state").display().to_string(),
+            free_port(),
+            py_worker_command()
+        ),
+    );
+    // As systemd does: the socket on fd 3, LISTEN_FDS=1, LISTEN_PID = the agent's pid
+    // (the shell's, which `exec` keeps).
+    let fd = listener.as_raw_fd();
+    let mut command = std::process::Command::new("sh");
+    command
+        .args([
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec \"$0\" run -c \"$1\"",
+        ])
+        .arg(heapwarden())
+        .arg(&config);
+    // SAFETY: dup2 and fcntl are async-signal-safe; `fd` stays open in the parent until spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2(3, 3) would be a no-op that keeps close-on-exec set.
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) >= 0
+            } else {
+                libc::dup2(fd, 3) >= 0
+            };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let agent = Proc::spawn(command);
+    let started = agent.logs.wait_for(SECS(15), "agent start", |r| {
+        r["msg"] == "The agent is starting."
+    });
+    assert_eq!(started["socket_activated"], true, "{started}");
+    assert_eq!(started["listen"], addr.to_string());
+    agent
+        .logs
+        .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
+    drop(listener);
+    let (status, body) = http_get(addr, "/", SECS(5)).expect("served on the passed socket");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from worker"), "{body}");
+    assert!(
+        http_get(format!("127.0.0.1:{unused}").parse().unwrap(), "/", SECS(1)).is_err(),
+        "pool.listen was not bound"
+    );
+}

@@ -74,6 +74,8 @@ pub fn router_with_api(state: AdminState, api: Router) -> Router {
     probes
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Also for handlers that never read their body: refused up front, not drained.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.

@@ -6,13 +6,38 @@
 //! old row before the write and tries to fill the cache afterwards carries a version
 //! below the floor and is refused. Fill and invalidate take the same striped lock, so a
 //! fill cannot slip between another thread's floor check and its insert.
+//!
+//! Entries hold the item's JSON body already serialised: an L1 hit is one lookup and one
+//! `Bytes` clone (a reference-count increment), with no serialisation per request.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use moka::sync::Cache;
 
 use super::db::Item;
+
+/// One cached item: its version (for the floor check) and its response body.
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub id: i64,
+    pub version: i64,
+    /// `application/json` body of `GET /items/{id}`.
+    pub body: Bytes,
+}
+
+impl Cached {
+    pub fn new(item: &Item) -> Cached {
+        // Serialising a plain struct of strings and integers into a Vec cannot fail.
+        let body = serde_json::to_vec(item).unwrap_or_default();
+        Cached {
+            id: item.id,
+            version: item.version,
+            body: Bytes::from(body),
+        }
+    }
+}
 
 /// Floors must outlive every read that can still be in flight when the write lands.
 const FLOOR_TTL: Duration = Duration::from_secs(120);
@@ -20,7 +45,7 @@ const FLOOR_CAPACITY: u64 = 100_000;
 const STRIPES: usize = 64;
 
 pub struct L1 {
-    items: Cache<i64, Arc<Item>>,
+    items: Cache<i64, Cached>,
     floors: Cache<i64, i64>,
     stripes: Vec<Mutex<()>>,
 }
@@ -48,7 +73,7 @@ impl L1 {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, id: i64) -> Option<Arc<Item>> {
+    pub fn get(&self, id: i64) -> Option<Cached> {
         self.items.get(&id)
     }
 
@@ -59,7 +84,7 @@ impl L1 {
 
     /// Caches `item` unless a write newer than it was already seen. Returns whether it
     /// was cached.
-    pub fn fill(&self, item: Arc<Item>) -> bool {
+    pub fn fill(&self, item: Cached) -> bool {
         let _guard = self.stripe(item.id);
         if self
             .floors
@@ -94,13 +119,22 @@ pub fn parse_item_key(key: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
-    fn item(id: i64, version: i64) -> Arc<Item> {
-        Arc::new(Item {
+    fn item(id: i64, version: i64) -> Cached {
+        Cached::new(&Item {
             id,
             name: format!("v{version}"),
             value: version,
             version,
         })
+    }
+
+    #[test]
+    fn the_cached_body_is_the_items_json() {
+        let cached = item(9, 4);
+        let parsed: Item = serde_json::from_slice(&cached.body).expect("json");
+        assert_eq!(parsed.id, 9);
+        assert_eq!(parsed.version, 4);
+        assert_eq!(parsed.name, "v4");
     }
 
     #[test]

@@ -2,15 +2,13 @@
 //! writes go to the database, then invalidate this worker's L1, Redis, and (through the
 //! agent) every other worker's L1 before the write is acknowledged.
 
-use std::sync::Arc;
-
+use bytes::Bytes;
 use slog::warn;
 
 use super::App;
-use super::cache::item_key;
+use super::cache::{Cached, item_key};
 use super::db::Item;
 use super::error::ApiError;
-use super::metrics::count_lookup;
 use super::redis_l2::L2Lookup;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,38 +28,42 @@ impl Layer {
     }
 }
 
-pub async fn read(app: &App, id: i64) -> Result<Option<(Arc<Item>, Layer)>, ApiError> {
-    if let Some(item) = app.l1.get(id) {
-        count_lookup("l1");
-        return Ok(Some((item, Layer::L1)));
+/// The item's JSON body and the layer that answered, or None when it does not exist.
+pub async fn read(app: &App, id: i64) -> Result<Option<(Bytes, Layer)>, ApiError> {
+    if let Some(cached) = app.l1.get(id) {
+        app.handles.count_lookup(Some(Layer::L1));
+        return Ok(Some((cached.body, Layer::L1)));
     }
     if let Some(l2) = &app.l2
         && let L2Lookup::Hit(item) = l2.get(id).await
         // An L2 value older than a write this worker already saw is not served.
         && app.l1.floor(id).is_none_or(|floor| item.version >= floor)
     {
-        let item = Arc::new(item);
-        app.l1.fill(item.clone());
-        count_lookup("l2");
-        return Ok(Some((item, Layer::L2)));
+        let cached = Cached::new(&item);
+        let body = cached.body.clone();
+        app.l1.fill(cached);
+        app.handles.count_lookup(Some(Layer::L2));
+        return Ok(Some((body, Layer::L2)));
     }
     match app.db.get_item(id).await? {
         Some(row) if !row.deleted => {
-            let item = Arc::new(Item {
+            let item = Item {
                 id: row.id,
                 name: row.name,
                 value: row.value,
                 version: row.version,
-            });
+            };
             if let Some(l2) = &app.l2 {
                 l2.fill(&item).await;
             }
-            app.l1.fill(item.clone());
-            count_lookup("db");
-            Ok(Some((item, Layer::Db)))
+            let cached = Cached::new(&item);
+            let body = cached.body.clone();
+            app.l1.fill(cached);
+            app.handles.count_lookup(Some(Layer::Db));
+            Ok(Some((body, Layer::Db)))
         }
         _ => {
-            count_lookup("miss");
+            app.handles.count_lookup(None);
             Ok(None)
         }
     }
@@ -70,7 +72,7 @@ pub async fn read(app: &App, id: i64) -> Result<Option<(Arc<Item>, Layer)>, ApiE
 /// Drops `id` from this worker's L1 (refusing older fills from now on).
 pub fn invalidate_local(app: &App, id: i64, version: i64) {
     app.l1.invalidate(id, version);
-    metrics::counter!("demo_cache_invalidations_total").increment(1);
+    app.handles.count_invalidation();
 }
 
 /// After a committed write at `version`: local L1, Redis, then every other worker. The

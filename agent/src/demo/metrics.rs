@@ -1,30 +1,62 @@
-//! Worker metrics and the request log.
+//! Worker metrics: the process-wide Prometheus recorder and the handles the request path
+//! records through.
 //!
-//! The Prometheus recorder is installed globally in the worker process with the
-//! `worker="<slot>"` label on every series; its rendering is what the probe hands the
-//! agent (and what `GET /metrics` serves when run alone). The `observe` middleware
-//! times every request, counts it under its route *template* and writes one log record
-//! with the request id (propagated from `x-request-id` or generated).
+//! The recorder carries the `worker="<slot>"` label on every series; its rendering is what
+//! the probe hands the agent (and what `GET /metrics` serves when run alone). The request
+//! path never builds a label set: `metrics::counter!` with owned labels allocates the
+//! labels, hashes them and looks the series up in the registry on every call, which cost
+//! more than serving an L1 hit. Handles are created once per (route, method, status) on
+//! first use and kept here; a combination outside the fixed tables (an unusual method or
+//! status) takes the slow path through the macro.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::Method;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use slog::info;
 
 use super::App;
-use crate::log::RedactedJson;
+use super::items::Layer;
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-const REQUEST_ID: &str = "x-request-id";
+
+/// Route templates of the router (`routes::router`), hottest first. A route missing here
+/// is still counted, through the slow path.
+pub const ROUTES: &[&str] = &[
+    "/items/{id}",
+    "/items/export",
+    "/compute",
+    "/jobs",
+    "/jobs/{id}",
+    "/debug/leak",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+const METHODS: &[Method] = &[
+    Method::GET,
+    Method::PUT,
+    Method::DELETE,
+    Method::POST,
+    Method::HEAD,
+];
+const STATUSES: &[(u16, &str)] = &[
+    (200, "200"),
+    (202, "202"),
+    (204, "204"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (413, "413"),
+    (415, "415"),
+    (503, "503"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -56,78 +88,106 @@ pub fn render(app: &App) -> String {
     app.metrics.render()
 }
 
-pub fn count_lookup(layer: &'static str) {
-    metrics::counter!("demo_cache_lookups_total", "layer" => layer).increment(1);
+/// Handles of every series the request path touches. Build after `install`.
+pub struct Handles {
+    lookups: [Counter; 4],
+    invalidations: Counter,
+    /// `ROUTES` then `UNMATCHED`, each by method of `METHODS`.
+    routes: Box<[[RouteMethod; METHODS.len()]]>,
 }
 
-/// The request id a handler can log with.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub Arc<str>);
+#[derive(Default)]
+struct RouteMethod {
+    duration: OnceLock<Histogram>,
+    by_status: [OnceLock<Counter>; STATUSES.len()],
+}
 
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+/// A route as the request path knows it: its index in `ROUTES` (or unmatched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteIndex(usize);
 
-fn request_id(headers: &HeaderMap) -> Arc<str> {
-    let given = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-    match given {
-        Some(id) => Arc::from(id),
-        None => {
-            let n = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
-            Arc::from(format!(
-                "{:x}-{:x}-{n:x}",
-                std::process::id(),
-                crate::demo::db::now_ms()
-            ))
+impl RouteIndex {
+    /// The index of `template`, or None for a route not in `ROUTES`.
+    pub fn of(template: Option<&str>) -> Option<RouteIndex> {
+        match template {
+            None => Some(RouteIndex(ROUTES.len())),
+            Some(t) => ROUTES.iter().position(|r| *r == t).map(RouteIndex),
         }
     }
+
+    pub fn label(self) -> &'static str {
+        ROUTES.get(self.0).copied().unwrap_or(UNMATCHED)
+    }
 }
 
-fn headers_json(headers: &HeaderMap) -> serde_json::Value {
-    let map = headers
-        .iter()
-        .map(|(name, value)| {
-            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_string(), serde_json::Value::String(text))
-        })
-        .collect();
-    serde_json::Value::Object(map)
+impl Handles {
+    pub fn new() -> Handles {
+        let lookup =
+            |layer: &'static str| metrics::counter!("demo_cache_lookups_total", "layer" => layer);
+        Handles {
+            lookups: [lookup("l1"), lookup("l2"), lookup("db"), lookup("miss")],
+            invalidations: metrics::counter!("demo_cache_invalidations_total"),
+            routes: (0..=ROUTES.len()).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Counts a read answered by `layer` (None: found nowhere).
+    pub fn count_lookup(&self, layer: Option<Layer>) {
+        let index = match layer {
+            Some(Layer::L1) => 0,
+            Some(Layer::L2) => 1,
+            Some(Layer::Db) => 2,
+            None => 3,
+        };
+        self.lookups[index].increment(1);
+    }
+
+    pub fn count_invalidation(&self) {
+        self.invalidations.increment(1);
+    }
+
+    /// `http_requests_total` and `http_request_duration_seconds` for one request.
+    /// `route` is the matched template (None: no route matched).
+    pub fn record_request(
+        &self,
+        route: Option<&str>,
+        method: &Method,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let seconds = elapsed.as_secs_f64();
+        let known = RouteIndex::of(route)
+            .zip(METHODS.iter().position(|m| m == method))
+            .zip(STATUSES.iter().position(|(s, _)| *s == status));
+        let Some(((route, m), s)) = known else {
+            let route = route.unwrap_or(UNMATCHED).to_string();
+            let method = method.as_str().to_string();
+            metrics::counter!("http_requests_total",
+                "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+            .increment(1);
+            metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+                .record(seconds);
+            return;
+        };
+        let (method, route_label) = (METHODS[m].as_str(), route.label());
+        let slot = &self.routes[route.0][m];
+        slot.by_status[s]
+            .get_or_init(|| {
+                metrics::counter!("http_requests_total",
+                    "method" => method, "route" => route_label, "status" => STATUSES[s].1)
+            })
+            .increment(1);
+        slot.duration
+            .get_or_init(|| {
+                metrics::histogram!("http_request_duration_seconds",
+                    "method" => method, "route" => route_label)
+            })
+            .record(seconds);
+    }
 }
 
-pub async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().as_str().to_string();
-    let route: String = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let id = request_id(request.headers());
-    let headers = app.log_requests.then(|| headers_json(request.headers()));
-    let path = request.uri().path().to_string();
-    request.extensions_mut().insert(RequestId(id.clone()));
-
-    let mut response = next.run(request).await;
-
-    let elapsed = started.elapsed();
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+impl Default for Handles {
+    fn default() -> Self {
+        Handles::new()
     }
-    response
-        .headers_mut()
-        .insert("x-worker", app.worker_header.clone());
-    let status = response.status().as_u16();
-    metrics::counter!("http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
-    .increment(1);
-    metrics::histogram!("http_request_duration_seconds",
-        "method" => method.clone(), "route" => route.clone())
-    .record(elapsed.as_secs_f64());
-    if let Some(headers) = headers {
-        info!(app.log, "Served a request.";
-            "method" => method, "route" => route, "path" => path, "status" => status,
-            "latency_ms" => elapsed.as_secs_f64() * 1000.0, "request_id" => &*id,
-            "headers" => RedactedJson(headers));
-    }
-    response
 }

@@ -4,7 +4,8 @@
 //! (`db`); writes invalidate every worker's L1 through the agent before answering
 //! (`items`). Around it: CPU work on a bounded pool (`compute`), durable jobs (`jobs`),
 //! NDJSON export, a leak on purpose (`leak`), health probes and the shutdown path
-//! (`server`), metrics and request logs (`metrics`), JSON errors (`error`).
+//! (`server`), metrics (`metrics`), request ids and request logs (`observe`), JSON errors
+//! (`error`).
 
 mod cache;
 mod compute;
@@ -14,6 +15,7 @@ mod items;
 mod jobs;
 mod leak;
 mod metrics;
+mod observe;
 mod redis_l2;
 mod routes;
 mod server;
@@ -42,6 +44,9 @@ pub struct App {
     pub compute: compute::ComputePool,
     pub jobs: Arc<jobs::Jobs>,
     pub metrics: PrometheusHandle,
+    /// Pre-built metric handles of the request path.
+    pub handles: metrics::Handles,
+    pub request_ids: observe::RequestIds,
     pub lag: RuntimeLag,
     pub draining: AtomicBool,
     /// The worker slot this process serves (`HEAPWARDEN_WORKER_SLOT`).
@@ -52,22 +57,79 @@ pub struct App {
     pub log_requests: bool,
 }
 
+/// Overrides the runtime's thread count (benchmarks; 1 means a current-thread runtime).
+const THREADS_ENV: &str = "HEAPWARDEN_DEMO_THREADS";
+
+/// Threads of the async runtime. Under the agent the pool already spreads load over the
+/// cores (default: one worker per core), so each worker gets its share of the cores, and
+/// a share of one means a current-thread runtime: no work-stealing wake-ups between
+/// threads, which cost more than they bring when another process owns the other cores.
+/// Run alone, the worker uses every core.
+fn runtime_threads(config: &Config) -> usize {
+    if let Some(n) = std::env::var(THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if std::env::var_os("HEAPWARDEN_CONTROL_FD").is_some() {
+        (cores / config.pool.worker_count().max(1)).max(1)
+    } else {
+        cores
+    }
+}
+
+/// Stdout for the log thread, one `write` per record. slog-json writes a record in many
+/// small pieces; straight into `Stdout` each piece takes its lock and a newline scan.
+/// Here the pieces are gathered and the record goes out whole at its newline.
+#[derive(Default)]
+struct RecordWriter {
+    record: Vec<u8>,
+}
+
+impl std::io::Write for RecordWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.record.extend_from_slice(buf);
+        if buf.ends_with(b"\n") {
+            self.flush()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = std::io::stdout().lock().write_all(&self.record);
+        self.record.clear();
+        result
+    }
+}
+
 const LAG_PERIOD: Duration = Duration::from_millis(100);
 const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
 
 pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    let (root, _log_guard) = crate::log::init(&config.log);
+    let (root, _log_guard) = crate::log::build(&config.log, RecordWriter::default());
     let log = root.new(o!("module" => "demo", "worker" => args.slot, "pid" => std::process::id()));
     // Sampling costs little and lets the agent pull profiles; without it we still serve.
     if let Err(e) = heapwarden_probes::activate_profiling() {
         info!(log, "Heap profiling is unavailable in this worker."; "error" => e.to_string());
     }
     let probe = Probe::from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("demo-runtime")
-        .build()
-        .context("cannot start the async runtime")?;
+    let threads = runtime_threads(&config);
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .thread_name("demo-runtime")
+            .build()
+    }
+    .context("cannot start the async runtime")?;
+    info!(log, "The demo worker starts its async runtime."; "threads" => threads);
     let result = runtime.block_on(run(config, args, probe, log.clone()));
     match &result {
         Ok(()) => info!(log, "The demo worker stopped."),
@@ -129,6 +191,8 @@ async fn run(
         compute,
         jobs,
         metrics,
+        handles: metrics::Handles::new(),
+        request_ids: observe::RequestIds::new(),
     });
     connect_probe(&app);
     let stop = CancellationToken::new();

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,8 +24,11 @@ use super::error::{ApiError, parse_id, parse_json};
 use super::items;
 use super::jobs::JobSpec;
 use super::leak::{MAX_LEAK_PER_REQUEST, leak_on_purpose_for_heap_profile};
-use super::metrics::RequestId;
+use super::observe::{ObserveLayer, RequestId};
 use crate::log::RedactedJson;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 pub fn router(app: Arc<App>) -> Router {
     let max_body = usize::try_from(app.config.max_body.bytes()).unwrap_or(usize::MAX);
@@ -43,10 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(super::server::readyz))
         .route("/metrics", get(metrics))
         .fallback(unknown_route)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            super::metrics::observe,
-        ))
+        .layer(ObserveLayer::new(app.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
 }
@@ -66,11 +66,11 @@ async fn get_item(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     match items::read(&app, id).await? {
-        Some((item, layer)) => {
-            let mut response = Json(&*item).into_response();
-            response
-                .headers_mut()
-                .insert("x-cache", HeaderValue::from_static(layer.as_str()));
+        Some((body, layer)) => {
+            let mut response = Response::new(Body::from(body));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, JSON);
+            headers.insert(X_CACHE, HeaderValue::from_static(layer.as_str()));
             Ok(response)
         }
         None => Err(ApiError::not_found(format!("no item {id}"))),
@@ -158,7 +158,7 @@ async fn compute(
 
 async fn create_job(
     State(app): State<Arc<App>>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let spec: JobSpec = parse_json(body)?;
@@ -171,7 +171,7 @@ async fn create_job(
         .db
         .enqueue_job(&payload, app.config.job_max_attempts)
         .await?;
-    info!(app.log, "Queued a job."; "job" => id, "request_id" => &*request_id.0,
+    info!(app.log, "Queued a job."; "job" => id, "request_id" => request_id.as_str(),
         "payload" => RedactedJson(serde_json::to_value(&spec).unwrap_or_default()));
     app.jobs.wake.notify_one();
     let mut response = (
