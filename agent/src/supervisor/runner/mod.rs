@@ -1,6 +1,11 @@
 //! The thin, impure half of the supervisor: one task owns the `Pool`, turns the outside
 //! world (child exits, control-channel messages, sd_notify, signals, timers, requests
 //! from the admin API and the watchdog) into events, and carries out the actions.
+//! `relay` fans cache invalidations out to the workers; `status` publishes the pool view
+//! and reports to systemd.
+
+mod relay;
+mod status;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -10,7 +15,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
+use heapwarden_probes::channel::AgentMsg;
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
 use slog::{Logger, error, info, o, warn};
@@ -23,11 +28,8 @@ use super::notify::{SystemdNotifier, watch_worker};
 use super::output::capture;
 use super::spawn::{SpawnSpec, spawn_worker};
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
-use super::view::{PoolView, Request, SlotState, SlotView, WorkerView};
+use super::view::{PoolView, Request};
 use crate::config::Config;
-
-/// How long the relay waits for each worker to drop an invalidated key.
-const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
 pub struct SupervisorHandles {
@@ -342,123 +344,6 @@ impl Supervisor {
             },
         );
         Event::Spawned { worker, pid }
-    }
-
-    fn on_link_event(&mut self, event: LinkEvent) -> Option<Event> {
-        match event {
-            LinkEvent::Closed { .. } => None,
-            LinkEvent::Message { worker_id, msg } => match msg {
-                WorkerMsg::Hello { .. } => Some(Event::Hello { worker: worker_id }),
-                WorkerMsg::Ready => Some(Event::Ready { worker: worker_id }),
-                WorkerMsg::Invalidate { seq, key, version } => {
-                    self.relay_invalidation(worker_id, seq, key, version);
-                    None
-                }
-                _ => None,
-            },
-        }
-    }
-
-    /// Fans a worker's invalidation out to every other probe-linked worker and tells
-    /// the writer once all of them dropped the key, so its write can be acknowledged.
-    fn relay_invalidation(&self, origin: WorkerId, seq: u64, key: String, version: i64) {
-        let Some(origin_link) = self.runtimes.get(&origin).map(|r| r.link.clone()) else {
-            return;
-        };
-        let peers: Vec<ControlLink> = self
-            .runtimes
-            .iter()
-            .filter(|(id, _)| **id != origin && self.pool.worker(**id).is_some_and(|w| w.probe))
-            .map(|(_, r)| r.link.clone())
-            .collect();
-        let log = self.log.clone();
-        tokio::spawn(async move {
-            let asks = peers.iter().map(|link| {
-                let key = key.clone();
-                link.request(
-                    move |seq| AgentMsg::Invalidate { seq, key, version },
-                    INVALIDATE_TIMEOUT,
-                )
-            });
-            for result in futures_util::future::join_all(asks).await {
-                if let Err(e) = result {
-                    warn!(log, "A worker did not confirm a cache invalidation."; "error" => %e);
-                }
-            }
-            let _ = origin_link.send(AgentMsg::InvalidateDone { seq });
-        });
-    }
-
-    fn record_drain(&self, worker: WorkerId) {
-        if let Some(started) = self.runtimes.get(&worker).and_then(|r| r.drain_started) {
-            let seconds = started.elapsed().as_secs_f64();
-            metrics::histogram!("heapwarden_drain_duration_seconds").record(seconds);
-            info!(self.log, "A drained worker has exited."; "worker_id" => worker, "seconds" => seconds);
-        }
-    }
-
-    fn heartbeat(&mut self) {
-        let _ = self.heartbeat_tx.send(Instant::now());
-        self.systemd.watchdog();
-        let view = self.view_tx.borrow();
-        let ready = view
-            .slots
-            .iter()
-            .filter(|s| s.state == SlotState::Ready)
-            .count();
-        let restarts: u64 = view.slots.iter().map(|s| s.restarts).sum();
-        let last_leak = match self.last_leak {
-            Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
-            None => "none".into(),
-        };
-        let status = format!(
-            "{ready}/{} workers ready, {restarts} restarts, last leak: {last_leak}",
-            view.slots.len()
-        );
-        let all_ready = view.all_ready();
-        drop(view);
-        if all_ready {
-            self.systemd.ready(&status);
-        }
-        self.systemd.status(&status);
-    }
-
-    fn publish(&mut self) {
-        self.runtimes
-            .retain(|id, _| self.pool.worker(*id).is_some());
-        let slots = (0..self.pool.slot_count())
-            .map(|slot| {
-                let worker = self.pool.serving(slot).and_then(|w| {
-                    let rt = self.runtimes.get(&w.id)?;
-                    Some(WorkerView {
-                        worker_id: w.id,
-                        pid: rt.pid,
-                        started_at: w.started_at,
-                        started_wall: rt.started_wall,
-                        ready: w.ready,
-                        probe: w.probe,
-                        link: Some(rt.link.clone()),
-                    })
-                });
-                SlotView {
-                    slot,
-                    state: self.pool.slot_state(slot),
-                    worker,
-                    restarts: self.pool.restarts(slot),
-                    budget_exhausted: self.pool.budget_exhausted(slot),
-                }
-            })
-            .collect();
-        let view = PoolView {
-            slots,
-            stopping: self.pool.stopping(),
-        };
-        let became_ready = view.all_ready() && !self.view_tx.borrow().all_ready();
-        self.view_tx.send_replace(view);
-        if became_ready {
-            info!(self.log, "Every worker is ready."; "workers" => self.pool.slot_count());
-            self.heartbeat();
-        }
     }
 }
 

@@ -1,0 +1,84 @@
+//! What the supervisor tells the rest of the agent and systemd: the pool view (after
+//! every change), the heartbeat with `STATUS=`/`WATCHDOG=1`, and drain durations.
+
+use std::time::Instant;
+
+use slog::info;
+
+use super::super::state::WorkerId;
+use super::super::view::{PoolView, SlotState, SlotView, WorkerView};
+use super::Supervisor;
+
+impl Supervisor {
+    pub(super) fn record_drain(&self, worker: WorkerId) {
+        if let Some(started) = self.runtimes.get(&worker).and_then(|r| r.drain_started) {
+            let seconds = started.elapsed().as_secs_f64();
+            metrics::histogram!("heapwarden_drain_duration_seconds").record(seconds);
+            info!(self.log, "A drained worker has exited."; "worker_id" => worker, "seconds" => seconds);
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self) {
+        let _ = self.heartbeat_tx.send(Instant::now());
+        self.systemd.watchdog();
+        let view = self.view_tx.borrow();
+        let ready = view
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Ready)
+            .count();
+        let restarts: u64 = view.slots.iter().map(|s| s.restarts).sum();
+        let last_leak = match self.last_leak {
+            Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+            None => "none".into(),
+        };
+        let status = format!(
+            "{ready}/{} workers ready, {restarts} restarts, last leak: {last_leak}",
+            view.slots.len()
+        );
+        let all_ready = view.all_ready();
+        drop(view);
+        if all_ready {
+            self.systemd.ready(&status);
+        }
+        self.systemd.status(&status);
+    }
+
+    pub(super) fn publish(&mut self) {
+        self.runtimes
+            .retain(|id, _| self.pool.worker(*id).is_some());
+        let slots = (0..self.pool.slot_count())
+            .map(|slot| {
+                let worker = self.pool.serving(slot).and_then(|w| {
+                    let rt = self.runtimes.get(&w.id)?;
+                    Some(WorkerView {
+                        worker_id: w.id,
+                        pid: rt.pid,
+                        started_at: w.started_at,
+                        started_wall: rt.started_wall,
+                        ready: w.ready,
+                        probe: w.probe,
+                        link: Some(rt.link.clone()),
+                    })
+                });
+                SlotView {
+                    slot,
+                    state: self.pool.slot_state(slot),
+                    worker,
+                    restarts: self.pool.restarts(slot),
+                    budget_exhausted: self.pool.budget_exhausted(slot),
+                }
+            })
+            .collect();
+        let view = PoolView {
+            slots,
+            stopping: self.pool.stopping(),
+        };
+        let became_ready = view.all_ready() && !self.view_tx.borrow().all_ready();
+        self.view_tx.send_replace(view);
+        if became_ready {
+            info!(self.log, "Every worker is ready."; "workers" => self.pool.slot_count());
+            self.heartbeat();
+        }
+    }
+}
