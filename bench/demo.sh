@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
-# Benchmark of the demo cache-aside service on loopback with wrk: requests/s and p50/p99
-# latency for an L1 hit, an L2 (Redis) hit and a DB (SQLite) read, with one worker
-# (`heapwarden demo` alone) and with one worker per core (`heapwarden run`).
+# Benchmarks of the demo cache-aside service (release binary, loopback, wrk). Each part
+# prints a markdown table:
 #
-#   bench/demo.sh            # builds the release binary first
-#   DURATION=10s CONNECTIONS=64 bench/demo.sh
+#   throughput  L1 hit / L2 hit (Redis) / DB read (SQLite), one worker (`heapwarden demo`
+#               alone) and the agent with one worker per core: req/s, p50, p99, worker CPU
+#               µs per request, the agent's CPU share; at two loads and two log levels
+#   stale       2 workers under the agent (Redis + SQLite): 50 rounds of PUT then 50 GETs
+#               on fresh connections; reads older than the acknowledged write
+#   replace     2 workers under wrk -c16; 100 `heapwarden restart` one after another;
+#               failed requests (non-2xx + socket errors)
+#   profiling   L1-hit req/s with heap profiling on vs MALLOC_CONF=prof:false (median of
+#               3), and p99 while the agent dumps a heap profile every 200 ms
 #
-# Needs wrk, redis-server and curl. Starts its own redis-server on a free port; never
-# touches a shared one. Takes about a minute after the build.
+#   bench/demo.sh [--quick] [throughput|stale|replace|profiling ...]   (default: all)
+#   SKIP_BUILD=1 DURATION=5s bench/demo.sh throughput
+#
+# Needs wrk, redis-server, curl, python3. Starts its own redis-server on a free port and
+# never touches a shared one. Full run about 5 minutes after the build; --quick ~1 minute.
+# The machine should be otherwise idle: check `uptime` first.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DURATION=${DURATION:-5s}
-CONNECTIONS=${CONNECTIONS:-32}
-THREADS=${THREADS:-2}
+QUICK=0
+PARTS=()
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        throughput | stale | replace | profiling) PARTS+=("$arg") ;;
+        *) echo "bench: unknown argument $arg" >&2; exit 64 ;;
+    esac
+done
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(throughput stale replace profiling)
+if [[ $QUICK == 1 ]]; then
+    DURATION=${DURATION:-1s}; ROUNDS=${ROUNDS:-10}; REPLACEMENTS=${REPLACEMENTS:-10}; RUNS=${RUNS:-1}
+else
+    DURATION=${DURATION:-4s}; ROUNDS=${ROUNDS:-50}; REPLACEMENTS=${REPLACEMENTS:-100}; RUNS=${RUNS:-3}
+fi
 CORES=$(nproc)
+TICK=$(getconf CLK_TCK)
 BIN="$ROOT/target/release/heapwarden"
 
-for tool in wrk redis-server curl; do
+for tool in wrk redis-server curl python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
 done
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -40,20 +63,21 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$
 PIDS+=($!)
 
 wait_http() { # url
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 300); do
         curl -fs -o /dev/null "$1" && return 0
         sleep 0.05
     done
     echo "bench: $1 never answered" >&2; exit 1
 }
 
-# start MODE(demo|run) WORKERS DEMO_TOML LOG_LEVEL -> sets SERVER_PID, PORT
+# start MODE(demo|run) WORKERS LOG_LEVEL DEMO_TOML [POOL_ENV_TOML] -> SERVER_PID, PORT, CFG
 start() {
-    local mode=$1 workers=$2 demo_toml=$3 level=$4
+    local mode=$1 workers=$2 level=$3 demo_toml=$4 pool_env=${5:-}
     PORT=$(free_port)
     local dir="$WORK/$mode-$workers-$RANDOM"
     mkdir -p "$dir"
-    cat >"$dir/config.toml" <<TOML
+    CFG="$dir/config.toml"
+    cat >"$CFG" <<TOML
 state-dir = "$dir/state"
 [admin]
 listen = "127.0.0.1:$(free_port)"
@@ -61,6 +85,8 @@ token-file = "$dir/token"
 [pool]
 workers = $workers
 listen = "127.0.0.1:$PORT"
+[pool.env]
+$pool_env
 [log]
 level = "$level"
 [demo]
@@ -68,16 +94,45 @@ seed-rows = 1000
 $demo_toml
 TOML
     echo "bench-token" >"$dir/token"; chmod 600 "$dir/token"
-    HEAPWARDEN_CONFIG="$dir/config.toml" "$BIN" "$mode" >"$dir/out.log" 2>&1 &
+    if [[ $mode == demo && -n $pool_env ]]; then
+        local assignment=${pool_env// = /=}
+        env "${assignment//\"/}" "$BIN" demo -c "$CFG" >"$dir/out.log" 2>&1 &
+    else
+        "$BIN" "$mode" -c "$CFG" >"$dir/out.log" 2>&1 &
+    fi
     SERVER_PID=$!
     PIDS+=($SERVER_PID)
+    SERVER_LOG="$dir/out.log"
     wait_http "http://127.0.0.1:$PORT/readyz"
-    # The agent reports ready once every worker is; give late workers a moment to accept.
-    [[ $mode == run ]] && sleep 1
+    if [[ $mode == run ]]; then wait_workers_ready "$workers"; fi
     return 0
 }
 
 stop() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
+
+ps_json() { "$BIN" ps --json -c "$CFG" 2>/dev/null; }
+
+wait_workers_ready() { # N
+    for _ in $(seq 1 200); do
+        if ps_json | python3 -c 'import json,sys; w=json.load(sys.stdin); sys.exit(0 if len(w)=='"$1"' and all(x["ready"] for x in w) else 1)'; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "bench: the workers never became ready" >&2; exit 1
+}
+
+# The worker processes: the demo itself, or the agent's children.
+worker_pids() { if [[ $1 == demo ]]; then echo "$SERVER_PID"; else pgrep -P "$SERVER_PID" | tr '\n' ' '; fi; }
+
+cpu_ticks() { # PIDS... -> utime+stime summed
+    local total=0 pid
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat ]] || continue
+        total=$((total + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
 
 # The wrk script spreads reads over ids 1..1000 so L2/DB reads are not one hot row.
 cat >"$WORK/ids.lua" <<'LUA'
@@ -88,38 +143,232 @@ request = function()
 end
 LUA
 
-# measure LABEL WORKERS URL_PATH -> prints one row
-measure() {
-    local label=$1 workers=$2
+# wrk_row LABEL MODE WORKERS LOG THREADS CONNS -> one table row (CPU per request measured
+# over the wrk run from /proc/PID/stat of the workers and of the agent).
+wrk_row() {
+    local label=$1 mode=$2 workers=$3 log=$4 threads=$5 conns=$6
     local base="http://127.0.0.1:$PORT"
-    # Warm-up pass so the row is in the layer we mean to measure.
     wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "$base" >/dev/null
     local layer
-    layer=$(curl -s -D - -o /dev/null "$base/items/17" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+    # Fresh connections land on any worker: ask a few times, report the last answer.
+    for _ in 1 2 3 4; do
+        layer=$(curl -s -D - -o /dev/null "$base/items/17" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+    done
+    local wpids; wpids=$(worker_pids "$mode")
+    # shellcheck disable=SC2086
+    local w0; w0=$(cpu_ticks $wpids)
+    local a0=0; [[ $mode == run ]] && a0=$(cpu_ticks "$SERVER_PID")
+    local t0; t0=$(date +%s.%N)
     local out
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/ids.lua" "$base")
-    local rps p50 p99
+    out=$(wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/ids.lua" "$base")
+    local t1; t1=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    local w1; w1=$(cpu_ticks $wpids)
+    local a1=0; [[ $mode == run ]] && a1=$(cpu_ticks "$SERVER_PID")
+    local rps p50 p99 requests
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    printf "| %-32s | %7s | %-7s | %10s | %9s | %9s |\n" "$label" "$workers" "$layer" "$rps" "$p50" "$p99"
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    local us_per_req agent
+    us_per_req=$(python3 -c "print(f'{($w1-$w0)/$TICK*1e6/max($requests,1):.1f}')")
+    agent=$(python3 -c "print('-' if '$mode'=='demo' else f'{($a1-$a0)/$TICK/($t1-$t0)*100:.0f}%')")
+    printf "| %-16s | %-11s | %-5s | %-6s | %-11s | %10s | %8s | %8s | %7s | %6s |\n" \
+        "$label" "$([[ $mode == demo ]] && echo "1 (alone)" || echo "$workers (agent)")" "$layer" "$log" \
+        "-t$threads -c$conns" "$rps" "$p50" "$p99" "$us_per_req" "$agent"
 }
 
 REDIS="redis-url = \"redis://127.0.0.1:$REDIS_PORT\""
 # l1-ttl of 1ms: every read misses L1, so the next layer answers.
-L1="$REDIS"
-L2="$REDIS
+L1_TOML="$REDIS"
+L2_TOML="$REDIS
 l1-ttl = \"1ms\""
-DB="l1-ttl = \"1ms\""
+DB_TOML="l1-ttl = \"1ms\""
 
-echo "heapwarden demo benchmark: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $CORES cores, $(uname -r)"
+part_throughput() {
+    echo "### Throughput: wrk --latency, $DURATION per row, $CORES cores, $(uname -r)"
+    echo
+    printf "| %-16s | %-11s | %-5s | %-6s | %-11s | %10s | %8s | %8s | %7s | %6s |\n" \
+        "case" "workers" "layer" "log" "wrk" "req/s" "p50" "p99" "CPU µs/req" "agent CPU"
+    echo "|---|---|---|---|---|---:|---:|---:|---:|---:|"
+    local spec mode workers level
+    for spec in "demo 1" "run $CORES"; do
+        read -r mode workers <<<"$spec"
+        for level in warn info; do
+            start "$mode" "$workers" "$level" "$L1_TOML"
+            wrk_row "L1 hit" "$mode" "$workers" "$level" 1 8
+            wrk_row "L1 hit" "$mode" "$workers" "$level" 2 32
+            stop
+        done
+        start "$mode" "$workers" warn "$L2_TOML"
+        wrk_row "L2 hit (Redis)" "$mode" "$workers" warn 1 8
+        wrk_row "L2 hit (Redis)" "$mode" "$workers" warn 2 32
+        stop
+        start "$mode" "$workers" warn "$DB_TOML"
+        wrk_row "DB read (SQLite)" "$mode" "$workers" warn 1 8
+        wrk_row "DB read (SQLite)" "$mode" "$workers" warn 2 32
+        stop
+    done
+    echo
+}
+
+part_stale() {
+    start run 2 warn "$REDIS"
+    echo "### Stale reads: 2 workers (agent), Redis + SQLite, $ROUNDS rounds of PUT then 50 GETs on fresh connections"
+    echo
+    python3 - "$PORT" "$ROUNDS" <<'PY'
+import http.client, json, sys
+port, rounds = int(sys.argv[1]), int(sys.argv[2])
+def call(method, path, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request(method, path, body=body, headers={"content-type": "application/json", "connection": "close"})
+    r = c.getresponse()
+    data = r.read()
+    worker = r.getheader("x-worker")
+    c.close()
+    return r.status, data, worker
+total_stale = worst = 0
+workers_seen = set()
+item = 42
+print("| round | version written | reads | stale | served by workers |")
+print("|---:|---:|---:|---:|---|")
+for n in range(1, rounds + 1):
+    # Warm both workers' L1 with the current version first, so a missed invalidation shows.
+    for _ in range(10):
+        call("GET", f"/items/{item}")
+    status, data, _ = call("PUT", f"/items/{item}", json.dumps({"name": f"round-{n}", "value": n}))
+    assert status == 200, (status, data)
+    written = json.loads(data)["version"]
+    stale, seen = 0, set()
+    for _ in range(50):
+        status, data, worker = call("GET", f"/items/{item}")
+        seen.add(worker)
+        if status != 200 or json.loads(data)["version"] < written:
+            stale += 1
+    workers_seen |= seen
+    total_stale += stale
+    worst = max(worst, stale)
+    if n <= 3 or n == rounds or stale:
+        print(f"| {n} | {written} | 50 | {stale} | {','.join(sorted(seen))} |")
+    elif n == 4:
+        print("| … | | | | |")
+print()
+print(f"stale reads after a write: {worst} of 50 (worst round); {total_stale} of {50 * rounds} in total; "
+      f"x-worker seen: {','.join(sorted(workers_seen))} (Node cluster + lru-cache: 25 of 50)")
+PY
+    stop
+    echo
+}
+
+# replacement_done SLOT OLD_RESTARTS OLD_PID: the slot's restart count moved on, the new
+# worker is ready, and the old process has exited (its drain finished).
+replacement_done() {
+    ps_json | python3 -c '
+import json, sys
+slot, before, old = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+w = [x for x in json.load(sys.stdin) if x["slot"] == slot]
+sys.exit(0 if w and w[0]["restarts"] > before and w[0]["ready"] and w[0]["pid"] != old else 1)' "$@" &&
+        ! kill -0 "$3" 2>/dev/null
+}
+
+part_replace() {
+    start run 2 warn "$L1_TOML"
+    local base="http://127.0.0.1:$PORT"
+    wrk -t1 -c16 -d600s --latency -s "$WORK/ids.lua" "$base" >"$WORK/replace.out" 2>&1 &
+    local wrk_pid=$!
+    PIDS+=($wrk_pid)
+    sleep 1
+    local started; started=$(date +%s.%N)
+    local i slot before old
+    for i in $(seq 1 "$REPLACEMENTS"); do
+        slot=$((i % 2))
+        read -r before old < <(ps_json | python3 -c 'import json,sys; w=[x for x in json.load(sys.stdin) if x["slot"]=='"$slot"'][0]; print(w["restarts"], w["pid"])')
+        "$BIN" restart "$slot" -c "$CFG" >/dev/null
+        for _ in $(seq 1 600); do
+            replacement_done "$slot" "$before" "$old" && break
+            sleep 0.02
+        done
+        replacement_done "$slot" "$before" "$old" || { echo "bench: replacement $i of slot $slot did not finish" >&2; exit 1; }
+    done
+    local took; took=$(python3 -c "print(f'{$(date +%s.%N)-$started:.1f}')")
+    sleep 1
+    kill -INT "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
+    local out; out=$(cat "$WORK/replace.out")
+    local requests non2xx sockerr
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
+    sockerr=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' <<<"$out"); sockerr=${sockerr:-0}
+    echo "### Replacements under load: 2 workers (agent), wrk -t1 -c16, $REPLACEMENTS replacements in ${took}s"
+    echo
+    echo "| replacements | requests | non-2xx | socket errors (connect+read+write+timeout) | failed per replacement | p99 |"
+    echo "|---:|---:|---:|---:|---:|---:|"
+    printf "| %s | %s | %s | %s | %s | %s |\n" "$REPLACEMENTS" "$requests" "$non2xx" "$sockerr" \
+        "$(python3 -c "print(f'{($non2xx+$sockerr)/$REPLACEMENTS:.2f}')")" "$(awk '$1=="99%" {print $2}' <<<"$out")"
+    grep -E "Socket errors|Non-2xx" <<<"$out" || true
+    stop
+    echo
+}
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+
+part_profiling() {
+    echo "### Heap profiling overhead: L1 hit, 1 worker (alone), wrk -t1 -c8, median of $RUNS"
+    echo
+    echo "| heap profiling | runs (req/s) | median req/s | relative |"
+    echo "|---|---|---:|---:|"
+    local on=() off=() run out
+    for run in $(seq 1 "$RUNS"); do
+        start demo 1 warn "$L1_TOML"
+        wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "http://127.0.0.1:$PORT" >/dev/null
+        out=$(wrk -t1 -c8 -d"$DURATION" -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
+        on+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+        stop
+        start demo 1 warn "$L1_TOML" 'MALLOC_CONF = "prof:false"'
+        wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "http://127.0.0.1:$PORT" >/dev/null
+        out=$(wrk -t1 -c8 -d"$DURATION" -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
+        off+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+        stop
+    done
+    # The worker must notice that profiling is off and keep serving (logged at info).
+    start demo 1 info "$L1_TOML" 'MALLOC_CONF = "prof:false"'
+    if grep -q "Heap profiling is unavailable" "$SERVER_LOG" && curl -fs -o /dev/null "http://127.0.0.1:$PORT/items/1"; then
+        PROF_OFF_NOTE="with MALLOC_CONF=prof:false the worker logged \"Heap profiling is unavailable in this worker.\" and kept serving"
+    else
+        PROF_OFF_NOTE="WARNING: with MALLOC_CONF=prof:false the worker did not report profiling as unavailable"
+    fi
+    stop
+    local m_on m_off
+    m_on=$(median "${on[@]}"); m_off=$(median "${off[@]}")
+    printf "| on (lg_prof_sample:19) | %s | %.0f | %.1f%% |\n" "${on[*]}" "$m_on" "$(python3 -c "print($m_on/$m_off*100)")"
+    printf "| off (MALLOC_CONF=prof:false) | %s | %.0f | 100%% |\n" "${off[*]}" "$m_off"
+    echo
+    echo "$PROF_OFF_NOTE"
+    echo
+    echo "### p99 during heap dumps: agent with $CORES workers, L1 hit, wrk -t1 -c8, \`heapwarden dump 0\` every 200 ms"
+    echo
+    echo "| dumps | req/s | p50 | p99 | max | profiles written |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    start run "$CORES" warn "$L1_TOML"
+    local base="http://127.0.0.1:$PORT" with
+    for with in no yes; do
+        wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "$base" >/dev/null
+        local dumper="" dumps=0
+        if [[ $with == yes ]]; then
+            ( while true; do "$BIN" dump 0 -c "$CFG" >/dev/null 2>&1 || true; sleep 0.2; done ) &
+            dumper=$!
+        fi
+        out=$(wrk -t1 -c8 -d"$DURATION" --latency -s "$WORK/ids.lua" "$base")
+        if [[ -n $dumper ]]; then kill "$dumper"; wait "$dumper" 2>/dev/null || true
+            dumps=$(find "$(dirname "$CFG")/state" -name '*.pb.gz' 2>/dev/null | wc -l)
+        fi
+        printf "| %s | %s | %s | %s | %s | %s |\n" "$([[ $with == yes ]] && echo "every 200 ms" || echo none)" \
+            "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1=="50%" {print $2}' <<<"$out")" \
+            "$(awk '$1=="99%" {print $2}' <<<"$out")" "$(awk '/Latency/ {print $4}' <<<"$out")" "$dumps"
+    done
+    stop
+    echo
+}
+
+echo "heapwarden demo benchmarks — $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg), quick=$QUICK"
 echo
-printf "| %-32s | %7s | %-7s | %10s | %9s | %9s |\n" "case" "workers" "x-cache" "req/s" "p50" "p99"
-printf "|%s|%s|%s|%s|%s|%s|\n" "----------------------------------" "---------" "---------" "------------" "-----------" "-----------"
-for spec in "demo 1" "run $CORES"; do
-    read -r mode workers <<<"$spec"
-    start "$mode" "$workers" "$L1" info; measure "L1 hit" "$workers"; stop
-    start "$mode" "$workers" "$L2" info; measure "L2 hit (Redis)" "$workers"; stop
-    start "$mode" "$workers" "$DB" info; measure "DB read (SQLite)" "$workers"; stop
-done
-start demo 1 "$L1" warn; measure "L1 hit, request log off (warn)" 1; stop
+for part in "${PARTS[@]}"; do "part_$part"; done

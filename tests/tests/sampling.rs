@@ -264,7 +264,7 @@ fn metrics_pass_promtool_check() {
     // without HELP, a counter not ending in _total): those are printed, not fatal.
     match out.status.code() {
         Some(0) => {}
-        Some(3) => println!("promtool lint warnings:\n{report}"),
+        Some(3) => panic!("promtool lint warnings:\n{report}"),
         other => {
             panic!("promtool check metrics failed ({other:?}):\n{report}\n--- body ---\n{body}")
         }

@@ -6,6 +6,10 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 pub fn describe_metrics() {
     describe_gauge!(
+        "heapwarden_profiles_limit_bytes",
+        "profiles.max-bytes: the retention limit of stored heap profiles."
+    );
+    describe_gauge!(
         "heapwarden_worker_up",
         "1 when the slot's worker is running and ready."
     );

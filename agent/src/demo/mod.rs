@@ -3,8 +3,8 @@
 //! `GET /items/{id}` reads through L1 (moka, `cache`) → L2 (Redis, `redis_l2`) → SQL
 //! (`db`); writes invalidate every worker's L1 through the agent before answering
 //! (`items`). Around it: CPU work on a bounded pool (`compute`), durable jobs (`jobs`),
-//! NDJSON export, a leak on purpose (`leak`), health probes and the shutdown path
-//! (`server`), metrics (`metrics`), request ids and request logs (`observe`), JSON errors
+//! NDJSON export, a leak on purpose (`leak`), the HTTP/1 server loop (`serve`), health
+//! probes and the shutdown path (`server`), metrics (`metrics`), request ids and request logs (`observe`), JSON errors
 //! (`error`).
 
 mod cache;
@@ -18,6 +18,7 @@ mod metrics;
 mod observe;
 mod redis_l2;
 mod routes;
+mod serve;
 mod server;
 
 use std::sync::Arc;
@@ -60,11 +61,12 @@ pub struct App {
 /// Overrides the runtime's thread count (benchmarks; 1 means a current-thread runtime).
 const THREADS_ENV: &str = "HEAPWARDEN_DEMO_THREADS";
 
-/// Threads of the async runtime. Under the agent the pool already spreads load over the
-/// cores (default: one worker per core), so each worker gets its share of the cores, and
-/// a share of one means a current-thread runtime: no work-stealing wake-ups between
-/// threads, which cost more than they bring when another process owns the other cores.
-/// Run alone, the worker uses every core.
+/// Threads of the async runtime. A worker is one event loop on one thread, like a Node
+/// worker: the agent scales out with one worker per core (the default), and on a
+/// current-thread runtime there are no work-stealing wake-ups between threads, which cost
+/// more than they bring when the other cores belong to other workers (measured: the same
+/// req/s on 2 cores at a quarter of the p99). Only when the agent runs fewer workers than
+/// cores does each get its share of them. Run alone, the worker is single-threaded too.
 fn runtime_threads(config: &Config) -> usize {
     if let Some(n) = std::env::var(THREADS_ENV)
         .ok()
@@ -73,12 +75,11 @@ fn runtime_threads(config: &Config) -> usize {
     {
         return n;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if std::env::var_os("HEAPWARDEN_CONTROL_FD").is_some() {
-        (cores / config.pool.worker_count().max(1)).max(1)
-    } else {
-        cores
+    if std::env::var_os("HEAPWARDEN_CONTROL_FD").is_none() {
+        return 1;
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / config.pool.worker_count().max(1)).max(1)
 }
 
 /// Stdout for the log thread, one `write` per record. slog-json writes a record in many
@@ -207,10 +208,10 @@ async fn run(
     if let Some(probe) = &app.probe {
         probe.ready();
     }
-    let service = axum::serve(listener, routes::router(app.clone()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let router = routes::router(app.clone());
+    let service = serve::serve(listener, app.clone(), router, stop.clone(), log.clone());
     tokio::select! {
-        served = service => served.context("the HTTP server failed")?,
+        () = service => {}
         () = server::drain_deadline(&app, &stop, FALLBACK_DRAIN, &log) => {}
     }
     Ok(())

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::http::header::CONNECTION;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use serde::ser::SerializeMap;
 use slog::{Key, Record, SerdeValue, Serializer, info};
@@ -29,10 +29,12 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::App;
+use super::metrics::UNMATCHED;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const WORKER: HeaderName = HeaderName::from_static("x-worker");
 const MAX_GIVEN_ID: usize = 128;
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
 /// Generates request ids `<pid>-<start ms>-<n>` (hex): unique per process start.
 pub struct RequestIds {
@@ -49,27 +51,41 @@ impl RequestIds {
     }
 
     fn generate(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 64];
-        let mut out = &mut buf[..];
-        // 64 bytes hold the prefix (at most 8 + 1 + 16 + 1 hex digits) and a u64 in hex.
-        let _ = write!(out, "{}{n:x}", self.prefix);
-        let len = 64 - out.len();
-        HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("unknown"))
+        let mut digits = [0u8; 16];
+        let mut start = digits.len();
+        let mut rest = n;
+        loop {
+            start -= 1;
+            digits[start] = HEX[(rest & 0xf) as usize];
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut id = [0u8; 64];
+        let prefix = self.prefix.as_bytes();
+        let len = prefix.len() + digits.len() - start;
+        // The prefix is at most 27 bytes (pid and milliseconds in hex, two dashes).
+        let Some(out) = id.get_mut(..len) else {
+            return HeaderValue::from_static("unknown");
+        };
+        out[..prefix.len()].copy_from_slice(prefix);
+        out[prefix.len()..].copy_from_slice(&digits[start..]);
+        HeaderValue::from_bytes(out).unwrap_or(HeaderValue::from_static("unknown"))
     }
 
-    /// The request's id; a generated one is also set on the request for handlers.
-    fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
+    /// The request's id: the client's `x-request-id` when sane, else a new one.
+    fn assign(&self, headers: &HeaderMap) -> (HeaderValue, bool) {
         let given = headers.get(&REQUEST_ID).filter(|v| {
             let b = v.as_bytes();
             !b.is_empty() && b.len() <= MAX_GIVEN_ID && b.iter().all(u8::is_ascii_graphic)
         });
-        if let Some(id) = given {
-            return id.clone();
+        match given {
+            Some(id) => (id.clone(), false),
+            None => (self.generate(), true),
         }
-        let id = self.generate();
-        headers.insert(REQUEST_ID, id.clone());
-        id
     }
 }
 
@@ -126,10 +142,99 @@ pub struct Observe<S> {
     app: Arc<App>,
 }
 
-/// What the request log needs from the request, copied only when it is on.
+/// What the request log needs from the request, copied only when it is on: the path and
+/// the headers as text in one buffer. Copied rather than shared: hyper's header values
+/// and path are slices of the connection's read buffer, and a slice still held by the log
+/// thread makes hyper allocate a fresh 8 KiB read buffer for the next request.
 struct Logged {
-    path: Uri,
-    headers: Arc<HeaderMap>,
+    text: String,
+    path_end: usize,
+    /// (name start, value start, value end) of each header in `text`.
+    headers: Vec<(usize, usize, usize)>,
+}
+
+impl Logged {
+    fn copy(path: &str, headers: &HeaderMap) -> Logged {
+        let mut text = String::with_capacity(path.len() + 32 * headers.len());
+        text.push_str(path);
+        let path_end = text.len();
+        let spans = headers
+            .iter()
+            .map(|(name, value)| {
+                let start = text.len();
+                text.push_str(name.as_str());
+                let value_start = text.len();
+                text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                (start, value_start, text.len())
+            })
+            .collect();
+        Logged {
+            text,
+            path_end,
+            headers: spans,
+        }
+    }
+
+    fn path(&self) -> &str {
+        &self.text[..self.path_end]
+    }
+}
+
+/// A request being observed: taken at its start, finished on its response.
+pub struct Begun {
+    started: Instant,
+    id: HeaderValue,
+    method: Method,
+    logged: Option<Arc<Logged>>,
+}
+
+/// Starts observing `request`: assigns its id (set on the request for the handlers when
+/// `for_handlers` and it was generated) and, with the request log on, copies what the log
+/// record needs.
+pub fn begin<B>(app: &App, request: &mut axum::http::Request<B>, for_handlers: bool) -> Begun {
+    let started = Instant::now();
+    let (id, generated) = app.request_ids.assign(request.headers());
+    // Copied before a generated id is added: the log shows the headers the client sent.
+    let logged = app
+        .log_requests
+        .then(|| Arc::new(Logged::copy(request.uri().path(), request.headers())));
+    if generated && for_handlers {
+        request.headers_mut().insert(REQUEST_ID, id.clone());
+    }
+    Begun {
+        started,
+        id,
+        method: request.method().clone(),
+        logged,
+    }
+}
+
+impl Begun {
+    /// Counts, times and logs the request under `route` (its template; None: no route
+    /// matched) and sets the response headers every answer carries.
+    pub fn finish(self, app: &App, route: Option<&str>, response: &mut Response) {
+        let elapsed = self.started.elapsed();
+        let status = response.status().as_u16();
+        app.handles
+            .record_request(route, &self.method, status, elapsed);
+        if let Some(logged) = self.logged {
+            info!(app.log, "Served a request.";
+                "method" => self.method.as_str(), "route" => route.unwrap_or(UNMATCHED),
+                "path" => logged.path(), "status" => status,
+                "latency_ms" => elapsed.as_secs_f64() * 1000.0,
+                "request_id" => self.id.to_str().unwrap_or(""),
+                "headers" => LoggedHeaders(logged.clone()));
+        }
+        let headers = response.headers_mut();
+        headers.insert(REQUEST_ID, self.id);
+        headers.insert(WORKER, app.worker_header.clone());
+        if app.draining.load(Ordering::Relaxed) {
+            // Draining: this connection closes after this answer, so the client's next
+            // request opens a new connection, which another worker accepts. Closing idle
+            // keep-alive connections instead races with a request already on its way.
+            headers.insert(CONNECTION, CLOSE);
+        }
+    }
 }
 
 impl<S> Service<Request> for Observe<S>
@@ -146,33 +251,13 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let started = Instant::now();
         let app = self.app.clone();
-        let id = app.request_ids.assign(request.headers_mut());
+        let begun = begin(&app, &mut request, true);
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let method = request.method().clone();
-        let logged = app.log_requests.then(|| Logged {
-            path: request.uri().clone(),
-            headers: Arc::new(request.headers().clone()),
-        });
         let served = self.inner.call(request);
         Box::pin(async move {
             let Ok(mut response) = served.await;
-            let elapsed = started.elapsed();
-            let status = response.status().as_u16();
-            let route = route.as_ref().map(MatchedPath::as_str);
-            app.handles.record_request(route, &method, status, elapsed);
-            if let Some(logged) = logged {
-                info!(app.log, "Served a request.";
-                    "method" => method.as_str(), "route" => route.unwrap_or(super::metrics::UNMATCHED),
-                    "path" => logged.path.path(), "status" => status,
-                    "latency_ms" => elapsed.as_secs_f64() * 1000.0,
-                    "request_id" => id.to_str().unwrap_or(""),
-                    "headers" => LoggedHeaders(logged.headers));
-            }
-            let headers = response.headers_mut();
-            headers.insert(REQUEST_ID, id);
-            headers.insert(WORKER, app.worker_header.clone());
+            begun.finish(&app, route.as_ref().map(MatchedPath::as_str), &mut response);
             Ok(response)
         })
     }
@@ -182,13 +267,17 @@ where
 /// authorization, cookies and the like). Shared, so handing it to the log thread copies
 /// nothing.
 #[derive(Clone)]
-struct LoggedHeaders(Arc<HeaderMap>);
+struct LoggedHeaders(Arc<Logged>);
 
 impl serde::Serialize for LoggedHeaders {
     fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0.iter() {
-            map.serialize_entry(name.as_str(), &String::from_utf8_lossy(value.as_bytes()))?;
+        let logged = &self.0;
+        let mut map = serializer.serialize_map(Some(logged.headers.len()))?;
+        for &(start, value_start, end) in &logged.headers {
+            map.serialize_entry(
+                &logged.text[start..value_start],
+                &logged.text[value_start..end],
+            )?;
         }
         map.end()
     }
@@ -207,5 +296,55 @@ impl SerdeValue for LoggedHeaders {
 
     fn to_sendable(&self) -> Box<dyn SerdeValue + Send + 'static> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_unique_hex_after_the_prefix() {
+        let ids = RequestIds::new();
+        let first = ids.generate();
+        let second = ids.generate();
+        assert_ne!(first, second);
+        let text = first.to_str().expect("ascii");
+        assert!(text.starts_with(&ids.prefix), "{text}");
+        assert_eq!(&text[ids.prefix.len()..], "1");
+        for _ in 0..30 {
+            ids.generate();
+        }
+        let later = ids.generate();
+        assert_eq!(&later.to_str().unwrap()[ids.prefix.len()..], "21");
+    }
+
+    #[test]
+    fn logged_headers_serialise_as_an_object() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("example"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer x"));
+        let logged = LoggedHeaders(Arc::new(Logged::copy("/items/1", &headers)));
+        assert_eq!(logged.0.path(), "/items/1");
+        let json = serde_json::to_value(&logged).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"host": "example", "authorization": "Bearer x"})
+        );
+    }
+
+    #[test]
+    fn a_sane_given_id_is_kept_and_a_bad_one_replaced() {
+        let ids = RequestIds::new();
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-1"));
+        assert_eq!(
+            ids.assign(&headers),
+            (HeaderValue::from_static("abc-1"), false)
+        );
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        let (id, generated) = ids.assign(&headers);
+        assert!(generated);
+        assert!(id.to_str().unwrap().starts_with(&ids.prefix));
     }
 }

@@ -66,15 +66,18 @@ async fn get_item(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     match items::read(&app, id).await? {
-        Some((body, layer)) => {
-            let mut response = Response::new(Body::from(body));
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, JSON);
-            headers.insert(X_CACHE, HeaderValue::from_static(layer.as_str()));
-            Ok(response)
-        }
+        Some((body, layer)) => Ok(item_response(body, layer)),
         None => Err(ApiError::not_found(format!("no item {id}"))),
     }
+}
+
+/// The answer to `GET /items/{id}`: the cached JSON body as is.
+pub fn item_response(body: Bytes, layer: items::Layer) -> Response {
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, JSON);
+    headers.insert(X_CACHE, HeaderValue::from_static(layer.as_str()));
+    response
 }
 
 #[derive(Deserialize)]

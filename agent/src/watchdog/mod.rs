@@ -34,12 +34,14 @@ enum Figure {
 }
 
 impl Figure {
-    fn pick(watch: Watch, sample: &WorkerSample) -> Figure {
+    /// Decided by whether the worker links the probe, not by one sample: a single late
+    /// heap reply must not switch a probe-linked worker to the slower PSS cadence.
+    fn pick(watch: Watch, probe: bool) -> Figure {
         match watch {
             Watch::Heap => Figure::Heap,
             Watch::Pss => Figure::Pss,
             Watch::Rss => Figure::Rss,
-            Watch::Auto if sample.heap.is_some() => Figure::Heap,
+            Watch::Auto if probe => Figure::Heap,
             Watch::Auto => Figure::Pss,
         }
     }
@@ -115,23 +117,25 @@ impl Watchdog {
             f.heap_allocated_bytes = sample.heap.as_ref().map(|h| h.allocated);
             f.heap_active_bytes = sample.heap.as_ref().map(|h| h.active);
         });
-        let ready = self.pool.borrow().slots.get(slot).is_some_and(|s| {
+        let serving = self.pool.borrow().slots.get(slot).and_then(|s| {
             s.worker
                 .as_ref()
-                .is_some_and(|w| w.worker_id == sample.worker_id && w.ready)
+                .filter(|w| w.worker_id == sample.worker_id && w.ready)
+                .map(|w| w.probe)
         });
-        // Warm-up starts once the worker is ready: start-up allocations are no leak.
+        let ready = serving.is_some();
+        let probe = serving.unwrap_or(false);
         if !ready {
             return;
         }
         let watch = self.slots.entry(slot).or_insert_with(|| SlotWatch {
             worker_id: sample.worker_id,
-            figure: Figure::pick(self.config.watch, &sample),
+            figure: Figure::pick(self.config.watch, probe),
             detector: LeakDetector::new(self.rules.clone()),
         });
         if watch.worker_id != sample.worker_id {
             watch.worker_id = sample.worker_id;
-            watch.figure = Figure::pick(self.config.watch, &sample);
+            watch.figure = Figure::pick(self.config.watch, probe);
             watch.detector.reset();
         }
         let Some(value) = watch.figure.read(&sample) else {
@@ -248,4 +252,49 @@ fn record_trend(slot: usize, obs: &Observation) {
     // NaN when not growing: comparisons against it are false, so alerts stay quiet.
     metrics::gauge!("heapwarden_worker_seconds_to_limit", "worker" => worker)
         .set(obs.seconds_to_limit.unwrap_or(f64::NAN));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(heap: bool) -> WorkerSample {
+        WorkerSample {
+            slot: 0,
+            worker_id: 1,
+            pid: 1,
+            at: std::time::Instant::now(),
+            rss: 300,
+            pss: None,
+            uss: None,
+            swap: None,
+            cpu_seconds: 0.0,
+            processes: 1,
+            heap: heap.then(|| heapwarden_probes::HeapStats {
+                allocated: 100,
+                active: 120,
+                resident: 150,
+                mapped: 200,
+                retained: 0,
+                metadata: 10,
+            }),
+            runtime_lag_seconds: None,
+        }
+    }
+
+    #[test]
+    fn auto_watches_the_heap_of_probe_linked_workers_even_after_a_missed_reply() {
+        let figure = Figure::pick(Watch::Auto, true);
+        assert_eq!(figure, Figure::Heap);
+        assert_eq!(figure.read(&sample(true)), Some(100));
+        // A late reply skips this sample; it does not switch the figure.
+        assert_eq!(figure.read(&sample(false)), None);
+    }
+
+    #[test]
+    fn auto_watches_pss_of_plain_workers_and_explicit_choices_win() {
+        assert_eq!(Figure::pick(Watch::Auto, false), Figure::Pss);
+        assert_eq!(Figure::pick(Watch::Rss, true), Figure::Rss);
+        assert_eq!(Figure::Rss.read(&sample(false)), Some(300));
+    }
 }

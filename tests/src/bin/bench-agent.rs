@@ -592,6 +592,8 @@ struct ProfileRecord {
     millis: f64,
     bytes: f64,
     cli_millis: Option<f64>,
+    /// `Some(outcome)` for "A heap profile was not written." records.
+    failed: Option<String>,
 }
 
 fn profile_records(
@@ -600,13 +602,21 @@ fn profile_records(
 ) -> Vec<ProfileRecord> {
     records
         .iter()
-        .filter(|r| r["msg"] == "A heap profile was written.")
         .filter_map(|r| {
+            let failed = match r["msg"].as_str()? {
+                "A heap profile was written." => None,
+                "A heap profile was not written." => {
+                    progress(format!("a profile was not written: {r}"));
+                    Some(r["outcome"].as_str().unwrap_or("?").to_string())
+                }
+                _ => return None,
+            };
             Some(ProfileRecord {
                 what: what(r)?,
-                millis: r["seconds"].as_f64()? * 1000.0,
+                millis: r["seconds"].as_f64().map_or(f64::NAN, |s| s * 1000.0),
                 bytes: r["bytes"].as_f64().unwrap_or(f64::NAN),
                 cli_millis: None,
+                failed,
             })
         })
         .collect()
@@ -650,9 +660,11 @@ fn detection(bench: &Bench) -> BenchResult<Vec<ProfileRecord>> {
         let label = format!("| {rate} MiB/s | {hold} MiB | {trend_text} |");
         let (row, records) = detection_run(bench, &spec)?;
         println!("{label} {row}");
-        let leak = format!("{rate} MiB/s leak");
         profiles.extend(profile_records(&records, |r| {
-            Some(format!("{} ({leak})", r["trigger"].as_str()?))
+            Some(format!(
+                "{}, watchdog (the 4 leak runs above)",
+                r["trigger"].as_str()?
+            ))
         }));
     }
     println!(
@@ -816,28 +828,37 @@ fn profile_table(profiles: &[ProfileRecord]) {
         "## Heap profile: dump (in the worker) + convert/symbolize (helper process) + store\n"
     );
     println!(
-        "| profile | count | median ms | min – max ms | `heapwarden dump` wall ms (median) | median stored KiB |\n|---|---:|---:|---:|---:|---:|"
+        "| profile | written | median ms | min – max ms | `heapwarden dump` wall ms (median) | median stored KiB | not written |\n\
+         |---|---:|---:|---:|---:|---:|---|"
     );
     let mut kinds: Vec<&str> = profiles.iter().map(|p| p.what.as_str()).collect();
-    kinds.dedup();
     kinds.sort();
     kinds.dedup();
     for kind in kinds {
-        let group: Vec<&ProfileRecord> = profiles.iter().filter(|p| p.what == kind).collect();
-        let ms: Vec<f64> = group.iter().map(|p| p.millis).collect();
-        let kib: Vec<f64> = group.iter().map(|p| p.bytes / 1024.0).collect();
-        let cli = group
+        let (written, failed): (Vec<&ProfileRecord>, Vec<&ProfileRecord>) = profiles
+            .iter()
+            .filter(|p| p.what == kind)
+            .partition(|p| p.failed.is_none());
+        let ms: Vec<f64> = written.iter().map(|p| p.millis).collect();
+        let kib: Vec<f64> = written.iter().map(|p| p.bytes / 1024.0).collect();
+        let cli = written
             .iter()
             .find_map(|p| p.cli_millis)
             .map(|c| format!("{c:.0}"))
             .unwrap_or_else(|| "—".into());
+        let failed: Vec<&str> = failed.iter().filter_map(|p| p.failed.as_deref()).collect();
         println!(
-            "| {kind} | {} | {:.0} | {:.0} – {:.0} | {cli} | {:.1} |",
-            group.len(),
+            "| {kind} | {} | {:.0} | {:.0} – {:.0} | {cli} | {:.1} | {} |",
+            written.len(),
             median(&ms),
             percentile(&ms, 0.0),
             percentile(&ms, 1.0),
-            median(&kib)
+            median(&kib),
+            if failed.is_empty() {
+                "0".to_string()
+            } else {
+                format!("{} ({})", failed.len(), failed.join(", "))
+            },
         );
     }
     println!();
