@@ -14,6 +14,7 @@
 #
 #   bench/demo.sh [--quick] [throughput|stale|replace|profiling ...]   (default: all)
 #   SKIP_BUILD=1 DURATION=5s bench/demo.sh throughput
+#   HEAPWARDEN_BIN=/path/to/other/heapwarden SKIP_BUILD=1 bench/demo.sh   # compare a build
 #
 # Needs wrk, redis-server, curl, python3. Starts its own redis-server on a free port and
 # never touches a shared one. Full run about 5 minutes after the build; --quick ~1 minute.
@@ -38,7 +39,7 @@ else
 fi
 CORES=$(nproc)
 TICK=$(getconf CLK_TCK)
-BIN="$ROOT/target/release/heapwarden"
+BIN=${HEAPWARDEN_BIN:-"$ROOT/target/release/heapwarden"}
 
 for tool in wrk redis-server curl python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
