@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod promql;
+pub mod tools;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

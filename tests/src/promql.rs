@@ -6,6 +6,67 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+/// Every metric of DESIGN.md "Metric names" (histograms by their base name).
+pub const CONTRACT_METRICS: &[&str] = &[
+    "heapwarden_worker_up",
+    "heapwarden_worker_rss_bytes",
+    "heapwarden_worker_pss_bytes",
+    "heapwarden_worker_uss_bytes",
+    "heapwarden_worker_swap_bytes",
+    "heapwarden_worker_heap_allocated_bytes",
+    "heapwarden_worker_heap_active_bytes",
+    "heapwarden_worker_heap_resident_bytes",
+    "heapwarden_worker_heap_retained_bytes",
+    "heapwarden_worker_cpu_seconds_total",
+    "heapwarden_worker_runtime_lag_seconds",
+    "heapwarden_worker_growth_bytes_per_second",
+    "heapwarden_worker_seconds_to_limit",
+    "heapwarden_worker_restarts_total",
+    "heapwarden_leak_detections_total",
+    "heapwarden_heap_profiles_total",
+    "heapwarden_heap_profile_duration_seconds",
+    "heapwarden_profiles_stored_bytes",
+    "heapwarden_drain_duration_seconds",
+    "heapwarden_sample_duration_seconds",
+    "heapwarden_agent_rss_bytes",
+    "heapwarden_agent_cpu_seconds_total",
+    "heapwarden_system_memory_bytes",
+    "heapwarden_system_load",
+    "heapwarden_cgroup_memory_pressure",
+    "http_requests_total",
+    "http_request_duration_seconds",
+    "demo_cache_lookups_total",
+    "demo_cache_invalidations_total",
+    "demo_jobs_total",
+    "demo_db_pool_connections",
+];
+
+/// The contract's histograms: only these may be queried as `_bucket`, `_sum`, `_count`.
+pub const CONTRACT_HISTOGRAMS: &[&str] = &[
+    "heapwarden_heap_profile_duration_seconds",
+    "heapwarden_drain_duration_seconds",
+    "heapwarden_sample_duration_seconds",
+    "http_request_duration_seconds",
+];
+
+/// Series the alert rules may use beyond the contract: the slot-state and profile-limit
+/// gauges the agent exports for alerting, and Prometheus's own `up`.
+pub const ALERT_ONLY_METRICS: &[&str] = &[
+    "heapwarden_worker_state",
+    "heapwarden_profiles_limit_bytes",
+    "up",
+];
+
+/// Grafana variables replaced by plausible values so a panel query parses as PromQL.
+pub const GRAFANA_VARIABLES: &[(&str, &str)] = &[
+    ("$__rate_interval", "5m"),
+    ("$__interval", "1m"),
+    ("$__range", "1h"),
+    ("$instance", ".*"),
+    ("$worker", ".*"),
+    ("$max_memory", "536870912"),
+];
+
 /// PromQL functions, aggregation operators and keywords: identifiers that are not series.
 pub const PROMQL_WORDS: &str = "\
     abs absent absent_over_time acos acosh and asin asinh atan atan2 atanh avg \

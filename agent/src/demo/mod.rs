@@ -4,8 +4,8 @@
 //! (`db`); writes invalidate every worker's L1 through the agent before answering
 //! (`items`). Around it: CPU work on a bounded pool (`compute`), durable jobs (`jobs`),
 //! NDJSON export, a leak on purpose (`leak`), the HTTP/1 server loop (`serve`), health
-//! probes and the shutdown path (`server`), metrics (`metrics`), request ids and request logs (`observe`), JSON errors
-//! (`error`).
+//! probes and the shutdown path (`server`), metrics (`metrics`), request ids and request
+//! logs (`observe`), the worker's logger (`logout`), JSON errors (`error`).
 
 mod cache;
 mod compute;
@@ -14,6 +14,7 @@ mod error;
 mod items;
 mod jobs;
 mod leak;
+mod logout;
 mod metrics;
 mod observe;
 mod redis_l2;
@@ -82,35 +83,11 @@ fn runtime_threads(config: &Config) -> usize {
     (cores / config.pool.worker_count().max(1)).max(1)
 }
 
-/// Stdout for the log thread, one `write` per record. slog-json writes a record in many
-/// small pieces; straight into `Stdout` each piece takes its lock and a newline scan.
-/// Here the pieces are gathered and the record goes out whole at its newline.
-#[derive(Default)]
-struct RecordWriter {
-    record: Vec<u8>,
-}
-
-impl std::io::Write for RecordWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.record.extend_from_slice(buf);
-        if buf.ends_with(b"\n") {
-            self.flush()?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let result = std::io::stdout().lock().write_all(&self.record);
-        self.record.clear();
-        result
-    }
-}
-
 const LAG_PERIOD: Duration = Duration::from_millis(100);
 const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
 
 pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    let (root, _log_guard) = crate::log::build(&config.log, RecordWriter::default());
+    let (root, _log_flush) = logout::stdout_logger(&config.log);
     let log = root.new(o!("module" => "demo", "worker" => args.slot, "pid" => std::process::id()));
     // Sampling costs little and lets the agent pull profiles; without it we still serve.
     if let Err(e) = heapwarden_probes::activate_profiling() {

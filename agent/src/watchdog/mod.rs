@@ -270,7 +270,7 @@ mod tests {
             swap: None,
             cpu_seconds: 0.0,
             processes: 1,
-            heap: heap.then(|| heapwarden_probes::HeapStats {
+            heap: heap.then_some(heapwarden_probes::HeapStats {
                 allocated: 100,
                 active: 120,
                 resident: 150,
