@@ -13,13 +13,17 @@
 //!
 //! # Opting in
 //! One line at the binary's crate root, then take the probe at start:
-//! ```ignore
+//! ```no_run
 //! heapwarden_probes::install!();
 //!
 //! fn main() {
 //!     let _ = heapwarden_probes::activate_profiling();
-//!     let probe = heapwarden_probes::Probe::from_env(); // None when not under heapwarden
-//!     // ... bind, then `probe.ready()`, and stop accepting once `probe.drained()` resolves.
+//!     // None when the program is not run by the heapwarden agent.
+//!     if let Some(probe) = heapwarden_probes::Probe::from_env() {
+//!         // ... take the shared socket (`take_listen_socket`), start serving, then:
+//!         probe.ready();
+//!         // ... and stop accepting once `probe.drained()` resolves.
+//!     }
 //! }
 //! ```
 //! `MALLOC_CONF` in the environment still overrides the compiled-in jemalloc options.

@@ -213,9 +213,12 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
             std::thread::spawn(move || call("POST", &url, &[], Some(heavy)))
         })
         .collect();
-    // One runs, one waits in the queue, the rest must be refused at once.
-    let refused = poll(Duration::from_secs(10), "a 503 from /compute", || {
-        let r = call("POST", &url, &[], Some(heavy));
+    // One runs, one waits in the queue, the rest must be refused at once. The probe is a
+    // one-round request: if it slips in before the heavy ones it is done at once instead
+    // of holding the poll for a whole heavy computation.
+    let light = r#"{"password":"pw","rounds":1}"#;
+    let refused = poll(Duration::from_secs(30), "a 503 from /compute", || {
+        let r = call("POST", &url, &[], Some(light));
         (r.status == 503).then_some(r)
     });
     assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");

@@ -5,6 +5,10 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 pub fn describe_metrics() {
+    describe_counter!(
+        "heapwarden_worker_failed_total",
+        "Times a worker slot entered the failed state (crash loop), before its cool-down."
+    );
     describe_gauge!(
         "heapwarden_profiles_limit_bytes",
         "profiles.max-bytes: the retention limit of stored heap profiles."
