@@ -318,17 +318,36 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     !alive(pid)
 }
 
-/// One HTTP/1.1 GET on a fresh connection; returns (status, body).
-pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+/// One HTTP/1.1 request on a fresh connection, with an optional bearer token and a JSON
+/// body; returns (status, body). A server that answers before reading the whole body
+/// (413) may reset the connection: whatever answer arrived still counts.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(e);
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .split_whitespace()
         .nth(1)
@@ -339,6 +358,54 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// One HTTP/1.1 GET on a fresh connection; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, None, b"", timeout)
+}
+
+/// Calls `check` until it returns a value; panics naming `what` after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`poll`] for a condition.
+pub fn poll_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    poll(timeout, what, || done().then_some(()))
+}
+
+/// Waits until `GET path` answers 200 (e.g. the agent's `/readyz`); on timeout the
+/// panic shows the process's log.
+pub fn wait_until_ok(addr: SocketAddr, path: &str, timeout: Duration, logs: &Logs) {
+    let deadline = Instant::now() + timeout;
+    while !matches!(http_get(addr, path, Duration::from_secs(2)), Ok((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "{path} not 200 after {timeout:?}; log:\n{}",
+            logs.raw()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of the workers the agent started, in order (its "A worker started." records).
+pub fn worker_pids(logs: &Logs) -> Vec<i32> {
+    logs.matching(msg("A worker started."))
+        .iter()
+        .filter_map(|r| r["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect()
 }
 
 /// A plain (probe-less) HTTP worker in Python: serves `hello from worker N` on the

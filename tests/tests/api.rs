@@ -1,8 +1,7 @@
 //! End-to-end tests of the admin API's edges (auth, bad ids, path escapes, body limits),
 //! the CLI's errors, and the replacement of a worker that stops answering.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,30 +19,8 @@ fn call(
     token: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, SECS(5)).expect("connect");
-    s.set_read_timeout(Some(SECS(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    http_request(addr, method, path, token, body, SECS(30))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn probe_agent(sandbox: &Sandbox, extra: &str) -> (Proc, SocketAddr, String) {

@@ -3,7 +3,7 @@
 //! job, leaked, been profiled and been replaced.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heapwarden_tests::promql::dashboard_metric_names;
 use heapwarden_tests::*;
@@ -14,21 +14,8 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 const FROM_PROMETHEUS: &[&str] = &["up"];
 
 fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, SECS(5)).expect("connect");
-    s.set_read_timeout(Some(SECS(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    http_request(addr, method, path, None, body.as_bytes(), SECS(10))
+        .map_or(0, |(status, _)| status)
 }
 
 #[test]
@@ -65,15 +52,7 @@ leak-slots = [1]
     ));
     let service: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let deadline = Instant::now() + SECS(60);
-    while !matches!(http_get(admin, "/readyz", SECS(2)), Ok((200, _))) {
-        assert!(
-            Instant::now() < deadline,
-            "agent not ready:\n{}",
-            agent.logs.raw()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ok(admin, "/readyz", SECS(60), &agent.logs);
     // A leak replacement first: detections, profiles, restarts{reason="leak"}, a drain.
     agent.logs.wait_for(SECS(60), "a leak replacement", |r| {
         r["msg"] == "A memory leak was detected." && r["worker"] == 1 && r["action"] == "restart"
@@ -82,15 +61,14 @@ leak-slots = [1]
         body.lines()
             .any(|l| l.starts_with(prefix) && !(nonzero && l.ends_with(" 0")))
     };
-    let deadline = Instant::now() + SECS(30);
-    loop {
-        let (_, body) = http_get(admin, "/metrics", SECS(5)).expect("scrape /metrics");
-        if has(&body, "heapwarden_drain_duration_seconds_count", true) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no drain yet; /metrics:\n{body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let scrape = || {
+        http_get(admin, "/metrics", SECS(5))
+            .expect("scrape /metrics")
+            .1
+    };
+    poll_until(SECS(30), "a drain in /metrics", || {
+        has(&scrape(), "heapwarden_drain_duration_seconds_count", true)
+    });
     // Then traffic for the demo's families: reads (l1/db), a write (invalidation), a job.
     for id in 1..=20 {
         assert_eq!(request(service, "GET", &format!("/items/{id}"), ""), 200);
@@ -109,24 +87,19 @@ leak-slots = [1]
         ),
         200..=202
     ));
-    let deadline = Instant::now() + SECS(30);
-    let body = loop {
-        let (_, body) = http_get(admin, "/metrics", SECS(5)).expect("scrape /metrics");
-        let families = [
-            "http_requests_total",
-            "demo_jobs_total",
-            "demo_cache_invalidations_total",
-            "demo_cache_lookups_total",
-        ];
-        if families.iter().all(|f| has(&body, f, false)) {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "demo families missing; /metrics:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let families = [
+        "http_requests_total",
+        "demo_jobs_total",
+        "demo_cache_invalidations_total",
+        "demo_cache_lookups_total",
+    ];
+    let body = poll(SECS(30), "the demo's metric families", || {
+        let body = scrape();
+        families
+            .iter()
+            .all(|f| has(&body, f, false))
+            .then_some(body)
+    });
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../dashboards/heapwarden.json"

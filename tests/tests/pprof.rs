@@ -7,23 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const LEAKY: &str = "leaky_function_for_pprof_test";
+use heapwarden_tests::bin;
 
-/// Binaries sit next to the test's `deps/` directory (target/debug/).
-fn target_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (cargo build -p heapwarden --bins)",
-        path.display()
-    );
-    path
-}
+const LEAKY: &str = "leaky_function_for_pprof_test";
 
 /// Runs a command to completion, killing it past `timeout`; panics on failure.
 fn run(cmd: &mut Command, timeout: Duration) -> Output {
@@ -91,8 +77,8 @@ fn converted_profiles_open_in_go_pprof_and_the_diff_names_the_leak() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (base_raw, leak_raw) = (dir.path().join("base.raw"), dir.path().join("leak.raw"));
     let (base, leak) = (dir.path().join("base.pb.gz"), dir.path().join("leak.pb.gz"));
-    let worker = target_bin("leak-dumper");
-    let heapwarden = target_bin("heapwarden");
+    let worker = bin("leak-dumper");
+    let heapwarden = bin("heapwarden");
     run(
         Command::new(&worker)
             .arg(&base_raw)

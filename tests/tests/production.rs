@@ -7,27 +7,11 @@
 //! Debian package that provides it (CI installs them).
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use heapwarden_tests::heapwarden;
 use heapwarden_tests::promql::{ALERT_ONLY_METRICS, CONTRACT_METRICS, promql_series_names};
 use heapwarden_tests::tools::{assert_success, repo_root, run_tool, text};
-
-/// The `heapwarden` binary cargo built next to this test (`target/<profile>/heapwarden`).
-fn heapwarden_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let binary = profile_dir.join("heapwarden");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it first with `cargo build -p heapwarden --bin heapwarden`",
-        binary.display()
-    );
-    binary
-}
 
 #[test]
 fn systemd_units_verify() {
@@ -39,7 +23,7 @@ fn systemd_units_verify() {
         "ExecStart moved"
     );
     // verify insists that ExecStart= is executable: point it at the binary just built.
-    let binary = heapwarden_binary();
+    let binary = heapwarden();
     let service = service.replace("/usr/local/bin/heapwarden", &binary.to_string_lossy());
     std::fs::write(dir.path().join("heapwarden.service"), service).expect("write unit");
     std::fs::copy(

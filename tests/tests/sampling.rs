@@ -3,10 +3,10 @@
 //! `/healthz`, `/readyz` and `/api/v1/workers` against `/proc` and `promtool`.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heapwarden_tests::*;
 use nix::sys::signal::Signal;
@@ -86,7 +86,7 @@ impl Pool {
         let count =
             |body: &str| value(body, "heapwarden_sample_duration_seconds_count").unwrap_or(0.0);
         let start = count(&self.metrics());
-        poll(SECS(10), "sampling rounds", || {
+        poll_until(SECS(10), "sampling rounds", || {
             count(&self.metrics()) >= start + rounds
         });
     }
@@ -112,43 +112,10 @@ fn value(body: &str, series: &str) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-fn poll(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// GET with an optional bearer token (the harness's `http_get` sends no headers).
+/// GET with an optional bearer token.
 fn get_with_token(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let request = || -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&addr, SECS(5))?;
-        stream.set_read_timeout(Some(SECS(5)))?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    };
-    request().unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    http_request(addr, "GET", path, token, b"", SECS(5))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// Resident bytes of `pid` from `/proc/PID/statm` (pages × the kernel page size).
@@ -293,12 +260,12 @@ fn killed_worker_goes_down_and_back_up_on_metrics() {
     let pool = probe_pool(2, 0, SLOW_RESTART, FAST_SAMPLING);
     let up =
         |body: &str, slot: u64| value(body, &format!("heapwarden_worker_up{{worker=\"{slot}\"}}"));
-    poll(SECS(10), "both slots up", || {
+    poll_until(SECS(10), "both slots up", || {
         let body = pool.metrics();
         up(&body, 0) == Some(1.0) && up(&body, 1) == Some(1.0)
     });
     let old_pid = kill_slot_one(&pool);
-    poll(SECS(10), "worker_up{worker=\"1\"} 0", || {
+    poll_until(SECS(10), "worker_up{worker=\"1\"} 0", || {
         let body = pool.metrics();
         assert_eq!(
             up(&body, 0),
@@ -307,7 +274,7 @@ fn killed_worker_goes_down_and_back_up_on_metrics() {
         );
         up(&body, 1) == Some(0.0)
     });
-    poll(SECS(15), "worker_up{worker=\"1\"} back to 1", || {
+    poll_until(SECS(15), "worker_up{worker=\"1\"} back to 1", || {
         up(&pool.metrics(), 1) == Some(1.0)
     });
     let new_pid = pool.worker_pid(1);
@@ -327,12 +294,12 @@ fn killed_worker_goes_down_and_back_up_on_metrics() {
 fn readyz_names_the_down_slot_until_it_is_back() {
     let _guard = TimeoutGuard::new("readyz", SECS(60));
     let pool = probe_pool(2, 0, SLOW_RESTART, FAST_SAMPLING);
-    poll(SECS(10), "ready before the kill", || {
+    poll_until(SECS(10), "ready before the kill", || {
         pool.get("/readyz").0 == 200
     });
     kill_slot_one(&pool);
     let mut reason = String::new();
-    poll(SECS(10), "/readyz 503", || {
+    poll_until(SECS(10), "/readyz 503", || {
         let (status, body) = pool.get("/readyz");
         if status != 503 {
             return false;
@@ -352,7 +319,7 @@ fn readyz_names_the_down_slot_until_it_is_back() {
         !reason.contains("slot 0"),
         "slot 0 is fine and not named: {reason}"
     );
-    poll(SECS(15), "/readyz 200 again", || {
+    poll_until(SECS(15), "/readyz 200 again", || {
         pool.get("/readyz").0 == 200
     });
     let (_, body) = pool.get("/readyz");

@@ -11,14 +11,6 @@ use nix::sys::signal::Signal;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn worker_pids(logs: &Logs) -> Vec<i32> {
-    logs.matching(msg("A worker started."))
-        .iter()
-        .filter_map(|r| r["pid"].as_i64())
-        .map(|p| p as i32)
-        .collect()
-}
-
 fn python_pool(sandbox: &Sandbox, workers: usize, port: u16) -> Proc {
     sandbox.agent(&format!(
         r#"

@@ -30,14 +30,6 @@ fn humantime_parse(text: &str) -> Duration {
     Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)
 }
 
-fn worker_pids(logs: &Logs) -> Vec<i32> {
-    logs.matching(msg("A worker started."))
-        .iter()
-        .filter_map(|r| r["pid"].as_i64())
-        .map(|p| p as i32)
-        .collect()
-}
-
 #[test]
 fn crashing_worker_is_restarted_with_growing_delays() {
     let _guard = TimeoutGuard::new("crashing_worker", SECS(60));

@@ -14,6 +14,7 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 const LEAK_FN: &str = "leak_on_purpose_for_heap_profile";
 
 struct Setup {
+    admin: SocketAddr,
     sandbox: Sandbox,
     agent: Proc,
     service: SocketAddr,
@@ -55,16 +56,9 @@ leak-slots = [1]
     let service = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     // The log level is warn (the demo logs every request at info): poll /readyz.
-    let deadline = std::time::Instant::now() + SECS(60);
-    while !matches!(http_get(admin, "/readyz", SECS(2)), Ok((200, _))) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "agent not ready:\n{}",
-            agent.logs.raw()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ok(admin, "/readyz", SECS(60), &agent.logs);
     Setup {
+        admin,
         sandbox,
         agent,
         service,
@@ -193,18 +187,10 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
         r["msg"] == "A memory leak was detected." && r["worker"] == 1 && r["action"] == "restart"
     });
     assert_eq!(replaced["profile_id"], detection["profile_id"]);
-    let deadline = std::time::Instant::now() + SECS(30);
-    loop {
+    poll_until(SECS(30), "worker 1 replaced and ready", || {
         let workers = cli(&setup, &["ps"]);
-        if workers[1]["restarts"].as_u64().unwrap_or(0) >= 1 && workers[1]["ready"] == true {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker 1 was not replaced: {workers}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        workers[1]["restarts"].as_u64().unwrap_or(0) >= 1 && workers[1]["ready"] == true
+    });
     // Let the old worker drain and the new one serve for a while under load.
     let served = clients.ok.load(Ordering::Relaxed);
     while clients.ok.load(Ordering::Relaxed) < served + 300 {
@@ -283,8 +269,19 @@ fn the_dry_run_writes_the_profile_and_restarts_nothing() {
     let leak_id = detection["profile_id"]
         .as_u64()
         .expect("the leak profile was written");
-    // Give a restart every chance to happen: several sampling rounds and a drain.
-    std::thread::sleep(SECS(3));
+    // Give a restart every chance to happen: 12 more sampling rounds (3 s at 250 ms),
+    // counted by the agent itself, which covers a replacement and its drain.
+    let rounds = || {
+        let (_, body) = http_get(setup.admin, "/metrics", SECS(5)).expect("scrape /metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("heapwarden_sample_duration_seconds_count "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let start = rounds();
+    poll_until(SECS(30), "12 more sampling rounds", || {
+        rounds() >= start + 12.0
+    });
     let workers = cli(&setup, &["ps"]);
     assert!(
         workers

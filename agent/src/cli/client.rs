@@ -151,17 +151,10 @@ fn print_out(common: &Common, value: &Value, table: impl Fn(&Value)) -> anyhow::
     Ok(())
 }
 
-/// Keeps user input inside one path segment; the agent validates the rest.
+/// Keeps user input inside one path segment (UTF-8 percent-encoded); the agent
+/// validates the rest.
 fn segment(raw: &str) -> String {
-    raw.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_string()
-            } else {
-                format!("%{:02X}", c as u32 & 0xff)
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 struct Client {

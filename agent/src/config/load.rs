@@ -75,7 +75,7 @@ pub fn load(
     }
 
     let mut errors = Vec::new();
-    check_each_key(&mut Vec::new(), &tree, &mut errors);
+    check_each_key(&mut Vec::new(), &tree, &known, &mut errors);
     for e in &mut errors {
         if let Some(source) = origin.get(&e.key) {
             e.message = format!("{} (set by {source})", e.message);
@@ -174,13 +174,20 @@ fn collect_keys(path: &mut Vec<String>, value: &Value, out: &mut Vec<String>) {
 }
 
 /// Type-checks each leaf on its own by deserialising a config that holds only that key.
-fn check_each_key(path: &mut Vec<String>, node: &Table, errors: &mut Vec<ConfigError>) {
+fn check_each_key(
+    path: &mut Vec<String>,
+    node: &Table,
+    known: &[String],
+    errors: &mut Vec<ConfigError>,
+) {
     for (key, value) in node {
         path.push(key.clone());
         let dotted = path.join(".");
         match value {
-            Value::Table(t) if !MAP_KEYS.contains(&dotted.as_str()) && is_section(&dotted) => {
-                check_each_key(path, t, errors)
+            Value::Table(t)
+                if !MAP_KEYS.contains(&dotted.as_str()) && is_section(known, &dotted) =>
+            {
+                check_each_key(path, t, known, errors)
             }
             _ => {
                 let mut single = Table::new();
@@ -194,7 +201,7 @@ fn check_each_key(path: &mut Vec<String>, node: &Table, errors: &mut Vec<ConfigE
     }
 }
 
-fn is_section(dotted: &str) -> bool {
+fn is_section(known: &[String], dotted: &str) -> bool {
     let prefix = format!("{dotted}.");
-    known_keys().iter().any(|k| k.starts_with(&prefix))
+    known.iter().any(|k| k.starts_with(&prefix))
 }

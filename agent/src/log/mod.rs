@@ -5,7 +5,6 @@
 mod redact;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use slog::{Drain, Level, Logger, o};
 
@@ -57,9 +56,11 @@ pub fn slog_level(level: LogLevel) -> Level {
 }
 
 /// An in-memory sink for tests: clones share the same buffer.
+#[cfg(test)]
 #[derive(Clone, Default)]
-pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>);
+pub struct SharedBuffer(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
+#[cfg(test)]
 impl SharedBuffer {
     pub fn lines(&self) -> Vec<serde_json::Value> {
         let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
@@ -70,6 +71,7 @@ impl SharedBuffer {
     }
 }
 
+#[cfg(test)]
 impl Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Ok(mut b) = self.0.lock() {

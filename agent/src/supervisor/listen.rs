@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 
 use super::spawn::{inherited_listener, move_high};
 
@@ -28,7 +28,7 @@ pub enum ListenError {
 
 pub fn open(addr: SocketAddr) -> Result<ServiceSocket, ListenError> {
     if let Some((fd, name)) = inherited_listener().map_err(ListenError::Inherited)? {
-        let local_addr = Socket::from(fd.try_clone().map_err(ListenError::Inherited)?)
+        let local_addr = SockRef::from(&fd)
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket());

@@ -110,52 +110,56 @@ impl Watchdog {
 
     fn observe(&mut self, sample: WorkerSample) {
         let slot = sample.slot;
+        let trend = self.run_rules(&sample);
+        // One publication per sample: API readers wake once per round.
         self.figures.send_modify(|all| {
-            let f = all.entry(slot).or_default();
+            let f: &mut SlotFigures = all.entry(slot).or_default();
             f.rss_bytes = Some(sample.rss);
             f.pss_bytes = sample.pss.or(f.pss_bytes);
             f.heap_allocated_bytes = sample.heap.as_ref().map(|h| h.allocated);
             f.heap_active_bytes = sample.heap.as_ref().map(|h| h.active);
+            if let Some((figure, obs)) = &trend {
+                f.growth_bytes_per_second = obs.slope_bytes_per_sec;
+                f.seconds_to_limit = obs.seconds_to_limit;
+                f.watched = Some(figure.as_str());
+            }
         });
-        let serving = self.pool.borrow().slots.get(slot).and_then(|s| {
-            s.worker
-                .as_ref()
-                .filter(|w| w.worker_id == sample.worker_id && w.ready)
-                .map(|w| w.probe)
-        });
-        let ready = serving.is_some();
-        let probe = serving.unwrap_or(false);
-        if !ready {
-            return;
-        }
-        let watch = self.slots.entry(slot).or_insert_with(|| SlotWatch {
-            worker_id: sample.worker_id,
-            figure: Figure::pick(self.config.watch, probe),
-            detector: LeakDetector::new(self.rules.clone()),
-        });
-        if watch.worker_id != sample.worker_id {
-            watch.worker_id = sample.worker_id;
-            watch.figure = Figure::pick(self.config.watch, probe);
-            watch.detector.reset();
-        }
-        let Some(value) = watch.figure.read(&sample) else {
-            return;
-        };
-        let figure = watch.figure;
-        let obs = watch.detector.observe(sample.at, value);
+        let Some((figure, obs)) = trend else { return };
         record_trend(slot, &obs);
-        self.figures.send_modify(|all| {
-            let f: &mut SlotFigures = all.entry(slot).or_default();
-            f.growth_bytes_per_second = obs.slope_bytes_per_sec;
-            f.seconds_to_limit = obs.seconds_to_limit;
-            f.watched = Some(figure.as_str());
-        });
         if obs.baseline_ready {
             self.spawn_profile(&sample, Trigger::Baseline, None, &obs);
         }
         if let Some(trip) = obs.trip.clone() {
             self.on_trip(&sample, figure, trip, &obs);
         }
+    }
+
+    /// Feeds the sample to its slot's rules, once the worker serving the slot is ready
+    /// (warm-up starts then: start-up allocations are no leak). A new worker in the slot
+    /// gets fresh rules.
+    fn run_rules(&mut self, sample: &WorkerSample) -> Option<(Figure, Observation)> {
+        let probe = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
+            s.worker
+                .as_ref()
+                .filter(|w| w.worker_id == sample.worker_id && w.ready)
+                .map(|w| w.probe)
+        })?;
+        let figure = Figure::pick(self.config.watch, probe);
+        let rules = &self.rules;
+        let watch = self.slots.entry(sample.slot).or_insert_with(|| SlotWatch {
+            worker_id: sample.worker_id,
+            figure,
+            detector: LeakDetector::new(rules.clone()),
+        });
+        if watch.worker_id != sample.worker_id {
+            *watch = SlotWatch {
+                worker_id: sample.worker_id,
+                figure,
+                detector: LeakDetector::new(rules.clone()),
+            };
+        }
+        let value = watch.figure.read(sample)?;
+        Some((watch.figure, watch.detector.observe(sample.at, value)))
     }
 
     fn on_trip(&self, sample: &WorkerSample, figure: Figure, trip: Trip, obs: &Observation) {

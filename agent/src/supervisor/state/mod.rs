@@ -320,10 +320,6 @@ impl Pool {
         self.slots[slot].budget_exhausted
     }
 
-    pub fn live_pids(&self) -> Vec<u32> {
-        self.workers.values().filter_map(|w| w.pid).collect()
-    }
-
     pub fn slot_state(&self, slot: usize) -> SlotState {
         if self.stopping {
             return SlotState::Stopping;
