@@ -86,12 +86,12 @@ fn run_logged(
             Roots::system(Path::new(CGROUP_ROOT)),
             handles.view.clone(),
             samples_tx,
-            handles.requests.clone(),
             exposition_writer,
             root.new(o!("module" => "sampler")),
         ));
         let watchdog = Watchdog::new(
             config.watchdog.clone(),
+            config.sampling.missed_pings,
             handles.view.clone(),
             handles.requests.clone(),
             store.clone(),

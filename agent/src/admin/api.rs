@@ -3,8 +3,6 @@
 //! read snapshots and send requests; the supervisor, the watchdog and the profile store
 //! own their state.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -15,23 +13,11 @@ use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::sync::{mpsc, watch};
 
-use crate::profiles::{ProfileFigures, ProfileId, ProfileStoreHandle, StoreError, Trigger};
+use crate::profiles::{
+    CaptureError, CaptureRequest, ProfileId, ProfileStoreHandle, StoreError, Trigger, take_profile,
+};
 use crate::supervisor::{PoolView, Request, RestartReason};
-use crate::watchdog::{CaptureError, CaptureRequest, take_profile};
-
-/// The latest figures per slot, published by the watchdog.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct SlotFigures {
-    pub rss_bytes: Option<u64>,
-    pub pss_bytes: Option<u64>,
-    pub heap_allocated_bytes: Option<u64>,
-    pub heap_active_bytes: Option<u64>,
-    pub growth_bytes_per_second: Option<f64>,
-    pub seconds_to_limit: Option<f64>,
-    pub watched: Option<&'static str>,
-}
-
-pub type FiguresView = BTreeMap<usize, SlotFigures>;
+use crate::watchdog::{FiguresView, SlotFigures};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -172,13 +158,7 @@ async fn profile_now(
         pid: worker.pid,
         link: worker.link.filter(|_| worker.probe),
         trigger: Trigger::Manual,
-        figures: ProfileFigures {
-            rss: figures.rss_bytes,
-            pss: figures.pss_bytes,
-            heap_allocated: figures.heap_allocated_bytes,
-            heap_active: figures.heap_active_bytes,
-            growth_bytes_per_second: figures.growth_bytes_per_second,
-        },
+        figures: figures.for_profile(),
         rule: None,
     };
     match take_profile(&state.store, request, &state.log).await {

@@ -44,7 +44,10 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::ExecWorker { argv } => crate::supervisor::trampoline::exec_worker(argv),
-        Command::ConvertProfile(args) => exit_code(crate::profiles::convert_main(args)),
+        Command::ConvertProfile(args) => exit_code(
+            crate::profiles::helper_main(&args.raw, &args.out, args.pid, args.exe.as_deref())
+                .map_err(anyhow::Error::from),
+        ),
         Command::Client(verb) => client::main(verb),
     }
 }

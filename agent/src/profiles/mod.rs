@@ -1,9 +1,11 @@
-//! Heap profiles: conversion of raw jemalloc dumps into symbolized pprof (`convert`, run
-//! in a short-lived helper process so the agent's RSS stays small), the profile store
-//! with its index and retention (`store`, `index`), and leak-minus-baseline diffs
-//! (`diff`).
+//! Heap profiles: taking one from a worker (`capture`: the worker's raw dump over its
+//! control link, then conversion), conversion of raw jemalloc dumps into symbolized pprof
+//! (`convert`, run in a short-lived helper process so the agent's RSS stays small), the
+//! profile store with its index and retention (`store`, `index`), and
+//! leak-minus-baseline diffs (`diff`).
 #![forbid(unsafe_code)]
 
+mod capture;
 mod convert;
 mod diff;
 mod error;
@@ -17,6 +19,9 @@ mod symbolize;
 mod tests;
 pub mod trim;
 
+use std::path::{Path, PathBuf};
+
+pub use capture::{CaptureError, CaptureRequest, take_profile};
 pub use convert::{
     ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_with_helper,
 };
@@ -25,14 +30,21 @@ pub use error::ProfileError;
 pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileMeta, Trigger};
 pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};
 
-use crate::cli::ConvertArgs;
-
-/// Entry of the hidden `__convert-profile` helper process: converts, then prints the
-/// summary as one JSON line on stdout for the parent to read.
-pub fn convert_main(args: ConvertArgs) -> anyhow::Result<()> {
-    let mut summary =
-        convert::convert_with_exe(&args.raw, &args.out, args.pid, args.exe.as_deref())?;
+/// Entry of the hidden `__convert-profile` helper process, the other end of
+/// [`convert_with_helper`]: converts, then prints the summary as one JSON line on stdout
+/// for the parent to read.
+pub fn helper_main(
+    raw: &Path,
+    out: &Path,
+    pid: Option<u32>,
+    exe: Option<&Path>,
+) -> Result<(), ProfileError> {
+    let mut summary = convert::convert_with_exe(raw, out, pid, exe)?;
     summary.peak_rss_kib = convert::own_peak_rss_kib();
-    println!("{}", serde_json::to_string(&summary)?);
+    let line = serde_json::to_string(&summary).map_err(|e| ProfileError::Write {
+        path: PathBuf::from("/dev/stdout"),
+        source: std::io::Error::other(e),
+    })?;
+    println!("{line}");
     Ok(())
 }

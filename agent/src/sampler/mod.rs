@@ -2,12 +2,12 @@
 //! (RSS and CPU each round, PSS/USS/swap every `pss-every` rounds), asks probe-linked
 //! workers for their heap figures over the control channel, and measures the agent, the
 //! machine and the agent's cgroup. It publishes a [`WorkerSample`] per worker for the
-//! watchdog, records the metrics, and asks the supervisor to replace a worker that
-//! stopped answering. One task (`run_sampler`) owns all of that state.
+//! watchdog (facts only: what was measured and whether the probe answered; the watchdog
+//! decides what they mean) and records the metrics. One task (`run_sampler`) owns all of
+//! that state.
 
 mod collect;
 mod feed;
-mod misses;
 pub mod procfs;
 mod record;
 mod round;
@@ -33,11 +33,10 @@ pub use collect::{
     read_tree,
 };
 pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
-pub use misses::MissTracker;
 pub use record::{SAMPLE_DURATION, render_cpu_counters};
 
 use crate::config::SamplingConfig;
-use crate::supervisor::{PoolView, Request};
+use crate::supervisor::PoolView;
 
 /// One worker's figures from one round, for the watchdog.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +57,18 @@ pub struct WorkerSample {
     /// From the probe, when the worker links it and answered in time.
     pub heap: Option<HeapStats>,
     pub runtime_lag_seconds: Option<f64>,
+    /// Whether the worker's probe answered this round's sample request.
+    pub probe: ProbeAnswer,
+}
+
+/// The probe's side of one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeAnswer {
+    /// The worker does not link the probe (or has not said hello yet).
+    NotLinked,
+    Answered,
+    /// Asked, and no answer within half an interval.
+    Missed,
 }
 
 impl Roots {
@@ -90,7 +101,6 @@ pub async fn run_sampler(
     roots: Roots,
     mut pool: watch::Receiver<PoolView>,
     samples: mpsc::Sender<WorkerSample>,
-    requests: mpsc::Sender<Request>,
     exposition: ExpositionWriter,
     log: Logger,
 ) {
@@ -118,12 +128,6 @@ pub async fn run_sampler(
                 &exposition.current(),
             )
             .await;
-        for (worker_id, request) in outcome.requests {
-            if let Err(e) = requests.try_send(request) {
-                state.request_failed(worker_id);
-                debug!(log, "The supervisor's request queue is full; retrying next round."; "error" => %e);
-            }
-        }
         let mut dropped = 0usize;
         for sample in outcome.samples {
             if samples.try_send(sample).is_err() {

@@ -11,17 +11,15 @@ use slog::{Logger, debug, warn};
 
 use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};
 use super::feed::{Exposition, WorkerText};
-use super::misses::MissTracker;
 use super::procfs::ProcError;
-use super::{WorkerSample, record};
+use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
-use crate::supervisor::{ControlLink, LinkError, PoolView, Request, SlotState};
+use crate::supervisor::{ControlLink, LinkError, PoolView};
 
 /// A worker to sample this round.
 #[derive(Debug, Clone)]
 struct Target {
     slot: usize,
-    state: SlotState,
     worker_id: u64,
     pid: u32,
     link: Option<ControlLink>,
@@ -38,8 +36,6 @@ struct ProbeReply {
 
 pub struct RoundOutcome {
     pub samples: Vec<WorkerSample>,
-    /// With the worker each request is about.
-    pub requests: Vec<(u64, Request)>,
     pub exposition: Exposition,
 }
 
@@ -48,7 +44,6 @@ pub struct SamplerState {
     roots: Roots,
     log: Logger,
     round: u64,
-    misses: MissTracker,
     /// Workers whose procfs read failed, so the failure is logged once, not every second.
     warned: HashSet<u64>,
     /// Each worker's last reported drop count: the slot's counter grows by the difference,
@@ -63,15 +58,9 @@ impl SamplerState {
             roots,
             log,
             round: 0,
-            misses: MissTracker::default(),
             warned: HashSet::new(),
             dropped: HashMap::new(),
         }
-    }
-
-    /// The supervisor did not take the request; ask again next round.
-    pub fn request_failed(&mut self, worker_id: u64) {
-        self.misses.unreport(worker_id);
     }
 
     pub async fn round(
@@ -92,7 +81,6 @@ impl SamplerState {
                 let w = s.worker.as_ref()?;
                 Some(Target {
                     slot: s.slot,
-                    state: s.state,
                     worker_id: w.worker_id,
                     pid: w.pid,
                     link: if w.probe { w.link.clone() } else { None },
@@ -119,13 +107,12 @@ impl SamplerState {
 
         let mut outcome = RoundOutcome {
             samples: Vec::with_capacity(targets.len()),
-            requests: Vec::new(),
             exposition: Exposition::default(),
         };
         let mut cpu = BTreeMap::new();
         let at = Instant::now();
         for (i, (target, reply)) in targets.iter().zip(replies).enumerate() {
-            let reply = self.judge_reply(target, reply, &mut outcome.requests);
+            let (probe, reply) = self.judge_reply(target, reply);
             let keep_text = previous
                 .workers
                 .get(&target.slot)
@@ -159,6 +146,7 @@ impl SamplerState {
                 processes: tree.processes,
                 heap: reply.heap,
                 runtime_lag_seconds: reply.runtime_lag_seconds,
+                probe,
             };
             let dropped_since = reply.dropped.map_or(0, |now| {
                 let last = self.dropped.insert(target.worker_id, now).unwrap_or(0);
@@ -169,7 +157,6 @@ impl SamplerState {
             outcome.samples.push(sample);
         }
         let live: HashSet<u64> = targets.iter().map(|t| t.worker_id).collect();
-        self.misses.retain(|id| live.contains(&id));
         self.warned.retain(|id| live.contains(id));
         self.dropped.retain(|id, _| live.contains(id));
 
@@ -185,31 +172,21 @@ impl SamplerState {
         outcome
     }
 
-    /// Counts a miss for a probe-linked worker that did not answer.
+    /// Whether a probe-linked worker answered; the watchdog decides what a silence means.
     fn judge_reply(
-        &mut self,
+        &self,
         target: &Target,
         reply: Option<Result<ProbeReply, LinkError>>,
-        requests: &mut Vec<(u64, Request)>,
-    ) -> Option<ProbeReply> {
-        let reply = reply?;
-        let answered = reply.is_ok();
-        if let Err(e) = &reply {
-            debug!(self.log, "A worker did not answer a sample request.";
-                "worker" => target.slot, "worker_id" => target.worker_id, "error" => %e,
-                "missed" => self.misses.missed(target.worker_id) + 1);
+    ) -> (ProbeAnswer, Option<ProbeReply>) {
+        match reply {
+            None => (ProbeAnswer::NotLinked, None),
+            Some(Ok(reply)) => (ProbeAnswer::Answered, Some(reply)),
+            Some(Err(e)) => {
+                debug!(self.log, "A worker did not answer a sample request.";
+                    "worker" => target.slot, "worker_id" => target.worker_id, "error" => %e);
+                (ProbeAnswer::Missed, None)
+            }
         }
-        let limit = self.cfg.missed_pings;
-        if let Some(request) =
-            self.misses
-                .observe(target.worker_id, target.slot, target.state, answered, limit)
-        {
-            warn!(self.log, "A worker stopped answering; asking for its replacement.";
-                "worker" => target.slot, "worker_id" => target.worker_id, "pid" => target.pid,
-                "missed" => self.misses.missed(target.worker_id));
-            requests.push((target.worker_id, request));
-        }
-        reply.ok()
     }
 
     fn tree_or_log<'a>(

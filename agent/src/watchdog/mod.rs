@@ -1,25 +1,30 @@
-//! The watchdog: one task that feeds each worker's samples to its leak rules, writes the
-//! baseline profile at warm-up end, and on a trip writes the leak profile, diffs it
-//! against the baseline, logs the top growing allocation sites, and asks the supervisor
-//! for a make-before-break replacement (unless `action = "profile-only"`).
+//! The watchdog: one task that decides, from the sampler's facts, which workers must be
+//! replaced — leaking ones and unhealthy ones alike (the one owner of that decision). It
+//! feeds each worker's samples to its leak rules, writes the baseline profile at warm-up
+//! end, and on a trip writes the leak profile, diffs it against the baseline, logs the top
+//! growing allocation sites, and asks the supervisor for a make-before-break replacement
+//! (unless `action = "profile-only"`); a probe-linked worker that stopped answering
+//! samples is replaced as unhealthy (`health`). It publishes each slot's latest figures
+//! (`figures`) for the admin API.
 
-pub mod capture;
+mod figures;
+mod health;
 pub mod rules;
 
 use std::collections::HashMap;
 
-use slog::{Logger, error, info, warn};
+use slog::{Logger, debug, error, info, warn};
 use tokio::sync::{mpsc, watch};
 
-pub use capture::{CaptureError, CaptureRequest, take_profile};
+pub use figures::{FiguresView, SlotFigures};
+pub use health::MissTracker;
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
 
-use crate::admin::api::{FiguresView, SlotFigures};
 use crate::config::WatchdogConfig;
 use crate::config::types::{LeakAction, Watch};
 use crate::log::RedactedJson;
-use crate::profiles::{ProfileFigures, ProfileStoreHandle, Trigger};
-use crate::sampler::WorkerSample;
+use crate::profiles::{CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile};
+use crate::sampler::{ProbeAnswer, WorkerSample};
 use crate::supervisor::{PoolView, Request, RestartReason};
 
 /// How many growing sites a detection record lists.
@@ -73,6 +78,9 @@ pub struct Watchdog {
     config: WatchdogConfig,
     rules: RulesConfig,
     slots: HashMap<usize, SlotWatch>,
+    /// `sampling.missed-pings`: silences in a row that make a worker unhealthy.
+    missed_pings: u32,
+    misses: MissTracker,
     pool: watch::Receiver<PoolView>,
     requests: mpsc::Sender<Request>,
     store: ProfileStoreHandle,
@@ -83,6 +91,7 @@ pub struct Watchdog {
 impl Watchdog {
     pub fn new(
         config: WatchdogConfig,
+        missed_pings: u32,
         pool: watch::Receiver<PoolView>,
         requests: mpsc::Sender<Request>,
         store: ProfileStoreHandle,
@@ -93,6 +102,8 @@ impl Watchdog {
             rules: RulesConfig::from_watchdog(&config),
             config,
             slots: HashMap::new(),
+            missed_pings,
+            misses: MissTracker::default(),
             pool,
             requests,
             store,
@@ -109,6 +120,7 @@ impl Watchdog {
     }
 
     fn observe(&mut self, sample: WorkerSample) {
+        self.check_health(&sample);
         let slot = sample.slot;
         let trend = self.run_rules(&sample);
         // One publication per sample: API readers wake once per round.
@@ -131,6 +143,45 @@ impl Watchdog {
         }
         if let Some(trip) = obs.trip.clone() {
             self.on_trip(&sample, figure, trip, &obs);
+        }
+    }
+
+    /// Asks for the replacement of a probe-linked worker that missed `missed_pings`
+    /// samples in a row while serving (a starting worker is covered by the supervisor's
+    /// ready timeout, a replacing one is already on its way out).
+    fn check_health(&mut self, sample: &WorkerSample) {
+        let answered = match sample.probe {
+            ProbeAnswer::NotLinked => return,
+            ProbeAnswer::Answered => true,
+            ProbeAnswer::Missed => false,
+        };
+        if self.pool.has_changed().unwrap_or(false) {
+            let view = self.pool.borrow_and_update();
+            let live = |id| {
+                view.slots
+                    .iter()
+                    .any(|s| s.worker.as_ref().is_some_and(|w| w.worker_id == id))
+            };
+            self.misses.retain(live);
+        }
+        let state = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
+            s.worker
+                .as_ref()
+                .filter(|w| w.worker_id == sample.worker_id)
+                .map(|_| s.state)
+        });
+        let Some(state) = state else { return };
+        let (id, limit) = (sample.worker_id, self.missed_pings);
+        let Some(request) = self.misses.observe(id, sample.slot, state, answered, limit) else {
+            return;
+        };
+        warn!(self.log, "A worker stopped answering; asking for its replacement.";
+            "worker" => sample.slot, "worker_id" => id, "pid" => sample.pid,
+            "missed" => self.misses.missed(id));
+        if let Err(e) = self.requests.try_send(request) {
+            // Asked again on the next silence.
+            self.misses.unreport(id);
+            debug!(self.log, "The supervisor's request queue is full; retrying next round."; "error" => %e);
         }
     }
 
@@ -259,46 +310,4 @@ fn record_trend(slot: usize, obs: &Observation) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(heap: bool) -> WorkerSample {
-        WorkerSample {
-            slot: 0,
-            worker_id: 1,
-            pid: 1,
-            at: std::time::Instant::now(),
-            rss: 300,
-            pss: None,
-            uss: None,
-            swap: None,
-            cpu_seconds: 0.0,
-            processes: 1,
-            heap: heap.then_some(heapwarden_probes::HeapStats {
-                allocated: 100,
-                active: 120,
-                resident: 150,
-                mapped: 200,
-                retained: 0,
-                metadata: 10,
-            }),
-            runtime_lag_seconds: None,
-        }
-    }
-
-    #[test]
-    fn auto_watches_the_heap_of_probe_linked_workers_even_after_a_missed_reply() {
-        let figure = Figure::pick(Watch::Auto, true);
-        assert_eq!(figure, Figure::Heap);
-        assert_eq!(figure.read(&sample(true)), Some(100));
-        // A late reply skips this sample; it does not switch the figure.
-        assert_eq!(figure.read(&sample(false)), None);
-    }
-
-    #[test]
-    fn auto_watches_pss_of_plain_workers_and_explicit_choices_win() {
-        assert_eq!(Figure::pick(Watch::Auto, false), Figure::Pss);
-        assert_eq!(Figure::pick(Watch::Rss, true), Figure::Rss);
-        assert_eq!(Figure::Rss.read(&sample(false)), Some(300));
-    }
-}
+mod tests;

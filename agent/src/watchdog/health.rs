@@ -1,5 +1,7 @@
-//! Counting unanswered samples per worker and deciding, once, that a worker is
-//! unhealthy. Pure state, tested without a worker.
+//! The unhealthy decision: counting a probe-linked worker's unanswered samples and
+//! deciding, once, that it must be replaced. The sampler only reports whether the probe
+//! answered; this is the one place that turns silences into a replacement. Pure state,
+//! tested without a worker.
 
 use std::collections::HashMap;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
 use slog::{Logger, info, warn};
 
-use crate::profiles::{
+use super::{
     ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger, convert_in_helper,
 };
 use crate::supervisor::ControlLink;

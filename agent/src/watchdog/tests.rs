@@ -1,0 +1,133 @@
+//! The watchdog's decisions on whole samples: which figure it watches, and the one
+//! replacement request for a worker whose probe went silent.
+
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::supervisor::{SlotState, SlotView, WorkerView};
+
+use super::*;
+
+fn sample(heap: bool) -> WorkerSample {
+    WorkerSample {
+        slot: 0,
+        worker_id: 1,
+        pid: 1,
+        at: std::time::Instant::now(),
+        rss: 300,
+        pss: None,
+        uss: None,
+        swap: None,
+        cpu_seconds: 0.0,
+        processes: 1,
+        heap: heap.then_some(heapwarden_probes::HeapStats {
+            allocated: 100,
+            active: 120,
+            resident: 150,
+            mapped: 200,
+            retained: 0,
+            metadata: 10,
+        }),
+        runtime_lag_seconds: None,
+        probe: ProbeAnswer::NotLinked,
+    }
+}
+
+#[test]
+fn auto_watches_the_heap_of_probe_linked_workers_even_after_a_missed_reply() {
+    let figure = Figure::pick(Watch::Auto, true);
+    assert_eq!(figure, Figure::Heap);
+    assert_eq!(figure.read(&sample(true)), Some(100));
+    // A late reply skips this sample; it does not switch the figure.
+    assert_eq!(figure.read(&sample(false)), None);
+}
+
+#[test]
+fn auto_watches_pss_of_plain_workers_and_explicit_choices_win() {
+    assert_eq!(Figure::pick(Watch::Auto, false), Figure::Pss);
+    assert_eq!(Figure::pick(Watch::Rss, true), Figure::Rss);
+    assert_eq!(Figure::Rss.read(&sample(false)), Some(300));
+}
+
+fn serving(state: SlotState) -> PoolView {
+    PoolView {
+        slots: vec![SlotView {
+            slot: 0,
+            state,
+            worker: Some(WorkerView {
+                worker_id: 1,
+                pid: 1,
+                started_at: Instant::now(),
+                started_wall: SystemTime::now(),
+                ready: state == SlotState::Ready,
+                probe: true,
+                link: None,
+            }),
+            restarts: 0,
+            budget_exhausted: false,
+        }],
+        stopping: false,
+    }
+}
+
+fn watchdog(
+    pool: watch::Receiver<PoolView>,
+) -> (Watchdog, mpsc::Receiver<Request>, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("temp dir");
+    let store =
+        crate::profiles::ProfileStore::open(state.path(), Default::default()).expect("store");
+    let (store, _thread) = ProfileStoreHandle::spawn(store);
+    let (requests, requests_rx) = mpsc::channel(4);
+    let (figures, _) = watch::channel(Default::default());
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let dog = Watchdog::new(Default::default(), 3, pool, requests, store, figures, log);
+    (dog, requests_rx, state)
+}
+
+fn probe_sample(probe: ProbeAnswer) -> WorkerSample {
+    WorkerSample {
+        probe,
+        ..sample(false)
+    }
+}
+
+#[tokio::test]
+async fn a_silent_probe_is_replaced_once_after_missed_pings_in_a_row() {
+    let (_pool_tx, pool) = watch::channel(serving(SlotState::Ready));
+    let (mut dog, mut requests, _dir) = watchdog(pool);
+    dog.observe(probe_sample(ProbeAnswer::Missed));
+    dog.observe(probe_sample(ProbeAnswer::Answered));
+    dog.observe(probe_sample(ProbeAnswer::Missed));
+    dog.observe(probe_sample(ProbeAnswer::Missed));
+    assert!(requests.try_recv().is_err(), "an answer resets the count");
+    dog.observe(probe_sample(ProbeAnswer::Missed));
+    assert_eq!(
+        requests.try_recv().ok(),
+        Some(Request::Replace {
+            slot: 0,
+            reason: RestartReason::Unhealthy
+        })
+    );
+    dog.observe(probe_sample(ProbeAnswer::Missed));
+    assert!(requests.try_recv().is_err(), "asked once per worker");
+}
+
+#[tokio::test]
+async fn plain_and_starting_workers_are_never_replaced_as_unhealthy() {
+    let (pool_tx, pool) = watch::channel(serving(SlotState::Starting));
+    let (mut dog, mut requests, _dir) = watchdog(pool);
+    for _ in 0..5 {
+        dog.observe(probe_sample(ProbeAnswer::Missed));
+        dog.observe(probe_sample(ProbeAnswer::NotLinked));
+    }
+    assert!(
+        requests.try_recv().is_err(),
+        "the ready timeout covers a starting worker"
+    );
+    pool_tx.send_replace(serving(SlotState::Ready));
+    for _ in 0..5 {
+        dog.observe(probe_sample(ProbeAnswer::NotLinked));
+    }
+    assert!(requests.try_recv().is_err(), "no probe, no silence");
+}
