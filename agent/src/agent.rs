@@ -17,11 +17,11 @@ use crate::admin::{
     spawn_upkeep,
 };
 use crate::config::Config;
-use crate::profiles::{ProfileStore, ProfileStoreHandle, Trigger};
+use crate::metric_names;
+use crate::profiles::{ProfileStore, ProfileStoreHandle};
 use crate::sampler::{Roots, exposition_channel, run_sampler};
-use crate::supervisor::{RestartReason, Supervisor, listen};
+use crate::supervisor::{Supervisor, listen};
 use crate::watchdog::Watchdog;
-use crate::watchdog::rules::Rule;
 
 /// `/healthz` fails when the control loop has not ticked for this long.
 const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
@@ -69,10 +69,10 @@ fn run_logged(
             "admin" => config.admin.listen.to_string(),
             "socket_activated" => socket.socket_activated,
             "state_dir" => config.state_dir.display().to_string());
-        metrics::gauge!("heapwarden_profiles_limit_bytes")
+        metrics::gauge!(metric_names::PROFILES_LIMIT_BYTES.name)
             .set(config.profiles.max_bytes.bytes() as f64);
-        metrics::gauge!("heapwarden_profiles_stored_bytes").set(store.stored_bytes() as f64);
-        register_zero_series(config.pool.worker_count());
+        metrics::gauge!(metric_names::PROFILES_STORED_BYTES.name).set(store.stored_bytes() as f64);
+        metric_names::register_zero_series(config.pool.worker_count());
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
         let sup_log = root.new(o!("module" => "supervisor"));
         let (supervisor, handles) = Supervisor::new(config.clone(), worker_env, socket, sup_log)?;
@@ -130,27 +130,6 @@ fn run_logged(
     });
     drop(runtime);
     result
-}
-
-/// Counters exist from the start at 0, so dashboards and `rate()`/`increase()` see the
-/// first event instead of a series appearing out of nowhere.
-fn register_zero_series(workers: usize) {
-    for slot in 0..workers {
-        let worker = slot.to_string();
-        for reason in RestartReason::ALL {
-            metrics::counter!("heapwarden_worker_restarts_total", "worker" => worker.clone(), "reason" => reason.as_str()).increment(0);
-        }
-        for rule in [Rule::MaxMemory, Rule::Growth, Rule::Trend] {
-            metrics::counter!("heapwarden_leak_detections_total", "worker" => worker.clone(), "rule" => rule.as_str()).increment(0);
-        }
-        metrics::counter!("heapwarden_worker_failed_total", "worker" => worker.clone())
-            .increment(0);
-    }
-    for trigger in [Trigger::Baseline, Trigger::Leak, Trigger::Manual] {
-        for outcome in ["written", "skipped_disk_full"] {
-            metrics::counter!("heapwarden_heap_profiles_total", "trigger" => trigger.as_str(), "outcome" => outcome).increment(0);
-        }
-    }
 }
 
 /// The state directory holds profiles and the admin token: owner-only.

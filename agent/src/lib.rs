@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod log;
+pub mod metric_names;
 pub mod profiles;
 pub mod sampler;
 pub mod supervisor;

@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod describe;
 pub mod exposition;
 pub mod health;
 pub mod recorder;
@@ -24,9 +23,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
-pub use describe::describe_metrics;
 pub use exposition::{Part, merge};
-pub use recorder::{RecorderError, build_recorder, install_recorder, spawn_upkeep};
+pub use recorder::{RecorderError, install_recorder, spawn_upkeep};
 
 use crate::sampler::ExpositionReader;
 use crate::supervisor::PoolView;

@@ -10,6 +10,7 @@ use axum::routing::get;
 use tower::ServiceExt;
 
 use super::*;
+use crate::metric_names::build_recorder;
 use crate::sampler::{Exposition, ExpositionWriter, WorkerText, exposition_channel};
 use crate::supervisor::{SlotState, SlotView, WorkerView};
 
@@ -45,7 +46,7 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
         metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
-        metrics::histogram!(crate::sampler::SAMPLE_DURATION).record(0.0004);
+        metrics::histogram!(crate::metric_names::SAMPLE_DURATION.name).record(0.0004);
     });
     let (writer, reader) = exposition_channel();
     let (pool_tx, pool) = watch::channel(view);
@@ -257,10 +258,10 @@ fn rendered_metrics_pass_promtool() {
     let recorder = build_recorder().expect("recorder");
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
-        describe_metrics();
+        crate::metric_names::describe_all();
         metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
         metrics::gauge!("heapwarden_system_memory_bytes", "state" => "used").set(1e9);
-        metrics::histogram!(crate::sampler::SAMPLE_DURATION).record(0.002);
+        metrics::histogram!(crate::metric_names::SAMPLE_DURATION.name).record(0.002);
         metrics::counter!("heapwarden_worker_restarts_total", "worker" => "0", "reason" => "leak")
             .increment(1);
     });

@@ -11,6 +11,8 @@ use slog::{Logger, info, warn};
 use super::{
     ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger, convert_in_helper,
 };
+use crate::metric_names::labels::ProfileOutcome;
+use crate::metric_names::{HEAP_PROFILE_DURATION, HEAP_PROFILES, PROFILES_STORED_BYTES};
 use crate::supervisor::ControlLink;
 
 /// The worker writes its dump well under a millisecond; this covers a busy machine.
@@ -36,13 +38,13 @@ pub enum CaptureError {
 
 impl CaptureError {
     /// The `outcome` label of `heapwarden_heap_profiles_total`.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> ProfileOutcome {
         match self {
-            CaptureError::NoProbe { .. } => "no_probe",
-            CaptureError::Skipped(StoreError::DiskShort { .. }) => "skipped_disk_full",
-            CaptureError::Skipped(_) | CaptureError::Store(_) => "store_error",
-            CaptureError::Dump { .. } => "dump_failed",
-            CaptureError::Convert { .. } => "convert_failed",
+            CaptureError::NoProbe { .. } => ProfileOutcome::NoProbe,
+            CaptureError::Skipped(StoreError::DiskShort { .. }) => ProfileOutcome::SkippedDiskFull,
+            CaptureError::Skipped(_) | CaptureError::Store(_) => ProfileOutcome::StoreError,
+            CaptureError::Dump { .. } => ProfileOutcome::DumpFailed,
+            CaptureError::Convert { .. } => ProfileOutcome::ConvertFailed,
         }
     }
 }
@@ -67,15 +69,15 @@ pub async fn take_profile(
     let slot = request.slot;
     let result = capture(store, request).await;
     let outcome = match &result {
-        Ok(_) => "written",
+        Ok(_) => ProfileOutcome::Written,
         Err(e) => e.outcome(),
-    };
-    metrics::counter!("heapwarden_heap_profiles_total", "trigger" => trigger, "outcome" => outcome)
-        .increment(1);
+    }
+    .as_str();
+    metrics::counter!(HEAP_PROFILES.name, "trigger" => trigger, "outcome" => outcome).increment(1);
     match &result {
         Ok(meta) => {
             let seconds = started.elapsed().as_secs_f64();
-            metrics::histogram!("heapwarden_heap_profile_duration_seconds").record(seconds);
+            metrics::histogram!(HEAP_PROFILE_DURATION.name).record(seconds);
             info!(log, "A heap profile was written.";
                 "worker" => slot, "profile_id" => meta.id, "trigger" => trigger,
                 "bytes" => meta.bytes, "seconds" => seconds);
@@ -84,7 +86,7 @@ pub async fn take_profile(
             "trigger" => trigger, "outcome" => outcome, "error" => %e),
     }
     if let Ok(stats) = store.stats().await {
-        metrics::gauge!("heapwarden_profiles_stored_bytes").set(stats.stored_bytes as f64);
+        metrics::gauge!(PROFILES_STORED_BYTES.name).set(stats.stored_bytes as f64);
     }
     result
 }

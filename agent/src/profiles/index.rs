@@ -7,23 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Why a profile was taken; also the `trigger` label of `heapwarden_heap_profiles_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    Baseline,
-    Leak,
-    Manual,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Baseline => "baseline",
-            Trigger::Leak => "leak",
-            Trigger::Manual => "manual",
-        }
-    }
-}
+pub use crate::metric_names::labels::Trigger;
 
 /// The worker's figures when the profile was taken (absent ones were not sampled).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

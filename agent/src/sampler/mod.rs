@@ -33,7 +33,7 @@ pub use collect::{
     read_tree,
 };
 pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
-pub use record::{SAMPLE_DURATION, render_cpu_counters};
+pub use record::render_cpu_counters;
 
 use crate::config::SamplingConfig;
 use crate::supervisor::PoolView;

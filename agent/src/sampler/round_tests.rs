@@ -121,7 +121,7 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
     };
     let mut state = SamplerState::new(cfg, roots, slog::Logger::root(slog::Discard, slog::o!()));
     // The rounds record on this thread (a current-thread test runtime).
-    let recorder = crate::admin::build_recorder().expect("recorder");
+    let recorder = crate::metric_names::build_recorder().expect("recorder");
     let _local = metrics::set_default_local_recorder(&recorder);
     let run = async {
         let first = state.round(&view, true, &Exposition::default()).await;
@@ -215,7 +215,7 @@ fn slots_without_a_ready_worker_are_down() {
         slots: vec![starting, empty],
         stopping: false,
     };
-    let recorder = crate::admin::build_recorder().expect("recorder");
+    let recorder = crate::metric_names::build_recorder().expect("recorder");
     metrics::with_local_recorder(&recorder, || super::record::record_slots(&view));
     let page = recorder.handle().render();
     assert!(

@@ -4,43 +4,10 @@
 
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
-
 use super::link::ControlLink;
-
-/// What a slot is doing; also the `state` label of `heapwarden_worker_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlotState {
-    Starting,
-    Ready,
-    Replacing,
-    Backoff,
-    Failed,
-    Stopping,
-}
-
-impl SlotState {
-    pub const ALL: [SlotState; 6] = [
-        SlotState::Starting,
-        SlotState::Ready,
-        SlotState::Replacing,
-        SlotState::Backoff,
-        SlotState::Failed,
-        SlotState::Stopping,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotState::Starting => "starting",
-            SlotState::Ready => "ready",
-            SlotState::Replacing => "replacing",
-            SlotState::Backoff => "backoff",
-            SlotState::Failed => "failed",
-            SlotState::Stopping => "stopping",
-        }
-    }
-}
+/// Typed with the metrics' label values: a slot state is the `state` of
+/// `heapwarden_worker_state`, a reason the `reason` of `heapwarden_worker_restarts_total`.
+pub use crate::metric_names::labels::{RestartReason, SlotState};
 
 #[derive(Debug, Clone)]
 pub struct WorkerView {
@@ -82,40 +49,6 @@ impl PoolView {
                 .slots
                 .iter()
                 .all(|s| s.worker.as_ref().is_some_and(|w| w.ready))
-    }
-}
-
-/// Why a worker is being replaced; also the `reason` label of restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartReason {
-    Exit,
-    Crash,
-    Leak,
-    Unhealthy,
-    Manual,
-    Reload,
-}
-
-impl RestartReason {
-    pub const ALL: [RestartReason; 6] = [
-        RestartReason::Exit,
-        RestartReason::Crash,
-        RestartReason::Leak,
-        RestartReason::Unhealthy,
-        RestartReason::Manual,
-        RestartReason::Reload,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartReason::Exit => "exit",
-            RestartReason::Crash => "crash",
-            RestartReason::Leak => "leak",
-            RestartReason::Unhealthy => "unhealthy",
-            RestartReason::Manual => "manual",
-            RestartReason::Reload => "reload",
-        }
     }
 }
 

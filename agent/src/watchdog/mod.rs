@@ -23,6 +23,7 @@ use rules::{LeakDetector, Observation, RulesConfig, Trip};
 use crate::config::WatchdogConfig;
 use crate::config::types::{LeakAction, Watch};
 use crate::log::RedactedJson;
+use crate::metric_names::{LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT};
 use crate::profiles::{CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile};
 use crate::sampler::{ProbeAnswer, WorkerSample};
 use crate::supervisor::{PoolView, Request, RestartReason};
@@ -215,7 +216,7 @@ impl Watchdog {
 
     fn on_trip(&self, sample: &WorkerSample, figure: Figure, trip: Trip, obs: &Observation) {
         let slot = sample.slot;
-        metrics::counter!("heapwarden_leak_detections_total",
+        metrics::counter!(LEAK_DETECTIONS.name,
             "worker" => slot.to_string(), "rule" => trip.rule.as_str())
         .increment(1);
         warn!(self.log, "A leak rule tripped.";
@@ -302,10 +303,10 @@ impl Watchdog {
 
 fn record_trend(slot: usize, obs: &Observation) {
     let worker = slot.to_string();
-    metrics::gauge!("heapwarden_worker_growth_bytes_per_second", "worker" => worker.clone())
+    metrics::gauge!(WORKER_GROWTH.name, "worker" => worker.clone())
         .set(obs.slope_bytes_per_sec.unwrap_or(0.0));
     // NaN when not growing: comparisons against it are false, so alerts stay quiet.
-    metrics::gauge!("heapwarden_worker_seconds_to_limit", "worker" => worker)
+    metrics::gauge!(WORKER_SECONDS_TO_LIMIT.name, "worker" => worker)
         .set(obs.seconds_to_limit.unwrap_or(f64::NAN));
 }
 

@@ -61,24 +61,8 @@ impl RulesConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    MaxMemory,
-    Growth,
-    Trend,
-}
-
-impl Rule {
-    /// The `rule` label of `heapwarden_leak_detections_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::MaxMemory => "max_memory",
-            Rule::Growth => "growth",
-            Rule::Trend => "trend",
-        }
-    }
-}
+/// The `rule` label of `heapwarden_leak_detections_total`.
+pub use crate::metric_names::labels::Rule;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Trip {

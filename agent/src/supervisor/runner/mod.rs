@@ -30,6 +30,7 @@ use super::spawn::{SpawnSpec, spawn_worker};
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
 use crate::config::Config;
+use crate::metric_names::{WORKER_FAILED, WORKER_RESTARTS};
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
 pub struct SupervisorHandles {
@@ -259,7 +260,7 @@ impl Supervisor {
                 None
             }
             Action::CountRestart { slot, reason } => {
-                metrics::counter!("heapwarden_worker_restarts_total",
+                metrics::counter!(WORKER_RESTARTS.name,
                     "worker" => slot.to_string(), "reason" => reason.as_str())
                 .increment(1);
                 if reason == super::RestartReason::Leak {
@@ -272,8 +273,7 @@ impl Supervisor {
                 let retry_in = until.saturating_duration_since(Instant::now());
                 error!(self.log, "A worker slot keeps failing; it is paused before the next try.";
                     "worker" => slot, "retry_in_seconds" => retry_in.as_secs());
-                metrics::counter!("heapwarden_worker_failed_total", "worker" => slot.to_string())
-                    .increment(1);
+                metrics::counter!(WORKER_FAILED.name, "worker" => slot.to_string()).increment(1);
                 None
             }
             Action::BudgetExhausted { slot } => {

@@ -8,12 +8,13 @@ use slog::info;
 use super::super::state::WorkerId;
 use super::super::view::{PoolView, SlotState, SlotView, WorkerView};
 use super::Supervisor;
+use crate::metric_names::DRAIN_DURATION;
 
 impl Supervisor {
     pub(super) fn record_drain(&self, worker: WorkerId) {
         if let Some(started) = self.runtimes.get(&worker).and_then(|r| r.drain_started) {
             let seconds = started.elapsed().as_secs_f64();
-            metrics::histogram!("heapwarden_drain_duration_seconds").record(seconds);
+            metrics::histogram!(DRAIN_DURATION.name).record(seconds);
             info!(self.log, "A drained worker has exited."; "worker_id" => worker, "seconds" => seconds);
         }
     }

@@ -1,0 +1,146 @@
+//! The label values of the agent's metrics, each set a small fixed enum (STYLE: never a
+//! pid, a path or a user id). `ALL` lists every value, so zero-initialisation and tests
+//! cannot forget one; `as_str` is the label text, which is also the value's JSON form
+//! (the API and the profile index serialise these types with the same strings).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Declares a label enum with its label text per variant, `ALL`, `as_str`, and serde as
+/// that text.
+macro_rules! label_values {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value whose label text is `text`.
+            pub fn from_label(text: &str) -> Option<$name> {
+                $name::ALL.into_iter().find(|v| v.as_str() == text)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(d)?;
+                $name::from_label(&text).ok_or_else(|| {
+                    let expected: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    serde::de::Error::custom(format!(
+                        "unknown {} {text:?}, expected one of {}",
+                        stringify!($name),
+                        expected.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
+label_values! {
+    /// Why a worker is being replaced; `reason` of `heapwarden_worker_restarts_total`.
+    pub enum RestartReason {
+        Exit = "exit",
+        Crash = "crash",
+        Leak = "leak",
+        Unhealthy = "unhealthy",
+        Manual = "manual",
+        Reload = "reload",
+    }
+}
+
+label_values! {
+    /// What a slot is doing; `state` of `heapwarden_worker_state` (with
+    /// [`BUDGET_EXHAUSTED`] alongside).
+    pub enum SlotState {
+        Starting = "starting",
+        Ready = "ready",
+        Replacing = "replacing",
+        Backoff = "backoff",
+        Failed = "failed",
+        Stopping = "stopping",
+    }
+}
+
+/// The extra `state` of `heapwarden_worker_state`: not a state of its own (the slot keeps
+/// serving), but what alerts page on.
+pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+
+/// Every `state` value of `heapwarden_worker_state`.
+pub fn worker_states() -> impl Iterator<Item = &'static str> {
+    SlotState::ALL
+        .into_iter()
+        .map(SlotState::as_str)
+        .chain([BUDGET_EXHAUSTED])
+}
+
+label_values! {
+    /// A leak rule; `rule` of `heapwarden_leak_detections_total`.
+    pub enum Rule {
+        MaxMemory = "max_memory",
+        Growth = "growth",
+        Trend = "trend",
+    }
+}
+
+label_values! {
+    /// Why a profile was taken; `trigger` of `heapwarden_heap_profiles_total`.
+    pub enum Trigger {
+        Baseline = "baseline",
+        Leak = "leak",
+        Manual = "manual",
+    }
+}
+
+label_values! {
+    /// How taking a profile ended; `outcome` of `heapwarden_heap_profiles_total`.
+    pub enum ProfileOutcome {
+        Written = "written",
+        SkippedDiskFull = "skipped_disk_full",
+        StoreError = "store_error",
+        DumpFailed = "dump_failed",
+        ConvertFailed = "convert_failed",
+        NoProbe = "no_probe",
+    }
+}
+
+label_values! {
+    /// `state` of `heapwarden_system_memory_bytes`.
+    pub enum MemoryState {
+        Total = "total",
+        Available = "available",
+        Used = "used",
+    }
+}
+
+label_values! {
+    /// `period` of `heapwarden_system_load`.
+    pub enum LoadPeriod {
+        OneMinute = "1m",
+        FiveMinutes = "5m",
+        FifteenMinutes = "15m",
+    }
+}
+
+label_values! {
+    /// `window` of `heapwarden_cgroup_memory_pressure`.
+    pub enum PressureWindow {
+        Avg10 = "avg10",
+        Avg60 = "avg60",
+    }
+}

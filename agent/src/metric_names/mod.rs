@@ -1,0 +1,325 @@
+//! Every metric the agent exports, typed once: name, kind, label keys, HELP text and (for
+//! histograms) buckets, in [`CATALOG`]; the label value sets (`labels`: reasons, rules,
+//! triggers, outcomes, states, …); and zero-initialisation of every series from those
+//! types (`zero`), so a dashboard's name cannot drift from the exporter and no outcome is
+//! forgotten. Whatever records a metric names it from here (`WORKER_UP.name`); a test
+//! checks every name the dashboards and alert rules use against this catalog.
+//!
+//! The bottom layer of the agent: it uses nothing of the agent, and every part may use it.
+
+pub mod labels;
+#[cfg(test)]
+mod tests;
+mod zero;
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+
+pub use zero::{register_slot, register_zero_series};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    /// A counter with fractional values (CPU seconds), rendered as text by the sampler:
+    /// the `metrics` crate's counters are integers.
+    FloatCounter,
+}
+
+/// One exported metric family.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Label keys, in the order the agent writes them.
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+    /// Histogram bucket bounds, seconds; empty for other kinds.
+    pub buckets: &'static [f64],
+}
+
+const fn metric(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        labels,
+        help,
+        buckets: &[],
+    }
+}
+
+const WORKER: &[&str] = &["worker"];
+use Kind::{Counter, FloatCounter, Gauge};
+
+pub const WORKER_UP: Metric = metric(
+    "heapwarden_worker_up",
+    Gauge,
+    WORKER,
+    "1 when the slot's worker is running and ready.",
+);
+pub const WORKER_STATE: Metric = metric(
+    "heapwarden_worker_state",
+    Gauge,
+    &["worker", "state"],
+    "1 for the slot's current state (starting, ready, replacing, backoff, failed, stopping; budget_exhausted alongside).",
+);
+pub const WORKER_RSS: Metric = metric(
+    "heapwarden_worker_rss_bytes",
+    Gauge,
+    WORKER,
+    "Resident set size of the worker's process tree.",
+);
+pub const WORKER_PSS: Metric = metric(
+    "heapwarden_worker_pss_bytes",
+    Gauge,
+    WORKER,
+    "Proportional set size of the worker's process tree (smaps_rollup).",
+);
+pub const WORKER_USS: Metric = metric(
+    "heapwarden_worker_uss_bytes",
+    Gauge,
+    WORKER,
+    "Unique set size (private pages) of the worker's process tree.",
+);
+pub const WORKER_SWAP: Metric = metric(
+    "heapwarden_worker_swap_bytes",
+    Gauge,
+    WORKER,
+    "Swapped-out memory of the worker's process tree.",
+);
+pub const WORKER_HEAP_ALLOCATED: Metric = metric(
+    "heapwarden_worker_heap_allocated_bytes",
+    Gauge,
+    WORKER,
+    "Heap used: jemalloc stats.allocated.",
+);
+pub const WORKER_HEAP_ACTIVE: Metric = metric(
+    "heapwarden_worker_heap_active_bytes",
+    Gauge,
+    WORKER,
+    "Heap total: jemalloc stats.active.",
+);
+pub const WORKER_HEAP_RESIDENT: Metric = metric(
+    "heapwarden_worker_heap_resident_bytes",
+    Gauge,
+    WORKER,
+    "jemalloc stats.resident.",
+);
+pub const WORKER_HEAP_RETAINED: Metric = metric(
+    "heapwarden_worker_heap_retained_bytes",
+    Gauge,
+    WORKER,
+    "jemalloc stats.retained.",
+);
+pub const WORKER_CPU: Metric = metric(
+    "heapwarden_worker_cpu_seconds_total",
+    FloatCounter,
+    WORKER,
+    "CPU time of the worker's process tree.",
+);
+pub const WORKER_RUNTIME_LAG: Metric = metric(
+    "heapwarden_worker_runtime_lag_seconds",
+    Gauge,
+    WORKER,
+    "Scheduling lag of the worker's async runtime.",
+);
+pub const WORKER_PROBE_DROPPED: Metric = metric(
+    "heapwarden_worker_probe_dropped_messages_total",
+    Counter,
+    WORKER,
+    "Control messages the worker's probe dropped because the agent was not reading.",
+);
+pub const WORKER_GROWTH: Metric = metric(
+    "heapwarden_worker_growth_bytes_per_second",
+    Gauge,
+    WORKER,
+    "Fitted trend of the watched memory figure.",
+);
+pub const WORKER_SECONDS_TO_LIMIT: Metric = metric(
+    "heapwarden_worker_seconds_to_limit",
+    Gauge,
+    WORKER,
+    "Predicted seconds until the watched figure reaches max-memory.",
+);
+pub const WORKER_RESTARTS: Metric = metric(
+    "heapwarden_worker_restarts_total",
+    Counter,
+    &["worker", "reason"],
+    "Worker restarts by reason.",
+);
+pub const WORKER_FAILED: Metric = metric(
+    "heapwarden_worker_failed_total",
+    Counter,
+    WORKER,
+    "Times a worker slot entered the failed state (crash loop), before its cool-down.",
+);
+pub const LEAK_DETECTIONS: Metric = metric(
+    "heapwarden_leak_detections_total",
+    Counter,
+    &["worker", "rule"],
+    "Leak rule trips by rule.",
+);
+pub const HEAP_PROFILES: Metric = metric(
+    "heapwarden_heap_profiles_total",
+    Counter,
+    &["trigger", "outcome"],
+    "Heap profiles taken by trigger and outcome.",
+);
+pub const HEAP_PROFILE_DURATION: Metric = Metric {
+    buckets: &[
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ],
+    ..metric(
+        "heapwarden_heap_profile_duration_seconds",
+        Kind::Histogram,
+        &[],
+        "Time to dump, convert and store one heap profile.",
+    )
+};
+pub const PROFILES_STORED_BYTES: Metric = metric(
+    "heapwarden_profiles_stored_bytes",
+    Gauge,
+    &[],
+    "Bytes of heap profiles kept in the state directory.",
+);
+pub const PROFILES_LIMIT_BYTES: Metric = metric(
+    "heapwarden_profiles_limit_bytes",
+    Gauge,
+    &[],
+    "profiles.max-bytes: the retention limit of stored heap profiles.",
+);
+/// Draining one worker, up to the default 30 s drain deadline and beyond.
+pub const DRAIN_DURATION: Metric = Metric {
+    buckets: &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0],
+    ..metric(
+        "heapwarden_drain_duration_seconds",
+        Kind::Histogram,
+        &[],
+        "Time a replaced worker took to drain.",
+    )
+};
+/// One sampling round: 50 µs (procfs only, few workers) to 1 s (a probe timing out).
+pub const SAMPLE_DURATION: Metric = Metric {
+    buckets: &[
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0,
+    ],
+    ..metric(
+        "heapwarden_sample_duration_seconds",
+        Kind::Histogram,
+        &[],
+        "Duration of one sampling round over all workers.",
+    )
+};
+pub const AGENT_RSS: Metric = metric(
+    "heapwarden_agent_rss_bytes",
+    Gauge,
+    &[],
+    "Resident set size of the agent process.",
+);
+pub const AGENT_CPU: Metric = metric(
+    "heapwarden_agent_cpu_seconds_total",
+    FloatCounter,
+    &[],
+    "CPU time of the agent process.",
+);
+pub const SYSTEM_MEMORY: Metric = metric(
+    "heapwarden_system_memory_bytes",
+    Gauge,
+    &["state"],
+    "Machine memory by state (total, available, used).",
+);
+pub const SYSTEM_LOAD: Metric = metric(
+    "heapwarden_system_load",
+    Gauge,
+    &["period"],
+    "Load average by period.",
+);
+pub const CGROUP_MEMORY_PRESSURE: Metric = metric(
+    "heapwarden_cgroup_memory_pressure",
+    Gauge,
+    &["window"],
+    "PSI memory pressure (some) of the agent's cgroup, percent.",
+);
+pub const CGROUP_MEMORY_CURRENT: Metric = metric(
+    "heapwarden_cgroup_memory_current_bytes",
+    Gauge,
+    &[],
+    "memory.current of the agent's cgroup.",
+);
+pub const CGROUP_MEMORY_MAX: Metric = metric(
+    "heapwarden_cgroup_memory_max_bytes",
+    Gauge,
+    &[],
+    "memory.max of the agent's cgroup, when limited.",
+);
+
+/// Every metric the agent exports (worker families it merges are the workers' own).
+pub const CATALOG: &[Metric] = &[
+    WORKER_UP,
+    WORKER_STATE,
+    WORKER_RSS,
+    WORKER_PSS,
+    WORKER_USS,
+    WORKER_SWAP,
+    WORKER_HEAP_ALLOCATED,
+    WORKER_HEAP_ACTIVE,
+    WORKER_HEAP_RESIDENT,
+    WORKER_HEAP_RETAINED,
+    WORKER_CPU,
+    WORKER_RUNTIME_LAG,
+    WORKER_PROBE_DROPPED,
+    WORKER_GROWTH,
+    WORKER_SECONDS_TO_LIMIT,
+    WORKER_RESTARTS,
+    WORKER_FAILED,
+    LEAK_DETECTIONS,
+    HEAP_PROFILES,
+    HEAP_PROFILE_DURATION,
+    PROFILES_STORED_BYTES,
+    PROFILES_LIMIT_BYTES,
+    DRAIN_DURATION,
+    SAMPLE_DURATION,
+    AGENT_RSS,
+    AGENT_CPU,
+    SYSTEM_MEMORY,
+    SYSTEM_LOAD,
+    CGROUP_MEMORY_PRESSURE,
+    CGROUP_MEMORY_CURRENT,
+    CGROUP_MEMORY_MAX,
+];
+
+/// The catalog entry named `name`.
+pub fn find(name: &str) -> Option<&'static Metric> {
+    CATALOG.iter().find(|m| m.name == name)
+}
+
+/// A Prometheus recorder with every histogram's buckets; not installed (the agent
+/// installs one process-wide, tests use one locally).
+pub fn build_recorder() -> Result<PrometheusRecorder, BuildError> {
+    let mut builder = PrometheusBuilder::new();
+    for m in CATALOG.iter().filter(|m| m.kind == Kind::Histogram) {
+        builder = builder.set_buckets_for_metric(Matcher::Full(m.name.to_string()), m.buckets)?;
+    }
+    Ok(builder.build_recorder())
+}
+
+/// Registers every family's HELP text with the current recorder. Prometheus tooling
+/// (`promtool check metrics`) flags a family without HELP, and the dashboards show it as
+/// the panel description.
+pub fn describe_all() {
+    for m in CATALOG {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram => metrics::describe_histogram!(m.name, m.help),
+            // Rendered with its HELP line by the sampler.
+            Kind::FloatCounter => {}
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The catalog against what uses it: every name in the dashboards and alert rules is in
+//! the catalog, zero-initialisation exports every label combination and every histogram
+//! from the first scrape, and label texts are the types' JSON forms.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::labels::*;
+use super::*;
+
+const DASHBOARD: &str = include_str!("../../../dashboards/heapwarden.json");
+const ALERTS: &str = include_str!("../../../dashboards/alerts.yml");
+const ALERT_TESTS: &str = include_str!("../../../dashboards/alerts.test.yml");
+
+/// Every `heapwarden_…` identifier in `text`.
+fn agent_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("heapwarden_") {
+        let preceded_by_word = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !preceded_by_word {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The catalog entry a queried series belongs to (`_bucket`/`_sum`/`_count` only for
+/// histograms).
+fn resolve(series: &str) -> Option<&'static Metric> {
+    if let Some(m) = find(series) {
+        return (m.kind != Kind::Histogram).then_some(m);
+    }
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .filter_map(|suffix| series.strip_suffix(suffix))
+        .filter_map(find)
+        .find(|m| m.kind == Kind::Histogram)
+}
+
+#[test]
+fn every_name_the_dashboards_and_alerts_use_is_in_the_catalog() {
+    for (file, text) in [
+        ("dashboards/heapwarden.json", DASHBOARD),
+        ("dashboards/alerts.yml", ALERTS),
+        ("dashboards/alerts.test.yml", ALERT_TESTS),
+    ] {
+        let names = agent_names(text);
+        assert!(names.len() > 3, "{file}: found only {names:?}");
+        let unknown: Vec<_> = names.iter().filter(|n| resolve(n).is_none()).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses names the agent does not export: {unknown:?}"
+        );
+    }
+}
+
+#[test]
+fn catalog_names_are_unique_prefixed_and_only_histograms_have_buckets() {
+    let mut seen = BTreeSet::new();
+    for m in CATALOG {
+        assert!(seen.insert(m.name), "{} twice", m.name);
+        assert!(m.name.starts_with("heapwarden_"), "{}", m.name);
+        assert!(!m.help.is_empty(), "{} has no HELP", m.name);
+        assert_eq!(
+            m.kind == Kind::Histogram,
+            !m.buckets.is_empty(),
+            "{}",
+            m.name
+        );
+        let counter = matches!(m.kind, Kind::Counter | Kind::FloatCounter);
+        assert_eq!(counter, m.name.ends_with("_total"), "{}", m.name);
+        assert!(
+            m.buckets.windows(2).all(|w| w[0] < w[1]),
+            "{} buckets",
+            m.name
+        );
+    }
+}
+
+/// Series lines (`name{labels} value`) of `family` in a rendered page.
+fn series<'a>(page: &'a str, family: &str) -> Vec<&'a str> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .collect()
+}
+
+#[test]
+fn zero_series_cover_every_label_combination_and_every_histogram() {
+    let recorder = build_recorder().expect("recorder");
+    metrics::with_local_recorder(&recorder, || {
+        describe_all();
+        register_zero_series(2);
+    });
+    let page = recorder.handle().render();
+    let per_slot = |n: usize| 2 * n;
+    assert_eq!(
+        series(&page, WORKER_RESTARTS.name).len(),
+        per_slot(RestartReason::ALL.len())
+    );
+    assert_eq!(
+        series(&page, LEAK_DETECTIONS.name).len(),
+        per_slot(Rule::ALL.len())
+    );
+    assert_eq!(
+        series(&page, WORKER_STATE.name).len(),
+        per_slot(worker_states().count())
+    );
+    assert_eq!(
+        series(&page, HEAP_PROFILES.name).len(),
+        Trigger::ALL.len() * ProfileOutcome::ALL.len()
+    );
+    for trigger in Trigger::ALL {
+        for outcome in ProfileOutcome::ALL {
+            let line = format!(
+                "{}{{trigger=\"{}\",outcome=\"{}\"}} 0",
+                HEAP_PROFILES.name,
+                trigger.as_str(),
+                outcome.as_str()
+            );
+            assert!(page.contains(&line), "missing {line} in\n{page}");
+        }
+    }
+    for m in CATALOG.iter().filter(|m| m.kind == Kind::Counter) {
+        assert!(
+            !series(&page, m.name).is_empty(),
+            "counter {} is not zero-initialised",
+            m.name
+        );
+        assert!(page.contains(&format!("# HELP {} ", m.name)), "{}", m.name);
+    }
+    for m in CATALOG.iter().filter(|m| m.kind == Kind::Histogram) {
+        let first = format!("{}_bucket{{le=\"{}\"}} 0", m.name, m.buckets[0]);
+        assert!(
+            page.contains(&first),
+            "histogram {} missing: {page}",
+            m.name
+        );
+        assert!(page.contains(&format!("{}_count 0", m.name)), "{}", m.name);
+    }
+}
+
+#[test]
+fn label_texts_are_the_json_forms_and_unknown_ones_are_refused() {
+    fn check<T>(all: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + Serialize + for<'de> Deserialize<'de>,
+    {
+        for value in all {
+            let json = serde_json::to_string(value).expect("serialise");
+            let back: T = serde_json::from_str(&json).expect("deserialise");
+            assert_eq!(&back, value);
+        }
+        let err = serde_json::from_str::<T>("\"no-such-value\"").expect_err("refused");
+        assert!(err.to_string().contains("expected one of"), "{err}");
+    }
+    check(&RestartReason::ALL);
+    check(&SlotState::ALL);
+    check(&Rule::ALL);
+    check(&Trigger::ALL);
+    check(&ProfileOutcome::ALL);
+    assert_eq!(
+        serde_json::to_string(&Rule::MaxMemory).ok().as_deref(),
+        Some("\"max_memory\"")
+    );
+    assert_eq!(Trigger::from_label("leak"), Some(Trigger::Leak));
+    assert_eq!(LoadPeriod::ALL.map(LoadPeriod::as_str), ["1m", "5m", "15m"]);
+}

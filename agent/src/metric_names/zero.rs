@@ -1,0 +1,51 @@
+//! Zero-initialisation: every labelled counter exists at 0 from the start, for every
+//! combination of its label types, and every histogram is exported (empty) from the first
+//! scrape — so dashboards and `rate()`/`increase()` see the first event instead of a
+//! series appearing out of nowhere, and no outcome is missing from a legend. Gauges of
+//! measured figures appear with their first measurement: a 0 there would be a false
+//! reading.
+
+use metrics::{counter, gauge, histogram};
+
+use super::labels::{ProfileOutcome, RestartReason, Rule, Trigger, worker_states};
+use super::{
+    DRAIN_DURATION, HEAP_PROFILE_DURATION, HEAP_PROFILES, LEAK_DETECTIONS, SAMPLE_DURATION,
+    WORKER_FAILED, WORKER_PROBE_DROPPED, WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
+};
+
+/// The agent-wide series and those of slots `0..workers`.
+pub fn register_zero_series(workers: usize) {
+    for slot in 0..workers {
+        register_slot(slot);
+    }
+    for trigger in Trigger::ALL {
+        for outcome in ProfileOutcome::ALL {
+            counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(), "outcome" => outcome.as_str())
+                .increment(0);
+        }
+    }
+    for m in [HEAP_PROFILE_DURATION, DRAIN_DURATION, SAMPLE_DURATION] {
+        // Registering is enough: the exporter renders an empty histogram with its buckets.
+        let _ = histogram!(m.name);
+    }
+}
+
+/// One slot's series (for a slot added later, e.g. when the pool grows).
+pub fn register_slot(slot: usize) {
+    let worker = slot.to_string();
+    for reason in RestartReason::ALL {
+        counter!(WORKER_RESTARTS.name, "worker" => worker.clone(), "reason" => reason.as_str())
+            .increment(0);
+    }
+    for rule in Rule::ALL {
+        counter!(LEAK_DETECTIONS.name, "worker" => worker.clone(), "rule" => rule.as_str())
+            .increment(0);
+    }
+    counter!(WORKER_FAILED.name, "worker" => worker.clone()).increment(0);
+    counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()).increment(0);
+    // Down and in no state until the first sampling round says otherwise.
+    gauge!(WORKER_UP.name, "worker" => worker.clone()).set(0.0);
+    for state in worker_states() {
+        gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => state).set(0.0);
+    }
+}
