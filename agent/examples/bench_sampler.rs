@@ -100,8 +100,6 @@ fn main() -> anyhow::Result<()> {
     let kernel = kernel_lists_children(&proc, std::process::id());
     let table = ParentTable::scan(&proc)?;
     let roots = Roots::system(&PathBuf::from("/sys/fs/cgroup"));
-    let procfs_root = PathBuf::from(format!("/proc/{pid}"));
-    let crate_proc = procfs::process::Process::new_with_root(procfs_root.clone())?;
     let smaps_iters = (iters / 10).max(10);
     let sixteen = vec![pid; 16];
 
@@ -146,16 +144,6 @@ fn main() -> anyhow::Result<()> {
         ),
         measure("host: agent+meminfo+loadavg+cgroup", iters, || {
             std::hint::black_box(collect_host(&roots));
-        }),
-        measure("procfs crate: statm (fd reused)", iters, || {
-            let _ = std::hint::black_box(crate_proc.statm());
-        }),
-        measure("procfs crate: stat (fd reused)", iters, || {
-            let _ = std::hint::black_box(crate_proc.stat());
-        }),
-        measure("procfs crate: open + statm", iters, || {
-            let p = procfs::process::Process::new_with_root(procfs_root.clone());
-            let _ = std::hint::black_box(p.map(|p| p.statm()));
         }),
         measure("parse only: statm", iters * 10, || {
             std::hint::black_box(parse_statm_resident(std::hint::black_box(&statm_text)));
