@@ -2,17 +2,22 @@
 //! here forks, signals or sleeps; time comes in with each event, so tests drive it with
 //! a fake clock.
 //!
-//! Slot transitions (checked by `allowed` in debug builds and in tests):
+//! Slot transitions (checked by `allowed` in debug builds; `table_tests` checks this
+//! table against `allowed` cell by cell, and random event sequences against both — every
+//! `yes` is reached, nothing else is):
 //!
 //! | from \ to  | starting | ready | replacing | backoff | failed | stopping |
 //! |------------|----------|-------|-----------|---------|--------|----------|
-//! | starting   |    ·     |  yes  |           |   yes   |  yes   |   yes    |
-//! | ready      |   yes¹   |   ·   |    yes    |   yes   |  yes   |   yes    |
-//! | replacing  |   yes¹   |  yes  |     ·     |   yes   |  yes   |   yes    |
+//! | starting   |    ·     |  yes  |   yes¹    |   yes   |  yes   |   yes    |
+//! | ready      |          |   ·   |    yes    |   yes   |  yes   |   yes    |
+//! | replacing  |   yes²   |  yes  |     ·     |         |        |   yes    |
 //! | backoff    |   yes    |       |           |    ·    |        |   yes    |
 //! | failed     |   yes    |       |           |         |   ·    |   yes    |
+//! | stopping   |          |       |           |         |        |    ·     |
 //!
-//! ¹ the serving worker exited and a not-yet-ready replacement takes over.
+//! ¹ a replacement was asked for while the serving worker was still starting.
+//! ² the serving worker exited and the not-yet-ready replacement takes over, or the
+//!   replacement of a still-starting worker failed.
 //!
 //! `lifecycle` handles a worker's life (start, ready, exit, backoff, timers, drain);
 //! `replace` the make-before-break queue and the leak-restart budget.
@@ -338,18 +343,17 @@ impl Pool {
 /// The transition table of the module header.
 pub fn allowed(from: SlotState, to: SlotState) -> bool {
     use SlotState::*;
-    if from == to || to == Stopping {
-        return true;
-    }
-    matches!(
-        (from, to),
-        (Starting, Ready | Backoff | Failed | Replacing)
-            | (Ready, Starting | Replacing | Backoff | Failed)
-            | (Replacing, Starting | Ready | Backoff | Failed)
-            | (Backoff, Starting | Ready)
-            | (Failed, Starting | Ready)
-    )
+    from == to
+        || matches!(
+            (from, to),
+            (Starting, Ready | Replacing | Backoff | Failed | Stopping)
+                | (Ready, Replacing | Backoff | Failed | Stopping)
+                | (Replacing, Starting | Ready | Stopping)
+                | (Backoff | Failed, Starting | Stopping)
+        )
 }
 
+#[cfg(test)]
+mod table_tests;
 #[cfg(test)]
 mod tests;
