@@ -200,16 +200,7 @@ fn agent_modules_match_the_code_map_and_use_only_the_layers_below() {
             entries.insert(name);
         }
     }
-    let listed: BTreeSet<String> = rows
-        .iter()
-        .map(|r| {
-            if r.name.ends_with(".rs") {
-                r.name.clone()
-            } else {
-                r.name.clone()
-            }
-        })
-        .collect();
+    let listed: BTreeSet<String> = rows.iter().map(|r| r.name.clone()).collect();
     assert_eq!(entries, listed, "agent/src entries vs the code map");
 
     let module = |name: &str| name.trim_end_matches(".rs").to_string();
