@@ -4,11 +4,16 @@
 
 #![allow(unsafe_code)]
 
+pub mod config;
+pub mod http;
 pub mod promql;
 pub mod tools;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use config::AgentConfig;
+pub use http::{http_get, http_request, raw_request};
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -226,16 +231,7 @@ impl Proc {
 
     /// Waits for the process to exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        try_poll(timeout, || self.child.try_wait().ok().flatten())
     }
 }
 
@@ -308,76 +304,28 @@ pub fn alive(pid: i32) -> bool {
 
 /// Polls until `pid` is gone; false on timeout.
 pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if !alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    !alive(pid)
+    try_poll(timeout, || (!alive(pid)).then_some(())).is_some()
 }
 
-/// One HTTP/1.1 request on a fresh connection, with an optional bearer token and a JSON
-/// body; returns (status, body). A server that answers before reading the whole body
-/// (413) may reset the connection: whatever answer arrived still counts.
-pub fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &[u8],
-    timeout: Duration,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut response)
-        && response.is_empty()
-    {
-        return Err(e);
-    }
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// One HTTP/1.1 GET on a fresh connection; returns (status, body).
-pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    http_request(addr, "GET", path, None, b"", timeout)
-}
-
-/// Calls `check` until it returns a value; panics naming `what` after `timeout`.
-pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// Calls `check` every 20 ms until it returns a value, or gives up after `timeout`: the
+/// one deadline loop of the harness (every other wait is built on it or on a log event).
+pub fn try_poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Calls `check` until it returns a value; panics naming `what` after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    try_poll(timeout, check)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// [`poll`] for a condition.
@@ -388,14 +336,9 @@ pub fn poll_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool)
 /// Waits until `GET path` answers 200 (e.g. the agent's `/readyz`); on timeout the
 /// panic shows the process's log.
 pub fn wait_until_ok(addr: SocketAddr, path: &str, timeout: Duration, logs: &Logs) {
-    let deadline = Instant::now() + timeout;
-    while !matches!(http_get(addr, path, Duration::from_secs(2)), Ok((200, _))) {
-        assert!(
-            Instant::now() < deadline,
-            "{path} not 200 after {timeout:?}; log:\n{}",
-            logs.raw()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let ok = || matches!(http_get(addr, path, Duration::from_secs(2)), Ok((200, _)));
+    if try_poll(timeout, || ok().then_some(())).is_none() {
+        panic!("{path} not 200 after {timeout:?}; log:\n{}", logs.raw());
     }
 }
 
@@ -446,11 +389,7 @@ while not stopping:
 print("python worker drained", flush=True)
 "#;
 
-/// TOML for `command = [...]` running the Python worker.
-pub fn py_worker_command() -> String {
-    let script = PY_HTTP_WORKER
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n");
-    format!("command = [\"python3\", \"-c\", \"{script}\"]")
+/// `workers` Python workers ([`PY_HTTP_WORKER`]).
+pub fn py_worker_config(workers: usize) -> AgentConfig {
+    AgentConfig::new(workers, &["python3", "-c", PY_HTTP_WORKER])
 }

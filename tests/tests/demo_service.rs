@@ -210,7 +210,11 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
     let senders: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || call("POST", &url, &[], Some(heavy)))
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let reply = call("POST", &url, &[], Some(heavy));
+                (reply.status, started.elapsed())
+            })
         })
         .collect();
     // One runs, one waits in the queue, the rest must be refused at once. The probe is a
@@ -224,24 +228,35 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
     assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
     assert!(refused.json()["error"].is_string());
 
+    // Responsive = not waiting for a computation: a light request's p90 stays a small
+    // fraction of what one heavy computation takes (a ratio, so machine load, which slows
+    // both, cannot fail it; a blocked runtime makes them equal).
+    let mut light_times = Vec::new();
     for _ in 0..10 {
         for path in ["/healthz", "/items/1"] {
             let started = Instant::now();
             let reply = get(&demo.url(path));
-            let took = started.elapsed();
+            light_times.push(started.elapsed());
             assert_eq!(reply.status, 200, "{path}: {reply:?}");
-            assert!(
-                took < Duration::from_millis(50),
-                "{path} took {took:?} while compute is saturated"
-            );
         }
     }
-    let mut statuses: Vec<u16> = senders
+    let answers: Vec<(u16, Duration)> = senders
         .into_iter()
-        .map(|t| t.join().expect("sender").status)
+        .map(|t| t.join().expect("sender"))
         .collect();
-    statuses.sort_unstable();
-    assert!(statuses.contains(&200), "{statuses:?}");
+    let heavy_time = answers
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, took)| *took)
+        .min()
+        .unwrap_or_else(|| panic!("no heavy computation finished: {answers:?}"));
+    light_times.sort_unstable();
+    let p90 = light_times[light_times.len() * 9 / 10];
+    println!("light p90 {p90:?}, one heavy computation {heavy_time:?}");
+    assert!(
+        p90 * 4 < heavy_time,
+        "light requests (p90 {p90:?}) waited like a computation ({heavy_time:?}): {light_times:?}"
+    );
 }
 
 #[test]

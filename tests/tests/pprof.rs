@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heapwarden_tests::bin;
 
@@ -20,14 +20,11 @@ fn run(cmd: &mut Command, timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait on child").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {timeout:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let exited = heapwarden_tests::try_poll(timeout, || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{shown} did not finish within {timeout:?}; killed");
     }
     let output = child.wait_with_output().expect("collect output");
     assert!(

@@ -24,40 +24,27 @@ struct Pool {
     admin: SocketAddr,
 }
 
-/// `initial_delay` is the restart delay; `extra` is appended TOML (whole sections).
-fn probe_pool(workers: usize, hold_step_mib: u64, initial_delay: &str, extra: &str) -> Pool {
+/// `initial_delay` is the restart delay; `sampling` the sampling interval.
+fn probe_pool(workers: usize, hold_step_mib: u64, initial_delay: &str, sampling: &str) -> Pool {
     let sandbox = Sandbox::new();
-    let (port, admin_port) = (free_port(), free_port());
     let worker = bin("probe-worker");
     let script = format!(
         "PROBE_WORKER_HOLD_MIB=$((HEAPWARDEN_WORKER_SLOT * {hold_step_mib})) exec {:?}",
         worker.display().to_string()
     );
-    let agent = sandbox.agent(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[pool]
-workers = {workers}
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", {script:?}]
-min-uptime = "500ms"
-[pool.restart]
-max-restarts = 100
-initial-delay = "{initial_delay}"
-{extra}
-"#
-    ));
+    let config = AgentConfig::sh(workers, &script)
+        .set("pool", "min-uptime", "500ms")
+        .set("pool.restart", "max-restarts", "100")
+        .set("pool.restart", "initial-delay", initial_delay)
+        .set("sampling", "interval", sampling);
+    let agent = sandbox.agent(&config.to_string());
     agent
         .logs
         .wait_for(SECS(20), "all ready", msg("Every worker is ready."));
-    let admin = format!("127.0.0.1:{admin_port}")
-        .parse()
-        .expect("admin address");
     Pool {
         sandbox,
         agent,
-        admin,
+        admin: config.admin,
     }
 }
 
@@ -144,7 +131,7 @@ fn page_size() -> f64 {
 fn held_heap_and_rss_show_on_metrics() {
     let _guard = TimeoutGuard::new("held_heap_and_rss", SECS(60));
     let hold_mib = 64.0;
-    let pool = probe_pool(2, hold_mib as u64, "100ms", "");
+    let pool = probe_pool(2, hold_mib as u64, "100ms", DEFAULT_SAMPLING);
     pool.wait_rounds(2.0);
     let body = pool.metrics();
     let heap = |slot: u64| {
@@ -200,7 +187,7 @@ fn metrics_pass_promtool_check() {
         std::path::Path::new(PROMTOOL).exists(),
         "{PROMTOOL} is missing: install the Debian package `prometheus` (apt-get install prometheus)"
     );
-    let pool = probe_pool(2, 8, "100ms", "");
+    let pool = probe_pool(2, 8, "100ms", DEFAULT_SAMPLING);
     // Two rounds: histograms have samples and every worker family is present.
     pool.wait_rounds(2.0);
     let body = pool.metrics();
@@ -252,7 +239,9 @@ fn kill_slot_one(pool: &Pool) -> i32 {
 
 /// A slow restart (1s) and a fast sampler, so the down phase spans several rounds.
 const SLOW_RESTART: &str = "1s";
-const FAST_SAMPLING: &str = "[sampling]\ninterval = \"200ms\"";
+/// `sampling.interval`'s default.
+const DEFAULT_SAMPLING: &str = "1s";
+const FAST_SAMPLING: &str = "200ms";
 
 #[test]
 fn killed_worker_goes_down_and_back_up_on_metrics() {
@@ -330,7 +319,7 @@ fn readyz_names_the_down_slot_until_it_is_back() {
 #[test]
 fn healthz_is_ok_while_the_control_loop_ticks() {
     let _guard = TimeoutGuard::new("healthz", SECS(60));
-    let pool = probe_pool(1, 0, "100ms", "");
+    let pool = probe_pool(1, 0, "100ms", DEFAULT_SAMPLING);
     let (status, body) = pool.get("/healthz");
     assert_eq!(status, 200, "{body}");
     let json: Value = serde_json::from_str(&body).expect("healthz JSON");
@@ -340,7 +329,7 @@ fn healthz_is_ok_while_the_control_loop_ticks() {
 #[test]
 fn workers_api_requires_the_bearer_token() {
     let _guard = TimeoutGuard::new("api_token", SECS(60));
-    let pool = probe_pool(2, 0, "100ms", "");
+    let pool = probe_pool(2, 0, "100ms", DEFAULT_SAMPLING);
     for token in [None, Some("not-the-token")] {
         let (status, body) = get_with_token(pool.admin, "/api/v1/workers", token);
         assert_eq!(status, 401, "token {token:?}: {body}");

@@ -11,34 +11,25 @@ use nix::sys::signal::Signal;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn python_pool(sandbox: &Sandbox, workers: usize, port: u16) -> Proc {
-    sandbox.agent(&format!(
-        r#"
-[pool]
-workers = {workers}
-listen = "127.0.0.1:{port}"
-{}
-min-uptime = "10s"
-drain-timeout = "5s"
-kill-timeout = "2s"
-"#,
-        py_worker_command()
-    ))
+fn python_pool(sandbox: &Sandbox, workers: usize) -> (Proc, SocketAddr) {
+    let config = py_worker_config(workers)
+        .set("pool", "min-uptime", "10s")
+        .set("pool", "drain-timeout", "5s")
+        .set("pool", "kill-timeout", "2s");
+    (sandbox.agent(&config.to_string()), config.listen)
 }
 
 #[test]
 fn the_shared_socket_is_served_by_every_worker() {
     let _guard = TimeoutGuard::new("shared_socket", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let agent = python_pool(&sandbox, 3, port);
+    let (agent, addr) = python_pool(&sandbox, 3);
     // Ready comes from READY=1 on each worker's NOTIFY_SOCKET (min-uptime is 10s).
     agent.logs.wait_for(
         SECS(8),
         "all ready via sd_notify",
         msg("Every worker is ready."),
     );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..300 {
         let (status, body) = http_get(addr, "/", SECS(5)).expect("request");
@@ -60,13 +51,11 @@ fn the_shared_socket_is_served_by_every_worker() {
 fn rolling_reload_under_load_drops_no_request() {
     let _guard = TimeoutGuard::new("reload_under_load", SECS(90));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let agent = python_pool(&sandbox, 2, port);
+    let (agent, addr) = python_pool(&sandbox, 2);
     agent
         .logs
         .wait_for(SECS(8), "all ready", msg("Every worker is ready."));
     let old_pids = worker_pids(&agent.logs);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::new()));
@@ -100,9 +89,9 @@ fn rolling_reload_under_load_drops_no_request() {
     }
     // Keep the load on the new workers for a moment.
     let after_reload = ok.load(Ordering::Relaxed);
-    while ok.load(Ordering::Relaxed) < after_reload + 200 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll_until(SECS(30), "200 more answers after the reload", || {
+        ok.load(Ordering::Relaxed) >= after_reload + 200
+    });
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -130,16 +119,12 @@ fn a_socket_passed_by_systemd_is_handed_to_the_workers() {
     let sandbox = Sandbox::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let unused = free_port();
-    let config = sandbox.write(
-        "heapwarden.toml",
-        &format!(
-            "state-dir = {:?}\n[admin]\nlisten = \"127.0.0.1:{}\"\n[pool]\nworkers = 2\nlisten = \"127.0.0.1:{unused}\"\nmin-uptime = \"10s\"\n{}\n",
-            sandbox.path().join("state").display().to_string(),
-            free_port(),
-            py_worker_command()
-        ),
+    let unused = py_worker_config(2).set("pool", "min-uptime", "10s");
+    let text = format!(
+        "state-dir = {:?}\n{unused}",
+        sandbox.path().join("state").display().to_string()
     );
+    let config = sandbox.write("heapwarden.toml", &text);
     // As systemd does: the socket on fd 3, LISTEN_FDS=1, LISTEN_PID = the agent's pid
     // (the shell's, which `exec` keeps).
     let fd = listener.as_raw_fd();
@@ -180,7 +165,7 @@ fn a_socket_passed_by_systemd_is_handed_to_the_workers() {
     assert_eq!(status, 200);
     assert!(body.starts_with("hello from worker"), "{body}");
     assert!(
-        http_get(format!("127.0.0.1:{unused}").parse().unwrap(), "/", SECS(1)).is_err(),
+        http_get(unused.listen, "/", SECS(1)).is_err(),
         "pool.listen was not bound"
     );
 }

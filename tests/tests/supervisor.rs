@@ -34,21 +34,13 @@ fn humantime_parse(text: &str) -> Duration {
 fn crashing_worker_is_restarted_with_growing_delays() {
     let _guard = TimeoutGuard::new("crashing_worker", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let agent = sandbox.agent(&format!(
-        r#"
-[pool]
-workers = 1
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", "echo up; exit 3"]
-min-uptime = "5s"
-[pool.restart]
-initial-delay = "100ms"
-factor = 2.0
-max-delay = "10s"
-max-restarts = 20
-"#
-    ));
+    let config = AgentConfig::sh(1, "echo up; exit 3")
+        .set("pool", "min-uptime", "5s")
+        .set("pool.restart", "initial-delay", "100ms")
+        .set("pool.restart", "factor", "2.0")
+        .set("pool.restart", "max-delay", "10s")
+        .set("pool.restart", "max-restarts", "20");
+    let agent = sandbox.agent(&config.to_string());
     let starts = agent
         .logs
         .wait_for_n(5, SECS(20), "5 worker starts", msg("A worker started."));
@@ -73,21 +65,13 @@ max-restarts = 20
 fn crash_loop_marks_slot_failed_then_retries_after_cool_down() {
     let _guard = TimeoutGuard::new("crash_loop", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let agent = sandbox.agent(&format!(
-        r#"
-[pool]
-workers = 1
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", "kill -SEGV $$"]
-[pool.restart]
-initial-delay = "50ms"
-max-delay = "100ms"
-max-restarts = 3
-window = "60s"
-cool-down = "2s"
-"#
-    ));
+    let config = AgentConfig::sh(1, "kill -SEGV $$")
+        .set("pool.restart", "initial-delay", "50ms")
+        .set("pool.restart", "max-delay", "100ms")
+        .set("pool.restart", "max-restarts", "3")
+        .set("pool.restart", "window", "60s")
+        .set("pool.restart", "cool-down", "2s");
+    let agent = sandbox.agent(&config.to_string());
     let failed = agent.logs.wait_for(
         SECS(20),
         "slot failed",
@@ -121,17 +105,13 @@ cool-down = "2s"
 fn sigterm_kills_a_worker_that_ignores_it_after_kill_timeout_and_exits_zero() {
     let _guard = TimeoutGuard::new("graceful_sigterm", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let mut agent = sandbox.agent(&format!(
-        r#"
-[pool]
-workers = 2
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", "trap 'echo ignoring TERM' TERM; echo up; while true; do sleep 0.1; done"]
-min-uptime = "200ms"
-kill-timeout = "1s"
-"#
-    ));
+    let config = AgentConfig::sh(
+        2,
+        "trap 'echo ignoring TERM' TERM; echo up; while true; do sleep 0.1; done",
+    )
+    .set("pool", "min-uptime", "200ms")
+    .set("pool", "kill-timeout", "1s");
+    let mut agent = sandbox.agent(&config.to_string());
     agent
         .logs
         .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
@@ -161,17 +141,10 @@ kill-timeout = "1s"
 fn second_signal_kills_at_once() {
     let _guard = TimeoutGuard::new("second_signal", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let mut agent = sandbox.agent(&format!(
-        r#"
-[pool]
-workers = 1
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
-min-uptime = "200ms"
-kill-timeout = "30s"
-"#
-    ));
+    let config = AgentConfig::sh(1, "trap '' TERM; while true; do sleep 0.1; done")
+        .set("pool", "min-uptime", "200ms")
+        .set("pool", "kill-timeout", "30s");
+    let mut agent = sandbox.agent(&config.to_string());
     agent
         .logs
         .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
@@ -192,16 +165,12 @@ kill-timeout = "30s"
 fn sigkill_of_the_agent_leaves_no_worker_running() {
     let _guard = TimeoutGuard::new("sigkill_agent", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let mut agent = sandbox.agent(&format!(
-        r#"
-[pool]
-workers = 3
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
-min-uptime = "200ms"
-"#
-    ));
+    let config = AgentConfig::sh(3, "trap '' TERM; while true; do sleep 0.1; done").set(
+        "pool",
+        "min-uptime",
+        "200ms",
+    );
+    let mut agent = sandbox.agent(&config.to_string());
     agent
         .logs
         .wait_for(SECS(15), "all ready", msg("Every worker is ready."));
@@ -306,19 +275,11 @@ fn zombie_children(pid: i32) -> Vec<i32> {
 fn worker_output_is_relayed_structured_and_exited_workers_are_reaped() {
     let _guard = TimeoutGuard::new("output_and_zombies", SECS(60));
     let sandbox = Sandbox::new();
-    let port = free_port();
-    let agent = sandbox.agent(&format!(
-        r#"
-[pool]
-workers = 2
-listen = "127.0.0.1:{port}"
-command = ["sh", "-c", "echo plain line; echo '{{\"msg\":\"structured hello\",\"level\":\"WARN\",\"password\":\"hunter2\",\"n\":7}}'; echo to stderr >&2; exit 1"]
-[pool.restart]
-initial-delay = "20ms"
-max-delay = "50ms"
-max-restarts = 100
-"#
-    ));
+    let config = AgentConfig::sh(2, "echo plain line; echo '{\"msg\":\"structured hello\",\"level\":\"WARN\",\"password\":\"hunter2\",\"n\":7}'; echo to stderr >&2; exit 1")
+        .set("pool.restart", "initial-delay", "20ms")
+        .set("pool.restart", "max-delay", "50ms")
+        .set("pool.restart", "max-restarts", "100");
+    let agent = sandbox.agent(&config.to_string());
     let structured = agent.logs.wait_for(SECS(10), "structured line", |r| {
         r["msg"] == "structured hello"
     });
@@ -338,12 +299,11 @@ max-restarts = 100
         .logs
         .wait_for_n(20, SECS(20), "many exits", msg("A worker exited."));
     // Every exited worker was reaped: at most the ones exiting right now are zombies.
-    let deadline = std::time::Instant::now() + SECS(2);
-    let mut zombies = zombie_children(agent.pid());
-    while !zombies.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        zombies = zombie_children(agent.pid());
-    }
+    let none_left = || zombie_children(agent.pid()).is_empty().then_some(());
+    let zombies = match try_poll(SECS(2), none_left) {
+        Some(()) => Vec::new(),
+        None => zombie_children(agent.pid()),
+    };
     assert!(zombies.len() <= 2, "zombies left behind: {zombies:?}");
     assert!(
         !agent.logs.raw().contains("hunter2"),

@@ -133,16 +133,9 @@ fn agent_speaks_sd_notify() {
         stopping = lines.iter().any(|l| l == "STOPPING=1");
     }
     let mut agent = agent;
-    let status = loop {
-        if let Some(status) = agent.0.try_wait().expect("wait for the agent") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent still running 60 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let status = heapwarden_tests::try_poll(remaining, || agent.0.try_wait().ok().flatten())
+        .expect("agent still running 60 s after SIGTERM");
     assert!(
         status.success(),
         "agent exit after SIGTERM: {status}\n{}",

@@ -193,9 +193,9 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
     });
     // Let the old worker drain and the new one serve for a while under load.
     let served = clients.ok.load(Ordering::Relaxed);
-    while clients.ok.load(Ordering::Relaxed) < served + 300 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(SECS(30), "300 more answers from the new worker", || {
+        clients.ok.load(Ordering::Relaxed) >= served + 300
+    });
     let (ok, failures) = clients.finish();
     assert!(
         failures.is_empty(),

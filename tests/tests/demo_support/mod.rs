@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -55,31 +54,7 @@ pub fn start_demo_on(sandbox: &Sandbox, port: u16, demo_toml: &str, extra_args: 
     Demo { proc, addr }
 }
 
-/// One HTTP answer, whatever its status.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: HashMap<String, String>,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
-pub fn client(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
+pub use heapwarden_tests::http::{Reply, client};
 
 /// `method url` with optional headers and body; panics only on transport errors.
 pub fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
@@ -93,26 +68,7 @@ pub fn try_call(
     body: Option<&str>,
 ) -> Result<Reply, ureq::Error> {
     let agent = client(Duration::from_secs(20));
-    let mut request = ureq::http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let request = request
-        .body(body.unwrap_or("").to_string())
-        .expect("request");
-    let mut response = agent.run(request)?;
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = response.body_mut().read_to_string()?;
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    heapwarden_tests::http::fetch(&agent, method, url, headers, body.map(str::as_bytes))
 }
 
 pub fn get(url: &str) -> Reply {
