@@ -179,3 +179,44 @@ fn label_texts_are_the_json_forms_and_unknown_ones_are_refused() {
     assert_eq!(Trigger::from_label("leak"), Some(Trigger::Leak));
     assert_eq!(LoadPeriod::ALL.map(LoadPeriod::as_str), ["1m", "5m", "15m"]);
 }
+
+#[test]
+fn the_agent_names_its_metrics_only_through_the_catalog() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // The catalog itself; tests assert on rendered text; the demo has its own names.
+            let skipped = ["metric_names", "demo", "tests.rs"].contains(&name.as_str())
+                || name.ends_with("_tests.rs");
+            if skipped {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out);
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    assert!(files.len() > 20, "found only {files:?}");
+    let literals: Vec<String> = files
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(file).expect("read source");
+            let hits: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//") && l.contains("\"heapwarden_"))
+                .map(|l| format!("{}: {}", file.display(), l.trim()))
+                .collect();
+            hits
+        })
+        .collect();
+    assert!(
+        literals.is_empty(),
+        "metric names written as literals instead of catalog constants:\n{}",
+        literals.join("\n")
+    );
+}
