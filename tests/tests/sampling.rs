@@ -358,3 +358,42 @@ fn workers_api_requires_the_bearer_token() {
         );
     }
 }
+
+#[test]
+fn the_first_scrape_has_every_histogram_and_every_profile_outcome() {
+    let _guard = TimeoutGuard::new("first_scrape", SECS(60));
+    let pool = probe_pool(2, 0, "100ms", DEFAULT_SAMPLING);
+    // Nothing drained, profiled on demand or restarted yet: the series exist at zero.
+    let body = pool.metrics();
+    for histogram in [
+        "heapwarden_drain_duration_seconds",
+        "heapwarden_heap_profile_duration_seconds",
+        "heapwarden_sample_duration_seconds",
+    ] {
+        let bucket = format!("{histogram}_bucket{{le=\"+Inf\"}}");
+        assert!(body.contains(&bucket), "{bucket} missing:\n{body}");
+    }
+    for trigger in ["baseline", "leak", "manual"] {
+        for outcome in [
+            "written",
+            "skipped_disk_full",
+            "store_error",
+            "dump_failed",
+            "convert_failed",
+            "no_probe",
+        ] {
+            let series = format!(
+                "heapwarden_heap_profiles_total{{trigger=\"{trigger}\",outcome=\"{outcome}\"}}"
+            );
+            assert!(body.contains(&series), "{series} missing:\n{body}");
+        }
+    }
+    for slot in ["0", "1"] {
+        for reason in ["exit", "crash", "leak", "unhealthy", "manual", "reload"] {
+            let series = format!(
+                "heapwarden_worker_restarts_total{{worker=\"{slot}\",reason=\"{reason}\"}} 0"
+            );
+            assert!(body.contains(&series), "{series} missing:\n{body}");
+        }
+    }
+}
