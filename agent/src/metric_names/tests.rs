@@ -200,7 +200,10 @@ fn the_agent_names_its_metrics_only_through_the_catalog() {
         }
     }
     let mut files = Vec::new();
-    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     assert!(files.len() > 20, "found only {files:?}");
     let literals: Vec<String> = files
         .iter()

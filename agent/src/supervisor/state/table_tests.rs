@@ -88,24 +88,13 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The unit tests' settings, with fewer restarts before a cool-down and two concurrent
+/// replacements, so short walks reach crash loops and overlapping replacements.
 fn settings() -> PoolSettings {
-    PoolSettings {
-        workers: 3,
-        min_uptime: Duration::from_secs(5),
-        ready_timeout: Duration::from_secs(30),
-        drain_timeout: Duration::from_secs(30),
-        kill_timeout: Duration::from_secs(10),
-        restart: RestartConfig {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(15),
-            factor: 2.0,
-            max_restarts: 3,
-            window: Duration::from_secs(60),
-            cool_down: Duration::from_secs(300),
-        },
-        max_concurrent_replacements: 2,
-        max_leak_restarts_per_hour: 2,
-    }
+    let mut settings = super::tests::settings(3);
+    settings.restart.max_restarts = 3;
+    settings.max_concurrent_replacements = 2;
+    settings
 }
 
 /// Runs `steps` against a 3-slot pool; returns every slot move it made.

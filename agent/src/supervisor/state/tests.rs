@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn settings(workers: usize) -> PoolSettings {
+pub(super) fn settings(workers: usize) -> PoolSettings {
     PoolSettings {
         workers,
         min_uptime: Duration::from_secs(5),
