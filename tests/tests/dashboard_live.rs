@@ -22,36 +22,23 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
 fn every_dashboard_metric_is_exported_by_a_running_agent() {
     let _guard = TimeoutGuard::new("dashboard_live", SECS(120));
     let sandbox = Sandbox::new();
-    let (port, admin_port) = (free_port(), free_port());
-    let agent = sandbox.agent(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[pool]
-workers = 2
-listen = "127.0.0.1:{port}"
-min-uptime = "1s"
-drain-timeout = "3s"
-[sampling]
-interval = "250ms"
-pss-every = 2
-[watchdog]
-warmup = "2s"
-growth = "off"
-trend-window = "5s"
-trend-min-rate = "1MiB/s"
-# One leak replacement, then the budget holds the slot still for the traffic below.
-max-leak-restarts-per-hour = 1
-[log]
-level = "warn"
-[demo]
-seed-rows = 50
-leak-rate = "6MiB"
-leak-slots = [1]
-"#
-    ));
-    let service: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let config = AgentConfig::new(2, &[])
+        .set("pool", "min-uptime", "1s")
+        .set("pool", "drain-timeout", "3s")
+        .set("sampling", "interval", "250ms")
+        .set("sampling", "pss-every", "2")
+        .set("watchdog", "warmup", "2s")
+        .set("watchdog", "growth", "off")
+        .set("watchdog", "trend-window", "5s")
+        .set("watchdog", "trend-min-rate", "1MiB/s")
+        // One leak replacement, then the budget holds the slot still for the traffic below.
+        .set("watchdog", "max-leak-restarts-per-hour", "1")
+        .set("log", "level", "warn")
+        .set("demo", "seed-rows", "50")
+        .set("demo", "leak-rate", "6MiB")
+        .set("demo", "leak-slots", "[1]");
+    let agent = sandbox.agent(&config.to_string());
+    let (service, admin) = (config.listen, config.admin);
     wait_until_ok(admin, "/readyz", SECS(60), &agent.logs);
     // A leak replacement first: detections, profiles, restarts{reason="leak"}, a drain.
     agent.logs.wait_for(SECS(60), "a leak replacement", |r| {

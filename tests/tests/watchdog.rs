@@ -23,38 +23,25 @@ struct Setup {
 
 fn start(action: &str) -> Setup {
     let sandbox = Sandbox::new();
-    let (port, admin) = (free_port(), free_port());
-    let agent = sandbox.agent(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-[pool]
-workers = 2
-listen = "127.0.0.1:{port}"
-min-uptime = "1s"
-drain-timeout = "5s"
-kill-timeout = "2s"
-[sampling]
-interval = "250ms"
-pss-every = 4
-[watchdog]
-warmup = "3s"
-max-memory = "1GiB"
-growth = "off"
-trend-window = "6s"
-trend-min-rate = "1MiB/s"
-action = "{action}"
-[log]
-level = "warn"
-[demo]
-seed-rows = 100
-leak-rate = "6MiB"
-leak-slots = [1]
-"#
-    ));
+    let config = AgentConfig::new(2, &[])
+        .set("pool", "min-uptime", "1s")
+        .set("pool", "drain-timeout", "5s")
+        .set("pool", "kill-timeout", "2s")
+        .set("sampling", "interval", "250ms")
+        .set("sampling", "pss-every", "4")
+        .set("watchdog", "warmup", "3s")
+        .set("watchdog", "max-memory", "1GiB")
+        .set("watchdog", "growth", "off")
+        .set("watchdog", "trend-window", "6s")
+        .set("watchdog", "trend-min-rate", "1MiB/s")
+        .set("watchdog", "action", action)
+        .set("log", "level", "warn")
+        .set("demo", "seed-rows", "100")
+        .set("demo", "leak-rate", "6MiB")
+        .set("demo", "leak-slots", "[1]");
+    let agent = sandbox.agent(&config.to_string());
+    let (service, admin) = (config.listen, config.admin);
     let config = sandbox.path().join("heapwarden.toml");
-    let service = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     // The log level is warn (the demo logs every request at info): poll /readyz.
     wait_until_ok(admin, "/readyz", SECS(60), &agent.logs);
     Setup {
