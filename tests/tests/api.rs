@@ -112,12 +112,12 @@ fn a_group_readable_token_file_is_refused_at_start() {
     let sandbox = Sandbox::new();
     let token = sandbox.write("token", "s3cret-token-value\n");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut agent = sandbox.agent(&format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken-file = {:?}\n[pool]\nworkers = 1\nlisten = \"127.0.0.1:{}\"\ncommand = [\"sleep\", \"100\"]\n",
-        free_port(),
-        token.display().to_string(),
-        free_port()
-    ));
+    let config = AgentConfig::new(1, &["sleep", "100"]).set(
+        "admin",
+        "token-file",
+        &token.display().to_string(),
+    );
+    let mut agent = sandbox.agent(&config.to_string());
     let status = agent
         .wait_exit(SECS(10))
         .expect("the agent refuses to start");
