@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use heapwarden_tests::{free_port, heapwarden as heapwarden_binary};
+use heapwarden_tests::{AgentConfig, heapwarden as heapwarden_binary, http_get};
 
 /// Kills the agent's whole process group (agent and workers) however the test ends.
 struct AgentGuard(std::process::Child);
@@ -53,17 +53,13 @@ fn agent_speaks_sd_notify() {
     nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
         .expect("SO_PASSCRED");
     let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
-    let admin = format!("127.0.0.1:{}", free_port());
     // Two probe-linked test workers: the agent's readiness logic, not the demo's start-up,
     // decides when READY=1 is due.
+    let pool = AgentConfig::new(2, &[env!("CARGO_BIN_EXE_probe-worker")]);
+    let admin = pool.admin;
     let config = dir.path().join("heapwarden.toml");
-    let toml = format!(
-        "state-dir = {state:?}\n[admin]\nlisten = {admin:?}\n\
-         [pool]\nworkers = 2\ncommand = [{worker:?}]\nlisten = \"127.0.0.1:{port}\"\n",
-        state = dir.path().join("state").display().to_string(),
-        worker = env!("CARGO_BIN_EXE_probe-worker"),
-        port = free_port(),
-    );
+    let state = dir.path().join("state").display().to_string();
+    let toml = format!("state-dir = {state:?}\n{pool}");
     std::fs::write(&config, toml).expect("write config");
     let mut cmd = Command::new(heapwarden_binary());
     cmd.arg("run")
@@ -112,9 +108,9 @@ fn agent_speaks_sd_notify() {
         gaps.collect::<Vec<_>>()
     );
     // READY=1 promises a serving pool: every worker is ready.
-    let readyz = ureq::get(&format!("http://{admin}/readyz")).call();
+    let readyz = http_get(admin, "/readyz", Duration::from_secs(10));
     assert!(
-        readyz.is_ok_and(|r| r.status() == 200),
+        readyz.is_ok_and(|(status, _)| status == 200),
         "/readyz after READY=1\n{}",
         log_tail()
     );
