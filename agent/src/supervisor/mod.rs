@@ -2,6 +2,7 @@
 //! channel, restarts what exits, replaces workers make-before-break, and stops them all
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
+pub mod attach;
 pub mod link;
 pub mod listen;
 mod notify;
@@ -15,6 +16,7 @@ pub mod view;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
+pub use heapwarden_probes::Runtime;
 
 use crate::config::Config;
 use state::PoolSettings;

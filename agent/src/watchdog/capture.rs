@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
+use heapwarden_probes::channel::{AgentMsg, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use crate::profiles::{
@@ -108,7 +108,14 @@ async fn capture(
         .map_err(CaptureError::Skipped)?;
     let path = pending.raw_path.display().to_string();
     let reply = link
-        .request(move |seq| AgentMsg::Dump { seq, path }, DUMP_TIMEOUT)
+        .request(
+            move |seq| AgentMsg::Dump {
+                seq,
+                path,
+                kind: DumpKind::Profile,
+            },
+            DUMP_TIMEOUT,
+        )
         .await;
     let dump_error = match reply {
         Ok(WorkerMsg::ProfileWritten { error: None, .. }) => None,
