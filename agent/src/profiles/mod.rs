@@ -25,7 +25,7 @@ pub use convert::{
 };
 pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
 pub use error::ProfileError;
-pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileMeta, Trigger};
+pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta, Trigger};
 pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};
 
 use crate::cli::ConvertArgs;

@@ -121,6 +121,11 @@ impl ProfileStoreHandle {
                 .await?
                 .ok_or(StoreError::NoBaseline { slot: meta.slot })?,
         };
+        for m in [&meta, &base_meta] {
+            if m.kind != super::index::ProfileKind::Profile {
+                return Err(StoreError::NotAProfile { id: m.id });
+            }
+        }
         let (_, base_path) = self.get(base_meta.id).await?;
         let report = tokio::task::spawn_blocking(move || {
             diff_files(base_meta.id, &base_path, meta.id, &path)

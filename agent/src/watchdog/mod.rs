@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod rules;
+pub mod snapshot;
 
 use std::collections::HashMap;
 
@@ -12,6 +13,7 @@ use slog::{Logger, error, info, warn};
 use tokio::sync::{mpsc, watch};
 
 pub use capture::{CaptureError, CaptureRequest, take_profile};
+pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
 
 use crate::admin::api::{FiguresView, SlotFigures};
@@ -89,9 +91,17 @@ pub struct Watchdog {
     store: ProfileStoreHandle,
     figures: watch::Sender<FiguresView>,
     log: Logger,
+    /// `profiles.snapshot-headroom`, for `leak-snapshot`.
+    snapshot_headroom: f64,
 }
 
 impl Watchdog {
+    /// `profiles.snapshot-headroom` for the snapshots `watchdog.leak-snapshot` takes.
+    pub fn with_snapshot_headroom(mut self, headroom: f64) -> Watchdog {
+        self.snapshot_headroom = headroom;
+        self
+    }
+
     pub fn new(
         config: WatchdogConfig,
         pool: watch::Receiver<PoolView>,
@@ -109,6 +119,7 @@ impl Watchdog {
             store,
             figures,
             log,
+            snapshot_headroom: 2.0,
         }
     }
 
@@ -211,13 +222,24 @@ impl Watchdog {
             heap_active: sample.heap.as_ref().map(|h| h.active),
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
+        let rule = trip.as_ref().map(|t| t.rule.as_str().to_string());
+        let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
+            slot: sample.slot,
+            pid: worker.pid,
+            link: worker.link.clone().filter(|_| worker.probe),
+            runtime: worker.runtime,
+            trigger,
+            figures: figures.clone(),
+            rule: rule.clone(),
+            headroom: self.snapshot_headroom,
+        });
         let request = CaptureRequest {
             slot: sample.slot,
             pid: worker.pid,
             link: worker.link.filter(|_| worker.probe),
             trigger,
             figures,
-            rule: trip.as_ref().map(|t| t.rule.as_str().to_string()),
+            rule,
         };
         let store = self.store.clone();
         let log = self.log.clone();
@@ -227,6 +249,9 @@ impl Watchdog {
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
             let Some(trip) = trip else { return };
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
+                let _ = take_snapshot(&store, snapshot, &log).await;
+            }
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,
