@@ -41,6 +41,7 @@ const MAX_FRAME = 4 * 1024 * 1024;
 const MAX_QUEUED = 1024 * 1024;
 const SAMPLING_INTERVAL = positiveInt(process.env.HEAPWARDEN_NODE_SAMPLING_INTERVAL, 32768);
 const IDLE_GRACE_MS = 1000;
+const LAG_RESOLUTION_MS = 10;
 const LAUNCHER = /^(npm|npx|yarn|pnpm|pnpx|corepack)(-cli)?(\.c?js)?$/;
 
 const api = new EventEmitter();
@@ -143,8 +144,9 @@ function onMessage(msg) {
 function sample(seq, withMetrics) {
   const started = process.hrtime.bigint();
   const mem = process.memoryUsage();
-  // The longest event-loop delay since the last sample, in seconds.
-  const lag = loopDelay && loopDelay.count > 0 ? loopDelay.max / 1e9 : null;
+  // The longest event-loop delay since the last sample, in seconds (the histogram
+  // measures whole timer periods, so the resolution itself is taken off).
+  const lag = loopDelay && loopDelay.count > 0 ? Math.max(0, loopDelay.max / 1e9 - LAG_RESOLUTION_MS / 1e3) : null;
   if (loopDelay) loopDelay.reset();
   const msg = {
     type: 'stats', seq, heap: { allocated: mem.heapUsed, active: mem.heapTotal },
@@ -350,7 +352,7 @@ function startProfiling() {
       session = null;
     }
   });
-  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: 10 });
+  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
   loopDelay.enable();
 }
 

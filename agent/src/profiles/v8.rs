@@ -8,8 +8,9 @@
 //! `nodes: [[id, parent, functionName, url, line, column, selfSize], …]` (V8's call tree,
 //! flattened; `selfSize` is V8's estimate of live bytes, already scaled for sampling),
 //! `samples: [[nodeId, size], …]` (one row per sampled live object), and
-//! `sampling_interval`. The probe's own frames are trimmed, like jemalloc's are; `(root)`
-//! is dropped. Everything is checked: ids, parents, cycles and sizes of a hostile file
+//! `sampling_interval`. The probe's own frames are trimmed, like jemalloc's are: what
+//! was allocated under a probe frame is reported as one `(heapwarden probe)` frame, so it
+//! never passes for the application's; `(root)` is dropped. Everything is checked: ids, parents, cycles and sizes of a hostile file
 //! end in an error, never a panic or an unbounded allocation.
 
 use std::collections::HashMap;
@@ -40,6 +41,10 @@ pub enum V8Error {
 }
 
 type NodeRow = (u64, u64, String, String, i64, i64, f64);
+
+/// Where the probe's own allocations are reported.
+static PROBE_ROW: NodeRow = (0, 0, String::new(), String::new(), -1, -1, 0.0);
+const PROBE_FRAME_NAME: &str = "(heapwarden probe)";
 
 #[derive(Debug, Deserialize)]
 struct FlatProfile {
@@ -133,12 +138,15 @@ impl<'a> Builder<'a> {
 
 /// Anonymous functions are told apart by where they are written.
 fn display_name(name: &str, url: &str, line: i64) -> String {
+    if name.is_empty() && url.is_empty() && line < 0 {
+        return PROBE_FRAME_NAME.to_owned();
+    }
     if !name.is_empty() {
         return name.to_owned();
     }
     let file = url.rsplit('/').next().unwrap_or(url);
     if file.is_empty() {
-        "(anonymous)".to_owned()
+        format!("(anonymous):{}", line + 1)
     } else {
         format!("(anonymous {file}:{})", line + 1)
     }
@@ -183,12 +191,15 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
             continue;
         }
         let mut stack = Vec::new();
+        let mut in_probe = false;
         let mut at = Some(row);
         // A chain longer than the node count has a cycle.
         for _ in 0..=flat.nodes.len() {
             let Some(node) = at else { break };
-            if !is_root(node) && !is_probe_frame(node) {
-                stack.push(b.location(node));
+            if is_probe_frame(node) {
+                in_probe = true;
+            } else if !is_root(node) {
+                stack.push(node);
             }
             at = match node.1 {
                 0 => None,
@@ -201,6 +212,13 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
         if at.is_some() {
             return Err(V8Error::Shape("the node parents form a cycle".to_owned()));
         }
+        // What the probe allocated (and node internals it called) is the probe's: one
+        // frame, never the application's function.
+        let stack: Vec<u64> = if in_probe {
+            vec![b.location(&PROBE_ROW)]
+        } else {
+            stack.into_iter().map(|node| b.location(node)).collect()
+        };
         let (bytes, objects) = (self_size.round() as i64, count.round() as i64);
         totals.bytes += bytes;
         totals.objects += objects;

@@ -50,7 +50,8 @@ fn is_node_program(name: &str) -> bool {
     NODE_PROGRAMS.contains(&name) || LAUNCHERS.contains(&name) || versioned
 }
 
-/// `NODE_OPTIONS` with the probe required first, then HEAPWARDEN_LISTEN_PORT.
+/// `NODE_OPTIONS` with the probe required first, then HEAPWARDEN_LISTEN_PORT (and PORT,
+/// unless the pool sets its own).
 pub fn plan(input: &AttachInput<'_>) -> Result<Vec<(String, String)>, String> {
     let probe = input
         .node_probe
@@ -82,6 +83,11 @@ pub fn plan(input: &AttachInput<'_>) -> Result<Vec<(String, String)>, String> {
     let mut env = vec![("NODE_OPTIONS".to_string(), options)];
     if let Some(port) = input.listen_port {
         env.push(("HEAPWARDEN_LISTEN_PORT".to_string(), port.to_string()));
+        // Most apps listen on $PORT (PM2's and Heroku's convention): give them the pool's,
+        // which the probe turns into the inherited socket. The user's own PORT wins.
+        if !input.pool_env.contains_key("PORT") {
+            env.push(("PORT".to_string(), port.to_string()));
+        }
     }
     Ok(env)
 }

@@ -54,6 +54,7 @@ fn auto_attaches_node_to_node_and_its_launchers() {
             plan.env
                 .contains(&("HEAPWARDEN_LISTEN_PORT".into(), "8080".into()))
         );
+        assert!(plan.env.contains(&("PORT".into(), "8080".into())));
     }
 }
 
@@ -75,8 +76,12 @@ fn the_users_node_options_are_kept_after_the_probe() {
     let plan = decide(
         ProbeKind::Auto,
         &["node", "app.js"],
-        &[("NODE_OPTIONS", "--max-old-space-size=256 --enable-source-maps")],
+        &[
+            ("NODE_OPTIONS", "--max-old-space-size=256 --enable-source-maps"),
+            ("PORT", "3000"),
+        ],
     );
+    assert!(!plan.env.iter().any(|(k, _)| k == "PORT"), "the user's PORT wins");
     assert_eq!(
         node_options(&plan),
         Some(

@@ -21,9 +21,13 @@ impl Supervisor {
             LinkEvent::Message { worker_id, msg } => match msg {
                 WorkerMsg::Hello { pid, runtime, .. } => {
                     if let Some(rt) = self.runtimes.get_mut(&worker_id) {
-                        if rt.runtime.is_some() {
-                            info!(self.log, "A new process claimed a worker's control channel."; "worker_id" => worker_id, "claimant_pid" => pid, "runtime" => runtime.as_str());
-                        }
+                        let message = if rt.runtime.is_some() {
+                            "A new process claimed a worker's control channel."
+                        } else {
+                            "A worker's probe claimed its control channel."
+                        };
+                        info!(self.log, "{}", message; "worker_id" => worker_id,
+                            "worker_pid" => rt.pid, "claimant_pid" => pid, "runtime" => runtime.as_str());
                         rt.runtime = Some(runtime);
                     }
                     Some(Event::Hello { worker: worker_id })
