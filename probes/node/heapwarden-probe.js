@@ -403,12 +403,13 @@ Object.assign(api, {
   setMetricsRegistry: guard('setMetricsRegistry', (registry) => { metricsRegistry = registry; }),
   // fn(key, version) runs when another worker invalidated `key`.
   onInvalidate: guard('onInvalidate', (fn) => { invalidateHook = fn; }),
-  get claimed() { return channel !== null; },
-  get listenFd() { return listenFd; },
   timing,
   // For tests of the protocol: the same framing the channel uses.
   _frames: { encode, decode, flatten, redirectListen },
 });
+// Getters, not values: Object.assign would copy them once.
+Object.defineProperty(api, 'claimed', { get: () => channel !== null, enumerable: true });
+Object.defineProperty(api, 'listenFd', { get: () => listenFd, enumerable: true });
 globalThis[SINGLETON] = api;
 module.exports = api;
 guard('claim', claim)();

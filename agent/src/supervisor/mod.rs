@@ -31,5 +31,6 @@ pub fn settings_from(config: &Config) -> PoolSettings {
         restart: config.pool.restart.clone(),
         max_concurrent_replacements: config.watchdog.max_concurrent_replacements as usize,
         max_leak_restarts_per_hour: config.watchdog.max_leak_restarts_per_hour as usize,
+        probe_hello_grace: None,
     }
 }

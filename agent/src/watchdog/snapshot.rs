@@ -41,6 +41,8 @@ pub enum SnapshotError {
         heap: u64,
         headroom: f64,
     },
+    #[error("worker {slot} has not been sampled yet, so the memory a snapshot needs is unknown")]
+    NoFigures { slot: usize },
     #[error("skipped: {0}")]
     Skipped(StoreError),
     #[error("worker {slot} (pid {pid}) could not write its heap snapshot: {reason}")]
@@ -58,7 +60,10 @@ impl SnapshotError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            SnapshotError::Busy | SnapshotError::NotNode { .. } | SnapshotError::MemoryShort { .. }
+            SnapshotError::Busy
+                | SnapshotError::NotNode { .. }
+                | SnapshotError::MemoryShort { .. }
+                | SnapshotError::NoFigures { .. }
         )
     }
 
@@ -67,6 +72,7 @@ impl SnapshotError {
             SnapshotError::Busy => "busy",
             SnapshotError::NotNode { .. } => "no_probe",
             SnapshotError::MemoryShort { .. } => "memory_short",
+            SnapshotError::NoFigures { .. } => "no_figures",
             SnapshotError::Skipped(_) => "skipped_disk_full",
             SnapshotError::Dump { .. } => "dump_failed",
             SnapshotError::Store(_) => "store_error",
@@ -144,7 +150,9 @@ async fn snapshot(
         .filter(|_| runtime == Some(Runtime::Node))
         .ok_or(SnapshotError::NotNode { slot })?;
     let _turn = Turn::take().ok_or(SnapshotError::Busy)?;
-    check_memory(figures.heap_allocated.unwrap_or(0), headroom)?;
+    // Before the first heap sample, RSS stands in (it is larger: the safe side).
+    let heap = figures.heap_allocated.or(figures.rss).ok_or(SnapshotError::NoFigures { slot })?;
+    check_memory(heap, headroom)?;
     let pending = store
         .begin(slot, pid, trigger)
         .await

@@ -108,7 +108,8 @@ impl Supervisor {
             config.pool.env.entry(key).or_insert(value);
         }
         let attached = attach_probe(&mut config, &argv, socket.local_addr, &log);
-        let settings = super::settings_from(&config);
+        let mut settings = super::settings_from(&config);
+        settings.probe_hello_grace = attached.map(|_| hello_grace(config.pool.ready_timeout));
         let (view_tx, view) = watch::channel(PoolView::default());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());
         let (requests, requests_rx) = mpsc::channel(64);
@@ -389,9 +390,10 @@ fn attach_probe(
 }
 
 /// How long a worker given a probe has to say hello before it is taken for one that
-/// never loads it (and sampled from procfs only).
+/// never loads it (and sampled from procfs only); half the ready timeout at most, so a
+/// plain worker is still ready in time.
 fn hello_grace(ready_timeout: Duration) -> Duration {
-    ready_timeout.min(Duration::from_secs(10))
+    (ready_timeout / 2).min(Duration::from_secs(10))
 }
 
 enum Flow {

@@ -1,0 +1,48 @@
+'use strict';
+// A plain Node http service for heapwarden's end-to-end tests; it knows nothing of
+// heapwarden (the probe arrives through NODE_OPTIONS). LEAK selects a leak:
+//   named     leakInNamedFunction keeps LEAK_BYTES of small objects every 100 ms
+//   buffer    leakBuffers keeps LEAK_BYTES of Buffer.alloc every 100 ms
+// FORK_CHILD=1 forks child.js, which reports whether its probe claimed the channel.
+const http = require('http');
+const path = require('path');
+
+const held = [];
+const perTick = Number(process.env.LEAK_BYTES || 0);
+
+function leakInNamedFunction(bytes) {
+  for (let i = 0; i < bytes / 128; i += 1) held.push({ id: i, text: `item-${i}-${Date.now()}`, more: [i, i + 1, i + 2] });
+}
+
+function leakBuffers(bytes) {
+  held.push(Buffer.alloc(bytes, 7));
+}
+
+if (perTick > 0) {
+  const leak = process.env.LEAK === 'buffer' ? leakBuffers : leakInNamedFunction;
+  setInterval(() => leak(perTick), 100);
+}
+
+const probe = globalThis[Symbol.for('heapwarden.probe')];
+if (process.env.FORK_CHILD === '1') {
+  const child = require('child_process').fork(path.join(__dirname, 'child.js'), { stdio: 'inherit' });
+  child.on('exit', () => {});
+}
+
+const server = http.createServer((req, res) => {
+  if (req.url === '/mem') {
+    const mem = process.memoryUsage();
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({
+      pid: process.pid, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, external: mem.external,
+      arrayBuffers: mem.arrayBuffers, heapLimit: require('v8').getHeapStatistics().heap_size_limit,
+      nodeOptions: process.env.NODE_OPTIONS || '', claimed: Boolean(probe && probe.claimed),
+      controlFdLeft: process.env.HEAPWARDEN_CONTROL_FD !== undefined,
+    }));
+    return;
+  }
+  res.end(`ok ${process.pid}\n`);
+});
+server.listen(Number(process.env.PORT), () => {
+  console.log(JSON.stringify({ level: 'info', msg: 'The test app is listening.', app_pid: process.pid }));
+});
