@@ -15,6 +15,7 @@ pub const SECS: fn(u64) -> Duration = Duration::from_secs;
 pub const APP_JS: &str = include_str!("../../node/app.js");
 pub const CHILD_JS: &str = include_str!("../../node/child.js");
 pub const PACKAGE_JSON: &str = include_str!("../../node/package.json");
+pub const HOSTILE_JS: &str = include_str!("../../node/hostile.js");
 
 pub struct NodeSetup {
     pub sandbox: Sandbox,
@@ -41,6 +42,7 @@ pub fn start(command: &str, workers: usize, extra: &str) -> NodeSetup {
     sandbox.write("app.js", APP_JS);
     sandbox.write("child.js", CHILD_JS);
     sandbox.write("package.json", PACKAGE_JSON);
+    sandbox.write("hostile.js", HOSTILE_JS);
     let (port, admin) = (free_port(), free_port());
     let cwd = sandbox.path().display().to_string();
     let agent = sandbox.agent(&format!(
