@@ -3,6 +3,7 @@
 // heapwarden (the probe arrives through NODE_OPTIONS). LEAK selects a leak:
 //   named     leakInNamedFunction keeps LEAK_BYTES of small objects every 100 ms
 //   buffer    leakBuffers keeps LEAK_BYTES of Buffer.alloc every 100 ms
+// HOLD_MIB holds that much in live objects from the start; /timing is the probe's cost.
 // FORK_CHILD=1 forks child.js, which reports whether its probe claimed the channel.
 const http = require('http');
 const path = require('path');
@@ -18,12 +19,21 @@ function leakBuffers(bytes) {
   held.push(Buffer.alloc(bytes, 7));
 }
 
+// HOLD_MIB: live JS objects held from the start (the benchmarks' heap sizes).
+const hold = [];
+for (let i = 0; i < Number(process.env.HOLD_MIB || 0) * 1024 * 1024 / 96; i += 1) hold.push({ i, s: `held-${i}` });
+
 if (perTick > 0) {
   const leak = process.env.LEAK === 'buffer' ? leakBuffers : leakInNamedFunction;
   setInterval(() => leak(perTick), 100);
 }
 
 const probe = globalThis[Symbol.for('heapwarden.probe')];
+// METRICS=1: a prom-client-like registry (anything with metrics()) handed to the probe.
+if (process.env.METRICS === '1' && probe) {
+  let hits = 0;
+  probe.setMetricsRegistry({ metrics: async () => `# HELP app_hits_total Hits.\n# TYPE app_hits_total counter\napp_hits_total ${++hits}\n` });
+}
 if (process.env.FORK_CHILD === '1') {
   const child = require('child_process').fork(path.join(__dirname, 'child.js'), { stdio: 'inherit' });
   child.on('exit', () => {});
@@ -39,6 +49,10 @@ const server = http.createServer((req, res) => {
       nodeOptions: process.env.NODE_OPTIONS || '', claimed: Boolean(probe && probe.claimed),
       controlFdLeft: process.env.HEAPWARDEN_CONTROL_FD !== undefined,
     }));
+    return;
+  }
+  if (req.url === '/timing') {
+    res.end(JSON.stringify(probe ? probe.timing : null));
     return;
   }
   res.end(`ok ${process.pid}\n`);

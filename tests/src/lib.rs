@@ -420,7 +420,6 @@ impl ClientLoop {
     }
 }
 
-
 /// One HTTP/1.1 GET on a fresh connection; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, None, b"", timeout)

@@ -37,25 +37,48 @@ fn leaking(kind: &str, bytes_per_tick: u64) -> NodeSetup {
 fn a_leak_in_a_named_function_is_named_by_the_diff_and_by_pprof() {
     let _guard = TimeoutGuard::new("node named leak", SECS(180));
     let setup = leaking("named", 200_000);
-    let detection = setup.agent.logs.wait_for(SECS(90), "the detection record", msg("A memory leak was detected."));
+    let detection = setup.agent.logs.wait_for(
+        SECS(90),
+        "the detection record",
+        msg("A memory leak was detected."),
+    );
     assert_eq!(detection["rule"], "trend", "{detection}");
     let sites = &detection["top_growing_sites"];
     assert_eq!(sites[0]["function"], "leakInNamedFunction", "{detection}");
     let leak_id = detection["profile_id"].as_u64().expect("a leak profile");
-    let base_id = detection["baseline_profile_id"].as_u64().expect("a baseline");
+    let base_id = detection["baseline_profile_id"]
+        .as_u64()
+        .expect("a baseline");
     let profiles = setup.profiles();
     let kinds: Vec<(&Value, &Value)> = profiles.iter().map(|p| (&p["id"], &p["trigger"])).collect();
-    assert!(profiles.iter().any(|p| p["id"] == leak_id && p["trigger"] == "leak"), "{kinds:?}");
-    assert!(profiles.iter().any(|p| p["id"] == base_id && p["trigger"] == "baseline"), "{kinds:?}");
+    assert!(
+        profiles
+            .iter()
+            .any(|p| p["id"] == leak_id && p["trigger"] == "leak"),
+        "{kinds:?}"
+    );
+    assert!(
+        profiles
+            .iter()
+            .any(|p| p["id"] == base_id && p["trigger"] == "baseline"),
+        "{kinds:?}"
+    );
 
     let diff = setup.cli(&["diff", &leak_id.to_string()]).expect("diff");
     assert_eq!(diff["top"][0]["function"], "leakInNamedFunction", "{diff}");
-    assert!(diff["top"][0]["delta_bytes"].as_i64().unwrap() > 1 << 20, "{diff}");
+    assert!(
+        diff["top"][0]["delta_bytes"].as_i64().unwrap() > 1 << 20,
+        "{diff}"
+    );
 
     let dir = setup.sandbox.path();
     let (leak, base) = (dir.join("leak.pb.gz"), dir.join("base.pb.gz"));
-    setup.cli(&["pull", &leak_id.to_string(), "-o", leak.to_str().unwrap()]).unwrap();
-    setup.cli(&["pull", &base_id.to_string(), "-o", base.to_str().unwrap()]).unwrap();
+    setup
+        .cli(&["pull", &leak_id.to_string(), "-o", leak.to_str().unwrap()])
+        .unwrap();
+    setup
+        .cli(&["pull", &base_id.to_string(), "-o", base.to_str().unwrap()])
+        .unwrap();
     let out = Command::new("go")
         .args(["tool", "pprof", "-top", "-base"])
         .arg(&base)
@@ -63,14 +86,21 @@ fn a_leak_in_a_named_function_is_named_by_the_diff_and_by_pprof() {
         .output()
         .expect("go tool pprof (scripts/test installs golang-go)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The rows after the "flat flat% ..." header, largest growth first.
     let first = text
         .lines()
         .skip_while(|l| !l.trim_start().starts_with("flat"))
         .nth(1)
         .unwrap_or_default();
-    assert!(first.ends_with("leakInNamedFunction"), "first row {first:?} of:\n{text}");
+    assert!(
+        first.ends_with("leakInNamedFunction"),
+        "first row {first:?} of:\n{text}"
+    );
     let list = Command::new("go")
         .args(["tool", "pprof", "-traces"])
         .arg(&leak)
@@ -84,10 +114,16 @@ fn a_leak_in_a_named_function_is_named_by_the_diff_and_by_pprof() {
 fn a_buffer_leak_outside_the_v8_heap_trips_too() {
     let _guard = TimeoutGuard::new("node buffer leak", SECS(180));
     let setup = leaking("buffer", 256 * 1024);
-    let trip = setup.agent.logs.wait_for(SECS(90), "the trip", msg("A leak rule tripped."));
+    let trip = setup
+        .agent
+        .logs
+        .wait_for(SECS(90), "the trip", msg("A leak rule tripped."));
     assert_eq!(trip["figure"], "heap_used_plus_external", "{trip}");
     let row = &setup.workers()[0];
     let heap = row["heap_allocated_bytes"].as_u64().unwrap();
     let watched = trip["bytes"].as_u64().unwrap();
-    assert!(watched > heap + (4 << 20), "the Buffers are in external: {watched} vs heap {heap}");
+    assert!(
+        watched > heap + (4 << 20),
+        "the Buffers are in external: {watched} vs heap {heap}"
+    );
 }

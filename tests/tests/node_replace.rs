@@ -34,7 +34,11 @@ level = "warn"
     );
     let clients = ClientLoop::start(setup.service, 4, |_| "/".to_string());
     let restarts = || -> u64 {
-        setup.workers().iter().map(|w| w["restarts"].as_u64().unwrap_or(0)).sum()
+        setup
+            .workers()
+            .iter()
+            .map(|w| w["restarts"].as_u64().unwrap_or(0))
+            .sum()
     };
     poll_until(SECS(240), "20 leak replacements", || restarts() >= 20);
     // The last replacement finishes draining under load too.
@@ -46,10 +50,21 @@ level = "warn"
     let metrics = http_get(setup.admin, "/metrics", SECS(5)).unwrap().1;
     let leak_restarts: f64 = metrics
         .lines()
-        .filter(|l| l.starts_with("heapwarden_worker_restarts_total{") && l.contains("reason=\"leak\""))
+        .filter(|l| {
+            l.starts_with("heapwarden_worker_restarts_total{") && l.contains("reason=\"leak\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(leak_restarts >= 20.0, "{leak_restarts} leak restarts:\n{metrics}");
+    assert!(
+        leak_restarts >= 20.0,
+        "{leak_restarts} leak restarts:\n{metrics}"
+    );
     assert!(ok > 1000, "only {ok} requests served");
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok, &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(5)]
+    );
 }

@@ -99,8 +99,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             } else {
                 "heapsnapshot"
             };
-            let path =
-                output.unwrap_or_else(|| PathBuf::from(format!("heapwarden-{id}.{ext}")));
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("heapwarden-{id}.{ext}")));
             std::fs::write(&path, &bytes)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if common.json {

@@ -28,7 +28,9 @@ pub enum StoreError {
     },
     #[error("no profile with id {0}")]
     UnknownId(u64),
-    #[error("profile {id} is a heap snapshot: open it in Chrome DevTools (Memory → Load) rather than diffing it")]
+    #[error(
+        "profile {id} is a heap snapshot: open it in Chrome DevTools (Memory → Load) rather than diffing it"
+    )]
     NotAProfile { id: u64 },
     #[error("no baseline profile for slot {slot} to diff against")]
     NoBaseline { slot: usize },
@@ -61,7 +63,8 @@ impl PendingProfile {
     /// The same reservation, stored as a heap snapshot (`<id>.heapsnapshot`).
     pub fn into_snapshot(mut self) -> PendingProfile {
         self.kind = ProfileKind::Snapshot;
-        self.out_path.set_file_name(ProfileKind::Snapshot.file_name(self.id));
+        self.out_path
+            .set_file_name(ProfileKind::Snapshot.file_name(self.id));
         self
     }
 }
@@ -132,11 +135,9 @@ impl ProfileStore {
 
     /// The newest baseline of a slot, the default `base` of a diff.
     pub fn latest_baseline(&self, slot: usize) -> Option<&ProfileMeta> {
-        self.index
-            .profiles
-            .iter()
-            .rev()
-            .find(|p| p.slot == slot && p.trigger == Trigger::Baseline && p.kind == ProfileKind::Profile)
+        self.index.profiles.iter().rev().find(|p| {
+            p.slot == slot && p.trigger == Trigger::Baseline && p.kind == ProfileKind::Profile
+        })
     }
 
     /// Bytes of all stored profiles (`heapwarden_profiles_stored_bytes`).

@@ -69,7 +69,10 @@ pub struct V8Totals {
 }
 
 /// Parses the probe's JSON and builds the pprof profile.
-pub fn parse_and_build(json: &[u8], dumped_at: SystemTime) -> Result<(pprof::Profile, V8Totals), V8Error> {
+pub fn parse_and_build(
+    json: &[u8],
+    dumped_at: SystemTime,
+) -> Result<(pprof::Profile, V8Totals), V8Error> {
     let flat: FlatProfile = serde_json::from_slice(json)?;
     if flat.format != FORMAT || flat.version != 1 {
         return Err(V8Error::Format {
@@ -78,10 +81,16 @@ pub fn parse_and_build(json: &[u8], dumped_at: SystemTime) -> Result<(pprof::Pro
         });
     }
     if flat.nodes.len() > MAX_NODES {
-        return Err(V8Error::Shape(format!("{} nodes, over {MAX_NODES}", flat.nodes.len())));
+        return Err(V8Error::Shape(format!(
+            "{} nodes, over {MAX_NODES}",
+            flat.nodes.len()
+        )));
     }
     if !(flat.sampling_interval.is_finite() && flat.sampling_interval >= 1.0) {
-        return Err(V8Error::Shape(format!("sampling interval {}", flat.sampling_interval)));
+        return Err(V8Error::Shape(format!(
+            "sampling interval {}",
+            flat.sampling_interval
+        )));
     }
     build(&flat, dumped_at)
 }
@@ -164,13 +173,18 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
     let mut index: HashMap<u64, usize> = HashMap::with_capacity(flat.nodes.len());
     for (i, row) in flat.nodes.iter().enumerate() {
         if row.0 == 0 || index.insert(row.0, i).is_some() {
-            return Err(V8Error::Shape(format!("node id {} is zero or repeated", row.0)));
+            return Err(V8Error::Shape(format!(
+                "node id {} is zero or repeated",
+                row.0
+            )));
         }
     }
     let mut objects: HashMap<u64, f64> = HashMap::new();
     for &(node, size) in &flat.samples {
         if !index.contains_key(&node) {
-            return Err(V8Error::Shape(format!("a sample names unknown node {node}")));
+            return Err(V8Error::Shape(format!(
+                "a sample names unknown node {node}"
+            )));
         }
         *objects.entry(node).or_default() += objects_for(size, flat.sampling_interval);
     }
@@ -185,7 +199,10 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
         let self_size = row.6;
         let count = objects.get(&row.0).copied().unwrap_or(0.0);
         if !(self_size.is_finite() && self_size >= 0.0) {
-            return Err(V8Error::Shape(format!("node {} has size {self_size}", row.0)));
+            return Err(V8Error::Shape(format!(
+                "node {} has size {self_size}",
+                row.0
+            )));
         }
         if self_size == 0.0 && count == 0.0 {
             continue;
@@ -205,7 +222,12 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
                 0 => None,
                 parent => match index.get(&parent) {
                     Some(&i) => Some(&flat.nodes[i]),
-                    None => return Err(V8Error::Shape(format!("node {} has unknown parent {parent}", node.0))),
+                    None => {
+                        return Err(V8Error::Shape(format!(
+                            "node {} has unknown parent {parent}",
+                            node.0
+                        )));
+                    }
                 },
             };
         }
@@ -242,12 +264,21 @@ fn finish(b: &mut Builder<'_>, flat: &FlatProfile, dumped_at: SystemTime) {
     let space = b.strings.intern("inuse_space");
     let bytes = b.strings.intern("bytes");
     b.profile.sample_type = vec![
-        pprof::ValueType { r#type: objects, unit: count },
-        pprof::ValueType { r#type: space, unit: bytes },
+        pprof::ValueType {
+            r#type: objects,
+            unit: count,
+        },
+        pprof::ValueType {
+            r#type: space,
+            unit: bytes,
+        },
     ];
     b.profile.default_sample_type = space;
     let period_type = b.strings.intern("space");
-    b.profile.period_type = Some(pprof::ValueType { r#type: period_type, unit: bytes });
+    b.profile.period_type = Some(pprof::ValueType {
+        r#type: period_type,
+        unit: bytes,
+    });
     b.profile.period = flat.sampling_interval as i64;
     b.profile.time_nanos = dumped_at
         .duration_since(UNIX_EPOCH)
@@ -277,10 +308,11 @@ pub fn convert_file(raw: &Path, out: &Path) -> Result<ConvertSummary, ProfileErr
     }
     let json = std::fs::read(raw).map_err(read_err)?;
     let dumped_at = meta.modified().unwrap_or_else(|_| SystemTime::now());
-    let (profile, totals) = parse_and_build(&json, dumped_at).map_err(|source| ProfileError::V8 {
-        path: raw.to_path_buf(),
-        source,
-    })?;
+    let (profile, totals) =
+        parse_and_build(&json, dumped_at).map_err(|source| ProfileError::V8 {
+            path: raw.to_path_buf(),
+            source,
+        })?;
     let bytes = pprof::encode_gz(&profile).map_err(|source| ProfileError::Write {
         path: out.to_path_buf(),
         source,

@@ -21,10 +21,34 @@ fn leak_profile(leaked: u64) -> Vec<u8> {
         json!([
             [1, 0, "(root)", "", -1, -1, 0],
             [2, 1, "main", "file:///srv/app.js", 40, 0, 0],
-            [3, 2, "leakInNamedFunction", "file:///srv/app.js", 9, 4, leaked],
+            [
+                3,
+                2,
+                "leakInNamedFunction",
+                "file:///srv/app.js",
+                9,
+                4,
+                leaked
+            ],
             [4, 2, "", "file:///srv/app.js", 20, 2, 4096],
-            [5, 1, "sample", "/var/lib/heapwarden/probes/heapwarden-probe.js", 100, 0, 512],
-            [6, 5, "flatten", "/var/lib/heapwarden/probes/heapwarden-probe.js", 150, 0, 256],
+            [
+                5,
+                1,
+                "sample",
+                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                100,
+                0,
+                512
+            ],
+            [
+                6,
+                5,
+                "flatten",
+                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                150,
+                0,
+                256
+            ],
         ]),
         json!([[3, 1000], [3, 1000], [4, 4096], [5, 512]]),
     )
@@ -61,7 +85,10 @@ fn functions_carry_names_files_and_one_based_lines_leaf_first() {
         .collect();
     assert_eq!(types, ["inuse_objects", "inuse_space"]);
     assert_eq!(p.sample[0].value[1], 1 << 20);
-    assert!(p.sample[0].value[0] >= 2, "two sampled objects, unbiased upwards");
+    assert!(
+        p.sample[0].value[0] >= 2,
+        "two sampled objects, unbiased upwards"
+    );
 }
 
 #[test]
@@ -81,8 +108,14 @@ fn malformed_profiles_are_errors() {
         b"not json".to_vec(),
         br#"{"format":"other","version":1,"sampling_interval":1,"nodes":[]}"#.to_vec(),
         profile(json!([[1, 9, "f", "", 0, 0, 1]]), json!([])),
-        profile(json!([[1, 2, "a", "", 0, 0, 1], [2, 1, "b", "", 0, 0, 1]]), json!([])),
-        profile(json!([[1, 0, "a", "", 0, 0, 1], [1, 0, "b", "", 0, 0, 1]]), json!([])),
+        profile(
+            json!([[1, 2, "a", "", 0, 0, 1], [2, 1, "b", "", 0, 0, 1]]),
+            json!([]),
+        ),
+        profile(
+            json!([[1, 0, "a", "", 0, 0, 1], [1, 0, "b", "", 0, 0, 1]]),
+            json!([]),
+        ),
         profile(json!([[1, 0, "a", "", 0, 0, 1]]), json!([[5, 10]])),
         profile(json!([[1, 0, "a", "", 0, 0, -5]]), json!([])),
         profile(json!([[1, 0, "a"]]), json!([])),

@@ -66,7 +66,10 @@ pub fn record_worker(sample: &WorkerSample, dropped_since: u64) {
         set("heapwarden_worker_external_bytes", external as f64);
     }
     if let Some(array_buffers) = sample.array_buffers_bytes {
-        set("heapwarden_worker_array_buffers_bytes", array_buffers as f64);
+        set(
+            "heapwarden_worker_array_buffers_bytes",
+            array_buffers as f64,
+        );
     }
     if let Some(lag) = sample.runtime_lag_seconds {
         set("heapwarden_worker_runtime_lag_seconds", lag);

@@ -13,10 +13,10 @@ pub mod state;
 pub mod trampoline;
 pub mod view;
 
+pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
-pub use heapwarden_probes::Runtime;
 
 use crate::config::Config;
 use state::PoolSettings;

@@ -4,6 +4,8 @@
 //! for a make-before-break replacement (unless `action = "profile-only"`).
 
 pub mod capture;
+#[cfg(test)]
+mod node_sawtooth_tests;
 pub mod rules;
 pub mod snapshot;
 
@@ -13,8 +15,8 @@ use slog::{Logger, error, info, warn};
 use tokio::sync::{mpsc, watch};
 
 pub use capture::{CaptureError, CaptureRequest, take_profile};
-pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
+pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
 
 use crate::admin::api::{FiguresView, SlotFigures};
 use crate::config::WatchdogConfig;

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use heapwarden_probes::Runtime;
+use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use crate::profiles::{ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger};
@@ -119,7 +119,9 @@ pub async fn take_snapshot(
     let started = Instant::now();
     let (slot, trigger) = (request.slot, request.trigger.as_str());
     let result = snapshot(store, request).await;
-    let outcome = result.as_ref().map_or_else(SnapshotError::outcome, |_| "written");
+    let outcome = result
+        .as_ref()
+        .map_or_else(SnapshotError::outcome, |_| "written");
     metrics::counter!("heapwarden_heap_snapshots_total", "trigger" => trigger, "outcome" => outcome)
         .increment(1);
     match &result {
@@ -151,7 +153,10 @@ async fn snapshot(
         .ok_or(SnapshotError::NotNode { slot })?;
     let _turn = Turn::take().ok_or(SnapshotError::Busy)?;
     // Before the first heap sample, RSS stands in (it is larger: the safe side).
-    let heap = figures.heap_allocated.or(figures.rss).ok_or(SnapshotError::NoFigures { slot })?;
+    let heap = figures
+        .heap_allocated
+        .or(figures.rss)
+        .ok_or(SnapshotError::NoFigures { slot })?;
     check_memory(heap, headroom)?;
     let pending = store
         .begin(slot, pid, trigger)

@@ -49,17 +49,19 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
             proptest::option::of(any::<String>()),
             proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(seq, heap, runtime_lag_seconds, dropped, metrics, external)| {
-                WorkerMsg::Stats {
-                    seq,
-                    heap,
-                    runtime_lag_seconds,
-                    dropped,
-                    metrics,
-                    external_bytes: external,
-                    array_buffers_bytes: external.map(|e| e / 2),
+            .prop_map(
+                |(seq, heap, runtime_lag_seconds, dropped, metrics, external)| {
+                    WorkerMsg::Stats {
+                        seq,
+                        heap,
+                        runtime_lag_seconds,
+                        dropped,
+                        metrics,
+                        external_bytes: external,
+                        array_buffers_bytes: external.map(|e| e / 2),
+                    }
                 }
-            }),
+            ),
         (
             any::<u64>(),
             any::<String>(),
@@ -71,8 +73,11 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
                 path,
                 error,
                 micros,
-                format: [DumpFormat::Jemalloc, DumpFormat::V8Sampling, DumpFormat::V8Snapshot]
-                    [(micros % 3) as usize],
+                format: [
+                    DumpFormat::Jemalloc,
+                    DumpFormat::V8Sampling,
+                    DumpFormat::V8Snapshot
+                ][(micros % 3) as usize],
             }),
         (any::<u64>(), any::<String>(), any::<i64>())
             .prop_map(|(seq, key, version)| WorkerMsg::Invalidate { seq, key, version }),

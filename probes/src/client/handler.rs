@@ -79,7 +79,16 @@ fn handle(shared: &Shared, msg: AgentMsg) {
         AgentMsg::Dump { seq, path, kind } => {
             if kind != DumpKind::Profile {
                 let error = Some("this probe writes jemalloc heap profiles only; heap snapshots need the Node probe".to_string());
-                reply(shared, WorkerMsg::ProfileWritten { seq, path, error, micros: 0, format: DumpFormat::Jemalloc });
+                reply(
+                    shared,
+                    WorkerMsg::ProfileWritten {
+                        seq,
+                        path,
+                        error,
+                        micros: 0,
+                        format: DumpFormat::Jemalloc,
+                    },
+                );
                 return;
             }
             let (error, micros) = match dump_profile(Path::new(&path)) {

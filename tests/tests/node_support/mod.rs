@@ -101,6 +101,10 @@ impl NodeSetup {
     }
 
     pub fn profiles(&self) -> Vec<Value> {
-        self.cli(&["profiles"]).expect("profiles").as_array().unwrap().clone()
+        self.cli(&["profiles"])
+            .expect("profiles")
+            .as_array()
+            .unwrap()
+            .clone()
     }
 }

@@ -67,7 +67,11 @@ fn auto_leaves_other_programs_alone_without_a_log_line() {
         &["sh", "-c", "node app.js"],
         &["env", "-i"],
     ] {
-        assert_eq!(decide(ProbeKind::Auto, cmd, &[]), AttachPlan::default(), "{cmd:?}");
+        assert_eq!(
+            decide(ProbeKind::Auto, cmd, &[]),
+            AttachPlan::default(),
+            "{cmd:?}"
+        );
     }
 }
 
@@ -77,11 +81,17 @@ fn the_users_node_options_are_kept_after_the_probe() {
         ProbeKind::Auto,
         &["node", "app.js"],
         &[
-            ("NODE_OPTIONS", "--max-old-space-size=256 --enable-source-maps"),
+            (
+                "NODE_OPTIONS",
+                "--max-old-space-size=256 --enable-source-maps",
+            ),
             ("PORT", "3000"),
         ],
     );
-    assert!(!plan.env.iter().any(|(k, _)| k == "PORT"), "the user's PORT wins");
+    assert!(
+        !plan.env.iter().any(|(k, _)| k == "PORT"),
+        "the user's PORT wins"
+    );
     assert_eq!(
         node_options(&plan),
         Some(
@@ -142,7 +152,12 @@ fn off_gives_nothing_and_failures_say_why() {
         node_probe: None,
         listen_port: None,
     });
-    assert!(unwritable.not_attached.unwrap().contains("could not be written"));
+    assert!(
+        unwritable
+            .not_attached
+            .unwrap()
+            .contains("could not be written")
+    );
     let quoted = plan(&AttachInput {
         probe: ProbeKind::Node,
         argv: &argv(&["node"]),

@@ -246,8 +246,16 @@ fn a_worker_given_a_probe_is_not_plain_ready_before_its_hello_grace() {
     h.at(10.0);
     h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
     h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
-    assert_eq!(h.pool.slot_state(0), SlotState::Ready, "plain after the grace");
-    assert_eq!(h.pool.slot_state(1), SlotState::Starting, "waits for its ready");
+    assert_eq!(
+        h.pool.slot_state(0),
+        SlotState::Ready,
+        "plain after the grace"
+    );
+    assert_eq!(
+        h.pool.slot_state(1),
+        SlotState::Starting,
+        "waits for its ready"
+    );
     h.feed(Event::Ready { worker: slow });
     assert_eq!(h.pool.slot_state(1), SlotState::Ready);
 }
