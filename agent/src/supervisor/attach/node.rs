@@ -27,20 +27,17 @@ const LAUNCHERS: [&str; 6] = ["npm", "npx", "yarn", "pnpm", "pnpx", "corepack"];
 /// `env [VAR=value…] node …`.
 pub fn runs_node(argv: &[OsString]) -> bool {
     let mut words = argv.iter().map(|a| a.to_string_lossy());
-    while let Some(word) = words.next() {
-        let name = word.rsplit('/').next().unwrap_or_default().to_string();
-        if name == "env" {
-            // `env VAR=value -i … node app.js`: the program is the first plain word.
-            for next in words.by_ref() {
-                if !(next.contains('=') || next.starts_with('-')) {
-                    return is_node_program(next.rsplit('/').next().unwrap_or_default());
-                }
-            }
-            return false;
-        }
-        return is_node_program(&name);
+    let Some(program) = words.next() else {
+        return false;
+    };
+    let name = |word: &str| word.rsplit('/').next().unwrap_or_default().to_string();
+    if name(&program) != "env" {
+        return is_node_program(&name(&program));
     }
-    false
+    // `env VAR=value -i … node app.js`: the program is the first plain word.
+    words
+        .find(|next| !(next.contains('=') || next.starts_with('-')))
+        .is_some_and(|next| is_node_program(&name(&next)))
 }
 
 fn is_node_program(name: &str) -> bool {
