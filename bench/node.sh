@@ -90,7 +90,8 @@ def ms(label):
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-print(f"{rps:.0f} {ms(50):.3f} {ms(99):.3f}")'
+p50, p99 = ms("50"), ms("99")
+print(f"{rps:.0f} {p50:.3f} {p99:.3f}")'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -137,8 +138,14 @@ dumps() {
     local timing
     timing=$(curl -s "127.0.0.1:$PORT/timing")
     echo
-    echo "Probe cost per sample (max over the run, event loop blocked): $(python3 -c "import json; t=json.loads('$timing'); print(f\"{t['maxSampleMicros']:.0f} µs over {t['samples']} samples\")")."
-    echo
+    python3 - "$timing" <<'EOF'
+import json, sys
+t = json.loads(sys.argv[1])
+recent = sorted(x for x in t["recentSampleMicros"] if x is not None)
+p50 = recent[len(recent) // 2]
+print(f"Probe cost per sample (event loop blocked, wall clock): median {p50:.0f} µs, max {t['maxSampleMicros']:.0f} µs over {t['samples']} samples (a max on a loaded machine includes preemption).")
+print()
+EOF
     stop_agent
 }
 

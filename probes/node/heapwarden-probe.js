@@ -58,7 +58,7 @@ let listenFd = null;
 let listenPort = null;
 const servers = new Set();
 // What the probe cost the event loop (microseconds), for the benchmarks.
-const timing = { maxSampleMicros: 0, samples: 0, lastDumpBlockMicros: 0, lastSnapshotMicros: 0 };
+const timing = { maxSampleMicros: 0, samples: 0, recentSampleMicros: [], lastDumpBlockMicros: 0, lastSnapshotMicros: 0 };
 
 function positiveInt(text, fallback) {
   const n = Number(text);
@@ -157,6 +157,7 @@ function sample(seq, withMetrics) {
   const took = Number(process.hrtime.bigint() - started) / 1000;
   timing.samples += 1;
   if (took > timing.maxSampleMicros) timing.maxSampleMicros = took;
+  timing.recentSampleMicros[timing.samples % 256] = took;
   if (!withMetrics || !metricsRegistry) return send(msg);
   // prom-client >= 13 answers with a promise; older ones with a string.
   return Promise.resolve()

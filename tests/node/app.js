@@ -20,8 +20,9 @@ function leakBuffers(bytes) {
 }
 
 // HOLD_MIB: live JS objects held from the start (the benchmarks' heap sizes).
-const hold = [];
-for (let i = 0; i < Number(process.env.HOLD_MIB || 0) * 1024 * 1024 / 96; i += 1) hold.push({ i, s: `held-${i}` });
+// (kept reachable from globalThis: a module-scope array nothing reads would be collected)
+globalThis.heldForBenchmarks = [];
+for (let i = 0; i < Number(process.env.HOLD_MIB || 0) * 1024 * 1024 / 96; i += 1) globalThis.heldForBenchmarks.push({ i, s: `held-${i}` });
 
 if (perTick > 0) {
   const leak = process.env.LEAK === 'buffer' ? leakBuffers : leakInNamedFunction;
@@ -57,6 +58,9 @@ const server = http.createServer((req, res) => {
   }
   res.end(`ok ${process.pid}\n`);
 });
-server.listen(Number(process.env.PORT), () => {
+// Under the probe, listen(PORT) is turned into the inherited socket; without it (probe
+// "off", the benchmarks' baseline) the app takes fd 3 itself, as socket activation says.
+const plain = process.env.LISTEN_FDS === '1' && !(probe && probe.claimed);
+server.listen(plain ? { fd: 3 } : Number(process.env.PORT), () => {
   console.log(JSON.stringify({ level: 'info', msg: 'The test app is listening.', app_pid: process.pid }));
 });
