@@ -158,6 +158,11 @@ sizes() {
     [[ $QUICK == 1 ]] && mibs=(50)
     for mib in "${mibs[@]}"; do
         start_agent auto "$mib"
+        # The index entry records the heap figure of the last sample: wait for one.
+        for _ in $(seq 1 100); do
+            hw ps --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)[0].get("heap_allocated_bytes") else 1)' && break
+            sleep 0.2
+        done
         local started ended meta timing
         started=$(date +%s.%N)
         meta=$(hw dump 0 --json)
