@@ -49,8 +49,7 @@ impl AgentConfig {
 
     /// Sets `pool.command`.
     pub fn command(self, argv: &[&str]) -> AgentConfig {
-        let list: Vec<String> = argv.iter().map(|a| toml_string(a)).collect();
-        self.set_raw("pool", "command", &format!("[{}]", list.join(", ")))
+        self.set_raw("pool", "command", &toml_array(argv))
     }
 
     /// Sets `key` in `[section]` (`"pool.restart"`, `"watchdog"`, …) by the override rule.
@@ -77,6 +76,12 @@ impl AgentConfig {
         keys.push((key.to_string(), raw.to_string()));
         self
     }
+}
+
+/// A TOML array of strings (`["sh", "-c", "…"]`).
+pub fn toml_array(items: &[&str]) -> String {
+    let list: Vec<String> = items.iter().map(|a| toml_string(a)).collect();
+    format!("[{}]", list.join(", "))
 }
 
 fn looks_like_toml(value: &str) -> bool {

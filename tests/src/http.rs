@@ -1,10 +1,13 @@
-//! The tests' one HTTP client (ureq, statuses as values, a deadline per call), and one
+//! The tests' one HTTP client (ureq, statuses as values, a deadline per call), a client
+//! loop that keeps load on a service while a test replaces its workers, and one
 //! raw-socket request for the few tests that need what a client library hides (a server
 //! that answers and resets before it has read the body).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One HTTP answer, whatever its status.
@@ -133,4 +136,63 @@ pub fn raw_request(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// GETs in a loop on fresh connections until stopped (a 200 counts as ok); failures are
+/// kept with what went wrong.
+pub struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    /// `path(n)`: the path of the n-th request of a thread.
+    pub fn start(
+        addr: SocketAddr,
+        threads: usize,
+        path: impl Fn(usize) -> String + Send + Sync + 'static,
+    ) -> ClientLoop {
+        let path = Arc::new(path);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut n = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match http_get(addr, &path(n), Duration::from_secs(10)) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failed.lock().unwrap().push(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        ClientLoop {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the loop; returns the requests that succeeded and the failures.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.lock().unwrap().clone(),
+        )
+    }
 }

@@ -9,8 +9,8 @@ pub mod http;
 pub mod promql;
 pub mod tools;
 
-pub use config::AgentConfig;
-pub use http::{http_get, http_request, raw_request};
+pub use config::{AgentConfig, toml_array};
+pub use http::{ClientLoop, http_get, http_request, raw_request};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

@@ -45,8 +45,14 @@ pub fn main() -> ExitCode {
         },
         Command::ExecWorker { argv } => crate::supervisor::trampoline::exec_worker(argv),
         Command::ConvertProfile(args) => exit_code(
-            crate::profiles::helper_main(&args.raw, &args.out, args.pid, args.exe.as_deref())
-                .map_err(anyhow::Error::from),
+            crate::profiles::helper_main(
+                &args.format,
+                &args.raw,
+                &args.out,
+                args.pid,
+                args.exe.as_deref(),
+            )
+            .map_err(anyhow::Error::from),
         ),
         Command::Client(verb) => client::main(verb),
     }

@@ -120,6 +120,20 @@ label_values! {
 }
 
 label_values! {
+    /// How taking a heap snapshot ended; `outcome` of `heapwarden_heap_snapshots_total`.
+    pub enum SnapshotOutcome {
+        Written = "written",
+        Busy = "busy",
+        NoProbe = "no_probe",
+        MemoryShort = "memory_short",
+        NoFigures = "no_figures",
+        SkippedDiskFull = "skipped_disk_full",
+        DumpFailed = "dump_failed",
+        StoreError = "store_error",
+    }
+}
+
+label_values! {
     /// `state` of `heapwarden_system_memory_bytes`.
     pub enum MemoryState {
         Total = "total",

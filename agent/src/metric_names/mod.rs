@@ -96,13 +96,13 @@ pub const WORKER_HEAP_ALLOCATED: Metric = metric(
     "heapwarden_worker_heap_allocated_bytes",
     Gauge,
     WORKER,
-    "Heap used: jemalloc stats.allocated.",
+    "Heap used: jemalloc stats.allocated; V8 heapUsed for Node workers.",
 );
 pub const WORKER_HEAP_ACTIVE: Metric = metric(
     "heapwarden_worker_heap_active_bytes",
     Gauge,
     WORKER,
-    "Heap total: jemalloc stats.active.",
+    "Heap total: jemalloc stats.active; V8 heapTotal for Node workers.",
 );
 pub const WORKER_HEAP_RESIDENT: Metric = metric(
     "heapwarden_worker_heap_resident_bytes",
@@ -116,6 +116,18 @@ pub const WORKER_HEAP_RETAINED: Metric = metric(
     WORKER,
     "jemalloc stats.retained.",
 );
+pub const WORKER_EXTERNAL: Metric = metric(
+    "heapwarden_worker_external_bytes",
+    Gauge,
+    WORKER,
+    "Node workers: memory of C++ objects bound to JavaScript, Buffers included (process.memoryUsage().external).",
+);
+pub const WORKER_ARRAY_BUFFERS: Metric = metric(
+    "heapwarden_worker_array_buffers_bytes",
+    Gauge,
+    WORKER,
+    "Node workers: ArrayBuffer and Buffer backing stores (process.memoryUsage().arrayBuffers, part of external).",
+);
 pub const WORKER_CPU: Metric = metric(
     "heapwarden_worker_cpu_seconds_total",
     FloatCounter,
@@ -126,7 +138,7 @@ pub const WORKER_RUNTIME_LAG: Metric = metric(
     "heapwarden_worker_runtime_lag_seconds",
     Gauge,
     WORKER,
-    "Scheduling lag of the worker's async runtime.",
+    "Scheduling lag of the worker's async runtime (Node: the longest event-loop delay since the last sample).",
 );
 pub const WORKER_PROBE_DROPPED: Metric = metric(
     "heapwarden_worker_probe_dropped_messages_total",
@@ -169,6 +181,12 @@ pub const HEAP_PROFILES: Metric = metric(
     Counter,
     &["trigger", "outcome"],
     "Heap profiles taken by trigger and outcome.",
+);
+pub const HEAP_SNAPSHOTS: Metric = metric(
+    "heapwarden_heap_snapshots_total",
+    Counter,
+    &["trigger", "outcome"],
+    "Node heap snapshots taken by trigger and outcome.",
 );
 pub const HEAP_PROFILE_DURATION: Metric = Metric {
     buckets: &[
@@ -271,6 +289,8 @@ pub const CATALOG: &[Metric] = &[
     WORKER_HEAP_ACTIVE,
     WORKER_HEAP_RESIDENT,
     WORKER_HEAP_RETAINED,
+    WORKER_EXTERNAL,
+    WORKER_ARRAY_BUFFERS,
     WORKER_CPU,
     WORKER_RUNTIME_LAG,
     WORKER_PROBE_DROPPED,
@@ -280,6 +300,7 @@ pub const CATALOG: &[Metric] = &[
     WORKER_FAILED,
     LEAK_DETECTIONS,
     HEAP_PROFILES,
+    HEAP_SNAPSHOTS,
     HEAP_PROFILE_DURATION,
     PROFILES_STORED_BYTES,
     PROFILES_LIMIT_BYTES,

@@ -123,6 +123,10 @@ fn zero_series_cover_every_label_combination_and_every_histogram() {
         series(&page, HEAP_PROFILES.name).len(),
         Trigger::ALL.len() * ProfileOutcome::ALL.len()
     );
+    assert_eq!(
+        series(&page, HEAP_SNAPSHOTS.name).len(),
+        Trigger::ALL.len() * SnapshotOutcome::ALL.len()
+    );
     for trigger in Trigger::ALL {
         for outcome in ProfileOutcome::ALL {
             let line = format!(
@@ -172,6 +176,7 @@ fn label_texts_are_the_json_forms_and_unknown_ones_are_refused() {
     check(&Rule::ALL);
     check(&Trigger::ALL);
     check(&ProfileOutcome::ALL);
+    check(&SnapshotOutcome::ALL);
     assert_eq!(
         serde_json::to_string(&Rule::MaxMemory).ok().as_deref(),
         Some("\"max_memory\"")

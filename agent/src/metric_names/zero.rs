@@ -7,10 +7,10 @@
 
 use metrics::{counter, gauge, histogram};
 
-use super::labels::{ProfileOutcome, RestartReason, Rule, Trigger, worker_states};
+use super::labels::{ProfileOutcome, RestartReason, Rule, SnapshotOutcome, Trigger, worker_states};
 use super::{
-    DRAIN_DURATION, HEAP_PROFILE_DURATION, HEAP_PROFILES, LEAK_DETECTIONS, SAMPLE_DURATION,
-    WORKER_FAILED, WORKER_PROBE_DROPPED, WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
+    DRAIN_DURATION, HEAP_PROFILE_DURATION, HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS,
+    SAMPLE_DURATION, WORKER_FAILED, WORKER_PROBE_DROPPED, WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
 };
 
 /// The agent-wide series and those of slots `0..workers`.
@@ -21,6 +21,10 @@ pub fn register_zero_series(workers: usize) {
     for trigger in Trigger::ALL {
         for outcome in ProfileOutcome::ALL {
             counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(), "outcome" => outcome.as_str())
+                .increment(0);
+        }
+        for outcome in SnapshotOutcome::ALL {
+            counter!(HEAP_SNAPSHOTS.name, "trigger" => trigger.as_str(), "outcome" => outcome.as_str())
                 .increment(0);
         }
     }

@@ -21,6 +21,11 @@ pub enum ProfileError {
     },
     #[error("raw dump {path}: {source}")]
     Raw { path: PathBuf, source: RawError },
+    #[error("V8 profile {path}: {source}")]
+    V8 {
+        path: PathBuf,
+        source: super::v8::V8Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -43,4 +48,6 @@ pub enum ProfileError {
         status: String,
         stderr: String,
     },
+    #[error("unknown raw profile format {format:?} (jemalloc | v8-sampling)")]
+    UnknownFormat { format: String },
 }

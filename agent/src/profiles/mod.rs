@@ -1,8 +1,9 @@
 //! Heap profiles: taking one from a worker (`capture`: the worker's raw dump over its
-//! control link, then conversion), conversion of raw jemalloc dumps into symbolized pprof
-//! (`convert`, run in a short-lived helper process so the agent's RSS stays small), the
-//! profile store with its index and retention (`store`, `index`), and
-//! leak-minus-baseline diffs (`diff`).
+//! control link, then conversion; `snapshot`: a Node worker's full V8 heap snapshot),
+//! conversion of raw jemalloc dumps into symbolized pprof (`convert`, run in a
+//! short-lived helper process so the agent's RSS stays small) and of Node's V8 sampling
+//! profiles (`v8`), the profile store with its index and retention (`store`, `index`),
+//! and leak-minus-baseline diffs (`diff`).
 #![forbid(unsafe_code)]
 
 mod capture;
@@ -12,34 +13,48 @@ mod error;
 mod index;
 pub mod pprof;
 pub mod raw;
+mod snapshot;
 mod store;
 mod store_handle;
 mod symbolize;
 #[cfg(test)]
 mod tests;
 pub mod trim;
+pub mod v8;
 
 use std::path::{Path, PathBuf};
 
 pub use capture::{CaptureError, CaptureRequest, take_profile};
 pub use convert::{
-    ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_with_helper,
+    ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_v8_in_helper,
+    convert_with_helper,
 };
 pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
 pub use error::ProfileError;
-pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileMeta, Trigger};
+pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta, Trigger};
+pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
 pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};
 
 /// Entry of the hidden `__convert-profile` helper process, the other end of
-/// [`convert_with_helper`]: converts, then prints the summary as one JSON line on stdout
-/// for the parent to read.
+/// [`convert_with_helper`]: converts `raw` (written in `format`: `jemalloc` or
+/// `v8-sampling`), then prints the summary as one JSON line on stdout for the parent to
+/// read.
 pub fn helper_main(
+    format: &str,
     raw: &Path,
     out: &Path,
     pid: Option<u32>,
     exe: Option<&Path>,
 ) -> Result<(), ProfileError> {
-    let mut summary = convert::convert_with_exe(raw, out, pid, exe)?;
+    let mut summary = match format {
+        "jemalloc" => convert::convert_with_exe(raw, out, pid, exe)?,
+        "v8-sampling" => v8::convert_file(raw, out)?,
+        other => {
+            return Err(ProfileError::UnknownFormat {
+                format: other.to_string(),
+            });
+        }
+    };
     summary.peak_rss_kib = convert::own_peak_rss_kib();
     let line = serde_json::to_string(&summary).map_err(|e| ProfileError::Write {
         path: PathBuf::from("/dev/stdout"),

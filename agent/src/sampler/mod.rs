@@ -57,6 +57,12 @@ pub struct WorkerSample {
     /// From the probe, when the worker links it and answered in time.
     pub heap: Option<HeapStats>,
     pub runtime_lag_seconds: Option<f64>,
+    /// Node workers: `external` and `arrayBuffers` of `process.memoryUsage()`.
+    pub external_bytes: Option<u64>,
+    pub array_buffers_bytes: Option<u64>,
+    /// The worker was writing a heap snapshot (its event loop blocked): the probe was
+    /// not asked, and the leak rules skip this sample.
+    pub dumping: bool,
     /// Whether the worker's probe answered this round's sample request.
     pub probe: ProbeAnswer,
 }
@@ -64,7 +70,8 @@ pub struct WorkerSample {
 /// The probe's side of one round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeAnswer {
-    /// The worker does not link the probe (or has not said hello yet).
+    /// The worker does not link the probe (or has not said hello yet), or was not asked
+    /// because it is writing a heap snapshot.
     NotLinked,
     Answered,
     /// Asked, and no answer within half an interval.

@@ -48,8 +48,19 @@ pub fn record_worker(sample: &WorkerSample, dropped_since: u64) {
     if let Some(heap) = &sample.heap {
         set(WORKER_HEAP_ALLOCATED, heap.allocated as f64);
         set(WORKER_HEAP_ACTIVE, heap.active as f64);
-        set(WORKER_HEAP_RESIDENT, heap.resident as f64);
-        set(WORKER_HEAP_RETAINED, heap.retained as f64);
+        // Absent for Node workers: V8 has no such figures, and none are made up.
+        if let Some(resident) = heap.resident {
+            set(WORKER_HEAP_RESIDENT, resident as f64);
+        }
+        if let Some(retained) = heap.retained {
+            set(WORKER_HEAP_RETAINED, retained as f64);
+        }
+    }
+    if let Some(external) = sample.external_bytes {
+        set(WORKER_EXTERNAL, external as f64);
+    }
+    if let Some(array_buffers) = sample.array_buffers_bytes {
+        set(WORKER_ARRAY_BUFFERS, array_buffers as f64);
     }
     if let Some(lag) = sample.runtime_lag_seconds {
         set(WORKER_RUNTIME_LAG, lag);

@@ -2,6 +2,7 @@
 //! channel, restarts what exits, replaces workers make-before-break, and stops them all
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
+pub mod attach;
 pub mod link;
 pub mod listen;
 mod notify;
@@ -12,6 +13,7 @@ pub mod state;
 pub mod trampoline;
 pub mod view;
 
+pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
@@ -29,5 +31,6 @@ pub fn settings_from(config: &Config) -> PoolSettings {
         restart: config.pool.restart.clone(),
         max_concurrent_replacements: config.watchdog.max_concurrent_replacements as usize,
         max_leak_restarts_per_hour: config.watchdog.max_leak_restarts_per_hour as usize,
+        probe_hello_grace: None,
     }
 }

@@ -1,7 +1,9 @@
 //! The hidden `__exec-worker` mode. The agent cannot know a child's pid before it
 //! exists and must not call `setenv` between fork and exec, so each worker starts as
 //! this trampoline, which sets `LISTEN_PID` to its own pid (as sd_listen_fds(3) expects)
-//! and execs the real command in place, keeping the pid.
+//! and execs the real command in place, keeping the pid. It also exports that pid as
+//! `HEAPWARDEN_WORKER_PID`: probes claim the control channel only in the process the
+//! worker command became (its descendants inherit the env, not the claim).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -14,8 +16,12 @@ pub fn exec_worker(argv: Vec<OsString>) -> ExitCode {
     };
     let mut command = Command::new(program);
     command.args(args);
+    let pid = std::process::id().to_string();
     if std::env::var_os("LISTEN_FDS").is_some() {
-        command.env("LISTEN_PID", std::process::id().to_string());
+        command.env("LISTEN_PID", &pid);
+    }
+    if std::env::var_os("HEAPWARDEN_CONTROL_FD").is_some() {
+        command.env("HEAPWARDEN_WORKER_PID", &pid);
     }
     // exec only returns on failure.
     let error = command.exec();

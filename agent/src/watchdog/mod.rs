@@ -9,6 +9,8 @@
 
 mod figures;
 mod health;
+#[cfg(test)]
+mod node_sawtooth_tests;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -24,9 +26,12 @@ use crate::config::WatchdogConfig;
 use crate::config::types::{LeakAction, Watch};
 use crate::log::RedactedJson;
 use crate::metric_names::{LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT};
-use crate::profiles::{CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile};
+use crate::profiles::{
+    CaptureRequest, ProfileFigures, ProfileStoreHandle, SnapshotRequest, Trigger, take_profile,
+    take_snapshot,
+};
 use crate::sampler::{ProbeAnswer, WorkerSample};
-use crate::supervisor::{PoolView, Request, RestartReason};
+use crate::supervisor::{PoolView, Request, RestartReason, Runtime};
 
 /// How many growing sites a detection record lists.
 const TOP_SITES: usize = 5;
@@ -35,15 +40,21 @@ const TOP_SITES: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Figure {
     Heap,
+    /// Node: the memory JavaScript holds, `heapUsed + external` (a Buffer leak lives in
+    /// `external`, outside the V8 heap).
+    JsHeld,
     Pss,
     Rss,
 }
 
 impl Figure {
-    /// Decided by whether the worker links the probe, not by one sample: a single late
-    /// heap reply must not switch a probe-linked worker to the slower PSS cadence.
-    fn pick(watch: Watch, probe: bool) -> Figure {
+    /// Decided by whether the worker links the probe (and which), not by one sample: a
+    /// single late heap reply must not switch a probe-linked worker to the slower PSS
+    /// cadence.
+    fn pick(watch: Watch, probe: bool, runtime: Option<Runtime>) -> Figure {
+        let node = runtime == Some(Runtime::Node);
         match watch {
+            Watch::Heap | Watch::Auto if node => Figure::JsHeld,
             Watch::Heap => Figure::Heap,
             Watch::Pss => Figure::Pss,
             Watch::Rss => Figure::Rss,
@@ -55,6 +66,10 @@ impl Figure {
     fn read(self, sample: &WorkerSample) -> Option<u64> {
         match self {
             Figure::Heap => sample.heap.as_ref().map(|h| h.allocated),
+            Figure::JsHeld => {
+                let heap = sample.heap.as_ref()?.allocated;
+                Some(heap + sample.external_bytes.unwrap_or(0))
+            }
             Figure::Pss => sample.pss,
             Figure::Rss => Some(sample.rss),
         }
@@ -63,6 +78,7 @@ impl Figure {
     fn as_str(self) -> &'static str {
         match self {
             Figure::Heap => "heap_allocated",
+            Figure::JsHeld => "heap_used_plus_external",
             Figure::Pss => "pss",
             Figure::Rss => "rss",
         }
@@ -87,9 +103,17 @@ pub struct Watchdog {
     store: ProfileStoreHandle,
     figures: watch::Sender<FiguresView>,
     log: Logger,
+    /// `profiles.snapshot-headroom`, for `leak-snapshot`.
+    snapshot_headroom: f64,
 }
 
 impl Watchdog {
+    /// `profiles.snapshot-headroom` for the snapshots `watchdog.leak-snapshot` takes.
+    pub fn with_snapshot_headroom(mut self, headroom: f64) -> Watchdog {
+        self.snapshot_headroom = headroom;
+        self
+    }
+
     pub fn new(
         config: WatchdogConfig,
         missed_pings: u32,
@@ -110,6 +134,7 @@ impl Watchdog {
             store,
             figures,
             log,
+            snapshot_headroom: 2.0,
         }
     }
 
@@ -190,13 +215,17 @@ impl Watchdog {
     /// (warm-up starts then: start-up allocations are no leak). A new worker in the slot
     /// gets fresh rules.
     fn run_rules(&mut self, sample: &WorkerSample) -> Option<(Figure, Observation)> {
-        let probe = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
+        let (probe, runtime) = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
             s.worker
                 .as_ref()
                 .filter(|w| w.worker_id == sample.worker_id && w.ready)
-                .map(|w| w.probe)
+                .map(|w| (w.probe, w.runtime))
         })?;
-        let figure = Figure::pick(self.config.watch, probe);
+        if sample.dumping {
+            // A heap snapshot is being written: its own memory spike is no leak.
+            return None;
+        }
+        let figure = Figure::pick(self.config.watch, probe, runtime);
         let rules = &self.rules;
         let watch = self.slots.entry(sample.slot).or_insert_with(|| SlotWatch {
             worker_id: sample.worker_id,
@@ -248,13 +277,24 @@ impl Watchdog {
             heap_active: sample.heap.as_ref().map(|h| h.active),
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
+        let rule = trip.as_ref().map(|t| t.rule.as_str().to_string());
+        let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
+            slot: sample.slot,
+            pid: worker.pid,
+            link: worker.link.clone().filter(|_| worker.probe),
+            runtime: worker.runtime,
+            trigger,
+            figures: figures.clone(),
+            rule: rule.clone(),
+            headroom: self.snapshot_headroom,
+        });
         let request = CaptureRequest {
             slot: sample.slot,
             pid: worker.pid,
             link: worker.link.filter(|_| worker.probe),
             trigger,
             figures,
-            rule: trip.as_ref().map(|t| t.rule.as_str().to_string()),
+            rule,
         };
         let store = self.store.clone();
         let log = self.log.clone();
@@ -264,6 +304,9 @@ impl Watchdog {
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
             let Some(trip) = trip else { return };
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
+                let _ = take_snapshot(&store, snapshot, &log).await;
+            }
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,

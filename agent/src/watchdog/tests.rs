@@ -24,19 +24,22 @@ fn sample(heap: bool) -> WorkerSample {
         heap: heap.then_some(heapwarden_probes::HeapStats {
             allocated: 100,
             active: 120,
-            resident: 150,
-            mapped: 200,
-            retained: 0,
-            metadata: 10,
+            resident: Some(150),
+            mapped: Some(200),
+            retained: Some(0),
+            metadata: Some(10),
         }),
         runtime_lag_seconds: None,
+        external_bytes: Some(40),
+        array_buffers_bytes: Some(20),
+        dumping: false,
         probe: ProbeAnswer::NotLinked,
     }
 }
 
 #[test]
 fn auto_watches_the_heap_of_probe_linked_workers_even_after_a_missed_reply() {
-    let figure = Figure::pick(Watch::Auto, true);
+    let figure = Figure::pick(Watch::Auto, true, Some(Runtime::Rust));
     assert_eq!(figure, Figure::Heap);
     assert_eq!(figure.read(&sample(true)), Some(100));
     // A late reply skips this sample; it does not switch the figure.
@@ -45,9 +48,20 @@ fn auto_watches_the_heap_of_probe_linked_workers_even_after_a_missed_reply() {
 
 #[test]
 fn auto_watches_pss_of_plain_workers_and_explicit_choices_win() {
-    assert_eq!(Figure::pick(Watch::Auto, false), Figure::Pss);
-    assert_eq!(Figure::pick(Watch::Rss, true), Figure::Rss);
+    assert_eq!(Figure::pick(Watch::Auto, false, None), Figure::Pss);
+    assert_eq!(Figure::pick(Watch::Rss, true, None), Figure::Rss);
     assert_eq!(Figure::Rss.read(&sample(false)), Some(300));
+}
+
+#[test]
+fn node_workers_are_watched_on_heap_used_plus_external() {
+    let node = Some(Runtime::Node);
+    assert_eq!(Figure::pick(Watch::Auto, true, node), Figure::JsHeld);
+    assert_eq!(Figure::pick(Watch::Heap, true, node), Figure::JsHeld);
+    assert_eq!(Figure::pick(Watch::Rss, true, node), Figure::Rss);
+    // heapUsed 100 + external 40: a Buffer leak moves the watched figure.
+    assert_eq!(Figure::JsHeld.read(&sample(true)), Some(140));
+    assert_eq!(Figure::JsHeld.read(&sample(false)), None);
 }
 
 fn serving(state: SlotState) -> PoolView {
@@ -62,6 +76,7 @@ fn serving(state: SlotState) -> PoolView {
                 started_wall: SystemTime::now(),
                 ready: state == SlotState::Ready,
                 probe: true,
+                runtime: Some(Runtime::Rust),
                 link: None,
             }),
             restarts: 0,
