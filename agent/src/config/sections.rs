@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::demo::DemoConfig;
 use super::load::ConfigError;
-use super::types::{LeakAction, Rate, Size, Toggle, Watch};
+use super::types::{LeakAction, ProbeKind, Rate, Size, Toggle, Watch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -82,6 +82,8 @@ pub struct PoolConfig {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
+    /// The probe the agent adds to each worker.
+    pub probe: ProbeKind,
     pub listen: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub min_uptime: Duration,
@@ -101,6 +103,7 @@ impl Default for PoolConfig {
             command: Vec::new(),
             env: BTreeMap::new(),
             cwd: None,
+            probe: ProbeKind::Auto,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             min_uptime: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),

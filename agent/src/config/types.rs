@@ -159,6 +159,18 @@ pub enum Watch {
     Rss,
 }
 
+/// Which probe the agent gives the workers (`[pool] probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeKind {
+    /// Node's probe when the program is `node`; otherwise none (Rust workers link theirs).
+    Auto,
+    Node,
+    /// The LD_PRELOAD library, for any dynamically linked program.
+    Native,
+    Off,
+}
+
 /// What the watchdog does when a rule trips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

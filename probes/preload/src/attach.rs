@@ -1,0 +1,165 @@
+//! Attaching to the agent, once, at load time. One of the modules allowed `unsafe`: it
+//! registers the load-time constructor and inspects descriptors and symbols with libc.
+//!
+//! `LD_PRELOAD` is inherited by every descendant, so the constructor first checks that
+//! this process is the worker: `HEAPWARDEN_WORKER_PID` (set by the agent's trampoline to
+//! the pid it execs the command in) must name it. A shell wrapper that `exec`s the real
+//! program keeps that pid, so each image attaches in turn and the program, the last one,
+//! ends up attached (the agent takes every `hello` as the new claimant). For that the
+//! inherited descriptor stays open across `exec`; the probe's threads use a close-on-exec
+//! duplicate of it, and `fork` closes both in children.
+//!
+//! Attaching means: check the program really allocates through this library, adopt the
+//! control socket, switch allocation sampling on (descendants keep it off), then run
+//! `heapwarden-probes`' own `Probe` on it, which answers stats, dumps and pings exactly as
+//! in a Rust worker.
+
+use std::ffi::c_void;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use heapwarden_probes::diag::{info, warn};
+use heapwarden_probes::{CONTROL_FD_ENV, Probe, activate_profiling, worker_pid_matches};
+use serde_json::json;
+
+use crate::{drain, fork, no_unwind};
+
+/// Lowest number tried for the probe's own duplicate: far above the descriptors shells
+/// and programs pick for themselves (`exec 5>file`), so a wrapper script cannot redirect
+/// over the channel while it still holds it.
+const PRIVATE_FD_FLOOR: RawFd = 500;
+
+/// Keeps the probe (and its threads' channel) alive for the life of the process.
+static PROBE: OnceLock<Probe> = OnceLock::new();
+
+/// Run by the dynamic linker after libc is initialised and before the program's own
+/// constructors and `main`.
+extern "C" fn on_load() {
+    no_unwind((), attach_if_worker);
+}
+
+#[used]
+// SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the dynamic linker
+// calls once at load; `on_load` has exactly that type and never unwinds.
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
+
+fn attach_if_worker() {
+    if worker_pid_matches() != Some(true) {
+        return; // a descendant (or no agent): jemalloc only, sampling stays off
+    }
+    let Ok(fd_var) = std::env::var(CONTROL_FD_ENV) else {
+        return;
+    };
+    if let Err(owner) = allocator_is_ours() {
+        warn(
+            "Running without the heapwarden native probe: the program brings its own malloc, so jemalloc would not see its heap.",
+            &[("malloc_from", json!(owner))],
+        );
+        return;
+    }
+    let (inherited, channel) = match claim_control_socket(&fd_var) {
+        Ok(claimed) => claimed,
+        Err(reason) => {
+            warn(
+                "Running without the heapwarden native probe: the control socket is unusable.",
+                &[("fd", json!(fd_var)), ("error", json!(reason))],
+            );
+            return;
+        }
+    };
+    let started = Instant::now();
+    let profiling = activate_profiling();
+    let activation_us = started.elapsed().as_secs_f64() * 1e6;
+    fork::watch_children(inherited, &channel);
+    let probe = match Probe::from_fd(channel) {
+        Ok(probe) => probe,
+        Err(error) => {
+            warn(
+                "Running without the heapwarden native probe: the channel did not start.",
+                &[("error", json!(error.to_string()))],
+            );
+            return;
+        }
+    };
+    drain::install(&probe);
+    let _ = PROBE.set(probe);
+    info(
+        "The heapwarden native probe is attached.",
+        &[
+            ("pid", json!(std::process::id())),
+            ("profiling", json!(profiling.is_ok())),
+            (
+                "activation_us",
+                json!((activation_us * 10.0).round() / 10.0),
+            ),
+        ],
+    );
+}
+
+/// `Ok` when the process-wide `malloc` (what libc and every library bind to) is this
+/// library's; otherwise the file that defines it (a program linking its own allocator).
+fn allocator_is_ours() -> Result<(), String> {
+    static MARKER: u8 = 0;
+    // SAFETY: dlsym and dladdr read the loader's tables; both names are NUL-terminated
+    // and `info` is a plain C struct they fill in.
+    unsafe {
+        let resolved = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
+        let mut theirs: libc::Dl_info = std::mem::zeroed();
+        let mut ours: libc::Dl_info = std::mem::zeroed();
+        if resolved.is_null()
+            || libc::dladdr(resolved, &mut theirs) == 0
+            || libc::dladdr(std::ptr::from_ref(&MARKER).cast::<c_void>(), &mut ours) == 0
+        {
+            return Err("unknown".into());
+        }
+        if theirs.dli_fbase == ours.dli_fbase {
+            return Ok(());
+        }
+        let name = if theirs.dli_fname.is_null() {
+            "unknown".into()
+        } else {
+            std::ffi::CStr::from_ptr(theirs.dli_fname)
+                .to_string_lossy()
+                .into_owned()
+        };
+        Err(name)
+    }
+}
+
+/// The inherited descriptor number (left open for an `exec` in this pid) and a private
+/// close-on-exec duplicate for the probe's threads.
+fn claim_control_socket(value: &str) -> Result<(RawFd, OwnedFd), String> {
+    let fd: RawFd = value
+        .trim()
+        .parse()
+        .map_err(|_| "not a file descriptor number".to_string())?;
+    if fd < 3 {
+        return Err("refusing stdin, stdout or stderr".into());
+    }
+    // SAFETY: fstat writes into a zeroed stat struct we own; a closed fd is an error.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("descriptor {fd} is not a socket"));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one or -1; nothing
+    // else in the process owns the new number.
+    let duplicate = unsafe {
+        match libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, PRIVATE_FD_FLOOR) {
+            -1 => libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3),
+            high => high,
+        }
+    };
+    if duplicate < 0 {
+        return Err(format!(
+            "could not duplicate descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `duplicate` was just created by fcntl and is owned by nobody else.
+    Ok((fd, unsafe { OwnedFd::from_raw_fd(duplicate) }))
+}

@@ -1,0 +1,208 @@
+//! The C allocation interface, exported under glibc's names and served by the bundled
+//! jemalloc. One of the modules allowed `unsafe`: these are C entry points taking and
+//! returning raw pointers.
+//!
+//! Why wrappers: jemalloc is linked into this library statically, and a Rust `cdylib`
+//! exports only the symbols Rust itself defines (rustc's version script makes every C
+//! symbol local). So jemalloc is built with its `_rjem_` prefix and each glibc name below
+//! is a Rust function that calls the prefixed one (a tail jump once optimised). glibc's
+//! "Replacing malloc" contract asks for `malloc`, `free`, `calloc`, `realloc` and, for
+//! applications, `aligned_alloc`, `malloc_usable_size`, `memalign`, `posix_memalign`,
+//! `pvalloc`, `valloc`; `reallocarray`, the obsolete `cfree` and the `__libc_*` aliases
+//! (which jemalloc itself overrides when it is the system allocator) are here too, so no
+//! pointer of one allocator ever reaches the other.
+//!
+//! Every wrapper only calls into jemalloc, which cannot unwind; `no_unwind` keeps that
+//! true by construction and costs nothing (the compiler removes the landing pad).
+
+use std::ffi::c_void;
+
+use libc::{c_int, size_t};
+use tikv_jemalloc_sys as je;
+
+use crate::no_unwind;
+
+// jemalloc exports these on glibc (its configure found glibc's); tikv-jemalloc-sys has no
+// bindings for them.
+unsafe extern "C" {
+    #[link_name = "_rjem_memalign"]
+    fn je_memalign(alignment: size_t, size: size_t) -> *mut c_void;
+    #[link_name = "_rjem_valloc"]
+    fn je_valloc(size: size_t) -> *mut c_void;
+    #[link_name = "_rjem_pvalloc"]
+    fn je_pvalloc(size: size_t) -> *mut c_void;
+}
+
+const NULL: *mut c_void = std::ptr::null_mut();
+
+/// # Safety
+/// The C `malloc` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
+    // SAFETY: forwards the caller's arguments to jemalloc's malloc unchanged.
+    no_unwind(NULL, || unsafe { je::malloc(size) })
+}
+
+/// # Safety
+/// The C `calloc` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: as for malloc; jemalloc checks count × size for overflow.
+    no_unwind(NULL, || unsafe { je::calloc(count, size) })
+}
+
+/// # Safety
+/// The C `realloc` contract: `ptr` is null or came from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
+    // SAFETY: every pointer this process got from an allocation function came from
+    // jemalloc (all of them are exported here), so `ptr` is jemalloc's.
+    no_unwind(NULL, || unsafe { je::realloc(ptr, size) })
+}
+
+/// # Safety
+/// The C `free` contract: `ptr` is null or came from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // SAFETY: as for realloc.
+    no_unwind((), || unsafe { je::free(ptr) })
+}
+
+/// # Safety
+/// The C `posix_memalign` contract: `out` is valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(
+    out: *mut *mut c_void,
+    alignment: size_t,
+    size: size_t,
+) -> c_int {
+    // SAFETY: forwards unchanged; jemalloc validates the alignment and writes `out`
+    // only on success.
+    no_unwind(libc::ENOMEM, || unsafe {
+        je::posix_memalign(out, alignment, size)
+    })
+}
+
+/// # Safety
+/// The C `aligned_alloc` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(alignment: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: forwards unchanged.
+    no_unwind(NULL, || unsafe { je::aligned_alloc(alignment, size) })
+}
+
+/// # Safety
+/// The glibc `memalign` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memalign(alignment: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: forwards unchanged.
+    no_unwind(NULL, || unsafe { je_memalign(alignment, size) })
+}
+
+/// # Safety
+/// The glibc `valloc` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
+    // SAFETY: forwards unchanged.
+    no_unwind(NULL, || unsafe { je_valloc(size) })
+}
+
+/// # Safety
+/// The glibc `pvalloc` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
+    // SAFETY: forwards unchanged.
+    no_unwind(NULL, || unsafe { je_pvalloc(size) })
+}
+
+/// # Safety
+/// The glibc `malloc_usable_size` contract: `ptr` is null or live from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> size_t {
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: a live jemalloc pointer, as for realloc.
+    no_unwind(0, || unsafe { je::malloc_usable_size(ptr) })
+}
+
+/// # Safety
+/// The `reallocarray` contract (glibc, BSD): `ptr` as for realloc.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(
+    ptr: *mut c_void,
+    count: size_t,
+    size: size_t,
+) -> *mut c_void {
+    let Some(bytes) = count.checked_mul(size) else {
+        // SAFETY: errno is this thread's; writing it is what the contract asks.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+        return NULL;
+    };
+    // SAFETY: as for realloc.
+    no_unwind(NULL, || unsafe { je::realloc(ptr, bytes) })
+}
+
+/// # Safety
+/// The obsolete glibc `cfree`, which old binaries still call: as for free.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
+    // SAFETY: as for free.
+    no_unwind((), || unsafe { je::free(ptr) })
+}
+
+/// # Safety
+/// As for [`malloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_malloc(size: size_t) -> *mut c_void {
+    // SAFETY: as for malloc.
+    no_unwind(NULL, || unsafe { je::malloc(size) })
+}
+
+/// # Safety
+/// As for [`calloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_calloc(count: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: as for calloc.
+    no_unwind(NULL, || unsafe { je::calloc(count, size) })
+}
+
+/// # Safety
+/// As for [`realloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
+    // SAFETY: as for realloc.
+    no_unwind(NULL, || unsafe { je::realloc(ptr, size) })
+}
+
+/// # Safety
+/// As for [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
+    // SAFETY: as for free.
+    no_unwind((), || unsafe { je::free(ptr) })
+}
+
+/// # Safety
+/// As for [`memalign`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_memalign(alignment: size_t, size: size_t) -> *mut c_void {
+    // SAFETY: as for memalign.
+    no_unwind(NULL, || unsafe { je_memalign(alignment, size) })
+}
+
+/// # Safety
+/// As for [`valloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_valloc(size: size_t) -> *mut c_void {
+    // SAFETY: as for valloc.
+    no_unwind(NULL, || unsafe { je_valloc(size) })
+}
+
+/// # Safety
+/// As for [`pvalloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_pvalloc(size: size_t) -> *mut c_void {
+    // SAFETY: as for pvalloc.
+    no_unwind(NULL, || unsafe { je_pvalloc(size) })
+}
