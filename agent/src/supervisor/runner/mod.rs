@@ -100,7 +100,8 @@ impl Supervisor {
             config.pool.command.iter().map(OsString::from).collect()
         };
         // The pool's own env wins over what the agent passes on.
-        for (key, value) in worker_env {
+        let attach = super::attach::plan(&config.pool, &argv, &log);
+        for (key, value) in worker_env.into_iter().chain(attach.env) {
             config.pool.env.entry(key).or_insert(value);
         }
         let settings = super::settings_from(&config);

@@ -160,12 +160,13 @@ impl Pool {
                 let Some(w) = self.workers.get(&worker) else {
                     return;
                 };
-                let (slot, plain_and_waiting) = (w.slot, !w.probe && !w.ready);
+                let says_ready = w.probe && self.settings.ready_from_probe;
+                let (slot, plain_and_waiting) = (w.slot, !says_ready && !w.ready);
                 if w.role == Role::Current {
                     self.slots[slot].attempt = 0;
                 }
-                // A worker without the probe and without sd_notify is ready once it
-                // has stayed up this long.
+                // A worker that does not report readiness through a probe and did not
+                // send sd_notify is ready once it has stayed up this long.
                 if plain_and_waiting {
                     self.on_ready(worker, now, out);
                 }
