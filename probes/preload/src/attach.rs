@@ -12,7 +12,8 @@
 //! Attaching means: check the program really allocates through this library, adopt the
 //! control socket, switch allocation sampling on (descendants keep it off), then run
 //! `heapwarden-probes`' own `Probe` on it, which answers stats, dumps and pings exactly as
-//! in a Rust worker.
+//! in a Rust worker, on two threads that block every signal (the program's signals stay
+//! the program's).
 
 use std::ffi::c_void;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -73,7 +74,7 @@ fn attach_if_worker() {
     let profiling = activate_profiling();
     let activation_us = started.elapsed().as_secs_f64() * 1e6;
     fork::watch_children(inherited, &channel);
-    let probe = match Probe::from_fd(channel) {
+    let probe = match with_signals_blocked(|| Probe::from_fd(channel)) {
         Ok(probe) => probe,
         Err(error) => {
             warn(
@@ -96,6 +97,25 @@ fn attach_if_worker() {
             ),
         ],
     );
+}
+
+/// Runs `start` (which spawns the probe's threads) with every signal blocked, so the
+/// threads inherit a full mask: a process-directed signal (SIGTERM, SIGUSR1…) then always
+/// goes to one of the program's own threads. Without it, a program that blocks signals
+/// and waits for them with `sigwait`, or sleeps in `pause()`, could have its signal
+/// taken (and, with the default disposition, acted on) by a thread it does not know.
+fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t values we own, filled by sigfillset; pthread_sigmask changes only
+    // this thread's mask and is restored below before returning.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+        let started = start();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        started
+    }
 }
 
 /// `Ok` when the process-wide `malloc` (what libc and every library bind to) is this

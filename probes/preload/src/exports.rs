@@ -12,15 +12,16 @@
 //! (which jemalloc itself overrides when it is the system allocator) are here too, so no
 //! pointer of one allocator ever reaches the other.
 //!
-//! Every wrapper only calls into jemalloc, which cannot unwind; `no_unwind` keeps that
-//! true by construction and costs nothing (the compiler removes the landing pad).
+//! Unlike the library's other entry points these need no `catch_unwind`: each is one call
+//! into jemalloc's C (which cannot unwind) plus integer checks, so there is no Rust code
+//! in them that could panic, and an `extern "C"` Rust function aborts rather than unwind
+//! into its caller anyway. A guard would only add frames to every heap-profile stack in
+//! unoptimised builds; optimised, each wrapper is a single jump into jemalloc.
 
 use std::ffi::c_void;
 
 use libc::{c_int, size_t};
 use tikv_jemalloc_sys as je;
-
-use crate::no_unwind;
 
 // jemalloc exports these on glibc (its configure found glibc's); tikv-jemalloc-sys has no
 // bindings for them.
@@ -40,7 +41,7 @@ const NULL: *mut c_void = std::ptr::null_mut();
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to jemalloc's malloc unchanged.
-    no_unwind(NULL, || unsafe { je::malloc(size) })
+    unsafe { je::malloc(size) }
 }
 
 /// # Safety
@@ -48,7 +49,7 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
     // SAFETY: as for malloc; jemalloc checks count × size for overflow.
-    no_unwind(NULL, || unsafe { je::calloc(count, size) })
+    unsafe { je::calloc(count, size) }
 }
 
 /// # Safety
@@ -57,7 +58,7 @@ pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
     // SAFETY: every pointer this process got from an allocation function came from
     // jemalloc (all of them are exported here), so `ptr` is jemalloc's.
-    no_unwind(NULL, || unsafe { je::realloc(ptr, size) })
+    unsafe { je::realloc(ptr, size) }
 }
 
 /// # Safety
@@ -65,7 +66,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // SAFETY: as for realloc.
-    no_unwind((), || unsafe { je::free(ptr) })
+    unsafe { je::free(ptr) }
 }
 
 /// # Safety
@@ -78,9 +79,7 @@ pub unsafe extern "C" fn posix_memalign(
 ) -> c_int {
     // SAFETY: forwards unchanged; jemalloc validates the alignment and writes `out`
     // only on success.
-    no_unwind(libc::ENOMEM, || unsafe {
-        je::posix_memalign(out, alignment, size)
-    })
+    unsafe { je::posix_memalign(out, alignment, size) }
 }
 
 /// # Safety
@@ -88,7 +87,7 @@ pub unsafe extern "C" fn posix_memalign(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn aligned_alloc(alignment: size_t, size: size_t) -> *mut c_void {
     // SAFETY: forwards unchanged.
-    no_unwind(NULL, || unsafe { je::aligned_alloc(alignment, size) })
+    unsafe { je::aligned_alloc(alignment, size) }
 }
 
 /// # Safety
@@ -96,7 +95,7 @@ pub unsafe extern "C" fn aligned_alloc(alignment: size_t, size: size_t) -> *mut 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memalign(alignment: size_t, size: size_t) -> *mut c_void {
     // SAFETY: forwards unchanged.
-    no_unwind(NULL, || unsafe { je_memalign(alignment, size) })
+    unsafe { je_memalign(alignment, size) }
 }
 
 /// # Safety
@@ -104,7 +103,7 @@ pub unsafe extern "C" fn memalign(alignment: size_t, size: size_t) -> *mut c_voi
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
     // SAFETY: forwards unchanged.
-    no_unwind(NULL, || unsafe { je_valloc(size) })
+    unsafe { je_valloc(size) }
 }
 
 /// # Safety
@@ -112,7 +111,7 @@ pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
     // SAFETY: forwards unchanged.
-    no_unwind(NULL, || unsafe { je_pvalloc(size) })
+    unsafe { je_pvalloc(size) }
 }
 
 /// # Safety
@@ -123,7 +122,7 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> size_t {
         return 0;
     }
     // SAFETY: a live jemalloc pointer, as for realloc.
-    no_unwind(0, || unsafe { je::malloc_usable_size(ptr) })
+    unsafe { je::malloc_usable_size(ptr) }
 }
 
 /// # Safety
@@ -140,7 +139,7 @@ pub unsafe extern "C" fn reallocarray(
         return NULL;
     };
     // SAFETY: as for realloc.
-    no_unwind(NULL, || unsafe { je::realloc(ptr, bytes) })
+    unsafe { je::realloc(ptr, bytes) }
 }
 
 /// # Safety
@@ -148,7 +147,7 @@ pub unsafe extern "C" fn reallocarray(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
     // SAFETY: as for free.
-    no_unwind((), || unsafe { je::free(ptr) })
+    unsafe { je::free(ptr) }
 }
 
 /// # Safety
@@ -156,7 +155,7 @@ pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_malloc(size: size_t) -> *mut c_void {
     // SAFETY: as for malloc.
-    no_unwind(NULL, || unsafe { je::malloc(size) })
+    unsafe { je::malloc(size) }
 }
 
 /// # Safety
@@ -164,7 +163,7 @@ pub unsafe extern "C" fn __libc_malloc(size: size_t) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_calloc(count: size_t, size: size_t) -> *mut c_void {
     // SAFETY: as for calloc.
-    no_unwind(NULL, || unsafe { je::calloc(count, size) })
+    unsafe { je::calloc(count, size) }
 }
 
 /// # Safety
@@ -172,7 +171,7 @@ pub unsafe extern "C" fn __libc_calloc(count: size_t, size: size_t) -> *mut c_vo
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
     // SAFETY: as for realloc.
-    no_unwind(NULL, || unsafe { je::realloc(ptr, size) })
+    unsafe { je::realloc(ptr, size) }
 }
 
 /// # Safety
@@ -180,7 +179,7 @@ pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: size_t) -> *mut 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
     // SAFETY: as for free.
-    no_unwind((), || unsafe { je::free(ptr) })
+    unsafe { je::free(ptr) }
 }
 
 /// # Safety
@@ -188,7 +187,7 @@ pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_memalign(alignment: size_t, size: size_t) -> *mut c_void {
     // SAFETY: as for memalign.
-    no_unwind(NULL, || unsafe { je_memalign(alignment, size) })
+    unsafe { je_memalign(alignment, size) }
 }
 
 /// # Safety
@@ -196,7 +195,7 @@ pub unsafe extern "C" fn __libc_memalign(alignment: size_t, size: size_t) -> *mu
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_valloc(size: size_t) -> *mut c_void {
     // SAFETY: as for valloc.
-    no_unwind(NULL, || unsafe { je_valloc(size) })
+    unsafe { je_valloc(size) }
 }
 
 /// # Safety
@@ -204,5 +203,5 @@ pub unsafe extern "C" fn __libc_valloc(size: size_t) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __libc_pvalloc(size: size_t) -> *mut c_void {
     // SAFETY: as for pvalloc.
-    no_unwind(NULL, || unsafe { je_pvalloc(size) })
+    unsafe { je_pvalloc(size) }
 }

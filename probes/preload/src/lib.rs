@@ -16,7 +16,8 @@
 //!   program registered its own handler through `heapwarden_set_drain_handler`.
 //!
 //! Whatever fails while attaching, the program runs as a plain program: nothing here
-//! aborts the host, and no panic crosses into C (`catch_unwind` at every entry).
+//! aborts the host, and no panic crosses into C (`catch_unwind` at every entry that runs
+//! Rust code; the allocation exports are single calls into jemalloc, see `exports`).
 #![deny(unsafe_code)]
 
 #[allow(unsafe_code)]
