@@ -3,8 +3,6 @@
 //! A library linked into arbitrary apps cannot assume their logger; stderr is captured by
 //! the agent for every worker, and JSON lines match the agent's own log format.
 
-use std::io::Write;
-
 use serde_json::{Map, Value};
 
 /// Logs a warning: `msg` is a sentence, `fields` carry the values.
@@ -25,7 +23,5 @@ fn line(level: &str, msg: &str, fields: &[(&str, Value)]) {
     for (name, value) in fields {
         line.insert((*name).into(), value.clone());
     }
-    // Not eprintln!, which panics when stderr fails (a closed pipe): a guest in someone
-    // else's process loses the line instead.
-    let _ = writeln!(std::io::stderr().lock(), "{}", Value::Object(line));
+    eprintln!("{}", Value::Object(line));
 }
