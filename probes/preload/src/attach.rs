@@ -118,33 +118,50 @@ fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
     }
 }
 
-/// `Ok` when the process-wide `malloc` (what libc and every library bind to) is this
-/// library's; otherwise the file that defines it (a program linking its own allocator).
+/// `Ok` when the process-wide `malloc` (what libc and every library bind their calls to)
+/// is this library's; otherwise the file that defines it (a program linking its own
+/// allocator). Tested by allocation rather than by symbol lookup: `dlsym("malloc")` names
+/// a non-PIE executable's PLT stub whenever the program takes malloc's address (CPython
+/// does), although its calls still reach us. So libc allocates (`strdup`, bound like
+/// every library's calls), and jemalloc says whether the block is one of its own
+/// (`arenas.lookup` fails cleanly for foreign pointers).
 fn allocator_is_ours() -> Result<(), String> {
-    static MARKER: u8 = 0;
-    // SAFETY: dlsym and dladdr read the loader's tables; both names are NUL-terminated
-    // and `info` is a plain C struct they fill in.
+    // SAFETY: strdup of a NUL-terminated literal; the block is freed with `free`, which
+    // binds exactly as strdup's malloc did (both ours, or both the program's). The
+    // mallctl reads an unsigned into `arena` and takes a pointer-sized new value.
+    unsafe {
+        let probe = libc::strdup(c"heapwarden".as_ptr());
+        if probe.is_null() {
+            return Err("unknown (strdup failed)".into());
+        }
+        let mut arena: libc::c_uint = 0;
+        let mut arena_len = size_of::<libc::c_uint>();
+        let mut block = probe.cast::<c_void>();
+        let owned = tikv_jemalloc_sys::mallctl(
+            c"arenas.lookup".as_ptr(),
+            std::ptr::from_mut(&mut arena).cast(),
+            &mut arena_len,
+            std::ptr::from_mut(&mut block).cast(),
+            size_of::<*mut c_void>(),
+        ) == 0;
+        libc::free(probe.cast());
+        if owned { Ok(()) } else { Err(malloc_owner()) }
+    }
+}
+
+/// The file whose `malloc` the loader resolves first, for the log line.
+fn malloc_owner() -> String {
+    // SAFETY: dlsym and dladdr read the loader's tables and fill a C struct we own.
     unsafe {
         let resolved = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
-        let mut theirs: libc::Dl_info = std::mem::zeroed();
-        let mut ours: libc::Dl_info = std::mem::zeroed();
-        if resolved.is_null()
-            || libc::dladdr(resolved, &mut theirs) == 0
-            || libc::dladdr(std::ptr::from_ref(&MARKER).cast::<c_void>(), &mut ours) == 0
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if resolved.is_null() || libc::dladdr(resolved, &mut info) == 0 || info.dli_fname.is_null()
         {
-            return Err("unknown".into());
+            return "unknown".into();
         }
-        if theirs.dli_fbase == ours.dli_fbase {
-            return Ok(());
-        }
-        let name = if theirs.dli_fname.is_null() {
-            "unknown".into()
-        } else {
-            std::ffi::CStr::from_ptr(theirs.dli_fname)
-                .to_string_lossy()
-                .into_owned()
-        };
-        Err(name)
+        std::ffi::CStr::from_ptr(info.dli_fname)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

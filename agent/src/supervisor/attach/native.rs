@@ -78,6 +78,14 @@ pub fn unsupported(program: &Program, library: ElfKind) -> Option<String> {
 
 /// The environment that attaches the native probe to `argv`'s workers, or none.
 pub fn plan(pool: &PoolConfig, argv: &[OsString], log: &Logger) -> AttachPlan {
+    if pool.command.is_empty() {
+        // Two probes on one channel would garble it; the demo has the Rust one.
+        warn!(
+            log,
+            "The demo service links heapwarden-probes itself; the native probe is for programs that do not, so it is not added."
+        );
+        return AttachPlan::default();
+    }
     let agent_exe = std::env::current_exe().unwrap_or_default();
     let candidates = search_path(&agent_exe);
     let Some((library, library_kind)) = locate(&candidates) else {
