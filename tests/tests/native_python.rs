@@ -61,7 +61,7 @@ fn cpython_children_and_forks_leave_the_channel_to_the_worker() {
     let native = start_native(
         Sandbox::new(),
         1,
-        &python_command("forks.py", "15"),
+        &python_command("forks.py", "8"),
         "[watchdog]\nwarmup = \"1h\"\n",
     );
     let logs = &native.agent.logs;
@@ -80,9 +80,9 @@ fn cpython_children_and_forks_leave_the_channel_to_the_worker() {
         msg("python worker children done"),
     );
     let f = &done["fields"];
-    assert_eq!(f["forks"], 15, "{done}");
+    assert_eq!(f["forks"], 8, "{done}");
     assert_eq!(f["fork_failures"], 0, "{done}");
-    assert_eq!(f["subprocesses"], 30, "{done}");
+    assert_eq!(f["subprocesses"], 16, "{done}");
     assert_eq!(f["subprocess_failures"], 0, "{done}");
     assert_eq!(f["claimed_in_child"], 0, "{done}");
     assert_eq!(
