@@ -6,10 +6,11 @@ could see the worker's control socket; the worker logs a summary when done."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+
+from worker_common import log, notify_ready
 
 ROUNDS = int(sys.argv[1])
 CHILD = r"""
@@ -23,18 +24,6 @@ fd = int(os.environ.get("HEAPWARDEN_CONTROL_FD", "4"))
 print(json.dumps({"claims": os.environ.get("HEAPWARDEN_WORKER_PID") == str(os.getpid()),
                   "control_fd_open": is_socket(fd)}), flush=True)
 """
-
-
-def notify_ready():
-    addr = os.environ.get("NOTIFY_SOCKET", "")
-    if addr:
-        target = "\0" + addr[1:] if addr.startswith("@") else addr
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"READY=1", target)
-
-
-def log(msg, **fields):
-    print(json.dumps(dict(msg=msg, **fields)), flush=True)
 
 
 def control_fd_open():

@@ -5,24 +5,12 @@ object plus the list), `usable_bytes` what the allocator handed out for them
 (malloc_usable_size, i.e. jemalloc's size classes). SIGTERM ends it."""
 import ctypes
 import gc
-import json
 import os
 import random
 import signal
-import socket
 import sys
 
-
-def notify_ready():
-    addr = os.environ.get("NOTIFY_SOCKET", "")
-    if addr:
-        target = "\0" + addr[1:] if addr.startswith("@") else addr
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"READY=1", target)
-
-
-def log(msg, **fields):
-    print(json.dumps(dict(msg=msg, **fields)), flush=True)
+from worker_common import log, notify_ready
 
 
 requested = False

@@ -142,66 +142,30 @@ pub unsafe extern "C" fn reallocarray(
     unsafe { je::realloc(ptr, bytes) }
 }
 
-/// # Safety
-/// The obsolete glibc `cfree`, which old binaries still call: as for free.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
-    // SAFETY: as for free.
-    unsafe { je::free(ptr) }
+/// Exports `$alias` as another name of the export `$target`, same signature (the
+/// optimiser folds the two into one body).
+macro_rules! alias {
+    ($($alias:ident => $target:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)+) => {$(
+        #[doc = concat!("Another name of [`", stringify!($target), "`].")]
+        ///
+        /// # Safety
+        #[doc = concat!("As for [`", stringify!($target), "`].")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $alias($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: the same contract as the target's, forwarded unchanged.
+            unsafe { $target($($arg),*) }
+        }
+    )+};
 }
 
-/// # Safety
-/// As for [`malloc`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_malloc(size: size_t) -> *mut c_void {
-    // SAFETY: as for malloc.
-    unsafe { je::malloc(size) }
-}
-
-/// # Safety
-/// As for [`calloc`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_calloc(count: size_t, size: size_t) -> *mut c_void {
-    // SAFETY: as for calloc.
-    unsafe { je::calloc(count, size) }
-}
-
-/// # Safety
-/// As for [`realloc`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
-    // SAFETY: as for realloc.
-    unsafe { je::realloc(ptr, size) }
-}
-
-/// # Safety
-/// As for [`free`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
-    // SAFETY: as for free.
-    unsafe { je::free(ptr) }
-}
-
-/// # Safety
-/// As for [`memalign`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_memalign(alignment: size_t, size: size_t) -> *mut c_void {
-    // SAFETY: as for memalign.
-    unsafe { je_memalign(alignment, size) }
-}
-
-/// # Safety
-/// As for [`valloc`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_valloc(size: size_t) -> *mut c_void {
-    // SAFETY: as for valloc.
-    unsafe { je_valloc(size) }
-}
-
-/// # Safety
-/// As for [`pvalloc`].
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __libc_pvalloc(size: size_t) -> *mut c_void {
-    // SAFETY: as for pvalloc.
-    unsafe { je_pvalloc(size) }
+alias! {
+    // The obsolete glibc `cfree`, which old binaries still call.
+    cfree => free(ptr: *mut c_void);
+    __libc_malloc => malloc(size: size_t) -> *mut c_void;
+    __libc_calloc => calloc(count: size_t, size: size_t) -> *mut c_void;
+    __libc_realloc => realloc(ptr: *mut c_void, size: size_t) -> *mut c_void;
+    __libc_free => free(ptr: *mut c_void);
+    __libc_memalign => memalign(alignment: size_t, size: size_t) -> *mut c_void;
+    __libc_valloc => valloc(size: size_t) -> *mut c_void;
+    __libc_pvalloc => pvalloc(size: size_t) -> *mut c_void;
 }
