@@ -116,6 +116,33 @@ fn set_user_id_programs_are_refused() {
 }
 
 #[test]
+fn programs_with_file_capabilities_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cap-worker");
+    write_exec(&path, &std::fs::read(this_exe()).unwrap(), 0o755);
+    // What `setcap cap_net_bind_service+ep` writes: VFS_CAP_REVISION_2 with the effective
+    // flag, permitted = bit 10. Setting it needs CAP_SETFCAP (the test suite runs as root).
+    let blob = hex_bytes("0100000200040000000000000000000000000000");
+    rustix::fs::setxattr(
+        &path,
+        "security.capability",
+        &blob,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("set a file capability (needs root / CAP_SETFCAP)");
+    let program = inspect(path.as_os_str(), None, Path::new("/")).expect("found");
+    assert_eq!(program.privileged, Some("file capabilities"));
+    assert!(unsupported(&program, library_kind()).is_some());
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
 fn programs_for_another_machine_or_class_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("elf32");
