@@ -140,6 +140,12 @@ impl Probe {
 
     /// Runs the channel over an already-owned connected stream socket and sends `Hello`.
     pub fn from_fd(fd: OwnedFd) -> Result<Probe, ProbeError> {
+        Probe::from_fd_as(fd, crate::channel::Runtime::Rust)
+    }
+
+    /// [`from_fd`](Self::from_fd) for another kind of host: the native preload library
+    /// says `runtime: native` in its hello.
+    pub fn from_fd_as(fd: OwnedFd, runtime: crate::channel::Runtime) -> Result<Probe, ProbeError> {
         let reader = UnixStream::from(fd);
         let writer = reader.try_clone().map_err(|source| ProbeError::Io {
             doing: "duplicating the control socket for the writer thread",
@@ -161,6 +167,7 @@ impl Probe {
         shared.send(WorkerMsg::Hello {
             pid: std::process::id(),
             probe_version: env!("CARGO_PKG_VERSION").to_string(),
+            runtime,
         })?;
         let spawn_error = |source| ProbeError::Io {
             doing: "starting a probe thread",

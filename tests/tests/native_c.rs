@@ -47,11 +47,9 @@ fn a_c_worker_leaking_in_a_named_function_is_caught_profiled_diffed_and_replaced
         &format!("{env}{RULES}"),
     );
     let logs = &native.agent.logs;
-    logs.wait_for(
-        SECS(30),
-        "the native plan",
-        msg("Workers get the native heap probe."),
-    );
+    logs.wait_for(SECS(30), "the native plan", |r| {
+        r["msg"] == "Workers get a probe." && r["probe"] == "native"
+    });
 
     // Heap figures for every slot, from jemalloc inside the C program (the shell that
     // exec'd it held far less than the ~8 MiB working set).
@@ -166,8 +164,8 @@ fn a_statically_linked_worker_runs_without_the_probe_and_the_agent_says_so() {
     let native = start_native(sandbox, 1, &command, "");
     let logs = &native.agent.logs;
     let refused = logs.wait_for(SECS(30), "the refusal", |r| {
-        r["msg"]
-            == "The native probe cannot be loaded into the worker program; workers run without it."
+        r["msg"] == "The probe cannot be attached; workers run as plain programs with procfs figures only."
+            && r["probe"] == "native"
     });
     assert!(
         refused["reason"]

@@ -159,16 +159,28 @@ pub enum Watch {
     Rss,
 }
 
-/// Which probe the agent gives the workers (`[pool] probe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which probe a worker gets (`pool.probe`); `attach` turns it into the worker's env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProbeKind {
-    /// Node's probe when the program is `node`; otherwise none (Rust workers link theirs).
+    /// Node's probe when the command runs node (`node`, `nodejs`, `npm`, `npx`, …);
+    /// otherwise none (a Rust worker that links `heapwarden-probes` says hello anyway).
+    #[default]
     Auto,
     Node,
-    /// The LD_PRELOAD library, for any dynamically linked program.
     Native,
     Off,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Auto => "auto",
+            ProbeKind::Node => "node",
+            ProbeKind::Native => "native",
+            ProbeKind::Off => "off",
+        }
+    }
 }
 
 /// What the watchdog does when a rule trips.

@@ -13,6 +13,7 @@ pub mod state;
 pub mod trampoline;
 pub mod view;
 
+pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
@@ -34,5 +35,6 @@ pub fn settings_from(config: &Config) -> PoolSettings {
         // The native probe cannot know when a program it knows nothing of is ready, so
         // its workers are ready on sd_notify or after min-uptime, as plain ones are.
         ready_from_probe: config.pool.probe != ProbeKind::Native,
+        probe_hello_grace: None,
     }
 }

@@ -1,10 +1,11 @@
 //! The hidden `__exec-worker` mode. The agent cannot know a child's pid before it
 //! exists and must not call `setenv` between fork and exec, so each worker starts as
 //! this trampoline, which sets `LISTEN_PID` to its own pid (as sd_listen_fds(3) expects)
-//! and `HEAPWARDEN_WORKER_PID` likewise (the one process a probe may attach in; its
-//! descendants inherit the variable but not the pid), and execs the real command in
-//! place, keeping the pid. The native probe library (`HEAPWARDEN_PRELOAD`) joins
-//! `LD_PRELOAD` here, for the command only, so the trampoline never loads it.
+//! and execs the real command in place, keeping the pid. It also exports that pid as
+//! `HEAPWARDEN_WORKER_PID`: probes claim the control channel only in the process the
+//! worker command became (its descendants inherit the env, not the claim). The native
+//! probe library (`HEAPWARDEN_PRELOAD`) joins `LD_PRELOAD` here, for the command only,
+//! so the trampoline itself never loads it.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -23,7 +24,9 @@ pub fn exec_worker(argv: Vec<OsString>) -> ExitCode {
     if std::env::var_os("LISTEN_FDS").is_some() {
         command.env("LISTEN_PID", &pid);
     }
-    command.env(heapwarden_probes::WORKER_PID_ENV, &pid);
+    if std::env::var_os("HEAPWARDEN_CONTROL_FD").is_some() {
+        command.env(heapwarden_probes::WORKER_PID_ENV, &pid);
+    }
     if let Some(library) = std::env::var_os(PRELOAD_ENV) {
         command.env(
             "LD_PRELOAD",

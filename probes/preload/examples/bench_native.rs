@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use heapwarden_probes::channel::encode;
-use heapwarden_probes::{AgentMsg, FrameDecoder, WorkerMsg};
+use heapwarden_probes::{AgentMsg, DumpKind, FrameDecoder, WorkerMsg};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 fn repo() -> PathBuf {
@@ -273,6 +273,7 @@ fn channel_rows(hold: &Path, rounds: usize) {
             agent.send(&AgentMsg::Dump {
                 seq,
                 path: path.display().to_string(),
+                kind: DumpKind::Profile,
             });
             match agent.recv() {
                 WorkerMsg::ProfileWritten {

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use heapwarden_probes::diag::{info, warn};
-use heapwarden_probes::{CONTROL_FD_ENV, Probe, activate_profiling, worker_pid_matches};
+use heapwarden_probes::{CONTROL_FD_ENV, Probe, Runtime, activate_profiling, worker_pid_matches};
 use serde_json::json;
 
 use crate::{drain, fork, no_unwind};
@@ -30,6 +30,8 @@ use crate::{drain, fork, no_unwind};
 /// and programs pick for themselves (`exec 5>file`), so a wrapper script cannot redirect
 /// over the channel while it still holds it.
 const PRIVATE_FD_FLOOR: RawFd = 500;
+/// The control socket's inode, set by the agent beside `HEAPWARDEN_CONTROL_FD`.
+const CONTROL_INO_ENV: &str = "HEAPWARDEN_CONTROL_INO";
 
 /// Keeps the probe (and its threads' channel) alive for the life of the process.
 static PROBE: OnceLock<Probe> = OnceLock::new();
@@ -74,7 +76,7 @@ fn attach_if_worker() {
     let profiling = activate_profiling();
     let activation_us = started.elapsed().as_secs_f64() * 1e6;
     fork::watch_children(inherited, &channel);
-    let probe = match with_signals_blocked(|| Probe::from_fd(channel)) {
+    let probe = match with_signals_blocked(|| Probe::from_fd_as(channel, Runtime::Native)) {
         Ok(probe) => probe,
         Err(error) => {
             warn(
@@ -182,6 +184,16 @@ fn claim_control_socket(value: &str) -> Result<(RawFd, OwnedFd), String> {
     }
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("descriptor {fd} is not a socket"));
+    }
+    // The agent names the socket's inode too: a number reused for another socket (a
+    // wrapper that closed ours and opened its own) is not the channel.
+    if let Ok(expected) = std::env::var(CONTROL_INO_ENV)
+        && expected.trim() != stat.st_ino.to_string()
+    {
+        return Err(format!(
+            "descriptor {fd} is socket inode {}, not the agent's {expected}",
+            stat.st_ino
+        ));
     }
     // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one or -1; nothing
     // else in the process owns the new number.

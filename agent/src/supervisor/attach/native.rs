@@ -1,9 +1,9 @@
 //! `[pool] probe = "native"`: the preload library (`libheapwarden_preload.so`, built by
 //! this workspace's `heapwarden-preload` crate) goes into every worker's `LD_PRELOAD`,
 //! where it makes jemalloc the allocator and answers the control channel like the Rust
-//! probe. Decided once at start and logged in one line: which library, or why the
-//! workers run without it (library missing or not loadable, program statically linked,
-//! set-user-ID or with file capabilities, built for another machine).
+//! probe. The plan says why not when it cannot: library missing or not loadable, program
+//! statically linked, set-user-ID or with file capabilities, built for another machine,
+//! or the demo (which links the Rust probe itself).
 //!
 //! The agent passes the library as `HEAPWARDEN_PRELOAD`; the trampoline adds it to
 //! `LD_PRELOAD` only for the exec of the worker command, so the trampoline itself (the
@@ -13,11 +13,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use slog::{Logger, info, warn};
-
-use super::AttachPlan;
+use super::AttachInput;
 use super::program::{self, ElfKind, Program};
-use crate::config::PoolConfig;
 
 /// The library's file name, as cargo names a `cdylib` called `heapwarden-preload`.
 pub const LIBRARY_NAME: &str = "libheapwarden_preload.so";
@@ -29,6 +26,18 @@ const INSTALLED_DIRS: [&str; 3] = [
     "/usr/local/lib/heapwarden",
     "/usr/lib/heapwarden",
 ];
+
+/// What the native plan needs beyond the command, found by `attach::prepare`.
+#[derive(Debug, Clone)]
+pub struct NativeSetup<'a> {
+    pub agent_exe: &'a Path,
+    /// The library found by [`locate`], with its ELF kind.
+    pub library: Option<&'a (PathBuf, ElfKind)>,
+    /// The workers' working directory (`pool.cwd`, else the agent's).
+    pub cwd: &'a Path,
+    /// The agent's `PATH`, which workers inherit unless `pool.env` sets one.
+    pub agent_path_var: Option<OsString>,
+}
 
 /// Where to look for the library: next to the agent's executable (`target/release/`),
 /// then `<prefix>/lib/heapwarden/` for an agent installed in `<prefix>/bin/`, then the
@@ -44,8 +53,8 @@ pub fn search_path(agent_exe: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The first candidate that is a shared object of this machine's kind.
-fn locate(candidates: &[PathBuf]) -> Option<(PathBuf, ElfKind)> {
+/// The first candidate that is an ELF shared object.
+pub fn locate(candidates: &[PathBuf]) -> Option<(PathBuf, ElfKind)> {
     candidates.iter().find_map(|path| {
         let kind = program::elf_kind_of(path)?;
         kind.shared_object.then(|| (path.clone(), kind))
@@ -56,74 +65,71 @@ fn locate(candidates: &[PathBuf]) -> Option<(PathBuf, ElfKind)> {
 pub fn unsupported(program: &Program, library: ElfKind) -> Option<String> {
     if let Some(privilege) = program.privileged {
         return Some(format!(
-            "the program is {privilege}, so the dynamic linker ignores LD_PRELOAD"
+            "{} is {privilege}, so the dynamic linker ignores LD_PRELOAD",
+            program.binary().display()
         ));
     }
+    let binary = program.binary().display();
     match program.elf {
-        Some(elf) if !elf.dynamic => {
-            Some("the program is statically linked (no ELF interpreter)".into())
-        }
+        Some(elf) if !elf.dynamic => Some(format!(
+            "{binary} is statically linked (no ELF interpreter), so LD_PRELOAD cannot load the native probe"
+        )),
         Some(elf) if elf.machine != library.machine => Some(format!(
-            "the program is built for ELF machine {}, the library for {}",
+            "{binary} is built for ELF machine {}, the library for {}",
             elf.machine, library.machine
         )),
         Some(_) => None,
         None if program::read_magic(program.binary()) == Some(*b"\x7fELF") => {
-            Some("the program is not a 64-bit ELF".into())
+            Some(format!("{binary} is not a 64-bit ELF"))
         }
         // Not an ELF we can read (an unknown script chain): let the loader decide.
         None => None,
     }
 }
 
-/// The environment that attaches the native probe to `argv`'s workers, or none.
-pub fn plan(pool: &PoolConfig, argv: &[OsString], log: &Logger) -> AttachPlan {
-    if pool.command.is_empty() {
+/// The env that loads the preload library into `input.argv`'s workers, or why not.
+pub fn plan(input: &AttachInput<'_>) -> Result<Vec<(String, String)>, String> {
+    let setup = input
+        .native
+        .as_ref()
+        .ok_or("the native probe library was not looked for")?;
+    let argv0 = input
+        .argv
+        .first()
+        .map(OsString::as_os_str)
+        .unwrap_or_default();
+    if Path::new(argv0) == setup.agent_exe && input.argv.get(1).is_some_and(|a| a == "demo") {
         // Two probes on one channel would garble it; the demo has the Rust one.
-        warn!(
-            log,
-            "The demo service links heapwarden-probes itself; the native probe is for programs that do not, so it is not added."
+        return Err(
+            "the demo service links heapwarden-probes itself; the native probe is for programs that do not"
+                .into(),
         );
-        return AttachPlan::default();
     }
-    let agent_exe = std::env::current_exe().unwrap_or_default();
-    let candidates = search_path(&agent_exe);
-    let Some((library, library_kind)) = locate(&candidates) else {
-        let searched: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        warn!(log, "The native probe library was not found; workers run without heap figures from it.";
-            "library" => LIBRARY_NAME, "searched" => searched.join(":"));
-        return AttachPlan::default();
+    let Some((library, library_kind)) = setup.library else {
+        let searched: Vec<String> = search_path(setup.agent_exe)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(format!(
+            "the native probe library {LIBRARY_NAME} was not found (searched {})",
+            searched.join(", ")
+        ));
     };
-    let cwd = pool
-        .cwd
-        .clone()
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let path_var: Option<OsString> = match pool.env.get("PATH") {
+    let path_var: Option<OsString> = match input.pool_env.get("PATH") {
         Some(path) => Some(path.into()),
-        None => std::env::var_os("PATH"),
+        None => setup.agent_path_var.clone(),
     };
-    let argv0 = argv.first().map(OsString::as_os_str).unwrap_or_default();
-    let program = program::inspect(argv0, path_var.as_deref(), &cwd);
-    let shown = |p: &Option<Program>| match p {
-        Some(p) => p.binary().display().to_string(),
-        None => argv0.to_string_lossy().into_owned(),
-    };
-    if let Some(reason) = program.as_ref().and_then(|p| unsupported(p, library_kind)) {
-        warn!(log, "The native probe cannot be loaded into the worker program; workers run without it.";
-            "program" => shown(&program), "reason" => reason);
-        return AttachPlan::default();
+    let program = program::inspect(argv0, path_var.as_deref(), setup.cwd);
+    if let Some(reason) = program.as_ref().and_then(|p| unsupported(p, *library_kind)) {
+        return Err(reason);
     }
     let python = program.as_ref().is_some_and(Program::is_python)
         || Path::new(argv0)
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("python"));
     let mut env = vec![(PRELOAD_ENV.to_string(), library.display().to_string())];
-    if python {
+    if python && !input.pool_env.contains_key("PYTHONMALLOC") {
         env.push(("PYTHONMALLOC".into(), "malloc".into()));
     }
-    info!(log, "Workers get the native heap probe.";
-        "library" => library.display().to_string(), "program" => shown(&program),
-        "python_malloc" => python);
-    AttachPlan { env }
+    Ok(env)
 }

@@ -1,206 +1,188 @@
-//! Finding what a worker command runs and whether the native probe can go into it, on
-//! real files: this test binary (a dynamic ELF), a copy of it with its interpreter
-//! segment removed (static), scripts, `env` lines and a set-user-ID copy.
+//! The dispatcher as a pure function: command + config → env.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
 
-use object::elf::{self, FileHeader64};
-use object::read::elf::{FileHeader, ProgramHeader};
-use proptest::prelude::*;
+use super::*;
 
-use super::native::{search_path, unsupported};
-use super::program::{self, ElfKind, inspect};
-
-fn this_exe() -> PathBuf {
-    std::env::current_exe().expect("test executable")
+fn argv(words: &[&str]) -> Vec<OsString> {
+    words.iter().map(OsString::from).collect()
 }
 
-fn write_exec(path: &Path, bytes: &[u8], mode: u32) {
-    std::fs::write(path, bytes).expect("write file");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-/// This executable's bytes with its PT_INTERP segment turned into PT_NULL: what a
-/// statically linked program looks like to the loader check.
-fn without_interpreter() -> Vec<u8> {
-    let mut bytes = std::fs::read(this_exe()).expect("read test exe");
-    let header = FileHeader64::<object::Endianness>::parse(&*bytes).expect("ELF");
-    let endian = header.endian().expect("endian");
-    let phoff = header.e_phoff(endian) as usize;
-    let entsize = usize::from(header.e_phentsize(endian));
-    let interp = header
-        .program_headers(endian, &*bytes)
-        .expect("program headers")
+fn decide(probe: ProbeKind, words: &[&str], pool_env: &[(&str, &str)]) -> AttachPlan {
+    let env: BTreeMap<String, String> = pool_env
         .iter()
-        .position(|ph| ph.p_type(endian) == elf::PT_INTERP)
-        .expect("a dynamic test executable has PT_INTERP");
-    // p_type is the first u32 of the entry (little-endian on the machines we run on).
-    let at = phoff + interp * entsize;
-    bytes[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
-    bytes
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    plan(&AttachInput {
+        probe,
+        argv: &argv(words),
+        pool_env: &env,
+        inherited_node_options: None,
+        node_probe: Some(Path::new("/var/lib/heapwarden/probes/heapwarden-probe.js")),
+        listen_port: Some(8080),
+        native: None,
+    })
 }
 
-fn library_kind() -> ElfKind {
-    let mut kind = program::elf_kind_of(&this_exe()).expect("ELF");
-    kind.shared_object = true;
-    kind
-}
-
-#[test]
-fn a_dynamic_program_on_path_is_supported_and_a_static_one_is_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = std::fs::read(this_exe()).unwrap();
-    write_exec(&dir.path().join("dyn-worker"), &exe, 0o755);
-    write_exec(
-        &dir.path().join("static-worker"),
-        &without_interpreter(),
-        0o755,
-    );
-    let path_var = std::ffi::OsString::from(format!("/nonexistent:{}", dir.path().display()));
-    let cwd = Path::new("/");
-
-    let dynamic = inspect("dyn-worker".as_ref(), Some(&path_var), cwd).expect("found on PATH");
-    assert_eq!(dynamic.binary(), dir.path().join("dyn-worker"));
-    assert!(dynamic.elf.is_some_and(|e| e.dynamic), "{dynamic:?}");
-    assert_eq!(unsupported(&dynamic, library_kind()), None);
-
-    let fixed = inspect("static-worker".as_ref(), Some(&path_var), cwd).expect("found");
-    let reason = unsupported(&fixed, library_kind()).expect("static is refused");
-    assert!(reason.contains("statically linked"), "{reason}");
-
-    assert!(inspect("no-such-worker".as_ref(), Some(&path_var), cwd).is_none());
+fn node_options(plan: &AttachPlan) -> Option<&str> {
+    plan.env
+        .iter()
+        .find(|(k, _)| k == "NODE_OPTIONS")
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
-fn scripts_are_followed_through_env_to_the_interpreter_and_python_is_recognised() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = std::fs::read(this_exe()).unwrap();
-    write_exec(&dir.path().join("python3"), &exe, 0o755);
-    write_exec(&dir.path().join("env"), &exe, 0o755);
-    let env = dir.path().join("env");
-    let script = format!("#!{} -S python3 -u\nprint('hi')\n", env.display());
-    write_exec(&dir.path().join("app.py"), script.as_bytes(), 0o755);
-    let path_var = std::ffi::OsString::from(dir.path());
-
-    let program = inspect("./app.py".as_ref(), Some(&path_var), dir.path()).expect("found");
-    assert_eq!(
-        program.chain,
-        vec![
-            dir.path().join("./app.py"),
-            env.clone(),
-            dir.path().join("python3")
-        ]
-    );
-    assert!(program.is_python());
-    assert_eq!(unsupported(&program, library_kind()), None);
-
-    let shell = format!("#!{}\n", dir.path().join("dyn").display());
-    write_exec(&dir.path().join("dyn"), &exe, 0o755);
-    write_exec(&dir.path().join("run.sh"), shell.as_bytes(), 0o755);
-    let program = inspect("run.sh".as_ref(), Some(&path_var), dir.path()).expect("found");
-    assert!(!program.is_python());
-    assert_eq!(program.binary(), dir.path().join("dyn"));
-}
-
-#[test]
-fn set_user_id_programs_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = std::fs::read(this_exe()).unwrap();
-    let path = dir.path().join("suid-worker");
-    write_exec(&path, &exe, 0o4755);
-    let program = inspect(path.as_os_str(), None, Path::new("/")).expect("found");
-    assert_eq!(program.privileged, Some("set-user-ID"));
-    let reason = unsupported(&program, library_kind()).expect("refused");
-    assert!(reason.contains("ignores LD_PRELOAD"), "{reason}");
-}
-
-#[test]
-fn programs_with_file_capabilities_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cap-worker");
-    write_exec(&path, &std::fs::read(this_exe()).unwrap(), 0o755);
-    // What `setcap cap_net_bind_service+ep` writes: VFS_CAP_REVISION_2 with the effective
-    // flag, permitted = bit 10. Setting it needs CAP_SETFCAP (the test suite runs as root).
-    let blob = hex_bytes("0100000200040000000000000000000000000000");
-    rustix::fs::setxattr(
-        &path,
-        "security.capability",
-        &blob,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .expect("set a file capability (needs root / CAP_SETFCAP)");
-    let program = inspect(path.as_os_str(), None, Path::new("/")).expect("found");
-    assert_eq!(program.privileged, Some("file capabilities"));
-    assert!(unsupported(&program, library_kind()).is_some());
-}
-
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-#[test]
-fn programs_for_another_machine_or_class_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("elf32");
-    // A 32-bit ELF header: magic, ELFCLASS32, little-endian, version 1.
-    let mut head = vec![0x7f, b'E', b'L', b'F', 1, 1, 1];
-    head.resize(64, 0);
-    write_exec(&path, &head, 0o755);
-    let program = inspect(path.as_os_str(), None, Path::new("/")).expect("found");
-    assert_eq!(program.elf, None);
-    assert!(unsupported(&program, library_kind()).is_some());
-    let mut other = library_kind();
-    other.machine = other.machine.wrapping_add(1);
-    let native = inspect(this_exe().as_os_str(), None, Path::new("/")).unwrap();
-    assert!(unsupported(&native, other).unwrap().contains("ELF machine"));
-}
-
-#[test]
-fn the_library_is_looked_for_next_to_the_agent_then_in_lib_dirs() {
-    let found = search_path(Path::new("/opt/hw/bin/heapwarden"));
-    assert_eq!(
-        found,
-        [
-            "/opt/hw/bin/libheapwarden_preload.so",
-            "/opt/hw/bin/../lib/heapwarden/libheapwarden_preload.so",
-            "/usr/local/lib/heapwarden/libheapwarden_preload.so",
-            "/usr/lib/heapwarden/libheapwarden_preload.so",
-        ]
-        .map(PathBuf::from)
-    );
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(10_000))]
-
-    /// Whatever a file's head holds, classifying it is an answer, never a panic.
-    #[test]
-    fn arbitrary_headers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = program::elf_kind(&bytes);
-        let mut elfish = b"\x7fELF\x02\x01\x01".to_vec();
-        elfish.extend_from_slice(&bytes);
-        let _ = program::elf_kind(&elfish);
-        let mut script = b"#!".to_vec();
-        script.extend_from_slice(&bytes);
-        let _ = program::shebang(&script);
+fn auto_attaches_node_to_node_and_its_launchers() {
+    for cmd in [
+        &["node", "app.js"][..],
+        &["/usr/bin/nodejs", "server.js"],
+        &["node20", "app.js"],
+        &["npm", "start"],
+        &["/usr/local/bin/npx", "serve"],
+        &["yarn", "start"],
+        &["pnpm", "start"],
+        &["/usr/bin/env", "NODE_ENV=production", "node", "app.js"],
+    ] {
+        let plan = decide(ProbeKind::Auto, cmd, &[]);
+        assert_eq!(plan.attached, Some(Attached::Node), "{cmd:?}");
+        assert_eq!(
+            node_options(&plan),
+            Some("--require /var/lib/heapwarden/probes/heapwarden-probe.js")
+        );
+        assert!(
+            plan.env
+                .contains(&("HEAPWARDEN_LISTEN_PORT".into(), "8080".into()))
+        );
+        assert!(plan.env.contains(&("PORT".into(), "8080".into())));
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
-
-    /// The same through the file system: a script whose `#!` line is garbage.
-    #[test]
-    fn arbitrary_scripts_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut script = b"#!".to_vec();
-        script.extend_from_slice(&bytes);
-        let path = dir.path().join("script");
-        write_exec(&path, &script, 0o755);
-        let _ = inspect(path.as_os_str(), Some("".as_ref()), dir.path());
+#[test]
+fn auto_leaves_other_programs_alone_without_a_log_line() {
+    for cmd in [
+        &["python3", "app.py"][..],
+        &["/srv/app/server"],
+        &["nodemon", "app.js"],
+        &["sh", "-c", "node app.js"],
+        &["env", "-i"],
+    ] {
+        assert_eq!(
+            decide(ProbeKind::Auto, cmd, &[]),
+            AttachPlan::default(),
+            "{cmd:?}"
+        );
     }
+}
+
+#[test]
+fn the_users_node_options_are_kept_after_the_probe() {
+    let plan = decide(
+        ProbeKind::Auto,
+        &["node", "app.js"],
+        &[
+            (
+                "NODE_OPTIONS",
+                "--max-old-space-size=256 --enable-source-maps",
+            ),
+            ("PORT", "3000"),
+        ],
+    );
+    assert!(
+        !plan.env.iter().any(|(k, _)| k == "PORT"),
+        "the user's PORT wins"
+    );
+    assert_eq!(
+        node_options(&plan),
+        Some(
+            "--require /var/lib/heapwarden/probes/heapwarden-probe.js --max-old-space-size=256 --enable-source-maps"
+        )
+    );
+    let inherited = plan_with_inherited("--trace-warnings");
+    assert_eq!(
+        node_options(&inherited),
+        Some("--require /var/lib/heapwarden/probes/heapwarden-probe.js --trace-warnings")
+    );
+}
+
+fn plan_with_inherited(options: &str) -> AttachPlan {
+    plan(&AttachInput {
+        probe: ProbeKind::Node,
+        argv: &argv(&["./start.sh"]),
+        pool_env: &BTreeMap::new(),
+        inherited_node_options: Some(options),
+        node_probe: Some(Path::new("/var/lib/heapwarden/probes/heapwarden-probe.js")),
+        listen_port: None,
+        native: None,
+    })
+}
+
+#[test]
+fn node_is_forced_onto_wrappers_and_paths_with_spaces_are_quoted() {
+    let plan = plan(&AttachInput {
+        probe: ProbeKind::Node,
+        argv: &argv(&["./run-app.sh"]),
+        pool_env: &BTreeMap::new(),
+        inherited_node_options: None,
+        node_probe: Some(Path::new("/srv/my state/probes/heapwarden-probe.js")),
+        listen_port: None,
+        native: None,
+    });
+    assert_eq!(plan.attached, Some(Attached::Node));
+    assert_eq!(
+        node_options(&plan),
+        Some("--require \"/srv/my state/probes/heapwarden-probe.js\"")
+    );
+    assert_eq!(plan.env.len(), 1, "no port without a TCP socket");
+}
+
+#[test]
+fn off_gives_nothing_and_failures_say_why() {
+    assert_eq!(
+        decide(ProbeKind::Off, &["node", "app.js"], &[]),
+        AttachPlan::default()
+    );
+    let native = decide(ProbeKind::Native, &["/srv/app/server"], &[]);
+    assert_eq!(native.attached, None);
+    assert!(native.env.is_empty());
+    assert!(native.not_attached.is_some(), "{native:?}");
+    let unwritable = plan(&AttachInput {
+        probe: ProbeKind::Auto,
+        argv: &argv(&["node", "app.js"]),
+        pool_env: &BTreeMap::new(),
+        inherited_node_options: None,
+        node_probe: None,
+        listen_port: None,
+        native: None,
+    });
+    assert!(
+        unwritable
+            .not_attached
+            .unwrap()
+            .contains("could not be written")
+    );
+    let quoted = plan(&AttachInput {
+        probe: ProbeKind::Node,
+        argv: &argv(&["node"]),
+        pool_env: &BTreeMap::new(),
+        inherited_node_options: None,
+        node_probe: Some(Path::new("/odd\"dir/heapwarden-probe.js")),
+        listen_port: None,
+        native: None,
+    });
+    assert!(quoted.not_attached.is_some());
+}
+
+#[test]
+fn the_probe_file_is_written_world_readable_and_rewritten_when_stale() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = node::install_probe(dir.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), node::PROBE_SOURCE);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    std::fs::write(&path, "stale").unwrap();
+    node::install_probe(dir.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), node::PROBE_SOURCE);
 }

@@ -42,6 +42,9 @@ pub struct PoolSettings {
     /// When not (the native probe), a worker is ready on sd_notify or after
     /// `min_uptime`, with or without a probe.
     pub ready_from_probe: bool,
+    /// Set when every worker was given a probe (`pool.probe`): a worker that has not
+    /// said hello is not taken for a plain program (ready at `min-uptime`) before this.
+    pub probe_hello_grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,7 @@ fn settings(workers: usize) -> PoolSettings {
         max_concurrent_replacements: 1,
         max_leak_restarts_per_hour: 2,
         ready_from_probe: true,
+        probe_hello_grace: None,
     }
 }
 
@@ -263,6 +264,35 @@ fn native_probe_worker_is_ready_after_min_uptime_and_still_drains_over_the_chann
         )),
         "{actions:?}"
     );
+}
+
+#[test]
+fn a_worker_given_a_probe_is_not_plain_ready_before_its_hello_grace() {
+    let mut h = Harness::new(2);
+    h.pool.settings.probe_hello_grace = Some(Duration::from_secs(10));
+    h.feed(Event::Start);
+    let (silent, slow) = (h.serving(0), h.serving(1));
+    h.at(5.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
+    h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
+    assert_eq!(h.pool.slot_state(0), SlotState::Starting);
+    // The probe of slot 1 says hello late, then ready: it is a probe worker after all.
+    h.feed(Event::Hello { worker: slow });
+    h.at(10.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
+    h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
+    assert_eq!(
+        h.pool.slot_state(0),
+        SlotState::Ready,
+        "plain after the grace"
+    );
+    assert_eq!(
+        h.pool.slot_state(1),
+        SlotState::Starting,
+        "waits for its ready"
+    );
+    h.feed(Event::Ready { worker: slow });
+    assert_eq!(h.pool.slot_state(1), SlotState::Ready);
 }
 
 #[test]
