@@ -376,6 +376,7 @@ fn attach_probe(
         argv,
         &config.pool.env,
         &config.state_dir,
+        config.pool.cwd.as_deref(),
         listen.map(|a| a.port()),
     );
     if let Some(why) = &plan.not_attached {
