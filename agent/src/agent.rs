@@ -75,7 +75,9 @@ fn run_logged(
         register_zero_series(config.pool.worker_count());
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
         let sup_log = root.new(o!("module" => "supervisor"));
-        let (supervisor, handles) = Supervisor::new(config.clone(), worker_env, socket, sup_log)?;
+        let worker_log = root.new(o!("module" => "worker"));
+        let (supervisor, handles) =
+            Supervisor::new(config.clone(), worker_env, socket, sup_log, worker_log)?;
         let (exposition_writer, exposition_reader) = exposition_channel();
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());
@@ -144,6 +146,8 @@ fn register_zero_series(workers: usize) {
             metrics::counter!("heapwarden_leak_detections_total", "worker" => worker.clone(), "rule" => rule.as_str()).increment(0);
         }
         metrics::counter!("heapwarden_worker_failed_total", "worker" => worker.clone())
+            .increment(0);
+        metrics::counter!(crate::supervisor::LOG_LINES_TRUNCATED, "worker" => worker.clone())
             .increment(0);
     }
     for trigger in [Trigger::Baseline, Trigger::Leak, Trigger::Manual] {

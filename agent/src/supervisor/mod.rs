@@ -13,6 +13,7 @@ pub mod trampoline;
 pub mod view;
 
 pub use link::{ControlLink, LinkError, LinkEvent};
+pub use output::TRUNCATED_TOTAL as LOG_LINES_TRUNCATED;
 pub use runner::{Supervisor, SupervisorHandles};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
 

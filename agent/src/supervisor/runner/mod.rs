@@ -50,6 +50,8 @@ struct WorkerRuntime {
 pub struct Supervisor {
     config: Config,
     log: Logger,
+    /// Parent of every relayed output record: module `worker`, not one of the agent's.
+    worker_log: Logger,
     pool: Pool,
     socket: ServiceSocket,
     trampoline: PathBuf,
@@ -92,6 +94,7 @@ impl Supervisor {
         worker_env: Vec<(String, String)>,
         socket: ServiceSocket,
         log: Logger,
+        worker_log: Logger,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
         let trampoline = std::env::current_exe()?;
         let argv: Vec<OsString> = if config.pool.command.is_empty() {
@@ -114,6 +117,7 @@ impl Supervisor {
             pool: Pool::new(settings),
             config,
             log,
+            worker_log,
             socket,
             trampoline,
             argv,
@@ -307,11 +311,12 @@ impl Supervisor {
         let log = self.log.new(o!("worker" => slot, "pid" => pid));
         info!(log, "A worker started."; "worker_id" => worker);
         let mut child = spawned.child;
+        let output_log = self.worker_log.new(o!("worker" => slot, "pid" => pid));
         if let Some(out) = child.stdout.take() {
-            capture(out, "stdout", log.clone());
+            capture(out, "stdout", slot, output_log.clone());
         }
         if let Some(err) = child.stderr.take() {
-            capture(err, "stderr", log.clone());
+            capture(err, "stderr", slot, output_log);
         }
         let link = spawn_link(spawned.control, worker, self.links_tx.clone(), log.clone());
         watch_worker(spawned.notify, worker, self.ready_tx.clone(), log.clone());
