@@ -2,6 +2,7 @@
 //! overridden by `HEAPWARDEN_*` environment variables and then by CLI flags, and
 //! validated as a whole so that every mistake is reported at once with its key.
 
+pub mod bounds;
 mod demo;
 mod load;
 mod sections;

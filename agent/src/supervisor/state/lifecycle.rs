@@ -26,11 +26,11 @@ impl Pool {
         out.push(Action::Spawn { slot, worker: id });
         let s = &self.settings;
         out.push(Action::Schedule {
-            at: now + s.ready_timeout,
+            at: deadline(now, s.ready_timeout),
             timer: Timer::ReadyTimeout { worker: id },
         });
         out.push(Action::Schedule {
-            at: now + s.min_uptime,
+            at: deadline(now, s.min_uptime),
             timer: Timer::MinUptime { worker: id },
         });
     }
@@ -120,7 +120,7 @@ impl Pool {
         if s.failures.len() >= r.max_restarts as usize {
             s.failures.clear();
             s.attempt = 0;
-            let until = now + r.cool_down;
+            let until = deadline(now, r.cool_down);
             if !has_worker {
                 s.phase = Phase::Failed;
             }
@@ -128,16 +128,13 @@ impl Pool {
             out.push(Action::Schedule { at: until, timer });
             return;
         }
-        let delay = r
-            .initial_delay
-            .mul_f64(r.factor.powi(s.attempt.min(64) as i32));
-        let delay = delay.min(r.max_delay);
-        s.attempt += 1;
+        let delay = backoff_delay(r, s.attempt);
+        s.attempt = s.attempt.saturating_add(1);
         if !has_worker {
             s.phase = Phase::Backoff;
         }
         out.push(Action::Schedule {
-            at: now + delay,
+            at: deadline(now, delay),
             timer,
         });
     }
@@ -198,7 +195,7 @@ impl Pool {
                     });
                 }
                 out.push(Action::Schedule {
-                    at: now + self.settings.kill_timeout,
+                    at: deadline(now, self.settings.kill_timeout),
                     timer: Timer::KillDeadline { worker },
                 });
             }
@@ -227,7 +224,7 @@ impl Pool {
             });
         }
         out.push(Action::Schedule {
-            at: now + self.settings.drain_timeout,
+            at: deadline(now, self.settings.drain_timeout),
             timer: Timer::DrainDeadline { worker },
         });
     }
@@ -245,7 +242,7 @@ impl Pool {
                 signal: Signal::Term,
             });
             out.push(Action::Schedule {
-                at: now + self.settings.kill_timeout,
+                at: deadline(now, self.settings.kill_timeout),
                 timer: Timer::KillDeadline { worker },
             });
         }

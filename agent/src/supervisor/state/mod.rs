@@ -193,6 +193,33 @@ pub struct Pool {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// `now + wait`, saturating instead of panicking: config validation bounds every
+/// duration, but the state machine must hold whatever it is given. Past what an
+/// `Instant` can hold, the deadline is a century away (as good as never).
+fn deadline(now: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(wait.min(CENTURY)))
+        .unwrap_or(now)
+}
+
+/// `initial × factor^attempt`, capped at `max` before it can overflow; a factor that is
+/// not a number ≥ 1 counts as 1.
+fn backoff_delay(r: &RestartConfig, attempt: u32) -> Duration {
+    let factor = if r.factor.is_finite() && r.factor >= 1.0 {
+        r.factor
+    } else {
+        1.0
+    };
+    let exponent = attempt.min(i32::MAX as u32) as i32;
+    let seconds = r.initial_delay.as_secs_f64() * factor.powi(exponent);
+    if seconds.is_finite() && seconds < r.max_delay.as_secs_f64() {
+        Duration::try_from_secs_f64(seconds).map_or(r.max_delay, |d| d.min(r.max_delay))
+    } else {
+        r.max_delay
+    }
+}
+
 impl Pool {
     pub fn new(settings: PoolSettings) -> Pool {
         let slot = Slot {
@@ -351,5 +378,7 @@ pub fn allowed(from: SlotState, to: SlotState) -> bool {
     )
 }
 
+#[cfg(test)]
+mod overflow_tests;
 #[cfg(test)]
 mod tests;
