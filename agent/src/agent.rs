@@ -19,7 +19,7 @@ use crate::admin::{
 use crate::config::Config;
 use crate::profiles::{ProfileStore, ProfileStoreHandle, Trigger};
 use crate::sampler::{Roots, exposition_channel, run_sampler};
-use crate::supervisor::{RestartReason, Supervisor, listen};
+use crate::supervisor::{Containment, RestartReason, Supervisor, listen};
 use crate::watchdog::Watchdog;
 use crate::watchdog::rules::Rule;
 
@@ -58,6 +58,9 @@ fn run_logged(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Before binding: what a SIGKILLed predecessor left (holding the service socket) dies.
+    let containment = Containment::establish(&config.state_dir, &log)
+        .context("cannot contain the workers' processes")?;
     let result = runtime.block_on(async move {
         let socket = listen::open(config.pool.listen)?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -76,8 +79,14 @@ fn run_logged(
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
         let sup_log = root.new(o!("module" => "supervisor"));
         let worker_log = root.new(o!("module" => "worker"));
-        let (supervisor, handles) =
-            Supervisor::new(config.clone(), worker_env, socket, sup_log, worker_log)?;
+        let (supervisor, handles) = Supervisor::new(
+            config.clone(),
+            worker_env,
+            socket,
+            containment,
+            sup_log,
+            worker_log,
+        )?;
         let (exposition_writer, exposition_reader) = exposition_channel();
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());

@@ -9,6 +9,10 @@ pub fn describe_metrics() {
         "heapwarden_worker_failed_total",
         "Times a worker slot entered the failed state (crash loop), before its cool-down."
     );
+    describe_counter!(
+        "heapwarden_worker_log_lines_truncated_total",
+        "Worker output lines longer than 64 KiB, cut to their first 64 KiB when relayed."
+    );
     describe_gauge!(
         "heapwarden_profiles_limit_bytes",
         "profiles.max-bytes: the retention limit of stored heap profiles."

@@ -43,7 +43,6 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::ExecWorker { argv } => crate::supervisor::trampoline::exec_worker(argv),
         Command::ConvertProfile(args) => exit_code(crate::profiles::convert_main(args)),
         Command::Client(verb) => client::main(verb),
     }

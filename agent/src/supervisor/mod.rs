@@ -2,16 +2,19 @@
 //! channel, restarts what exits, replaces workers make-before-break, and stops them all
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
+mod contain;
 pub mod link;
 pub mod listen;
 mod notify;
 mod output;
+mod procstat;
+mod rundir;
 pub mod runner;
 mod spawn;
 pub mod state;
-pub mod trampoline;
 pub mod view;
 
+pub use contain::{ContainError, Containment};
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use output::TRUNCATED_TOTAL as LOG_LINES_TRUNCATED;
 pub use runner::{Supervisor, SupervisorHandles};

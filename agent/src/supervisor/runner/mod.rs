@@ -5,31 +5,29 @@
 //! and reports to systemd.
 
 mod relay;
+mod start;
 mod status;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use heapwarden_probes::channel::AgentMsg;
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
-use slog::{Logger, error, info, o, warn};
+use slog::{Logger, error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-use super::link::{ControlLink, LinkEvent, spawn_link};
+use super::contain::Containment;
+use super::link::LinkEvent;
 use super::listen::ServiceSocket;
-use super::notify::{SystemdNotifier, watch_worker};
-use super::output::capture;
-use super::spawn::{SpawnSpec, spawn_worker};
+use super::notify::SystemdNotifier;
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
 use crate::config::Config;
+use start::WorkerRuntime;
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
 pub struct SupervisorHandles {
@@ -39,14 +37,6 @@ pub struct SupervisorHandles {
     pub heartbeat: watch::Receiver<Instant>,
 }
 
-struct WorkerRuntime {
-    pid: u32,
-    link: ControlLink,
-    started_wall: SystemTime,
-    /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
-    drain_started: Option<Instant>,
-}
-
 pub struct Supervisor {
     config: Config,
     log: Logger,
@@ -54,7 +44,7 @@ pub struct Supervisor {
     worker_log: Logger,
     pool: Pool,
     socket: ServiceSocket,
-    trampoline: PathBuf,
+    containment: Containment,
     argv: Vec<OsString>,
     runtimes: HashMap<WorkerId, WorkerRuntime>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
@@ -93,12 +83,12 @@ impl Supervisor {
         mut config: Config,
         worker_env: Vec<(String, String)>,
         socket: ServiceSocket,
+        containment: Containment,
         log: Logger,
         worker_log: Logger,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
-        let trampoline = std::env::current_exe()?;
         let argv: Vec<OsString> = if config.pool.command.is_empty() {
-            vec![trampoline.clone().into_os_string(), "demo".into()]
+            vec![std::env::current_exe()?.into_os_string(), "demo".into()]
         } else {
             config.pool.command.iter().map(OsString::from).collect()
         };
@@ -119,7 +109,7 @@ impl Supervisor {
             log,
             worker_log,
             socket,
-            trampoline,
+            containment,
             argv,
             runtimes: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -149,6 +139,8 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
+        // Adopted orphans (the agent is a subreaper) are reaped or killed on each SIGCHLD.
+        let mut sigchld = signal(SignalKind::child())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut signals_seen = 0u32;
         if self.feed(Event::Start) {
@@ -173,6 +165,10 @@ impl Supervisor {
                     self.record_drain(worker);
                     Some(Event::Exited { worker, status })
                 }
+                _ = sigchld.recv() => {
+                    self.sweep_orphans();
+                    None
+                }
                 Some(worker) = self.ready_rx.recv() => Some(Event::Ready { worker }),
                 Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
                 Some(request) = self.requests_rx.recv() => Some(match request {
@@ -182,6 +178,7 @@ impl Supervisor {
                 _ = sleep => self.timers.pop().map(|Reverse((_, _, TimerKey(t)))| Event::Timer(t)),
                 _ = tick.tick() => {
                     self.heartbeat();
+                    self.sweep_orphans();
                     None
                 }
             };
@@ -192,8 +189,16 @@ impl Supervisor {
             }
         }
         self.systemd.stopping();
+        // Nothing of a worker outlives the agent.
+        self.containment.sweep(&HashMap::new(), &self.log);
         info!(self.log, "Every worker has stopped; the agent exits.");
         Ok(())
+    }
+
+    fn sweep_orphans(&self) {
+        let live: HashMap<u32, WorkerId> =
+            self.runtimes.iter().map(|(id, rt)| (rt.pid, *id)).collect();
+        self.containment.sweep(&live, &self.log);
     }
 
     fn shutdown_signal(&mut self, seen: &mut u32, name: &str) -> Option<Event> {
@@ -287,68 +292,6 @@ impl Supervisor {
             }
             Action::Exit => Some(Flow::Exit),
         }
-    }
-
-    fn spawn(&mut self, slot: usize, worker: WorkerId) -> Event {
-        let spec = SpawnSpec {
-            trampoline: &self.trampoline,
-            argv: &self.argv,
-            env: &self.config.pool.env,
-            cwd: self.config.pool.cwd.as_ref(),
-            listen_fd: self.socket.fd.as_raw_fd(),
-            listen_fd_name: &self.socket.name,
-            slot,
-            worker_id: worker,
-        };
-        let spawned = match spawn_worker(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(self.log, "A worker could not be started."; "worker" => slot, "error" => %e);
-                return Event::SpawnFailed { worker };
-            }
-        };
-        let pid = spawned.pid;
-        let log = self.log.new(o!("worker" => slot, "pid" => pid));
-        info!(log, "A worker started."; "worker_id" => worker);
-        let mut child = spawned.child;
-        let output_log = self.worker_log.new(o!("worker" => slot, "pid" => pid));
-        if let Some(out) = child.stdout.take() {
-            capture(out, "stdout", slot, output_log.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            capture(err, "stderr", slot, output_log);
-        }
-        let link = spawn_link(spawned.control, worker, self.links_tx.clone(), log.clone());
-        watch_worker(spawned.notify, worker, self.ready_tx.clone(), log.clone());
-        let exits = self.exits_tx.clone();
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(s) => match s.signal() {
-                    Some(sig) => ExitStatus::Signal(sig),
-                    None => ExitStatus::Code(s.code().unwrap_or(-1)),
-                },
-                Err(_) => ExitStatus::Code(-1),
-            };
-            // Whatever the worker left in its process group goes with it.
-            signal_group(pid, NixSignal::SIGKILL);
-            match status {
-                ExitStatus::Code(code) => info!(log, "A worker exited."; "exit_code" => code),
-                ExitStatus::Signal(sig) => {
-                    info!(log, "A worker was killed by a signal."; "signal" => sig)
-                }
-            }
-            let _ = exits.send((worker, status)).await;
-        });
-        self.runtimes.insert(
-            worker,
-            WorkerRuntime {
-                pid,
-                link,
-                started_wall: SystemTime::now(),
-                drain_started: None,
-            },
-        );
-        Event::Spawned { worker, pid }
     }
 }
 

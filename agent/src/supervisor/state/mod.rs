@@ -98,6 +98,19 @@ pub enum Timer {
     },
 }
 
+impl Timer {
+    /// The worker a timer is about; `None` for a slot's respawn.
+    pub fn worker(self) -> Option<WorkerId> {
+        match self {
+            Timer::Respawn { .. } => None,
+            Timer::ReadyTimeout { worker }
+            | Timer::MinUptime { worker }
+            | Timer::DrainDeadline { worker }
+            | Timer::KillDeadline { worker } => Some(worker),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Term,
