@@ -16,10 +16,11 @@ use crate::admin::{
     AdminState, AdminToken, install_recorder, load_or_create_token, router_with_api, serve,
     spawn_upkeep,
 };
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
+use crate::log::LevelHandle;
 use crate::profiles::{ProfileStore, ProfileStoreHandle, Trigger};
 use crate::sampler::{Roots, exposition_channel, run_sampler};
-use crate::supervisor::{Containment, RestartReason, Supervisor, listen};
+use crate::supervisor::{Containment, RestartReason, Supervisor, SupervisorParts, listen};
 use crate::watchdog::Watchdog;
 use crate::watchdog::rules::Rule;
 
@@ -27,10 +28,20 @@ use crate::watchdog::rules::Rule;
 const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// `worker_env`: variables every worker gets so it sees the agent's config.
-pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<()> {
+/// `source`: where `config` came from (a reload reads it again); `worker_env`: variables
+/// every worker gets so it sees the agent's config.
+pub fn run(
+    config: Config,
+    source: ConfigSource,
+    worker_env: Vec<(String, String)>,
+) -> anyhow::Result<()> {
     let (log, log_guard) = crate::log::init(&config.log);
-    let result = run_logged(config, worker_env, log.clone());
+    let parts = Parts {
+        source,
+        worker_env,
+        log_level: log_guard.level(),
+    };
+    let result = run_logged(config, parts, log.clone());
     if let Err(e) = &result {
         slog::error!(log, "The agent could not run."; "error" => format!("{e:#}"));
     }
@@ -39,12 +50,15 @@ pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<
     result
 }
 
-/// `root` has no context; each part gets its own `module`.
-fn run_logged(
-    config: Config,
+/// What `run` hands down besides the config.
+struct Parts {
+    source: ConfigSource,
     worker_env: Vec<(String, String)>,
-    root: Logger,
-) -> anyhow::Result<()> {
+    log_level: LevelHandle,
+}
+
+/// `root` has no context; each part gets its own `module`.
+fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> {
     let log = root.new(o!("module" => "agent"));
     prepare_state_dir(&config.state_dir)?;
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
@@ -75,17 +89,19 @@ fn run_logged(
         metrics::gauge!("heapwarden_profiles_limit_bytes")
             .set(config.profiles.max_bytes.bytes() as f64);
         metrics::gauge!("heapwarden_profiles_stored_bytes").set(store.stored_bytes() as f64);
-        register_zero_series(config.pool.worker_count());
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
-        let sup_log = root.new(o!("module" => "supervisor"));
-        let worker_log = root.new(o!("module" => "worker"));
         let (supervisor, handles) = Supervisor::new(
             config.clone(),
-            worker_env,
-            socket,
-            containment,
-            sup_log,
-            worker_log,
+            SupervisorParts {
+                socket,
+                containment,
+                source: parts.source,
+                log: root.new(o!("module" => "supervisor")),
+                log_level: parts.log_level,
+                worker_log: root.new(o!("module" => "worker")),
+                worker_env: parts.worker_env,
+                slot_series: register_zero_series,
+            },
         )?;
         let (exposition_writer, exposition_reader) = exposition_channel();
         let (samples_tx, samples_rx) = mpsc::channel(1024);
@@ -93,7 +109,7 @@ fn run_logged(
 
         let upkeep = spawn_upkeep(metrics.clone());
         let sampler = tokio::spawn(run_sampler(
-            config.sampling.clone(),
+            handles.config.clone(),
             Roots::system(Path::new(CGROUP_ROOT)),
             handles.view.clone(),
             samples_tx,
@@ -102,7 +118,7 @@ fn run_logged(
             root.new(o!("module" => "sampler")),
         ));
         let watchdog = Watchdog::new(
-            config.watchdog.clone(),
+            handles.config.clone(),
             handles.view.clone(),
             handles.requests.clone(),
             store.clone(),
@@ -145,8 +161,8 @@ fn run_logged(
 
 /// Counters exist from the start at 0, so dashboards and `rate()`/`increase()` see the
 /// first event instead of a series appearing out of nowhere.
-fn register_zero_series(workers: usize) {
-    for slot in 0..workers {
+fn register_zero_series(slots: std::ops::Range<usize>) {
+    for slot in slots {
         let worker = slot.to_string();
         for reason in RestartReason::ALL {
             metrics::counter!("heapwarden_worker_restarts_total", "worker" => worker.clone(), "reason" => reason.as_str()).increment(0);

@@ -5,11 +5,13 @@
 pub mod bounds;
 mod demo;
 mod load;
+pub mod reload;
 mod sections;
 pub mod types;
 
 pub use demo::DemoConfig;
 pub use load::{ConfigError, ConfigErrors, EX_CONFIG, env_name, load};
+pub use reload::{ConfigSource, ReloadPlan};
 pub use sections::*;
 
 #[cfg(test)]

@@ -34,6 +34,22 @@ pub fn record_slots(view: &PoolView) {
     }
 }
 
+/// Slots a reload removed: down, in no state (their series stay, at zero).
+pub fn record_removed_slots(slots: std::ops::Range<usize>) {
+    for slot in slots {
+        let worker = slot.to_string();
+        gauge!("heapwarden_worker_up", "worker" => worker.clone()).set(0.0);
+        for state in SlotState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(["budget_exhausted"])
+        {
+            gauge!("heapwarden_worker_state", "worker" => worker.clone(), "state" => state)
+                .set(0.0);
+        }
+    }
+}
+
 /// `dropped_since`: control messages the worker's probe dropped since the last round.
 pub fn record_worker(sample: &WorkerSample, dropped_since: u64) {
     let worker = sample.slot.to_string();

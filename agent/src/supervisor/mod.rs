@@ -17,7 +17,7 @@ pub mod view;
 pub use contain::{ContainError, Containment};
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use output::TRUNCATED_TOTAL as LOG_LINES_TRUNCATED;
-pub use runner::{Supervisor, SupervisorHandles};
+pub use runner::{Supervisor, SupervisorHandles, SupervisorParts};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
 
 use crate::config::Config;

@@ -15,8 +15,8 @@ pub use capture::{CaptureError, CaptureRequest, take_profile};
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
 
 use crate::admin::api::{FiguresView, SlotFigures};
-use crate::config::WatchdogConfig;
 use crate::config::types::{LeakAction, Watch};
+use crate::config::{Config, WatchdogConfig};
 use crate::log::RedactedJson;
 use crate::profiles::{ProfileFigures, ProfileStoreHandle, Trigger};
 use crate::sampler::WorkerSample;
@@ -74,6 +74,8 @@ pub struct Watchdog {
     rules: RulesConfig,
     slots: HashMap<usize, SlotWatch>,
     pool: watch::Receiver<PoolView>,
+    /// The running config; a reload's `[watchdog]` applies from the next sample.
+    settings: watch::Receiver<Config>,
     requests: mpsc::Sender<Request>,
     store: ProfileStoreHandle,
     figures: watch::Sender<FiguresView>,
@@ -82,18 +84,20 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn new(
-        config: WatchdogConfig,
+        mut settings: watch::Receiver<Config>,
         pool: watch::Receiver<PoolView>,
         requests: mpsc::Sender<Request>,
         store: ProfileStoreHandle,
         figures: watch::Sender<FiguresView>,
         log: Logger,
     ) -> Watchdog {
+        let config = settings.borrow_and_update().watchdog.clone();
         Watchdog {
             rules: RulesConfig::from_watchdog(&config),
             config,
             slots: HashMap::new(),
             pool,
+            settings,
             requests,
             store,
             figures,
@@ -109,6 +113,7 @@ impl Watchdog {
     }
 
     fn observe(&mut self, sample: WorkerSample) {
+        self.follow_settings();
         let slot = sample.slot;
         let trend = self.run_rules(&sample);
         // One publication per sample: API readers wake once per round.
@@ -132,6 +137,39 @@ impl Watchdog {
         if let Some(trip) = obs.trip.clone() {
             self.on_trip(&sample, figure, trip, &obs);
         }
+    }
+
+    /// Takes a reloaded `[watchdog]`: new thresholds for every worker's detector (its
+    /// history kept); a new watched figure starts every worker's rules afresh. Slots a
+    /// reload removed are forgotten.
+    fn follow_settings(&mut self) {
+        let slots = self.pool.borrow().slots.len();
+        self.slots.retain(|slot, _| *slot < slots);
+        self.figures.send_if_modified(|all| {
+            let before = all.len();
+            all.retain(|slot, _| *slot < slots);
+            all.len() != before
+        });
+        if !self.settings.has_changed().unwrap_or(false) {
+            return;
+        }
+        let new = self.settings.borrow_and_update().watchdog.clone();
+        if new == self.config {
+            return;
+        }
+        self.rules = RulesConfig::from_watchdog(&new);
+        if new.watch != self.config.watch {
+            self.slots.clear();
+        }
+        for watch in self.slots.values_mut() {
+            watch.detector.set_config(self.rules.clone());
+        }
+        info!(self.log, "The leak rules use new settings.";
+            "watch" => format!("{:?}", new.watch).to_lowercase(),
+            "max_memory" => new.max_memory.get().map(|s| s.bytes()),
+            "growth" => new.growth.get().map(|s| s.bytes()),
+            "trend_window_seconds" => new.trend_window.as_secs());
+        self.config = new;
     }
 
     /// Feeds the sample to its slot's rules, once the worker serving the slot is ready

@@ -137,6 +137,13 @@ impl LeakDetector {
         &self.config
     }
 
+    /// New thresholds (a reload) from the next sample on, keeping the worker's warm-up,
+    /// baseline and window: a changed rule judges the history already seen. The window is
+    /// trimmed to a shorter `trend-window` at the next sample.
+    pub fn set_config(&mut self, config: RulesConfig) {
+        self.config = config;
+    }
+
     pub fn baseline(&self) -> Option<u64> {
         self.baseline
     }

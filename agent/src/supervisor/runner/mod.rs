@@ -2,15 +2,17 @@
 //! world (child exits, control-channel messages, sd_notify, signals, timers, requests
 //! from the admin API and the watchdog) into events, and carries out the actions.
 //! `relay` fans cache invalidations out to the workers; `status` publishes the pool view
-//! and reports to systemd.
+//! and reports to systemd; `start` starts a worker; `reload` re-reads the config.
 
 mod relay;
+mod reload;
 mod start;
 mod status;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::ffi::OsString;
+use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
 use heapwarden_probes::channel::AgentMsg;
@@ -26,7 +28,9 @@ use super::listen::ServiceSocket;
 use super::notify::SystemdNotifier;
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, ConfigSource};
+use crate::log::LevelHandle;
+use reload::worker_command;
 use start::WorkerRuntime;
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
@@ -35,21 +39,31 @@ pub struct SupervisorHandles {
     pub requests: mpsc::Sender<Request>,
     /// Updated on every turn of the control loop; /healthz checks it is recent.
     pub heartbeat: watch::Receiver<Instant>,
+    /// The running config, replaced by every accepted reload.
+    pub config: watch::Receiver<Config>,
 }
 
 pub struct Supervisor {
+    /// The running config, as loaded (restart-only keys as at start).
     config: Config,
+    source: ConfigSource,
     log: Logger,
+    log_level: LevelHandle,
     /// Parent of every relayed output record: module `worker`, not one of the agent's.
     worker_log: Logger,
     pool: Pool,
     socket: ServiceSocket,
     containment: Containment,
+    /// The worker command and environment (`pool.env` over what the agent passes on).
     argv: Vec<OsString>,
+    env: BTreeMap<String, String>,
+    inherited_env: Vec<(String, String)>,
+    slot_series: fn(Range<usize>),
     runtimes: HashMap<WorkerId, WorkerRuntime>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
     timer_seq: u64,
     view_tx: watch::Sender<PoolView>,
+    config_tx: watch::Sender<Config>,
     heartbeat_tx: watch::Sender<Instant>,
     requests_rx: mpsc::Receiver<Request>,
     exits_tx: mpsc::Sender<(WorkerId, ExitStatus)>,
@@ -58,8 +72,25 @@ pub struct Supervisor {
     links_rx: mpsc::Receiver<LinkEvent>,
     ready_tx: mpsc::Sender<u64>,
     ready_rx: mpsc::Receiver<u64>,
+    reload_tx: mpsc::Sender<Result<Config, ConfigErrors>>,
+    reload_rx: mpsc::Receiver<Result<Config, ConfigErrors>>,
     systemd: SystemdNotifier,
     last_leak: Option<SystemTime>,
+}
+
+/// What the supervisor is built from besides the config.
+pub struct SupervisorParts {
+    pub socket: ServiceSocket,
+    pub containment: Containment,
+    /// Where the config came from, for reloads.
+    pub source: ConfigSource,
+    pub log: Logger,
+    pub log_level: LevelHandle,
+    pub worker_log: Logger,
+    /// Variables every worker gets so it sees the agent's config.
+    pub worker_env: Vec<(String, String)>,
+    /// Zero-initialises the per-slot series of new slots (at start and on scale-up).
+    pub slot_series: fn(Range<usize>),
 }
 
 /// `Timer` wrapped so the heap can order it (timers carry no meaningful order).
@@ -80,41 +111,38 @@ impl PartialOrd for TimerKey {
 
 impl Supervisor {
     pub fn new(
-        mut config: Config,
-        worker_env: Vec<(String, String)>,
-        socket: ServiceSocket,
-        containment: Containment,
-        log: Logger,
-        worker_log: Logger,
+        config: Config,
+        parts: SupervisorParts,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
-        let argv: Vec<OsString> = if config.pool.command.is_empty() {
-            vec![std::env::current_exe()?.into_os_string(), "demo".into()]
-        } else {
-            config.pool.command.iter().map(OsString::from).collect()
-        };
-        // The pool's own env wins over what the agent passes on.
-        for (key, value) in worker_env {
-            config.pool.env.entry(key).or_insert(value);
-        }
+        let (argv, env) = worker_command(&config, &parts.worker_env)?;
         let settings = super::settings_from(&config);
         let (view_tx, view) = watch::channel(PoolView::default());
+        let (config_tx, config_rx) = watch::channel(config.clone());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());
         let (requests, requests_rx) = mpsc::channel(64);
         let (exits_tx, exits_rx) = mpsc::channel(256);
         let (links_tx, links_rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = mpsc::channel(256);
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        (parts.slot_series)(0..settings.workers);
         let supervisor = Supervisor {
             pool: Pool::new(settings),
             config,
-            log,
-            worker_log,
-            socket,
-            containment,
+            source: parts.source,
+            log: parts.log,
+            log_level: parts.log_level,
+            worker_log: parts.worker_log,
+            socket: parts.socket,
+            containment: parts.containment,
             argv,
+            env,
+            inherited_env: parts.worker_env,
+            slot_series: parts.slot_series,
             runtimes: HashMap::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             view_tx,
+            config_tx,
             heartbeat_tx,
             requests_rx,
             exits_tx,
@@ -123,6 +151,8 @@ impl Supervisor {
             links_rx,
             ready_tx,
             ready_rx,
+            reload_tx,
+            reload_rx,
             systemd: SystemdNotifier::from_env(),
             last_leak: None,
         };
@@ -130,6 +160,7 @@ impl Supervisor {
             view,
             requests,
             heartbeat,
+            config: config_rx,
         };
         Ok((supervisor, handles))
     }
@@ -158,8 +189,13 @@ impl Supervisor {
                 _ = sigterm.recv() => self.shutdown_signal(&mut signals_seen, "SIGTERM"),
                 _ = sigint.recv() => self.shutdown_signal(&mut signals_seen, "SIGINT"),
                 _ = sighup.recv() => {
-                    info!(self.log, "SIGHUP received: replacing every worker, one slot at a time.");
-                    Some(Event::Reload)
+                    info!(self.log, "SIGHUP received: reloading the config.");
+                    self.start_reload();
+                    None
+                }
+                Some(loaded) = self.reload_rx.recv() => {
+                    self.finish_reload(loaded);
+                    None
                 }
                 Some((worker, status)) = self.exits_rx.recv() => {
                     self.record_drain(worker);
@@ -171,10 +207,14 @@ impl Supervisor {
                 }
                 Some(worker) = self.ready_rx.recv() => Some(Event::Ready { worker }),
                 Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
-                Some(request) = self.requests_rx.recv() => Some(match request {
-                    Request::Replace { slot, reason } => Event::Replace { slot, reason },
-                    Request::Reload => Event::Reload,
-                }),
+                Some(request) = self.requests_rx.recv() => match request {
+                    Request::Replace { slot, reason } => Some(Event::Replace { slot, reason }),
+                    Request::Reload => {
+                        info!(self.log, "A reload was requested: reloading the config.");
+                        self.start_reload();
+                        None
+                    }
+                },
                 _ = sleep => self.timers.pop().map(|Reverse((_, _, TimerKey(t)))| Event::Timer(t)),
                 _ = tick.tick() => {
                     self.heartbeat();

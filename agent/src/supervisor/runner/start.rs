@@ -60,7 +60,7 @@ impl Supervisor {
         };
         let spec = SpawnSpec {
             argv: &self.argv,
-            env: &self.config.pool.env,
+            env: &self.env,
             cwd: self.config.pool.cwd.as_ref(),
             listen_fd: self.socket.fd.as_raw_fd(),
             listen_fd_name: &self.socket.name,

@@ -71,6 +71,11 @@ impl Pool {
             self.exit_if_done(out);
             return;
         }
+        if slot >= self.active {
+            // A retiring slot: nothing restarts there; it goes once empty.
+            self.trim_retired();
+            return;
+        }
         match w.role {
             Role::Draining => {}
             Role::Current => {
@@ -142,7 +147,10 @@ impl Pool {
     pub(super) fn on_timer(&mut self, timer: Timer, now: Instant, out: &mut Vec<Action>) {
         match timer {
             Timer::Respawn { slot, epoch } => {
-                if self.stopping || self.slots.get(slot).is_none_or(|s| s.epoch != epoch) {
+                if self.stopping
+                    || slot >= self.active
+                    || self.slots.get(slot).is_none_or(|s| s.epoch != epoch)
+                {
                     return;
                 }
                 let retry = self.slots[slot].retry_replacement.take();

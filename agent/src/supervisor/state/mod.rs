@@ -15,10 +15,12 @@
 //! ¹ the serving worker exited and a not-yet-ready replacement takes over.
 //!
 //! `lifecycle` handles a worker's life (start, ready, exit, backoff, timers, drain);
-//! `replace` the make-before-break queue and the leak-restart budget.
+//! `replace` the make-before-break queue and the leak-restart budget; `scale` new
+//! settings from a reload (more slots, or fewer: the surplus slots drain and go).
 
 mod lifecycle;
 mod replace;
+mod scale;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -28,7 +30,7 @@ use crate::config::RestartConfig;
 
 pub type WorkerId = u64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub workers: usize,
     pub min_uptime: Duration,
@@ -73,6 +75,9 @@ pub enum Event {
         reason: RestartReason,
     },
     Reload,
+    /// A reloaded config: new timeouts, restart policy and budget from now on, and the
+    /// slot count (surplus slots drain; new ones start). Applied before `Reload`.
+    Reconfigure(PoolSettings),
     Shutdown,
     ForceShutdown,
 }
@@ -197,7 +202,10 @@ struct Slot {
 #[derive(Debug)]
 pub struct Pool {
     settings: PoolSettings,
+    /// Slots `0..active` serve; any beyond are retiring (their last workers draining)
+    /// and are dropped once empty.
     slots: Vec<Slot>,
+    active: usize,
     workers: BTreeMap<WorkerId, Worker>,
     next_id: WorkerId,
     stopping: bool,
@@ -233,9 +241,9 @@ fn backoff_delay(r: &RestartConfig, attempt: u32) -> Duration {
     }
 }
 
-impl Pool {
-    pub fn new(settings: PoolSettings) -> Pool {
-        let slot = Slot {
+impl Slot {
+    fn new() -> Slot {
+        Slot {
             phase: Phase::Running,
             attempt: 0,
             failures: VecDeque::new(),
@@ -244,9 +252,15 @@ impl Pool {
             budget_exhausted: false,
             retry_replacement: None,
             epoch: 0,
-        };
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Pool {
         Pool {
-            slots: vec![slot; settings.workers],
+            slots: (0..settings.workers).map(|_| Slot::new()).collect(),
+            active: settings.workers,
             settings,
             workers: BTreeMap::new(),
             next_id: 1,
@@ -256,10 +270,10 @@ impl Pool {
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        let before: Vec<SlotState> = (0..self.slots.len()).map(|s| self.slot_state(s)).collect();
+        let before: Vec<SlotState> = (0..self.active).map(|s| self.slot_state(s)).collect();
         let mut out = Vec::new();
         self.dispatch(event, now, &mut out);
-        for (slot, from) in before.into_iter().enumerate() {
+        for (slot, from) in before.into_iter().enumerate().take(self.active) {
             let to = self.slot_state(slot);
             debug_assert!(
                 allowed(from, to),
@@ -272,7 +286,7 @@ impl Pool {
     fn dispatch(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
         match event {
             Event::Start => {
-                for slot in 0..self.slots.len() {
+                for slot in 0..self.active {
                     self.spawn(slot, Role::Current, now, out);
                 }
             }
@@ -296,7 +310,7 @@ impl Pool {
             Event::Replace { slot, reason } => self.request_replacement(slot, reason, now, out),
             Event::Reload => {
                 if !self.stopping {
-                    for slot in 0..self.slots.len() {
+                    for slot in 0..self.active {
                         let queued = self.replace_queue.iter().any(|(s, _)| *s == slot);
                         if !queued {
                             self.replace_queue.push_back((slot, RestartReason::Reload));
@@ -305,6 +319,7 @@ impl Pool {
                     self.pump(now, out);
                 }
             }
+            Event::Reconfigure(settings) => self.reconfigure(settings, now, out),
             Event::Shutdown => {
                 if !self.stopping {
                     self.stopping = true;
@@ -334,8 +349,9 @@ impl Pool {
 
     // ---- read side, for the published view ----
 
+    /// Serving slots (retiring ones are not counted).
     pub fn slot_count(&self) -> usize {
-        self.slots.len()
+        self.active
     }
 
     pub fn stopping(&self) -> bool {
@@ -393,5 +409,7 @@ pub fn allowed(from: SlotState, to: SlotState) -> bool {
 
 #[cfg(test)]
 mod overflow_tests;
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;

@@ -133,6 +133,8 @@ enum Step {
     Advance(Duration),
     Replace(usize, usize),
     Reload,
+    /// A reload to this many workers, keeping the other settings.
+    Scale(usize),
     Shutdown,
 }
 
@@ -167,6 +169,7 @@ fn any_step() -> impl Strategy<Value = Step> {
         any_duration().prop_map(Step::Advance),
         (0usize..4, 0usize..6).prop_map(|(s, r)| Step::Replace(s, r)),
         Just(Step::Reload),
+        (1usize..5).prop_map(Step::Scale),
         Just(Step::Shutdown),
     ]
 }
@@ -202,7 +205,7 @@ proptest! {
             max_concurrent_replacements: 1,
             max_leak_restarts_per_hour: 3,
         };
-        let mut pool = Pool::new(settings);
+        let mut pool = Pool::new(settings.clone());
         let mut now = Instant::now();
         let mut pid = 0;
         let mut timers: Vec<(Instant, Timer)> = Vec::new();
@@ -246,6 +249,7 @@ proptest! {
                     reason: RestartReason::ALL[r % RestartReason::ALL.len()],
                 }),
                 Step::Reload => Some(Event::Reload),
+                Step::Scale(workers) => Some(Event::Reconfigure(PoolSettings { workers, ..settings.clone() })),
                 Step::Shutdown => Some(Event::Shutdown),
             };
             if let Some(event) = event {
