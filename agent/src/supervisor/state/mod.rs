@@ -412,4 +412,6 @@ mod overflow_tests;
 #[cfg(test)]
 mod scale_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 
+use super::test_support::{feed, spawns};
 use super::*;
 
 fn restart(initial: Duration, max: Duration, factor: f64, max_restarts: u32) -> RestartConfig {
@@ -27,21 +28,6 @@ fn settings(restart: RestartConfig, timeout: Duration) -> PoolSettings {
         max_concurrent_replacements: 1,
         max_leak_restarts_per_hour: 2,
     }
-}
-
-/// Feeds `event` and answers every Spawn with Spawned; returns all actions.
-fn feed(pool: &mut Pool, event: Event, now: Instant, pid: &mut u32) -> Vec<Action> {
-    let mut actions = pool.handle(event, now);
-    let mut i = 0;
-    while i < actions.len() {
-        if let Action::Spawn { worker, .. } = actions[i] {
-            *pid += 1;
-            let more = pool.handle(Event::Spawned { worker, pid: *pid }, now);
-            actions.extend(more);
-        }
-        i += 1;
-    }
-    actions
 }
 
 #[test]
@@ -78,7 +64,7 @@ fn factor_ten_caps_at_max_delay_instead_of_overflowing() {
         now = at;
         actions = feed(&mut pool, Event::Timer(timer), now, &mut pid);
     }
-    assert!(!spawned(&actions).is_empty(), "still restarting");
+    assert!(!spawns(&actions).is_empty(), "still restarting");
 }
 
 #[test]
@@ -109,16 +95,6 @@ fn deadlines_beyond_the_clock_saturate() {
             ..
         }
     )));
-}
-
-fn spawned(actions: &[Action]) -> Vec<WorkerId> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Spawn { worker, .. } => Some(*worker),
-            _ => None,
-        })
-        .collect()
 }
 
 /// One step of a random scenario.

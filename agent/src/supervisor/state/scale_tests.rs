@@ -1,27 +1,8 @@
 //! Reconfiguring a running pool (a reload): scale up, scale down with drains, scale back
 //! up while slots still drain, and new settings for the next decision. Fake clock.
 
+use super::test_support::{feed, settings, spawns};
 use super::*;
-
-fn settings(workers: usize) -> PoolSettings {
-    PoolSettings {
-        workers,
-        min_uptime: Duration::from_secs(5),
-        ready_timeout: Duration::from_secs(30),
-        drain_timeout: Duration::from_secs(30),
-        kill_timeout: Duration::from_secs(10),
-        restart: RestartConfig {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(15),
-            factor: 2.0,
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            cool_down: Duration::from_secs(300),
-        },
-        max_concurrent_replacements: 1,
-        max_leak_restarts_per_hour: 2,
-    }
-}
 
 struct Pools {
     pool: Pool,
@@ -46,29 +27,12 @@ impl Pools {
     }
 
     fn feed(&mut self, event: Event) -> Vec<Action> {
-        let mut actions = self.pool.handle(event, self.now);
-        let spawned: Vec<WorkerId> = spawned(&actions);
-        for worker in spawned {
-            self.pid += 1;
-            let pid = self.pid;
-            actions.extend(self.pool.handle(Event::Spawned { worker, pid }, self.now));
-        }
-        actions
+        feed(&mut self.pool, event, self.now, &mut self.pid)
     }
 
     fn serving(&self, slot: usize) -> WorkerId {
         self.pool.serving(slot).expect("a serving worker").id
     }
-}
-
-fn spawned(actions: &[Action]) -> Vec<WorkerId> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Spawn { worker, .. } => Some(*worker),
-            _ => None,
-        })
-        .collect()
 }
 
 fn drained(actions: &[Action]) -> Vec<WorkerId> {
@@ -85,7 +49,7 @@ fn drained(actions: &[Action]) -> Vec<WorkerId> {
 fn scaling_up_starts_a_worker_per_new_slot() {
     let mut p = Pools::ready(2);
     let actions = p.feed(Event::Reconfigure(settings(3)));
-    assert_eq!(spawned(&actions).len(), 1);
+    assert_eq!(spawns(&actions).len(), 1);
     assert_eq!(p.pool.slot_count(), 3);
     assert_eq!(p.pool.slot_state(2), SlotState::Starting);
     assert!(drained(&actions).is_empty(), "nobody else is touched");
@@ -99,7 +63,7 @@ fn scaling_down_drains_the_surplus_slots_which_go_once_empty_and_never_restart()
     let mut gone = drained(&actions);
     gone.sort_unstable();
     assert_eq!(gone, vec![w1, w2]);
-    assert!(spawned(&actions).is_empty());
+    assert!(spawns(&actions).is_empty());
     assert_eq!(p.pool.slot_count(), 1);
     assert_eq!(p.pool.retiring(), 2);
     let exit = |worker| Event::Exited {
@@ -124,14 +88,14 @@ fn scaling_back_up_while_slots_drain_reuses_them() {
     let old = p.serving(2);
     p.feed(Event::Reconfigure(settings(2)));
     let actions = p.feed(Event::Reconfigure(settings(3)));
-    assert_eq!(spawned(&actions).len(), 1, "slot 2 gets a new worker");
+    assert_eq!(spawns(&actions).len(), 1, "slot 2 gets a new worker");
     assert_ne!(p.serving(2), old);
     let actions = p.feed(Event::Exited {
         worker: old,
         status: ExitStatus::Code(0),
     });
     assert!(
-        spawned(&actions).is_empty(),
+        spawns(&actions).is_empty(),
         "the drained one is not replaced again"
     );
     assert_eq!(p.pool.retiring(), 0);
@@ -142,7 +106,7 @@ fn scaling_back_up_while_slots_drain_reuses_them() {
 fn a_replacement_in_flight_in_a_retired_slot_is_stopped() {
     let mut p = Pools::ready(2);
     let actions = p.feed(Event::Reload);
-    let replacement = spawned(&actions)[0];
+    let replacement = spawns(&actions)[0];
     assert_eq!(p.pool.worker(replacement).map(|w| w.slot), Some(0));
     let w1 = p.serving(1);
     let actions = p.feed(Event::Reconfigure(settings(1)));
