@@ -5,6 +5,8 @@
 //! buffer is reserved, so a corrupt or hostile peer can cost at most one frame of memory.
 //! Decoding never panics: every malformed input is a [`FrameError`].
 
+#[cfg(test)]
+mod fixture_tests;
 mod messages;
 #[cfg(test)]
 mod tests;
@@ -12,7 +14,7 @@ mod tests;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use messages::{AgentMsg, WorkerMsg};
+pub use messages::{AgentMsg, DumpFormat, DumpKind, Runtime, WorkerMsg};
 
 /// Version byte carried by every frame. Bumped on incompatible message changes.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -141,6 +141,7 @@ impl Probe {
         shared.send(WorkerMsg::Hello {
             pid: std::process::id(),
             probe_version: env!("CARGO_PKG_VERSION").to_string(),
+            runtime: crate::channel::Runtime::Rust,
         })?;
         let spawn_error = |source| ProbeError::Io {
             doing: "starting a probe thread",

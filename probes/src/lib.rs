@@ -45,7 +45,9 @@ mod liveness;
 mod stats;
 
 pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
-pub use channel::{AgentMsg, FrameDecoder, FrameError, PROTOCOL_VERSION, WorkerMsg};
+pub use channel::{
+    AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
+};
 pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe};
 pub use dump::dump_profile;
 pub use error::ProbeError;

@@ -32,6 +32,8 @@ struct Target {
 struct ProbeReply {
     heap: Option<HeapStats>,
     runtime_lag_seconds: Option<f64>,
+    external_bytes: Option<u64>,
+    array_buffers_bytes: Option<u64>,
     dropped: Option<u64>,
     metrics: Option<String>,
 }
@@ -173,6 +175,9 @@ impl SamplerState {
                 processes: tree.processes,
                 heap: reply.heap,
                 runtime_lag_seconds: reply.runtime_lag_seconds,
+                external_bytes: reply.external_bytes,
+                array_buffers_bytes: reply.array_buffers_bytes,
+                dumping: target.link.as_ref().is_some_and(ControlLink::is_dumping),
             };
             let dropped_since = reply.dropped.map_or(0, |now| {
                 let last = self.dropped.insert(target.worker_id, now).unwrap_or(0);
@@ -257,6 +262,10 @@ async fn ask_probe(
     timeout: Duration,
 ) -> Option<Result<ProbeReply, LinkError>> {
     let link = link?;
+    if link.is_dumping() {
+        // Blocked in a heap snapshot: no answer is coming, and none is missed.
+        return None;
+    }
     let reply = link
         .request(move |seq| AgentMsg::Sample { seq, metrics }, timeout)
         .await;
@@ -266,10 +275,14 @@ async fn ask_probe(
             runtime_lag_seconds,
             dropped,
             metrics,
+            external_bytes,
+            array_buffers_bytes,
             ..
         } => ProbeReply {
             heap,
             runtime_lag_seconds,
+            external_bytes,
+            array_buffers_bytes,
             dropped: Some(dropped),
             metrics,
         },

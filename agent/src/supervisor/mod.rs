@@ -2,6 +2,7 @@
 //! channel, restarts what exits, replaces workers make-before-break, and stops them all
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
+pub mod attach;
 mod contain;
 pub mod link;
 pub mod listen;
@@ -15,6 +16,7 @@ pub mod state;
 pub mod view;
 
 pub use contain::{ContainError, Containment};
+pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use output::TRUNCATED_TOTAL as LOG_LINES_TRUNCATED;
 pub use runner::{Supervisor, SupervisorHandles, SupervisorParts};
@@ -33,5 +35,6 @@ pub fn settings_from(config: &Config) -> PoolSettings {
         restart: config.pool.restart.clone(),
         max_concurrent_replacements: config.watchdog.max_concurrent_replacements as usize,
         max_leak_restarts_per_hour: config.watchdog.max_leak_restarts_per_hour as usize,
+        probe_hello_grace: None,
     }
 }

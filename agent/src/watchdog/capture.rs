@@ -1,15 +1,17 @@
-//! Taking one heap profile: reserve it in the store, have the worker write jemalloc's raw
-//! dump (cheap, in the worker), convert and symbolize it in a helper process (heavy, out
-//! of the worker and out of the agent), then commit it. Used for baseline, leak and
-//! on-demand profiles alike.
+//! Taking one heap profile: reserve it in the store, have the worker write its raw dump
+//! (cheap, in the worker: jemalloc's `prof.dump`, or V8's sampling profile from the Node
+//! probe), convert it in a helper process (heavy, out of the worker and out of the
+//! agent) by the format the worker reported, then commit it. Used for baseline, leak and
+//! on-demand profiles alike. Heap snapshots are `snapshot.rs`.
 
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
+use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use crate::profiles::{
     ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger, convert_in_helper,
+    convert_v8_in_helper,
 };
 use crate::supervisor::ControlLink;
 
@@ -108,19 +110,43 @@ async fn capture(
         .map_err(CaptureError::Skipped)?;
     let path = pending.raw_path.display().to_string();
     let reply = link
-        .request(move |seq| AgentMsg::Dump { seq, path }, DUMP_TIMEOUT)
+        .request(
+            move |seq| AgentMsg::Dump {
+                seq,
+                path,
+                kind: DumpKind::Profile,
+            },
+            DUMP_TIMEOUT,
+        )
         .await;
-    let dump_error = match reply {
-        Ok(WorkerMsg::ProfileWritten { error: None, .. }) => None,
-        Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Some(e),
-        Ok(other) => Some(format!("unexpected reply {other:?}")),
-        Err(e) => Some(e.to_string()),
-    };
-    if let Some(reason) = dump_error {
-        store.abort(pending).await;
-        return Err(CaptureError::Dump { slot, pid, reason });
+    let written = match reply {
+        Ok(WorkerMsg::ProfileWritten {
+            error: None,
+            format,
+            ..
+        }) => Ok(format),
+        Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Err(e),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
-    if let Err(e) = convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await {
+    .and_then(|format| match format {
+        DumpFormat::V8Snapshot => Err("the worker wrote a heap snapshot, not a profile".into()),
+        other => Ok(other),
+    });
+    let converted = match written {
+        Ok(DumpFormat::Jemalloc) => {
+            convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await
+        }
+        Ok(DumpFormat::V8Sampling) => {
+            convert_v8_in_helper(&pending.raw_path, &pending.out_path).await
+        }
+        Ok(DumpFormat::V8Snapshot) | Err(_) => {
+            let reason = written.err().unwrap_or_default();
+            store.abort(pending).await;
+            return Err(CaptureError::Dump { slot, pid, reason });
+        }
+    };
+    if let Err(e) = converted {
         store.abort(pending).await;
         return Err(CaptureError::Convert {
             slot,

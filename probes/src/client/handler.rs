@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use serde_json::json;
 
 use super::{Shared, lock, read_hooks};
-use crate::channel::{AgentMsg, FrameDecoder, WorkerMsg};
+use crate::channel::{AgentMsg, DumpFormat, DumpKind, FrameDecoder, WorkerMsg};
 use crate::diag::warn;
 use crate::dump::dump_profile;
 use crate::stats::HeapStats;
@@ -76,7 +76,21 @@ fn reply(shared: &Shared, msg: WorkerMsg) {
 fn handle(shared: &Shared, msg: AgentMsg) {
     match msg {
         AgentMsg::Sample { seq, metrics } => reply(shared, sample(shared, seq, metrics)),
-        AgentMsg::Dump { seq, path } => {
+        AgentMsg::Dump { seq, path, kind } => {
+            if kind != DumpKind::Profile {
+                let error = Some("this probe writes jemalloc heap profiles only; heap snapshots need the Node probe".to_string());
+                reply(
+                    shared,
+                    WorkerMsg::ProfileWritten {
+                        seq,
+                        path,
+                        error,
+                        micros: 0,
+                        format: DumpFormat::Jemalloc,
+                    },
+                );
+                return;
+            }
             let (error, micros) = match dump_profile(Path::new(&path)) {
                 Ok(took) => (None, u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
                 Err(error) => (Some(error.to_string()), 0),
@@ -88,6 +102,7 @@ fn handle(shared: &Shared, msg: AgentMsg) {
                     path,
                     error,
                     micros,
+                    format: DumpFormat::Jemalloc,
                 },
             );
         }
@@ -149,5 +164,7 @@ fn sample(shared: &Shared, seq: u64, with_metrics: bool) -> WorkerMsg {
         runtime_lag_seconds: runtime_lag.map(|lag| lag.lag_seconds()),
         dropped: shared.dropped.load(Ordering::Relaxed),
         metrics,
+        external_bytes: None,
+        array_buffers_bytes: None,
     }
 }

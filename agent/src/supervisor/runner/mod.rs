@@ -10,8 +10,7 @@ mod start;
 mod status;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::ffi::OsString;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,7 +29,7 @@ use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
 use crate::config::{Config, ConfigErrors, ConfigSource};
 use crate::log::LevelHandle;
-use reload::worker_command;
+use reload::WorkerCommand;
 use start::WorkerRuntime;
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
@@ -54,9 +53,8 @@ pub struct Supervisor {
     pool: Pool,
     socket: ServiceSocket,
     containment: Containment,
-    /// The worker command and environment (`pool.env` over what the agent passes on).
-    argv: Vec<OsString>,
-    env: BTreeMap<String, String>,
+    /// What workers are started with; prepared again by each reload.
+    command: WorkerCommand,
     inherited_env: Vec<(String, String)>,
     slot_series: fn(Range<usize>),
     runtimes: HashMap<WorkerId, WorkerRuntime>,
@@ -114,8 +112,14 @@ impl Supervisor {
         config: Config,
         parts: SupervisorParts,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
-        let (argv, env) = worker_command(&config, &parts.worker_env)?;
-        let settings = super::settings_from(&config);
+        let command = WorkerCommand::prepare(
+            &config,
+            &parts.worker_env,
+            parts.socket.local_addr,
+            &parts.log,
+        )?;
+        let mut settings = super::settings_from(&config);
+        settings.probe_hello_grace = command.hello_grace(&config);
         let (view_tx, view) = watch::channel(PoolView::default());
         let (config_tx, config_rx) = watch::channel(config.clone());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());
@@ -134,8 +138,7 @@ impl Supervisor {
             worker_log: parts.worker_log,
             socket: parts.socket,
             containment: parts.containment,
-            argv,
-            env,
+            command,
             inherited_env: parts.worker_env,
             slot_series: parts.slot_series,
             runtimes: HashMap::new(),

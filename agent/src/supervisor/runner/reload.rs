@@ -11,29 +11,70 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use slog::{error, info, warn};
+use slog::{Logger, error, info, warn};
 
+use super::super::attach::{self, Attached};
 use super::super::state::Event;
 use super::Supervisor;
 use crate::config::{Config, ConfigErrors, reload};
 
-/// The argv and environment workers are started with: `pool.command` (or this binary's
-/// `demo` role), and `pool.env` over the variables the agent passes on.
-pub fn worker_command(
-    config: &Config,
-    inherited: &[(String, String)],
-) -> std::io::Result<(Vec<OsString>, BTreeMap<String, String>)> {
-    let argv: Vec<OsString> = if config.pool.command.is_empty() {
-        vec![std::env::current_exe()?.into_os_string(), "demo".into()]
-    } else {
-        config.pool.command.iter().map(OsString::from).collect()
-    };
-    let mut env = config.pool.env.clone();
-    for (key, value) in inherited {
-        env.entry(key.clone()).or_insert_with(|| value.clone());
+/// What workers are started with: `pool.command` (or this binary's `demo` role), the
+/// environment (`pool.env` over the variables the agent passes on, plus the probe's), and
+/// the probe attached to them.
+pub struct WorkerCommand {
+    pub argv: Vec<OsString>,
+    pub env: BTreeMap<String, String>,
+    pub attached: Option<Attached>,
+}
+
+impl WorkerCommand {
+    pub fn prepare(
+        config: &Config,
+        inherited: &[(String, String)],
+        listen: Option<SocketAddr>,
+        log: &Logger,
+    ) -> std::io::Result<WorkerCommand> {
+        let argv: Vec<OsString> = if config.pool.command.is_empty() {
+            vec![std::env::current_exe()?.into_os_string(), "demo".into()]
+        } else {
+            config.pool.command.iter().map(OsString::from).collect()
+        };
+        let mut env = config.pool.env.clone();
+        for (key, value) in inherited {
+            env.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        let plan = attach::prepare(
+            config.pool.probe,
+            &argv,
+            &env,
+            &config.state_dir,
+            listen.map(|a| a.port()),
+        );
+        if let Some(why) = &plan.not_attached {
+            warn!(log, "The probe cannot be attached; workers run as plain programs with procfs figures only.";
+                "probe" => config.pool.probe.as_str(), "reason" => why.as_str());
+        }
+        if let Some(probe) = plan.attached {
+            info!(log, "Workers get a probe."; "probe" => probe.as_str());
+        }
+        env.extend(plan.env);
+        Ok(WorkerCommand {
+            argv,
+            env,
+            attached: plan.attached,
+        })
     }
-    Ok((argv, env))
+
+    /// How long a worker given a probe has to say hello before it is taken for one that
+    /// never loads it (and sampled from procfs only); half the ready timeout at most, so
+    /// a plain worker is still ready in time.
+    pub fn hello_grace(&self, config: &Config) -> Option<Duration> {
+        self.attached
+            .map(|_| (config.pool.ready_timeout / 2).min(Duration::from_secs(10)))
+    }
 }
 
 impl Supervisor {
@@ -66,18 +107,24 @@ impl Supervisor {
         for key in &plan.needs_restart {
             warn!(self.log, "A changed setting needs a restart to take effect."; "key" => *key);
         }
-        let (argv, env) = match worker_command(&plan.config, &self.inherited_env) {
+        let listen = self.socket.local_addr;
+        let command = match WorkerCommand::prepare(
+            &plan.config,
+            &self.inherited_env,
+            listen,
+            &self.log,
+        ) {
             Ok(command) => command,
             Err(e) => {
                 error!(self.log, "The reloaded worker command cannot be resolved; the running config stays.";
-                    "error" => %e);
+                        "error" => %e);
                 return;
             }
         };
-        self.argv = argv;
-        self.env = env;
+        let mut settings = crate::supervisor::settings_from(&plan.config);
+        settings.probe_hello_grace = command.hello_grace(&plan.config);
+        self.command = command;
         self.log_level.set(plan.config.log.level);
-        let settings = crate::supervisor::settings_from(&plan.config);
         let (from, to) = (self.pool.slot_count(), settings.workers);
         if to > from {
             (self.slot_series)(from..to);

@@ -22,6 +22,8 @@ use super::{Supervisor, signal_group};
 pub(super) struct WorkerRuntime {
     pub pid: u32,
     pub link: ControlLink,
+    /// From the latest hello on the channel (the claimant's probe).
+    pub runtime: Option<heapwarden_probes::Runtime>,
     pub started_wall: SystemTime,
     /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
     pub drain_started: Option<Instant>,
@@ -59,8 +61,8 @@ impl Supervisor {
             Err(e) => return failed(self, "notify socket", e),
         };
         let spec = SpawnSpec {
-            argv: &self.argv,
-            env: &self.env,
+            argv: &self.command.argv,
+            env: &self.command.env,
             cwd: self.config.pool.cwd.as_ref(),
             listen_fd: self.socket.fd.as_raw_fd(),
             listen_fd_name: &self.socket.name,
@@ -85,7 +87,17 @@ impl Supervisor {
         if let Some(err) = child.stderr.take() {
             capture(err, "stderr", slot, output_log);
         }
-        let link = spawn_link(spawned.control, worker, self.links_tx.clone(), log.clone());
+        let hello_grace = self
+            .command
+            .attached
+            .zip(self.command.hello_grace(&self.config));
+        let link = spawn_link(
+            spawned.control,
+            worker,
+            self.links_tx.clone(),
+            hello_grace,
+            log.clone(),
+        );
         let watcher = notify::watch_worker(
             notify_socket,
             worker,
@@ -117,6 +129,7 @@ impl Supervisor {
             WorkerRuntime {
                 pid,
                 link,
+                runtime: None,
                 started_wall: SystemTime::now(),
                 drain_started: None,
                 _resources: WorkerResources {

@@ -72,8 +72,10 @@ pub fn move_high(fd: OwnedFd) -> io::Result<OwnedFd> {
 
 /// The worker's environment: the agent's (minus systemd's variables about the agent),
 /// the pool's `env`, then what heapwarden tells every worker.
-pub fn worker_env(spec: &SpawnSpec<'_>) -> ChildEnv {
+pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
     let ours: Vec<(&str, String)> = vec![
+        // Lets a probe check that fd 4 really is this socket before it claims the channel.
+        ("HEAPWARDEN_CONTROL_INO", control_ino.to_string()),
         ("LISTEN_FDS", "1".into()),
         ("LISTEN_FDNAMES", spec.listen_fd_name.into()),
         ("HEAPWARDEN_CONTROL_FD", CONTROL_FD.to_string()),
@@ -108,10 +110,13 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
     .map_err(io::Error::from)?;
     let worker_end = move_high(worker_end)?;
     clear_nonblocking(&worker_end)?;
+    let control_ino = nix::sys::stat::fstat(&worker_end)
+        .map_err(io::Error::from)?
+        .st_ino;
 
     // The environment is not set through `Command` (std would then install its own
     // `envp` after our closure ran): the closure installs `env` itself.
-    let mut env = worker_env(spec);
+    let mut env = worker_env(spec, control_ino);
     let mut command = Command::new(program);
     command
         .args(args)

@@ -166,13 +166,24 @@ impl Pool {
                     return;
                 };
                 let (slot, plain_and_waiting) = (w.slot, !w.probe && !w.ready);
+                let hello_due = self
+                    .settings
+                    .probe_hello_grace
+                    .map(|grace| w.started_at + grace)
+                    .filter(|due| *due > now);
                 if w.role == Role::Current {
                     self.slots[slot].attempt = 0;
                 }
                 // A worker without the probe and without sd_notify is ready once it
-                // has stayed up this long.
-                if plain_and_waiting {
-                    self.on_ready(worker, now, out);
+                // has stayed up this long, and, when it was given a probe, once that
+                // probe had its chance to say hello.
+                match (plain_and_waiting, hello_due) {
+                    (true, Some(at)) => out.push(Action::Schedule {
+                        at,
+                        timer: Timer::MinUptime { worker },
+                    }),
+                    (true, None) => self.on_ready(worker, now, out),
+                    (false, _) => {}
                 }
             }
             Timer::ReadyTimeout { worker } => {

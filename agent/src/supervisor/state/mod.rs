@@ -40,6 +40,9 @@ pub struct PoolSettings {
     pub restart: RestartConfig,
     pub max_concurrent_replacements: usize,
     pub max_leak_restarts_per_hour: usize,
+    /// Set when every worker was given a probe (`pool.probe`): a worker that has not
+    /// said hello is not taken for a plain program (ready at `min-uptime`) before this.
+    pub probe_hello_grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

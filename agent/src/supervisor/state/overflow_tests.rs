@@ -27,6 +27,7 @@ fn settings(restart: RestartConfig, timeout: Duration) -> PoolSettings {
         restart,
         max_concurrent_replacements: 1,
         max_leak_restarts_per_hour: 2,
+        probe_hello_grace: None,
     }
 }
 
@@ -180,6 +181,7 @@ proptest! {
             restart,
             max_concurrent_replacements: 1,
             max_leak_restarts_per_hour: 3,
+            probe_hello_grace: None,
         };
         let mut pool = Pool::new(settings.clone());
         let mut now = Instant::now();

@@ -202,6 +202,35 @@ fn plain_worker_is_ready_after_min_uptime_probe_worker_waits_for_ready() {
 }
 
 #[test]
+fn a_worker_given_a_probe_is_not_plain_ready_before_its_hello_grace() {
+    let mut h = Harness::new(2);
+    h.pool.settings.probe_hello_grace = Some(Duration::from_secs(10));
+    h.feed(Event::Start);
+    let (silent, slow) = (h.serving(0), h.serving(1));
+    h.at(5.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
+    h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
+    assert_eq!(h.pool.slot_state(0), SlotState::Starting);
+    // The probe of slot 1 says hello late, then ready: it is a probe worker after all.
+    h.feed(Event::Hello { worker: slow });
+    h.at(10.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
+    h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
+    assert_eq!(
+        h.pool.slot_state(0),
+        SlotState::Ready,
+        "plain after the grace"
+    );
+    assert_eq!(
+        h.pool.slot_state(1),
+        SlotState::Starting,
+        "waits for its ready"
+    );
+    h.feed(Event::Ready { worker: slow });
+    assert_eq!(h.pool.slot_state(1), SlotState::Ready);
+}
+
+#[test]
 fn never_ready_worker_is_killed_and_counted_unhealthy() {
     let mut h = Harness::new(1);
     h.feed(Event::Start);
