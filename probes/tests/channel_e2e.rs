@@ -263,8 +263,11 @@ async fn garbage_is_ignored_and_a_bad_length_closes_without_allocating() {
     );
 
     let before = HeapStats::read().expect("heap stats").allocated;
-    agent.send_raw(&u32::MAX.to_be_bytes());
-    agent.send_raw(&[0u8; 1024]);
+    // One write: the probe closes as soon as it reads the length, and a second write
+    // would race that close (EPIPE).
+    let mut impossible = u32::MAX.to_be_bytes().to_vec();
+    impossible.extend_from_slice(&[0u8; 1024]);
+    agent.send_raw(&impossible);
     assert_eq!(
         agent.recv_or_eof(DEADLINE),
         None,

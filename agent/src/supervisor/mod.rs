@@ -23,6 +23,7 @@ pub use runner::{Supervisor, SupervisorHandles, SupervisorParts};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
 
 use crate::config::Config;
+use crate::config::types::ProbeKind;
 use state::PoolSettings;
 
 pub fn settings_from(config: &Config) -> PoolSettings {
@@ -35,6 +36,9 @@ pub fn settings_from(config: &Config) -> PoolSettings {
         restart: config.pool.restart.clone(),
         max_concurrent_replacements: config.watchdog.max_concurrent_replacements as usize,
         max_leak_restarts_per_hour: config.watchdog.max_leak_restarts_per_hour as usize,
+        // The native probe cannot know when a program it knows nothing of is ready, so
+        // its workers are ready on sd_notify or after min-uptime, as plain ones are.
+        ready_from_probe: config.pool.probe != ProbeKind::Native,
         probe_hello_grace: None,
     }
 }

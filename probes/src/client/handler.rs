@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -111,6 +112,15 @@ fn handle(shared: &Shared, msg: AgentMsg) {
                 .drain_deadline_ms
                 .store(deadline_ms, Ordering::Relaxed);
             shared.drained.send_replace(true);
+            let callback = read_hooks(shared).drain.clone();
+            if let Some(callback) = callback
+                && catch_unwind(AssertUnwindSafe(|| {
+                    callback(Duration::from_millis(deadline_ms))
+                }))
+                .is_err()
+            {
+                warn("The app's drain callback panicked.", &[]);
+            }
         }
         AgentMsg::Invalidate { seq, key, version } => {
             let callback = read_hooks(shared).invalidate.clone();

@@ -8,10 +8,12 @@
 //!   nothing (a Rust worker linking `heapwarden-probes` still says hello on its own).
 //! - `node`: the Node probe whatever the command looks like (a wrapper script that runs
 //!   node later).
-//! - `native`: the LD_PRELOAD library ([`native::plan`]).
+//! - `native`: the LD_PRELOAD library ([`native::plan`]), for the ELF the command runs
+//!   (found by `program`).
 
 pub mod native;
 pub mod node;
+mod program;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -33,6 +35,8 @@ pub struct AttachInput<'a> {
     /// Port of the shared listening socket: the Node probe turns the app's
     /// `listen(port)` on it into a listen on the inherited fd.
     pub listen_port: Option<u16>,
+    /// What the native probe needs, found by [`prepare`] when `probe = "native"`.
+    pub native: Option<native::NativeSetup<'a>>,
 }
 
 /// Which probe was attached.
@@ -92,12 +96,14 @@ pub fn plan(input: &AttachInput<'_>) -> AttachPlan {
     }
 }
 
-/// [`plan`], after writing the embedded Node probe under `state_dir` when it is needed.
+/// [`plan`], after writing the embedded Node probe under `state_dir` when it is needed,
+/// or locating the native library next to the agent when that is.
 pub fn prepare(
     probe: ProbeKind,
     argv: &[OsString],
     pool_env: &BTreeMap<String, String>,
     state_dir: &Path,
+    cwd: Option<&Path>,
     listen_port: Option<u16>,
 ) -> AttachPlan {
     let wants_node = match probe {
@@ -114,6 +120,14 @@ pub fn prepare(
     } else {
         None
     };
+    let agent_exe = std::env::current_exe().unwrap_or_default();
+    let cwd = cwd
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let library = (probe == ProbeKind::Native)
+        .then(|| native::locate(&native::search_path(&agent_exe)))
+        .flatten();
     let mut decided = plan(&AttachInput {
         probe,
         argv,
@@ -121,6 +135,12 @@ pub fn prepare(
         inherited_node_options: inherited.as_deref(),
         node_probe: written.as_deref(),
         listen_port,
+        native: (probe == ProbeKind::Native).then(|| native::NativeSetup {
+            agent_exe: &agent_exe,
+            library: library.as_ref(),
+            cwd: &cwd,
+            agent_path_var: std::env::var_os("PATH"),
+        }),
     });
     if let (Some(e), Some(why)) = (write_error, decided.not_attached.as_mut()) {
         why.push_str(&format!(": {e}"));
@@ -128,5 +148,7 @@ pub fn prepare(
     decided
 }
 
+#[cfg(test)]
+mod native_tests;
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,7 @@ impl WorkerCommand {
             &argv,
             &env,
             &config.state_dir,
+            config.pool.cwd.as_deref(),
             listen.map(|a| a.port()),
         );
         if let Some(why) = &plan.not_attached {

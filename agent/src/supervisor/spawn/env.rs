@@ -99,9 +99,32 @@ impl ChildEnv {
     }
 }
 
+/// `library` first, then whatever the worker's environment already preloads.
+pub fn with_preload(library: OsString, existing: Option<OsString>) -> OsString {
+    match existing {
+        Some(existing) if !existing.is_empty() => {
+            let mut joined = library;
+            joined.push(":");
+            joined.push(existing);
+            joined
+        }
+        _ => library,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_library_goes_first_and_keeps_the_user_preloads() {
+        assert_eq!(with_preload("/l/p.so".into(), None), "/l/p.so");
+        assert_eq!(with_preload("/l/p.so".into(), Some("".into())), "/l/p.so");
+        assert_eq!(
+            with_preload("/l/p.so".into(), Some("/x/a.so /x/b.so".into())),
+            "/l/p.so:/x/a.so /x/b.so"
+        );
+    }
 
     fn os(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()

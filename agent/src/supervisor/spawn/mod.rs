@@ -26,7 +26,9 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-pub use env::ChildEnv;
+pub use env::{ChildEnv, with_preload};
+
+use super::attach::native::PRELOAD_ENV;
 
 /// fd numbers in the child, by the systemd convention and ours.
 const LISTEN_FD: RawFd = 3;
@@ -84,6 +86,16 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
         ("HEAPWARDEN_AGENT_INSTANCE", spec.instance.into()),
     ];
     let notify = ("NOTIFY_SOCKET", spec.notify_socket.as_os_str());
+    // The native probe joins LD_PRELOAD of the command only: the forked child is still
+    // the agent's image until it execs, so the library loads into the command alone.
+    let preload = spec.env.get(PRELOAD_ENV).map(|library| {
+        let existing = spec
+            .env
+            .get("LD_PRELOAD")
+            .map(OsString::from)
+            .or_else(|| std::env::var_os("LD_PRELOAD"));
+        with_preload(OsString::from(library), existing)
+    });
     let set = spec
         .env
         .iter()
@@ -92,7 +104,9 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
             ours.iter()
                 .map(|(k, v)| (OsStr::new(*k), OsStr::new(v.as_str()))),
         )
-        .chain([(OsStr::new(notify.0), notify.1)]);
+        .filter(|(k, _)| *k != OsStr::new(PRELOAD_ENV))
+        .chain([(OsStr::new(notify.0), notify.1)])
+        .chain(preload.as_deref().map(|p| (OsStr::new("LD_PRELOAD"), p)));
     ChildEnv::build(std::env::vars_os(), &NOT_INHERITED, set)
 }
 

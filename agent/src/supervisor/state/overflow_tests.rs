@@ -27,6 +27,7 @@ fn settings(restart: RestartConfig, timeout: Duration) -> PoolSettings {
         restart,
         max_concurrent_replacements: 1,
         max_leak_restarts_per_hour: 2,
+        ready_from_probe: true,
         probe_hello_grace: None,
     }
 }
@@ -181,6 +182,7 @@ proptest! {
             restart,
             max_concurrent_replacements: 1,
             max_leak_restarts_per_hour: 3,
+            ready_from_probe: true,
             probe_hello_grace: None,
         };
         let mut pool = Pool::new(settings.clone());

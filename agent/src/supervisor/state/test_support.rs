@@ -19,6 +19,7 @@ pub fn settings(workers: usize) -> PoolSettings {
         },
         max_concurrent_replacements: 1,
         max_leak_restarts_per_hour: 2,
+        ready_from_probe: true,
         probe_hello_grace: None,
     }
 }

@@ -202,6 +202,40 @@ fn plain_worker_is_ready_after_min_uptime_probe_worker_waits_for_ready() {
 }
 
 #[test]
+fn native_probe_worker_is_ready_after_min_uptime_and_still_drains_over_the_channel() {
+    let mut h = Harness::new(1);
+    h.pool = Pool::new(PoolSettings {
+        ready_from_probe: false,
+        ..settings(1)
+    });
+    h.feed(Event::Start);
+    let w = h.serving(0);
+    h.feed(Event::Hello { worker: w });
+    h.at(5.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: w }));
+    assert_eq!(h.pool.slot_state(0), SlotState::Ready);
+    let actions = h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Manual,
+    });
+    let new = spawns(&actions)[0];
+    h.feed(Event::Hello { worker: new });
+    h.at(10.0);
+    let actions = h.feed(Event::Timer(Timer::MinUptime { worker: new }));
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Drain {
+                worker,
+                via_channel: true,
+                ..
+            } if *worker == w
+        )),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn a_worker_given_a_probe_is_not_plain_ready_before_its_hello_grace() {
     let mut h = Harness::new(2);
     h.pool.settings.probe_hello_grace = Some(Duration::from_secs(10));
