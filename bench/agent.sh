@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks the heapwarden agent (start-up, restart latency, footprint, sampling cost,
-# leak-detection latency, heap-profile dump time) and prints markdown tables.
+# leak-detection latency, heap-profile dump time, worker churn) and prints markdown tables.
 # Builds the release binaries first: the figures are for what ships.
 #
-# Usage: bench/agent.sh [--quick] [--only startup,restart,footprint,detection,dump]
+# Usage: bench/agent.sh [--quick] [--only startup,restart,footprint,detection,dump,churn]
 #   --quick   short smoke run (about 1 minute); its figures are not reference figures
 # Full run: about 6 minutes. Progress goes to stderr, tables to stdout:
 #   bench/agent.sh > agent-bench.md

@@ -16,21 +16,32 @@ use crate::admin::{
     AdminState, AdminToken, install_recorder, load_or_create_token, router_with_api, serve,
     spawn_upkeep,
 };
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
+use crate::log::LevelHandle;
 use crate::metric_names;
 use crate::profiles::{ProfileStore, ProfileStoreHandle};
 use crate::sampler::{Roots, exposition_channel, run_sampler};
-use crate::supervisor::{Supervisor, listen};
+use crate::supervisor::{Containment, Supervisor, SupervisorParts, listen};
 use crate::watchdog::Watchdog;
 
 /// `/healthz` fails when the control loop has not ticked for this long.
 const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// `worker_env`: variables every worker gets so it sees the agent's config.
-pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<()> {
+/// `source`: where `config` came from (a reload reads it again); `worker_env`: variables
+/// every worker gets so it sees the agent's config.
+pub fn run(
+    config: Config,
+    source: ConfigSource,
+    worker_env: Vec<(String, String)>,
+) -> anyhow::Result<()> {
     let (log, log_guard) = crate::log::init(&config.log);
-    let result = run_logged(config, worker_env, log.clone());
+    let parts = Parts {
+        source,
+        worker_env,
+        log_level: log_guard.level(),
+    };
+    let result = run_logged(config, parts, log.clone());
     if let Err(e) = &result {
         slog::error!(log, "The agent could not run."; "error" => format!("{e:#}"));
     }
@@ -39,12 +50,15 @@ pub fn run(config: Config, worker_env: Vec<(String, String)>) -> anyhow::Result<
     result
 }
 
-/// `root` has no context; each part gets its own `module`.
-fn run_logged(
-    config: Config,
+/// What `run` hands down besides the config.
+struct Parts {
+    source: ConfigSource,
     worker_env: Vec<(String, String)>,
-    root: Logger,
-) -> anyhow::Result<()> {
+    log_level: LevelHandle,
+}
+
+/// `root` has no context; each part gets its own `module`.
+fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> {
     let log = root.new(o!("module" => "agent"));
     prepare_state_dir(&config.state_dir)?;
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
@@ -58,6 +72,9 @@ fn run_logged(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Before binding: what a SIGKILLed predecessor left (holding the service socket) dies.
+    let containment = Containment::establish(&config.state_dir, &log)
+        .context("cannot contain the workers' processes")?;
     let result = runtime.block_on(async move {
         let socket = listen::open(config.pool.listen)?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -72,17 +89,28 @@ fn run_logged(
         metrics::gauge!(metric_names::PROFILES_LIMIT_BYTES.name)
             .set(config.profiles.max_bytes.bytes() as f64);
         metrics::gauge!(metric_names::PROFILES_STORED_BYTES.name).set(store.stored_bytes() as f64);
-        metric_names::register_zero_series(config.pool.worker_count());
+        metric_names::register_zero_series();
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
-        let sup_log = root.new(o!("module" => "supervisor"));
-        let (supervisor, handles) = Supervisor::new(config.clone(), worker_env, socket, sup_log)?;
+        let (supervisor, handles) = Supervisor::new(
+            config.clone(),
+            SupervisorParts {
+                socket,
+                containment,
+                source: parts.source,
+                log: root.new(o!("module" => "supervisor")),
+                log_level: parts.log_level,
+                worker_log: root.new(o!("module" => "worker")),
+                worker_env: parts.worker_env,
+                slot_series: register_slot_series,
+            },
+        )?;
         let (exposition_writer, exposition_reader) = exposition_channel();
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
         let upkeep = spawn_upkeep(metrics.clone());
         let sampler = tokio::spawn(run_sampler(
-            config.sampling.clone(),
+            handles.config.clone(),
             Roots::system(Path::new(CGROUP_ROOT)),
             handles.view.clone(),
             samples_tx,
@@ -90,8 +118,7 @@ fn run_logged(
             root.new(o!("module" => "sampler")),
         ));
         let watchdog = Watchdog::new(
-            config.watchdog.clone(),
-            config.sampling.missed_pings,
+            handles.config.clone(),
             handles.view.clone(),
             handles.requests.clone(),
             store.clone(),
@@ -132,6 +159,14 @@ fn run_logged(
     });
     drop(runtime);
     result
+}
+
+/// Zero-initialises the per-slot series of `slots` (at start, and for the slots a
+/// reload adds).
+fn register_slot_series(slots: std::ops::Range<usize>) {
+    for slot in slots {
+        metric_names::register_slot(slot);
+    }
 }
 
 /// The state directory holds profiles and the admin token: owner-only.

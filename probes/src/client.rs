@@ -29,8 +29,8 @@ use crate::liveness::RuntimeLag;
 /// Environment variable naming the inherited control socket's descriptor number.
 pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
 /// Environment variable naming the one process that may use the control channel: the
-/// worker the agent started (its trampoline sets it to its own pid before it execs the
-/// command, which keeps the pid). Descendants inherit the environment but not the claim.
+/// worker the agent started (the agent's forked child sets it to its own pid before it
+/// execs the command, which keeps the pid). Descendants inherit the environment but not the claim.
 pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -41,7 +41,13 @@ fn heap_figures_match_the_apps_own_memory_usage_and_user_node_options_are_kept()
         ((agent - app).abs() / app < 0.05).then_some((agent, app, row, mem))
     });
     let (_, _, row, mem) = close;
-    let metrics = http_get(setup.admin, "/metrics", SECS(5)).unwrap().1;
+    // A sample taken within one lag-timer period of the claim has no lag figure yet:
+    // wait for the first that has.
+    let metrics = poll(SECS(10), "a runtime lag figure", || {
+        let body = http_get(setup.admin, "/metrics", SECS(5)).ok()?.1;
+        body.contains("heapwarden_worker_runtime_lag_seconds{worker=\"0\"}")
+            .then_some(body)
+    });
     let gauge = |name: &str| -> f64 {
         metrics
             .lines()
@@ -110,8 +116,10 @@ fn under_npm_start_only_the_app_claims_and_its_forked_child_never_does() {
     assert_eq!(child["fields"]["control_fd_env"], false, "{child}");
     let mem = setup.app_mem();
     assert_eq!(mem["claimed"], true);
-    let row = &setup.workers()[0];
-    assert!(row["heap_allocated_bytes"].as_u64().is_some(), "{row}");
+    // Heap figures come with the first sampling round after the claim.
+    poll(SECS(10), "heap figures of the app", || {
+        setup.workers()[0]["heap_allocated_bytes"].as_u64()
+    });
     assert!(
         setup
             .agent

@@ -258,6 +258,39 @@ x = 1
     );
 }
 
+#[test]
+fn durations_that_would_overflow_are_config_errors_not_panics() {
+    let _guard = TimeoutGuard::new("duration_bounds", SECS(30));
+    let sandbox = Sandbox::new();
+    for (text, key) in [
+        (
+            "[pool]\nready-timeout = \"400000000000y\"\n",
+            "pool.ready-timeout",
+        ),
+        (
+            "[sampling]\ninterval = \"4000000000000000000s\"\n",
+            "sampling.interval",
+        ),
+        ("[pool.restart]\nfactor = 1e300\n", "pool.restart.factor"),
+        ("[demo]\nl1-ttl = \"2000y\"\n", "demo.l1-ttl"),
+    ] {
+        let path = sandbox.write("overflow.toml", text);
+        for verb in ["check-config", "run"] {
+            let out = std::process::Command::new(heapwarden())
+                .args([verb, "-c"])
+                .arg(&path)
+                .output()
+                .expect("run heapwarden");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{verb} {key}: {err}");
+            assert!(
+                err.contains(key) && !err.contains("panicked"),
+                "{verb}: {err}"
+            );
+        }
+    }
+}
+
 /// Children of `pid` that are zombies (exited, not reaped).
 fn zombie_children(pid: i32) -> Vec<i32> {
     let mut zombies = Vec::new();

@@ -1,6 +1,5 @@
 //! The command line, declared with clap: roles, on-call verbs, hidden helper modes.
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,12 +26,6 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     #[command(flatten)]
     Client(super::client::Verb),
-    /// Internal: set LISTEN_PID to our own pid and exec the worker command.
-    #[command(name = "__exec-worker", hide = true)]
-    ExecWorker {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        argv: Vec<OsString>,
-    },
     /// Internal: convert a raw jemalloc dump to a symbolized pprof profile.
     #[command(name = "__convert-profile", hide = true)]
     ConvertProfile(ConvertArgs),

@@ -22,7 +22,11 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            exit_code(crate::agent::run(config, worker_env(&args)))
+            let source = config::ConfigSource {
+                file: args.config.clone(),
+                flags: args.overrides(),
+            };
+            exit_code(crate::agent::run(config, source, worker_env(&args)))
         }
         Command::Demo(args) => {
             let config = match load_config(&args.config) {
@@ -43,7 +47,6 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::ExecWorker { argv } => crate::supervisor::trampoline::exec_worker(argv),
         Command::ConvertProfile(args) => exit_code(
             crate::profiles::helper_main(
                 &args.format,
@@ -77,8 +80,11 @@ fn worker_env(args: &ConfigArgs) -> Vec<(String, String)> {
 
 /// Loads the config; on failure prints every error, one per line, and returns exit 64.
 pub fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
-    let env = std::env::vars().filter(|(k, _)| k.starts_with("HEAPWARDEN_"));
-    match config::load(args.config.as_deref(), env, &args.overrides()) {
+    let source = config::ConfigSource {
+        file: args.config.clone(),
+        flags: args.overrides(),
+    };
+    match source.load() {
         Ok(c) => Ok(c),
         Err(errors) => {
             eprintln!("{errors}");

@@ -151,6 +151,30 @@ impl DemoConfig {
         if self.max_body.bytes() < 256 {
             fail("max-body", "must be at least 256B");
         }
+        for (key, value, max) in self.duration_bounds() {
+            if value > max {
+                let message = format!("must be at most {}", humantime::format_duration(max));
+                fail(key, &message);
+            }
+        }
+    }
+
+    /// Upper bounds of the section's durations: a cache TTL of centuries (moka refuses
+    /// over 1000 years) or a pool timeout that overflows an instant is a typo.
+    fn duration_bounds(&self) -> [(&'static str, Duration, Duration); 8] {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const MONTH: Duration = Duration::from_secs(30 * 24 * 3600);
+        [
+            ("l1-ttl", self.l1_ttl, MONTH),
+            ("l2-ttl", self.l2_ttl, MONTH),
+            ("db-acquire-timeout", self.db_acquire_timeout, HOUR),
+            ("db-idle-timeout", self.db_idle_timeout, DAY),
+            ("redis-timeout", self.redis_timeout, HOUR),
+            ("job-backoff", self.job_backoff, DAY),
+            ("job-lease", self.job_lease, DAY),
+            ("jobs-poll", self.jobs_poll, HOUR),
+        ]
     }
 }
 

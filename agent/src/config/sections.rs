@@ -296,28 +296,10 @@ impl Config {
             errors.push(ConfigError::new("pool.workers", "at most 1024 workers"));
         }
         let r = &p.restart;
-        if !(r.factor >= 1.0 && r.factor.is_finite()) {
-            errors.push(ConfigError::new(
-                "pool.restart.factor",
-                "must be a number >= 1.0",
-            ));
-        }
         if r.initial_delay > r.max_delay {
             errors.push(ConfigError::new(
                 "pool.restart.initial-delay",
                 "must not exceed pool.restart.max-delay",
-            ));
-        }
-        if r.max_restarts == 0 {
-            errors.push(ConfigError::new(
-                "pool.restart.max-restarts",
-                "must be at least 1",
-            ));
-        }
-        if self.sampling.interval < Duration::from_millis(50) {
-            errors.push(ConfigError::new(
-                "sampling.interval",
-                "must be at least 50ms",
             ));
         }
         if self.sampling.pss_every == 0 {
@@ -326,12 +308,6 @@ impl Config {
         let w = &self.watchdog;
         if w.strikes == 0 {
             errors.push(ConfigError::new("watchdog.strikes", "must be at least 1"));
-        }
-        if w.trend_window < self.sampling.interval * 5 {
-            errors.push(ConfigError::new(
-                "watchdog.trend-window",
-                "must span at least 5 sampling intervals",
-            ));
         }
         if w.max_concurrent_replacements == 0 {
             errors.push(ConfigError::new(
@@ -348,6 +324,7 @@ impl Config {
                 "must differ from pool.listen",
             ));
         }
+        super::bounds::check(self, errors);
         self.demo.validate(errors);
     }
 }

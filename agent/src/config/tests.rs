@@ -108,3 +108,60 @@ proptest::proptest! {
         }
     }
 }
+
+/// `key = value` as a config file: the key's table header, then the leaf.
+fn one_key(key: &str, value: &str) -> String {
+    match key.rsplit_once('.') {
+        Some((table, leaf)) => format!("[{table}]\n{leaf} = {value}\n"),
+        None => format!("{key} = {value}\n"),
+    }
+}
+
+#[test]
+fn every_duration_key_has_an_upper_bound() {
+    let keys = super::bounds::duration_keys();
+    assert!(keys.len() >= 19, "duration keys found: {keys:?}");
+    // Values that parse as durations but overflow an instant (the examples).
+    for huge in [
+        "\"400000000000y\"",
+        "\"4000000000000000000s\"",
+        "\"1000000h\"",
+    ] {
+        for key in &keys {
+            let errors = load_text(&one_key(key, huge), &[])
+                .expect_err(&format!("{key} = {huge} was accepted"));
+            assert!(
+                errors.0.iter().any(|e| &e.key == key),
+                "{key} = {huge}: the error does not name the key: {errors}"
+            );
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Arbitrary durations for any duration key: check-config answers (config or errors
+    /// naming the key), never panics, and what it accepts is within the bounds.
+    #[test]
+    fn arbitrary_durations_never_panic_the_loader(
+        key_index in 0usize..64,
+        amount in proptest::prop_oneof![0u64..1000, proptest::num::u64::ANY],
+        unit in proptest::sample::select(vec!["ns", "us", "ms", "s", "m", "h", "d", "w", "M", "y", ""]),
+        noise in "[0-9a-z .]{0,6}",
+    ) {
+        let keys = super::bounds::duration_keys();
+        let key = &keys[key_index % keys.len()];
+        for value in [format!("\"{amount}{unit}\""), format!("\"{amount}{unit}{noise}\""), amount.to_string()] {
+            match load_text(&one_key(key, &value), &[]) {
+                Ok(config) => {
+                    for b in super::bounds::DURATION_BOUNDS {
+                        proptest::prop_assert!((b.get)(&config) <= b.max, "{} over its bound", b.key);
+                    }
+                }
+                Err(errors) => proptest::prop_assert!(
+                    errors.0.iter().any(|e| &e.key == key || e.key == "(file)" || e.key == "watchdog.trend-window" || e.key == "pool.restart.initial-delay"),
+                    "{key} = {value}: {errors}"
+                ),
+            }
+        }
+    }
+}

@@ -1,10 +1,13 @@
 //! Structured logging: slog + slog-json, one JSON object per line on stdout, written
 //! from a slog-async thread. Sensitive keys are redacted before serialisation
-//! (`redact.rs`), and `LogGuard` flushes every queued record at shutdown.
+//! (`redact.rs`), and `LogGuard` flushes every queued record at shutdown. The level is a
+//! `LevelHandle` a reload can change while the agent runs.
 
 mod redact;
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use slog::{Drain, Level, Logger, o};
 
@@ -15,6 +18,60 @@ use crate::config::{LogConfig, LogLevel};
 /// Keeps the async drain alive; dropping it waits until every record is written.
 pub struct LogGuard {
     _async_guard: slog_async::AsyncGuard,
+    level: LevelHandle,
+}
+
+impl LogGuard {
+    /// The handle that changes the level of the logger this guard belongs to.
+    pub fn level(&self) -> LevelHandle {
+        self.level.clone()
+    }
+}
+
+/// The most verbose level still written; shared by every clone.
+#[derive(Debug, Clone)]
+pub struct LevelHandle(Arc<AtomicUsize>);
+
+impl LevelHandle {
+    fn new(level: LogLevel) -> LevelHandle {
+        LevelHandle(Arc::new(AtomicUsize::new(slog_level(level).as_usize())))
+    }
+
+    pub fn set(&self, level: LogLevel) {
+        self.0
+            .store(slog_level(level).as_usize(), Ordering::Relaxed);
+    }
+
+    fn allows(&self, level: Level) -> bool {
+        level.as_usize() <= self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Drops records above the handle's level before they are queued.
+struct LevelFilter<D> {
+    drain: D,
+    level: LevelHandle,
+}
+
+impl<D: Drain> Drain for LevelFilter<D> {
+    type Ok = Option<D::Ok>;
+    type Err = D::Err;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<Self::Ok, Self::Err> {
+        if self.level.allows(record.level()) {
+            self.drain.log(record, values).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn is_enabled(&self, level: Level) -> bool {
+        self.level.allows(level) && self.drain.is_enabled(level)
+    }
 }
 
 /// A logger writing JSON lines to stdout.
@@ -35,12 +92,18 @@ pub fn build<W: Write + Send + 'static>(config: &LogConfig, out: W) -> (Logger, 
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .thread_name("heapwarden-log".into())
         .build_with_guard();
-    let drain = drain.filter_level(slog_level(config.level)).fuse();
+    let level = LevelHandle::new(config.level);
+    let drain = LevelFilter {
+        drain,
+        level: level.clone(),
+    }
+    .fuse();
     let logger = Logger::root(drain, o!());
     (
         logger,
         LogGuard {
             _async_guard: guard,
+            level,
         },
     )
 }
@@ -118,6 +181,25 @@ mod tests {
         assert_eq!(rec["request"]["user"]["password"], "[REDACTED]");
         assert_eq!(rec["request"]["user"]["name"], "ada");
         assert!(!String::from_utf8_lossy(&buf.0.lock().unwrap()).contains("hunter2"));
+    }
+
+    #[test]
+    fn the_level_changes_while_the_logger_runs() {
+        let buf = SharedBuffer::default();
+        let config = LogConfig {
+            level: LogLevel::Warn,
+            ..LogConfig::default()
+        };
+        let (logger, guard) = build(&config, buf.clone());
+        info!(logger, "Not written at warn.");
+        guard.level().set(LogLevel::Debug);
+        slog::debug!(logger, "Written at debug.");
+        guard.level().set(LogLevel::Error);
+        slog::warn!(logger, "Not written at error.");
+        drop(logger);
+        drop(guard);
+        let msgs: Vec<String> = buf.lines().iter().map(|r| r["msg"].to_string()).collect();
+        assert_eq!(msgs, vec!["\"Written at debug.\"".to_string()]);
     }
 
     #[test]

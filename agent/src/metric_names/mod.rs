@@ -140,6 +140,12 @@ pub const WORKER_RUNTIME_LAG: Metric = metric(
     WORKER,
     "Scheduling lag of the worker's async runtime (Node: the longest event-loop delay since the last sample).",
 );
+pub const WORKER_LOG_LINES_TRUNCATED: Metric = metric(
+    "heapwarden_worker_log_lines_truncated_total",
+    Counter,
+    WORKER,
+    "Worker output lines longer than 64 KiB, cut to their first 64 KiB when relayed.",
+);
 pub const WORKER_PROBE_DROPPED: Metric = metric(
     "heapwarden_worker_probe_dropped_messages_total",
     Counter,
@@ -294,6 +300,7 @@ pub const CATALOG: &[Metric] = &[
     WORKER_CPU,
     WORKER_RUNTIME_LAG,
     WORKER_PROBE_DROPPED,
+    WORKER_LOG_LINES_TRUNCATED,
     WORKER_GROWTH,
     WORKER_SECONDS_TO_LIMIT,
     WORKER_RESTARTS,

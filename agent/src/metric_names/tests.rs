@@ -103,7 +103,9 @@ fn zero_series_cover_every_label_combination_and_every_histogram() {
     let recorder = build_recorder().expect("recorder");
     metrics::with_local_recorder(&recorder, || {
         describe_all();
-        register_zero_series(2);
+        register_zero_series();
+        register_slot(0);
+        register_slot(1);
     });
     let page = recorder.handle().render();
     let per_slot = |n: usize| 2 * n;

@@ -10,14 +10,13 @@ use metrics::{counter, gauge, histogram};
 use super::labels::{ProfileOutcome, RestartReason, Rule, SnapshotOutcome, Trigger, worker_states};
 use super::{
     DRAIN_DURATION, HEAP_PROFILE_DURATION, HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS,
-    SAMPLE_DURATION, WORKER_FAILED, WORKER_PROBE_DROPPED, WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
+    SAMPLE_DURATION, WORKER_FAILED, WORKER_LOG_LINES_TRUNCATED, WORKER_PROBE_DROPPED,
+    WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
 };
 
-/// The agent-wide series and those of slots `0..workers`.
-pub fn register_zero_series(workers: usize) {
-    for slot in 0..workers {
-        register_slot(slot);
-    }
+/// The agent-wide series; each slot's come from [`register_slot`], called by the
+/// supervisor for the slots it has (a reload can add some).
+pub fn register_zero_series() {
     for trigger in Trigger::ALL {
         for outcome in ProfileOutcome::ALL {
             counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(), "outcome" => outcome.as_str())
@@ -47,6 +46,7 @@ pub fn register_slot(slot: usize) {
     }
     counter!(WORKER_FAILED.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()).increment(0);
+    counter!(WORKER_LOG_LINES_TRUNCATED.name, "worker" => worker.clone()).increment(0);
     // Down and in no state until the first sampling round says otherwise.
     gauge!(WORKER_UP.name, "worker" => worker.clone()).set(0.0);
     for state in worker_states() {

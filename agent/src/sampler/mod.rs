@@ -35,7 +35,7 @@ pub use collect::{
 pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
 pub use record::render_cpu_counters;
 
-use crate::config::SamplingConfig;
+use crate::config::Config;
 use crate::supervisor::PoolView;
 
 /// One worker's figures from one round, for the watchdog.
@@ -103,27 +103,41 @@ impl Roots {
 ///
 /// `samples` is never awaited: a watchdog that falls behind loses samples (logged at
 /// debug), it never slows the sampler down.
+/// `settings` carries the running config; a reload's `[sampling]` applies from the next
+/// round (a new `interval` restarts the ticker).
 pub async fn run_sampler(
-    cfg: SamplingConfig,
+    mut settings: watch::Receiver<Config>,
     roots: Roots,
     mut pool: watch::Receiver<PoolView>,
     samples: mpsc::Sender<WorkerSample>,
     exposition: ExpositionWriter,
     log: Logger,
 ) {
+    let cfg = settings.borrow_and_update().sampling.clone();
     info!(log, "The sampler started.";
         "interval_ms" => cfg.interval.as_millis() as u64, "pss_every" => cfg.pss_every,
         "kernel_children" => roots.kernel_children,
         "cgroup" => roots.cgroup_dir.as_ref().map(|d| d.display().to_string()));
     let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = ticker_for(cfg.interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             changed = pool.changed() => {
                 if changed.is_err() { break }
                 // A new view alone is no reason to sample; wait for the tick.
+                continue;
+            }
+            Ok(()) = settings.changed() => {
+                let new = settings.borrow_and_update().sampling.clone();
+                if new.interval != state.interval() {
+                    ticker = ticker_for(new.interval);
+                }
+                if state.set_config(new.clone()) {
+                    info!(log, "The sampler uses new settings.";
+                        "interval_ms" => new.interval.as_millis() as u64, "pss_every" => new.pss_every,
+                        "missed_pings" => new.missed_pings);
+                }
                 continue;
             }
         }
@@ -147,4 +161,10 @@ pub async fn run_sampler(
         exposition.publish(outcome.exposition);
     }
     info!(log, "The sampler stopped.");
+}
+
+fn ticker_for(interval: std::time::Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
 }

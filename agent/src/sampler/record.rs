@@ -9,7 +9,9 @@ use metrics::{counter, gauge, histogram};
 
 use super::WorkerSample;
 use super::collect::HostFigures;
-use crate::metric_names::labels::{BUDGET_EXHAUSTED, LoadPeriod, MemoryState, PressureWindow};
+use crate::metric_names::labels::{
+    BUDGET_EXHAUSTED, LoadPeriod, MemoryState, PressureWindow, worker_states,
+};
 use crate::metric_names::*;
 use crate::supervisor::{PoolView, SlotState};
 
@@ -28,6 +30,17 @@ pub fn record_slots(view: &PoolView) {
         let exhausted = if slot.budget_exhausted { 1.0 } else { 0.0 };
         gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => BUDGET_EXHAUSTED)
             .set(exhausted);
+    }
+}
+
+/// Slots a reload removed: down, in no state (their series stay, at zero).
+pub fn record_removed_slots(slots: std::ops::Range<usize>) {
+    for slot in slots {
+        let worker = slot.to_string();
+        gauge!(WORKER_UP.name, "worker" => worker.clone()).set(0.0);
+        for state in worker_states() {
+            gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => state).set(0.0);
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub struct SamplerState {
     /// Each worker's last reported drop count: the slot's counter grows by the difference,
     /// so it stays monotonic across replacements.
     dropped: HashMap<u64, u64>,
+    /// The most slots any view had: slots beyond the current view were scaled away.
+    slots_seen: usize,
 }
 
 impl SamplerState {
@@ -62,7 +64,19 @@ impl SamplerState {
             round: 0,
             warned: HashSet::new(),
             dropped: HashMap::new(),
+            slots_seen: 0,
         }
+    }
+
+    /// Takes a reloaded `[sampling]` for the next round; false when nothing changed.
+    pub fn set_config(&mut self, cfg: SamplingConfig) -> bool {
+        let changed = cfg != self.cfg;
+        self.cfg = cfg;
+        changed
+    }
+
+    pub fn interval(&self) -> std::time::Duration {
+        self.cfg.interval
     }
 
     pub async fn round(
@@ -170,6 +184,10 @@ impl SamplerState {
                 "errors" => host.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
         }
         record::record_slots(view);
+        if self.slots_seen > view.slots.len() {
+            record::record_removed_slots(view.slots.len()..self.slots_seen);
+        }
+        self.slots_seen = self.slots_seen.max(view.slots.len());
         record::record_host(&host);
         outcome.exposition.sampler =
             record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));

@@ -3,19 +3,22 @@
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
 pub mod attach;
+mod contain;
 pub mod link;
 pub mod listen;
 mod notify;
 mod output;
+mod procstat;
+mod rundir;
 pub mod runner;
 mod spawn;
 pub mod state;
-pub mod trampoline;
 pub mod view;
 
+pub use contain::{ContainError, Containment};
 pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
-pub use runner::{Supervisor, SupervisorHandles};
+pub use runner::{Supervisor, SupervisorHandles, SupervisorParts};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
 
 use crate::config::Config;

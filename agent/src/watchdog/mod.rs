@@ -22,8 +22,8 @@ pub use figures::{FiguresView, SlotFigures};
 pub use health::MissTracker;
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
 
-use crate::config::WatchdogConfig;
 use crate::config::types::{LeakAction, Watch};
+use crate::config::{Config, WatchdogConfig};
 use crate::log::RedactedJson;
 use crate::metric_names::{LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT};
 use crate::profiles::{
@@ -99,6 +99,8 @@ pub struct Watchdog {
     missed_pings: u32,
     misses: MissTracker,
     pool: watch::Receiver<PoolView>,
+    /// The running config; a reload's `[watchdog]` applies from the next sample.
+    settings: watch::Receiver<Config>,
     requests: mpsc::Sender<Request>,
     store: ProfileStoreHandle,
     figures: watch::Sender<FiguresView>,
@@ -115,14 +117,17 @@ impl Watchdog {
     }
 
     pub fn new(
-        config: WatchdogConfig,
-        missed_pings: u32,
+        mut settings: watch::Receiver<Config>,
         pool: watch::Receiver<PoolView>,
         requests: mpsc::Sender<Request>,
         store: ProfileStoreHandle,
         figures: watch::Sender<FiguresView>,
         log: Logger,
     ) -> Watchdog {
+        let (config, missed_pings) = {
+            let running = settings.borrow_and_update();
+            (running.watchdog.clone(), running.sampling.missed_pings)
+        };
         Watchdog {
             rules: RulesConfig::from_watchdog(&config),
             config,
@@ -130,6 +135,7 @@ impl Watchdog {
             missed_pings,
             misses: MissTracker::default(),
             pool,
+            settings,
             requests,
             store,
             figures,
@@ -146,6 +152,7 @@ impl Watchdog {
     }
 
     fn observe(&mut self, sample: WorkerSample) {
+        self.follow_settings();
         self.check_health(&sample);
         let slot = sample.slot;
         let trend = self.run_rules(&sample);
@@ -209,6 +216,43 @@ impl Watchdog {
             self.misses.unreport(id);
             debug!(self.log, "The supervisor's request queue is full; retrying next round."; "error" => %e);
         }
+    }
+
+    /// Takes a reloaded `[watchdog]`: new thresholds for every worker's detector (its
+    /// history kept); a new watched figure starts every worker's rules afresh. Slots a
+    /// reload removed are forgotten.
+    fn follow_settings(&mut self) {
+        let slots = self.pool.borrow().slots.len();
+        self.slots.retain(|slot, _| *slot < slots);
+        self.figures.send_if_modified(|all| {
+            let before = all.len();
+            all.retain(|slot, _| *slot < slots);
+            all.len() != before
+        });
+        if !self.settings.has_changed().unwrap_or(false) {
+            return;
+        }
+        let (new, missed_pings) = {
+            let running = self.settings.borrow_and_update();
+            (running.watchdog.clone(), running.sampling.missed_pings)
+        };
+        self.missed_pings = missed_pings;
+        if new == self.config {
+            return;
+        }
+        self.rules = RulesConfig::from_watchdog(&new);
+        if new.watch != self.config.watch {
+            self.slots.clear();
+        }
+        for watch in self.slots.values_mut() {
+            watch.detector.set_config(self.rules.clone());
+        }
+        info!(self.log, "The leak rules use new settings.";
+            "watch" => format!("{:?}", new.watch).to_lowercase(),
+            "max_memory" => new.max_memory.get().map(|s| s.bytes()),
+            "growth" => new.growth.get().map(|s| s.bytes()),
+            "trend_window_seconds" => new.trend_window.as_secs());
+        self.config = new;
     }
 
     /// Feeds the sample to its slot's rules, once the worker serving the slot is ready

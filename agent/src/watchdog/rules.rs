@@ -30,8 +30,9 @@ mod stats;
 #[path = "rules_tests.rs"]
 mod tests;
 
-/// Bounds the window's memory whatever the sampling interval (1 h of 1 s samples).
-const MAX_WINDOW_SAMPLES: usize = 3600;
+/// Bounds the window's memory whatever the sampling interval (1 h of 1 s samples); config
+/// validation keeps `trend-window` within this many intervals.
+const MAX_WINDOW_SAMPLES: usize = crate::config::bounds::MAX_WINDOW_SAMPLES as usize;
 /// The trend rule waits until samples cover this share of the window.
 const MIN_WINDOW_COVERAGE: f64 = 0.8;
 /// Slope is reported (metrics, time to limit) from this many post-warm-up samples on.
@@ -120,6 +121,13 @@ impl LeakDetector {
         &self.config
     }
 
+    /// New thresholds (a reload) from the next sample on, keeping the worker's warm-up,
+    /// baseline and window: a changed rule judges the history already seen. The window is
+    /// trimmed to a shorter `trend-window` at the next sample.
+    pub fn set_config(&mut self, config: RulesConfig) {
+        self.config = config;
+    }
+
     pub fn baseline(&self) -> Option<u64> {
         self.baseline
     }
@@ -201,7 +209,7 @@ impl LeakDetector {
             return false;
         };
         if value > baseline.saturating_add(growth) {
-            self.strikes += 1;
+            self.strikes = self.strikes.saturating_add(1);
         } else {
             self.strikes = 0;
         }

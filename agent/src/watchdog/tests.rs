@@ -96,7 +96,11 @@ fn watchdog(
     let (requests, requests_rx) = mpsc::channel(4);
     let (figures, _) = watch::channel(Default::default());
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let dog = Watchdog::new(Default::default(), 3, pool, requests, store, figures, log);
+    let mut config = crate::config::Config::default();
+    config.sampling.missed_pings = 3;
+    // The sender may go: the watchdog keeps the last config it was given.
+    let (_, settings) = watch::channel(config);
+    let dog = Watchdog::new(settings, pool, requests, store, figures, log);
     (dog, requests_rx, state)
 }
 

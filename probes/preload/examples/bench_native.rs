@@ -70,8 +70,8 @@ struct Run {
 }
 
 fn start(program: &Path, args: &[&str], mode: Mode, env: &[(&str, &str)]) -> Run {
-    // `sh` sets HEAPWARDEN_WORKER_PID to its own pid and execs the program, as the agent's
-    // trampoline does; LD_PRELOAD applies to the exec only.
+    // `sh` sets HEAPWARDEN_WORKER_PID to its own pid and execs the program, as the agent
+    // does for a worker; LD_PRELOAD applies to the exec only.
     let mut command = Command::new("/bin/sh");
     let script = match mode {
         Mode::Plain => "exec \"$@\"",

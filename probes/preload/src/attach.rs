@@ -2,8 +2,8 @@
 //! registers the load-time constructor and inspects descriptors and symbols with libc.
 //!
 //! `LD_PRELOAD` is inherited by every descendant, so the constructor first checks that
-//! this process is the worker: `HEAPWARDEN_WORKER_PID` (set by the agent's trampoline to
-//! the pid it execs the command in) must name it. A shell wrapper that `exec`s the real
+//! this process is the worker: `HEAPWARDEN_WORKER_PID` (set by the agent to the pid it
+//! execs the command in) must name it. A shell wrapper that `exec`s the real
 //! program keeps that pid, so each image attaches in turn and the program, the last one,
 //! ends up attached (the agent takes every `hello` as the new claimant). For that the
 //! inherited descriptor stays open across `exec`; the probe's threads use a close-on-exec

@@ -5,9 +5,9 @@
 //! statically linked, set-user-ID or with file capabilities, built for another machine,
 //! or the demo (which links the Rust probe itself).
 //!
-//! The agent passes the library as `HEAPWARDEN_PRELOAD`; the trampoline adds it to
-//! `LD_PRELOAD` only for the exec of the worker command, so the trampoline itself (the
-//! agent's binary) never loads it. For CPython, `PYTHONMALLOC=malloc` sends Python's
+//! The agent passes the library as `HEAPWARDEN_PRELOAD`; `spawn` turns it into
+//! `LD_PRELOAD` in the environment the worker command is exec'd with, so the agent's own
+//! image (the forked child before its exec) never loads it. For CPython, `PYTHONMALLOC=malloc` sends Python's
 //! objects through `malloc` (and so through jemalloc) instead of pymalloc's arenas.
 
 use std::ffi::OsString;
@@ -18,7 +18,7 @@ use super::program::{self, ElfKind, Program};
 
 /// The library's file name, as cargo names a `cdylib` called `heapwarden-preload`.
 pub const LIBRARY_NAME: &str = "libheapwarden_preload.so";
-/// Read by the trampoline, which prepends it to `LD_PRELOAD` for the worker command.
+/// Read by `spawn`, which prepends it to `LD_PRELOAD` for the worker command.
 pub const PRELOAD_ENV: &str = "HEAPWARDEN_PRELOAD";
 /// Installed locations, after the agent's own directory (a build tree or `bin/`).
 const INSTALLED_DIRS: [&str; 3] = [

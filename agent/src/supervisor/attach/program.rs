@@ -1,5 +1,5 @@
 //! What the worker command will run, found before it starts: the file `exec` resolves
-//! (`PATH` as the trampoline will see it), through `#!` lines to the ELF the kernel
+//! (`PATH` as the exec will see it), through `#!` lines to the ELF the kernel
 //! loads, and whether the dynamic linker would honour `LD_PRELOAD` for it (an ELF with
 //! an interpreter, not set-user-ID/set-group-ID, without file capabilities).
 

@@ -2,35 +2,36 @@
 //! world (child exits, control-channel messages, sd_notify, signals, timers, requests
 //! from the admin API and the watchdog) into events, and carries out the actions.
 //! `relay` fans cache invalidations out to the workers; `status` publishes the pool view
-//! and reports to systemd.
+//! and reports to systemd; `start` starts a worker; `reload` re-reads the config.
 
 mod relay;
+mod reload;
+mod start;
 mod status;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
 use heapwarden_probes::channel::AgentMsg;
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
-use slog::{Logger, error, info, o, warn};
+use slog::{Logger, error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-use super::link::{ControlLink, LinkEvent, spawn_link};
+use super::contain::Containment;
+use super::link::LinkEvent;
 use super::listen::ServiceSocket;
-use super::notify::{SystemdNotifier, watch_worker};
-use super::output::capture;
-use super::spawn::{SpawnSpec, spawn_worker};
+use super::notify::SystemdNotifier;
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, ConfigSource};
+use crate::log::LevelHandle;
 use crate::metric_names::{WORKER_FAILED, WORKER_RESTARTS};
+use reload::WorkerCommand;
+use start::WorkerRuntime;
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
 pub struct SupervisorHandles {
@@ -38,29 +39,30 @@ pub struct SupervisorHandles {
     pub requests: mpsc::Sender<Request>,
     /// Updated on every turn of the control loop; /healthz checks it is recent.
     pub heartbeat: watch::Receiver<Instant>,
-}
-
-struct WorkerRuntime {
-    pid: u32,
-    link: ControlLink,
-    /// From the latest hello on the channel (the claimant's probe).
-    runtime: Option<heapwarden_probes::Runtime>,
-    started_wall: SystemTime,
-    /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
-    drain_started: Option<Instant>,
+    /// The running config, replaced by every accepted reload.
+    pub config: watch::Receiver<Config>,
 }
 
 pub struct Supervisor {
+    /// The running config, as loaded (restart-only keys as at start).
     config: Config,
+    source: ConfigSource,
     log: Logger,
+    log_level: LevelHandle,
+    /// Parent of every relayed output record: module `worker`, not one of the agent's.
+    worker_log: Logger,
     pool: Pool,
     socket: ServiceSocket,
-    trampoline: PathBuf,
-    argv: Vec<OsString>,
+    containment: Containment,
+    /// What workers are started with; prepared again by each reload.
+    command: WorkerCommand,
+    inherited_env: Vec<(String, String)>,
+    slot_series: fn(Range<usize>),
     runtimes: HashMap<WorkerId, WorkerRuntime>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
     timer_seq: u64,
     view_tx: watch::Sender<PoolView>,
+    config_tx: watch::Sender<Config>,
     heartbeat_tx: watch::Sender<Instant>,
     requests_rx: mpsc::Receiver<Request>,
     exits_tx: mpsc::Sender<(WorkerId, ExitStatus)>,
@@ -69,10 +71,25 @@ pub struct Supervisor {
     links_rx: mpsc::Receiver<LinkEvent>,
     ready_tx: mpsc::Sender<u64>,
     ready_rx: mpsc::Receiver<u64>,
+    reload_tx: mpsc::Sender<Result<Config, ConfigErrors>>,
+    reload_rx: mpsc::Receiver<Result<Config, ConfigErrors>>,
     systemd: SystemdNotifier,
     last_leak: Option<SystemTime>,
-    /// The probe attached to every worker (its hello is awaited, else one log line).
-    attached: Option<super::attach::Attached>,
+}
+
+/// What the supervisor is built from besides the config.
+pub struct SupervisorParts {
+    pub socket: ServiceSocket,
+    pub containment: Containment,
+    /// Where the config came from, for reloads.
+    pub source: ConfigSource,
+    pub log: Logger,
+    pub log_level: LevelHandle,
+    pub worker_log: Logger,
+    /// Variables every worker gets so it sees the agent's config.
+    pub worker_env: Vec<(String, String)>,
+    /// Zero-initialises the per-slot series of new slots (at start and on scale-up).
+    pub slot_series: fn(Range<usize>),
 }
 
 /// `Timer` wrapped so the heap can order it (timers carry no meaningful order).
@@ -93,41 +110,43 @@ impl PartialOrd for TimerKey {
 
 impl Supervisor {
     pub fn new(
-        mut config: Config,
-        worker_env: Vec<(String, String)>,
-        socket: ServiceSocket,
-        log: Logger,
+        config: Config,
+        parts: SupervisorParts,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
-        let trampoline = std::env::current_exe()?;
-        let argv: Vec<OsString> = if config.pool.command.is_empty() {
-            vec![trampoline.clone().into_os_string(), "demo".into()]
-        } else {
-            config.pool.command.iter().map(OsString::from).collect()
-        };
-        // The pool's own env wins over what the agent passes on.
-        for (key, value) in worker_env {
-            config.pool.env.entry(key).or_insert(value);
-        }
-        let attached = attach_probe(&mut config, &argv, socket.local_addr, &log);
+        let command = WorkerCommand::prepare(
+            &config,
+            &parts.worker_env,
+            parts.socket.local_addr,
+            &parts.log,
+        )?;
         let mut settings = super::settings_from(&config);
-        settings.probe_hello_grace = attached.map(|_| hello_grace(config.pool.ready_timeout));
+        settings.probe_hello_grace = command.hello_grace(&config);
         let (view_tx, view) = watch::channel(PoolView::default());
+        let (config_tx, config_rx) = watch::channel(config.clone());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());
         let (requests, requests_rx) = mpsc::channel(64);
         let (exits_tx, exits_rx) = mpsc::channel(256);
         let (links_tx, links_rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = mpsc::channel(256);
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        (parts.slot_series)(0..settings.workers);
         let supervisor = Supervisor {
             pool: Pool::new(settings),
             config,
-            log,
-            socket,
-            trampoline,
-            argv,
+            source: parts.source,
+            log: parts.log,
+            log_level: parts.log_level,
+            worker_log: parts.worker_log,
+            socket: parts.socket,
+            containment: parts.containment,
+            command,
+            inherited_env: parts.worker_env,
+            slot_series: parts.slot_series,
             runtimes: HashMap::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             view_tx,
+            config_tx,
             heartbeat_tx,
             requests_rx,
             exits_tx,
@@ -136,14 +155,16 @@ impl Supervisor {
             links_rx,
             ready_tx,
             ready_rx,
+            reload_tx,
+            reload_rx,
             systemd: SystemdNotifier::from_env(),
             last_leak: None,
-            attached,
         };
         let handles = SupervisorHandles {
             view,
             requests,
             heartbeat,
+            config: config_rx,
         };
         Ok((supervisor, handles))
     }
@@ -153,6 +174,8 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
+        // Adopted orphans (the agent is a subreaper) are reaped or killed on each SIGCHLD.
+        let mut sigchld = signal(SignalKind::child())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut signals_seen = 0u32;
         if self.feed(Event::Start) {
@@ -170,22 +193,36 @@ impl Supervisor {
                 _ = sigterm.recv() => self.shutdown_signal(&mut signals_seen, "SIGTERM"),
                 _ = sigint.recv() => self.shutdown_signal(&mut signals_seen, "SIGINT"),
                 _ = sighup.recv() => {
-                    info!(self.log, "SIGHUP received: replacing every worker, one slot at a time.");
-                    Some(Event::Reload)
+                    info!(self.log, "SIGHUP received: reloading the config.");
+                    self.start_reload();
+                    None
+                }
+                Some(loaded) = self.reload_rx.recv() => {
+                    self.finish_reload(loaded);
+                    None
                 }
                 Some((worker, status)) = self.exits_rx.recv() => {
                     self.record_drain(worker);
                     Some(Event::Exited { worker, status })
                 }
+                _ = sigchld.recv() => {
+                    self.sweep_orphans();
+                    None
+                }
                 Some(worker) = self.ready_rx.recv() => Some(Event::Ready { worker }),
                 Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
-                Some(request) = self.requests_rx.recv() => Some(match request {
-                    Request::Replace { slot, reason } => Event::Replace { slot, reason },
-                    Request::Reload => Event::Reload,
-                }),
+                Some(request) = self.requests_rx.recv() => match request {
+                    Request::Replace { slot, reason } => Some(Event::Replace { slot, reason }),
+                    Request::Reload => {
+                        info!(self.log, "A reload was requested: reloading the config.");
+                        self.start_reload();
+                        None
+                    }
+                },
                 _ = sleep => self.timers.pop().map(|Reverse((_, _, TimerKey(t)))| Event::Timer(t)),
                 _ = tick.tick() => {
                     self.heartbeat();
+                    self.sweep_orphans();
                     None
                 }
             };
@@ -196,8 +233,16 @@ impl Supervisor {
             }
         }
         self.systemd.stopping();
+        // Nothing of a worker outlives the agent.
+        self.containment.sweep(&HashMap::new(), &self.log);
         info!(self.log, "Every worker has stopped; the agent exits.");
         Ok(())
+    }
+
+    fn sweep_orphans(&self) {
+        let live: HashMap<u32, WorkerId> =
+            self.runtimes.iter().map(|(id, rt)| (rt.pid, *id)).collect();
+        self.containment.sweep(&live, &self.log);
     }
 
     fn shutdown_signal(&mut self, seen: &mut u32, name: &str) -> Option<Event> {
@@ -291,110 +336,6 @@ impl Supervisor {
             Action::Exit => Some(Flow::Exit),
         }
     }
-
-    fn spawn(&mut self, slot: usize, worker: WorkerId) -> Event {
-        let spec = SpawnSpec {
-            trampoline: &self.trampoline,
-            argv: &self.argv,
-            env: &self.config.pool.env,
-            cwd: self.config.pool.cwd.as_ref(),
-            listen_fd: self.socket.fd.as_raw_fd(),
-            listen_fd_name: &self.socket.name,
-            slot,
-            worker_id: worker,
-        };
-        let spawned = match spawn_worker(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(self.log, "A worker could not be started."; "worker" => slot, "error" => %e);
-                return Event::SpawnFailed { worker };
-            }
-        };
-        let pid = spawned.pid;
-        let log = self.log.new(o!("worker" => slot, "pid" => pid));
-        info!(log, "A worker started."; "worker_id" => worker);
-        let mut child = spawned.child;
-        if let Some(out) = child.stdout.take() {
-            capture(out, "stdout", log.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            capture(err, "stderr", log.clone());
-        }
-        let hello_grace = self
-            .attached
-            .map(|probe| (probe, hello_grace(self.config.pool.ready_timeout)));
-        let link = spawn_link(
-            spawned.control,
-            worker,
-            self.links_tx.clone(),
-            hello_grace,
-            log.clone(),
-        );
-        watch_worker(spawned.notify, worker, self.ready_tx.clone(), log.clone());
-        let exits = self.exits_tx.clone();
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(s) => match s.signal() {
-                    Some(sig) => ExitStatus::Signal(sig),
-                    None => ExitStatus::Code(s.code().unwrap_or(-1)),
-                },
-                Err(_) => ExitStatus::Code(-1),
-            };
-            // Whatever the worker left in its process group goes with it.
-            signal_group(pid, NixSignal::SIGKILL);
-            match status {
-                ExitStatus::Code(code) => info!(log, "A worker exited."; "exit_code" => code),
-                ExitStatus::Signal(sig) => {
-                    info!(log, "A worker was killed by a signal."; "signal" => sig)
-                }
-            }
-            let _ = exits.send((worker, status)).await;
-        });
-        self.runtimes.insert(
-            worker,
-            WorkerRuntime {
-                pid,
-                link,
-                runtime: None,
-                started_wall: SystemTime::now(),
-                drain_started: None,
-            },
-        );
-        Event::Spawned { worker, pid }
-    }
-}
-
-/// Decides the pool's probe (`attach`), puts its env into the pool's, logs the outcome.
-fn attach_probe(
-    config: &mut Config,
-    argv: &[OsString],
-    listen: Option<std::net::SocketAddr>,
-    log: &Logger,
-) -> Option<super::attach::Attached> {
-    let plan = super::attach::prepare(
-        config.pool.probe,
-        argv,
-        &config.pool.env,
-        &config.state_dir,
-        config.pool.cwd.as_deref(),
-        listen.map(|a| a.port()),
-    );
-    if let Some(why) = &plan.not_attached {
-        warn!(log, "The probe cannot be attached; workers run as plain programs with procfs figures only.";
-            "probe" => config.pool.probe.as_str(), "reason" => why.as_str());
-    }
-    if let Some(probe) = plan.attached {
-        info!(log, "Workers get a probe."; "probe" => probe.as_str());
-    }
-    config.pool.env.extend(plan.env);
-    plan.attached
-}
-
-/// How long a worker given a probe has to say hello before it is taken for one that
-/// never loads it (and sampled from procfs only); half the ready timeout at most, so a
-/// plain worker is still ready in time.
-fn hello_grace(ready_timeout: Duration) -> Duration {
-    (ready_timeout / 2).min(Duration::from_secs(10))
 }
 
 enum Flow {

@@ -1,13 +1,14 @@
 //! What the supervisor tells the rest of the agent and systemd: the pool view (after
 //! every change), the heartbeat with `STATUS=`/`WATCHDOG=1`, and drain durations.
 
+use std::cmp::Reverse;
 use std::time::Instant;
 
 use slog::info;
 
 use super::super::state::WorkerId;
 use super::super::view::{PoolView, SlotState, SlotView, WorkerView};
-use super::Supervisor;
+use super::{Supervisor, TimerKey};
 use crate::metric_names::DRAIN_DURATION;
 
 impl Supervisor {
@@ -46,8 +47,12 @@ impl Supervisor {
     }
 
     pub(super) fn publish(&mut self) {
-        self.runtimes
-            .retain(|id, _| self.pool.worker(*id).is_some());
+        // A worker the pool forgot was reaped: its resources and its timers go with it.
+        let pool = &self.pool;
+        self.runtimes.retain(|id, _| pool.worker(*id).is_some());
+        self.timers.retain(|Reverse((_, _, TimerKey(t)))| {
+            t.worker().is_none_or(|id| pool.worker(id).is_some())
+        });
         let slots = (0..self.pool.slot_count())
             .map(|slot| {
                 let worker = self.pool.serving(slot).and_then(|w| {

@@ -26,11 +26,11 @@ impl Pool {
         out.push(Action::Spawn { slot, worker: id });
         let s = &self.settings;
         out.push(Action::Schedule {
-            at: now + s.ready_timeout,
+            at: deadline(now, s.ready_timeout),
             timer: Timer::ReadyTimeout { worker: id },
         });
         out.push(Action::Schedule {
-            at: now + s.min_uptime,
+            at: deadline(now, s.min_uptime),
             timer: Timer::MinUptime { worker: id },
         });
     }
@@ -69,6 +69,11 @@ impl Pool {
         let slot = w.slot;
         if self.stopping {
             self.exit_if_done(out);
+            return;
+        }
+        if slot >= self.active {
+            // A retiring slot: nothing restarts there; it goes once empty.
+            self.trim_retired();
             return;
         }
         match w.role {
@@ -120,7 +125,7 @@ impl Pool {
         if s.failures.len() >= r.max_restarts as usize {
             s.failures.clear();
             s.attempt = 0;
-            let until = now + r.cool_down;
+            let until = deadline(now, r.cool_down);
             if !has_worker {
                 s.phase = Phase::Failed;
             }
@@ -128,16 +133,13 @@ impl Pool {
             out.push(Action::Schedule { at: until, timer });
             return;
         }
-        let delay = r
-            .initial_delay
-            .mul_f64(r.factor.powi(s.attempt.min(64) as i32));
-        let delay = delay.min(r.max_delay);
-        s.attempt += 1;
+        let delay = backoff_delay(r, s.attempt);
+        s.attempt = s.attempt.saturating_add(1);
         if !has_worker {
             s.phase = Phase::Backoff;
         }
         out.push(Action::Schedule {
-            at: now + delay,
+            at: deadline(now, delay),
             timer,
         });
     }
@@ -145,7 +147,10 @@ impl Pool {
     pub(super) fn on_timer(&mut self, timer: Timer, now: Instant, out: &mut Vec<Action>) {
         match timer {
             Timer::Respawn { slot, epoch } => {
-                if self.stopping || self.slots.get(slot).is_none_or(|s| s.epoch != epoch) {
+                if self.stopping
+                    || slot >= self.active
+                    || self.slots.get(slot).is_none_or(|s| s.epoch != epoch)
+                {
                     return;
                 }
                 let retry = self.slots[slot].retry_replacement.take();
@@ -213,7 +218,7 @@ impl Pool {
                     });
                 }
                 out.push(Action::Schedule {
-                    at: now + self.settings.kill_timeout,
+                    at: deadline(now, self.settings.kill_timeout),
                     timer: Timer::KillDeadline { worker },
                 });
             }
@@ -242,7 +247,7 @@ impl Pool {
             });
         }
         out.push(Action::Schedule {
-            at: now + self.settings.drain_timeout,
+            at: deadline(now, self.settings.drain_timeout),
             timer: Timer::DrainDeadline { worker },
         });
     }
@@ -260,7 +265,7 @@ impl Pool {
                 signal: Signal::Term,
             });
             out.push(Action::Schedule {
-                at: now + self.settings.kill_timeout,
+                at: deadline(now, self.settings.kill_timeout),
                 timer: Timer::KillDeadline { worker },
             });
         }

@@ -20,10 +20,12 @@
 //!   replacement of a still-starting worker failed.
 //!
 //! `lifecycle` handles a worker's life (start, ready, exit, backoff, timers, drain);
-//! `replace` the make-before-break queue and the leak-restart budget.
+//! `replace` the make-before-break queue and the leak-restart budget; `scale` new
+//! settings from a reload (more slots, or fewer: the surplus slots drain and go).
 
 mod lifecycle;
 mod replace;
+mod scale;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -33,7 +35,7 @@ use crate::config::RestartConfig;
 
 pub type WorkerId = u64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub workers: usize,
     pub min_uptime: Duration,
@@ -85,6 +87,9 @@ pub enum Event {
         reason: RestartReason,
     },
     Reload,
+    /// A reloaded config: new timeouts, restart policy and budget from now on, and the
+    /// slot count (surplus slots drain; new ones start). Applied before `Reload`.
+    Reconfigure(PoolSettings),
     Shutdown,
     ForceShutdown,
 }
@@ -108,6 +113,19 @@ pub enum Timer {
     KillDeadline {
         worker: WorkerId,
     },
+}
+
+impl Timer {
+    /// The worker a timer is about; `None` for a slot's respawn.
+    pub fn worker(self) -> Option<WorkerId> {
+        match self {
+            Timer::Respawn { .. } => None,
+            Timer::ReadyTimeout { worker }
+            | Timer::MinUptime { worker }
+            | Timer::DrainDeadline { worker }
+            | Timer::KillDeadline { worker } => Some(worker),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +214,10 @@ struct Slot {
 #[derive(Debug)]
 pub struct Pool {
     settings: PoolSettings,
+    /// Slots `0..active` serve; any beyond are retiring (their last workers draining)
+    /// and are dropped once empty.
     slots: Vec<Slot>,
+    active: usize,
     workers: BTreeMap<WorkerId, Worker>,
     next_id: WorkerId,
     stopping: bool,
@@ -205,9 +226,36 @@ pub struct Pool {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-impl Pool {
-    pub fn new(settings: PoolSettings) -> Pool {
-        let slot = Slot {
+/// `now + wait`, saturating instead of panicking: config validation bounds every
+/// duration, but the state machine must hold whatever it is given. Past what an
+/// `Instant` can hold, the deadline is a century away (as good as never).
+fn deadline(now: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(wait.min(CENTURY)))
+        .unwrap_or(now)
+}
+
+/// `initial × factor^attempt`, capped at `max` before it can overflow; a factor that is
+/// not a number ≥ 1 counts as 1.
+fn backoff_delay(r: &RestartConfig, attempt: u32) -> Duration {
+    let factor = if r.factor.is_finite() && r.factor >= 1.0 {
+        r.factor
+    } else {
+        1.0
+    };
+    let exponent = attempt.min(i32::MAX as u32) as i32;
+    let seconds = r.initial_delay.as_secs_f64() * factor.powi(exponent);
+    if seconds.is_finite() && seconds < r.max_delay.as_secs_f64() {
+        Duration::try_from_secs_f64(seconds).map_or(r.max_delay, |d| d.min(r.max_delay))
+    } else {
+        r.max_delay
+    }
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
             phase: Phase::Running,
             attempt: 0,
             failures: VecDeque::new(),
@@ -216,9 +264,15 @@ impl Pool {
             budget_exhausted: false,
             retry_replacement: None,
             epoch: 0,
-        };
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Pool {
         Pool {
-            slots: vec![slot; settings.workers],
+            slots: (0..settings.workers).map(|_| Slot::new()).collect(),
+            active: settings.workers,
             settings,
             workers: BTreeMap::new(),
             next_id: 1,
@@ -228,10 +282,10 @@ impl Pool {
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        let before: Vec<SlotState> = (0..self.slots.len()).map(|s| self.slot_state(s)).collect();
+        let before: Vec<SlotState> = (0..self.active).map(|s| self.slot_state(s)).collect();
         let mut out = Vec::new();
         self.dispatch(event, now, &mut out);
-        for (slot, from) in before.into_iter().enumerate() {
+        for (slot, from) in before.into_iter().enumerate().take(self.active) {
             let to = self.slot_state(slot);
             debug_assert!(
                 allowed(from, to),
@@ -244,7 +298,7 @@ impl Pool {
     fn dispatch(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
         match event {
             Event::Start => {
-                for slot in 0..self.slots.len() {
+                for slot in 0..self.active {
                     self.spawn(slot, Role::Current, now, out);
                 }
             }
@@ -268,7 +322,7 @@ impl Pool {
             Event::Replace { slot, reason } => self.request_replacement(slot, reason, now, out),
             Event::Reload => {
                 if !self.stopping {
-                    for slot in 0..self.slots.len() {
+                    for slot in 0..self.active {
                         let queued = self.replace_queue.iter().any(|(s, _)| *s == slot);
                         if !queued {
                             self.replace_queue.push_back((slot, RestartReason::Reload));
@@ -277,6 +331,7 @@ impl Pool {
                     self.pump(now, out);
                 }
             }
+            Event::Reconfigure(settings) => self.reconfigure(settings, now, out),
             Event::Shutdown => {
                 if !self.stopping {
                     self.stopping = true;
@@ -306,8 +361,9 @@ impl Pool {
 
     // ---- read side, for the published view ----
 
+    /// Serving slots (retiring ones are not counted).
     pub fn slot_count(&self) -> usize {
-        self.slots.len()
+        self.active
     }
 
     pub fn stopping(&self) -> bool {
@@ -361,6 +417,12 @@ pub fn allowed(from: SlotState, to: SlotState) -> bool {
 }
 
 #[cfg(test)]
+mod overflow_tests;
+#[cfg(test)]
+mod scale_tests;
+#[cfg(test)]
 mod table_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;

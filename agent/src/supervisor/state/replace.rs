@@ -13,7 +13,7 @@ impl Pool {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if self.stopping || slot >= self.slots.len() {
+        if self.stopping || slot >= self.active {
             return;
         }
         if reason == RestartReason::Leak {

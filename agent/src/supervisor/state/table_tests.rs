@@ -91,7 +91,7 @@ fn step() -> impl Strategy<Value = Step> {
 /// The unit tests' settings, with fewer restarts before a cool-down and two concurrent
 /// replacements, so short walks reach crash loops and overlapping replacements.
 fn settings() -> PoolSettings {
-    let mut settings = super::tests::settings(3);
+    let mut settings = super::test_support::settings(3);
     settings.restart.max_restarts = 3;
     settings.max_concurrent_replacements = 2;
     settings

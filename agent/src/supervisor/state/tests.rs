@@ -1,28 +1,7 @@
 //! Unit tests of the supervisor's state machine, driven by a fake clock.
 
+use super::test_support::{settings, spawns};
 use super::*;
-
-pub(super) fn settings(workers: usize) -> PoolSettings {
-    PoolSettings {
-        workers,
-        min_uptime: Duration::from_secs(5),
-        ready_timeout: Duration::from_secs(30),
-        drain_timeout: Duration::from_secs(30),
-        kill_timeout: Duration::from_secs(10),
-        restart: RestartConfig {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(15),
-            factor: 2.0,
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            cool_down: Duration::from_secs(300),
-        },
-        max_concurrent_replacements: 1,
-        max_leak_restarts_per_hour: 2,
-        ready_from_probe: true,
-        probe_hello_grace: None,
-    }
-}
 
 /// A pool plus a fake clock, recording spawned worker ids.
 struct Harness {
@@ -76,16 +55,6 @@ impl Harness {
             .expect("slot has a serving worker")
             .id
     }
-}
-
-fn spawns(actions: &[Action]) -> Vec<WorkerId> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Spawn { worker, .. } => Some(*worker),
-            _ => None,
-        })
-        .collect()
 }
 
 fn respawn_delay(actions: &[Action], now: Instant) -> Option<Duration> {

@@ -1,10 +1,11 @@
 //! `bench-agent`: measures the release agent from the outside and prints markdown tables —
 //! start-up time, restart latency after a crash, the agent's own footprint, the cost of a
-//! sampling round, leak-detection latency and heap-profile dump + convert time.
+//! sampling round, leak-detection latency, heap-profile dump + convert time, and worker
+//! churn (start rate, descriptors and RSS before/after).
 //!
 //! Run it through `bench/agent.sh` (builds the release binaries first). Flags:
 //! `--quick` shortens every scenario for a smoke run (its figures are not the reference
-//! ones); `--only startup,restart,footprint,detection,dump` runs a subset.
+//! ones); `--only startup,restart,footprint,detection,dump,churn` runs a subset.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -17,10 +18,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+mod churn;
 mod detection;
 mod footprint;
 mod startup;
 
+use churn::churn;
 use detection::{detection, dumps, profile_table};
 use footprint::footprint;
 use startup::{restart_latency, startup};
@@ -65,6 +68,9 @@ fn main() -> BenchResult<()> {
     if wanted("dump") {
         profiles.extend(dumps(&bench)?);
         profile_table(&profiles);
+    }
+    if wanted("churn") {
+        churn(&bench)?;
     }
     Ok(())
 }

@@ -2,25 +2,33 @@
 //! for the code that runs between fork and exec (`pre_exec`).
 //!
 //! The child gets the shared listening socket as fd 3 (`LISTEN_FDS=1`), its end of the
-//! control socketpair as fd 4 (`HEAPWARDEN_CONTROL_FD=4`), a per-worker sd_notify socket,
-//! its own process group (so signals reach its whole tree) and a parent-death signal
-//! (so a SIGKILLed agent leaves no workers behind).
+//! control socketpair as fd 4 (`HEAPWARDEN_CONTROL_FD=4`), its own `NOTIFY_SOCKET`, its
+//! own process group (so signals reach its whole tree) and a parent-death signal (so a
+//! SIGKILLed agent leaves no workers behind). `LISTEN_PID` and `HEAPWARDEN_WORKER_PID`
+//! must be the child's own pid, which exists only after the fork: the environment is
+//! built beforehand with room for it (`env`), and the child writes the digits in and
+//! points `environ` at it just before std's `execvp`. The command keeps that pid through
+//! exec (and through any wrapper that execs), without a trampoline process.
 
 #![allow(unsafe_code)]
 
+mod env;
+
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram as StdDatagram};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use std::os::linux::net::SocketAddrExt;
-use tokio::net::{UnixDatagram, UnixStream};
+use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
+
+pub use env::{ChildEnv, with_preload};
+
+use super::attach::native::PRELOAD_ENV;
 
 /// fd numbers in the child, by the systemd convention and ours.
 const LISTEN_FD: RawFd = 3;
@@ -28,10 +36,17 @@ const CONTROL_FD: RawFd = 4;
 /// Parent-side fds are moved at or above this, so the dup2 calls in the child can
 /// never overwrite one source with another.
 const HIGH_FD: RawFd = 10;
+/// Variables of the agent's own environment a worker must not inherit: systemd's, which
+/// are about the agent, not about the worker.
+const NOT_INHERITED: [&str; 5] = [
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
 
 pub struct SpawnSpec<'a> {
-    /// This binary, run as `__exec-worker` (the LISTEN_PID trampoline).
-    pub trampoline: &'a PathBuf,
     pub argv: &'a [OsString],
     pub env: &'a BTreeMap<String, String>,
     pub cwd: Option<&'a PathBuf>,
@@ -39,13 +54,15 @@ pub struct SpawnSpec<'a> {
     pub listen_fd_name: &'a str,
     pub slot: usize,
     pub worker_id: u64,
+    pub notify_socket: &'a Path,
+    /// `HEAPWARDEN_AGENT_INSTANCE`: marks the worker's tree as this agent's.
+    pub instance: &'a str,
 }
 
 pub struct SpawnedWorker {
     pub child: Child,
     pub pid: u32,
     pub control: UnixStream,
-    pub notify: UnixDatagram,
 }
 
 /// Moves `fd` to a number >= `HIGH_FD` (close-on-exec), closing the original.
@@ -55,7 +72,49 @@ pub fn move_high(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
 }
 
+/// The worker's environment: the agent's (minus systemd's variables about the agent),
+/// the pool's `env`, then what heapwarden tells every worker.
+pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
+    let ours: Vec<(&str, String)> = vec![
+        // Lets a probe check that fd 4 really is this socket before it claims the channel.
+        ("HEAPWARDEN_CONTROL_INO", control_ino.to_string()),
+        ("LISTEN_FDS", "1".into()),
+        ("LISTEN_FDNAMES", spec.listen_fd_name.into()),
+        ("HEAPWARDEN_CONTROL_FD", CONTROL_FD.to_string()),
+        ("HEAPWARDEN_WORKER_SLOT", spec.slot.to_string()),
+        ("HEAPWARDEN_WORKER_ID", spec.worker_id.to_string()),
+        ("HEAPWARDEN_AGENT_INSTANCE", spec.instance.into()),
+    ];
+    let notify = ("NOTIFY_SOCKET", spec.notify_socket.as_os_str());
+    // The native probe joins LD_PRELOAD of the command only: the forked child is still
+    // the agent's image until it execs, so the library loads into the command alone.
+    let preload = spec.env.get(PRELOAD_ENV).map(|library| {
+        let existing = spec
+            .env
+            .get("LD_PRELOAD")
+            .map(OsString::from)
+            .or_else(|| std::env::var_os("LD_PRELOAD"));
+        with_preload(OsString::from(library), existing)
+    });
+    let set = spec
+        .env
+        .iter()
+        .map(|(k, v)| (OsStr::new(k.as_str()), OsStr::new(v.as_str())))
+        .chain(
+            ours.iter()
+                .map(|(k, v)| (OsStr::new(*k), OsStr::new(v.as_str()))),
+        )
+        .filter(|(k, _)| *k != OsStr::new(PRELOAD_ENV))
+        .chain([(OsStr::new(notify.0), notify.1)])
+        .chain(preload.as_deref().map(|p| (OsStr::new("LD_PRELOAD"), p)));
+    ChildEnv::build(std::env::vars_os(), &NOT_INHERITED, set)
+}
+
 pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| io::Error::other("the worker command is empty"))?;
     let (agent_end, worker_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -65,35 +124,16 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
     .map_err(io::Error::from)?;
     let worker_end = move_high(worker_end)?;
     clear_nonblocking(&worker_end)?;
-    // Lets a probe check that fd 4 really is this socket before it claims the channel.
     let control_ino = nix::sys::stat::fstat(&worker_end)
         .map_err(io::Error::from)?
         .st_ino;
 
-    let notify_name = format!("heapwarden/{}/{}", std::process::id(), spec.worker_id);
-    let notify = StdDatagram::bind_addr(&UnixAddr::from_abstract_name(notify_name.as_bytes())?)?;
-    notify.set_nonblocking(true)?;
-
-    let mut command = Command::new(spec.trampoline);
+    // The environment is not set through `Command` (std would then install its own
+    // `envp` after our closure ran): the closure installs `env` itself.
+    let mut env = worker_env(spec, control_ino);
+    let mut command = Command::new(program);
     command
-        .arg("__exec-worker")
-        .arg("--")
-        .args(spec.argv)
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("HEAPWARDEN_WORKER_PID")
-        .envs(spec.env)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", spec.listen_fd_name)
-        .env("HEAPWARDEN_CONTROL_FD", CONTROL_FD.to_string())
-        .env("HEAPWARDEN_CONTROL_INO", control_ino.to_string())
-        .env("HEAPWARDEN_WORKER_SLOT", spec.slot.to_string())
-        .env("HEAPWARDEN_WORKER_ID", spec.worker_id.to_string())
-        .env("NOTIFY_SOCKET", format!("@{notify_name}"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,9 +147,11 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
     let control_fd = worker_end.as_raw_fd();
     let agent_pid = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, prctl, getppid, raise) on plain integers; it
-    // allocates nothing and touches no locks. Both source fds are >= HIGH_FD, so
-    // neither dup2 can overwrite the other's source.
+    // async-signal-safe functions (dup2, prctl, getppid, getpid, raise) on plain integers,
+    // writes digits into bytes `env` reserved before the fork, and stores a pointer into
+    // `environ`; it allocates nothing and takes no lock. Both source fds are >= HIGH_FD,
+    // so neither dup2 can overwrite the other's source. `env` lives inside the closure,
+    // which `command` keeps until after the exec, so `environ` points at live memory.
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(listen_fd, LISTEN_FD) < 0 || libc::dup2(control_fd, CONTROL_FD) < 0 {
@@ -130,6 +172,8 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
             if libc::getppid() != agent_pid {
                 libc::raise(libc::SIGKILL);
             }
+            env.set_pid(libc::getpid() as u32);
+            libc::environ = env.envp() as *mut *mut libc::c_char;
             Ok(())
         });
     }
@@ -139,12 +183,10 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
         .id()
         .ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
     let control = UnixStream::from_std(std::os::unix::net::UnixStream::from(agent_end))?;
-    let notify = UnixDatagram::from_std(notify)?;
     Ok(SpawnedWorker {
         child,
         pid,
         control,
-        notify,
     })
 }
 

@@ -1,0 +1,144 @@
+//! Reload (SIGHUP, `heapwarden reload`, `POST /api/v1/reload`): the config is read again
+//! off the control loop's thread, validated as at start, planned (`config::reload::plan`,
+//! pure) and applied. A bad file is logged with every error and changes nothing. A good
+//! one: the new command and environment for the rolling replacement of every running
+//! slot (`Event::Reload`), then the new pool settings and slot count
+//! (`Event::Reconfigure`: new slots start, surplus slots drain and their queued
+//! replacements are dropped), the new `[sampling]`/`[watchdog]` for the sampler and
+//! watchdog from their next round (published on the config channel), and the new log
+//! level at once.
+//! Keys that only a restart can change are logged and keep their running value.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use slog::{Logger, error, info, warn};
+
+use super::super::attach::{self, Attached};
+use super::super::state::Event;
+use super::Supervisor;
+use crate::config::{Config, ConfigErrors, reload};
+
+/// What workers are started with: `pool.command` (or this binary's `demo` role), the
+/// environment (`pool.env` over the variables the agent passes on, plus the probe's), and
+/// the probe attached to them.
+pub struct WorkerCommand {
+    pub argv: Vec<OsString>,
+    pub env: BTreeMap<String, String>,
+    pub attached: Option<Attached>,
+}
+
+impl WorkerCommand {
+    pub fn prepare(
+        config: &Config,
+        inherited: &[(String, String)],
+        listen: Option<SocketAddr>,
+        log: &Logger,
+    ) -> std::io::Result<WorkerCommand> {
+        let argv: Vec<OsString> = if config.pool.command.is_empty() {
+            vec![std::env::current_exe()?.into_os_string(), "demo".into()]
+        } else {
+            config.pool.command.iter().map(OsString::from).collect()
+        };
+        let mut env = config.pool.env.clone();
+        for (key, value) in inherited {
+            env.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        let plan = attach::prepare(
+            config.pool.probe,
+            &argv,
+            &env,
+            &config.state_dir,
+            config.pool.cwd.as_deref(),
+            listen.map(|a| a.port()),
+        );
+        if let Some(why) = &plan.not_attached {
+            warn!(log, "The probe cannot be attached; workers run as plain programs with procfs figures only.";
+                "probe" => config.pool.probe.as_str(), "reason" => why.as_str());
+        }
+        if let Some(probe) = plan.attached {
+            info!(log, "Workers get a probe."; "probe" => probe.as_str());
+        }
+        env.extend(plan.env);
+        Ok(WorkerCommand {
+            argv,
+            env,
+            attached: plan.attached,
+        })
+    }
+
+    /// How long a worker given a probe has to say hello before it is taken for one that
+    /// never loads it (and sampled from procfs only); half the ready timeout at most, so
+    /// a plain worker is still ready in time.
+    pub fn hello_grace(&self, config: &Config) -> Option<Duration> {
+        self.attached
+            .map(|_| (config.pool.ready_timeout / 2).min(Duration::from_secs(10)))
+    }
+}
+
+impl Supervisor {
+    /// Reads the config on a blocking thread; the result comes back on `reload_rx`.
+    pub(super) fn start_reload(&self) {
+        let source = self.source.clone();
+        let done = self.reload_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = done.blocking_send(source.load());
+        });
+    }
+
+    pub(super) fn finish_reload(&mut self, loaded: Result<Config, ConfigErrors>) {
+        if self.pool.stopping() {
+            return;
+        }
+        let new = match loaded {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!(self.log, "The reloaded config has an error.";
+                        "key" => &e.key, "error" => &e.message);
+                }
+                error!(self.log, "The reloaded config was refused; the running config stays.";
+                    "errors" => errors.0.len());
+                return;
+            }
+        };
+        let plan = reload::plan(&self.config, new);
+        for key in &plan.needs_restart {
+            warn!(self.log, "A changed setting needs a restart to take effect."; "key" => *key);
+        }
+        let listen = self.socket.local_addr;
+        let command = match WorkerCommand::prepare(
+            &plan.config,
+            &self.inherited_env,
+            listen,
+            &self.log,
+        ) {
+            Ok(command) => command,
+            Err(e) => {
+                error!(self.log, "The reloaded worker command cannot be resolved; the running config stays.";
+                        "error" => %e);
+                return;
+            }
+        };
+        let mut settings = crate::supervisor::settings_from(&plan.config);
+        settings.probe_hello_grace = command.hello_grace(&plan.config);
+        self.command = command;
+        self.log_level.set(plan.config.log.level);
+        let (from, to) = (self.pool.slot_count(), settings.workers);
+        if to > from {
+            (self.slot_series)(from..to);
+        }
+        self.config = plan.config;
+        self.config_tx.send_replace(self.config.clone());
+        info!(self.log, "The config was reloaded; replacing every worker, one slot at a time.";
+            "changed" => plan.changed.join(","), "workers_before" => from, "workers" => to);
+        // The rolling replacement covers the slots that ran the old config; slots the
+        // new count adds start with the new one, and surplus slots drain instead.
+        if self.feed(Event::Reload) {
+            return;
+        }
+        self.feed(Event::Reconfigure(settings));
+    }
+}

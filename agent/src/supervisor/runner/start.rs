@@ -1,0 +1,143 @@
+//! Starting a worker and owning what it holds in the agent: its private directory (with
+//! the notify socket), the notify watcher task, its control link, its output relays and
+//! the task that waits for its exit. `WorkerRuntime` is dropped when the pool forgets the
+//! worker (it was reaped), and with it every one of those — none outlives the worker.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Instant, SystemTime};
+
+use nix::sys::signal::Signal as NixSignal;
+use slog::{error, info, o};
+use tokio::task::AbortHandle;
+
+use super::super::link::{ControlLink, spawn_link};
+use super::super::notify;
+use super::super::output::capture;
+use super::super::rundir::WorkerDir;
+use super::super::spawn::{SpawnSpec, spawn_worker};
+use super::super::state::{Event, ExitStatus, WorkerId};
+use super::{Supervisor, signal_group};
+
+pub(super) struct WorkerRuntime {
+    pub pid: u32,
+    pub link: ControlLink,
+    /// From the latest hello on the channel (the claimant's probe).
+    pub runtime: Option<heapwarden_probes::Runtime>,
+    pub started_wall: SystemTime,
+    /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
+    pub drain_started: Option<Instant>,
+    _resources: WorkerResources,
+}
+
+/// Released on drop, in field order: the watcher first (closing the socket), then the
+/// directory holding the socket file.
+struct WorkerResources {
+    _notify_watcher: AbortOnDrop,
+    _dir: WorkerDir,
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Supervisor {
+    pub(super) fn spawn(&mut self, slot: usize, worker: WorkerId) -> Event {
+        let failed = |this: &Self, what: &str, e: std::io::Error| {
+            error!(this.log, "A worker could not be started."; "worker" => slot, "step" => what, "error" => %e);
+            Event::SpawnFailed { worker }
+        };
+        let dir = match self.containment.create_worker_dir(worker) {
+            Ok(d) => d,
+            Err(e) => return failed(self, "directory", e),
+        };
+        let notify_path = dir.notify_socket();
+        let notify_socket = match notify::bind(&notify_path) {
+            Ok(s) => s,
+            Err(e) => return failed(self, "notify socket", e),
+        };
+        let spec = SpawnSpec {
+            argv: &self.command.argv,
+            env: &self.command.env,
+            cwd: self.config.pool.cwd.as_ref(),
+            listen_fd: self.socket.fd.as_raw_fd(),
+            listen_fd_name: &self.socket.name,
+            slot,
+            worker_id: worker,
+            notify_socket: &notify_path,
+            instance: self.containment.instance(),
+        };
+        let spawned = match spawn_worker(&spec) {
+            Ok(s) => s,
+            Err(e) => return failed(self, "spawn", e),
+        };
+        let pid = spawned.pid;
+        self.containment.record_group(&dir, pid);
+        let log = self.log.new(o!("worker" => slot, "pid" => pid));
+        info!(log, "A worker started."; "worker_id" => worker);
+        let mut child = spawned.child;
+        let output_log = self.worker_log.new(o!("worker" => slot, "pid" => pid));
+        if let Some(out) = child.stdout.take() {
+            capture(out, "stdout", slot, output_log.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            capture(err, "stderr", slot, output_log);
+        }
+        let hello_grace = self
+            .command
+            .attached
+            .zip(self.command.hello_grace(&self.config));
+        let link = spawn_link(
+            spawned.control,
+            worker,
+            self.links_tx.clone(),
+            hello_grace,
+            log.clone(),
+        );
+        let watcher = notify::watch_worker(
+            notify_socket,
+            worker,
+            pid,
+            self.ready_tx.clone(),
+            log.clone(),
+        );
+        let exits = self.exits_tx.clone();
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => match s.signal() {
+                    Some(sig) => ExitStatus::Signal(sig),
+                    None => ExitStatus::Code(s.code().unwrap_or(-1)),
+                },
+                Err(_) => ExitStatus::Code(-1),
+            };
+            // Whatever the worker left in its process group goes with it.
+            signal_group(pid, NixSignal::SIGKILL);
+            match status {
+                ExitStatus::Code(code) => info!(log, "A worker exited."; "exit_code" => code),
+                ExitStatus::Signal(sig) => {
+                    info!(log, "A worker was killed by a signal."; "signal" => sig)
+                }
+            }
+            let _ = exits.send((worker, status)).await;
+        });
+        self.runtimes.insert(
+            worker,
+            WorkerRuntime {
+                pid,
+                link,
+                runtime: None,
+                started_wall: SystemTime::now(),
+                drain_started: None,
+                _resources: WorkerResources {
+                    _notify_watcher: AbortOnDrop(watcher),
+                    _dir: dir,
+                },
+            },
+        );
+        Event::Spawned { worker, pid }
+    }
+}
