@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
 pub use describe::describe_metrics;
-pub use exposition::{Part, merge};
+pub use exposition::{Reject, WorkerPage, WorkerPart, merge_workers};
 pub use recorder::{RecorderError, build_recorder, install_recorder, spawn_upkeep};
 
 use crate::sampler::ExpositionReader;
@@ -89,27 +89,35 @@ pub async fn serve(
         .await
 }
 
-/// The recorder's families, the sampler's float counters and every worker's families,
-/// each family once.
-pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> String {
-    let slots: Vec<String> = snapshot.workers.keys().map(ToString::to_string).collect();
-    let mut parts = vec![
-        Part {
-            worker: None,
-            text: agent,
-        },
-        Part {
-            worker: None,
-            text: &snapshot.sampler,
-        },
-    ];
-    for (slot, text) in slots.iter().zip(snapshot.workers.values()) {
-        parts.push(Part {
-            worker: Some(slot),
+/// Bytes of metrics text kept per worker; families beyond it are dropped and counted
+/// (`reason="too_large"`).
+pub const WORKER_METRICS_BUDGET: usize = 2 * 1024 * 1024;
+
+/// Every worker's families merged, checked and capped.
+pub fn render_workers(snapshot: &crate::sampler::Exposition) -> WorkerPage {
+    let parts: Vec<WorkerPart<'_>> = snapshot
+        .workers
+        .iter()
+        .map(|(slot, text)| WorkerPart {
+            slot: *slot,
             text: &text.text,
-        });
+        })
+        .collect();
+    merge_workers(&parts, WORKER_METRICS_BUDGET)
+}
+
+/// The whole page: the recorder's families, the sampler's float counters, then the
+/// workers'. The three never share a family: worker families under the agent's
+/// `heapwarden_` prefix are refused.
+pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> String {
+    let mut page = String::from(agent);
+    for part in [snapshot.sampler.as_str(), &render_workers(snapshot).text] {
+        if !page.is_empty() && !page.ends_with('\n') {
+            page.push('\n');
+        }
+        page.push_str(part);
     }
-    merge(&parts)
+    page
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
