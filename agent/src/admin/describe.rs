@@ -6,6 +6,18 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 pub fn describe_metrics() {
     describe_counter!(
+        "heapwarden_worker_metrics_rejected_total",
+        "Lines of a worker's metrics text dropped (or, for worker_label, corrected) by reason."
+    );
+    describe_counter!(
+        "heapwarden_admin_connections_closed_total",
+        "Admin connections the server closed: header_timeout, idle, evicted (for a new one at the cap), refused (cap reached, all busy)."
+    );
+    describe_gauge!(
+        "heapwarden_admin_connections_open",
+        "Admin connections open now."
+    );
+    describe_counter!(
         "heapwarden_worker_failed_total",
         "Times a worker slot entered the failed state (crash loop), before its cool-down."
     );

@@ -1,32 +1,37 @@
 //! The admin HTTP server (axum, loopback by default): `/metrics` (the agent's recorder
 //! merged with every worker's reported families), `/healthz`, `/readyz`, and a place for
-//! the authenticated `/api/v1/*` routes. It runs as tasks on the agent's runtime and
-//! only reads: the pool view and heartbeat from the supervisor, the exposition snapshot
-//! from the sampler.
+//! the authenticated `/api/v1/*` routes. It runs on its own thread and runtime
+//! ([`server`]) with connection limits, and only reads: the pool view and heartbeat from
+//! the supervisor, the exposition snapshot from the sampler.
 
 pub mod api;
 pub mod auth;
 pub mod describe;
 pub mod exposition;
 pub mod health;
+pub mod page;
 pub mod recorder;
+pub mod server;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
 pub use describe::describe_metrics;
 pub use exposition::{Reject, WorkerPage, WorkerPart, merge_workers};
+pub use page::WorkerPageCache;
 pub use recorder::{RecorderError, build_recorder, install_recorder, spawn_upkeep};
+pub use server::{AdminServer, Limits, connection_budget, raise_fd_limit};
 
 use crate::sampler::ExpositionReader;
 use crate::supervisor::PoolView;
@@ -51,6 +56,7 @@ pub struct AdminState {
     pub token: AdminToken,
     /// Serve `/metrics`, `/healthz`, `/readyz` without the token.
     pub open_metrics: bool,
+    pub worker_page: WorkerPageCache,
 }
 
 /// The admin routes without an API.
@@ -76,17 +82,6 @@ pub fn router_with_api(state: AdminState, api: Router) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Also for handlers that never read their body: refused up front, not drained.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
-}
-
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Bytes of metrics text kept per worker; families beyond it are dropped and counted
@@ -121,8 +116,24 @@ pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> Str
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let snapshot = state.exposition.scrape();
-    let body = render_metrics(&state.metrics.render(), &snapshot);
+    let ready: Vec<u64> = state
+        .pool
+        .borrow()
+        .slots
+        .iter()
+        .filter_map(|s| s.worker.as_ref())
+        .filter(|w| w.ready && w.probe && w.link.is_some())
+        .map(|w| w.worker_id)
+        .collect();
+    let snapshot = state.exposition.scrape_fresh(&ready).await;
+    let sampler = Bytes::from(snapshot.sampler.clone());
+    let workers = state.worker_page.get(snapshot).await;
+    // Rendered after the worker text, so this page already counts its rejected lines.
+    let mut agent = state.metrics.render();
+    if !agent.is_empty() && !agent.ends_with('\n') {
+        agent.push('\n');
+    }
+    let body = Body::new(page::Chunks::new([Bytes::from(agent), sampler, workers]));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }
 

@@ -7,6 +7,7 @@
 
 mod collect;
 mod feed;
+mod fetch;
 mod misses;
 pub mod procfs;
 mod record;
@@ -37,6 +38,10 @@ pub use misses::MissTracker;
 pub use record::{SAMPLE_DURATION, render_cpu_counters};
 
 use crate::config::SamplingConfig;
+
+/// Bounds of the time a worker has to hand over its metrics text for a scrape.
+const FETCH_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const FETCH_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::supervisor::{PoolView, Request};
 
 /// One worker's figures from one round, for the watchdog.
@@ -101,6 +106,8 @@ pub async fn run_sampler(
     let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let fetch_timeout = cfg.interval.clamp(FETCH_TIMEOUT_MIN, FETCH_TIMEOUT_MAX);
+    let mut fetching: Option<tokio::task::JoinHandle<fetch::Fetched>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -109,15 +116,26 @@ pub async fn run_sampler(
                 // A new view alone is no reason to sample; wait for the tick.
                 continue;
             }
+            () = exposition.fetch_requested(), if fetching.is_none() => {
+                let targets = fetch::fetch_targets(&pool.borrow());
+                let ready: Vec<u64> = targets.iter().filter(|t| t.ready).map(|t| t.worker_id).collect();
+                // Scrapes that asked while the last fetch ran were answered by it.
+                if !exposition.current().fresh_for(&ready, cfg.interval, Instant::now()) {
+                    fetching = Some(tokio::spawn(fetch::fetch_metrics(targets, fetch_timeout)));
+                }
+                continue;
+            }
+            fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                fetching = None;
+                if let Ok(fetched) = fetched {
+                    state.apply_fetch(fetched);
+                    exposition.publish(state.exposition());
+                }
+                continue;
+            }
         }
         let view = pool.borrow_and_update().clone();
-        let outcome = state
-            .round(
-                &view,
-                exposition.take_scrape_request(),
-                &exposition.current(),
-            )
-            .await;
+        let outcome = state.round(&view).await;
         for (worker_id, request) in outcome.requests {
             if let Err(e) = requests.try_send(request) {
                 state.request_failed(worker_id);
