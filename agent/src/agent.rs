@@ -3,7 +3,6 @@
 //! the parts together on one small runtime — supervisor, sampler, watchdog — with the
 //! admin server on its own thread, and runs until the supervisor has stopped every worker.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -166,11 +165,7 @@ fn register_zero_series(workers: usize) {
     }
 }
 
-/// The state directory holds profiles and the admin token: owner-only.
+/// The state directory holds profiles and the admin token: the agent's user's own, 0700.
 fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create state-dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot restrict state-dir {} to mode 0700", dir.display()))?;
-    Ok(())
+    crate::owned::prepare_dir(dir, 0o700).context("state-dir cannot be used")
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod log;
+pub mod owned;
 pub mod profiles;
 pub mod sampler;
 pub mod supervisor;

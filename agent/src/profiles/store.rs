@@ -26,6 +26,8 @@ pub enum StoreError {
         free: u64,
         min_free: u64,
     },
+    #[error("profile directory: {0}")]
+    NotOurs(#[source] crate::owned::OwnedError),
     #[error("no profile with id {0}")]
     UnknownId(u64),
     #[error("no baseline profile for slot {slot} to diff against")]
@@ -70,14 +72,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl ProfileStore {
-    /// Opens (creating) `<state_dir>/profiles`, tightens its mode to 0700, loads the
+    /// Opens (creating) `<state_dir>/profiles`, refuses it unless the agent's user owns it,
+    /// tightens its mode to 0700, loads the
     /// index, and removes what a crash left behind: raw dumps, partial files, profiles
     /// the index does not know, index entries whose file is gone.
     pub fn open(state_dir: &Path, config: ProfilesConfig) -> Result<ProfileStore, StoreError> {
         let dir = state_dir.join("profiles");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(&dir))?;
+        crate::owned::prepare_dir(&dir, 0o700).map_err(StoreError::NotOurs)?;
         let index_path = dir.join("index.json");
         let mut index = IndexFile::load(&index_path).map_err(io_err(&index_path))?;
         index.profiles.retain(|p| dir.join(&p.file).is_file());
