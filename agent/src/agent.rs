@@ -159,7 +159,7 @@ fn register_zero_series(workers: usize) {
             .increment(0);
     }
     for trigger in [Trigger::Baseline, Trigger::Leak, Trigger::Manual] {
-        for outcome in ["written", "skipped_disk_full"] {
+        for outcome in ["written", "skipped_disk_full", "skipped_retention"] {
             metrics::counter!("heapwarden_heap_profiles_total", "trigger" => trigger.as_str(), "outcome" => outcome).increment(0);
         }
     }

@@ -6,6 +6,7 @@
 
 mod convert;
 mod diff;
+mod dump_limit;
 mod error;
 mod index;
 pub mod pprof;
@@ -21,6 +22,7 @@ pub use convert::{
     ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_with_helper,
 };
 pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
+pub use dump_limit::{DumpBusy, DumpLimiter, DumpPermit, MAX_CONCURRENT_DUMPS};
 pub use error::ProfileError;
 pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileMeta, Trigger};
 pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};

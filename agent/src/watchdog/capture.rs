@@ -1,7 +1,9 @@
 //! Taking one heap profile: reserve it in the store, have the worker write jemalloc's raw
 //! dump (cheap, in the worker), convert and symbolize it in a helper process (heavy, out
 //! of the worker and out of the agent), then commit it. Used for baseline, leak and
-//! on-demand profiles alike.
+//! on-demand profiles alike, each under a [`crate::profiles::DumpPermit`]: one per slot,
+//! a small global limit (a manual dump beyond it is refused, an automatic one waits), and
+//! free disk checked again between the dump and its conversion.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,8 @@ use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use crate::profiles::{
-    ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger, convert_in_helper,
+    DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger,
+    convert_in_helper,
 };
 use crate::supervisor::ControlLink;
 
@@ -32,6 +35,8 @@ pub enum CaptureError {
     Convert { slot: usize, reason: String },
     #[error("the profile store failed: {0}")]
     Store(StoreError),
+    #[error("{0}; try again shortly")]
+    Busy(DumpBusy),
 }
 
 impl CaptureError {
@@ -40,9 +45,12 @@ impl CaptureError {
         match self {
             CaptureError::NoProbe { .. } => "no_probe",
             CaptureError::Skipped(StoreError::DiskShort { .. }) => "skipped_disk_full",
+            CaptureError::Skipped(StoreError::RetentionFull { .. }) => "skipped_retention",
             CaptureError::Skipped(_) | CaptureError::Store(_) => "store_error",
             CaptureError::Dump { .. } => "dump_failed",
             CaptureError::Convert { .. } => "convert_failed",
+            // Refused before it started; never recorded.
+            CaptureError::Busy(_) => "busy",
         }
     }
 }
@@ -65,6 +73,11 @@ pub async fn take_profile(
     let started = Instant::now();
     let trigger = request.trigger.as_str();
     let slot = request.slot;
+    // A refused manual dump is the client's to retry, not a profile outcome.
+    let _permit = match request.trigger {
+        Trigger::Manual => store.try_dump_permit(slot).map_err(CaptureError::Busy)?,
+        Trigger::Baseline | Trigger::Leak => store.dump_permit(slot).await,
+    };
     let result = capture(store, request).await;
     let outcome = match &result {
         Ok(_) => "written",
@@ -120,6 +133,10 @@ async fn capture(
         store.abort(pending).await;
         return Err(CaptureError::Dump { slot, pid, reason });
     }
+    if let Err(e) = store.recheck_disk(&pending).await {
+        store.abort(pending).await;
+        return Err(CaptureError::Skipped(e));
+    }
     if let Err(e) = convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await {
         store.abort(pending).await;
         return Err(CaptureError::Convert {
@@ -130,7 +147,10 @@ async fn capture(
     let (meta, removed) = store
         .commit(pending, figures, rule)
         .await
-        .map_err(CaptureError::Store)?;
+        .map_err(|e| match e {
+            StoreError::RetentionFull { .. } => CaptureError::Skipped(e),
+            e => CaptureError::Store(e),
+        })?;
     drop(removed);
     Ok(meta)
 }
