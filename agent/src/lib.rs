@@ -10,6 +10,8 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[cfg(test)]
+mod fuzzing;
 pub mod log;
 pub mod owned;
 pub mod profiles;

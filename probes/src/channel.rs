@@ -5,6 +5,8 @@
 //! buffer is reserved, so a corrupt or hostile peer can cost at most one frame of memory.
 //! Decoding never panics: every malformed input is a [`FrameError`].
 
+#[cfg(test)]
+mod fuzz_tests;
 mod messages;
 #[cfg(test)]
 mod tests;

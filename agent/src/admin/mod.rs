@@ -138,4 +138,6 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

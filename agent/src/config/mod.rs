@@ -12,4 +12,6 @@ pub use load::{ConfigError, ConfigErrors, EX_CONFIG, env_name, load};
 pub use sections::*;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

@@ -325,7 +325,7 @@ impl Config {
         if w.strikes == 0 {
             errors.push(ConfigError::new("watchdog.strikes", "must be at least 1"));
         }
-        if w.trend_window < self.sampling.interval * 5 {
+        if w.trend_window < self.sampling.interval.saturating_mul(5) {
             errors.push(ConfigError::new(
                 "watchdog.trend-window",
                 "must span at least 5 sampling intervals",

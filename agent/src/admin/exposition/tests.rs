@@ -329,3 +329,28 @@ proptest! {
         assert_valid_page(&page.text)?;
     }
 }
+
+/// Fuzz target (`bench/fuzz.sh`): hostile worker texts of every shape, and arbitrary
+/// lines through the line parser, never panic and always give a valid page.
+#[test]
+fn fuzz_exposition_parser() {
+    let input = (
+        prop::collection::vec(arb_exposition(), 0..4),
+        "\\PC{0,80}",
+        1usize..4096,
+    );
+    crate::fuzzing::fuzz("exposition parser", input, |(texts, line, budget)| {
+        let _ = parse_line(&line);
+        let mut parts: Vec<WorkerPart<'_>> = texts
+            .iter()
+            .enumerate()
+            .map(|(slot, text)| WorkerPart { slot, text })
+            .collect();
+        parts.push(WorkerPart {
+            slot: parts.len(),
+            text: &line,
+        });
+        let page = merge_workers(&parts, budget);
+        assert_valid_page(&page.text)
+    });
+}
