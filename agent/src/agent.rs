@@ -97,13 +97,15 @@ fn run_logged(
             store.clone(),
             figures_tx,
             root.new(o!("module" => "watchdog")),
-        );
+        )
+        .with_snapshot_headroom(config.profiles.snapshot_headroom);
         let watchdog = tokio::spawn(watchdog.run(samples_rx));
         let api = api_router(ApiState {
             pool: handles.view.clone(),
             figures: figures_rx,
             requests: handles.requests.clone(),
             store: store.clone(),
+            snapshot_headroom: config.profiles.snapshot_headroom,
             log: root.new(o!("module" => "api")),
         });
         let admin_state = AdminState {

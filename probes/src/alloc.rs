@@ -13,10 +13,12 @@ use tikv_jemalloc_ctl::raw;
 
 use crate::error::ProbeError;
 
-/// The options the [`install!`](crate::install) macro compiles into the binary.
-/// `lg_prof_sample:19` samples once per 512 KiB allocated on average. The crate builds
-/// jemalloc with unprefixed symbols, so the `MALLOC_CONF` environment variable (read after
-/// this symbol) still overrides any of these.
+/// The options the [`install!`](crate::install) macro compiles into the binary (and the
+/// native preload library into itself). `lg_prof_sample:19` samples once per 512 KiB
+/// allocated on average. jemalloc is built with its `_rjem_` prefix (so that the preload
+/// library can wrap it in `malloc`/`free` exports of its own), which is why it reads
+/// these from `_rjem_malloc_conf` and lets the `_RJEM_MALLOC_CONF` environment variable
+/// (read after this symbol) override any of them.
 pub const DEFAULT_MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
 
 /// Makes jemalloc the global allocator and compiles in [`DEFAULT_MALLOC_CONF`].
@@ -34,16 +36,17 @@ macro_rules! install {
             $crate::__jemallocator::Jemalloc;
 
         /// Read by jemalloc at its first allocation, before `main`.
-        // SAFETY: jemalloc declares `const char *malloc_conf`; a `&[u8]` starts with the
-        // data pointer, the bytes are NUL-terminated and 'static, and nothing else in the
-        // binary defines this symbol (the macro is used once per binary).
-        #[unsafe(export_name = "malloc_conf")]
+        // SAFETY: jemalloc declares `const char *_rjem_malloc_conf`; a `&[u8]` starts
+        // with the data pointer, the bytes are NUL-terminated and 'static, and nothing
+        // else in the binary defines this symbol (the macro is used once per binary).
+        #[unsafe(export_name = "_rjem_malloc_conf")]
         pub static MALLOC_CONF: &[u8] = $crate::alloc::DEFAULT_MALLOC_CONF;
     };
 }
 
 /// Starts allocation sampling (`prof.active = true`). Call once at worker start; the
-/// agent role never calls it. Fails when profiling was disabled (`MALLOC_CONF=prof:false`).
+/// agent role never calls it. Fails when profiling was disabled
+/// (`_RJEM_MALLOC_CONF=prof:false`).
 pub fn activate_profiling() -> Result<(), ProbeError> {
     // SAFETY: "prof.active" is a bool key; `raw::write` passes a pointer to a live bool of
     // the right size.
@@ -76,11 +79,14 @@ mod tests {
 
     use tikv_jemalloc_ctl::profiling;
 
+    /// The environment variable a `_rjem_`-prefixed jemalloc reads its options from.
+    const CONF_ENV: &str = "_RJEM_MALLOC_CONF";
+
     #[test]
     fn compiled_in_options_enable_profiling_at_512k_samples() {
         // An override in the test environment would make this test meaningless.
-        if std::env::var_os("MALLOC_CONF").is_some() {
-            println!("skipped: MALLOC_CONF is set in the environment");
+        if std::env::var_os(CONF_ENV).is_some() {
+            println!("skipped: {CONF_ENV} is set in the environment");
             return;
         }
         assert!(profiling::prof::read().expect("opt.prof is readable"));
@@ -115,8 +121,9 @@ mod tests {
                 "--nocapture",
             ])
             .env(CHILD_ENV, "1")
-            // Unprefixed symbols mean jemalloc reads `MALLOC_CONF`, not `_RJEM_MALLOC_CONF`.
-            .env("MALLOC_CONF", "lg_prof_sample:21")
+            // The `_rjem_` prefix means jemalloc reads `_RJEM_MALLOC_CONF`, not `MALLOC_CONF`.
+            .env(CONF_ENV, "lg_prof_sample:21")
+            .env("MALLOC_CONF", "lg_prof_sample:17")
             .output()
             .expect("run the test binary as a child");
         let stdout = String::from_utf8_lossy(&output.stdout);

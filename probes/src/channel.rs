@@ -6,6 +6,8 @@
 //! Decoding never panics: every malformed input is a [`FrameError`].
 
 #[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
 mod fuzz_tests;
 mod messages;
 #[cfg(test)]
@@ -14,7 +16,7 @@ mod tests;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use messages::{AgentMsg, WorkerMsg};
+pub use messages::{AgentMsg, DumpFormat, DumpKind, Runtime, WorkerMsg};
 
 /// Version byte carried by every frame. Bumped on incompatible message changes.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -28,6 +28,10 @@ use crate::liveness::RuntimeLag;
 
 /// Environment variable naming the inherited control socket's descriptor number.
 pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
+/// Environment variable naming the one process that may use the control channel: the
+/// worker the agent started (its trampoline sets it to its own pid before it execs the
+/// command, which keeps the pid). Descendants inherit the environment but not the claim.
+pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages waiting for the writer thread; beyond this they are dropped and counted.
@@ -36,6 +40,16 @@ const NO_DEADLINE: u64 = u64::MAX;
 
 type MetricsSource = dyn Fn() -> String + Send + Sync;
 type InvalidateCallback = dyn Fn(&str, i64) + Send + Sync;
+type DrainCallback = dyn Fn(Duration) + Send + Sync;
+
+/// Whether this process is the worker the agent started: `Some(true)` when
+/// [`WORKER_PID_ENV`] names this pid, `Some(false)` when it names another (this is a
+/// descendant that inherited the environment), `None` when it is not set (an agent that
+/// predates it, or a test harness).
+pub fn worker_pid_matches() -> Option<bool> {
+    let value = std::env::var(WORKER_PID_ENV).ok()?;
+    Some(value.trim() == std::process::id().to_string())
+}
 
 /// Handle to the control channel. Cheap to clone; all clones share one channel.
 #[derive(Clone)]
@@ -48,6 +62,7 @@ pub struct Probe {
 struct Hooks {
     metrics: Option<Arc<MetricsSource>>,
     invalidate: Option<Arc<InvalidateCallback>>,
+    drain: Option<Arc<DrainCallback>>,
     runtime_lag: Option<RuntimeLag>,
 }
 
@@ -96,9 +111,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Probe {
     /// The probe for this worker when it runs under heapwarden (`HEAPWARDEN_CONTROL_FD`
-    /// set), else `None`. Takes ownership of the descriptor; a second call returns `None`.
+    /// set, and [`WORKER_PID_ENV`] unset or naming this process), else `None`. Takes
+    /// ownership of the descriptor; a second call returns `None`.
     pub fn from_env() -> Option<Probe> {
         let value = std::env::var(CONTROL_FD_ENV).ok()?;
+        if worker_pid_matches() == Some(false) {
+            // A descendant of the worker: the channel is the worker's, not ours.
+            return None;
+        }
         let adopted = adopt_inherited_socket(&value)
             .and_then(|fd| Probe::from_fd(fd).map_err(|e| e.to_string()));
         match adopted {
@@ -120,6 +140,12 @@ impl Probe {
 
     /// Runs the channel over an already-owned connected stream socket and sends `Hello`.
     pub fn from_fd(fd: OwnedFd) -> Result<Probe, ProbeError> {
+        Probe::from_fd_as(fd, crate::channel::Runtime::Rust)
+    }
+
+    /// [`from_fd`](Self::from_fd) for another kind of host: the native preload library
+    /// says `runtime: native` in its hello.
+    pub fn from_fd_as(fd: OwnedFd, runtime: crate::channel::Runtime) -> Result<Probe, ProbeError> {
         let reader = UnixStream::from(fd);
         let writer = reader.try_clone().map_err(|source| ProbeError::Io {
             doing: "duplicating the control socket for the writer thread",
@@ -141,6 +167,7 @@ impl Probe {
         shared.send(WorkerMsg::Hello {
             pid: std::process::id(),
             probe_version: env!("CARGO_PKG_VERSION").to_string(),
+            runtime,
         })?;
         let spawn_error = |source| ProbeError::Io {
             doing: "starting a probe thread",
@@ -199,6 +226,14 @@ impl Probe {
     /// Called (on the probe thread) for each invalidation another worker announced.
     pub fn on_invalidate(&self, callback: impl Fn(&str, i64) + Send + Sync + 'static) {
         write_hooks(&self.shared).invalidate = Some(Arc::new(callback));
+    }
+
+    /// Called (on the probe thread) when the agent asks this worker to drain, with the
+    /// deadline it gave; [`drained`](Self::drained) resolves either way. The native
+    /// preload library uses it to turn `Drain` into a SIGTERM for programs that know
+    /// nothing of the channel.
+    pub fn on_drain(&self, callback: impl Fn(Duration) + Send + Sync + 'static) {
+        write_hooks(&self.shared).drain = Some(Arc::new(callback));
     }
 
     /// Reports this monitor's lag in every `Stats` reply.

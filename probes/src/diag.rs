@@ -6,9 +6,18 @@
 use serde_json::{Map, Value};
 
 /// Logs a warning: `msg` is a sentence, `fields` carry the values.
-pub(crate) fn warn(msg: &str, fields: &[(&str, Value)]) {
+pub fn warn(msg: &str, fields: &[(&str, Value)]) {
+    line("WARN", msg, fields);
+}
+
+/// Logs an informational line (the native preload's attach report).
+pub fn info(msg: &str, fields: &[(&str, Value)]) {
+    line("INFO", msg, fields);
+}
+
+fn line(level: &str, msg: &str, fields: &[(&str, Value)]) {
     let mut line = Map::new();
-    line.insert("level".into(), Value::from("WARN"));
+    line.insert("level".into(), Value::from(level));
     line.insert("msg".into(), Value::from(msg));
     line.insert("component".into(), Value::from("heapwarden-probes"));
     for (name, value) in fields {

@@ -26,7 +26,9 @@
 //!     }
 //! }
 //! ```
-//! `MALLOC_CONF` in the environment still overrides the compiled-in jemalloc options.
+//! `_RJEM_MALLOC_CONF` in the environment still overrides the compiled-in jemalloc options
+//! (jemalloc is built with its `_rjem_` prefix: it serves Rust's allocations only, and the
+//! native preload library can wrap it in `malloc`/`free` of its own).
 //!
 //! Only `alloc` (jemalloc's C interface) and `fd` (adopting inherited descriptors) use
 //! `unsafe`; each says why every block is sound.
@@ -36,7 +38,7 @@
 pub mod alloc;
 pub mod channel;
 mod client;
-mod diag;
+pub mod diag;
 mod dump;
 mod error;
 #[allow(unsafe_code)]
@@ -45,8 +47,10 @@ mod liveness;
 mod stats;
 
 pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
-pub use channel::{AgentMsg, FrameDecoder, FrameError, PROTOCOL_VERSION, WorkerMsg};
-pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe};
+pub use channel::{
+    AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
+};
+pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, WORKER_PID_ENV, worker_pid_matches};
 pub use dump::dump_profile;
 pub use error::ProbeError;
 pub use fd::take_listen_socket;

@@ -11,7 +11,9 @@ use tikv_jemalloc_ctl::{epoch, epoch_mib, stats};
 
 use crate::error::ProbeError;
 
-/// jemalloc's heap figures, in bytes (`stats.*` after an `epoch` advance).
+/// A worker's heap figures, in bytes. From jemalloc (`stats.*` after an `epoch` advance)
+/// in Rust and native workers; from V8 in Node workers, where `allocated` is `heapUsed`,
+/// `active` is `heapTotal` and the jemalloc-only figures are absent (`None`), never faked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HeapStats {
     /// Bytes the application holds (heap used).
@@ -19,13 +21,17 @@ pub struct HeapStats {
     /// Bytes in active pages, a multiple of the page size (heap total).
     pub active: u64,
     /// Bytes in physically resident data pages mapped by jemalloc.
-    pub resident: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident: Option<u64>,
     /// Bytes in active extents mapped by jemalloc.
-    pub mapped: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<u64>,
     /// Bytes in virtual memory kept for reuse rather than returned to the OS.
-    pub retained: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained: Option<u64>,
     /// Bytes jemalloc spends on its own bookkeeping.
-    pub metadata: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<u64>,
 }
 
 struct Mibs {
@@ -75,10 +81,10 @@ impl HeapStats {
         Ok(HeapStats {
             allocated: ctl("stats.allocated", mibs.allocated.read())? as u64,
             active: ctl("stats.active", mibs.active.read())? as u64,
-            resident: ctl("stats.resident", mibs.resident.read())? as u64,
-            mapped: ctl("stats.mapped", mibs.mapped.read())? as u64,
-            retained: ctl("stats.retained", mibs.retained.read())? as u64,
-            metadata: ctl("stats.metadata", mibs.metadata.read())? as u64,
+            resident: Some(ctl("stats.resident", mibs.resident.read())? as u64),
+            mapped: Some(ctl("stats.mapped", mibs.mapped.read())? as u64),
+            retained: Some(ctl("stats.retained", mibs.retained.read())? as u64),
+            metadata: Some(ctl("stats.metadata", mibs.metadata.read())? as u64),
         })
     }
 }
@@ -102,7 +108,7 @@ mod tests {
             during.allocated
         );
         assert!(during.active >= during.allocated);
-        assert!(during.mapped >= during.active);
+        assert!(during.mapped >= Some(during.active));
         drop(held);
     }
 }

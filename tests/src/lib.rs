@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -358,6 +359,65 @@ pub fn http_request(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// GETs in a loop on fresh connections until stopped (a 200 counts as ok); failures are
+/// kept with what went wrong.
+pub struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    /// `path(n)`: the path of the n-th request of a thread.
+    pub fn start(
+        addr: SocketAddr,
+        threads: usize,
+        path: impl Fn(usize) -> String + Send + Sync + 'static,
+    ) -> ClientLoop {
+        let path = Arc::new(path);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut n = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match http_get(addr, &path(n), Duration::from_secs(10)) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failed.lock().unwrap().push(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        ClientLoop {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the loop; returns the requests that succeeded and the failures.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.lock().unwrap().clone(),
+        )
+    }
 }
 
 /// One HTTP/1.1 GET on a fresh connection; returns (status, body).

@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use heapwarden_tests::*;
@@ -82,56 +81,6 @@ fn cli(setup: &Setup, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("CLI JSON")
 }
 
-/// Reads items in a loop on fresh connections until stopped; failures are kept.
-struct ClientLoop {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl ClientLoop {
-    fn start(addr: SocketAddr, threads: usize) -> ClientLoop {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..threads)
-            .map(|t| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let mut id = t;
-                    while !stop.load(Ordering::Relaxed) {
-                        id = id % 100 + 1;
-                        match http_get(addr, &format!("/items/{id}"), SECS(10)) {
-                            Ok((200, _)) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => failed.lock().unwrap().push(format!("{other:?}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        ClientLoop {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.lock().unwrap().clone(),
-        )
-    }
-}
-
 fn go_pprof(args: &[&str]) -> String {
     let out = Command::new("go")
         .args(["tool", "pprof"])
@@ -161,7 +110,7 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
     let _guard = TimeoutGuard::new("leak_replaced", SECS(150));
     let setup = start("restart");
     let logs = &setup.agent.logs;
-    let clients = ClientLoop::start(setup.service, 4);
+    let clients = ClientLoop::start(setup.service, 4, |id| format!("/items/{}", id % 100 + 1));
 
     let detection = logs.wait_for(SECS(60), "leak detection on worker 1", |r| {
         r["msg"] == "A memory leak was detected." && r["worker"] == 1

@@ -15,9 +15,13 @@ use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::sync::{mpsc, watch};
 
-use crate::profiles::{ProfileFigures, ProfileId, ProfileStoreHandle, StoreError, Trigger};
+use crate::profiles::{
+    ProfileFigures, ProfileId, ProfileKind, ProfileStoreHandle, StoreError, Trigger,
+};
 use crate::supervisor::{PoolView, Request, RestartReason};
-use crate::watchdog::{CaptureError, CaptureRequest, take_profile};
+use crate::watchdog::{
+    CaptureError, CaptureRequest, SnapshotError, SnapshotRequest, take_profile, take_snapshot,
+};
 
 /// The latest figures per slot, published by the watchdog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -42,6 +46,8 @@ pub struct ApiState {
     pub figures: watch::Receiver<FiguresView>,
     pub requests: mpsc::Sender<Request>,
     pub store: ProfileStoreHandle,
+    /// `profiles.snapshot-headroom`.
+    pub snapshot_headroom: f64,
     pub log: Logger,
 }
 
@@ -87,6 +93,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let status = match e {
             StoreError::UnknownId(_) | StoreError::NoBaseline { .. } => StatusCode::NOT_FOUND,
+            StoreError::NotAProfile { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -152,10 +159,27 @@ fn parse_id(raw: &str) -> Result<u64, ApiError> {
     ProfileId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
+#[derive(Deserialize)]
+struct ProfileQuery {
+    /// `profile` (default) or `snapshot`.
+    kind: Option<String>,
+}
+
 async fn profile_now(
     State(state): State<ApiState>,
     Path(slot): Path<String>,
+    Query(query): Query<ProfileQuery>,
 ) -> Result<Response, ApiError> {
+    let snapshot = match query.kind.as_deref() {
+        None | Some("profile") => false,
+        Some("snapshot") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("kind {other:?} is neither profile nor snapshot"),
+            ));
+        }
+    };
     let view = state.pool.borrow().clone();
     let slot = parse_slot(&slot, &view)?;
     let worker = view.slots[slot].worker.clone().ok_or_else(|| {
@@ -170,18 +194,40 @@ async fn profile_now(
         .get(&slot)
         .cloned()
         .unwrap_or_default();
+    let figures = ProfileFigures {
+        rss: figures.rss_bytes,
+        pss: figures.pss_bytes,
+        heap_allocated: figures.heap_allocated_bytes,
+        heap_active: figures.heap_active_bytes,
+        growth_bytes_per_second: figures.growth_bytes_per_second,
+    };
+    if snapshot {
+        let request = SnapshotRequest {
+            slot,
+            pid: worker.pid,
+            link: worker.link.filter(|_| worker.probe),
+            runtime: worker.runtime,
+            trigger: Trigger::Manual,
+            figures,
+            rule: None,
+            headroom: state.snapshot_headroom,
+        };
+        return match take_snapshot(&state.store, request, &state.log).await {
+            Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
+            Err(e) if e.is_refusal() => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+            Err(e @ SnapshotError::Skipped(_)) => Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                e.to_string(),
+            )),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+        };
+    }
     let request = CaptureRequest {
         slot,
         pid: worker.pid,
         link: worker.link.filter(|_| worker.probe),
         trigger: Trigger::Manual,
-        figures: ProfileFigures {
-            rss: figures.rss_bytes,
-            pss: figures.pss_bytes,
-            heap_allocated: figures.heap_allocated_bytes,
-            heap_active: figures.heap_active_bytes,
-            growth_bytes_per_second: figures.growth_bytes_per_second,
-        },
+        figures,
         rule: None,
     };
     // Its own task: a client that hangs up does not cut a dump off half-way.
@@ -269,8 +315,12 @@ async fn download(
             format!("profile {id} is indexed but unreadable: {e}"),
         )
     })?;
+    let extension = match meta.kind {
+        ProfileKind::Profile => "pb.gz",
+        ProfileKind::Snapshot => "heapsnapshot",
+    };
     let disposition = format!(
-        "attachment; filename=\"heapwarden-{}-worker{}-{}.pb.gz\"",
+        "attachment; filename=\"heapwarden-{}-worker{}-{}.{extension}\"",
         meta.id,
         meta.slot,
         meta.trigger.as_str()

@@ -51,11 +51,11 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "heapwarden_worker_heap_allocated_bytes",
-        "Heap used: jemalloc stats.allocated."
+        "Heap used: jemalloc stats.allocated; V8 heapUsed for Node workers."
     );
     describe_gauge!(
         "heapwarden_worker_heap_active_bytes",
-        "Heap total: jemalloc stats.active."
+        "Heap total: jemalloc stats.active; V8 heapTotal for Node workers."
     );
     describe_gauge!(
         "heapwarden_worker_heap_resident_bytes",
@@ -66,8 +66,16 @@ pub fn describe_metrics() {
         "jemalloc stats.retained."
     );
     describe_gauge!(
+        "heapwarden_worker_external_bytes",
+        "Node workers: memory of C++ objects bound to JavaScript, Buffers included (process.memoryUsage().external)."
+    );
+    describe_gauge!(
+        "heapwarden_worker_array_buffers_bytes",
+        "Node workers: ArrayBuffer and Buffer backing stores (process.memoryUsage().arrayBuffers, part of external)."
+    );
+    describe_gauge!(
         "heapwarden_worker_runtime_lag_seconds",
-        "Scheduling lag of the worker's async runtime."
+        "Scheduling lag of the worker's async runtime (Node: the longest event-loop delay since the last sample)."
     );
     describe_counter!(
         "heapwarden_worker_probe_dropped_messages_total",

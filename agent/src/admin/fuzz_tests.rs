@@ -87,6 +87,7 @@ fn pool() -> PoolView {
         ready: true,
         probe: false,
         link: None,
+        runtime: None,
     };
     PoolView {
         slots: vec![
@@ -132,6 +133,7 @@ fn fuzz_admin_routes() {
             figures,
             requests,
             store,
+            snapshot_headroom: crate::config::ProfilesConfig::default().snapshot_headroom,
             log: slog::Logger::root(slog::Discard, slog::o!()),
         });
         router_with_api(

@@ -26,6 +26,7 @@ fn slot(n: usize, state: SlotState, ready: Option<bool>, budget_exhausted: bool)
             started_wall: SystemTime::now(),
             ready,
             probe: false,
+            runtime: None,
             link: None,
         }),
         restarts: 0,

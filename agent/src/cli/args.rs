@@ -109,4 +109,7 @@ pub struct ConvertArgs {
     /// The worker's executable, for symbolization.
     #[arg(long)]
     pub exe: Option<PathBuf>,
+    /// What `--raw` holds: jemalloc (prof.dump) | v8-sampling (the Node probe's profile).
+    #[arg(long, default_value = "jemalloc")]
+    pub format: String,
 }

@@ -34,9 +34,12 @@ pub enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// Write a heap profile of a worker now.
+    /// Write a heap profile of a worker now (or, for a Node worker, a heap snapshot).
     Dump {
         slot: String,
+        /// A full V8 heap snapshot instead (Node workers; blocks the worker meanwhile).
+        #[arg(long)]
+        snapshot: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -90,7 +93,13 @@ fn run(verb: Verb) -> anyhow::Result<()> {
         }
         Verb::Pull { id, output, common } => {
             let bytes = Client::new(&common)?.get_bytes(&format!("/profiles/{}", segment(&id)))?;
-            let path = output.unwrap_or_else(|| PathBuf::from(format!("heapwarden-{id}.pb.gz")));
+            // pprof files are gzip; anything else the store keeps is a V8 heap snapshot.
+            let ext = if bytes.starts_with(&[0x1f, 0x8b]) {
+                "pb.gz"
+            } else {
+                "heapsnapshot"
+            };
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("heapwarden-{id}.{ext}")));
             std::fs::write(&path, &bytes)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if common.json {
@@ -108,13 +117,22 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Verb::Dump { slot, common } => {
-            let meta =
-                Client::new(&common)?.post_json(&format!("/workers/{}/profile", segment(&slot)))?;
+        Verb::Dump {
+            slot,
+            snapshot,
+            common,
+        } => {
+            let query = if snapshot { "?kind=snapshot" } else { "" };
+            let meta = Client::new(&common)?
+                .post_json(&format!("/workers/{}/profile{query}", segment(&slot)))?;
             print_out(&common, &meta, |m| {
                 println!(
-                    "profile {} of worker {} written ({} bytes); pull it with: heapwarden pull {}",
-                    m["id"], m["slot"], m["bytes"], m["id"]
+                    "{} {} of worker {} written ({} bytes); pull it with: heapwarden pull {}",
+                    m["kind"].as_str().unwrap_or("profile"),
+                    m["id"],
+                    m["slot"],
+                    m["bytes"],
+                    m["id"]
                 );
             })
         }

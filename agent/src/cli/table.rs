@@ -64,8 +64,8 @@ pub fn print_workers(rows: &Value) {
 
 pub fn print_profiles(rows: &Value) {
     println!(
-        "{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  CREATED",
-        "ID", "SLOT", "PID", "TRIGGER", "RULE", "BYTES", "HEAP_MiB"
+        "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  CREATED",
+        "ID", "SLOT", "PID", "TRIGGER", "KIND", "RULE", "BYTES", "HEAP_MiB"
     );
     for r in rows.as_array().into_iter().flatten() {
         let created = r["created_unix_ms"]
@@ -78,11 +78,12 @@ pub fn print_profiles(rows: &Value) {
             })
             .unwrap_or_default();
         println!(
-            "{:>5} {:>4} {:>8} {:<9} {:<10} {:>9} {:>9}  {created}",
+            "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {created}",
             text(&r["id"]),
             text(&r["slot"]),
             text(&r["pid"]),
             text(&r["trigger"]),
+            r["kind"].as_str().unwrap_or("profile"),
             text(&r["rule"]),
             text(&r["bytes"]),
             mib(&r["figures"]["heap_allocated"]),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::demo::DemoConfig;
 use super::load::ConfigError;
-use super::types::{LeakAction, Rate, Size, Toggle, Watch};
+use super::types::{LeakAction, ProbeKind, Rate, Size, Toggle, Watch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -106,6 +106,8 @@ pub struct PoolConfig {
     pub drain_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub kill_timeout: Duration,
+    /// auto | node | native | off: which probe the workers get (supervisor/attach).
+    pub probe: ProbeKind,
     pub restart: RestartConfig,
 }
 
@@ -121,6 +123,7 @@ impl Default for PoolConfig {
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             kill_timeout: Duration::from_secs(10),
+            probe: ProbeKind::Auto,
             restart: RestartConfig::default(),
         }
     }
@@ -202,6 +205,8 @@ pub struct WatchdogConfig {
     pub action: LeakAction,
     pub max_concurrent_replacements: u32,
     pub max_leak_restarts_per_hour: u32,
+    /// Node workers: also take a full heap snapshot when a rule trips (heavy; off).
+    pub leak_snapshot: bool,
 }
 
 impl Default for WatchdogConfig {
@@ -219,6 +224,7 @@ impl Default for WatchdogConfig {
             action: LeakAction::Restart,
             max_concurrent_replacements: 1,
             max_leak_restarts_per_hour: 6,
+            leak_snapshot: false,
         }
     }
 }
@@ -231,6 +237,9 @@ pub struct ProfilesConfig {
     /// A dump is skipped (logged, counted) when the state directory's filesystem has
     /// less than this free.
     pub min_free_disk: Size,
+    /// A heap snapshot is refused (409) unless `MemAvailable` is at least this many
+    /// times the worker's heap used: V8 needs about twice the heap to write one.
+    pub snapshot_headroom: f64,
 }
 
 impl Default for ProfilesConfig {
@@ -239,6 +248,7 @@ impl Default for ProfilesConfig {
             max_count: 50,
             max_bytes: Size::mib(512),
             min_free_disk: Size::mib(256),
+            snapshot_headroom: 2.0,
         }
     }
 }
@@ -288,6 +298,13 @@ impl Config {
             errors.push(ConfigError::new(
                 "pool.command",
                 "the program name is empty",
+            ));
+        }
+        let headroom = self.profiles.snapshot_headroom;
+        if !(headroom.is_finite() && headroom >= 0.0) {
+            errors.push(ConfigError::new(
+                "profiles.snapshot-headroom",
+                "must be a number >= 0 (2.0: free memory of twice the heap)",
             ));
         }
         if p.workers > 1024 {

@@ -159,6 +159,30 @@ pub enum Watch {
     Rss,
 }
 
+/// Which probe a worker gets (`pool.probe`); `attach` turns it into the worker's env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeKind {
+    /// Node's probe when the command runs node (`node`, `nodejs`, `npm`, `npx`, …);
+    /// otherwise none (a Rust worker that links `heapwarden-probes` says hello anyway).
+    #[default]
+    Auto,
+    Node,
+    Native,
+    Off,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Auto => "auto",
+            ProbeKind::Node => "node",
+            ProbeKind::Native => "native",
+            ProbeKind::Off => "off",
+        }
+    }
+}
+
 /// What the watchdog does when a rule trips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -320,6 +320,16 @@ pub async fn convert_in_helper(
     convert_with_helper(&exe, raw, out, pid, HELPER_TIMEOUT).await
 }
 
+/// Converts a Node worker's V8 sampling profile in the same kind of helper process (the
+/// file is the worker's word: a hostile one costs the helper, never the agent).
+pub async fn convert_v8_in_helper(raw: &Path, out: &Path) -> Result<ConvertSummary, ProfileError> {
+    let exe = std::env::current_exe().map_err(|source| ProfileError::HelperSpawn {
+        exe: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    run_helper(&exe, raw, out, None, Some("v8-sampling"), HELPER_TIMEOUT).await
+}
+
 /// [`convert_in_helper`] with the helper binary and deadline given (tests and benches run
 /// from binaries that are not `heapwarden`).
 pub async fn convert_with_helper(
@@ -329,9 +339,23 @@ pub async fn convert_with_helper(
     pid: Option<u32>,
     timeout: Duration,
 ) -> Result<ConvertSummary, ProfileError> {
+    run_helper(helper_exe, raw, out, pid, None, timeout).await
+}
+
+async fn run_helper(
+    helper_exe: &Path,
+    raw: &Path,
+    out: &Path,
+    pid: Option<u32>,
+    format: Option<&str>,
+    timeout: Duration,
+) -> Result<ConvertSummary, ProfileError> {
     let mut cmd = tokio::process::Command::new(helper_exe);
-    cmd.arg("__convert-profile")
-        .arg("--raw")
+    cmd.arg("__convert-profile");
+    if let Some(format) = format {
+        cmd.arg("--format").arg(format);
+    }
+    cmd.arg("--raw")
         .arg(raw)
         .arg("--out")
         .arg(out)

@@ -21,6 +21,11 @@ pub enum ProfileError {
     },
     #[error("raw dump {path}: {source}")]
     Raw { path: PathBuf, source: RawError },
+    #[error("V8 profile {path}: {source}")]
+    V8 {
+        path: PathBuf,
+        source: super::v8::V8Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,

@@ -25,6 +25,33 @@ impl Trigger {
     }
 }
 
+/// What a stored file is: a pprof heap profile, or a V8 heap snapshot (Node workers,
+/// opens in Chrome DevTools → Memory → Load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileKind {
+    #[default]
+    Profile,
+    Snapshot,
+}
+
+impl ProfileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileKind::Profile => "profile",
+            ProfileKind::Snapshot => "snapshot",
+        }
+    }
+
+    /// The only file name an entry of this kind is ever stored under.
+    pub fn file_name(self, id: u64) -> String {
+        match self {
+            ProfileKind::Profile => ProfileId::file_name(id),
+            ProfileKind::Snapshot => format!("{id}.heapsnapshot"),
+        }
+    }
+}
+
 /// The worker's figures when the profile was taken (absent ones were not sampled).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -49,6 +76,9 @@ pub struct ProfileMeta {
     pub slot: usize,
     pub pid: u32,
     pub trigger: Trigger,
+    /// `profile` (pprof) or `snapshot` (V8 heap snapshot); older indexes lack it.
+    #[serde(default)]
+    pub kind: ProfileKind,
     pub created_unix_ms: u64,
     /// Size of the stored `.pb.gz`.
     pub bytes: u64,
@@ -180,6 +210,7 @@ mod tests {
             slot: 0,
             pid: 7,
             trigger: Trigger::Baseline,
+            kind: ProfileKind::Profile,
             created_unix_ms: 5,
             bytes: 10,
             figures: ProfileFigures {

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::index::{IndexFile, ProfileFigures, ProfileId, ProfileMeta, Trigger};
+use super::index::{IndexFile, ProfileFigures, ProfileId, ProfileKind, ProfileMeta, Trigger};
 use crate::config::ProfilesConfig;
 
 pub use super::store_handle::{ProfileStoreHandle, StoreStats};
@@ -34,6 +34,10 @@ pub enum StoreError {
     RetentionFull { id: u64, slot: usize },
     #[error("no profile with id {0}")]
     UnknownId(u64),
+    #[error(
+        "profile {id} is a heap snapshot: open it in Chrome DevTools (Memory → Load) rather than diffing it"
+    )]
+    NotAProfile { id: u64 },
     #[error("no baseline profile for slot {slot} to diff against")]
     NoBaseline { slot: usize },
     #[error("profile {id} for slot {slot} was not written: {reason}")]
@@ -56,8 +60,19 @@ pub struct PendingProfile {
     pub slot: usize,
     pub pid: u32,
     pub trigger: Trigger,
+    pub kind: ProfileKind,
     pub raw_path: PathBuf,
     pub out_path: PathBuf,
+}
+
+impl PendingProfile {
+    /// The same reservation, stored as a heap snapshot (`<id>.heapsnapshot`).
+    pub fn into_snapshot(mut self) -> PendingProfile {
+        self.kind = ProfileKind::Snapshot;
+        self.out_path
+            .set_file_name(ProfileKind::Snapshot.file_name(self.id));
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -120,17 +135,14 @@ impl ProfileStore {
 
     /// The file of a stored profile (for download and diffs).
     pub fn path_of(&self, id: u64) -> Option<PathBuf> {
-        self.get(id)
-            .map(|p| self.dir.join(ProfileId::file_name(p.id)))
+        self.get(id).map(|p| self.dir.join(p.kind.file_name(p.id)))
     }
 
     /// The newest baseline of a slot, the default `base` of a diff.
     pub fn latest_baseline(&self, slot: usize) -> Option<&ProfileMeta> {
-        self.index
-            .profiles
-            .iter()
-            .rev()
-            .find(|p| p.slot == slot && p.trigger == Trigger::Baseline)
+        self.index.profiles.iter().rev().find(|p| {
+            p.slot == slot && p.trigger == Trigger::Baseline && p.kind == ProfileKind::Profile
+        })
     }
 
     /// Bytes of all stored profiles (`heapwarden_profiles_stored_bytes`).
@@ -184,6 +196,7 @@ impl ProfileStore {
             slot,
             pid,
             trigger,
+            kind: ProfileKind::Profile,
             raw_path: self.dir.join(format!("{id}.raw")),
             out_path: self.dir.join(ProfileId::file_name(id)),
         })
@@ -197,7 +210,9 @@ impl ProfileStore {
         figures: ProfileFigures,
         rule: Option<String>,
     ) -> Result<(ProfileMeta, Vec<ProfileMeta>), StoreError> {
-        let _ = std::fs::remove_file(&pending.raw_path);
+        if pending.raw_path != pending.out_path {
+            let _ = std::fs::remove_file(&pending.raw_path);
+        }
         let meta = std::fs::metadata(&pending.out_path).map_err(|e| StoreError::NotWritten {
             id: pending.id,
             slot: pending.slot,
@@ -210,6 +225,7 @@ impl ProfileStore {
             slot: pending.slot,
             pid: pending.pid,
             trigger: pending.trigger,
+            kind: pending.kind,
             created_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -217,7 +233,7 @@ impl ProfileStore {
             bytes: meta.len(),
             figures,
             rule,
-            file: ProfileId::file_name(pending.id),
+            file: pending.kind.file_name(pending.id),
         };
         self.index.profiles.push(entry.clone());
         let removed = self.enforce_retention(&entry);

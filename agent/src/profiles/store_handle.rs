@@ -136,6 +136,9 @@ impl ProfileStoreHandle {
     /// `id` minus `base`; without a base, the newest baseline of `id`'s slot.
     pub async fn diff(&self, id: u64, base: Option<u64>) -> Result<DiffReport, StoreError> {
         let (meta, path) = self.get(id).await?;
+        if meta.kind != super::index::ProfileKind::Profile {
+            return Err(StoreError::NotAProfile { id });
+        }
         let base_meta = match base {
             Some(base) => self.get(base).await?.0,
             None => self
@@ -143,6 +146,9 @@ impl ProfileStoreHandle {
                 .await?
                 .ok_or(StoreError::NoBaseline { slot: meta.slot })?,
         };
+        if base_meta.kind != super::index::ProfileKind::Profile {
+            return Err(StoreError::NotAProfile { id: base_meta.id });
+        }
         let (_, base_path) = self.get(base_meta.id).await?;
         let report = tokio::task::spawn_blocking(move || {
             diff_files(base_meta.id, &base_path, meta.id, &path)

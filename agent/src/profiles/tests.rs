@@ -192,6 +192,7 @@ fn store_config(max_count: usize, max_bytes: u64) -> ProfilesConfig {
         max_count,
         max_bytes: Size(max_bytes),
         min_free_disk: Size(0),
+        snapshot_headroom: 2.0,
     }
 }
 

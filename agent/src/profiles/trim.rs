@@ -1,8 +1,12 @@
 //! Which frames belong to the allocator rather than the application. Heap stacks end
 //! (leaf side) in jemalloc's sampler (`prof_backtrace_impl`, `_rjem_je_*`), the C
-//! allocation entry points, Rust's global-allocator shims and the `alloc`/`core` glue
-//! (`RawVec`, `vec::from_elem`...). Trimming those from the leaf end makes the
-//! application's function the top entry of `go tool pprof -top` and of our diffs.
+//! allocation entry points (the native preload's `malloc`… wrappers among them), Rust's
+//! global-allocator shims and the `alloc`/`core` glue (`RawVec`, `vec::from_elem`...),
+//! and for native workers libc's allocating helpers (`strdup`), C++'s `operator new`
+//! and CPython's allocator layers (`PyObject_Malloc` → `_PyMem_RawMalloc`). Trimming
+//! those from the leaf end makes the application's function the top entry of
+//! `go tool pprof -top` and of our diffs (for CPython: the C-level function that made
+//! the object, such as `PyUnicode_New`).
 
 /// Whether a frame is allocator machinery that should not be reported as a site: by its
 /// name, or by its source file when the name is DWARF's short form of an inlined
@@ -58,6 +62,9 @@ fn is_allocator_function(function: &str) -> bool {
     if C_EXACT.contains(&function) || C_PREFIXES.iter().any(|p| function.starts_with(p)) {
         return true;
     }
+    if is_native_allocator_layer(function) {
+        return true;
+    }
     // `<SelfType as Trait>::method`: glue when both the type and the trait are the
     // standard library's (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem`,
     // `<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc`); an
@@ -69,6 +76,38 @@ fn is_allocator_function(function: &str) -> bool {
         return (primitive || is_std_path(self_ty)) && is_std_path(rest);
     }
     is_std_path(function)
+}
+
+/// Allocation layers native workers call through: libc's allocating string helpers and
+/// the `__libc_*` aliases, C++'s `operator new`, CPython's `PyMem_*`/`PyObject_Malloc`,
+/// and the preload library's own wrappers.
+fn is_native_allocator_layer(function: &str) -> bool {
+    const EXACT: [&str; 13] = [
+        "reallocarray",
+        "cfree",
+        "strdup",
+        "strndup",
+        "__strdup",
+        "__strndup",
+        "PyObject_Malloc",
+        "PyObject_Calloc",
+        "PyObject_Realloc",
+        "_PyObject_Malloc",
+        "_PyObject_Calloc",
+        "_PyObject_Realloc",
+        "pvalloc",
+    ];
+    const PREFIXES: [&str; 7] = [
+        "__libc_",
+        "operator new",
+        "std::__new_allocator",
+        "__gnu_cxx::new_allocator",
+        "PyMem_",
+        "_PyMem_",
+        // The preload library's own code (its exported `malloc`… are trimmed by name).
+        "heapwarden_preload::",
+    ];
+    EXACT.contains(&function) || PREFIXES.iter().any(|p| function.starts_with(p))
 }
 
 /// A path in the allocator-facing parts of the standard library.
@@ -119,6 +158,13 @@ mod tests {
             "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
             "<T as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
             "core::ptr::drop_in_place<x>",
+            "__strdup",
+            "__libc_malloc",
+            "operator new(unsigned long)",
+            "PyObject_Malloc",
+            "_PyMem_RawMalloc",
+            "PyMem_RawRealloc",
+            "heapwarden_preload::attach::attach_if_worker",
         ] {
             assert!(is_allocator_frame(f, ""), "{f} should be trimmed");
         }
@@ -132,6 +178,8 @@ mod tests {
             "<heapwarden::demo::Item as core::clone::Clone>::clone",
             "std::thread::spawn",
             "main",
+            "PyUnicode_New",
+            "leak_in_named_c_function",
             "",
         ] {
             assert!(!is_allocator_frame(f, "src/main.rs"), "{f} should stay");

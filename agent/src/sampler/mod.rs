@@ -63,6 +63,12 @@ pub struct WorkerSample {
     /// From the probe, when the worker links it and answered in time.
     pub heap: Option<HeapStats>,
     pub runtime_lag_seconds: Option<f64>,
+    /// Node workers: `external` and `arrayBuffers` of `process.memoryUsage()`.
+    pub external_bytes: Option<u64>,
+    pub array_buffers_bytes: Option<u64>,
+    /// The worker was writing a heap snapshot (its event loop blocked): the probe was
+    /// not asked, and the leak rules skip this sample.
+    pub dumping: bool,
 }
 
 impl Roots {

@@ -54,13 +54,21 @@ pub fn record_worker(sample: &WorkerSample, dropped_since: u64) {
             heap.allocated as f64,
         );
         set("heapwarden_worker_heap_active_bytes", heap.active as f64);
+        // Absent for Node workers: V8 has no such figures, and none are made up.
+        if let Some(resident) = heap.resident {
+            set("heapwarden_worker_heap_resident_bytes", resident as f64);
+        }
+        if let Some(retained) = heap.retained {
+            set("heapwarden_worker_heap_retained_bytes", retained as f64);
+        }
+    }
+    if let Some(external) = sample.external_bytes {
+        set("heapwarden_worker_external_bytes", external as f64);
+    }
+    if let Some(array_buffers) = sample.array_buffers_bytes {
         set(
-            "heapwarden_worker_heap_resident_bytes",
-            heap.resident as f64,
-        );
-        set(
-            "heapwarden_worker_heap_retained_bytes",
-            heap.retained as f64,
+            "heapwarden_worker_array_buffers_bytes",
+            array_buffers as f64,
         );
     }
     if let Some(lag) = sample.runtime_lag_seconds {

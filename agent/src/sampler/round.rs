@@ -34,6 +34,8 @@ struct Target {
 struct ProbeReply {
     heap: Option<HeapStats>,
     runtime_lag_seconds: Option<f64>,
+    external_bytes: Option<u64>,
+    array_buffers_bytes: Option<u64>,
     dropped: Option<u64>,
 }
 
@@ -158,6 +160,9 @@ impl SamplerState {
                 processes: tree.processes,
                 heap: reply.heap,
                 runtime_lag_seconds: reply.runtime_lag_seconds,
+                external_bytes: reply.external_bytes,
+                array_buffers_bytes: reply.array_buffers_bytes,
+                dumping: target.link.as_ref().is_some_and(ControlLink::is_dumping),
             };
             let dropped_since = reply.dropped.map_or(0, |now| {
                 let last = self.dropped.insert(target.worker_id, now).unwrap_or(0);
@@ -240,6 +245,10 @@ async fn ask_probe(
     timeout: Duration,
 ) -> Option<Result<ProbeReply, LinkError>> {
     let link = link?;
+    if link.is_dumping() {
+        // Blocked in a heap snapshot: no answer is coming, and none is missed.
+        return None;
+    }
     let reply = link
         .request(
             |seq| AgentMsg::Sample {
@@ -254,10 +263,14 @@ async fn ask_probe(
             heap,
             runtime_lag_seconds,
             dropped,
+            external_bytes,
+            array_buffers_bytes,
             ..
         } => ProbeReply {
             heap,
             runtime_lag_seconds,
+            external_bytes,
+            array_buffers_bytes,
             dropped: Some(dropped),
         },
         // Any reply proves the worker is alive, even one we did not ask for.

@@ -22,10 +22,10 @@ use crate::supervisor::{
 const HEAP: HeapStats = HeapStats {
     allocated: 1000,
     active: 2000,
-    resident: 3000,
-    mapped: 4000,
-    retained: 5000,
-    metadata: 6,
+    resident: Some(3000),
+    mapped: Some(4000),
+    retained: Some(5000),
+    metadata: Some(6),
 };
 
 /// A probe that answers every `Sample` with `HEAP` and a metrics line.
@@ -44,6 +44,8 @@ async fn answering_probe(mut stream: UnixStream) {
                 runtime_lag_seconds: Some(0.002),
                 dropped: 3,
                 metrics: metrics.then(|| "demo_jobs_total{outcome=\"completed\"} 4\n".to_string()),
+                external_bytes: None,
+                array_buffers_bytes: None,
             };
             let frame = encode(&reply).expect("encode");
             if stream.write_all(&frame).await.is_err() {
@@ -72,6 +74,7 @@ fn link(worker_id: u64, answers: bool) -> ControlLink {
         agent_end,
         worker_id,
         events,
+        None,
         slog::Logger::root(slog::Discard, slog::o!()),
     )
 }
@@ -87,6 +90,7 @@ fn slot(n: usize, pid: u32, link: Option<ControlLink>) -> SlotView {
             started_wall: SystemTime::now(),
             ready: true,
             probe: link.is_some(),
+            runtime: None,
             link,
         }),
         restarts: 0,

@@ -4,13 +4,22 @@
 //! Frames over [`DECODE_OFF_THREAD`] (a worker's metrics text) are decoded on the
 //! blocking pool: a 3 MB frame takes ~50 ms of JSON decoding, which must not stall the
 //! runtime thread the supervisor and sampler share.
+//!
+//! Claims: every `hello` starts a fresh claim (a successor process took the channel
+//! over), so requests still waiting on the previous claimant are failed at once instead
+//! of waiting out their timeouts. A worker given a probe that says no hello within its
+//! grace period gets one log line saying why only procfs figures are sampled.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use heapwarden_probes::channel::{
     AgentMsg, FrameDecoder, FrameError, WorkerMsg, decode_raw, encode,
 };
+
+use super::attach::Attached;
 use slog::{Logger, debug, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -54,6 +63,18 @@ pub enum LinkEvent {
 pub struct ControlLink {
     worker_id: u64,
     tx: mpsc::Sender<LinkCommand>,
+    /// Set while the worker writes a heap snapshot (its event loop is blocked), so the
+    /// sampler neither asks nor counts a miss, and the leak rules skip the spike.
+    dumping: Arc<AtomicBool>,
+}
+
+/// Clears the link's dumping mark when dropped.
+pub struct DumpingMark(Arc<AtomicBool>);
+
+impl Drop for DumpingMark {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for LinkCommand {
@@ -65,6 +86,17 @@ impl std::fmt::Debug for LinkCommand {
 impl ControlLink {
     pub fn worker_id(&self) -> u64 {
         self.worker_id
+    }
+
+    /// Whether the worker is writing a heap snapshot right now.
+    pub fn is_dumping(&self) -> bool {
+        self.dumping.load(Ordering::Relaxed)
+    }
+
+    /// Marks the worker busy with a heap snapshot until the mark is dropped.
+    pub fn mark_dumping(&self) -> DumpingMark {
+        self.dumping.store(true, Ordering::Relaxed);
+        DumpingMark(self.dumping.clone())
     }
 
     /// Sends a request built around a fresh sequence number and waits for the reply
@@ -105,15 +137,22 @@ impl ControlLink {
 }
 
 /// Starts the task that owns `stream` and returns its handle.
+///
+/// `hello_grace`: the probe the worker was given and how long it has to say hello.
 pub fn spawn_link(
     stream: UnixStream,
     worker_id: u64,
     events: mpsc::Sender<LinkEvent>,
+    hello_grace: Option<(Attached, Duration)>,
     log: Logger,
 ) -> ControlLink {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(run_link(stream, worker_id, rx, events, log));
-    ControlLink { worker_id, tx }
+    tokio::spawn(run_link(stream, worker_id, rx, events, hello_grace, log));
+    ControlLink {
+        worker_id,
+        tx,
+        dumping: Arc::default(),
+    }
 }
 
 async fn run_link(
@@ -121,14 +160,27 @@ async fn run_link(
     worker_id: u64,
     mut commands: mpsc::Receiver<LinkCommand>,
     events: mpsc::Sender<LinkEvent>,
+    hello_grace: Option<(Attached, Duration)>,
     log: Logger,
 ) {
     let mut pending: HashMap<u64, oneshot::Sender<WorkerMsg>> = HashMap::new();
     let mut next_seq: u64 = 1;
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut hello_seen = false;
+    let grace = tokio::time::sleep(hello_grace.map_or(Duration::MAX / 4, |(_, d)| d));
+    tokio::pin!(grace);
+    let mut grace_over = hello_grace.is_none();
     loop {
         tokio::select! {
+            () = &mut grace, if !grace_over => {
+                grace_over = true;
+                if !hello_seen && let Some((probe, after)) = hello_grace {
+                    warn!(log, "The worker did not load its probe; only procfs figures are sampled.";
+                        "probe" => probe.as_str(), "after_seconds" => after.as_secs_f64(),
+                        "reason" => "no hello on the control channel within the grace period (an old runtime, a wrapper that does not run node, or NODE_OPTIONS replaced by the app)");
+                }
+            }
             command = commands.recv() => {
                 let Some(command) = command else { break };
                 let msg = match command {
@@ -164,7 +216,14 @@ async fn run_link(
                 loop {
                     match decoder.next_raw() {
                         Ok(Some(frame)) => match decode(frame).await {
-                            Ok(msg) => route(msg, worker_id, &mut pending, &events).await,
+                            Ok(msg) => {
+                                if matches!(msg, WorkerMsg::Hello { .. }) {
+                                    hello_seen = true;
+                                    // A fresh claim: the previous claimant will not answer.
+                                    pending.clear();
+                                }
+                                route(msg, worker_id, &mut pending, &events).await
+                            }
                             Err(e) => {
                                 warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %e);
                             }

@@ -2,6 +2,7 @@
 //! channel, restarts what exits, replaces workers make-before-break, and stops them all
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
+pub mod attach;
 pub mod link;
 pub mod listen;
 mod notify;
@@ -12,11 +13,13 @@ pub mod state;
 pub mod trampoline;
 pub mod view;
 
+pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles};
 pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
 
 use crate::config::Config;
+use crate::config::types::ProbeKind;
 use state::PoolSettings;
 
 pub fn settings_from(config: &Config) -> PoolSettings {
@@ -29,5 +32,9 @@ pub fn settings_from(config: &Config) -> PoolSettings {
         restart: config.pool.restart.clone(),
         max_concurrent_replacements: config.watchdog.max_concurrent_replacements as usize,
         max_leak_restarts_per_hour: config.watchdog.max_leak_restarts_per_hour as usize,
+        // The native probe cannot know when a program it knows nothing of is ready, so
+        // its workers are ready on sd_notify or after min-uptime, as plain ones are.
+        ready_from_probe: config.pool.probe != ProbeKind::Native,
+        probe_hello_grace: None,
     }
 }

@@ -65,6 +65,10 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
     .map_err(io::Error::from)?;
     let worker_end = move_high(worker_end)?;
     clear_nonblocking(&worker_end)?;
+    // Lets a probe check that fd 4 really is this socket before it claims the channel.
+    let control_ino = nix::sys::stat::fstat(&worker_end)
+        .map_err(io::Error::from)?
+        .st_ino;
 
     let notify_name = format!("heapwarden/{}/{}", std::process::id(), spec.worker_id);
     let notify = StdDatagram::bind_addr(&UnixAddr::from_abstract_name(notify_name.as_bytes())?)?;
@@ -81,10 +85,12 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env_remove("HEAPWARDEN_WORKER_PID")
         .envs(spec.env)
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", spec.listen_fd_name)
         .env("HEAPWARDEN_CONTROL_FD", CONTROL_FD.to_string())
+        .env("HEAPWARDEN_CONTROL_INO", control_ino.to_string())
         .env("HEAPWARDEN_WORKER_SLOT", spec.slot.to_string())
         .env("HEAPWARDEN_WORKER_ID", spec.worker_id.to_string())
         .env("NOTIFY_SOCKET", format!("@{notify_name}"))

@@ -52,6 +52,8 @@ pub struct WorkerView {
     pub ready: bool,
     /// The worker said hello over the control channel (it links heapwarden-probes).
     pub probe: bool,
+    /// Which probe said hello (rust, node, native); `None` before any hello.
+    pub runtime: Option<heapwarden_probes::Runtime>,
     pub link: Option<ControlLink>,
 }
 

@@ -1,18 +1,20 @@
-//! Taking one heap profile: reserve it in the store, have the worker write jemalloc's raw
-//! dump (cheap, in the worker), convert and symbolize it in a helper process (heavy, out
-//! of the worker and out of the agent), then commit it. Used for baseline, leak and
+//! Taking one heap profile: reserve it in the store, have the worker write its raw dump
+//! (cheap, in the worker: jemalloc's `prof.dump`, or V8's sampling profile from the Node
+//! probe), convert it in a helper process (heavy, out of the worker and out of the
+//! agent) by the format the worker reported, then commit it. Used for baseline, leak and
 //! on-demand profiles alike, each under a [`crate::profiles::DumpPermit`]: one per slot,
 //! a small global limit (a manual dump beyond it is refused, an automatic one waits), and
-//! free disk checked again between the dump and its conversion.
+//! free disk checked again between the dump and its conversion. Heap snapshots are
+//! `snapshot.rs`.
 
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
+use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use crate::profiles::{
     DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger,
-    convert_in_helper,
+    convert_in_helper, convert_v8_in_helper,
 };
 use crate::supervisor::ControlLink;
 
@@ -121,23 +123,49 @@ async fn capture(
         .map_err(CaptureError::Skipped)?;
     let path = pending.raw_path.display().to_string();
     let reply = link
-        .request(move |seq| AgentMsg::Dump { seq, path }, DUMP_TIMEOUT)
+        .request(
+            move |seq| AgentMsg::Dump {
+                seq,
+                path,
+                kind: DumpKind::Profile,
+            },
+            DUMP_TIMEOUT,
+        )
         .await;
-    let dump_error = match reply {
-        Ok(WorkerMsg::ProfileWritten { error: None, .. }) => None,
-        Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Some(e),
-        Ok(other) => Some(format!("unexpected reply {other:?}")),
-        Err(e) => Some(e.to_string()),
-    };
-    if let Some(reason) = dump_error {
-        store.abort(pending).await;
-        return Err(CaptureError::Dump { slot, pid, reason });
+    let written = match reply {
+        Ok(WorkerMsg::ProfileWritten {
+            error: None,
+            format,
+            ..
+        }) => Ok(format),
+        Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Err(e),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
-    if let Err(e) = store.recheck_disk(&pending).await {
+    .and_then(|format| match format {
+        DumpFormat::V8Snapshot => Err("the worker wrote a heap snapshot, not a profile".into()),
+        other => Ok(other),
+    });
+    if written.is_ok()
+        && let Err(e) = store.recheck_disk(&pending).await
+    {
         store.abort(pending).await;
         return Err(CaptureError::Skipped(e));
     }
-    if let Err(e) = convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await {
+    let converted = match written {
+        Ok(DumpFormat::Jemalloc) => {
+            convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await
+        }
+        Ok(DumpFormat::V8Sampling) => {
+            convert_v8_in_helper(&pending.raw_path, &pending.out_path).await
+        }
+        Ok(DumpFormat::V8Snapshot) | Err(_) => {
+            let reason = written.err().unwrap_or_default();
+            store.abort(pending).await;
+            return Err(CaptureError::Dump { slot, pid, reason });
+        }
+    };
+    if let Err(e) = converted {
         store.abort(pending).await;
         return Err(CaptureError::Convert {
             slot,

@@ -4,7 +4,10 @@
 //! for a make-before-break replacement (unless `action = "profile-only"`).
 
 pub mod capture;
+#[cfg(test)]
+mod node_sawtooth_tests;
 pub mod rules;
+pub mod snapshot;
 
 use std::collections::HashMap;
 
@@ -13,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use capture::{CaptureError, CaptureRequest, take_profile};
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
+pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
 
 use crate::admin::api::{FiguresView, SlotFigures};
 use crate::config::WatchdogConfig;
@@ -20,7 +24,7 @@ use crate::config::types::{LeakAction, Watch};
 use crate::log::RedactedJson;
 use crate::profiles::{ProfileFigures, ProfileStoreHandle, Trigger};
 use crate::sampler::WorkerSample;
-use crate::supervisor::{PoolView, Request, RestartReason};
+use crate::supervisor::{PoolView, Request, RestartReason, Runtime};
 
 /// How many growing sites a detection record lists.
 const TOP_SITES: usize = 5;
@@ -29,15 +33,21 @@ const TOP_SITES: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Figure {
     Heap,
+    /// Node: the memory JavaScript holds, `heapUsed + external` (a Buffer leak lives in
+    /// `external`, outside the V8 heap).
+    JsHeld,
     Pss,
     Rss,
 }
 
 impl Figure {
-    /// Decided by whether the worker links the probe, not by one sample: a single late
-    /// heap reply must not switch a probe-linked worker to the slower PSS cadence.
-    fn pick(watch: Watch, probe: bool) -> Figure {
+    /// Decided by whether the worker links the probe (and which), not by one sample: a
+    /// single late heap reply must not switch a probe-linked worker to the slower PSS
+    /// cadence.
+    fn pick(watch: Watch, probe: bool, runtime: Option<Runtime>) -> Figure {
+        let node = runtime == Some(Runtime::Node);
         match watch {
+            Watch::Heap | Watch::Auto if node => Figure::JsHeld,
             Watch::Heap => Figure::Heap,
             Watch::Pss => Figure::Pss,
             Watch::Rss => Figure::Rss,
@@ -49,6 +59,10 @@ impl Figure {
     fn read(self, sample: &WorkerSample) -> Option<u64> {
         match self {
             Figure::Heap => sample.heap.as_ref().map(|h| h.allocated),
+            Figure::JsHeld => {
+                let heap = sample.heap.as_ref()?.allocated;
+                Some(heap + sample.external_bytes.unwrap_or(0))
+            }
             Figure::Pss => sample.pss,
             Figure::Rss => Some(sample.rss),
         }
@@ -57,6 +71,7 @@ impl Figure {
     fn as_str(self) -> &'static str {
         match self {
             Figure::Heap => "heap_allocated",
+            Figure::JsHeld => "heap_used_plus_external",
             Figure::Pss => "pss",
             Figure::Rss => "rss",
         }
@@ -78,9 +93,17 @@ pub struct Watchdog {
     store: ProfileStoreHandle,
     figures: watch::Sender<FiguresView>,
     log: Logger,
+    /// `profiles.snapshot-headroom`, for `leak-snapshot`.
+    snapshot_headroom: f64,
 }
 
 impl Watchdog {
+    /// `profiles.snapshot-headroom` for the snapshots `watchdog.leak-snapshot` takes.
+    pub fn with_snapshot_headroom(mut self, headroom: f64) -> Watchdog {
+        self.snapshot_headroom = headroom;
+        self
+    }
+
     pub fn new(
         config: WatchdogConfig,
         pool: watch::Receiver<PoolView>,
@@ -98,6 +121,7 @@ impl Watchdog {
             store,
             figures,
             log,
+            snapshot_headroom: 2.0,
         }
     }
 
@@ -138,13 +162,17 @@ impl Watchdog {
     /// (warm-up starts then: start-up allocations are no leak). A new worker in the slot
     /// gets fresh rules.
     fn run_rules(&mut self, sample: &WorkerSample) -> Option<(Figure, Observation)> {
-        let probe = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
+        let (probe, runtime) = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
             s.worker
                 .as_ref()
                 .filter(|w| w.worker_id == sample.worker_id && w.ready)
-                .map(|w| w.probe)
+                .map(|w| (w.probe, w.runtime))
         })?;
-        let figure = Figure::pick(self.config.watch, probe);
+        if sample.dumping {
+            // A heap snapshot is being written: its own memory spike is no leak.
+            return None;
+        }
+        let figure = Figure::pick(self.config.watch, probe, runtime);
         let rules = &self.rules;
         let watch = self.slots.entry(sample.slot).or_insert_with(|| SlotWatch {
             worker_id: sample.worker_id,
@@ -196,13 +224,24 @@ impl Watchdog {
             heap_active: sample.heap.as_ref().map(|h| h.active),
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
+        let rule = trip.as_ref().map(|t| t.rule.as_str().to_string());
+        let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
+            slot: sample.slot,
+            pid: worker.pid,
+            link: worker.link.clone().filter(|_| worker.probe),
+            runtime: worker.runtime,
+            trigger,
+            figures: figures.clone(),
+            rule: rule.clone(),
+            headroom: self.snapshot_headroom,
+        });
         let request = CaptureRequest {
             slot: sample.slot,
             pid: worker.pid,
             link: worker.link.filter(|_| worker.probe),
             trigger,
             figures,
-            rule: trip.as_ref().map(|t| t.rule.as_str().to_string()),
+            rule,
         };
         let store = self.store.clone();
         let log = self.log.clone();
@@ -212,6 +251,9 @@ impl Watchdog {
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
             let Some(trip) = trip else { return };
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
+                let _ = take_snapshot(&store, snapshot, &log).await;
+            }
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,
@@ -277,18 +319,21 @@ mod tests {
             heap: heap.then_some(heapwarden_probes::HeapStats {
                 allocated: 100,
                 active: 120,
-                resident: 150,
-                mapped: 200,
-                retained: 0,
-                metadata: 10,
+                resident: Some(150),
+                mapped: Some(200),
+                retained: Some(0),
+                metadata: Some(10),
             }),
             runtime_lag_seconds: None,
+            external_bytes: Some(40),
+            array_buffers_bytes: Some(20),
+            dumping: false,
         }
     }
 
     #[test]
     fn auto_watches_the_heap_of_probe_linked_workers_even_after_a_missed_reply() {
-        let figure = Figure::pick(Watch::Auto, true);
+        let figure = Figure::pick(Watch::Auto, true, Some(Runtime::Rust));
         assert_eq!(figure, Figure::Heap);
         assert_eq!(figure.read(&sample(true)), Some(100));
         // A late reply skips this sample; it does not switch the figure.
@@ -297,8 +342,19 @@ mod tests {
 
     #[test]
     fn auto_watches_pss_of_plain_workers_and_explicit_choices_win() {
-        assert_eq!(Figure::pick(Watch::Auto, false), Figure::Pss);
-        assert_eq!(Figure::pick(Watch::Rss, true), Figure::Rss);
+        assert_eq!(Figure::pick(Watch::Auto, false, None), Figure::Pss);
+        assert_eq!(Figure::pick(Watch::Rss, true, None), Figure::Rss);
         assert_eq!(Figure::Rss.read(&sample(false)), Some(300));
+    }
+
+    #[test]
+    fn node_workers_are_watched_on_heap_used_plus_external() {
+        let node = Some(Runtime::Node);
+        assert_eq!(Figure::pick(Watch::Auto, true, node), Figure::JsHeld);
+        assert_eq!(Figure::pick(Watch::Heap, true, node), Figure::JsHeld);
+        assert_eq!(Figure::pick(Watch::Rss, true, node), Figure::Rss);
+        // heapUsed 100 + external 40: a Buffer leak moves the watched figure.
+        assert_eq!(Figure::JsHeld.read(&sample(true)), Some(140));
+        assert_eq!(Figure::JsHeld.read(&sample(false)), None);
     }
 }

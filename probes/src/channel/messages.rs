@@ -1,16 +1,74 @@
 //! The messages of the control channel, in both directions. Serialised as JSON objects
 //! tagged by `type`, so a frame body reads like `{"type":"ping","seq":7}`.
+//!
+//! The README's "Control protocol" section is the written contract; the example frames in
+//! `probes/protocol/frames.json` are decoded by these types (channel tests) and by the
+//! Node probe's own test, so both probes answer to one description. Fields added after
+//! version 1 shipped carry `#[serde(default)]`, so older probes still parse.
 
 use serde::{Deserialize, Serialize};
 
 use crate::stats::HeapStats;
 
+/// Which probe is speaking, from [`WorkerMsg::Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// `heapwarden-probes` linked into a Rust program (jemalloc figures).
+    #[default]
+    Rust,
+    /// `probes/node/heapwarden-probe.js` loaded into Node.js (V8 figures).
+    Node,
+    /// The LD_PRELOAD library in a native program (jemalloc figures).
+    Native,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Rust => "rust",
+            Runtime::Node => "node",
+            Runtime::Native => "native",
+        }
+    }
+}
+
+/// What [`AgentMsg::Dump`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpKind {
+    /// A heap profile (jemalloc raw dump, or V8's sampling heap profile).
+    #[default]
+    Profile,
+    /// A full V8 heap snapshot (`.heapsnapshot`); Node only, blocks the worker.
+    Snapshot,
+}
+
+/// The file format a [`WorkerMsg::ProfileWritten`] left at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DumpFormat {
+    /// jemalloc's `prof.dump` text (with the process's mappings).
+    #[default]
+    Jemalloc,
+    /// V8's sampling heap profile, flattened by the Node probe (see the README).
+    V8Sampling,
+    /// `v8.writeHeapSnapshot()` output, stored as is.
+    V8Snapshot,
+}
+
 /// Worker → agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerMsg {
-    /// First message on a fresh channel.
-    Hello { pid: u32, probe_version: String },
+    /// First message of each claimant on the channel. A later `hello` on the same
+    /// channel is a fresh claim (a successor process took over).
+    Hello {
+        pid: u32,
+        probe_version: String,
+        #[serde(default)]
+        runtime: Runtime,
+    },
     /// The app is listening and can take traffic.
     Ready,
     /// Answer to [`AgentMsg::Sample`].
@@ -22,13 +80,21 @@ pub enum WorkerMsg {
         dropped: u64,
         /// The app's own metrics in Prometheus text format, when the agent asked.
         metrics: Option<String>,
+        /// Node: `process.memoryUsage().external` (C++ objects bound to JS, Buffers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_bytes: Option<u64>,
+        /// Node: `process.memoryUsage().arrayBuffers` (part of `external`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        array_buffers_bytes: Option<u64>,
     },
-    /// Answer to [`AgentMsg::Dump`]; `error` is set when no profile was written.
+    /// Answer to [`AgentMsg::Dump`]; `error` is set when nothing was written.
     ProfileWritten {
         seq: u64,
         path: String,
         error: Option<String>,
         micros: u64,
+        #[serde(default)]
+        format: DumpFormat,
     },
     /// Ask the agent to relay an invalidation to every other worker.
     Invalidate { seq: u64, key: String, version: i64 },
@@ -44,8 +110,13 @@ pub enum WorkerMsg {
 pub enum AgentMsg {
     /// Reply with [`WorkerMsg::Stats`]; include the app's metrics text when `metrics`.
     Sample { seq: u64, metrics: bool },
-    /// Write a raw heap profile to `path`; reply with [`WorkerMsg::ProfileWritten`].
-    Dump { seq: u64, path: String },
+    /// Write a heap profile (or snapshot) to `path`; reply [`WorkerMsg::ProfileWritten`].
+    Dump {
+        seq: u64,
+        path: String,
+        #[serde(default)]
+        kind: DumpKind,
+    },
     /// Stop accepting and finish in-flight work within `deadline_ms`.
     Drain { deadline_ms: u64 },
     /// Another worker changed `key`: run the app's callback, reply [`WorkerMsg::Invalidated`].

@@ -9,11 +9,19 @@ fn heap_stats() -> impl Strategy<Value = HeapStats> {
     any::<[u64; 6]>().prop_map(|v| HeapStats {
         allocated: v[0],
         active: v[1],
-        resident: v[2],
-        mapped: v[3],
-        retained: v[4],
-        metadata: v[5],
+        resident: Some(v[2]),
+        mapped: Some(v[3]),
+        retained: (v[4] % 2 == 0).then_some(v[4]),
+        metadata: Some(v[5]),
     })
+}
+
+fn runtime() -> impl Strategy<Value = Runtime> {
+    prop_oneof![
+        Just(Runtime::Rust),
+        Just(Runtime::Node),
+        Just(Runtime::Native)
+    ]
 }
 
 /// Lags in whole microseconds, as the probe reports them. serde_json's default float
@@ -25,25 +33,35 @@ fn lag() -> impl Strategy<Value = Option<f64>> {
 
 pub(super) fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
     prop_oneof![
-        (any::<u32>(), any::<String>())
-            .prop_map(|(pid, probe_version)| WorkerMsg::Hello { pid, probe_version }),
+        (any::<u32>(), any::<String>(), runtime()).prop_map(|(pid, probe_version, runtime)| {
+            WorkerMsg::Hello {
+                pid,
+                probe_version,
+                runtime,
+            }
+        }),
         Just(WorkerMsg::Ready),
         (
             any::<u64>(),
             proptest::option::of(heap_stats()),
             lag(),
             any::<u64>(),
-            proptest::option::of(any::<String>())
+            proptest::option::of(any::<String>()),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(seq, heap, runtime_lag_seconds, dropped, metrics)| {
-                WorkerMsg::Stats {
-                    seq,
-                    heap,
-                    runtime_lag_seconds,
-                    dropped,
-                    metrics,
+            .prop_map(
+                |(seq, heap, runtime_lag_seconds, dropped, metrics, external)| {
+                    WorkerMsg::Stats {
+                        seq,
+                        heap,
+                        runtime_lag_seconds,
+                        dropped,
+                        metrics,
+                        external_bytes: external,
+                        array_buffers_bytes: external.map(|e| e / 2),
+                    }
                 }
-            }),
+            ),
         (
             any::<u64>(),
             any::<String>(),
@@ -54,7 +72,12 @@ pub(super) fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
                 seq,
                 path,
                 error,
-                micros
+                micros,
+                format: [
+                    DumpFormat::Jemalloc,
+                    DumpFormat::V8Sampling,
+                    DumpFormat::V8Snapshot
+                ][(micros % 3) as usize],
             }),
         (any::<u64>(), any::<String>(), any::<i64>())
             .prop_map(|(seq, key, version)| WorkerMsg::Invalidate { seq, key, version }),
@@ -66,7 +89,17 @@ pub(super) fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
 pub(super) fn agent_msg() -> impl Strategy<Value = AgentMsg> {
     prop_oneof![
         (any::<u64>(), any::<bool>()).prop_map(|(seq, metrics)| AgentMsg::Sample { seq, metrics }),
-        (any::<u64>(), any::<String>()).prop_map(|(seq, path)| AgentMsg::Dump { seq, path }),
+        (any::<u64>(), any::<String>(), any::<bool>()).prop_map(|(seq, path, snapshot)| {
+            AgentMsg::Dump {
+                seq,
+                path,
+                kind: if snapshot {
+                    DumpKind::Snapshot
+                } else {
+                    DumpKind::Profile
+                },
+            }
+        }),
         any::<u64>().prop_map(|deadline_ms| AgentMsg::Drain { deadline_ms }),
         (any::<u64>(), any::<String>(), any::<i64>())
             .prop_map(|(seq, key, version)| AgentMsg::Invalidate { seq, key, version }),
@@ -234,6 +267,8 @@ fn encoding_a_message_over_the_limit_fails() {
         runtime_lag_seconds: None,
         dropped: 0,
         metrics: Some("x".repeat(MAX_FRAME)),
+        external_bytes: None,
+        array_buffers_bytes: None,
     };
     assert!(matches!(encode(&msg), Err(FrameError::Oversized { .. })));
 }

@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::{Shared, lock, read_hooks};
-use crate::channel::{AgentMsg, FrameDecoder, WorkerMsg};
+use crate::channel::{AgentMsg, DumpFormat, DumpKind, FrameDecoder, WorkerMsg};
 use crate::diag::warn;
 use crate::dump::dump_profile;
 use crate::stats::HeapStats;
@@ -110,7 +111,21 @@ fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncS
             sample_with_metrics(shared, seq, metrics_thread);
         }
         AgentMsg::Sample { seq, metrics } => reply(shared, sample(shared, seq, metrics)),
-        AgentMsg::Dump { seq, path } => {
+        AgentMsg::Dump { seq, path, kind } => {
+            if kind != DumpKind::Profile {
+                let error = Some("this probe writes jemalloc heap profiles only; heap snapshots need the Node probe".to_string());
+                reply(
+                    shared,
+                    WorkerMsg::ProfileWritten {
+                        seq,
+                        path,
+                        error,
+                        micros: 0,
+                        format: DumpFormat::Jemalloc,
+                    },
+                );
+                return;
+            }
             let (error, micros) = match dump_profile(Path::new(&path)) {
                 Ok(took) => (None, u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
                 Err(error) => (Some(error.to_string()), 0),
@@ -122,6 +137,7 @@ fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncS
                     path,
                     error,
                     micros,
+                    format: DumpFormat::Jemalloc,
                 },
             );
         }
@@ -130,6 +146,15 @@ fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncS
                 .drain_deadline_ms
                 .store(deadline_ms, Ordering::Relaxed);
             shared.drained.send_replace(true);
+            let callback = read_hooks(shared).drain.clone();
+            if let Some(callback) = callback
+                && catch_unwind(AssertUnwindSafe(|| {
+                    callback(Duration::from_millis(deadline_ms))
+                }))
+                .is_err()
+            {
+                warn("The app's drain callback panicked.", &[]);
+            }
         }
         AgentMsg::Invalidate { seq, key, version } => {
             let callback = read_hooks(shared).invalidate.clone();
@@ -183,5 +208,7 @@ fn sample(shared: &Shared, seq: u64, with_metrics: bool) -> WorkerMsg {
         runtime_lag_seconds: runtime_lag.map(|lag| lag.lag_seconds()),
         dropped: shared.dropped.load(Ordering::Relaxed),
         metrics,
+        external_bytes: None,
+        array_buffers_bytes: None,
     }
 }

@@ -42,6 +42,8 @@ pub struct SupervisorHandles {
 struct WorkerRuntime {
     pid: u32,
     link: ControlLink,
+    /// From the latest hello on the channel (the claimant's probe).
+    runtime: Option<heapwarden_probes::Runtime>,
     started_wall: SystemTime,
     /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
     drain_started: Option<Instant>,
@@ -68,6 +70,8 @@ pub struct Supervisor {
     ready_rx: mpsc::Receiver<u64>,
     systemd: SystemdNotifier,
     last_leak: Option<SystemTime>,
+    /// The probe attached to every worker (its hello is awaited, else one log line).
+    attached: Option<super::attach::Attached>,
 }
 
 /// `Timer` wrapped so the heap can order it (timers carry no meaningful order).
@@ -103,7 +107,9 @@ impl Supervisor {
         for (key, value) in worker_env {
             config.pool.env.entry(key).or_insert(value);
         }
-        let settings = super::settings_from(&config);
+        let attached = attach_probe(&mut config, &argv, socket.local_addr, &log);
+        let mut settings = super::settings_from(&config);
+        settings.probe_hello_grace = attached.map(|_| hello_grace(config.pool.ready_timeout));
         let (view_tx, view) = watch::channel(PoolView::default());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());
         let (requests, requests_rx) = mpsc::channel(64);
@@ -131,6 +137,7 @@ impl Supervisor {
             ready_rx,
             systemd: SystemdNotifier::from_env(),
             last_leak: None,
+            attached,
         };
         let handles = SupervisorHandles {
             view,
@@ -313,7 +320,16 @@ impl Supervisor {
         if let Some(err) = child.stderr.take() {
             capture(err, "stderr", log.clone());
         }
-        let link = spawn_link(spawned.control, worker, self.links_tx.clone(), log.clone());
+        let hello_grace = self
+            .attached
+            .map(|probe| (probe, hello_grace(self.config.pool.ready_timeout)));
+        let link = spawn_link(
+            spawned.control,
+            worker,
+            self.links_tx.clone(),
+            hello_grace,
+            log.clone(),
+        );
         watch_worker(spawned.notify, worker, self.ready_tx.clone(), log.clone());
         let exits = self.exits_tx.clone();
         tokio::spawn(async move {
@@ -339,12 +355,46 @@ impl Supervisor {
             WorkerRuntime {
                 pid,
                 link,
+                runtime: None,
                 started_wall: SystemTime::now(),
                 drain_started: None,
             },
         );
         Event::Spawned { worker, pid }
     }
+}
+
+/// Decides the pool's probe (`attach`), puts its env into the pool's, logs the outcome.
+fn attach_probe(
+    config: &mut Config,
+    argv: &[OsString],
+    listen: Option<std::net::SocketAddr>,
+    log: &Logger,
+) -> Option<super::attach::Attached> {
+    let plan = super::attach::prepare(
+        config.pool.probe,
+        argv,
+        &config.pool.env,
+        &config.state_dir,
+        config.pool.cwd.as_deref(),
+        listen.map(|a| a.port()),
+    );
+    if let Some(why) = &plan.not_attached {
+        warn!(log, "The probe cannot be attached; workers run as plain programs with procfs figures only.";
+            "probe" => config.pool.probe.as_str(), "reason" => why.as_str());
+    }
+    if let Some(probe) = plan.attached {
+        info!(log, "Workers get a probe."; "probe" => probe.as_str());
+    }
+    config.pool.env.extend(plan.env);
+    plan.attached
+}
+
+/// How long a worker given a probe has to say hello before it is taken for one that
+/// never loads it (and sampled from procfs only); half the ready timeout at most, so a
+/// plain worker is still ready in time.
+fn hello_grace(ready_timeout: Duration) -> Duration {
+    (ready_timeout / 2).min(Duration::from_secs(10))
 }
 
 enum Flow {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
-use slog::warn;
+use slog::{info, warn};
 
 use super::super::link::{ControlLink, LinkEvent};
 use super::super::state::{Event, WorkerId};
@@ -19,7 +19,19 @@ impl Supervisor {
         match event {
             LinkEvent::Closed { .. } => None,
             LinkEvent::Message { worker_id, msg } => match msg {
-                WorkerMsg::Hello { .. } => Some(Event::Hello { worker: worker_id }),
+                WorkerMsg::Hello { pid, runtime, .. } => {
+                    if let Some(rt) = self.runtimes.get_mut(&worker_id) {
+                        let message = if rt.runtime.is_some() {
+                            "A new process claimed a worker's control channel."
+                        } else {
+                            "A worker's probe claimed its control channel."
+                        };
+                        info!(self.log, "{}", message; "worker_id" => worker_id,
+                            "worker_pid" => rt.pid, "claimant_pid" => pid, "runtime" => runtime.as_str());
+                        rt.runtime = Some(runtime);
+                    }
+                    Some(Event::Hello { worker: worker_id })
+                }
                 WorkerMsg::Ready => Some(Event::Ready { worker: worker_id }),
                 WorkerMsg::Invalidate { seq, key, version } => {
                     self.relay_invalidation(worker_id, seq, key, version);

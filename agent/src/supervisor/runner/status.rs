@@ -58,6 +58,7 @@ impl Supervisor {
                         started_wall: rt.started_wall,
                         ready: w.ready,
                         probe: w.probe,
+                        runtime: rt.runtime,
                         link: Some(rt.link.clone()),
                     })
                 });

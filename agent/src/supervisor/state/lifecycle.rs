@@ -160,14 +160,29 @@ impl Pool {
                 let Some(w) = self.workers.get(&worker) else {
                     return;
                 };
-                let (slot, plain_and_waiting) = (w.slot, !w.probe && !w.ready);
+                let says_ready = w.probe && self.settings.ready_from_probe;
+                let (slot, plain_and_waiting) = (w.slot, !says_ready && !w.ready);
+                // Only a worker that has not said hello yet waits out the hello grace.
+                let hello_due = self
+                    .settings
+                    .probe_hello_grace
+                    .filter(|_| !w.probe)
+                    .map(|grace| w.started_at + grace)
+                    .filter(|due| *due > now);
                 if w.role == Role::Current {
                     self.slots[slot].attempt = 0;
                 }
-                // A worker without the probe and without sd_notify is ready once it
-                // has stayed up this long.
-                if plain_and_waiting {
-                    self.on_ready(worker, now, out);
+                // A worker that does not report readiness through a probe (none, or the
+                // native one) and did not send sd_notify is ready once it has stayed up
+                // this long, and, when it was given a probe, once that probe had its
+                // chance to say hello.
+                match (plain_and_waiting, hello_due) {
+                    (true, Some(at)) => out.push(Action::Schedule {
+                        at,
+                        timer: Timer::MinUptime { worker },
+                    }),
+                    (true, None) => self.on_ready(worker, now, out),
+                    (false, _) => {}
                 }
             }
             Timer::ReadyTimeout { worker } => {

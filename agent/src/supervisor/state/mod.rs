@@ -38,6 +38,13 @@ pub struct PoolSettings {
     pub restart: RestartConfig,
     pub max_concurrent_replacements: usize,
     pub max_leak_restarts_per_hour: usize,
+    /// Whether a probe-linked worker says when it is ready (the Rust probe's `Ready`).
+    /// When not (the native probe), a worker is ready on sd_notify or after
+    /// `min_uptime`, with or without a probe.
+    pub ready_from_probe: bool,
+    /// Set when every worker was given a probe (`pool.probe`): a worker that has not
+    /// said hello is not taken for a plain program (ready at `min-uptime`) before this.
+    pub probe_hello_grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

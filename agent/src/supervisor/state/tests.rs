@@ -19,6 +19,8 @@ fn settings(workers: usize) -> PoolSettings {
         },
         max_concurrent_replacements: 1,
         max_leak_restarts_per_hour: 2,
+        ready_from_probe: true,
+        probe_hello_grace: None,
     }
 }
 
@@ -227,6 +229,69 @@ fn plain_worker_is_ready_after_min_uptime_probe_worker_waits_for_ready() {
     assert_eq!(h.pool.slot_state(0), SlotState::Ready);
     assert_eq!(h.pool.slot_state(1), SlotState::Starting);
     h.feed(Event::Ready { worker: probe });
+    assert_eq!(h.pool.slot_state(1), SlotState::Ready);
+}
+
+#[test]
+fn native_probe_worker_is_ready_after_min_uptime_and_still_drains_over_the_channel() {
+    let mut h = Harness::new(1);
+    h.pool = Pool::new(PoolSettings {
+        ready_from_probe: false,
+        ..settings(1)
+    });
+    h.feed(Event::Start);
+    let w = h.serving(0);
+    h.feed(Event::Hello { worker: w });
+    h.at(5.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: w }));
+    assert_eq!(h.pool.slot_state(0), SlotState::Ready);
+    let actions = h.feed(Event::Replace {
+        slot: 0,
+        reason: RestartReason::Manual,
+    });
+    let new = spawns(&actions)[0];
+    h.feed(Event::Hello { worker: new });
+    h.at(10.0);
+    let actions = h.feed(Event::Timer(Timer::MinUptime { worker: new }));
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Drain {
+                worker,
+                via_channel: true,
+                ..
+            } if *worker == w
+        )),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_worker_given_a_probe_is_not_plain_ready_before_its_hello_grace() {
+    let mut h = Harness::new(2);
+    h.pool.settings.probe_hello_grace = Some(Duration::from_secs(10));
+    h.feed(Event::Start);
+    let (silent, slow) = (h.serving(0), h.serving(1));
+    h.at(5.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
+    h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
+    assert_eq!(h.pool.slot_state(0), SlotState::Starting);
+    // The probe of slot 1 says hello late, then ready: it is a probe worker after all.
+    h.feed(Event::Hello { worker: slow });
+    h.at(10.0);
+    h.feed(Event::Timer(Timer::MinUptime { worker: silent }));
+    h.feed(Event::Timer(Timer::MinUptime { worker: slow }));
+    assert_eq!(
+        h.pool.slot_state(0),
+        SlotState::Ready,
+        "plain after the grace"
+    );
+    assert_eq!(
+        h.pool.slot_state(1),
+        SlotState::Starting,
+        "waits for its ready"
+    );
+    h.feed(Event::Ready { worker: slow });
     assert_eq!(h.pool.slot_state(1), SlotState::Ready);
 }
 

@@ -1,0 +1,171 @@
+//! V8 sampling profiles → pprof: names, lines, trimming, totals, and hostile input.
+
+use std::time::SystemTime;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::profiles::diff_profiles;
+
+fn profile(nodes: serde_json::Value, samples: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "format": "heapwarden-v8-sampling", "version": 1, "pid": 7,
+        "sampling_interval": 32768, "nodes": nodes, "samples": samples,
+    }))
+    .unwrap()
+}
+
+fn leak_profile(leaked: u64) -> Vec<u8> {
+    profile(
+        json!([
+            [1, 0, "(root)", "", -1, -1, 0],
+            [2, 1, "main", "file:///srv/app.js", 40, 0, 0],
+            [
+                3,
+                2,
+                "leakInNamedFunction",
+                "file:///srv/app.js",
+                9,
+                4,
+                leaked
+            ],
+            [4, 2, "", "file:///srv/app.js", 20, 2, 4096],
+            [
+                5,
+                1,
+                "sample",
+                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                100,
+                0,
+                512
+            ],
+            [
+                6,
+                5,
+                "flatten",
+                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                150,
+                0,
+                256
+            ],
+        ]),
+        json!([[3, 1000], [3, 1000], [4, 4096], [5, 512]]),
+    )
+}
+
+fn names(p: &pprof::Profile, sample: &pprof::Sample) -> Vec<String> {
+    sample
+        .location_id
+        .iter()
+        .map(|id| {
+            let loc = &p.location[*id as usize - 1];
+            let f = &p.function[loc.line[0].function_id as usize - 1];
+            format!("{}:{}", p.string_table[f.name as usize], loc.line[0].line)
+        })
+        .collect()
+}
+
+#[test]
+fn functions_carry_names_files_and_one_based_lines_leaf_first() {
+    let (p, totals) = parse_and_build(&leak_profile(1 << 20), SystemTime::now()).unwrap();
+    assert_eq!(totals.bytes, (1 << 20) + 4096 + 512 + 256);
+    let stacks: Vec<Vec<String>> = p.sample.iter().map(|s| names(&p, s)).collect();
+    assert_eq!(stacks[0], ["leakInNamedFunction:10", "main:41"]);
+    assert_eq!(stacks[1], ["(anonymous app.js:21):21", "main:41"]);
+    // The probe's own frames are trimmed: its allocations show as the probe's.
+    assert_eq!(stacks[2], ["(heapwarden probe):0"]);
+    assert_eq!(stacks[3], ["(heapwarden probe):0"]);
+    let f = &p.function[0];
+    assert_eq!(p.string_table[f.filename as usize], "file:///srv/app.js");
+    let types: Vec<&str> = p
+        .sample_type
+        .iter()
+        .map(|t| p.string_table[t.r#type as usize].as_str())
+        .collect();
+    assert_eq!(types, ["inuse_objects", "inuse_space"]);
+    assert_eq!(p.sample[0].value[1], 1 << 20);
+    assert!(
+        p.sample[0].value[0] >= 2,
+        "two sampled objects, unbiased upwards"
+    );
+}
+
+#[test]
+fn the_diff_names_the_leaking_js_function_first() {
+    let (base, _) = parse_and_build(&leak_profile(1 << 20), SystemTime::now()).unwrap();
+    let (leak, _) = parse_and_build(&leak_profile(64 << 20), SystemTime::now()).unwrap();
+    let report = diff_profiles(1, &base, 2, &leak).unwrap();
+    assert_eq!(report.top[0].function, "leakInNamedFunction");
+    assert_eq!(report.top[0].delta_bytes, 63 << 20);
+    let bytes = pprof::encode_gz(&leak).unwrap();
+    assert_eq!(pprof::decode(&bytes).unwrap(), leak);
+}
+
+#[test]
+fn malformed_profiles_are_errors() {
+    let bad: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        br#"{"format":"other","version":1,"sampling_interval":1,"nodes":[]}"#.to_vec(),
+        profile(json!([[1, 9, "f", "", 0, 0, 1]]), json!([])),
+        profile(
+            json!([[1, 2, "a", "", 0, 0, 1], [2, 1, "b", "", 0, 0, 1]]),
+            json!([]),
+        ),
+        profile(
+            json!([[1, 0, "a", "", 0, 0, 1], [1, 0, "b", "", 0, 0, 1]]),
+            json!([]),
+        ),
+        profile(json!([[1, 0, "a", "", 0, 0, 1]]), json!([[5, 10]])),
+        profile(json!([[1, 0, "a", "", 0, 0, -5]]), json!([])),
+        profile(json!([[1, 0, "a"]]), json!([])),
+    ];
+    for json in bad {
+        assert!(
+            parse_and_build(&json, SystemTime::now()).is_err(),
+            "{}",
+            String::from_utf8_lossy(&json)
+        );
+    }
+}
+
+#[test]
+fn only_heap_snapshots_pass_the_snapshot_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("a");
+    std::fs::write(&good, "{\"snapshot\":{\"meta\":{\"node_fields\":[]}}}").unwrap();
+    let bad = dir.path().join("b");
+    std::fs::write(&bad, "{\"format\":\"heapwarden-v8-sampling\"}").unwrap();
+    assert!(looks_like_heap_snapshot(&good).unwrap());
+    assert!(!looks_like_heap_snapshot(&bad).unwrap());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_node_tables_never_panic(
+        rows in proptest::collection::vec(
+            (0u64..40, 0u64..40, "[a-z(]{0,6}", "[a-z:/.]{0,12}", -2i64..500, -2i64..80, -10.0f64..1e7),
+            0..60),
+        samples in proptest::collection::vec((0u64..40, 0.0f64..1e6), 0..60),
+        interval in -5.0f64..1e6,
+    ) {
+        let nodes: Vec<serde_json::Value> = rows.iter().map(|r| json!([r.0, r.1, r.2, r.3, r.4, r.5, r.6])).collect();
+        let json = serde_json::to_vec(&json!({
+            "format": "heapwarden-v8-sampling", "version": 1,
+            "sampling_interval": interval, "nodes": nodes, "samples": samples,
+        })).unwrap();
+        if let Ok((p, totals)) = parse_and_build(&json, SystemTime::now()) {
+            prop_assert_eq!(p.sample.len(), totals.samples);
+            for s in &p.sample {
+                prop_assert!(s.location_id.iter().all(|id| *id >= 1 && *id as usize <= p.location.len()));
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_and_build(&bytes, SystemTime::now());
+    }
+}

@@ -1,0 +1,419 @@
+'use strict';
+// heapwarden-probe.js: heapwarden's probe for Node.js workers (Node >= 18, no dependencies).
+//
+// Loaded by `node --require <this file>` (the agent prepends that to NODE_OPTIONS) or by
+// `require('heapwarden-probe')` in the app. Outside heapwarden (no HEAPWARDEN_CONTROL_FD)
+// it does nothing and its API is inert. It speaks the control protocol written down in
+// heapwarden's README ("Control protocol") on the inherited socket.
+//
+// What it touches in your process, and nothing else:
+// - fd $HEAPWARDEN_CONTROL_FD (4): a Unix socket to the agent, unref'd (never keeps the
+//   process alive). Outgoing frames are dropped and counted, never queued without bound.
+// - inspector: one in-process session running V8's sampling heap profiler
+//   (HeapProfiler.startSampling, one sample per SAMPLING_INTERVAL bytes allocated).
+// - perf_hooks.monitorEventLoopDelay: one histogram (the event-loop lag figure).
+// - net.Server.prototype.listen (in the app that claims the channel only): a listen on
+//   the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a listen on the inherited socket
+//   (fd 3); a server listening there reports `ready` and is closed on `drain`.
+// - child_process.spawn (in launchers only: npm, npx, yarn, pnpm): stdio entries 3 and 4
+//   pass the listening socket and the control socket down to the script they run.
+// - process.env: after claiming, HEAPWARDEN_* are deleted (and LISTEN_* once the app
+//   listened), so the app's own children (child_process, cluster) never touch the channel.
+// - files: only at the paths the agent names (profiles and heap snapshots, mode 0600).
+// Every handler catches what it throws and logs one JSON line on stderr; nothing it does
+// on a sample blocks the event loop for more than a few tens of microseconds.
+
+const VERSION = '0.1.0';
+const SINGLETON = Symbol.for('heapwarden.probe');
+if (globalThis[SINGLETON]) {
+  // Loaded twice (NODE_OPTIONS and the app's own require): one probe, one API.
+  module.exports = globalThis[SINGLETON];
+  return;
+}
+
+const EventEmitter = require('events');
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+
+const PROTOCOL_VERSION = 1;
+const MAX_FRAME = 4 * 1024 * 1024;
+const MAX_QUEUED = 1024 * 1024;
+const SAMPLING_INTERVAL = positiveInt(process.env.HEAPWARDEN_NODE_SAMPLING_INTERVAL, 32768);
+const IDLE_GRACE_MS = 1000;
+const LAG_RESOLUTION_MS = 10;
+const LAUNCHER = /^(npm|npx|yarn|pnpm|pnpx|corepack)(-cli)?(\.c?js)?$/;
+
+const api = new EventEmitter();
+let channel = null;
+let dropped = 0;
+let decoderBuf = Buffer.alloc(0);
+let session = null;
+let loopDelay = null;
+let metricsRegistry = null;
+let invalidateHook = null;
+let readySent = false;
+let draining = false;
+let listenFd = null;
+let listenPort = null;
+const servers = new Set();
+// What the probe cost the event loop (microseconds), for the benchmarks.
+const timing = { maxSampleMicros: 0, samples: 0, recentSampleMicros: [], lastDumpBlockMicros: 0, lastSnapshotMicros: 0 };
+
+function positiveInt(text, fallback) {
+  const n = Number(text);
+  return Number.isInteger(n) && n > 0 ? n : fallback;
+}
+
+function report(msg, fields) {
+  try {
+    process.stderr.write(JSON.stringify({ level: 'warn', msg, probe: 'heapwarden', ...fields }) + '\n');
+  } catch (_) { /* stderr gone: nothing left to tell */ }
+}
+
+// Runs `fn`, reporting instead of throwing into the app.
+function guard(what, fn) {
+  return function guarded(...args) {
+    try {
+      return fn.apply(this, args);
+    } catch (error) {
+      report('The heapwarden probe caught an error.', { while: what, error: String(error && error.message) });
+      return undefined;
+    }
+  };
+}
+
+// ---- framing: 4-byte big-endian length N, version byte, N-1 bytes of JSON ----
+
+function encode(msg) {
+  const body = Buffer.from(JSON.stringify(msg));
+  if (body.length + 1 > MAX_FRAME) return null;
+  const frame = Buffer.allocUnsafe(5 + body.length);
+  frame.writeUInt32BE(body.length + 1, 0);
+  frame[4] = PROTOCOL_VERSION;
+  body.copy(frame, 5);
+  return frame;
+}
+
+// Consumes whole frames from `buf`; returns { messages, rest, fatal }.
+function decode(buf) {
+  const messages = [];
+  let offset = 0;
+  while (buf.length - offset >= 4) {
+    const len = buf.readUInt32BE(offset);
+    if (len > MAX_FRAME) return { messages, rest: Buffer.alloc(0), fatal: `frame length ${len} exceeds ${MAX_FRAME}` };
+    if (buf.length - offset < 4 + len) break;
+    const payload = buf.subarray(offset + 4, offset + 4 + len);
+    offset += 4 + len;
+    if (len === 0 || payload[0] !== PROTOCOL_VERSION) {
+      report('The heapwarden probe ignored a frame of another protocol version.', { version: len ? payload[0] : null });
+      continue;
+    }
+    try {
+      messages.push(JSON.parse(payload.subarray(1).toString('utf8')));
+    } catch (error) {
+      report('The heapwarden probe ignored a malformed frame.', { error: String(error.message) });
+    }
+  }
+  return { messages, rest: buf.subarray(offset), fatal: null };
+}
+
+function send(msg) {
+  if (!channel || channel.destroyed) return;
+  const frame = encode(msg);
+  if (!frame || channel.writableLength > MAX_QUEUED) {
+    dropped += 1;
+    return;
+  }
+  channel.write(frame);
+}
+
+// ---- answers to the agent ----
+
+function onMessage(msg) {
+  switch (msg && msg.type) {
+    case 'sample': return sample(msg.seq, msg.metrics === true);
+    case 'dump': return msg.kind === 'snapshot' ? snapshot(msg.seq, String(msg.path)) : dumpProfile(msg.seq, String(msg.path));
+    case 'drain': return drain(Number(msg.deadline_ms) || 30000);
+    case 'ping': return send({ type: 'pong', seq: msg.seq });
+    case 'invalidate': return invalidate(msg);
+    case 'invalidate_done': return undefined;
+    default: return report('The heapwarden probe ignored an unknown message.', { type: String(msg && msg.type) });
+  }
+}
+
+function sample(seq, withMetrics) {
+  const started = process.hrtime.bigint();
+  const mem = process.memoryUsage();
+  // The longest event-loop delay since the last sample, in seconds (the histogram
+  // measures whole timer periods, so the resolution itself is taken off).
+  const lag = loopDelay && loopDelay.count > 0 ? Math.max(0, loopDelay.max / 1e9 - LAG_RESOLUTION_MS / 1e3) : null;
+  if (loopDelay) loopDelay.reset();
+  const msg = {
+    type: 'stats', seq, heap: { allocated: mem.heapUsed, active: mem.heapTotal },
+    runtime_lag_seconds: lag, dropped, metrics: null,
+    external_bytes: mem.external, array_buffers_bytes: mem.arrayBuffers,
+  };
+  const took = Number(process.hrtime.bigint() - started) / 1000;
+  timing.samples += 1;
+  if (took > timing.maxSampleMicros) timing.maxSampleMicros = took;
+  timing.recentSampleMicros[timing.samples % 256] = took;
+  if (!withMetrics || !metricsRegistry) return send(msg);
+  // prom-client >= 13 answers with a promise; older ones with a string.
+  return Promise.resolve()
+    .then(() => metricsRegistry.metrics())
+    .then((text) => { msg.metrics = typeof text === 'string' ? text : null; })
+    .catch((error) => report('The app\'s metrics registry failed.', { error: String(error && error.message) }))
+    .then(() => send(msg));
+}
+
+function written(seq, file, started, format, error) {
+  const micros = Number(process.hrtime.bigint() - started) / 1000;
+  send({ type: 'profile_written', seq, path: file, error: error ? String(error.message || error) : null, micros: Math.round(micros), format });
+}
+
+function dumpProfile(seq, file) {
+  const started = process.hrtime.bigint();
+  if (!session) return written(seq, file, started, 'v8-sampling', 'the sampling heap profiler is not running');
+  return session.post('HeapProfiler.getSamplingProfile', guard('dump', (error, result) => {
+    if (error) return written(seq, file, started, 'v8-sampling', error);
+    const body = JSON.stringify(flatten(result.profile));
+    timing.lastDumpBlockMicros = Number(process.hrtime.bigint() - started) / 1000;
+    return fs.writeFile(file, body, { mode: 0o600, flag: 'wx' }, (err) => written(seq, file, started, 'v8-sampling', err));
+  }));
+}
+
+// V8's tree of call frames → flat rows (nested JSON would be as deep as the deepest
+// stack): nodes [id, parent, functionName, url, line, column, selfSize], samples
+// [nodeId, size]. Lines and columns stay 0-based, as V8 gives them.
+function flatten(profile) {
+  const nodes = [];
+  const stack = [[profile.head, 0]];
+  while (stack.length) {
+    const [node, parent] = stack.pop();
+    const f = node.callFrame;
+    nodes.push([node.id, parent, f.functionName, f.url, f.lineNumber, f.columnNumber, node.selfSize]);
+    for (const child of node.children) stack.push([child, node.id]);
+  }
+  const samples = (profile.samples || []).map((s) => [s.nodeId, s.size]);
+  return { format: 'heapwarden-v8-sampling', version: 1, pid: process.pid, sampling_interval: SAMPLING_INTERVAL, nodes, samples };
+}
+
+function snapshot(seq, file) {
+  const started = process.hrtime.bigint();
+  try {
+    require('v8').writeHeapSnapshot(file);
+    fs.chmodSync(file, 0o600);
+    timing.lastSnapshotMicros = Number(process.hrtime.bigint() - started) / 1000;
+    return written(seq, file, started, 'v8-snapshot', null);
+  } catch (error) {
+    return written(seq, file, started, 'v8-snapshot', error);
+  }
+}
+
+function invalidate(msg) {
+  const done = () => send({ type: 'invalidated', seq: msg.seq });
+  if (!invalidateHook) return done();
+  return Promise.resolve()
+    .then(() => invalidateHook(String(msg.key), msg.version))
+    .catch((error) => report('The app\'s invalidation hook failed.', { error: String(error && error.message) }))
+    .then(done);
+}
+
+// ---- lifecycle: ready on listen of the inherited socket, drain closes those servers ----
+
+function markReady() {
+  if (readySent || !channel) return;
+  readySent = true;
+  send({ type: 'ready' });
+  // The app has its socket: LISTEN_* would only mislead its children.
+  for (const key of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete process.env[key];
+}
+
+// listen(port[, host][, backlog][, cb]) or listen({port|fd, ...}[, cb]) on the pool's
+// port or on fd 3 → listen({fd: 3}) with the same callback; anything else: untouched.
+function redirectListen(args) {
+  const first = args[0];
+  const cb = typeof args[args.length - 1] === 'function' ? [args[args.length - 1]] : [];
+  if (first && typeof first === 'object' && !Array.isArray(first)) {
+    if (first.fd === listenFd) return args;
+    if (first.port !== undefined && Number(first.port) === listenPort && first.path === undefined) return [{ fd: listenFd }, ...cb];
+    return null;
+  }
+  if ((typeof first === 'number' || (typeof first === 'string' && /^\d+$/.test(first))) && Number(first) === listenPort) {
+    return [{ fd: listenFd }, ...cb];
+  }
+  return null;
+}
+
+function patchListen() {
+  const listen = net.Server.prototype.listen;
+  net.Server.prototype.listen = function heapwardenListen(...args) {
+    let use = args;
+    try {
+      const redirected = listenFd === null || draining ? null : redirectListen(args);
+      if (redirected) {
+        use = redirected;
+        track(this);
+      }
+    } catch (error) {
+      report('The heapwarden probe could not inspect a listen call.', { error: String(error.message) });
+    }
+    return listen.apply(this, use);
+  };
+}
+
+function track(server) {
+  servers.add(server);
+  server.once('listening', guard('listening', markReady));
+  server.on('connection', (socket) => {
+    server.heapwardenConnections = server.heapwardenConnections || new Set();
+    server.heapwardenConnections.add(socket);
+    socket.once('close', () => server.heapwardenConnections.delete(socket));
+  });
+}
+
+function drain(deadlineMs) {
+  if (draining) return;
+  draining = true;
+  let open = servers.size;
+  const closed = () => {
+    open -= 1;
+    if (open > 0) return;
+    api.emit('drained');
+    // Nobody hooked `drain`: behave as if SIGTERM arrived (the app's handlers run).
+    if (api.listenerCount('drain') === 0) process.kill(process.pid, 'SIGTERM');
+  };
+  for (const server of servers) {
+    // net's close stops accepting without http's immediate close of idle keep-alive
+    // connections, which races a client's next request on them.
+    net.Server.prototype.close.call(server, guard('drain-closed', closed));
+    server.prependListener('request', (req, res) => { res.shouldKeepAlive = false; });
+    for (const socket of server.heapwardenConnections || []) {
+      const res = socket._httpMessage;
+      if (res && !res.headersSent) res.shouldKeepAlive = false;
+    }
+    const sweep = setInterval(guard('drain-sweep', () => {
+      if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+    }), IDLE_GRACE_MS);
+    sweep.unref();
+    server.once('close', () => clearInterval(sweep));
+  }
+  api.emit('drain', { deadlineMs });
+  if (servers.size === 0 && api.listenerCount('drain') === 0) process.kill(process.pid, 'SIGTERM');
+}
+
+// ---- claiming the channel: exactly one process per worker talks on it ----
+
+function isLauncher() {
+  const script = process.argv[1] ? path.basename(process.argv[1]) : '';
+  return LAUNCHER.test(script);
+}
+
+// stdio entries 3 and 4 hand the sockets to the script a launcher runs.
+function passFdsDown(controlFd, inheritedListenFd) {
+  const childProcess = require('child_process');
+  const spawn = childProcess.spawn;
+  childProcess.spawn = function heapwardenSpawn(file, args, options) {
+    try {
+      let opts = options;
+      let rest = args;
+      if (!Array.isArray(args)) { opts = args; rest = []; }
+      opts = { ...(opts || {}) };
+      const stdio = typeof opts.stdio === 'string' ? [opts.stdio, opts.stdio, opts.stdio] : [...(opts.stdio || ['pipe', 'pipe', 'pipe'])];
+      while (stdio.length < 3) stdio.push('pipe');
+      if (stdio[3] === undefined && stdio[4] === undefined) {
+        stdio[3] = inheritedListenFd === null ? 'ignore' : inheritedListenFd;
+        stdio[4] = controlFd;
+        opts.stdio = stdio;
+        return spawn.call(this, file, rest, opts);
+      }
+    } catch (error) {
+      report('The heapwarden probe could not pass its sockets to a child.', { error: String(error.message) });
+    }
+    return spawn.apply(this, arguments);
+  };
+}
+
+function inheritedSocket(fd, expectedIno) {
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isSocket()) return 'is not a socket';
+    if (expectedIno && String(st.ino) !== expectedIno) return `is socket inode ${st.ino}, not ${expectedIno}`;
+    return null;
+  } catch (error) {
+    return `cannot be examined (${error.code || error.message})`;
+  }
+}
+
+function startProfiling() {
+  const inspector = require('inspector');
+  session = new inspector.Session();
+  session.connect();
+  session.post('HeapProfiler.startSampling', { samplingInterval: SAMPLING_INTERVAL }, (error) => {
+    if (error) {
+      report('The sampling heap profiler did not start.', { error: String(error.message) });
+      session = null;
+    }
+  });
+  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
+  loopDelay.enable();
+}
+
+function claim() {
+  const env = process.env;
+  const fdText = env.HEAPWARDEN_CONTROL_FD;
+  if (fdText === undefined || !require('worker_threads').isMainThread) return;
+  const fd = Number(fdText);
+  const inheritedListen = env.LISTEN_FDS && Number(env.LISTEN_FDS) >= 1 ? 3 : null;
+  if (isLauncher()) {
+    passFdsDown(fd, inheritedListen);
+    return;
+  }
+  const wrong = Number.isInteger(fd) && fd >= 0 ? inheritedSocket(fd, env.HEAPWARDEN_CONTROL_INO) : 'is not a number';
+  if (wrong) {
+    report('The heapwarden probe did not claim the control channel.', { fd: fdText, reason: `fd ${fdText} ${wrong}` });
+    return;
+  }
+  listenFd = inheritedListen;
+  listenPort = positiveInt(env.HEAPWARDEN_LISTEN_PORT, null);
+  for (const key of Object.keys(env)) {
+    if (key.startsWith('HEAPWARDEN_') && key !== 'HEAPWARDEN_WORKER_SLOT') delete env[key];
+  }
+  channel = new net.Socket({ fd, readable: true, writable: true });
+  channel.unref();
+  channel.on('data', guard('read', (chunk) => {
+    const { messages, rest, fatal } = decode(decoderBuf.length ? Buffer.concat([decoderBuf, chunk]) : chunk);
+    decoderBuf = Buffer.from(rest);
+    for (const msg of messages) guard('message', onMessage)(msg);
+    if (fatal) {
+      report('The agent sent a frame that cannot be delimited; closing the channel.', { error: fatal });
+      channel.destroy();
+    }
+  }));
+  channel.on('error', (error) => report('The control channel failed.', { error: String(error.message) }));
+  // The agent went away: drain like a Drain message would.
+  channel.on('close', guard('close', () => drain(0)));
+  send({ type: 'hello', pid: process.pid, probe_version: VERSION, runtime: 'node' });
+  startProfiling();
+  patchListen();
+}
+
+Object.assign(api, {
+  version: VERSION,
+  // Tell the agent the app can take traffic (when it does not listen on fd 3 itself).
+  ready: guard('ready', markReady),
+  // Hand over a prom-client Registry (anything with `metrics()`): merged into /metrics.
+  setMetricsRegistry: guard('setMetricsRegistry', (registry) => { metricsRegistry = registry; }),
+  // fn(key, version) runs when another worker invalidated `key`.
+  onInvalidate: guard('onInvalidate', (fn) => { invalidateHook = fn; }),
+  timing,
+  // For tests of the protocol: the same framing the channel uses.
+  _frames: { encode, decode, flatten, redirectListen },
+});
+// Getters, not values: Object.assign would copy them once.
+Object.defineProperty(api, 'claimed', { get: () => channel !== null, enumerable: true });
+Object.defineProperty(api, 'listenFd', { get: () => listenFd, enumerable: true });
+globalThis[SINGLETON] = api;
+module.exports = api;
+guard('claim', claim)();

@@ -1,0 +1,214 @@
+//! Attaching to the agent, once, at load time. One of the modules allowed `unsafe`: it
+//! registers the load-time constructor and inspects descriptors and symbols with libc.
+//!
+//! `LD_PRELOAD` is inherited by every descendant, so the constructor first checks that
+//! this process is the worker: `HEAPWARDEN_WORKER_PID` (set by the agent's trampoline to
+//! the pid it execs the command in) must name it. A shell wrapper that `exec`s the real
+//! program keeps that pid, so each image attaches in turn and the program, the last one,
+//! ends up attached (the agent takes every `hello` as the new claimant). For that the
+//! inherited descriptor stays open across `exec`; the probe's threads use a close-on-exec
+//! duplicate of it, and `fork` closes both in children.
+//!
+//! Attaching means: check the program really allocates through this library, adopt the
+//! control socket, switch allocation sampling on (descendants keep it off), then run
+//! `heapwarden-probes`' own `Probe` on it, which answers stats, dumps and pings exactly as
+//! in a Rust worker, on two threads that block every signal (the program's signals stay
+//! the program's).
+
+use std::ffi::c_void;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use heapwarden_probes::diag::{info, warn};
+use heapwarden_probes::{CONTROL_FD_ENV, Probe, Runtime, activate_profiling, worker_pid_matches};
+use serde_json::json;
+
+use crate::{drain, fork, no_unwind};
+
+/// Lowest number tried for the probe's own duplicate: far above the descriptors shells
+/// and programs pick for themselves (`exec 5>file`), so a wrapper script cannot redirect
+/// over the channel while it still holds it.
+const PRIVATE_FD_FLOOR: RawFd = 500;
+/// The control socket's inode, set by the agent beside `HEAPWARDEN_CONTROL_FD`.
+const CONTROL_INO_ENV: &str = "HEAPWARDEN_CONTROL_INO";
+
+/// Keeps the probe (and its threads' channel) alive for the life of the process.
+static PROBE: OnceLock<Probe> = OnceLock::new();
+
+/// Run by the dynamic linker after libc is initialised and before the program's own
+/// constructors and `main`.
+extern "C" fn on_load() {
+    no_unwind((), attach_if_worker);
+}
+
+#[used]
+// SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the dynamic linker
+// calls once at load; `on_load` has exactly that type and never unwinds.
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
+
+fn attach_if_worker() {
+    if worker_pid_matches() != Some(true) {
+        return; // a descendant (or no agent): jemalloc only, sampling stays off
+    }
+    let Ok(fd_var) = std::env::var(CONTROL_FD_ENV) else {
+        return;
+    };
+    if let Err(owner) = allocator_is_ours() {
+        warn(
+            "Running without the heapwarden native probe: the program brings its own malloc, so jemalloc would not see its heap.",
+            &[("malloc_from", json!(owner))],
+        );
+        return;
+    }
+    let (inherited, channel) = match claim_control_socket(&fd_var) {
+        Ok(claimed) => claimed,
+        Err(reason) => {
+            warn(
+                "Running without the heapwarden native probe: the control socket is unusable.",
+                &[("fd", json!(fd_var)), ("error", json!(reason))],
+            );
+            return;
+        }
+    };
+    let started = Instant::now();
+    let profiling = activate_profiling();
+    let activation_us = started.elapsed().as_secs_f64() * 1e6;
+    fork::watch_children(inherited, &channel);
+    let probe = match with_signals_blocked(|| Probe::from_fd_as(channel, Runtime::Native)) {
+        Ok(probe) => probe,
+        Err(error) => {
+            warn(
+                "Running without the heapwarden native probe: the channel did not start.",
+                &[("error", json!(error.to_string()))],
+            );
+            return;
+        }
+    };
+    drain::install(&probe);
+    let _ = PROBE.set(probe);
+    info(
+        "The heapwarden native probe is attached.",
+        &[
+            ("pid", json!(std::process::id())),
+            ("profiling", json!(profiling.is_ok())),
+            (
+                "activation_us",
+                json!((activation_us * 10.0).round() / 10.0),
+            ),
+        ],
+    );
+}
+
+/// Runs `start` (which spawns the probe's threads) with every signal blocked, so the
+/// threads inherit a full mask: a process-directed signal (SIGTERM, SIGUSR1…) then always
+/// goes to one of the program's own threads. Without it, a program that blocks signals
+/// and waits for them with `sigwait`, or sleeps in `pause()`, could have its signal
+/// taken (and, with the default disposition, acted on) by a thread it does not know.
+fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t values we own, filled by sigfillset; pthread_sigmask changes only
+    // this thread's mask and is restored below before returning.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+        let started = start();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        started
+    }
+}
+
+/// `Ok` when the process-wide `malloc` (what libc and every library bind their calls to)
+/// is this library's; otherwise the file that defines it (a program linking its own
+/// allocator). Tested by allocation rather than by symbol lookup: `dlsym("malloc")` names
+/// a non-PIE executable's PLT stub whenever the program takes malloc's address (CPython
+/// does), although its calls still reach us. So libc allocates (`strdup`, bound like
+/// every library's calls), and jemalloc says whether the block is one of its own
+/// (`arenas.lookup` fails cleanly for foreign pointers).
+fn allocator_is_ours() -> Result<(), String> {
+    // SAFETY: strdup of a NUL-terminated literal; the block is freed with `free`, which
+    // binds exactly as strdup's malloc did (both ours, or both the program's). The
+    // mallctl reads an unsigned into `arena` and takes a pointer-sized new value.
+    unsafe {
+        let probe = libc::strdup(c"heapwarden".as_ptr());
+        if probe.is_null() {
+            return Err("unknown (strdup failed)".into());
+        }
+        let mut arena: libc::c_uint = 0;
+        let mut arena_len = size_of::<libc::c_uint>();
+        let mut block = probe.cast::<c_void>();
+        let owned = tikv_jemalloc_sys::mallctl(
+            c"arenas.lookup".as_ptr(),
+            std::ptr::from_mut(&mut arena).cast(),
+            &mut arena_len,
+            std::ptr::from_mut(&mut block).cast(),
+            size_of::<*mut c_void>(),
+        ) == 0;
+        libc::free(probe.cast());
+        if owned { Ok(()) } else { Err(malloc_owner()) }
+    }
+}
+
+/// The file whose `malloc` the loader resolves first, for the log line.
+fn malloc_owner() -> String {
+    // SAFETY: dlsym and dladdr read the loader's tables and fill a C struct we own.
+    unsafe {
+        let resolved = libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr());
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if resolved.is_null() || libc::dladdr(resolved, &mut info) == 0 || info.dli_fname.is_null()
+        {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(info.dli_fname)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The inherited descriptor number (left open for an `exec` in this pid) and a private
+/// close-on-exec duplicate for the probe's threads.
+fn claim_control_socket(value: &str) -> Result<(RawFd, OwnedFd), String> {
+    let fd: RawFd = value
+        .trim()
+        .parse()
+        .map_err(|_| "not a file descriptor number".to_string())?;
+    if fd < 3 {
+        return Err("refusing stdin, stdout or stderr".into());
+    }
+    // SAFETY: fstat writes into a zeroed stat struct we own; a closed fd is an error.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("descriptor {fd} is not a socket"));
+    }
+    // The agent names the socket's inode too: a number reused for another socket (a
+    // wrapper that closed ours and opened its own) is not the channel.
+    if let Ok(expected) = std::env::var(CONTROL_INO_ENV)
+        && expected.trim() != stat.st_ino.to_string()
+    {
+        return Err(format!(
+            "descriptor {fd} is socket inode {}, not the agent's {expected}",
+            stat.st_ino
+        ));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one or -1; nothing
+    // else in the process owns the new number.
+    let duplicate = unsafe {
+        match libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, PRIVATE_FD_FLOOR) {
+            -1 => libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3),
+            high => high,
+        }
+    };
+    if duplicate < 0 {
+        return Err(format!(
+            "could not duplicate descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `duplicate` was just created by fcntl and is owned by nobody else.
+    Ok((fd, unsafe { OwnedFd::from_raw_fd(duplicate) }))
+}

@@ -1,0 +1,102 @@
+//! What a forked child of the worker keeps: jemalloc (its own fork handlers make it
+//! fork-safe), but not the claim. One of the modules allowed `unsafe`: a `pthread_atfork`
+//! child handler and raw descriptor calls.
+//!
+//! In the child only the forking thread exists, so the probe's threads are gone; the
+//! handler makes sure nothing of the channel survives either: it closes the probe's
+//! duplicate and the inherited descriptor (when that number still is the agent's socket,
+//! same device and inode), so a child that later `exec`s passes neither on, and it turns
+//! allocation sampling off, so a long-running child pays nothing for a profile nobody
+//! reads. The handler allocates nothing and takes no lock of ours; its one jemalloc call
+//! (`prof.active = false`, by a MIB looked up at attach time) takes only jemalloc's own
+//! `prof_active` mutex, which jemalloc's own child handler has already reinitialised —
+//! jemalloc registered its handlers when it initialised, before ours (child handlers run
+//! in registration order), and the child is single-threaded.
+//!
+//! `vfork`/`posix_spawn` children (glibc's `system`, `popen`, Python's `subprocess`) run
+//! no fork handlers; they exec at once, which closes the duplicate (close-on-exec), and
+//! their own copy of this library sees a pid that is not the worker's and stays quiet.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use tikv_jemalloc_sys as je;
+
+/// The inherited descriptor and its identity, the probe's duplicate, and the MIB of
+/// `prof.active`, as the child handler needs them.
+struct Claim {
+    inherited: RawFd,
+    device: u64,
+    inode: u64,
+    prof_active_mib: Option<[usize; 2]>,
+}
+
+static CLAIM: OnceLock<Claim> = OnceLock::new();
+/// The probe's duplicate; -1 once closed in a child.
+static PRIVATE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Records what a child must drop and registers the handler (once per process image).
+pub(crate) fn watch_children(inherited: RawFd, channel: &OwnedFd) {
+    // SAFETY: fstat fills a zeroed struct we own.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let (device, inode) = if unsafe { libc::fstat(inherited, &mut stat) } == 0 {
+        (stat.st_dev, stat.st_ino)
+    } else {
+        (0, 0)
+    };
+    let mut mib = [0usize; 2];
+    let prof_active_mib = tikv_jemalloc_ctl::raw::name_to_mib(b"prof.active\0", &mut mib)
+        .ok()
+        .map(|()| mib);
+    PRIVATE_FD.store(channel.as_raw_fd(), Ordering::SeqCst);
+    let first = CLAIM
+        .set(Claim {
+            inherited,
+            device,
+            inode,
+            prof_active_mib,
+        })
+        .is_ok();
+    if first {
+        // SAFETY: registers a plain `extern "C" fn()`; jemalloc is initialised by now
+        // (the caller allocated and switched sampling on), so its handlers come first.
+        unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
+    }
+}
+
+extern "C" fn in_forked_child() {
+    let Some(claim) = CLAIM.get() else { return };
+    let private = PRIVATE_FD.swap(-1, Ordering::SeqCst);
+    // SAFETY: only syscalls on descriptor numbers recorded at attach time: close(2) of
+    // the probe's duplicate, which no code in this single-threaded child uses any more,
+    // and of the inherited number only while fstat still finds the agent's socket there.
+    unsafe {
+        if private >= 0 {
+            libc::close(private);
+        }
+        let mut stat: libc::stat = std::mem::zeroed();
+        if claim.inode != 0
+            && libc::fstat(claim.inherited, &mut stat) == 0
+            && stat.st_dev == claim.device
+            && stat.st_ino == claim.inode
+        {
+            libc::close(claim.inherited);
+        }
+    }
+    if let Some(mib) = &claim.prof_active_mib {
+        let mut off = false;
+        // SAFETY: "prof.active" is a bool key; the MIB was resolved for it, and `off`
+        // lives across the call. See the module header for why the lock is safe here.
+        unsafe {
+            je::mallctlbymib(
+                mib.as_ptr(),
+                mib.len(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::from_mut(&mut off).cast(),
+                size_of::<bool>(),
+            )
+        };
+    }
+}
