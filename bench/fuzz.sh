@@ -7,6 +7,8 @@
 # metrics` must parse. Prints one line per target and a table; exits non-zero on any
 # failure, with the shrunk input that caused it.
 #   bench/fuzz.sh [CASES]          e.g. bench/fuzz.sh 10000 for a quick run
+#   FUZZ_ONLY=admin bench/fuzz.sh  only the targets whose test path contains "admin" (and
+#                                  the promtool run when FUZZ_ONLY matches "promtool")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cases="${1:-1000000}"
@@ -15,7 +17,10 @@ export PROPTEST_CASES="$cases" CARGO_TERM_COLOR=never
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
+only="${FUZZ_ONLY:-}"
+
 run() { # crate, test path
+  [[ -z "$only" || "$2" == *"$only"* ]] || return 0
   local started=$SECONDS
   cargo test --release -q -p "$1" --lib "$2" -- --exact --nocapture 2>&1 | tee -a "$out" |
     grep -E '^fuzz |panicked|minimal failing input' || true
@@ -28,7 +33,9 @@ run heapwarden admin::exposition::tests::fuzz_exposition_parser
 run heapwarden config::fuzz_tests::fuzz_config_loader
 run heapwarden admin::fuzz_tests::fuzz_admin_routes
 started=$SECONDS
-if HEAPWARDEN_PROMTOOL_CASES="$promtool_cases" cargo test --release -q -p heapwarden --lib \
+if [[ -n "$only" && "promtool" != *"$only"* ]]; then
+  :
+elif HEAPWARDEN_PROMTOOL_CASES="$promtool_cases" cargo test --release -q -p heapwarden --lib \
   admin::tests::random_worker_text_never_breaks_the_page_for_promtool -- --exact >>"$out" 2>&1; then
   echo "fuzz promtool check of hostile pages: $promtool_cases cases, 0 failures"
   echo "fuzz promtool check of hostile pages: $promtool_cases cases, 0 failures" >>"$out"
