@@ -1,9 +1,8 @@
 //! The agent role (`heapwarden run`): checks what can be checked before anything starts
 //! (state directory, admin token, both listening sockets, the profile store), then wires
-//! the parts together on one small runtime — supervisor, sampler, watchdog, admin server —
-//! and runs until the supervisor has stopped every worker.
+//! the parts together on one small runtime — supervisor, sampler, watchdog — with the
+//! admin server on its own thread, and runs until the supervisor has stopped every worker.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,8 +12,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::api::{ApiState, api_router};
 use crate::admin::{
-    AdminState, AdminToken, install_recorder, load_or_create_token, router_with_api, serve,
-    spawn_upkeep,
+    AdminServer, AdminState, AdminToken, Limits, WorkerPageCache, connection_budget,
+    install_recorder, load_or_create_token, raise_fd_limit, router_with_api, spawn_upkeep,
 };
 use crate::config::{Config, ConfigSource};
 use crate::log::LevelHandle;
@@ -60,6 +59,7 @@ struct Parts {
 /// `root` has no context; each part gets its own `module`.
 fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> {
     let log = root.new(o!("module" => "agent"));
+    let fd_limit = raise_fd_limit();
     prepare_state_dir(&config.state_dir)?;
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
         .context("the admin token cannot be used")?;
@@ -77,14 +77,14 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         .context("cannot contain the workers' processes")?;
     let result = runtime.block_on(async move {
         let socket = listen::open(config.pool.listen)?;
-        let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
-            .await
+        let admin_listener = std::net::TcpListener::bind(config.admin.listen)
             .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
         info!(log, "The agent is starting.";
             "workers" => config.pool.worker_count(),
             "listen" => socket.local_addr.map(|a| a.to_string()).unwrap_or_default(),
             "admin" => config.admin.listen.to_string(),
             "socket_activated" => socket.socket_activated,
+            "fd_limit" => fd_limit,
             "state_dir" => config.state_dir.display().to_string());
         metrics::gauge!(metric_names::PROFILES_LIMIT_BYTES.name)
             .set(config.profiles.max_bytes.bytes() as f64);
@@ -104,7 +104,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
                 slot_series: register_slot_series,
             },
         )?;
-        let (exposition_writer, exposition_reader) = exposition_channel();
+        let (exposition_writer, exposition_reader) = exposition_channel(config.sampling.interval);
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
@@ -143,18 +143,30 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             heartbeat_max_age: HEARTBEAT_MAX_AGE,
             token: AdminToken::new(token),
             open_metrics: config.admin.open_metrics,
+            worker_page: WorkerPageCache::default(),
         };
-        let admin = tokio::spawn(serve(
+        let limits = Limits {
+            header_timeout: config.admin.header_timeout,
+            idle_timeout: config.admin.idle_timeout,
+            max_connections: connection_budget(
+                config.admin.max_connections,
+                fd_limit,
+                config.pool.worker_count(),
+            ),
+        };
+        let admin = AdminServer::spawn(
             admin_listener,
             router_with_api(admin_state, api),
-            std::future::pending(),
-        ));
+            limits,
+            root.new(o!("module" => "admin")),
+        )
+        .context("cannot start the admin server")?;
 
         let outcome = supervisor.run().await;
         for task in [sampler, watchdog, upkeep] {
             task.abort();
         }
-        admin.abort();
+        admin.stop();
         outcome
     });
     drop(runtime);
@@ -169,11 +181,7 @@ fn register_slot_series(slots: std::ops::Range<usize>) {
     }
 }
 
-/// The state directory holds profiles and the admin token: owner-only.
+/// The state directory holds profiles and the admin token: the agent's user's own, 0700.
 fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create state-dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot restrict state-dir {} to mode 0700", dir.display()))?;
-    Ok(())
+    crate::owned::prepare_dir(dir, 0o700).context("state-dir cannot be used")
 }

@@ -10,8 +10,11 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[cfg(test)]
+mod fuzzing;
 pub mod log;
 pub mod metric_names;
+pub mod owned;
 pub mod profiles;
 pub mod sampler;
 pub mod supervisor;

@@ -7,6 +7,8 @@
 
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod fuzz_tests;
 mod messages;
 #[cfg(test)]
 mod tests;
@@ -77,8 +79,8 @@ fn frame_total_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     Ok(Some(HEADER_LEN + len))
 }
 
-/// Decodes a complete frame (header included).
-fn decode_complete<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
+/// Decodes one complete frame, header included (as [`FrameDecoder::next_raw`] returns it).
+pub fn decode_raw<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
     let payload = frame.get(HEADER_LEN..).unwrap_or_default();
     let Some((&version, body)) = payload.split_first() else {
         return Err(FrameError::Empty);
@@ -98,7 +100,7 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)
     let Some(frame) = buf.get(..total) else {
         return Ok(None);
     };
-    decode_complete(frame).map(|msg| Some((msg, total)))
+    decode_raw(frame).map(|msg| Some((msg, total)))
 }
 
 /// Incremental decoder for a byte stream: [`push`](Self::push) what was read, then call
@@ -134,6 +136,16 @@ impl FrameDecoder {
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.next_raw()? {
+            Some(frame) => decode_raw(&frame).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next complete frame as bytes (length prefix included), for a caller that
+    /// decodes it elsewhere, e.g. a large one off an async runtime's thread with
+    /// [`decode_raw`]. `Ok(None)` when more bytes are needed.
+    pub fn next_raw(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         if let Some(len) = self.poisoned {
             return Err(FrameError::Oversized { len });
         }
@@ -153,13 +165,19 @@ impl FrameDecoder {
             self.buf.reserve_exact(total - self.buf.len());
             return Ok(None);
         }
-        let result = decode_complete(&self.buf[..total]);
-        self.buf.drain(..total);
+        let frame = if self.buf.len() == total {
+            // The whole buffer is this frame: hand it over instead of copying it.
+            std::mem::take(&mut self.buf)
+        } else {
+            let frame = self.buf[..total].to_vec();
+            self.buf.drain(..total);
+            frame
+        };
         if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
             // Give back the memory of one large frame rather than keep it for good.
             self.buf = Vec::new();
         }
-        result.map(Some)
+        Ok(Some(frame))
     }
 
     /// Call at end of stream: an error if it stopped inside a frame.

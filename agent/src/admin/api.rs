@@ -20,6 +20,9 @@ use crate::profiles::{
 use crate::supervisor::{PoolView, Request, RestartReason};
 use crate::watchdog::{FiguresView, SlotFigures};
 
+/// `Retry-After` of a refused manual dump: a dump takes well under a second.
+const RETRY_DUMP_AFTER_SECONDS: &str = "1";
+
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: watch::Receiver<PoolView>,
@@ -204,8 +207,26 @@ async fn profile_now(
         figures,
         rule: None,
     };
-    match take_profile(&state.store, request, &state.log).await {
+    // Its own task: a client that hangs up does not cut a dump off half-way.
+    let (store, log) = (state.store.clone(), state.log.clone());
+    let capture = tokio::spawn(async move { take_profile(&store, request, &log).await });
+    let result = capture.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the dump task failed: {e}"),
+        )
+    })?;
+    match result {
         Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
+        Err(e @ CaptureError::Busy(_)) => {
+            let mut response =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_DUMP_AFTER_SECONDS),
+            );
+            Ok(response)
+        }
         Err(e @ CaptureError::NoProbe { .. }) => {
             Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
         }

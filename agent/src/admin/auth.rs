@@ -1,7 +1,9 @@
-//! The admin API's bearer token: loading (or creating, on first start) the token file,
-//! and the middleware that checks `Authorization: Bearer <token>` in constant time.
+//! The admin API's bearer token: loading (or creating, on first start) the token file —
+//! which must belong to the agent's user, not be a symbolic link, and not be readable by
+//! group or others — and the middleware that checks `Authorization: Bearer <token>` (the
+//! scheme case-insensitive, RFC 7235) in constant time.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +21,8 @@ const TOKEN_BYTES: usize = 32;
 pub enum AuthError {
     #[error("token file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`", path = path.display())]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("token file {0}")]
+    Owned(#[source] crate::owned::OwnedError),
     #[error("token file {path} is empty", path = path.display())]
     Empty { path: PathBuf },
     #[error("could not read token file {path}: {source}", path = path.display())]
@@ -76,9 +80,7 @@ pub fn load_or_create_token(token_file: &Path, state_dir: &Path) -> Result<Strin
     }
     let path = state_dir.join(DEFAULT_TOKEN_FILE);
     match read_token(&path) {
-        Err(AuthError::Read { source, .. }) if source.kind() == ErrorKind::NotFound => {
-            create_token(&path)
-        }
+        Err(AuthError::Owned(e)) if e.is_not_found() => create_token(&path),
         other => other,
     }
 }
@@ -88,8 +90,8 @@ fn read_token(path: &Path) -> Result<String, AuthError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(read_err)?;
-    let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
+    let (mut file, meta) = crate::owned::open_file(path).map_err(AuthError::Owned)?;
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(AuthError::TooOpen {
             path: path.to_path_buf(),
@@ -133,9 +135,17 @@ fn create_token(path: &Path) -> Result<String, AuthError> {
             Ok(token)
         }
         // Another agent start won the race; use its token.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_token(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(path),
         Err(e) => Err(create_err(e)),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched without
+/// regard to case (RFC 7235, section 2.1).
+pub fn offered_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Middleware: 401 with a JSON body unless the request carries the bearer token.
@@ -148,8 +158,7 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(offered_token);
     match offered {
         Some(offered) if token.matches(offered) => next.run(request).await,
         _ => (

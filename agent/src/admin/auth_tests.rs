@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
+use crate::owned::OwnedError;
 
 #[test]
 fn a_missing_default_token_is_created_private_and_then_reused() {
@@ -41,7 +42,10 @@ fn a_configured_file_is_read_trimmed_and_never_created() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("token");
     let missing = load_or_create_token(&path, dir.path()).expect_err("missing");
-    assert!(matches!(missing, AuthError::Read { .. }), "{missing}");
+    assert!(
+        matches!(missing, AuthError::Owned(ref e) if e.is_not_found()),
+        "{missing}"
+    );
     assert!(!path.exists());
     std::fs::write(&path, "  s3cret \n").expect("write");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -65,4 +69,78 @@ fn token_comparison_rejects_prefixes_and_extensions() {
     assert!(!token.matches("abcdeF"));
     assert!(!token.matches(""));
     assert!(!format!("{token:?}").contains("abc"));
+}
+
+/// Runs `f` on a file owned by `nobody` (the tests run as root, as CI does).
+fn chown_nobody(path: &Path) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "ownership tests need root (CI runs as root)"
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("passwd")
+        .expect("user nobody");
+    nix::unistd::chown(path, Some(nobody.uid), Some(nobody.gid)).expect("chown");
+}
+
+#[test]
+fn a_token_file_owned_by_another_user_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "theirs\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    chown_nobody(&path);
+    let err = load_or_create_token(&path, dir.path()).expect_err("foreign owner");
+    assert!(
+        matches!(err, AuthError::Owned(OwnedError::NotOwned { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not by the agent's user"), "{err}");
+    // The generated token in a state directory is checked the same way.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let default = state.join(DEFAULT_TOKEN_FILE);
+    std::fs::write(&default, "theirs\n").expect("write");
+    std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    chown_nobody(&default);
+    let err = load_or_create_token(Path::new(""), &state).expect_err("foreign owner");
+    assert!(
+        matches!(err, AuthError::Owned(OwnedError::NotOwned { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_file_that_is_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("real");
+    std::fs::write(&target, "secret\n").expect("write");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.path().join("token");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let err = load_or_create_token(&link, dir.path()).expect_err("symlink");
+    assert!(
+        matches!(err, AuthError::Owned(OwnedError::Symlink { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let token = AdminToken::new("s3cret");
+    for header in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR  s3cret",
+    ] {
+        assert_eq!(offered_token(header), Some("s3cret"), "{header}");
+    }
+    for header in ["Basic s3cret", "Bearers3cret", "s3cret", "Bearer"] {
+        assert!(
+            offered_token(header).is_none_or(|t| !token.matches(t)),
+            "{header}"
+        );
+    }
 }

@@ -1,30 +1,35 @@
 //! The admin HTTP server (axum, loopback by default): `/metrics` (the agent's recorder
 //! merged with every worker's reported families), `/healthz`, `/readyz`, and a place for
-//! the authenticated `/api/v1/*` routes. It runs as tasks on the agent's runtime and
-//! only reads: the pool view and heartbeat from the supervisor, the exposition snapshot
-//! from the sampler.
+//! the authenticated `/api/v1/*` routes. It runs on its own thread and runtime
+//! ([`server`]) with connection limits, and only reads: the pool view and heartbeat from
+//! the supervisor, the exposition snapshot from the sampler.
 
 pub mod api;
 pub mod auth;
 pub mod exposition;
 pub mod health;
+pub mod page;
 pub mod recorder;
+pub mod server;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
-pub use exposition::{Part, merge};
+pub use exposition::{Reject, WorkerPage, WorkerPart, merge_workers};
+pub use page::WorkerPageCache;
 pub use recorder::{RecorderError, install_recorder, spawn_upkeep};
+pub use server::{AdminServer, Limits, connection_budget, raise_fd_limit};
 
 use crate::sampler::ExpositionReader;
 use crate::supervisor::PoolView;
@@ -49,6 +54,7 @@ pub struct AdminState {
     pub token: AdminToken,
     /// Serve `/metrics`, `/healthz`, `/readyz` without the token.
     pub open_metrics: bool,
+    pub worker_page: WorkerPageCache,
 }
 
 /// The admin routes without an API.
@@ -76,45 +82,60 @@ pub fn router_with_api(state: AdminState, api: Router) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+/// Bytes of metrics text kept per worker; families beyond it are dropped and counted
+/// (`reason="too_large"`).
+pub const WORKER_METRICS_BUDGET: usize = 2 * 1024 * 1024;
+
+/// Every worker's families merged, checked and capped.
+pub fn render_workers(snapshot: &crate::sampler::Exposition) -> WorkerPage {
+    let parts: Vec<WorkerPart<'_>> = snapshot
+        .workers
+        .iter()
+        .map(|(slot, text)| WorkerPart {
+            slot: *slot,
+            text: &text.text,
+        })
+        .collect();
+    merge_workers(&parts, WORKER_METRICS_BUDGET)
 }
 
-/// The recorder's families, the sampler's float counters and every worker's families,
-/// each family once.
+/// The whole page: the recorder's families, the sampler's float counters, then the
+/// workers'. The three never share a family: worker families under the agent's
+/// `heapwarden_` prefix are refused.
 pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> String {
-    let slots: Vec<String> = snapshot.workers.keys().map(ToString::to_string).collect();
-    let mut parts = vec![
-        Part {
-            worker: None,
-            text: agent,
-        },
-        Part {
-            worker: None,
-            text: &snapshot.sampler,
-        },
-    ];
-    for (slot, text) in slots.iter().zip(snapshot.workers.values()) {
-        parts.push(Part {
-            worker: Some(slot),
-            text: &text.text,
-        });
+    let mut page = String::from(agent);
+    for part in [snapshot.sampler.as_str(), &render_workers(snapshot).text] {
+        if !page.is_empty() && !page.ends_with('\n') {
+            page.push('\n');
+        }
+        page.push_str(part);
     }
-    merge(&parts)
+    page
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let snapshot = state.exposition.scrape();
-    let body = render_metrics(&state.metrics.render(), &snapshot);
+    let ready: Vec<u64> = state
+        .pool
+        .borrow()
+        .slots
+        .iter()
+        .filter_map(|s| s.worker.as_ref())
+        .filter(|w| w.ready && w.probe && w.link.is_some())
+        .map(|w| w.worker_id)
+        .collect();
+    let snapshot = state.exposition.scrape_fresh(&ready).await;
+    let sampler = Bytes::from(snapshot.sampler.clone());
+    let workers = state.worker_page.get(snapshot).await;
+    // Rendered after the worker text, so this page already counts its rejected lines.
+    let mut agent = state.metrics.render();
+    if !agent.is_empty() && !agent.ends_with('\n') {
+        agent.push('\n');
+    }
+    let body = Body::new(page::Chunks::new([Bytes::from(agent), sampler, workers]));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

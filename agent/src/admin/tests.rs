@@ -49,7 +49,7 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
         metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
         metrics::histogram!(crate::metric_names::SAMPLE_DURATION.name).record(0.0004);
     });
-    let (writer, reader) = exposition_channel();
+    let (writer, reader) = exposition_channel(Duration::from_secs(1));
     let (pool_tx, pool) = watch::channel(view);
     let (beat_tx, heartbeat) = watch::channel(last_tick);
     Fixture {
@@ -61,6 +61,7 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
             heartbeat_max_age: Duration::from_secs(5),
             token: AdminToken::new(TOKEN),
             open_metrics,
+            worker_page: WorkerPageCache::default(),
         },
         writer,
         _pool: pool_tx,
@@ -219,6 +220,7 @@ demo_cache_lookups_total{{worker=\"{slot}\",layer=\"l1\"}} 3\n",
     Exposition {
         workers: [(0, worker(0)), (1, worker(1))].into_iter().collect(),
         sampler: crate::sampler::render_cpu_counters(&cpu, Some(0.75)),
+        ..Exposition::default()
     }
 }
 
@@ -245,17 +247,12 @@ async fn metrics_merge_worker_families_under_the_worker_label() {
         body.contains("heapwarden_sample_duration_seconds_bucket{le=\"0.0005\"} 1"),
         "{body}"
     );
-    assert!(
-        f.writer.take_scrape_request(),
-        "a scrape asks the next round for worker text"
-    );
 }
 
 /// `promtool check metrics` over a page with every kind of part. Fails (naming the
 /// Debian package) when promtool is not installed.
 #[test]
 fn rendered_metrics_pass_promtool() {
-    use std::io::Write;
     let recorder = build_recorder().expect("recorder");
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
@@ -267,6 +264,78 @@ fn rendered_metrics_pass_promtool() {
             .increment(1);
     });
     let page = render_metrics(&handle.render(), &sample_exposition());
+    promtool_check(&page, Lint::Clean);
+}
+
+/// What a buggy or hostile worker may hand over as its metrics text.
+const HOSTILE_WORKER_TEXT: &str = "# TYPE ok_total counter\nok_total 1\n\
+x{this is not a label} 1\n\
+dup{a=\"1\",a=\"2\"} 1\n\
+heapwarden_worker_up{worker=\"0\"} 0\n\
+# TYPE heapwarden_agent_rss_bytes gauge\nheapwarden_agent_rss_bytes 1\n\
+stolen{worker=\"0\"} 7\n\
+bad_escape{a=\"\\q\"} 1\n\
+# TYPE ok_total gauge\n\
+nan_sign +nan\n\
+# TYPE h histogram\nh_bucket{x=\"1\"} 1\nh_sum 1\nh_count 1\n\
+h_sum 2\n\
+__reserved{__name__=\"x\"} 1\n";
+
+fn render_hostile() -> String {
+    let recorder = build_recorder().expect("recorder");
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        crate::metric_names::describe_all();
+        metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
+        metrics::gauge!("heapwarden_agent_rss_bytes").set(1e7);
+    });
+    let snapshot = Exposition {
+        workers: [(
+            1,
+            WorkerText {
+                worker_id: 1,
+                text: Arc::from(HOSTILE_WORKER_TEXT),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Exposition::default()
+    };
+    render_metrics(&handle.render(), &snapshot)
+}
+
+#[test]
+fn a_hostile_worker_cannot_break_or_forge_the_page() {
+    let page = render_hostile();
+    promtool_check(&page, Lint::OnlyWorkerFamilies);
+    assert!(page.contains("ok_total{worker=\"1\"} 1"), "{page}");
+    assert!(
+        page.contains("stolen{worker=\"1\"} 7") && !page.contains("stolen{worker=\"0\"}"),
+        "the slot sets the worker label: {page}"
+    );
+    assert_eq!(
+        page.matches("heapwarden_worker_up{").count(),
+        1,
+        "only the agent's own series: {page}"
+    );
+    assert!(!page.contains("heapwarden_agent_rss_bytes 1\n"), "{page}");
+    assert!(!page.contains("dup{"), "{page}");
+}
+
+/// What `promtool check metrics` may report besides parse errors, which always fail.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Lint {
+    /// Nothing at all: the agent's own families follow every convention.
+    Clean,
+    /// Naming findings about worker families (a worker's names are its own business),
+    /// never about the agent's.
+    OnlyWorkerFamilies,
+}
+
+/// Runs `promtool check metrics` on `page`; fails naming the Debian package when
+/// promtool is missing.
+pub fn promtool_check(page: &str, lint: Lint) {
+    use std::io::Write;
     let child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -289,10 +358,45 @@ fn rendered_metrics_pass_promtool() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let output = child.wait_with_output().expect("output");
-    assert!(
-        output.status.success(),
-        "promtool rejected the page:\n{}{}\n---\n{page}",
+    let report = format!(
+        "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // promtool exits 1 on a parse error and 3 when only lint findings were reported.
+    let code = output.status.code();
+    let ok = match lint {
+        Lint::Clean => code == Some(0),
+        Lint::OnlyWorkerFamilies => {
+            (code == Some(0) || code == Some(3))
+                && !report.contains("error")
+                && !report.lines().any(|l| l.starts_with("heapwarden_"))
+        }
+    };
+    assert!(
+        ok,
+        "promtool rejected the page ({code:?}):\n{report}\n---\n{page}"
+    );
+}
+
+// Whatever the workers send, promtool parses the page (one promtool run per case, so
+// the default is small; `bench/fuzz.sh` runs more).
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("HEAPWARDEN_PROMTOOL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
+    ))]
+    #[test]
+    fn random_worker_text_never_breaks_the_page_for_promtool(
+        texts in proptest::collection::vec(super::exposition::tests::arb_exposition(), 1..4)
+    ) {
+        let snapshot = Exposition {
+            workers: texts
+                .iter()
+                .enumerate()
+                .map(|(slot, text)| (slot, WorkerText { worker_id: slot as u64, text: Arc::from(text.as_str()) }))
+                .collect(),
+            ..Exposition::default()
+        };
+        promtool_check(&render_metrics("", &snapshot), Lint::OnlyWorkerFamilies);
+    }
 }

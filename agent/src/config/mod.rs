@@ -15,4 +15,6 @@ pub use reload::{ConfigSource, ReloadPlan};
 pub use sections::*;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

@@ -61,6 +61,18 @@ pub struct AdminConfig {
     pub token_file: PathBuf,
     /// Serve /metrics, /healthz and /readyz without the token.
     pub open_metrics: bool,
+    /// A connection must deliver each request head within this of the server being
+    /// ready for it (after accept or the previous answer): closes slow senders and idle
+    /// keep-alive connections alike.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that moved no byte for this long, with no request being handled, is
+    /// closed (a client that stopped reading its answer).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Admin connections open at once; lowered at start to fit the fd limit. When full,
+    /// the longest-idle connection is closed for a new one.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -69,6 +81,9 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             token_file: PathBuf::new(),
             open_metrics: true,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 64,
         }
     }
 }
@@ -309,6 +324,12 @@ impl Config {
         if w.strikes == 0 {
             errors.push(ConfigError::new("watchdog.strikes", "must be at least 1"));
         }
+        if w.trend_window < self.sampling.interval.saturating_mul(5) {
+            errors.push(ConfigError::new(
+                "watchdog.trend-window",
+                "must span at least 5 sampling intervals",
+            ));
+        }
         if w.max_concurrent_replacements == 0 {
             errors.push(ConfigError::new(
                 "watchdog.max-concurrent-replacements",
@@ -317,6 +338,21 @@ impl Config {
         }
         if self.profiles.max_count == 0 {
             errors.push(ConfigError::new("profiles.max-count", "must be at least 1"));
+        }
+        let a = &self.admin;
+        for (key, value) in [
+            ("admin.header-timeout", a.header_timeout),
+            ("admin.idle-timeout", a.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
+                errors.push(ConfigError::new(key, "must be between 100ms and 1h"));
+            }
+        }
+        if !(1..=4096).contains(&a.max_connections) {
+            errors.push(ConfigError::new(
+                "admin.max-connections",
+                "must be between 1 and 4096",
+            ));
         }
         if p.listen == self.admin.listen && p.listen.port() != 0 {
             errors.push(ConfigError::new(

@@ -80,6 +80,35 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A request body read whole within [`BODY_READ_TIMEOUT`]; past it the answer is 408
+/// and the connection is closed, so a client trickling its body cannot hold a connection
+/// (and a task) for as long as it likes.
+pub struct TimedBytes(pub Result<Bytes, BytesRejection>);
+
+/// How long a request body may take to arrive, from the end of its head.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for TimedBytes {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state)).await {
+            Ok(body) => Ok(TimedBytes(body)),
+            Err(_) => {
+                let mut response = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Err(response)
+            }
+        }
+    }
+}
+
 /// Parses a JSON body whatever its content type: oversized bodies are 413 (the body
 /// limit), anything unparsable or of the wrong shape is 400.
 pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {

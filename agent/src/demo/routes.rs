@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::App;
 use super::compute::stretch_password;
-use super::error::{ApiError, parse_id, parse_json};
+use super::error::{ApiError, TimedBytes, parse_id, parse_json};
 use super::items;
 use super::jobs::JobSpec;
 use super::leak::{MAX_LEAK_PER_REQUEST, leak_on_purpose_for_heap_profile};
@@ -90,7 +90,7 @@ struct ItemBody {
 async fn put_item(
     State(app): State<Arc<App>>,
     Path(raw): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    TimedBytes(body): TimedBytes,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let body: ItemBody = parse_json(body)?;
@@ -138,7 +138,7 @@ struct ComputeBody {
 
 async fn compute(
     State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
+    TimedBytes(body): TimedBytes,
 ) -> Result<Response, ApiError> {
     let body: ComputeBody = parse_json(body)?;
     let max = app.config.compute_max_rounds;
@@ -162,7 +162,7 @@ async fn compute(
 async fn create_job(
     State(app): State<Arc<App>>,
     request_id: RequestId,
-    body: Result<Bytes, BytesRejection>,
+    TimedBytes(body): TimedBytes,
 ) -> Result<Response, ApiError> {
     let spec: JobSpec = parse_json(body)?;
     if spec.rounds > app.config.compute_max_rounds {

@@ -112,6 +112,9 @@ label_values! {
     pub enum ProfileOutcome {
         Written = "written",
         SkippedDiskFull = "skipped_disk_full",
+        /// Every stored profile is one retention may not evict (leak profiles and the
+        /// newest baselines are kept over manual ones).
+        SkippedRetention = "skipped_retention",
         StoreError = "store_error",
         DumpFailed = "dump_failed",
         ConvertFailed = "convert_failed",
@@ -156,5 +159,31 @@ label_values! {
     pub enum PressureWindow {
         Avg10 = "avg10",
         Avg60 = "avg60",
+    }
+}
+
+label_values! {
+    /// Why a line of a worker's metrics text was dropped (or, for `WorkerLabel`,
+    /// corrected); `reason` of `heapwarden_worker_metrics_rejected_total`.
+    pub enum MetricsReject {
+        Syntax = "syntax",
+        Reserved = "reserved",
+        Duplicate = "duplicate",
+        Conflict = "conflict",
+        TooLarge = "too_large",
+        WorkerLabel = "worker_label",
+    }
+}
+
+label_values! {
+    /// Why the admin server closed a connection; `reason` of
+    /// `heapwarden_admin_connections_closed_total`.
+    pub enum ConnectionClose {
+        HeaderTimeout = "header_timeout",
+        Idle = "idle",
+        /// For a new connection at the cap.
+        Evicted = "evicted",
+        /// Cap reached and every connection busy.
+        Refused = "refused",
     }
 }

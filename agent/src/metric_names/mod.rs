@@ -16,6 +16,9 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 pub use zero::{register_slot, register_zero_series};
 
+/// Every family of the agent's starts with this; workers may not send such families.
+pub const AGENT_PREFIX: &str = "heapwarden_";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
@@ -145,6 +148,24 @@ pub const WORKER_LOG_LINES_TRUNCATED: Metric = metric(
     Counter,
     WORKER,
     "Worker output lines longer than 64 KiB, cut to their first 64 KiB when relayed.",
+);
+pub const WORKER_METRICS_REJECTED: Metric = metric(
+    "heapwarden_worker_metrics_rejected_total",
+    Counter,
+    &["worker", "reason"],
+    "Lines of a worker's metrics text dropped (or, for worker_label, corrected) by reason.",
+);
+pub const ADMIN_CONNECTIONS_CLOSED: Metric = metric(
+    "heapwarden_admin_connections_closed_total",
+    Counter,
+    &["reason"],
+    "Admin connections the server closed: header_timeout, idle, evicted (for a new one at the cap), refused (cap reached, all busy).",
+);
+pub const ADMIN_CONNECTIONS_OPEN: Metric = metric(
+    "heapwarden_admin_connections_open",
+    Gauge,
+    &[],
+    "Admin connections open now.",
 );
 pub const WORKER_PROBE_DROPPED: Metric = metric(
     "heapwarden_worker_probe_dropped_messages_total",
@@ -301,6 +322,9 @@ pub const CATALOG: &[Metric] = &[
     WORKER_RUNTIME_LAG,
     WORKER_PROBE_DROPPED,
     WORKER_LOG_LINES_TRUNCATED,
+    WORKER_METRICS_REJECTED,
+    ADMIN_CONNECTIONS_CLOSED,
+    ADMIN_CONNECTIONS_OPEN,
     WORKER_GROWTH,
     WORKER_SECONDS_TO_LIMIT,
     WORKER_RESTARTS,

@@ -7,16 +7,24 @@
 
 use metrics::{counter, gauge, histogram};
 
-use super::labels::{ProfileOutcome, RestartReason, Rule, SnapshotOutcome, Trigger, worker_states};
+use super::labels::{
+    ConnectionClose, MetricsReject, ProfileOutcome, RestartReason, Rule, SnapshotOutcome, Trigger,
+    worker_states,
+};
 use super::{
-    DRAIN_DURATION, HEAP_PROFILE_DURATION, HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS,
-    SAMPLE_DURATION, WORKER_FAILED, WORKER_LOG_LINES_TRUNCATED, WORKER_PROBE_DROPPED,
-    WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
+    ADMIN_CONNECTIONS_CLOSED, ADMIN_CONNECTIONS_OPEN, DRAIN_DURATION, HEAP_PROFILE_DURATION,
+    HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS, SAMPLE_DURATION, WORKER_FAILED,
+    WORKER_LOG_LINES_TRUNCATED, WORKER_METRICS_REJECTED, WORKER_PROBE_DROPPED, WORKER_RESTARTS,
+    WORKER_STATE, WORKER_UP,
 };
 
 /// The agent-wide series; each slot's come from [`register_slot`], called by the
 /// supervisor for the slots it has (a reload can add some).
 pub fn register_zero_series() {
+    for reason in ConnectionClose::ALL {
+        counter!(ADMIN_CONNECTIONS_CLOSED.name, "reason" => reason.as_str()).increment(0);
+    }
+    gauge!(ADMIN_CONNECTIONS_OPEN.name).set(0.0);
     for trigger in Trigger::ALL {
         for outcome in ProfileOutcome::ALL {
             counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(), "outcome" => outcome.as_str())
@@ -47,6 +55,10 @@ pub fn register_slot(slot: usize) {
     counter!(WORKER_FAILED.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_LOG_LINES_TRUNCATED.name, "worker" => worker.clone()).increment(0);
+    for reason in MetricsReject::ALL {
+        counter!(WORKER_METRICS_REJECTED.name, "worker" => worker.clone(), "reason" => reason.as_str())
+            .increment(0);
+    }
     // Down and in no state until the first sampling round says otherwise.
     gauge!(WORKER_UP.name, "worker" => worker.clone()).set(0.0);
     for state in worker_states() {

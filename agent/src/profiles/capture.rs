@@ -2,7 +2,10 @@
 //! (cheap, in the worker: jemalloc's `prof.dump`, or V8's sampling profile from the Node
 //! probe), convert it in a helper process (heavy, out of the worker and out of the
 //! agent) by the format the worker reported, then commit it. Used for baseline, leak and
-//! on-demand profiles alike. Heap snapshots are `snapshot.rs`.
+//! on-demand profiles alike, each under a [`crate::profiles::DumpPermit`]: one per slot,
+//! a small global limit (a manual dump beyond it is refused, an automatic one waits), and
+//! free disk checked again between the dump and its conversion. Heap snapshots are
+//! `snapshot.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +13,8 @@ use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use super::{
-    ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger, convert_in_helper,
-    convert_v8_in_helper,
+    DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger,
+    convert_in_helper, convert_v8_in_helper,
 };
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{HEAP_PROFILE_DURATION, HEAP_PROFILES, PROFILES_STORED_BYTES};
@@ -36,18 +39,25 @@ pub enum CaptureError {
     Convert { slot: usize, reason: String },
     #[error("the profile store failed: {0}")]
     Store(StoreError),
+    #[error("{0}; try again shortly")]
+    Busy(DumpBusy),
 }
 
 impl CaptureError {
-    /// The `outcome` label of `heapwarden_heap_profiles_total`.
-    pub fn outcome(&self) -> ProfileOutcome {
-        match self {
+    /// The `outcome` label of `heapwarden_heap_profiles_total`; none for a dump refused
+    /// before it started (busy), which is the client's to retry, not an outcome.
+    pub fn outcome(&self) -> Option<ProfileOutcome> {
+        Some(match self {
             CaptureError::NoProbe { .. } => ProfileOutcome::NoProbe,
             CaptureError::Skipped(StoreError::DiskShort { .. }) => ProfileOutcome::SkippedDiskFull,
+            CaptureError::Skipped(StoreError::RetentionFull { .. }) => {
+                ProfileOutcome::SkippedRetention
+            }
             CaptureError::Skipped(_) | CaptureError::Store(_) => ProfileOutcome::StoreError,
             CaptureError::Dump { .. } => ProfileOutcome::DumpFailed,
             CaptureError::Convert { .. } => ProfileOutcome::ConvertFailed,
-        }
+            CaptureError::Busy(_) => return None,
+        })
     }
 }
 
@@ -69,13 +79,21 @@ pub async fn take_profile(
     let started = Instant::now();
     let trigger = request.trigger.as_str();
     let slot = request.slot;
+    // A refused manual dump is the client's to retry, not a profile outcome.
+    let _permit = match request.trigger {
+        Trigger::Manual => store.try_dump_permit(slot).map_err(CaptureError::Busy)?,
+        Trigger::Baseline | Trigger::Leak => store.dump_permit(slot).await,
+    };
     let result = capture(store, request).await;
     let outcome = match &result {
-        Ok(_) => ProfileOutcome::Written,
+        Ok(_) => Some(ProfileOutcome::Written),
         Err(e) => e.outcome(),
+    };
+    if let Some(outcome) = outcome {
+        metrics::counter!(HEAP_PROFILES.name, "trigger" => trigger, "outcome" => outcome.as_str())
+            .increment(1);
     }
-    .as_str();
-    metrics::counter!(HEAP_PROFILES.name, "trigger" => trigger, "outcome" => outcome).increment(1);
+    let outcome = outcome.map_or("busy", ProfileOutcome::as_str);
     match &result {
         Ok(meta) => {
             let seconds = started.elapsed().as_secs_f64();
@@ -135,6 +153,12 @@ async fn capture(
         DumpFormat::V8Snapshot => Err("the worker wrote a heap snapshot, not a profile".into()),
         other => Ok(other),
     });
+    if written.is_ok()
+        && let Err(e) = store.recheck_disk(&pending).await
+    {
+        store.abort(pending).await;
+        return Err(CaptureError::Skipped(e));
+    }
     let converted = match written {
         Ok(DumpFormat::Jemalloc) => {
             convert_in_helper(&pending.raw_path, &pending.out_path, Some(pid)).await
@@ -158,7 +182,10 @@ async fn capture(
     let (meta, removed) = store
         .commit(pending, figures, rule)
         .await
-        .map_err(CaptureError::Store)?;
+        .map_err(|e| match e {
+            StoreError::RetentionFull { .. } => CaptureError::Skipped(e),
+            e => CaptureError::Store(e),
+        })?;
     drop(removed);
     Ok(meta)
 }

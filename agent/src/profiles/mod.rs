@@ -9,6 +9,7 @@
 mod capture;
 mod convert;
 mod diff;
+mod dump_limit;
 mod error;
 mod index;
 pub mod pprof;
@@ -30,6 +31,7 @@ pub use convert::{
     convert_with_helper,
 };
 pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
+pub use dump_limit::{DumpBusy, DumpLimiter, DumpPermit, MAX_CONCURRENT_DUMPS};
 pub use error::ProfileError;
 pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta, Trigger};
 pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};

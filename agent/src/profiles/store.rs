@@ -26,6 +26,12 @@ pub enum StoreError {
         free: u64,
         min_free: u64,
     },
+    #[error("profile directory: {0}")]
+    NotOurs(#[source] crate::owned::OwnedError),
+    #[error(
+        "manual profile {id} of slot {slot} was not kept: the retention limits are full of leak and baseline profiles, which manual ones never evict"
+    )]
+    RetentionFull { id: u64, slot: usize },
     #[error("no profile with id {0}")]
     UnknownId(u64),
     #[error(
@@ -85,14 +91,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl ProfileStore {
-    /// Opens (creating) `<state_dir>/profiles`, tightens its mode to 0700, loads the
+    /// Opens (creating) `<state_dir>/profiles`, refuses it unless the agent's user owns it,
+    /// tightens its mode to 0700, loads the
     /// index, and removes what a crash left behind: raw dumps, partial files, profiles
     /// the index does not know, index entries whose file is gone.
     pub fn open(state_dir: &Path, config: ProfilesConfig) -> Result<ProfileStore, StoreError> {
         let dir = state_dir.join("profiles");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(&dir))?;
+        crate::owned::prepare_dir(&dir, 0o700).map_err(StoreError::NotOurs)?;
         let index_path = dir.join("index.json");
         let mut index = IndexFile::load(&index_path).map_err(io_err(&index_path))?;
         index.profiles.retain(|p| dir.join(&p.file).is_file());
@@ -231,9 +236,43 @@ impl ProfileStore {
             file: pending.kind.file_name(pending.id),
         };
         self.index.profiles.push(entry.clone());
-        let removed = self.enforce_retention(entry.id);
+        let removed = self.enforce_retention(&entry);
+        if entry.trigger == Trigger::Manual && self.over_limits() {
+            self.index.profiles.retain(|p| p.id != entry.id);
+            let _ = std::fs::remove_file(&pending.out_path);
+            self.save()?;
+            return Err(StoreError::RetentionFull {
+                id: entry.id,
+                slot: entry.slot,
+            });
+        }
         self.save()?;
         Ok((entry, removed))
+    }
+
+    /// Checks again, once the worker wrote its raw dump, that converting it still leaves
+    /// `min-free-disk` free (the dump itself took space; the profile takes about as much).
+    /// A short disk counts as a skipped dump.
+    pub fn recheck_disk(&mut self, pending: &PendingProfile) -> Result<(), StoreError> {
+        let raw = std::fs::metadata(&pending.raw_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let min_free = self.config.min_free_disk.bytes();
+        let free = self.free_disk()?;
+        if free < min_free.saturating_add(raw) {
+            self.skipped_for_disk += 1;
+            return Err(StoreError::DiskShort {
+                path: self.dir.clone(),
+                free,
+                min_free: min_free.saturating_add(raw),
+            });
+        }
+        Ok(())
+    }
+
+    fn over_limits(&self) -> bool {
+        self.index.profiles.len() > self.config.max_count.max(1)
+            || self.stored_bytes() > self.config.max_bytes.bytes()
     }
 
     /// Drops a profile that failed: removes whatever files it left.
@@ -242,13 +281,13 @@ impl ProfileStore {
         let _ = std::fs::remove_file(&pending.out_path);
     }
 
-    /// Deletes oldest profiles until both limits hold. The newest baseline of each slot
-    /// goes last (diffs need it), and the profile just written is never deleted.
-    fn enforce_retention(&mut self, keep_id: u64) -> Vec<ProfileMeta> {
-        let max_count = self.config.max_count.max(1);
-        let max_bytes = self.config.max_bytes.bytes();
+    /// Deletes profiles until both limits hold: manual ones first (oldest first), then
+    /// the oldest others, each slot's newest baseline last; the profile just written
+    /// never. A new manual profile may only evict manual ones, so on-call dumps can never
+    /// push out the evidence of a leak.
+    fn enforce_retention(&mut self, new: &ProfileMeta) -> Vec<ProfileMeta> {
         let mut removed = Vec::new();
-        while self.index.profiles.len() > max_count || self.stored_bytes() > max_bytes {
+        while self.over_limits() {
             let mut newest_baseline: HashMap<usize, u64> = HashMap::new();
             for p in self
                 .index
@@ -258,13 +297,20 @@ impl ProfileStore {
             {
                 newest_baseline.insert(p.slot, p.id);
             }
-            let protected = |p: &ProfileMeta| newest_baseline.get(&p.slot) == Some(&p.id);
-            let victim = self
-                .index
-                .profiles
+            let profiles = &self.index.profiles;
+            let other = |p: &ProfileMeta| p.id != new.id;
+            let manual = profiles
                 .iter()
-                .position(|p| p.id != keep_id && !protected(p))
-                .or_else(|| self.index.profiles.iter().position(|p| p.id != keep_id));
+                .position(|p| other(p) && p.trigger == Trigger::Manual);
+            let victim = if new.trigger == Trigger::Manual {
+                manual
+            } else {
+                let unprotected =
+                    |p: &ProfileMeta| other(p) && newest_baseline.get(&p.slot) != Some(&p.id);
+                manual
+                    .or_else(|| profiles.iter().position(unprotected))
+                    .or_else(|| profiles.iter().position(other))
+            };
             let Some(victim) = victim else { break };
             let gone = self.index.profiles.remove(victim);
             let _ = std::fs::remove_file(self.dir.join(&gone.file));

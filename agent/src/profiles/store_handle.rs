@@ -1,13 +1,16 @@
 //! `ProfileStoreHandle`: the one owner of the [`ProfileStore`] runs on its own thread
 //! (its work is small blocking file I/O: fsync'ed index rewrites, deletes), and the rest
-//! of the agent talks to it with typed async calls over a bounded channel. Diffs read two
+//! of the agent talks to it with typed async calls over a bounded channel. The handle
+//! also carries the [`DumpLimiter`] every profile capture goes through. Diffs read two
 //! profile files, so they run on the blocking pool, not on the owner thread.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::diff::{DiffReport, diff_files};
+use super::dump_limit::{DumpBusy, DumpLimiter, DumpPermit};
 use super::index::{ProfileFigures, ProfileMeta, Trigger};
 use super::store::{PendingProfile, ProfileStore, StoreError};
 
@@ -35,6 +38,7 @@ enum Command {
         Reply<Result<(ProfileMeta, Vec<ProfileMeta>), StoreError>>,
     ),
     Abort(PendingProfile),
+    Recheck(PendingProfile, Reply<Result<(), StoreError>>),
     List(Reply<Vec<ProfileMeta>>),
     Get(u64, Reply<Option<(ProfileMeta, PathBuf)>>),
     LatestBaseline(usize, Reply<Option<ProfileMeta>>),
@@ -44,6 +48,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct ProfileStoreHandle {
     tx: mpsc::Sender<Command>,
+    dumps: Arc<DumpLimiter>,
 }
 
 impl ProfileStoreHandle {
@@ -54,7 +59,8 @@ impl ProfileStoreHandle {
             .name("profile-store".into())
             .spawn(move || run(store, rx))
             .expect("the OS can start one thread at agent start");
-        (ProfileStoreHandle { tx }, thread)
+        let dumps = Arc::new(DumpLimiter::default());
+        (ProfileStoreHandle { tx, dumps }, thread)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -85,6 +91,22 @@ impl ProfileStoreHandle {
     ) -> Result<(ProfileMeta, Vec<ProfileMeta>), StoreError> {
         self.ask(|r| Command::Commit(pending, figures, rule, r))
             .await?
+    }
+
+    /// A manual dump's permit now, or why not.
+    pub fn try_dump_permit(&self, slot: usize) -> Result<DumpPermit, DumpBusy> {
+        self.dumps.try_acquire(slot)
+    }
+
+    /// A baseline or leak dump's permit, waiting for its turn.
+    pub async fn dump_permit(&self, slot: usize) -> DumpPermit {
+        self.dumps.acquire(slot).await
+    }
+
+    /// Free disk checked again once the raw dump is written (`Err(DiskShort)`: skip).
+    pub async fn recheck_disk(&self, pending: &PendingProfile) -> Result<(), StoreError> {
+        let pending = pending.clone();
+        self.ask(|r| Command::Recheck(pending, r)).await?
     }
 
     /// Removes the files of a profile that failed.
@@ -148,6 +170,9 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
                 let _ = r.send(store.commit(pending, figures, rule));
             }
             Command::Abort(pending) => store.abort(&pending),
+            Command::Recheck(pending, r) => {
+                let _ = r.send(store.recheck_disk(&pending));
+            }
             Command::List(r) => {
                 let _ = r.send(store.list().to_vec());
             }

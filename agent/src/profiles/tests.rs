@@ -357,3 +357,63 @@ async fn helper_summary_failure_and_timeout_are_reported() {
     assert!(matches!(err, ProfileError::HelperTimeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn manual_profiles_never_evict_leak_profiles_and_go_first() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut store = ProfileStore::open(state.path(), store_config(3, 1 << 20)).expect("open");
+    let base = add(&mut store, 0, Trigger::Baseline, 10);
+    let leak_a = add(&mut store, 0, Trigger::Leak, 10);
+    let leak_b = add(&mut store, 0, Trigger::Leak, 10);
+    let pending = store.begin(0, 100, Trigger::Manual).expect("begin");
+    std::fs::write(&pending.out_path, vec![0u8; 10]).expect("out");
+    let refused = store.commit(pending.clone(), ProfileFigures::default(), None);
+    assert!(
+        matches!(refused, Err(StoreError::RetentionFull { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        !pending.out_path.exists(),
+        "the refused manual profile is removed"
+    );
+    let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, [base.id, leak_a.id, leak_b.id]);
+
+    // With room for manual ones, a manual profile evicts the oldest manual profile, and
+    // a leak profile evicts manual ones before any older leak profile.
+    let mut store = ProfileStore::open(state.path(), store_config(5, 1 << 20)).expect("reopen");
+    let manual_a = add(&mut store, 0, Trigger::Manual, 10);
+    let manual_b = add(&mut store, 0, Trigger::Manual, 10);
+    let manual_c = add(&mut store, 0, Trigger::Manual, 10);
+    let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        [base.id, leak_a.id, leak_b.id, manual_b.id, manual_c.id]
+    );
+    assert!(!store.dir().join(&manual_a.file).exists());
+    let leak_c = add(&mut store, 0, Trigger::Leak, 10);
+    let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, [base.id, leak_a.id, leak_b.id, manual_c.id, leak_c.id]);
+}
+
+#[test]
+fn free_space_is_rechecked_for_the_dump_before_conversion() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let store = ProfileStore::open(state.path(), store_config(10, 1 << 30)).expect("open");
+    let free = store.free_disk().expect("statvfs");
+    drop(store);
+    let config = ProfilesConfig {
+        min_free_disk: Size(free.saturating_sub(64 << 20)),
+        ..store_config(10, 1 << 30)
+    };
+    let mut store = ProfileStore::open(state.path(), config).expect("reopen");
+    let pending = store.begin(0, 1, Trigger::Manual).expect("room at begin");
+    // A (sparse) 256 MiB raw dump: converting it needs room the disk does not have.
+    let raw = std::fs::File::create(&pending.raw_path).expect("raw");
+    raw.set_len(256 << 20).expect("sparse");
+    assert!(matches!(
+        store.recheck_disk(&pending),
+        Err(StoreError::DiskShort { .. })
+    ));
+    assert_eq!(store.skipped_for_disk(), 1);
+}

@@ -3,14 +3,20 @@
 //! (its counters are integers). The sampler owns the writer and publishes a fresh
 //! snapshot each round (tokio `watch`); the admin server only reads.
 //!
-//! Workers are asked for their metrics text only when somebody scraped since the last
-//! round, so an unscraped agent costs the workers nothing.
+//! Freshness: workers are asked for their text only when a scrape needs it (the sampler
+//! runs a fetch, [`super::fetch`], apart from its rounds). A scrape whose snapshot is older
+//! than one sampling interval, or misses a ready worker, asks for a fetch and waits for it
+//! (up to [`MAX_SCRAPE_WAIT`]); scrapes within an interval of a fetch share it. An agent
+//! nobody scrapes costs the workers nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+
+/// A scrape waits at most this long for a fetch.
+pub const MAX_SCRAPE_WAIT: Duration = Duration::from_secs(3);
 
 /// One worker's reported exposition text.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,39 +32,60 @@ pub struct Exposition {
     pub workers: BTreeMap<usize, WorkerText>,
     /// Prometheus text the sampler renders itself (CPU seconds as float counters).
     pub sampler: String,
+    /// Start of the last round that asked workers for their text.
+    pub metrics_asked_at: Option<Instant>,
+    /// Workers that were ready when that round asked.
+    pub metrics_asked: Vec<u64>,
+}
+
+impl Exposition {
+    /// Whether worker text is at most `max_age` old and covers every worker in
+    /// `ready_workers` (trivially so when no worker is ready).
+    pub fn fresh_for(&self, ready_workers: &[u64], max_age: Duration, now: Instant) -> bool {
+        ready_workers.is_empty()
+            || self
+                .metrics_asked_at
+                .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
+                && ready_workers.iter().all(|w| self.metrics_asked.contains(w))
+    }
 }
 
 /// The sampler's end.
 #[derive(Debug)]
 pub struct ExpositionWriter {
     tx: watch::Sender<Arc<Exposition>>,
-    scraped: Arc<AtomicBool>,
+    fetch: Arc<Notify>,
 }
 
 /// The admin server's end; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ExpositionReader {
     rx: watch::Receiver<Arc<Exposition>>,
-    scraped: Arc<AtomicBool>,
+    fetch: Arc<Notify>,
+    interval: Duration,
 }
 
-pub fn exposition_channel() -> (ExpositionWriter, ExpositionReader) {
+/// `interval`: the sampling interval, the most a scrape's worker text may be old.
+pub fn exposition_channel(interval: Duration) -> (ExpositionWriter, ExpositionReader) {
     let (tx, rx) = watch::channel(Arc::new(Exposition::default()));
-    // The first round fetches metrics so the first scrape is not empty.
-    let scraped = Arc::new(AtomicBool::new(true));
+    let fetch = Arc::new(Notify::new());
     (
         ExpositionWriter {
             tx,
-            scraped: scraped.clone(),
+            fetch: fetch.clone(),
         },
-        ExpositionReader { rx, scraped },
+        ExpositionReader {
+            rx,
+            fetch,
+            interval,
+        },
     )
 }
 
 impl ExpositionWriter {
-    /// Whether a scrape happened since the last call.
-    pub fn take_scrape_request(&self) -> bool {
-        self.scraped.swap(false, Ordering::Relaxed)
+    /// Resolves when a scrape asked for fresh worker text.
+    pub async fn fetch_requested(&self) {
+        self.fetch.notified().await;
     }
 
     pub fn current(&self) -> Arc<Exposition> {
@@ -71,10 +98,27 @@ impl ExpositionWriter {
 }
 
 impl ExpositionReader {
-    /// The latest snapshot; marks that a scrape happened.
-    pub fn scrape(&self) -> Arc<Exposition> {
-        self.scraped.store(true, Ordering::Relaxed);
-        self.rx.borrow().clone()
+    /// A snapshot whose worker text is at most one sampling interval old and covers
+    /// `ready_workers`; asks the sampler for a fetch when needed and waits for it up to
+    /// [`MAX_SCRAPE_WAIT`], then settles for the latest.
+    pub async fn scrape_fresh(&self, ready_workers: &[u64]) -> Arc<Exposition> {
+        let deadline = tokio::time::Instant::now() + MAX_SCRAPE_WAIT;
+        let mut rx = self.rx.clone();
+        let mut asked = false;
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            if snapshot.fresh_for(ready_workers, self.interval, Instant::now()) {
+                return snapshot;
+            }
+            if !asked {
+                self.fetch.notify_one();
+                asked = true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return rx.borrow().clone(),
+            }
+        }
     }
 }
 
@@ -83,17 +127,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_scrape_is_seen_once_by_the_writer() {
-        let (writer, reader) = exposition_channel();
-        assert!(writer.take_scrape_request(), "first round fetches");
-        assert!(!writer.take_scrape_request());
-        let next = Exposition {
-            sampler: "x 1\n".into(),
+    fn freshness_needs_a_recent_round_that_asked_every_ready_worker() {
+        let now = Instant::now();
+        let snapshot = Exposition {
+            metrics_asked_at: Some(now),
+            metrics_asked: vec![7],
             ..Exposition::default()
         };
-        writer.publish(next.clone());
-        assert_eq!(*reader.scrape(), next);
-        assert!(writer.take_scrape_request());
-        assert!(!writer.take_scrape_request());
+        let second = Duration::from_secs(1);
+        assert!(snapshot.fresh_for(&[7], second, now + second));
+        assert!(!snapshot.fresh_for(&[7], second, now + second * 2));
+        assert!(!snapshot.fresh_for(&[7, 8], second, now));
+        assert!(!Exposition::default().fresh_for(&[7], second, now));
+        assert!(Exposition::default().fresh_for(&[], second, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_scrape_waits_for_the_next_round() {
+        let (writer, reader) = exposition_channel(Duration::from_secs(1));
+        let waiting = tokio::spawn(async move { reader.scrape_fresh(&[3]).await });
+        writer.fetch_requested().await;
+        writer.publish(Exposition {
+            metrics_asked_at: Some(Instant::now()),
+            metrics_asked: vec![3],
+            sampler: "x 1\n".into(),
+            ..Exposition::default()
+        });
+        let got = waiting.await.expect("scrape task");
+        assert_eq!(got.sampler, "x 1\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scrape_settles_for_the_latest_after_its_bound() {
+        let (_writer, reader) = exposition_channel(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let got = reader.scrape_fresh(&[3]).await;
+        assert_eq!(*got, Exposition::default());
+        assert_eq!(started.elapsed(), MAX_SCRAPE_WAIT);
     }
 }

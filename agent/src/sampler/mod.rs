@@ -8,6 +8,7 @@
 
 mod collect;
 mod feed;
+mod fetch;
 pub mod procfs;
 mod record;
 mod round;
@@ -37,6 +38,10 @@ pub use record::render_cpu_counters;
 
 use crate::config::Config;
 use crate::supervisor::PoolView;
+
+/// Bounds of the time a worker has to hand over its metrics text for a scrape.
+const FETCH_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const FETCH_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One worker's figures from one round, for the watchdog.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +125,7 @@ pub async fn run_sampler(
         "cgroup" => roots.cgroup_dir.as_ref().map(|d| d.display().to_string()));
     let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
     let mut ticker = ticker_for(cfg.interval);
+    let mut fetching: Option<tokio::task::JoinHandle<fetch::Fetched>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -140,15 +146,28 @@ pub async fn run_sampler(
                 }
                 continue;
             }
+            () = exposition.fetch_requested(), if fetching.is_none() => {
+                let targets = fetch::fetch_targets(&pool.borrow());
+                let ready: Vec<u64> = targets.iter().filter(|t| t.ready).map(|t| t.worker_id).collect();
+                let interval = state.interval();
+                // Scrapes that asked while the last fetch ran were answered by it.
+                if !exposition.current().fresh_for(&ready, interval, Instant::now()) {
+                    let timeout = interval.clamp(FETCH_TIMEOUT_MIN, FETCH_TIMEOUT_MAX);
+                    fetching = Some(tokio::spawn(fetch::fetch_metrics(targets, timeout)));
+                }
+                continue;
+            }
+            fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                fetching = None;
+                if let Ok(fetched) = fetched {
+                    state.apply_fetch(fetched);
+                    exposition.publish(state.exposition());
+                }
+                continue;
+            }
         }
         let view = pool.borrow_and_update().clone();
-        let outcome = state
-            .round(
-                &view,
-                exposition.take_scrape_request(),
-                &exposition.current(),
-            )
-            .await;
+        let outcome = state.round(&view).await;
         let mut dropped = 0usize;
         for sample in outcome.samples {
             if samples.try_send(sample).is_err() {

@@ -1,5 +1,6 @@
 //! One sampling round: procfs reads on a blocking thread while every probe-linked
-//! worker is asked for its figures concurrently, so one slow worker delays nobody.
+//! worker is asked for its figures concurrently, so one slow worker delays nobody. The
+//! state also keeps the workers' metrics text between fetches ([`super::fetch`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use slog::{Logger, debug, warn};
 
 use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};
 use super::feed::{Exposition, WorkerText};
+use super::fetch::Fetched;
 use super::procfs::ProcError;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
@@ -33,7 +35,6 @@ struct ProbeReply {
     external_bytes: Option<u64>,
     array_buffers_bytes: Option<u64>,
     dropped: Option<u64>,
-    metrics: Option<String>,
 }
 
 pub struct RoundOutcome {
@@ -53,6 +54,8 @@ pub struct SamplerState {
     dropped: HashMap<u64, u64>,
     /// The most slots any view had: slots beyond the current view were scaled away.
     slots_seen: usize,
+    /// What the last metrics fetch brought, pruned to live workers every round.
+    metrics: Exposition,
 }
 
 impl SamplerState {
@@ -65,6 +68,7 @@ impl SamplerState {
             warned: HashSet::new(),
             dropped: HashMap::new(),
             slots_seen: 0,
+            metrics: Exposition::default(),
         }
     }
 
@@ -79,12 +83,27 @@ impl SamplerState {
         self.cfg.interval
     }
 
-    pub async fn round(
-        &mut self,
-        view: &PoolView,
-        ask_metrics: bool,
-        previous: &Exposition,
-    ) -> RoundOutcome {
+    /// Takes a fetch's texts; a worker that did not answer keeps its last text.
+    pub fn apply_fetch(&mut self, fetched: Fetched) {
+        self.metrics.metrics_asked_at = fetched.asked_at;
+        self.metrics.metrics_asked = fetched.asked;
+        for (slot, worker_id, text) in fetched.texts {
+            if let Some(text) = text {
+                let text = Arc::from(text);
+                self.metrics
+                    .workers
+                    .insert(slot, WorkerText { worker_id, text });
+            }
+        }
+    }
+
+    /// The latest snapshot: metrics text from the last fetch, CPU counters from the
+    /// last round.
+    pub fn exposition(&self) -> Exposition {
+        self.metrics.clone()
+    }
+
+    pub async fn round(&mut self, view: &PoolView) -> RoundOutcome {
         let started = Instant::now();
         let with_smaps = self
             .round
@@ -113,11 +132,7 @@ impl SamplerState {
             )
         });
         let timeout = self.cfg.interval / 2;
-        let probes = join_all(
-            targets
-                .iter()
-                .map(|t| ask_probe(t.link.clone(), ask_metrics, timeout)),
-        );
+        let probes = join_all(targets.iter().map(|t| ask_probe(t.link.clone(), timeout)));
         let (procfs, replies) = tokio::join!(procfs, probes);
         let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), HostFigures::default()));
 
@@ -129,22 +144,6 @@ impl SamplerState {
         let at = Instant::now();
         for (i, (target, reply)) in targets.iter().zip(replies).enumerate() {
             let (probe, reply) = self.judge_reply(target, reply);
-            let keep_text = previous
-                .workers
-                .get(&target.slot)
-                .filter(|t| t.worker_id == target.worker_id)
-                .cloned();
-            let fresh_text =
-                reply
-                    .as_ref()
-                    .and_then(|r| r.metrics.as_deref())
-                    .map(|t| WorkerText {
-                        worker_id: target.worker_id,
-                        text: Arc::from(t),
-                    });
-            if let Some(text) = fresh_text.or(keep_text) {
-                outcome.exposition.workers.insert(target.slot, text);
-            }
             let Some(tree) = self.tree_or_log(target, trees.get(i)) else {
                 continue;
             };
@@ -176,6 +175,9 @@ impl SamplerState {
             outcome.samples.push(sample);
         }
         let live: HashSet<u64> = targets.iter().map(|t| t.worker_id).collect();
+        self.metrics
+            .workers
+            .retain(|_, text| live.contains(&text.worker_id));
         self.warned.retain(|id| live.contains(id));
         self.dropped.retain(|id, _| live.contains(id));
 
@@ -189,8 +191,8 @@ impl SamplerState {
         }
         self.slots_seen = self.slots_seen.max(view.slots.len());
         record::record_host(&host);
-        outcome.exposition.sampler =
-            record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
+        self.metrics.sampler = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
+        outcome.exposition = self.exposition();
         record::record_round_duration(started.elapsed().as_secs_f64());
         outcome
     }
@@ -235,7 +237,6 @@ impl SamplerState {
 /// `None` for a worker without a probe; otherwise the probe's answer or why there was none.
 async fn ask_probe(
     link: Option<ControlLink>,
-    metrics: bool,
     timeout: Duration,
 ) -> Option<Result<ProbeReply, LinkError>> {
     let link = link?;
@@ -244,14 +245,19 @@ async fn ask_probe(
         return None;
     }
     let reply = link
-        .request(move |seq| AgentMsg::Sample { seq, metrics }, timeout)
+        .request(
+            |seq| AgentMsg::Sample {
+                seq,
+                metrics: false,
+            },
+            timeout,
+        )
         .await;
     Some(reply.map(|msg| match msg {
         WorkerMsg::Stats {
             heap,
             runtime_lag_seconds,
             dropped,
-            metrics,
             external_bytes,
             array_buffers_bytes,
             ..
@@ -261,7 +267,6 @@ async fn ask_probe(
             external_bytes,
             array_buffers_bytes,
             dropped: Some(dropped),
-            metrics,
         },
         // Any reply proves the worker is alive, even one we did not ask for.
         _ => ProbeReply::default(),

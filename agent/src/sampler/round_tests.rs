@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::ProbeAnswer;
 use super::collect::Roots;
 use super::fake_proc::{FakeProc, PAGE};
-use super::feed::Exposition;
+use super::fetch::{fetch_metrics, fetch_targets};
 use super::round::SamplerState;
 use crate::config::SamplingConfig;
 use crate::supervisor::link::spawn_link;
@@ -128,9 +128,16 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
     let recorder = crate::metric_names::build_recorder().expect("recorder");
     let _local = metrics::set_default_local_recorder(&recorder);
     let run = async {
-        let first = state.round(&view, true, &Exposition::default()).await;
-        let second = state.round(&view, false, &first.exposition).await;
-        let third = state.round(&view, false, &second.exposition).await;
+        let first = state.round(&view).await;
+        let fetched = fetch_metrics(fetch_targets(&view), Duration::from_millis(100)).await;
+        assert_eq!(
+            fetched.asked,
+            vec![100, 101],
+            "the ready probe-linked workers"
+        );
+        state.apply_fetch(fetched);
+        let second = state.round(&view).await;
+        let third = state.round(&view).await;
         (first, second, third)
     };
     let (first, second, third) = tokio::time::timeout(Duration::from_secs(10), run)
@@ -155,7 +162,11 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
     );
     assert_eq!(third.samples[0].pss, Some(300 * 1024));
 
-    let text = &first
+    assert!(
+        first.exposition.workers.is_empty(),
+        "rounds never ask for metrics text"
+    );
+    let text = &second
         .exposition
         .workers
         .get(&0)
@@ -163,9 +174,14 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
         .text;
     assert!(text.contains("demo_jobs_total"), "{text}");
     assert!(
-        third.exposition.workers.contains_key(&0),
-        "text kept until the next scrape"
+        !second.exposition.workers.contains_key(&1),
+        "the silent worker has none"
     );
+    assert!(
+        third.exposition.workers.contains_key(&0),
+        "text kept until the next fetch"
+    );
+    assert!(second.exposition.metrics_asked_at.is_some());
     assert!(
         first
             .exposition

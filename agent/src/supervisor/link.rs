@@ -1,6 +1,9 @@
 //! The agent's end of one worker's control channel. One task owns the socket: it writes
 //! requests, matches replies to waiting callers by `seq`, and forwards everything the
 //! worker says on its own (hello, ready, invalidations) to the supervisor as events.
+//! Frames over [`DECODE_OFF_THREAD`] (a worker's metrics text) are decoded on the
+//! blocking pool: a 3 MB frame takes ~50 ms of JSON decoding, which must not stall the
+//! runtime thread the supervisor and sampler share.
 //!
 //! Claims: every `hello` starts a fresh claim (a successor process took the channel
 //! over), so requests still waiting on the previous claimant are failed at once instead
@@ -12,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use heapwarden_probes::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
+use heapwarden_probes::channel::{
+    AgentMsg, FrameDecoder, FrameError, WorkerMsg, decode_raw, encode,
+};
 
 use super::attach::Attached;
 use slog::{Logger, debug, warn};
@@ -23,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 /// Requests waiting for a reply beyond this are a sign of a stuck worker; the oldest
 /// caller has long timed out, so its slot is reclaimed.
 const MAX_PENDING: usize = 1024;
+/// Frames larger than this are decoded off the runtime thread.
+pub const DECODE_OFF_THREAD: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -207,15 +214,20 @@ async fn run_link(
                 };
                 decoder.push(&buf[..n]);
                 loop {
-                    match decoder.next_frame::<WorkerMsg>() {
-                        Ok(Some(msg)) => {
-                            if matches!(msg, WorkerMsg::Hello { .. }) {
-                                hello_seen = true;
-                                // A fresh claim: the previous claimant will not answer.
-                                pending.clear();
+                    match decoder.next_raw() {
+                        Ok(Some(frame)) => match decode(frame).await {
+                            Ok(msg) => {
+                                if matches!(msg, WorkerMsg::Hello { .. }) {
+                                    hello_seen = true;
+                                    // A fresh claim: the previous claimant will not answer.
+                                    pending.clear();
+                                }
+                                route(msg, worker_id, &mut pending, &events).await
                             }
-                            route(msg, worker_id, &mut pending, &events).await
-                        }
+                            Err(e) => {
+                                warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %e);
+                            }
+                        },
                         Ok(None) => break,
                         Err(e) if e.is_fatal() => {
                             warn!(log, "The worker sent an unreadable control frame; closing the channel."; "error" => %e);
@@ -231,6 +243,18 @@ async fn run_link(
         }
     }
     let _ = events.send(LinkEvent::Closed { worker_id }).await;
+}
+
+/// Decodes a frame, a large one on the blocking pool. The link waits for it (one at a
+/// time, so a flood of large frames holds one frame's memory, not many) while the
+/// runtime thread runs everything else.
+async fn decode(frame: Vec<u8>) -> Result<WorkerMsg, FrameError> {
+    if frame.len() <= DECODE_OFF_THREAD {
+        return decode_raw(&frame);
+    }
+    tokio::task::spawn_blocking(move || decode_raw(&frame))
+        .await
+        .unwrap_or_else(|e| Err(FrameError::Malformed(e.to_string())))
 }
 
 async fn route(

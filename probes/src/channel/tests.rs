@@ -31,7 +31,7 @@ fn lag() -> impl Strategy<Value = Option<f64>> {
     proptest::option::of((0u32..1_000_000_000).prop_map(|micros| f64::from(micros) / 1e6))
 }
 
-fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
+pub(super) fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
     prop_oneof![
         (any::<u32>(), any::<String>(), runtime()).prop_map(|(pid, probe_version, runtime)| {
             WorkerMsg::Hello {
@@ -86,7 +86,7 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
     ]
 }
 
-fn agent_msg() -> impl Strategy<Value = AgentMsg> {
+pub(super) fn agent_msg() -> impl Strategy<Value = AgentMsg> {
     prop_oneof![
         (any::<u64>(), any::<bool>()).prop_map(|(seq, metrics)| AgentMsg::Sample { seq, metrics }),
         (any::<u64>(), any::<String>(), any::<bool>()).prop_map(|(seq, path, snapshot)| {

@@ -1,4 +1,7 @@
-//! The reader thread: decodes agent messages and answers them.
+//! The reader thread: decodes agent messages and answers them. A request for the app's
+//! metrics text is handed to a metrics thread (started on the first one), so a slow
+//! render never delays the answers to heap samples and pings the agent judges the
+//! worker's health by.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -6,6 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use serde_json::json;
@@ -23,6 +27,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(super) fn run_reader(shared: Arc<Shared>, mut socket: UnixStream) {
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
+    let mut metrics_thread: Option<SyncSender<u64>> = None;
     'read: loop {
         let n = match socket.read(&mut chunk) {
             Ok(0) => {
@@ -47,7 +52,7 @@ pub(super) fn run_reader(shared: Arc<Shared>, mut socket: UnixStream) {
         decoder.push(&chunk[..n]);
         loop {
             match decoder.next_frame::<AgentMsg>() {
-                Ok(Some(msg)) => handle(&shared, msg),
+                Ok(Some(msg)) => handle(&shared, msg, &mut metrics_thread),
                 Ok(None) => break,
                 Err(error) if error.is_fatal() => {
                     warn(
@@ -74,8 +79,37 @@ fn reply(shared: &Shared, msg: WorkerMsg) {
     let _ = shared.send(msg);
 }
 
-fn handle(shared: &Shared, msg: AgentMsg) {
+/// Queues a metrics render; when one is already queued, answers at once without text
+/// (the agent keeps the last text it got).
+fn sample_with_metrics(shared: &Arc<Shared>, seq: u64, thread: &mut Option<SyncSender<u64>>) {
+    let sender = thread.get_or_insert_with(|| {
+        let (tx, rx) = sync_channel::<u64>(1);
+        let shared = shared.clone();
+        let started = std::thread::Builder::new()
+            .name("heapwarden-metrics".into())
+            .spawn(move || {
+                while let Ok(seq) = rx.recv() {
+                    reply(&shared, sample(&shared, seq, true));
+                }
+            });
+        if started.is_err() {
+            warn("Could not start the metrics thread.", &[]);
+        }
+        tx
+    });
+    match sender.try_send(seq) {
+        Ok(()) => {}
+        Err(TrySendError::Full(seq) | TrySendError::Disconnected(seq)) => {
+            reply(shared, sample(shared, seq, false));
+        }
+    }
+}
+
+fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncSender<u64>>) {
     match msg {
+        AgentMsg::Sample { seq, metrics: true } if read_hooks(shared).metrics.is_some() => {
+            sample_with_metrics(shared, seq, metrics_thread);
+        }
         AgentMsg::Sample { seq, metrics } => reply(shared, sample(shared, seq, metrics)),
         AgentMsg::Dump { seq, path, kind } => {
             if kind != DumpKind::Profile {

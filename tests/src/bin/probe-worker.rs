@@ -3,7 +3,10 @@
 //! Behaviour comes from the environment:
 //! - `PROBE_WORKER_HOLD_MIB=N`: allocate, touch and hold N MiB (`hold_memory_for_test`);
 //! - `PROBE_WORKER_LEAK_MIB_PER_SEC=R`: leak R MiB per second (`leak_for_test`);
-//! - `LISTEN_FDS=1`: answer every HTTP request on fd 3 with `200 ok`, `Connection: close`.
+//! - `LISTEN_FDS=1`: answer every HTTP request on fd 3 with `200 ok`, `Connection: close`;
+//! - `PROBE_WORKER_METRICS=1`: hand the agent metrics text on request: a gauge with the
+//!   render time (`probe_worker_rendered_unix_ms`), `PROBE_WORKER_METRICS_TEXT` verbatim,
+//!   and `PROBE_WORKER_METRICS_BYTES=N` bytes of valid series as padding.
 //!
 //! It activates heap profiling, sends Ready once listening, and on Drain, on the agent
 //! going away, or on SIGTERM/SIGINT stops accepting, finishes in-flight requests and
@@ -111,6 +114,11 @@ fn main() -> ExitCode {
         return ExitCode::from(71);
     }
     if let Some(probe) = &probe {
+        if std::env::var_os("PROBE_WORKER_METRICS").is_some() {
+            let padding = padding_series(env_number("PROBE_WORKER_METRICS_BYTES") as usize);
+            let extra = std::env::var("PROBE_WORKER_METRICS_TEXT").unwrap_or_default();
+            probe.set_metrics_source(move || render_metrics(&extra, &padding));
+        }
         probe.ready();
     }
 
@@ -131,6 +139,31 @@ fn main() -> ExitCode {
         std::thread::sleep(POLL);
     }
     ExitCode::SUCCESS
+}
+
+/// Valid series of about `bytes` bytes in one gauge family.
+fn padding_series(bytes: usize) -> String {
+    let mut text =
+        String::from("# HELP probe_worker_padding Padding.\n# TYPE probe_worker_padding gauge\n");
+    let mut i = 0u64;
+    while text.len() < bytes {
+        text.push_str(&format!(
+            "probe_worker_padding{{series=\"{i:08}\",kind=\"filler\"}} {i}\n"
+        ));
+        i += 1;
+    }
+    text
+}
+
+fn render_metrics(extra: &str, padding: &str) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!(
+        "# HELP probe_worker_rendered_unix_ms When this text was rendered.\n\
+# TYPE probe_worker_rendered_unix_ms gauge\nprobe_worker_rendered_unix_ms {now_ms}\n{extra}\n{padding}"
+    )
 }
 
 /// Accepts what is queued, one thread per connection; waits one poll period when idle.
