@@ -2,12 +2,10 @@
 //! overridden by `HEAPWARDEN_*` environment variables and then by CLI flags, and
 //! validated as a whole so that every mistake is reported at once with its key.
 
-mod demo;
 mod load;
 mod sections;
 pub mod types;
 
-pub use demo::DemoConfig;
 pub use load::{ConfigError, ConfigErrors, EX_CONFIG, env_name, load};
 pub use sections::*;
 

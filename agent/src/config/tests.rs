@@ -37,7 +37,6 @@ fn the_example_matches_the_defaults() {
     let defaults = load(None, Vec::new(), &[]).unwrap();
     assert_eq!(example.pool, defaults.pool);
     assert_eq!(example.watchdog, defaults.watchdog);
-    assert_eq!(example.demo, defaults.demo);
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod link;
 pub mod listen;
 mod notify;
 mod output;
+pub mod program;
 pub mod runner;
 mod spawn;
 pub mod state;

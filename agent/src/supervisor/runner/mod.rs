@@ -93,12 +93,8 @@ impl Supervisor {
         socket: ServiceSocket,
         log: Logger,
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
-        let trampoline = std::env::current_exe()?;
-        let argv: Vec<OsString> = if config.pool.command.is_empty() {
-            vec![trampoline.clone().into_os_string(), "demo".into()]
-        } else {
-            config.pool.command.iter().map(OsString::from).collect()
-        };
+        let trampoline = super::program::own_exe()?;
+        let argv: Vec<OsString> = super::program::worker_argv(&config, &trampoline)?;
         // The pool's own env wins over what the agent passes on.
         for (key, value) in worker_env {
             config.pool.env.entry(key).or_insert(value);
