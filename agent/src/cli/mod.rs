@@ -77,7 +77,8 @@ pub fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
 fn load_checked(args: &ConfigArgs) -> Result<Config, ExitCode> {
     let env = std::env::vars().filter(|(k, _)| k.starts_with("HEAPWARDEN_"));
     let file = config_file(args);
-    let (config, mut problems) = match config::load(args.config.as_deref(), env, &args.overrides()) {
+    let (config, mut problems) = match config::load(args.config.as_deref(), env, &args.overrides())
+    {
         Ok(config) => {
             let problems = program::check(&config, file.as_deref());
             (Some(config), problems)
