@@ -115,26 +115,13 @@ impl ServeArgs {
                 .state_dir
                 .clone()
                 .or_else(|| context.state_dir.clone())
-                .unwrap_or_else(default_state_dir),
+                .unwrap_or_else(heapwarden_probes::default_state_dir),
             log_level,
             redactor: Redactor::new(context.log_redact.as_deref()),
             seed: self.seed,
             slot: self.slot.or(context.slot).unwrap_or(0),
             pool_size: context.pool_size,
         })
-    }
-}
-
-/// The agent's default, for a demo run alone: systemd's `StateDirectory=`, then the FHS
-/// path for root, else a path in $HOME.
-fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        return PathBuf::from(dir);
-    }
-    let is_root = nix::unistd::geteuid().is_root();
-    match std::env::var_os("HOME") {
-        Some(home) if !is_root => PathBuf::from(home).join(".local/state/heapwarden"),
-        _ => PathBuf::from("/var/lib/heapwarden"),
     }
 }
 

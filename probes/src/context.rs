@@ -27,6 +27,47 @@ pub const LOG_LEVEL_ENV: &str = "HEAPWARDEN_LOG_LEVEL";
 /// Keys whose values logs must redact (`log.redact`), as a JSON array of strings.
 pub const LOG_REDACT_ENV: &str = "HEAPWARDEN_LOG_REDACT";
 
+/// The agent's `log.redact` default: what logs redact unless the config says otherwise.
+pub const DEFAULT_LOG_REDACT: &[&str] = &[
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "password",
+    "token",
+    "secret",
+    "api_key",
+];
+
+/// Where heapwarden keeps state unless `state-dir` says otherwise: systemd's
+/// `StateDirectory=` (`$STATE_DIRECTORY`), `/var/lib/heapwarden` for root, and
+/// `~/.local/state/heapwarden` for anyone else, so it works without privileges. The
+/// agent's default, and a worker's when it runs alone.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(dir);
+    }
+    match std::env::var_os("HOME") {
+        Some(home) if !effective_uid_is_root() => {
+            PathBuf::from(home).join(".local/state/heapwarden")
+        }
+        _ => PathBuf::from("/var/lib/heapwarden"),
+    }
+}
+
+/// The effective uid from `/proc/self/status` (`Uid: real effective saved fs`): no
+/// `unsafe` needed. Unreadable counts as root, which picks the system path.
+fn effective_uid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(true)
+}
+
 /// The worker's context; every field is `None` when its variable is unset (the program
 /// was not started by the agent, or the agent had nothing to say).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,6 +171,7 @@ impl WorkerContext {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::path::Path;
 
     use super::*;
 
@@ -156,6 +198,24 @@ mod tests {
         assert_eq!(env.len(), 7);
         let read = WorkerContext::from_lookup(lookup(&env)).expect("reads back");
         assert_eq!(read, context);
+    }
+
+    #[test]
+    fn the_default_state_dir_follows_the_effective_user() {
+        // The test may run as root or not; either way the answer is one of the two.
+        let dir = default_state_dir();
+        if std::env::var_os("STATE_DIRECTORY").is_none() {
+            let home =
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/heapwarden"));
+            assert!(
+                dir == Path::new("/var/lib/heapwarden") || Some(&dir) == home.as_ref(),
+                "{dir:?}"
+            );
+            assert_eq!(
+                dir == Path::new("/var/lib/heapwarden"),
+                effective_uid_is_root() || home.is_none()
+            );
+        }
     }
 
     #[test]

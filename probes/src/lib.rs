@@ -58,8 +58,8 @@ pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
 pub use channel::{AgentMsg, FrameDecoder, FrameError, PROTOCOL_VERSION, WorkerMsg};
 pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe};
 pub use context::{
-    CONFIG_ENV, LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV, STATE_DIR_ENV,
-    WORKER_ID_ENV, WorkerContext,
+    CONFIG_ENV, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV,
+    STATE_DIR_ENV, WORKER_ID_ENV, WorkerContext, default_state_dir,
 };
 pub use dump::dump_profile;
 pub use error::ProbeError;

@@ -29,7 +29,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            state_dir: default_state_dir(),
+            // Shared with workers run alone: the probe crate owns the default.
+            state_dir: heapwarden_probes::default_state_dir(),
             admin: AdminConfig::default(),
             pool: PoolConfig::default(),
             sampling: SamplingConfig::default(),
@@ -38,19 +39,6 @@ impl Default for Config {
             log: LogConfig::default(),
             demo: toml::Table::new(),
         }
-    }
-}
-
-/// systemd's `StateDirectory=` wins; root gets the FHS path; anyone else a path in $HOME,
-/// so `heapwarden run` works on a fresh machine without privileges.
-fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        return PathBuf::from(dir);
-    }
-    let is_root = nix::unistd::geteuid().is_root();
-    match std::env::var_os("HOME") {
-        Some(home) if !is_root => PathBuf::from(home).join(".local/state/heapwarden"),
-        _ => PathBuf::from("/var/lib/heapwarden"),
     }
 }
 
@@ -241,17 +229,11 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: LogLevel::Info,
-            redact: [
-                "authorization",
-                "cookie",
-                "set-cookie",
-                "password",
-                "token",
-                "secret",
-                "api_key",
-            ]
-            .map(String::from)
-            .to_vec(),
+            // Workers that get no list from the agent use the same defaults.
+            redact: heapwarden_probes::DEFAULT_LOG_REDACT
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
         }
     }
 }

@@ -8,20 +8,10 @@
 
 use std::sync::Arc;
 
+use heapwarden_probes::DEFAULT_LOG_REDACT;
 use slog::{Key, Record, SerdeValue, Serializer};
 
 pub const REDACTED: &str = "[REDACTED]";
-/// The agent's `log.redact` default.
-const DEFAULT_KEYS: &[&str] = &[
-    "authorization",
-    "cookie",
-    "set-cookie",
-    "password",
-    "token",
-    "secret",
-    "api_key",
-];
-
 /// The sensitive names, normalised (lower case, `-` for `_`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Redactor {
@@ -29,11 +19,11 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    /// `keys`: the agent's `log.redact`; None: the defaults.
+    /// `keys`: the agent's `log.redact`; None: its defaults.
     pub fn new(keys: Option<&[String]>) -> Redactor {
         let keys = match keys {
             Some(keys) => keys.iter().map(|k| normalise(k)).collect(),
-            None => DEFAULT_KEYS.iter().map(|k| normalise(k)).collect(),
+            None => DEFAULT_LOG_REDACT.iter().map(|k| normalise(k)).collect(),
         };
         Redactor { keys }
     }

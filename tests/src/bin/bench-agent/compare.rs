@@ -43,11 +43,18 @@ pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResul
             rows.push((what, name.clone(), window));
         }
     }
-    println!("## Agent footprint, builds side by side: idle workers sampled every 1 s, {seconds} s windows\n");
-    println!("| build | binary MiB | workers | VmRSS mean MiB | VmRSS max MiB | RssAnon / RssFile MiB | CPU % of one core |");
+    println!(
+        "## Agent footprint, builds side by side: idle workers sampled every 1 s, {seconds} s windows\n"
+    );
+    println!(
+        "| build | binary MiB | workers | VmRSS mean MiB | VmRSS max MiB | RssAnon / RssFile MiB | CPU % of one core |"
+    );
     println!("|---|---:|---|---:|---:|---:|---:|");
     for (what, name, w) in &rows {
-        let path = &builds.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone());
+        let path = &builds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone());
         let size = path
             .as_ref()
             .and_then(|p| std::fs::metadata(p).ok())
