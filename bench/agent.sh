@@ -11,5 +11,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# The agent is built alone last: built with the workers, cargo would hand it the probe's
+# jemalloc feature (feature unification), and it ships on the C allocator.
 cargo build --release --workspace --bins >&2
+cargo build --release -p heapwarden >&2
 exec "${CARGO_TARGET_DIR:-$root/target}/release/bench-agent" "$@"

@@ -2,7 +2,7 @@
 # Benchmarks of the demo cache-aside service (release binary, loopback, wrk). Each part
 # prints a markdown table:
 #
-#   throughput  L1 hit / L2 hit (Redis) / DB read (SQLite), one worker (`heapwarden demo`
+#   throughput  L1 hit / L2 hit (Redis) / DB read (SQLite), one worker (`heapwarden-demo`
 #               alone) and the agent with one worker per core: req/s, p50, p99, worker CPU
 #               µs per request, the agent's CPU share; at two loads and two log levels
 #   stale       2 workers under the agent (Redis + SQLite): 50 rounds of PUT then 50 GETs
@@ -12,9 +12,14 @@
 #   profiling   L1-hit req/s with heap profiling on vs _RJEM_MALLOC_CONF=prof:false (median of
 #               3), and p99 while the agent dumps a heap profile every 200 ms
 #
+#   compare     L1 hit, alone and under the agent, this build against BASELINE_BIN (an
+#               older single-binary `heapwarden` whose demo is `heapwarden demo`), rows
+#               interleaved run by run so machine load falls on both alike
+#
 #   bench/demo.sh [--quick] [throughput|stale|replace|profiling ...]   (default: all)
 #   SKIP_BUILD=1 DURATION=5s bench/demo.sh throughput
-#   HEAPWARDEN_BIN=/path/to/other/heapwarden SKIP_BUILD=1 bench/demo.sh   # compare a build
+#   BASELINE_BIN=/path/to/old/heapwarden bench/demo.sh compare          # before/after
+#   HEAPWARDEN_BIN=/other/heapwarden HEAPWARDEN_DEMO_BIN=/other/heapwarden-demo SKIP_BUILD=1 bench/demo.sh
 #
 # Needs wrk, redis-server, curl, python3. Starts its own redis-server on a free port and
 # never touches a shared one. Full run about 5 minutes after the build; --quick ~1 minute.
@@ -27,7 +32,7 @@ PARTS=()
 for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
-        throughput | stale | replace | profiling) PARTS+=("$arg") ;;
+        throughput | stale | replace | profiling | compare) PARTS+=("$arg") ;;
         *) echo "bench: unknown argument $arg" >&2; exit 64 ;;
     esac
 done
@@ -40,12 +45,17 @@ fi
 CORES=$(nproc)
 TICK=$(getconf CLK_TCK)
 BIN=${HEAPWARDEN_BIN:-"$ROOT/target/release/heapwarden"}
+DEMO_BIN=${HEAPWARDEN_DEMO_BIN:-"$(dirname "$BIN")/heapwarden-demo"}
+BASELINE_BIN=${BASELINE_BIN:-}
+# Which build `start` runs: "new" (BIN + DEMO_BIN) or "baseline" (BASELINE_BIN, one binary).
+BUILD=new
 
 for tool in wrk redis-server curl python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
 done
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p heapwarden >&2)
+    # Two invocations: built together, the agent would get the probe's jemalloc feature.
+    (cd "$ROOT" && cargo build --release -p heapwarden >&2 && cargo build --release -p heapwarden-demo >&2)
 fi
 
 WORK=$(mktemp -d)
@@ -95,11 +105,19 @@ seed-rows = 1000
 $demo_toml
 TOML
     echo "bench-token" >"$dir/token"; chmod 600 "$dir/token"
+    local env_args=()
     if [[ $mode == demo && -n $pool_env ]]; then
         local assignment=${pool_env// = /=}
-        env "${assignment//\"/}" "$BIN" demo -c "$CFG" >"$dir/out.log" 2>&1 &
+        env_args=("${assignment//\"/}")
+    fi
+    if [[ $BUILD == baseline ]]; then
+        # The single-binary layout: `heapwarden demo` read [pool]/state-dir/[log] itself.
+        env "${env_args[@]}" "$BASELINE_BIN" "$mode" -c "$CFG" >"$dir/out.log" 2>&1 &
+    elif [[ $mode == demo ]]; then
+        env "${env_args[@]}" "$DEMO_BIN" -c "$CFG" --listen "127.0.0.1:$PORT" --state-dir "$dir/state" \
+            --log-level "$level" >"$dir/out.log" 2>&1 &
     else
-        "$BIN" "$mode" -c "$CFG" >"$dir/out.log" 2>&1 &
+        "$BIN" run -c "$CFG" >"$dir/out.log" 2>&1 &
     fi
     SERVER_PID=$!
     PIDS+=($SERVER_PID)
@@ -111,7 +129,7 @@ TOML
 
 stop() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 
-ps_json() { "$BIN" ps --json -c "$CFG" 2>/dev/null; }
+ps_json() { "$([[ $BUILD == baseline ]] && echo "$BASELINE_BIN" || echo "$BIN")" ps --json -c "$CFG" 2>/dev/null; }
 
 wait_workers_ready() { # N
     for _ in $(seq 1 200); do
@@ -307,6 +325,30 @@ part_replace() {
         "$(python3 -c "print(f'{($non2xx+$sockerr)/$REPLACEMENTS:.2f}')")" "$(awk '$1=="99%" {print $2}' <<<"$out")"
     grep -E "Socket errors|Non-2xx" <<<"$out" || true
     stop
+    echo
+}
+
+part_compare() {
+    [[ -n $BASELINE_BIN && -x $BASELINE_BIN ]] || { echo "bench: compare needs BASELINE_BIN=/path/to/old/heapwarden" >&2; exit 64; }
+    echo "### Before/after: L1 hit, log warn, wrk -t1 -c8, $DURATION per row, $RUNS interleaved runs"
+    echo
+    echo "baseline: $BASELINE_BIN; this build: $BIN + $DEMO_BIN"
+    echo
+    printf "| %-16s | %-11s | %-5s | %-6s | %-11s | %10s | %8s | %8s | %7s | %6s |\n" \
+        "case" "workers" "layer" "log" "wrk" "req/s" "p50" "p99" "CPU µs/req" "agent CPU"
+    echo "|---|---|---|---|---|---:|---:|---:|---:|---:|"
+    local run spec mode workers
+    for run in $(seq 1 "$RUNS"); do
+        for spec in "demo 1" "run $CORES"; do
+            read -r mode workers <<<"$spec"
+            for BUILD in baseline new; do
+                start "$mode" "$workers" warn "$L1_TOML"
+                wrk_row "L1 hit, $([[ $BUILD == new ]] && echo after || echo before)" "$mode" "$workers" warn 1 8
+                stop
+            done
+        done
+    done
+    BUILD=new
     echo
 }
 

@@ -27,17 +27,11 @@ use crate::watchdog::Watchdog;
 const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// `source`: where `config` came from (a reload reads it again); `worker_env`: variables
-/// every worker gets so it sees the agent's config.
-pub fn run(
-    config: Config,
-    source: ConfigSource,
-    worker_env: Vec<(String, String)>,
-) -> anyhow::Result<()> {
+/// `source`: where `config` came from (a reload reads it again).
+pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let (log, log_guard) = crate::log::init(&config.log);
     let parts = Parts {
         source,
-        worker_env,
         log_level: log_guard.level(),
     };
     let result = run_logged(config, parts, log.clone());
@@ -52,7 +46,6 @@ pub fn run(
 /// What `run` hands down besides the config.
 struct Parts {
     source: ConfigSource,
-    worker_env: Vec<(String, String)>,
     log_level: LevelHandle,
 }
 
@@ -100,7 +93,6 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
                 log: root.new(o!("module" => "supervisor")),
                 log_level: parts.log_level,
                 worker_log: root.new(o!("module" => "worker")),
-                worker_env: parts.worker_env,
                 slot_series: register_slot_series,
             },
         )?;

@@ -1,7 +1,8 @@
 //! heapwarden: a memory-leak watchdog and observability agent for Linux services.
 //!
 //! One binary, several roles (`cli`): the agent (`supervisor`, `sampler`, `watchdog`,
-//! `profiles`, `admin`), one worker of the demo service (`demo`), and the on-call CLI.
+//! `profiles`, `admin`), `check-config`, and the on-call CLI. The demo service the agent
+//! runs by default is its own binary, `heapwarden-demo` (crate `demo/`).
 
 #![deny(unsafe_code)]
 
@@ -9,7 +10,6 @@ pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;
-pub mod demo;
 #[cfg(test)]
 mod fuzzing;
 pub mod log;

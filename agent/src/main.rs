@@ -1,7 +1,9 @@
 //! The `heapwarden` binary: every role dispatches from `cli::main`.
 
-// jemalloc with profiling compiled in but inactive: the agent pays nothing for it, and
-// a worker role switches sampling on (heapwarden_probes::activate_profiling).
+// The agent runs on the C library's allocator: it measured smaller than jemalloc with
+// 8 workers (README, "Agent footprint"). `--features jemalloc` builds the other variant
+// for that comparison.
+#[cfg(feature = "jemalloc")]
 heapwarden_probes::install!();
 
 fn main() -> std::process::ExitCode {

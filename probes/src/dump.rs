@@ -5,9 +5,8 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::alloc::prof_dump;
 use crate::error::ProbeError;
 
 /// Writes jemalloc's raw heap profile to `path` and returns how long jemalloc took.
@@ -19,15 +18,25 @@ pub fn dump_profile(path: &Path) -> Result<Duration, ProbeError> {
         CString::new(path.as_os_str().as_bytes()).map_err(|_| ProbeError::DumpPathNul {
             path: path.to_path_buf(),
         })?;
-    let started = Instant::now();
-    prof_dump(&c_path).map_err(|cause| ProbeError::Dump {
+    write_dump(path, &c_path)
+}
+
+#[cfg(feature = "jemalloc")]
+fn write_dump(path: &Path, c_path: &CString) -> Result<Duration, ProbeError> {
+    let started = std::time::Instant::now();
+    crate::alloc::prof_dump(c_path).map_err(|cause| ProbeError::Dump {
         path: path.to_path_buf(),
         cause,
     })?;
     Ok(started.elapsed())
 }
 
-#[cfg(test)]
+#[cfg(not(feature = "jemalloc"))]
+fn write_dump(_: &Path, _: &CString) -> Result<Duration, ProbeError> {
+    Err(ProbeError::NoJemalloc)
+}
+
+#[cfg(all(test, feature = "jemalloc"))]
 mod tests {
     use super::dump_profile;
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 pub enum ProbeError {
     // tikv-jemalloc-ctl's error implements std's Error only with its `use_std` feature,
     // so it is carried as a field and shown in the message rather than as a source.
+    #[cfg(feature = "jemalloc")]
     #[error("jemalloc control key {key} failed: {cause}")]
     Jemalloc {
         key: &'static str,
@@ -15,11 +16,16 @@ pub enum ProbeError {
     },
     #[error("heap profile path {path:?} contains a NUL byte")]
     DumpPathNul { path: PathBuf },
+    #[cfg(feature = "jemalloc")]
     #[error("jemalloc could not write a heap profile to {path:?} (is profiling enabled?): {cause}")]
     Dump {
         path: PathBuf,
         cause: tikv_jemalloc_ctl::Error,
     },
+    /// Built without the `jemalloc` feature: no heap figures, no heap profiles.
+    #[cfg(not(feature = "jemalloc"))]
+    #[error("heapwarden-probes was built without its jemalloc feature")]
+    NoJemalloc,
     #[error("control channel to the agent is closed")]
     ChannelClosed,
     #[error("control channel send queue is full; message dropped")]
@@ -29,6 +35,13 @@ pub enum ProbeError {
     /// An inherited descriptor variable (`HEAPWARDEN_CONTROL_FD`, `LISTEN_FDS`) is unusable.
     #[error("{var}={value:?} does not name a usable inherited socket: {reason}")]
     InheritedFd {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A worker-context variable (`HEAPWARDEN_WORKER_SLOT`, …) is set but malformed.
+    #[error("{var}={value:?} is not usable: {reason}")]
+    Context {
         var: &'static str,
         value: String,
         reason: String,

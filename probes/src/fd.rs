@@ -1,8 +1,11 @@
 //! Adopting descriptors the agent passed down by number: the control socket
-//! (`HEAPWARDEN_CONTROL_FD`) and the shared listening socket (systemd's `LISTEN_FDS`
-//! convention, fd 3). One of the two modules allowed `unsafe`: std can only take
-//! ownership of a raw descriptor through `OwnedFd::from_raw_fd`, whose soundness rests on
-//! the checks made here.
+//! (`HEAPWARDEN_CONTROL_FD`) and the shared listening socket (systemd's socket-activation
+//! convention). This is the one place socket activation is parsed — for workers and for
+//! the agent itself when systemd starts it with `heapwarden.socket` — and it leaves the
+//! parsing of `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` to the `sd-notify` crate
+//! (`sd_listen_fds_with_names(3)`). One of the two modules allowed `unsafe`: std can only
+//! take ownership of a raw descriptor through `OwnedFd::from_raw_fd`, whose soundness
+//! rests on the checks made here.
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -12,8 +15,16 @@ use crate::error::ProbeError;
 
 static CONTROL_ADOPTED: AtomicBool = AtomicBool::new(false);
 static LISTENER_ADOPTED: AtomicBool = AtomicBool::new(false);
-/// First socket-activation descriptor (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: RawFd = 3;
+
+/// A listening socket passed with the socket-activation convention.
+#[derive(Debug)]
+pub struct InheritedSocket {
+    /// The socket, close-on-exec; the inherited descriptor number is closed.
+    pub fd: OwnedFd,
+    /// Its `LISTEN_FDNAMES` entry; `"unknown"` when none was given, as
+    /// `sd_listen_fds_with_names(3)` does.
+    pub name: String,
+}
 
 /// Takes ownership of the inherited socket `raw` and returns a duplicate with `CLOEXEC`
 /// set, so programs the worker spawns don't inherit it. The inherited number is closed.
@@ -59,34 +70,50 @@ pub(crate) fn adopt_inherited_socket(value: &str) -> Result<OwnedFd, String> {
     adopt_socket(raw, &CONTROL_ADOPTED)
 }
 
-/// The listening socket passed with systemd's socket-activation convention (`LISTEN_FDS`
-/// ≥ 1, fd 3, `LISTEN_PID` equal to this process when set), or `None` when none was
-/// passed. The returned listener is blocking and close-on-exec. Takes it at most once.
-pub fn take_listen_socket() -> Result<Option<TcpListener>, ProbeError> {
-    let Ok(count) = std::env::var("LISTEN_FDS") else {
-        return Ok(None);
-    };
+/// The listening socket passed with the socket-activation convention (`LISTEN_PID` equal
+/// to this process, `LISTEN_FDS=1`, the socket on fd 3), or `None` when none was passed
+/// to this process. More than one socket is an error: heapwarden shares exactly one.
+/// Takes it at most once.
+pub fn take_inherited_socket() -> Result<Option<InheritedSocket>, ProbeError> {
     let fail = |reason: String| ProbeError::InheritedFd {
         var: "LISTEN_FDS",
-        value: count.clone(),
+        value: std::env::var("LISTEN_FDS").unwrap_or_default(),
         reason,
     };
-    if count
-        .trim()
-        .parse::<u32>()
+    if LISTENER_ADOPTED.load(Ordering::SeqCst) {
+        // Checked before parsing: sd-notify marks fd 3 close-on-exec, and by now that
+        // number may belong to something else.
+        return Err(fail("the listening socket was already taken".into()));
+    }
+    // Counted first: for a process the sockets are not meant for (LISTEN_PID is another
+    // pid, e.g. inherited through a wrapper script) sd-notify returns no descriptors,
+    // and pairing those with the names left in LISTEN_FDNAMES would be an error.
+    let count = sd_notify::listen_fds()
         .map_err(|e| fail(e.to_string()))?
-        == 0
-    {
-        return Ok(None);
+        .len();
+    match count {
+        0 => return Ok(None),
+        1 => {}
+        n => {
+            return Err(fail(format!(
+                "{n} sockets were passed; exactly one is expected"
+            )));
+        }
     }
-    if let Ok(pid) = std::env::var("LISTEN_PID")
-        && pid.trim() != std::process::id().to_string()
-    {
-        // Meant for another process (we inherited the environment from it).
+    let Some((raw, name)) = sd_notify::listen_fds_with_names()
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+    else {
         return Ok(None);
-    }
-    let fd = adopt_socket(LISTEN_FDS_START, &LISTENER_ADOPTED).map_err(fail)?;
-    Ok(Some(TcpListener::from(fd)))
+    };
+    let fd = adopt_socket(raw, &LISTENER_ADOPTED).map_err(fail)?;
+    Ok(Some(InheritedSocket { fd, name }))
+}
+
+/// [`take_inherited_socket`] as a TCP listener (blocking, close-on-exec): what a worker
+/// accepts on.
+pub fn take_listen_socket() -> Result<Option<TcpListener>, ProbeError> {
+    Ok(take_inherited_socket()?.map(|socket| TcpListener::from(socket.fd)))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `heapwarden-probes`: the library a Rust worker links so the heapwarden agent can see
 //! inside it.
 //!
-//! It owns four things, each in its own module:
+//! It owns these things, each in its own module:
 //! - the allocator ([`install!`], jemalloc with heap profiling compiled in, sampling
 //!   off until [`activate_profiling`]) and its figures ([`HeapStats`]);
 //! - raw heap-profile dumps ([`dump_profile`]) that the agent symbolises out of process;
@@ -9,7 +9,14 @@
 //!   thread, so nothing in the worker's hot path ever waits on the agent);
 //! - a liveness helper ([`spawn_lag_monitor`]) that tells a stalled async runtime apart
 //!   from a busy one;
-//! - socket activation: [`take_listen_socket`] adopts the listener the agent shares.
+//! - socket activation: [`take_listen_socket`] adopts the listener the agent shares (and
+//!   [`take_inherited_socket`] is how the agent itself takes the one systemd passed);
+//! - the worker's context ([`WorkerContext`]): slot, pool size, state directory, config
+//!   file and log settings, as the agent passes them.
+//!
+//! The allocator, heap figures and dumps need the default `jemalloc` feature; without it
+//! (the agent's build) the crate is the channel types, socket activation and the context,
+//! and a [`Probe`] answers samples without heap figures.
 //!
 //! # Opting in
 //! One line at the binary's crate root, then take the probe at start:
@@ -34,10 +41,12 @@
 //! `unsafe`; each says why every block is sound.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod channel;
 mod client;
+mod context;
 pub mod diag;
 mod dump;
 mod error;
@@ -46,24 +55,30 @@ mod fd;
 mod liveness;
 mod stats;
 
+#[cfg(feature = "jemalloc")]
 pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
 pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
 };
 pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, WORKER_PID_ENV, worker_pid_matches};
+pub use context::{
+    CONFIG_ENV, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV,
+    STATE_DIR_ENV, WORKER_ID_ENV, WorkerContext, default_state_dir,
+};
 pub use dump::dump_profile;
 pub use error::ProbeError;
-pub use fd::take_listen_socket;
+pub use fd::{InheritedSocket, take_inherited_socket, take_listen_socket};
 pub use liveness::{RuntimeLag, spawn_lag_monitor};
 pub use stats::HeapStats;
 
 /// Re-exported so that [`install!`] expands without the app depending on it directly.
+#[cfg(feature = "jemalloc")]
 #[doc(hidden)]
 pub use tikv_jemallocator as __jemallocator;
 
 /// The crate's own unit tests need the same allocator and options a worker gets. Expanded
 /// locally, the macro's export name trips `deny(unsafe_code)`, hence the allow.
-#[cfg(test)]
+#[cfg(all(test, feature = "jemalloc"))]
 #[allow(unsafe_code)]
 mod test_allocator {
     crate::install!();

@@ -4,10 +4,7 @@
 //! advances it first. Name lookup costs a string walk per key, which is why the MIBs are
 //! resolved once and kept.
 
-use std::sync::OnceLock;
-
 use serde::{Deserialize, Serialize};
-use tikv_jemalloc_ctl::{epoch, epoch_mib, stats};
 
 use crate::error::ProbeError;
 
@@ -34,47 +31,68 @@ pub struct HeapStats {
     pub metadata: Option<u64>,
 }
 
-struct Mibs {
-    epoch: epoch_mib,
-    allocated: stats::allocated_mib,
-    active: stats::active_mib,
-    resident: stats::resident_mib,
-    mapped: stats::mapped_mib,
-    retained: stats::retained_mib,
-    metadata: stats::metadata_mib,
-}
-
-fn ctl<T>(key: &'static str, result: tikv_jemalloc_ctl::Result<T>) -> Result<T, ProbeError> {
-    result.map_err(|cause| ProbeError::Jemalloc { key, cause })
-}
-
-impl Mibs {
-    fn lookup() -> Result<Mibs, ProbeError> {
-        Ok(Mibs {
-            epoch: ctl("epoch", epoch::mib())?,
-            allocated: ctl("stats.allocated", stats::allocated::mib())?,
-            active: ctl("stats.active", stats::active::mib())?,
-            resident: ctl("stats.resident", stats::resident::mib())?,
-            mapped: ctl("stats.mapped", stats::mapped::mib())?,
-            retained: ctl("stats.retained", stats::retained::mib())?,
-            metadata: ctl("stats.metadata", stats::metadata::mib())?,
-        })
-    }
-
-    fn cached() -> Result<&'static Mibs, ProbeError> {
-        static MIBS: OnceLock<Mibs> = OnceLock::new();
-        if let Some(mibs) = MIBS.get() {
-            return Ok(mibs);
-        }
-        // Two racing first reads both look up; one wins, which is harmless.
-        let mibs = Mibs::lookup()?;
-        Ok(MIBS.get_or_init(|| mibs))
-    }
-}
-
 impl HeapStats {
     /// Advances jemalloc's `epoch` and reads the current figures.
+    #[cfg(feature = "jemalloc")]
     pub fn read() -> Result<HeapStats, ProbeError> {
+        jemalloc::read()
+    }
+
+    /// Without the `jemalloc` feature there are no heap figures.
+    #[cfg(not(feature = "jemalloc"))]
+    pub fn read() -> Result<HeapStats, ProbeError> {
+        Err(ProbeError::NoJemalloc)
+    }
+}
+
+#[cfg(feature = "jemalloc")]
+mod jemalloc {
+    use std::sync::OnceLock;
+
+    use tikv_jemalloc_ctl::{epoch, epoch_mib, stats};
+
+    use super::HeapStats;
+    use crate::error::ProbeError;
+
+    struct Mibs {
+        epoch: epoch_mib,
+        allocated: stats::allocated_mib,
+        active: stats::active_mib,
+        resident: stats::resident_mib,
+        mapped: stats::mapped_mib,
+        retained: stats::retained_mib,
+        metadata: stats::metadata_mib,
+    }
+
+    fn ctl<T>(key: &'static str, result: tikv_jemalloc_ctl::Result<T>) -> Result<T, ProbeError> {
+        result.map_err(|cause| ProbeError::Jemalloc { key, cause })
+    }
+
+    impl Mibs {
+        fn lookup() -> Result<Mibs, ProbeError> {
+            Ok(Mibs {
+                epoch: ctl("epoch", epoch::mib())?,
+                allocated: ctl("stats.allocated", stats::allocated::mib())?,
+                active: ctl("stats.active", stats::active::mib())?,
+                resident: ctl("stats.resident", stats::resident::mib())?,
+                mapped: ctl("stats.mapped", stats::mapped::mib())?,
+                retained: ctl("stats.retained", stats::retained::mib())?,
+                metadata: ctl("stats.metadata", stats::metadata::mib())?,
+            })
+        }
+
+        fn cached() -> Result<&'static Mibs, ProbeError> {
+            static MIBS: OnceLock<Mibs> = OnceLock::new();
+            if let Some(mibs) = MIBS.get() {
+                return Ok(mibs);
+            }
+            // Two racing first reads both look up; one wins, which is harmless.
+            let mibs = Mibs::lookup()?;
+            Ok(MIBS.get_or_init(|| mibs))
+        }
+    }
+
+    pub(super) fn read() -> Result<HeapStats, ProbeError> {
         let mibs = Mibs::cached()?;
         ctl("epoch", mibs.epoch.advance())?;
         // usize -> u64 never truncates on the 64-bit Linux targets this crate supports.
@@ -89,7 +107,7 @@ impl HeapStats {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "jemalloc"))]
 mod tests {
     use super::HeapStats;
 

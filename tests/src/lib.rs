@@ -43,6 +43,11 @@ pub fn heapwarden() -> PathBuf {
     bin("heapwarden")
 }
 
+/// The demo service, `heapwarden-demo` (what the agent runs when `pool.command` is empty).
+pub fn heapwarden_demo() -> PathBuf {
+    bin("heapwarden-demo")
+}
+
 /// A free loopback port (bound then released; good enough on a test machine).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -20,9 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: supervise the worker pool, sample, profile, serve metrics.
     Run(ConfigArgs),
-    /// Run one worker of the demo cache-aside service.
-    Demo(DemoArgs),
-    /// Validate a config file; prints every error with its key, exits 64 if any.
+    /// Validate a config file (the [demo] section through heapwarden-demo); prints every
+    /// error with its key, exits 64 if any.
     CheckConfig(ConfigArgs),
     #[command(flatten)]
     Client(super::client::Verb),
@@ -74,18 +73,6 @@ impl ConfigArgs {
         }
         out
     }
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    /// Fill the items table with N rows (idempotent) before serving.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Worker slot (set by the agent through HEAPWARDEN_WORKER_SLOT).
-    #[arg(long, env = "HEAPWARDEN_WORKER_SLOT", default_value_t = 0)]
-    pub slot: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,6 +1,7 @@
 //! Command-line entry: parses the role and its flags, loads and validates the config
-//! before anything starts (a bad config is one line per error and exit 64), and
-//! dispatches to the agent, the demo worker, the on-call verbs or a hidden helper mode.
+//! before anything starts (a bad config — the `[demo]` section and a missing
+//! `heapwarden-demo` included — is one line per error and exit 64), and dispatches to the
+//! agent, the on-call verbs or a hidden helper mode.
 
 mod args;
 pub mod client;
@@ -10,32 +11,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{Cli, Command, ConfigArgs, ConvertArgs, DemoArgs};
+pub use args::{Cli, Command, ConfigArgs, ConvertArgs};
 
 use crate::config::{self, Config, EX_CONFIG};
+use crate::supervisor::program;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            let config = match load_config(&args) {
+            let config = match load_checked(&args) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let source = config::ConfigSource {
-                file: args.config.clone(),
-                flags: args.overrides(),
-            };
-            exit_code(crate::agent::run(config, source, worker_env(&args)))
+            exit_code(crate::agent::run(config, config_source(&args)))
         }
-        Command::Demo(args) => {
-            let config = match load_config(&args.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            exit_code(crate::demo::main(config, args))
-        }
-        Command::CheckConfig(args) => match load_config(&args) {
+        Command::CheckConfig(args) => match load_checked(&args) {
             Ok(config) => {
                 println!(
                     "config ok: {} workers, service on {}, admin on {}",
@@ -61,33 +52,50 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// What workers need to see the agent's config: the file (absolute) and the flags, as
-/// the environment overrides they stand for. Variables the agent itself got pass on.
-fn worker_env(args: &ConfigArgs) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    if let Some(path) = &args.config {
-        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-        env.push((
-            "HEAPWARDEN_CONFIG".to_string(),
-            absolute.display().to_string(),
-        ));
+/// Where the config comes from, for the agent's reloads: the file (absolute, as the
+/// workers are told it) and the flags.
+fn config_source(args: &ConfigArgs) -> config::ConfigSource {
+    config::ConfigSource {
+        file: config_file(args),
+        flags: args.overrides(),
     }
-    for (key, value) in args.overrides() {
-        env.push((config::env_name(key), value));
-    }
-    env
+}
+
+fn config_file(args: &ConfigArgs) -> Option<std::path::PathBuf> {
+    let path = args.config.as_ref()?;
+    Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
 }
 
 /// Loads the config; on failure prints every error, one per line, and returns exit 64.
 pub fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
-    let source = config::ConfigSource {
-        file: args.config.clone(),
-        flags: args.overrides(),
+    config_source(args).load().map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(EX_CONFIG as u8)
+    })
+}
+
+/// [`load_config`], then what the workers will run: a missing `heapwarden-demo`, and
+/// the demo's verdict on its `[demo]` section (`heapwarden-demo check-config`). For `run`
+/// and `check-config`; the on-call verbs only need the admin address.
+fn load_checked(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    let file = config_file(args);
+    let (config, mut problems) = match config_source(args).load() {
+        Ok(config) => {
+            let problems = program::check(&config, file.as_deref());
+            (Some(config), problems)
+        }
+        // Every error at once: the demo's verdict on [demo] too, when it is installed.
+        Err(errors) => (None, vec![errors.to_string()]),
     };
-    match source.load() {
-        Ok(c) => Ok(c),
-        Err(errors) => {
-            eprintln!("{errors}");
+    if config.is_none() {
+        problems.extend(program::check_demo_if_installed(file.as_deref()));
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => {
+            for line in problems {
+                eprintln!("{line}");
+            }
             Err(ExitCode::from(EX_CONFIG as u8))
         }
     }

@@ -13,8 +13,9 @@ use super::sections::Config;
 /// `EX_USAGE` from sysexits.h: what `check-config` and `run` exit with on a bad config.
 pub const EX_CONFIG: i32 = 64;
 
-/// Tables that hold user-chosen keys rather than config keys.
-const MAP_KEYS: &[&str] = &["pool.env"];
+/// Tables that hold user-chosen keys rather than config keys, or another program's
+/// section (`demo`: `heapwarden-demo` checks it, see `supervisor::program`).
+const MAP_KEYS: &[&str] = &["pool.env", "demo"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {

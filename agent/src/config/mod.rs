@@ -3,13 +3,11 @@
 //! validated as a whole so that every mistake is reported at once with its key.
 
 pub mod bounds;
-mod demo;
 mod load;
 pub mod reload;
 mod sections;
 pub mod types;
 
-pub use demo::DemoConfig;
 pub use load::{ConfigError, ConfigErrors, EX_CONFIG, env_name, load};
 pub use reload::{ConfigSource, ReloadPlan};
 pub use sections::*;

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::demo::DemoConfig;
 use super::load::ConfigError;
 use super::types::{LeakAction, ProbeKind, Rate, Size, Toggle, Watch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    /// Profiles, their index and the demo's SQLite database live here.
+    /// Profiles, their index and the admin token; workers get it as their state
+    /// directory (the demo keeps its SQLite database there).
     pub state_dir: PathBuf,
     pub admin: AdminConfig,
     pub pool: PoolConfig,
@@ -22,34 +22,23 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     pub profiles: ProfilesConfig,
     pub log: LogConfig,
-    pub demo: DemoConfig,
+    /// The demo's own section, opaque here: `heapwarden-demo` owns and checks its keys.
+    pub demo: toml::Table,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            state_dir: default_state_dir(),
+            // Shared with workers run alone: the probe crate owns the default.
+            state_dir: heapwarden_probes::default_state_dir(),
             admin: AdminConfig::default(),
             pool: PoolConfig::default(),
             sampling: SamplingConfig::default(),
             watchdog: WatchdogConfig::default(),
             profiles: ProfilesConfig::default(),
             log: LogConfig::default(),
-            demo: DemoConfig::default(),
+            demo: toml::Table::new(),
         }
-    }
-}
-
-/// systemd's `StateDirectory=` wins; root gets the FHS path; anyone else a path in $HOME,
-/// so `heapwarden run` works on a fresh machine without privileges.
-fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        return PathBuf::from(dir);
-    }
-    let is_root = nix::unistd::geteuid().is_root();
-    match std::env::var_os("HOME") {
-        Some(home) if !is_root => PathBuf::from(home).join(".local/state/heapwarden"),
-        _ => PathBuf::from("/var/lib/heapwarden"),
     }
 }
 
@@ -93,7 +82,7 @@ impl Default for AdminConfig {
 pub struct PoolConfig {
     /// 0: one worker per CPU.
     pub workers: usize,
-    /// Program and arguments; empty: this binary's `demo` role.
+    /// Program and arguments; empty: `heapwarden-demo` from next to this executable.
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
@@ -265,17 +254,11 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: LogLevel::Info,
-            redact: [
-                "authorization",
-                "cookie",
-                "set-cookie",
-                "password",
-                "token",
-                "secret",
-                "api_key",
-            ]
-            .map(String::from)
-            .to_vec(),
+            // Workers that get no list from the agent use the same defaults.
+            redact: heapwarden_probes::DEFAULT_LOG_REDACT
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
         }
     }
 }
@@ -361,6 +344,5 @@ impl Config {
             ));
         }
         super::bounds::check(self, errors);
-        self.demo.validate(errors);
     }
 }

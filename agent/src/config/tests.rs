@@ -37,7 +37,6 @@ fn the_example_matches_the_defaults() {
     let defaults = load(None, Vec::new(), &[]).unwrap();
     assert_eq!(example.pool, defaults.pool);
     assert_eq!(example.watchdog, defaults.watchdog);
-    assert_eq!(example.demo, defaults.demo);
 }
 
 #[test]
@@ -120,7 +119,8 @@ fn one_key(key: &str, value: &str) -> String {
 #[test]
 fn every_duration_key_has_an_upper_bound() {
     let keys = super::bounds::duration_keys();
-    assert!(keys.len() >= 19, "duration keys found: {keys:?}");
+    // The agent's own sections; `[demo]` bounds its own (heapwarden-demo's tests).
+    assert!(keys.len() >= 13, "duration keys found: {keys:?}");
     // Values that parse as durations but overflow an instant (the examples).
     for huge in [
         "\"400000000000y\"",

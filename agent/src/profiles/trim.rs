@@ -174,8 +174,8 @@ mod tests {
     fn application_frames_stay() {
         for f in [
             "leak_dumper::leaky_function_for_pprof_test",
-            "heapwarden::demo::cache::Cache::insert",
-            "<heapwarden::demo::Item as core::clone::Clone>::clone",
+            "heapwarden_demo::cache::L1::insert",
+            "<heapwarden_demo::items::Item as core::clone::Clone>::clone",
             "std::thread::spawn",
             "main",
             "PyUnicode_New",

@@ -1,6 +1,6 @@
-//! The service socket: bound once by the agent (or received from systemd) and handed to
-//! every worker, so a draining worker just stops accepting and nothing queued in the
-//! kernel is lost.
+//! The service socket: bound once by the agent (or received from systemd, taken through
+//! the probe crate's one socket-activation parse) and handed to every worker, so a
+//! draining worker just stops accepting and nothing queued in the kernel is lost.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +8,9 @@ use std::os::fd::OwnedFd;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use super::spawn::{inherited_listener, move_high};
+use heapwarden_probes::{ProbeError, take_inherited_socket};
+
+use super::spawn::move_high;
 
 pub struct ServiceSocket {
     pub fd: OwnedFd,
@@ -23,11 +25,15 @@ pub enum ListenError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot use the socket passed by systemd: {0}")]
-    Inherited(io::Error),
+    Inherited(#[from] ProbeError),
+    #[error("cannot use the socket passed by systemd: {0}")]
+    Move(io::Error),
 }
 
 pub fn open(addr: SocketAddr) -> Result<ServiceSocket, ListenError> {
-    if let Some((fd, name)) = inherited_listener().map_err(ListenError::Inherited)? {
+    if let Some(inherited) = take_inherited_socket()? {
+        let fd = move_high(inherited.fd).map_err(ListenError::Move)?;
+        let name = inherited.name;
         let local_addr = SockRef::from(&fd)
             .local_addr()
             .ok()

@@ -9,6 +9,7 @@ pub mod listen;
 mod notify;
 mod output;
 mod procstat;
+pub mod program;
 mod rundir;
 pub mod runner;
 mod spawn;

@@ -1,4 +1,4 @@
-//! Shared helpers of the demo end-to-end tests: start `heapwarden demo` alone (its own
+//! Shared helpers of the demo end-to-end tests: start `heapwarden-demo` alone (its own
 //! port, state directory and config), a private `redis-server`, an HTTP client that
 //! returns 4xx/5xx as values, and a PostgreSQL schema per test run.
 
@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub use heapwarden_tests::poll;
-use heapwarden_tests::{Proc, Sandbox, free_port, heapwarden, msg};
+use heapwarden_tests::{Proc, Sandbox, free_port, heapwarden_demo, msg};
 
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -26,8 +26,8 @@ impl Demo {
     }
 }
 
-/// Writes the config (`state-dir` in the sandbox, a free port, `[demo]` lines from the
-/// caller) and starts `heapwarden demo`, waiting until it serves.
+/// Writes the config (`[demo]` lines from the caller) and starts `heapwarden-demo` on a
+/// free port with its state directory in the sandbox, waiting until it serves.
 pub fn start_demo(sandbox: &Sandbox, demo_toml: &str, extra_args: &[&str]) -> Demo {
     start_demo_on(sandbox, free_port(), demo_toml, extra_args)
 }
@@ -35,16 +35,31 @@ pub fn start_demo(sandbox: &Sandbox, demo_toml: &str, extra_args: &[&str]) -> De
 pub fn start_demo_on(sandbox: &Sandbox, port: u16, demo_toml: &str, extra_args: &[&str]) -> Demo {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let state = sandbox.path().join("state");
-    let text = format!(
-        "state-dir = {:?}\n[pool]\nlisten = \"{addr}\"\n[demo]\n{demo_toml}\n",
-        state.display().to_string()
-    );
+    let text = format!("[demo]\n{demo_toml}\n");
     let config = sandbox.write("demo.toml", &text);
-    let mut command = Command::new(heapwarden());
-    command.arg("demo").arg("-c").arg(config).args(extra_args);
+    let mut command = Command::new(heapwarden_demo());
     command
-        .env_remove("LISTEN_FDS")
-        .env_remove("HEAPWARDEN_CONTROL_FD");
+        .arg("-c")
+        .arg(config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(extra_args);
+    // Run alone: none of an agent's context may leak in from the test's environment.
+    for var in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "HEAPWARDEN_CONTROL_FD",
+        heapwarden_probes::SLOT_ENV,
+        heapwarden_probes::POOL_SIZE_ENV,
+        heapwarden_probes::STATE_DIR_ENV,
+        heapwarden_probes::CONFIG_ENV,
+        heapwarden_probes::LOG_LEVEL_ENV,
+        heapwarden_probes::LOG_REDACT_ENV,
+    ] {
+        command.env_remove(var);
+    }
     let proc = Proc::spawn(command);
     proc.logs.wait_for(
         START_TIMEOUT,

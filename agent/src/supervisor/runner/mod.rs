@@ -56,7 +56,6 @@ pub struct Supervisor {
     containment: Containment,
     /// What workers are started with; prepared again by each reload.
     command: WorkerCommand,
-    inherited_env: Vec<(String, String)>,
     slot_series: fn(Range<usize>),
     runtimes: HashMap<WorkerId, WorkerRuntime>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
@@ -86,8 +85,6 @@ pub struct SupervisorParts {
     pub log: Logger,
     pub log_level: LevelHandle,
     pub worker_log: Logger,
-    /// Variables every worker gets so it sees the agent's config.
-    pub worker_env: Vec<(String, String)>,
     /// Zero-initialises the per-slot series of new slots (at start and on scale-up).
     pub slot_series: fn(Range<usize>),
 }
@@ -115,7 +112,7 @@ impl Supervisor {
     ) -> anyhow::Result<(Supervisor, SupervisorHandles)> {
         let command = WorkerCommand::prepare(
             &config,
-            &parts.worker_env,
+            parts.source.file.as_deref(),
             parts.socket.local_addr,
             &parts.log,
         )?;
@@ -140,7 +137,6 @@ impl Supervisor {
             socket: parts.socket,
             containment: parts.containment,
             command,
-            inherited_env: parts.worker_env,
             slot_series: parts.slot_series,
             runtimes: HashMap::new(),
             timers: BinaryHeap::new(),

@@ -12,18 +12,20 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use slog::{Logger, error, info, warn};
 
 use super::super::attach::{self, Attached};
+use super::super::program::{self, ProgramError};
 use super::super::state::Event;
 use super::Supervisor;
 use crate::config::{Config, ConfigErrors, reload};
 
-/// What workers are started with: `pool.command` (or this binary's `demo` role), the
-/// environment (`pool.env` over the variables the agent passes on, plus the probe's), and
-/// the probe attached to them.
+/// What workers are started with: `pool.command` (or `heapwarden-demo` from next to the
+/// agent), the environment (`pool.env` over the worker context — slot size, state
+/// directory, config file, log settings — plus the probe's), and the probe attached.
 pub struct WorkerCommand {
     pub argv: Vec<OsString>,
     pub env: BTreeMap<String, String>,
@@ -31,20 +33,18 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
+    /// `config_file`: the agent's config file (absolute), which workers read too.
     pub fn prepare(
         config: &Config,
-        inherited: &[(String, String)],
+        config_file: Option<&Path>,
         listen: Option<SocketAddr>,
         log: &Logger,
-    ) -> std::io::Result<WorkerCommand> {
-        let argv: Vec<OsString> = if config.pool.command.is_empty() {
-            vec![std::env::current_exe()?.into_os_string(), "demo".into()]
-        } else {
-            config.pool.command.iter().map(OsString::from).collect()
-        };
+    ) -> Result<WorkerCommand, ProgramError> {
+        let argv = program::worker_argv(config, &program::own_exe()?)?;
+        // The pool's own env wins over the context the agent passes on.
         let mut env = config.pool.env.clone();
-        for (key, value) in inherited {
-            env.entry(key.clone()).or_insert_with(|| value.clone());
+        for (key, value) in program::worker_context(config, config_file).to_env() {
+            env.entry(key.to_string()).or_insert(value);
         }
         let plan = attach::prepare(
             config.pool.probe,
@@ -111,7 +111,7 @@ impl Supervisor {
         let listen = self.socket.local_addr;
         let command = match WorkerCommand::prepare(
             &plan.config,
-            &self.inherited_env,
+            self.source.file.as_deref(),
             listen,
             &self.log,
         ) {

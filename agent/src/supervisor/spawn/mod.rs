@@ -80,9 +80,9 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
         ("HEAPWARDEN_CONTROL_INO", control_ino.to_string()),
         ("LISTEN_FDS", "1".into()),
         ("LISTEN_FDNAMES", spec.listen_fd_name.into()),
-        ("HEAPWARDEN_CONTROL_FD", CONTROL_FD.to_string()),
-        ("HEAPWARDEN_WORKER_SLOT", spec.slot.to_string()),
-        ("HEAPWARDEN_WORKER_ID", spec.worker_id.to_string()),
+        (heapwarden_probes::CONTROL_FD_ENV, CONTROL_FD.to_string()),
+        (heapwarden_probes::SLOT_ENV, spec.slot.to_string()),
+        (heapwarden_probes::WORKER_ID_ENV, spec.worker_id.to_string()),
         ("HEAPWARDEN_AGENT_INSTANCE", spec.instance.into()),
     ];
     let notify = ("NOTIFY_SOCKET", spec.notify_socket.as_os_str());
@@ -195,30 +195,4 @@ fn clear_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
     Ok(())
-}
-
-/// Takes the listening socket systemd passed to the agent (socket activation), if any.
-pub fn inherited_listener() -> io::Result<Option<(OwnedFd, String)>> {
-    let pid_matches = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    if !pid_matches || count == 0 {
-        return Ok(None);
-    }
-    if count > 1 {
-        return Err(io::Error::other(format!(
-            "systemd passed {count} sockets; heapwarden serves exactly one"
-        )));
-    }
-    let name = std::env::var("LISTEN_FDNAMES").unwrap_or_else(|_| "http".into());
-    // SAFETY: with LISTEN_PID equal to our pid, systemd guarantees fd 3 is an open
-    // socket handed to this process and owned by nobody else in it; we take it once.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(LISTEN_FD) };
-    let fd = move_high(fd)?;
-    Ok(Some((fd, name)))
 }

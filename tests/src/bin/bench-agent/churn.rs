@@ -44,6 +44,7 @@ pub(super) fn churn(bench: &Bench) -> BenchResult<()> {
     let stop = dir.path().join("stop");
     std::fs::write(&stop, "")?;
     let spec = Spec {
+        agent: None,
         workers,
         command: vec![
             "sh".into(),

@@ -4,13 +4,13 @@ use super::*;
 
 /// One idle window: agent memory and CPU, and the sampler's own round timing.
 pub(super) struct Window {
-    rss_mean: f64,
-    rss_max: f64,
+    pub(super) rss_mean: f64,
+    pub(super) rss_max: f64,
     hwm: f64,
     /// Anonymous (heap, stacks) and file-backed (the mapped binary) parts of VmRSS at the end.
-    rss_anon: f64,
-    rss_file: f64,
-    cpu_percent: f64,
+    pub(super) rss_anon: f64,
+    pub(super) rss_file: f64,
+    pub(super) cpu_percent: f64,
     rounds: f64,
     round_mean_ms: f64,
 }

@@ -5,7 +5,9 @@
 //!
 //! Run it through `bench/agent.sh` (builds the release binaries first). Flags:
 //! `--quick` shortens every scenario for a smoke run (its figures are not the reference
-//! ones); `--only startup,restart,footprint,detection,dump,churn` runs a subset.
+//! ones); `--only startup,restart,footprint,detection,dump,churn` runs a subset;
+//! `--compare NAME=PATH,…` measures the footprint of other `heapwarden` builds next to
+//! this one in the same run (`compare`).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 mod churn;
+mod compare;
 mod detection;
 mod footprint;
 mod startup;
@@ -41,6 +44,17 @@ fn main() -> BenchResult<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|list| list.split(',').map(str::to_string).collect());
+    // A comparison is of footprints unless more is asked for.
+    let only = only.or_else(|| {
+        args.iter()
+            .any(|a| a == "--compare")
+            .then(|| vec!["footprint".to_string()])
+    });
+    let builds = args
+        .iter()
+        .position(|a| a == "--compare")
+        .map(|i| compare::parse_builds(args.get(i + 1).map(String::as_str).unwrap_or("")))
+        .transpose()?;
     let bench = Bench::new(quick)?;
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|w| w == name));
     println!(
@@ -59,7 +73,9 @@ fn main() -> BenchResult<()> {
     if wanted("restart") {
         restart_latency(&bench)?;
     }
-    if wanted("footprint") {
+    if let Some(builds) = &builds {
+        compare::compare(&bench, builds)?;
+    } else if wanted("footprint") {
         footprint(&bench)?;
     }
     if wanted("detection") {
@@ -141,6 +157,8 @@ fn machine_line() -> String {
 
 /// What to run: a pool of `workers` running `command`, plus whole TOML sections.
 struct Spec {
+    /// The `heapwarden` to run; None: the one next to bench-agent.
+    agent: Option<PathBuf>,
     workers: usize,
     command: Vec<String>,
     env: Vec<(&'static str, String)>,
@@ -152,6 +170,7 @@ struct Spec {
 impl Spec {
     fn probe(bench: &Bench, workers: usize) -> Spec {
         Spec {
+            agent: None,
             workers,
             command: vec![bench.probe_worker()],
             env: Vec::new(),
@@ -197,7 +216,7 @@ impl Agent {
         );
         let config = dir.path().join("heapwarden.toml");
         std::fs::write(&config, text)?;
-        let mut command = Command::new(bench.heapwarden());
+        let mut command = Command::new(spec.agent.clone().unwrap_or_else(|| bench.heapwarden()));
         command
             .arg("run")
             .arg("-c")

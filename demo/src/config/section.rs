@@ -1,11 +1,13 @@
-//! The `[demo]` section: settings of the demo cache-aside service the default workers run.
+//! The `[demo]` section: the demo service's own settings, their defaults and the checks
+//! that need more than one key or more than a type.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use bytesize::ByteSize;
+
 use super::ConfigError;
-use super::types::Size;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -25,7 +27,7 @@ pub struct DemoConfig {
     pub seed_rows: u64,
     pub leak_endpoint: bool,
     /// Bytes leaked per second on purpose (0B: none).
-    pub leak_rate: Size,
+    pub leak_rate: ByteSize,
     /// Worker slots that leak at `leak-rate`; empty: every worker.
     pub leak_slots: Vec<usize>,
     /// Upper bound of the SQL connection pool.
@@ -59,7 +61,7 @@ pub struct DemoConfig {
     #[serde(with = "humantime_serde")]
     pub jobs_poll: Duration,
     /// Largest request body accepted (413 beyond).
-    pub max_body: Size,
+    pub max_body: ByteSize,
 }
 
 impl Default for DemoConfig {
@@ -73,7 +75,7 @@ impl Default for DemoConfig {
             l2_ttl: Duration::from_secs(300),
             seed_rows: 1000,
             leak_endpoint: false,
-            leak_rate: Size(0),
+            leak_rate: ByteSize(0),
             leak_slots: Vec::new(),
             db_max_connections: 8,
             db_acquire_timeout: Duration::from_secs(5),
@@ -87,13 +89,13 @@ impl Default for DemoConfig {
             job_backoff: Duration::from_millis(500),
             job_lease: Duration::from_secs(30),
             jobs_poll: Duration::from_millis(250),
-            max_body: Size(64 * 1024),
+            max_body: ByteSize::kib(64),
         }
     }
 }
 
 impl DemoConfig {
-    pub(super) fn validate(&self, errors: &mut Vec<ConfigError>) {
+    pub(crate) fn validate(&self, errors: &mut Vec<ConfigError>) {
         let mut fail = |key: &str, message: &str| {
             errors.push(ConfigError::new(&format!("demo.{key}"), message));
         };
@@ -148,7 +150,7 @@ impl DemoConfig {
         if self.jobs_poll.is_zero() {
             fail("jobs-poll", "must be longer than 0s");
         }
-        if self.max_body.bytes() < 256 {
+        if self.max_body.as_u64() < 256 {
             fail("max-body", "must be at least 256B");
         }
         for (key, value, max) in self.duration_bounds() {
@@ -191,7 +193,7 @@ mod tests {
         let bad = DemoConfig {
             database_url: "mysql://x".into(),
             jobs_concurrency: 0,
-            max_body: Size(10),
+            max_body: ByteSize(10),
             ..DemoConfig::default()
         };
         bad.validate(&mut errors);
@@ -213,6 +215,6 @@ mod tests {
                 .expect("parses");
         assert_eq!(parsed.db_max_connections, 3);
         assert_eq!(parsed.job_backoff, Duration::from_millis(50));
-        assert_eq!(parsed.max_body, Size(1024));
+        assert_eq!(parsed.max_body, ByteSize::kib(1));
     }
 }

@@ -1,10 +1,9 @@
-//! Serving: the listening socket (inherited from the agent as fd 3 by the systemd
-//! socket-activation convention, or bound here when run alone), `/healthz`, `/readyz`,
-//! and the one shutdown path (agent drain, SIGTERM or SIGINT → stop accepting, finish
+//! Serving: the listening socket (the one the agent shares, taken through the probe's
+//! socket-activation helper, or bound here when run alone), `/healthz`, `/readyz`, and
+//! the one shutdown path (agent drain, SIGTERM or SIGINT → stop accepting, finish
 //! in-flight requests up to the drain deadline).
 
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,44 +19,44 @@ use tokio_util::sync::CancellationToken;
 
 use super::App;
 
-/// The first descriptor passed under the socket-activation convention.
-const LISTEN_FDS_START: i32 = 3;
 /// Runtime lag beyond which `/healthz` reports the worker stalled.
 const STALL_THRESHOLD: Duration = Duration::from_secs(1);
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// True when the environment hands us exactly one listening socket meant for this process.
-fn socket_activated() -> bool {
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let pid = std::env::var("LISTEN_PID").ok();
-    fds.as_deref() == Some("1") && pid.is_none_or(|p| p.trim() == std::process::id().to_string())
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Inherited(#[from] heapwarden_probes::ProbeError),
+    #[error("cannot use the inherited listening socket: {0}")]
+    Adopt(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-#[allow(unsafe_code)]
-fn adopt_listen_fd() -> OwnedFd {
-    // SAFETY: under the socket-activation convention (checked by `socket_activated`:
-    // LISTEN_FDS=1 and LISTEN_PID absent or ours) fd 3 is open, was inherited for this
-    // process alone, and nothing else in the process owns or closes it; it is taken once,
-    // at start, before anything else could open a descriptor numbered 3 and own it.
-    unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) }
-}
-
-/// The service socket: inherited when the agent passed one, else bound to `listen`.
-pub fn service_listener(listen: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, bool)> {
-    if socket_activated() {
-        let listener = std::net::TcpListener::from(adopt_listen_fd());
-        // Fails with ENOTSOCK/EINVAL when fd 3 is not a bound socket.
-        listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        return Ok((tokio::net::TcpListener::from_std(listener)?, true));
+/// The service socket: the agent's when it passed one (true), else bound to `listen`.
+pub fn service_listener(
+    listen: SocketAddr,
+) -> Result<(tokio::net::TcpListener, bool), ListenError> {
+    if let Some(listener) = heapwarden_probes::take_listen_socket()? {
+        listener.set_nonblocking(true).map_err(ListenError::Adopt)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(ListenError::Adopt)?;
+        return Ok((listener, true));
     }
-    let socket = match listen {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    let bind = |source| ListenError::Bind {
+        addr: listen,
+        source,
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(listen)?;
-    Ok((socket.listen(1024)?, false))
+    let socket = match listen {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(bind)?;
+    socket.set_reuseaddr(true).map_err(bind)?;
+    socket.bind(listen).map_err(bind)?;
+    Ok((socket.listen(1024).map_err(bind)?, false))
 }
 
 /// Resolves the token on the first of: agent drain, SIGTERM, SIGINT.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compute::stretch_password;
 use super::db::{Db, DbError, now_ms, on_pool};
+use super::metrics::names::{JOBS_TOTAL, JobOutcome};
 use crate::config::DemoConfig;
 
 pub const SQLITE_JOBS_DDL: &str = "CREATE TABLE IF NOT EXISTS demo_jobs (
@@ -282,7 +283,7 @@ impl Jobs {
 
     async fn finish(&self, job: &Claimed, outcome: Result<String, String>) {
         let (state, run_at, error, result, counted) = match outcome {
-            Ok(digest) => ("completed", 0, None, Some(digest), "completed"),
+            Ok(digest) => ("completed", 0, None, Some(digest), JobOutcome::Completed),
             Err(error) if job.attempts < job.max_attempts => {
                 let exponent = u32::try_from(job.attempts.saturating_sub(1))
                     .unwrap_or(u32::MAX)
@@ -290,9 +291,9 @@ impl Jobs {
                 let delay = self.backoff.saturating_mul(1 << exponent);
                 let run_at =
                     now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-                ("queued", run_at, Some(error), None, "retried")
+                ("queued", run_at, Some(error), None, JobOutcome::Retried)
             }
-            Err(error) => ("dead", 0, Some(error), None, "failed"),
+            Err(error) => ("dead", 0, Some(error), None, JobOutcome::Failed),
         };
         match self
             .db
@@ -300,7 +301,7 @@ impl Jobs {
             .await
         {
             Ok(()) => {
-                metrics::counter!("demo_jobs_total", "outcome" => counted).increment(1);
+                metrics::counter!(JOBS_TOTAL, "outcome" => counted.as_str()).increment(1);
                 info!(self.log, "A job attempt ended."; "job" => job.id, "attempt" => job.attempts,
                     "state" => state, "error" => error);
             }

@@ -1,5 +1,5 @@
 //! Worker metrics: the process-wide Prometheus recorder and the handles the request path
-//! records through.
+//! records through. Names and label values live in `names`.
 //!
 //! The recorder carries the `worker="<slot>"` label on every series; its rendering is what
 //! the probe hands the agent (and what `GET /metrics` serves when run alone). The request
@@ -8,6 +8,8 @@
 //! more than serving an L1 hit. Handles are created once per (route, method, status) on
 //! first use and kept here; a combination outside the fixed tables (an unusual method or
 //! status) takes the slow path through the macro.
+
+pub mod names;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,44 +20,15 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 use super::App;
 use super::items::Layer;
+use names::{
+    CACHE_INVALIDATIONS_TOTAL, CACHE_LOOKUPS_TOTAL, DB_POOL_CONNECTIONS,
+    HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL, Lookup, METHODS, PoolState, ROUTES,
+    STATUSES, UNMATCHED,
+};
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
-];
-
-/// Route templates of the router (`routes::router`), hottest first. A route missing here
-/// is still counted, through the slow path.
-pub const ROUTES: &[&str] = &[
-    "/items/{id}",
-    "/items/export",
-    "/compute",
-    "/jobs",
-    "/jobs/{id}",
-    "/debug/leak",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
-/// The route label of requests no route matched.
-pub const UNMATCHED: &str = "unmatched";
-const METHODS: &[Method] = &[
-    Method::GET,
-    Method::PUT,
-    Method::DELETE,
-    Method::POST,
-    Method::HEAD,
-];
-const STATUSES: &[(u16, &str)] = &[
-    (200, "200"),
-    (202, "202"),
-    (204, "204"),
-    (400, "400"),
-    (404, "404"),
-    (405, "405"),
-    (413, "413"),
-    (415, "415"),
-    (503, "503"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -66,31 +39,35 @@ pub enum MetricsError {
     AlreadyInstalled,
 }
 
-/// Installs the process-wide recorder; call once per worker process.
+/// Installs the process-wide recorder and registers the zero series; call once per
+/// worker process.
 pub fn install(slot: usize) -> Result<PrometheusHandle, MetricsError> {
     let recorder = PrometheusBuilder::new()
         .add_global_label("worker", slot.to_string())
         .set_buckets_for_metric(
-            Matcher::Full("http_request_duration_seconds".into()),
+            Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
             DURATION_BUCKETS,
         )?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
+    names::register_zero_series();
     Ok(handle)
 }
 
 /// Prometheus text with the pool gauges refreshed first.
 pub fn render(app: &App) -> String {
     let (idle, in_use) = app.db.pool_connections();
-    metrics::gauge!("demo_db_pool_connections", "state" => "idle").set(idle as f64);
-    metrics::gauge!("demo_db_pool_connections", "state" => "in_use").set(in_use as f64);
+    for (state, count) in [(PoolState::Idle, idle), (PoolState::InUse, in_use)] {
+        metrics::gauge!(DB_POOL_CONNECTIONS, "state" => state.as_str()).set(count as f64);
+    }
     app.metrics.render()
 }
 
 /// Handles of every series the request path touches. Build after `install`.
 pub struct Handles {
-    lookups: [Counter; 4],
+    /// By `Lookup::ALL`.
+    lookups: [Counter; Lookup::ALL.len()],
     invalidations: Counter,
     /// `ROUTES` then `UNMATCHED`, each by method of `METHODS`.
     routes: Box<[[RouteMethod; METHODS.len()]]>,
@@ -122,24 +99,23 @@ impl RouteIndex {
 
 impl Handles {
     pub fn new() -> Handles {
-        let lookup =
-            |layer: &'static str| metrics::counter!("demo_cache_lookups_total", "layer" => layer);
         Handles {
-            lookups: [lookup("l1"), lookup("l2"), lookup("db"), lookup("miss")],
-            invalidations: metrics::counter!("demo_cache_invalidations_total"),
+            lookups: Lookup::ALL
+                .map(|l| metrics::counter!(CACHE_LOOKUPS_TOTAL, "layer" => l.as_str())),
+            invalidations: metrics::counter!(CACHE_INVALIDATIONS_TOTAL),
             routes: (0..=ROUTES.len()).map(|_| Default::default()).collect(),
         }
     }
 
     /// Counts a read answered by `layer` (None: found nowhere).
     pub fn count_lookup(&self, layer: Option<Layer>) {
-        let index = match layer {
-            Some(Layer::L1) => 0,
-            Some(Layer::L2) => 1,
-            Some(Layer::Db) => 2,
-            None => 3,
+        let lookup = match layer {
+            Some(Layer::L1) => Lookup::L1,
+            Some(Layer::L2) => Lookup::L2,
+            Some(Layer::Db) => Lookup::Db,
+            None => Lookup::Miss,
         };
-        self.lookups[index].increment(1);
+        self.lookups[lookup as usize].increment(1);
     }
 
     pub fn count_invalidation(&self) {
@@ -162,10 +138,10 @@ impl Handles {
         let Some(((route, m), s)) = known else {
             let route = route.unwrap_or(UNMATCHED).to_string();
             let method = method.as_str().to_string();
-            metrics::counter!("http_requests_total",
+            metrics::counter!(HTTP_REQUESTS_TOTAL,
                 "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
             .increment(1);
-            metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+            metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
                 .record(seconds);
             return;
         };
@@ -173,13 +149,13 @@ impl Handles {
         let slot = &self.routes[route.0][m];
         slot.by_status[s]
             .get_or_init(|| {
-                metrics::counter!("http_requests_total",
+                metrics::counter!(HTTP_REQUESTS_TOTAL,
                     "method" => method, "route" => route_label, "status" => STATUSES[s].1)
             })
             .increment(1);
         slot.duration
             .get_or_init(|| {
-                metrics::histogram!("http_request_duration_seconds",
+                metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS,
                     "method" => method, "route" => route_label)
             })
             .record(seconds);

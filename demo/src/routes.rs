@@ -25,13 +25,12 @@ use super::items;
 use super::jobs::JobSpec;
 use super::leak::{MAX_LEAK_PER_REQUEST, leak_on_purpose_for_heap_profile};
 use super::observe::{ObserveLayer, RequestId};
-use crate::log::RedactedJson;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 pub fn router(app: Arc<App>) -> Router {
-    let max_body = usize::try_from(app.config.max_body.bytes()).unwrap_or(usize::MAX);
+    let max_body = usize::try_from(app.config.max_body.as_u64()).unwrap_or(usize::MAX);
     Router::new()
         .route("/items/export", get(export_items))
         .route(
@@ -175,7 +174,7 @@ async fn create_job(
         .enqueue_job(&payload, app.config.job_max_attempts)
         .await?;
     info!(app.log, "Queued a job."; "job" => id, "request_id" => request_id.as_str(),
-        "payload" => RedactedJson(serde_json::to_value(&spec).unwrap_or_default()));
+        "payload" => app.redactor.json(serde_json::to_value(&spec).unwrap_or_default()));
     app.jobs.wake.notify_one();
     let mut response = (
         StatusCode::ACCEPTED,

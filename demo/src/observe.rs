@@ -29,7 +29,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::App;
-use super::metrics::UNMATCHED;
+use super::log::{REDACTED, Redactor};
+use super::metrics::names::UNMATCHED;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const WORKER: HeaderName = HeaderName::from_static("x-worker");
@@ -45,7 +46,7 @@ pub struct RequestIds {
 impl RequestIds {
     pub fn new() -> RequestIds {
         RequestIds {
-            prefix: format!("{:x}-{:x}-", std::process::id(), crate::demo::db::now_ms()),
+            prefix: format!("{:x}-{:x}-", std::process::id(), crate::db::now_ms()),
             next: AtomicU64::new(1),
         }
     }
@@ -143,9 +144,10 @@ pub struct Observe<S> {
 }
 
 /// What the request log needs from the request, copied only when it is on: the path and
-/// the headers as text in one buffer. Copied rather than shared: hyper's header values
-/// and path are slices of the connection's read buffer, and a slice still held by the log
-/// thread makes hyper allocate a fresh 8 KiB read buffer for the next request.
+/// the headers as text in one buffer, sensitive header values already redacted. Copied
+/// rather than shared: hyper's header values and path are slices of the connection's read
+/// buffer, and a slice still held by the log thread makes hyper allocate a fresh 8 KiB
+/// read buffer for the next request.
 struct Logged {
     text: String,
     path_end: usize,
@@ -154,7 +156,7 @@ struct Logged {
 }
 
 impl Logged {
-    fn copy(path: &str, headers: &HeaderMap) -> Logged {
+    fn copy(path: &str, headers: &HeaderMap, redactor: &Redactor) -> Logged {
         let mut text = String::with_capacity(path.len() + 32 * headers.len());
         text.push_str(path);
         let path_end = text.len();
@@ -164,7 +166,11 @@ impl Logged {
                 let start = text.len();
                 text.push_str(name.as_str());
                 let value_start = text.len();
-                text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                if redactor.is_sensitive(name.as_str()) {
+                    text.push_str(REDACTED);
+                } else {
+                    text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                }
                 (start, value_start, text.len())
             })
             .collect();
@@ -195,9 +201,10 @@ pub fn begin<B>(app: &App, request: &mut axum::http::Request<B>, for_handlers: b
     let started = Instant::now();
     let (id, generated) = app.request_ids.assign(request.headers());
     // Copied before a generated id is added: the log shows the headers the client sent.
-    let logged = app
-        .log_requests
-        .then(|| Arc::new(Logged::copy(request.uri().path(), request.headers())));
+    let logged = app.log_requests.then(|| {
+        let logged = Logged::copy(request.uri().path(), request.headers(), &app.redactor);
+        Arc::new(logged)
+    });
     if generated && for_handlers {
         request.headers_mut().insert(REQUEST_ID, id.clone());
     }
@@ -263,8 +270,8 @@ where
     }
 }
 
-/// Request headers as a nested JSON object in the log record (the log's redaction drops
-/// authorization, cookies and the like). Shared, so handing it to the log thread copies
+/// Request headers as a nested JSON object in the log record (authorization, cookies
+/// and the like already redacted). Shared, so handing it to the log thread copies
 /// nothing.
 #[derive(Clone)]
 struct LoggedHeaders(Arc<Logged>);
@@ -324,12 +331,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("example"));
         headers.insert("authorization", HeaderValue::from_static("Bearer x"));
-        let logged = LoggedHeaders(Arc::new(Logged::copy("/items/1", &headers)));
+        let redactor = Redactor::new(None);
+        let logged = LoggedHeaders(Arc::new(Logged::copy("/items/1", &headers, &redactor)));
         assert_eq!(logged.0.path(), "/items/1");
+        assert!(!logged.0.text.contains("Bearer"), "the secret was copied");
         let json = serde_json::to_value(&logged).expect("json");
         assert_eq!(
             json,
-            serde_json::json!({"host": "example", "authorization": "Bearer x"})
+            serde_json::json!({"host": "example", "authorization": REDACTED})
         );
     }
 

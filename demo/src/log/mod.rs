@@ -1,26 +1,30 @@
-//! The worker's logger: the same JSON records and redaction as `crate::log`, serialised
-//! on the logging thread into an in-memory batch that one flusher thread writes to
-//! stdout every `FLUSH_EVERY` (sooner when `WAKE_AT` bytes wait).
+//! The worker's logger: one JSON object per line on stdout, the agent's record format
+//! (`ts`, `level`, `msg`, then the fields), serialised on the logging thread into an
+//! in-memory batch that one flusher thread writes to stdout every `FLUSH_EVERY` (sooner
+//! when `WAKE_AT` bytes wait). Its level and the keys it redacts come from the agent
+//! through the probe's `WorkerContext` (or `--log-level` when run alone); redaction is
+//! done where request data is logged (`redact`), not by a drain on every record.
 //!
-//! Why not the agent's slog-async pipeline: with the request log on, handing every record
-//! to the log thread cost more than serving the request. Each record's values were copied
-//! into owned boxes, the log thread was woken through a futex and spun in `sched_yield`
-//! (two calls per request, measured with `strace -c`), the copies were freed on the other
-//! thread, and each record was its own `write`. Here a record is serialised where it is
-//! logged (no copies), appended under a mutex, and written with many others in one call.
-//! The request path never waits for stdout: only the flusher writes, and when stdout
-//! cannot keep up, records beyond `MAX_BACKLOG` are dropped and the count reported, as
-//! slog-async's `DropAndReport` did. A record reaches stdout at most `FLUSH_EVERY` late;
-//! `LogFlush` (held by `demo::main`) writes what is left at shutdown.
+//! Why not a slog-async pipeline like the agent's: with the request log on, handing every
+//! record to the log thread cost more than serving the request. Each record's values were
+//! copied into owned boxes, the log thread was woken through a futex and spun in
+//! `sched_yield` (two calls per request, measured with `strace -c`), the copies were freed
+//! on the other thread, and each record was its own `write`. Here a record is serialised
+//! where it is logged (no copies), appended under a mutex, and written with many others in
+//! one call. The request path never waits for stdout: only the flusher writes, and when
+//! stdout cannot keep up, records beyond `MAX_BACKLOG` are dropped and the count
+//! reported, as slog-async's `DropAndReport` did. A record reaches stdout at most
+//! `FLUSH_EVERY` late; `LogFlush` (held by `main`) writes what is left at shutdown.
+
+mod redact;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use slog::{Drain, Logger, o};
+use slog::{Drain, Level, Logger, o};
 
-use crate::config::LogConfig;
-use crate::log::{Redact, slog_level};
+pub use redact::{REDACTED, Redactor};
 
 pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const WAKE_AT: usize = 64 * 1024;
@@ -115,14 +119,28 @@ fn write_out<W: Write>(out: &Mutex<W>, shared: &Shared) {
     let _ = out.write_all(&bytes).and_then(|()| out.flush());
 }
 
+/// `error`, `warn`, `info`, `debug` or `trace`, as the agent's `log.level`.
+pub fn parse_level(text: &str) -> Result<Level, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "error" => Ok(Level::Error),
+        "warn" | "warning" => Ok(Level::Warning),
+        "info" => Ok(Level::Info),
+        "debug" => Ok(Level::Debug),
+        "trace" => Ok(Level::Trace),
+        _ => Err(format!(
+            "expected error, warn, info, debug or trace, got {text:?}"
+        )),
+    }
+}
+
 /// The worker's root logger, writing JSON lines to stdout.
-pub fn stdout_logger(config: &LogConfig) -> (Logger, LogFlush<io::Stdout>) {
-    logger(config, io::stdout(), FLUSH_EVERY)
+pub fn stdout_logger(level: Level) -> (Logger, LogFlush<io::Stdout>) {
+    logger(level, io::stdout(), FLUSH_EVERY)
 }
 
 /// A logger writing JSON lines to `out`, flushed every `every` by its own thread.
 pub fn logger<W: Write + Send + 'static>(
-    config: &LogConfig,
+    level: Level,
     out: W,
     every: Duration,
 ) -> (Logger, LogFlush<W>) {
@@ -163,28 +181,48 @@ pub fn logger<W: Write + Send + 'static>(
     .set_newlines(true)
     .add_default_keys()
     .build();
-    let drain = Mutex::new(Redact::new(json, &config.redact))
-        .filter_level(slog_level(config.level))
-        .fuse();
+    let drain = Mutex::new(json).filter_level(level).fuse();
     (Logger::root(drain, o!()), LogFlush { shared, out })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::SharedBuffer;
     use slog::info;
     use std::time::Instant;
 
+    /// An in-memory sink: clones share the same buffer.
+    #[derive(Clone, Default)]
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl SharedBuffer {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        }
+    }
+
+    impl Write for SharedBuffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
-    fn records_reach_the_output_on_the_timer_redacted() {
+    fn records_reach_the_output_on_the_timer_at_their_level() {
         let sink = SharedBuffer::default();
-        let (log, flush) = logger(
-            &LogConfig::default(),
-            sink.clone(),
-            Duration::from_millis(5),
-        );
-        info!(log, "A record."; "n" => 1, "password" => "hunter2");
+        let (log, flush) = logger(Level::Info, sink.clone(), Duration::from_millis(5));
+        slog::debug!(log, "Below the level.");
+        info!(log, "A record."; "n" => 1);
         let deadline = Instant::now() + Duration::from_secs(5);
         while sink.lines().is_empty() {
             assert!(Instant::now() < deadline, "the flusher never wrote");
@@ -193,18 +231,16 @@ mod tests {
         let line = &sink.lines()[0];
         assert_eq!(line["msg"], "A record.");
         assert_eq!(line["level"], "INFO");
-        assert_eq!(line["password"], "[REDACTED]");
+        assert_eq!(line["n"], 1);
+        assert!(line["ts"].is_string());
         drop(flush);
+        assert_eq!(sink.lines().len(), 1, "the debug record was written");
     }
 
     #[test]
     fn everything_is_written_at_shutdown() {
         let sink = SharedBuffer::default();
-        let (log, flush) = logger(
-            &LogConfig::default(),
-            sink.clone(),
-            Duration::from_secs(3600),
-        );
+        let (log, flush) = logger(Level::Info, sink.clone(), Duration::from_secs(3600));
         for n in 0..5000u32 {
             info!(log, "A numbered record."; "n" => n);
         }
@@ -212,5 +248,12 @@ mod tests {
         let lines = sink.lines();
         assert_eq!(lines.len(), 5000);
         assert_eq!(lines[4999]["n"], 4999);
+    }
+
+    #[test]
+    fn levels_parse_as_the_agent_writes_them() {
+        assert_eq!(parse_level("warn"), Ok(Level::Warning));
+        assert_eq!(parse_level(" INFO "), Ok(Level::Info));
+        assert!(parse_level("loud").unwrap_err().contains("loud"));
     }
 }

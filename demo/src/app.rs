@@ -1,26 +1,6 @@
-//! The demo cache-aside HTTP service that default workers run (`heapwarden demo`).
-//!
-//! `GET /items/{id}` reads through L1 (moka, `cache`) → L2 (Redis, `redis_l2`) → SQL
-//! (`db`); writes invalidate every worker's L1 through the agent before answering
-//! (`items`). Around it: CPU work on a bounded pool (`compute`), durable jobs (`jobs`),
-//! NDJSON export, a leak on purpose (`leak`), the HTTP/1 server loop (`serve`), health
-//! probes and the shutdown path (`server`), metrics (`metrics`), request ids and request
-//! logs (`observe`), the worker's logger (`logout`), JSON errors (`error`).
-
-mod cache;
-mod compute;
-pub(crate) mod db;
-mod error;
-mod items;
-mod jobs;
-mod leak;
-mod logout;
-mod metrics;
-mod observe;
-mod redis_l2;
-mod routes;
-mod serve;
-mod server;
+//! One demo worker's life: the async runtime, the parts of the service (`App`) built
+//! from its settings and `[demo]` config, the probe hooks (metrics hand-off,
+//! invalidation relay, runtime lag), readiness, and the drain.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -32,8 +12,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use slog::{Logger, error, info, o};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::DemoArgs;
-use crate::config::{Config, DemoConfig, LogLevel};
+use crate::cli::Settings;
+use crate::config::DemoConfig;
+use crate::log::Redactor;
+use crate::{cache, compute, db, items, jobs, leak, log, metrics, observe, redis_l2, routes};
+use crate::{serve, server};
 
 /// Everything a request handler can reach. Built once per worker process.
 pub struct App {
@@ -51,12 +34,14 @@ pub struct App {
     pub request_ids: observe::RequestIds,
     pub lag: RuntimeLag,
     pub draining: AtomicBool,
-    /// The worker slot this process serves (`HEAPWARDEN_WORKER_SLOT`).
+    /// The worker slot this process serves (from the probe's `WorkerContext`).
     pub slot: usize,
     /// `x-worker` on every response: which slot served it (tests and debugging).
     pub worker_header: axum::http::HeaderValue,
     /// Whether request log records are written at all (level info or finer).
     pub log_requests: bool,
+    /// What request logs must not show (header values, payload fields).
+    pub redactor: Redactor,
 }
 
 /// Overrides the runtime's thread count (benchmarks; 1 means a current-thread runtime).
@@ -68,7 +53,7 @@ const THREADS_ENV: &str = "HEAPWARDEN_DEMO_THREADS";
 /// more than they bring when the other cores belong to other workers (measured: the same
 /// req/s on 2 cores at a quarter of the p99). Only when the agent runs fewer workers than
 /// cores does each get its share of them. Run alone, the worker is single-threaded too.
-fn runtime_threads(config: &Config) -> usize {
+fn runtime_threads(pool_size: Option<usize>) -> usize {
     if let Some(n) = std::env::var(THREADS_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
@@ -76,25 +61,28 @@ fn runtime_threads(config: &Config) -> usize {
     {
         return n;
     }
-    if std::env::var_os("HEAPWARDEN_CONTROL_FD").is_none() {
+    let Some(workers) = pool_size else {
         return 1;
-    }
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / config.pool.worker_count().max(1)).max(1)
+    (cores / workers.max(1)).max(1)
 }
 
 const LAG_PERIOD: Duration = Duration::from_millis(100);
 const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
 
-pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    let (root, _log_flush) = logout::stdout_logger(&config.log);
-    let log = root.new(o!("module" => "demo", "worker" => args.slot, "pid" => std::process::id()));
+/// Runs the worker until it drained.
+pub fn main(config: DemoConfig, settings: Settings) -> anyhow::Result<()> {
+    let (root, _log_flush) = log::stdout_logger(settings.log_level);
+    let log =
+        root.new(o!("module" => "demo", "worker" => settings.slot, "pid" => std::process::id()));
     // Sampling costs little and lets the agent pull profiles; without it we still serve.
     if let Err(e) = heapwarden_probes::activate_profiling() {
         info!(log, "Heap profiling is unavailable in this worker."; "error" => e.to_string());
     }
     let probe = Probe::from_env();
-    let threads = runtime_threads(&config);
+    // Only a pool shares the cores; a worker run alone is single-threaded.
+    let threads = runtime_threads(settings.pool_size.filter(|_| probe.is_some()));
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -108,7 +96,7 @@ pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     .context("cannot start the async runtime")?;
     info!(log, "The demo worker starts its async runtime."; "threads" => threads);
-    let result = runtime.block_on(run(config, args, probe, log.clone()));
+    let result = runtime.block_on(run(config, settings, probe, log.clone()));
     match &result {
         Ok(()) => info!(log, "The demo worker stopped."),
         Err(e) => error!(log, "The demo worker failed."; "error" => format!("{e:#}")),
@@ -118,21 +106,17 @@ pub fn main(config: Config, args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn run(
-    config: Config,
-    args: DemoArgs,
+    demo: DemoConfig,
+    settings: Settings,
     probe: Option<Probe>,
     log: Logger,
 ) -> anyhow::Result<()> {
-    let demo = config.demo.clone();
-    std::fs::create_dir_all(&config.state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {}",
-            config.state_dir.display()
-        )
-    })?;
-    let metrics = metrics::install(args.slot)?;
-    let db = db::Db::open(&demo, &config.state_dir).await?;
-    db.prepare(args.seed.unwrap_or(demo.seed_rows)).await?;
+    let state_dir = &settings.state_dir;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let metrics = metrics::install(settings.slot)?;
+    let db = db::Db::open(&demo, state_dir).await?;
+    db.prepare(settings.seed.unwrap_or(demo.seed_rows)).await?;
     let l2 = if demo.redis_url.trim().is_empty() {
         None
     } else {
@@ -149,15 +133,15 @@ async fn run(
     };
     let compute = compute::ComputePool::start(demo.compute_threads, demo.compute_queue)?;
     let jobs = jobs::Jobs::new(db.clone(), &demo, log.clone());
-    let (listener, inherited) = server::service_listener(config.pool.listen)
-        .with_context(|| format!("cannot listen on {}", config.pool.listen))?;
+    let (listener, inherited) = server::service_listener(settings.listen)?;
     let app = Arc::new(App {
         log_requests: matches!(
-            config.log.level,
-            LogLevel::Info | LogLevel::Debug | LogLevel::Trace
+            settings.log_level,
+            slog::Level::Info | slog::Level::Debug | slog::Level::Trace
         ),
-        slot: args.slot,
-        worker_header: axum::http::HeaderValue::from(args.slot),
+        redactor: settings.redactor,
+        slot: settings.slot,
+        worker_header: axum::http::HeaderValue::from(settings.slot),
         l1: cache::L1::new(demo.l1_capacity, demo.l1_ttl),
         lag: heapwarden_probes::spawn_lag_monitor(LAG_PERIOD),
         draining: AtomicBool::new(false),
@@ -210,7 +194,7 @@ fn connect_probe(app: &Arc<App>) {
 
 fn spawn_background(app: &Arc<App>, stop: &CancellationToken) {
     tokio::spawn(app.jobs.clone().run(stop.clone(), FALLBACK_DRAIN));
-    let leak_rate = app.config.leak_rate.bytes();
+    let leak_rate = app.config.leak_rate.as_u64();
     let leaks_here = app.config.leak_slots.is_empty() || app.config.leak_slots.contains(&app.slot);
     if leak_rate > 0 && leaks_here {
         tokio::spawn(leak::leak_steadily(leak_rate, app.log.clone()));

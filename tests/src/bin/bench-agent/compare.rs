@@ -1,0 +1,69 @@
+//! `--compare NAME=PATH,…`: the agent footprint of other `heapwarden` builds (an older
+//! release, a jemalloc variant) next to this one, in one run. Each case measures every
+//! build in turn before the next case starts, so load from other work on a shared
+//! machine falls on all of them alike.
+
+use super::footprint::measure_window;
+use super::*;
+
+/// `before=/path/heapwarden,jemalloc=/other/heapwarden` → (name, path) pairs.
+pub(super) fn parse_builds(list: &str) -> BenchResult<Vec<(String, PathBuf)>> {
+    let builds: Vec<(String, PathBuf)> = list
+        .split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((name, path)) => Ok((name.trim().to_string(), PathBuf::from(path.trim()))),
+            None => Err(format!("--compare takes NAME=PATH items, got {item:?}")),
+        })
+        .collect::<Result<_, _>>()?;
+    if builds.is_empty() {
+        return Err("--compare needs at least one NAME=PATH".into());
+    }
+    for (name, path) in &builds {
+        if !path.is_file() {
+            return Err(format!("--compare {name}: {} does not exist", path.display()).into());
+        }
+    }
+    Ok(builds)
+}
+
+pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResult<()> {
+    let seconds = if bench.quick { 10 } else { 60 };
+    let mut builds = others.to_vec();
+    builds.push(("this build".to_string(), bench.heapwarden()));
+    let cases = [("8 probe-workers", 8), ("16 probe-workers", 16)];
+    let mut rows = Vec::new();
+    for (what, workers) in cases {
+        for (name, path) in &builds {
+            let spec = Spec {
+                agent: Some(path.clone()),
+                ..Spec::probe(bench, workers)
+            };
+            let window = measure_window(bench, &spec, seconds, &format!("{what}, {name}"))?;
+            rows.push((what, name.clone(), window));
+        }
+    }
+    println!(
+        "## Agent footprint, builds side by side: idle workers sampled every 1 s, {seconds} s windows\n"
+    );
+    println!(
+        "| build | binary MiB | workers | VmRSS mean MiB | VmRSS max MiB | RssAnon / RssFile MiB | CPU % of one core |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|");
+    for (what, name, w) in &rows {
+        let path = &builds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone());
+        let size = path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(f64::NAN, |m| m.len() as f64 / MIB);
+        println!(
+            "| {name} | {size:.1} | {what} | {:.1} | {:.1} | {:.1} / {:.1} | {:.3} |",
+            w.rss_mean, w.rss_max, w.rss_anon, w.rss_file, w.cpu_percent
+        );
+    }
+    println!();
+    Ok(())
+}
