@@ -143,7 +143,11 @@ fn every_duration_key_has_an_upper_bound() {
         "job-lease",
         "jobs-poll",
     ];
-    for huge in ["\"400000000000y\"", "\"4000000000000000000s\"", "\"1000000h\""] {
+    for huge in [
+        "\"400000000000y\"",
+        "\"4000000000000000000s\"",
+        "\"1000000h\"",
+    ] {
         for key in keys {
             let errors = load_text(&format!("[demo]\n{key} = {huge}\n"), &[])
                 .expect_err(&format!("demo.{key} = {huge} was accepted"));
