@@ -188,10 +188,18 @@ impl Probe {
     /// Tells the agent the app is listening and can take traffic.
     pub fn ready(&self) {
         if let Err(error) = self.shared.send(WorkerMsg::Ready) {
-            warn(
-                "Could not tell the agent the worker is ready.",
-                &[("error", json!(error.to_string()))],
-            );
+            // An app that calls this in a loop while the agent is stuck must not flood
+            // its own stderr: the 1st, 2nd, 4th, 8th… drop is logged, all are counted.
+            let dropped = self.dropped();
+            if dropped.is_power_of_two() || dropped == 0 {
+                warn(
+                    "Could not tell the agent the worker is ready.",
+                    &[
+                        ("error", json!(error.to_string())),
+                        ("dropped", json!(dropped)),
+                    ],
+                );
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Worker churn leaks nothing: after more than 10,000 worker starts (crash-looping
 //! workers restarted without delay) the agent holds exactly the descriptors it held
-//! before, and its RSS grew by less than 1 MiB. Alone in its own test binary: it keeps
-//! both cores busy for its whole run.
+//! before, and its RSS grew by less than 1 MiB. It keeps both cores busy for its whole run:
+//! alone in its own test binary, and given two of nextest's threads (.config/nextest.toml).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
