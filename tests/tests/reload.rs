@@ -1,6 +1,7 @@
 //! SIGHUP re-reads the whole config: the pool scales up and down (scale-down drains),
 //! leak rules change from the next sample, keys that need a restart are named and kept,
-//! and a bad file changes nothing.
+//! and a bad file changes nothing; `POST /api/v1/reload` and `heapwarden reload` answer
+//! with the outcome (422 naming every key of a refused file).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +43,11 @@ impl Reloadable {
 
     /// Rewrites the file (what `Sandbox::agent` wrote, state-dir first) and sends SIGHUP.
     fn reload(&self, body: &str) {
+        self.rewrite(body);
+        self.agent.signal(Signal::SIGHUP);
+    }
+
+    fn rewrite(&self, body: &str) {
         let state = self.sandbox.path().join("state");
         let text = format!(
             "state-dir = {:?}\n{}",
@@ -49,7 +55,13 @@ impl Reloadable {
             Self::text(self.admin, self.port, body)
         );
         self.sandbox.write("heapwarden.toml", &text);
-        self.agent.signal(Signal::SIGHUP);
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.sandbox.path().join("state/admin-token"))
+            .expect("the admin token")
+            .trim()
+            .to_string()
     }
 
     /// The API's worker rows; none while the agent is not up yet.
@@ -264,4 +276,56 @@ fn a_bad_file_is_refused_with_every_error_and_restart_only_keys_are_named() {
         std::net::TcpStream::connect_timeout(&service, SECS(2)).is_ok(),
         "the service socket is still on its port"
     );
+}
+
+#[test]
+fn the_api_and_the_cli_answer_a_reload_with_its_outcome() {
+    let _guard = TimeoutGuard::new("reload_answer", SECS(90));
+    let r = Reloadable::start(&pool(2));
+    let pids = r.wait_ready_slots(2);
+
+    // A bad file: 422 naming every key, and nothing changes.
+    r.rewrite(&pool(2).replace("workers = 2", "workers = -1"));
+    let (status, body) = http_request(
+        r.admin,
+        "POST",
+        "/api/v1/reload",
+        Some(&r.token()),
+        b"",
+        SECS(10),
+    )
+    .expect("the reload answer");
+    assert_eq!(status, 422, "{body}");
+    let reply: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(reply["errors"][0]["key"], "pool.workers", "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pool.workers"),
+        "{reply}"
+    );
+    assert_eq!(r.wait_ready_slots(2), pids, "nothing was replaced");
+
+    // A good one through the CLI: applied, and the key that needs a restart is named.
+    let moved = pool(2).replace("127.0.0.1:PORT", &format!("127.0.0.1:{}", free_port()));
+    r.rewrite(&moved);
+    let out = std::process::Command::new(heapwarden())
+        .arg("reload")
+        .arg("-c")
+        .arg(r.sandbox.path().join("heapwarden.toml"))
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("the config was reloaded"), "{stdout}");
+    assert!(
+        stdout.contains("pool.listen changed but needs a restart"),
+        "{stdout}"
+    );
+    poll_until(SECS(10), "the reload", || r.reloads() == 1);
 }

@@ -11,17 +11,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use slog::Logger;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
     SnapshotRequest, StoreError, Trigger, take_profile, take_snapshot,
 };
-use crate::supervisor::{PoolView, Request, RestartReason};
+use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason};
 use crate::watchdog::{FiguresView, SlotFigures};
 
 /// `Retry-After` of a refused manual dump: a dump takes well under a second.
 const RETRY_DUMP_AFTER_SECONDS: &str = "1";
+/// A reload answers once the file is read and validated, which takes milliseconds; a
+/// config on a hung network filesystem must not hold the admin connection forever.
+const RELOAD_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -258,13 +261,46 @@ async fn restart(
         .into_response())
 }
 
+/// Answers once the supervisor has read and validated the file: 202 when the new config
+/// runs (the rolling replacement goes on after the answer), 422 with every error when the
+/// file was refused and the running config stays.
 async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    send(&state, Request::Reload).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "reloading": true })),
-    )
-        .into_response())
+    let (reply, outcome) = oneshot::channel();
+    send(&state, Request::Reload { reply: Some(reply) }).await?;
+    let stopping = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    let outcome = tokio::time::timeout(RELOAD_ANSWER, outcome)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the config was not read in time; the agent's log tells the outcome",
+            )
+        })?
+        .map_err(|_| stopping())?;
+    Ok(match outcome {
+        ReloadOutcome::Applied { needs_restart } => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "reloading": true, "needs_restart": needs_restart })),
+        )
+            .into_response(),
+        ReloadOutcome::Refused { errors } => {
+            let listed: Vec<String> = errors.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({
+                    "error": format!(
+                        "the config was refused, the running config stays ({})",
+                        listed.join("; ")
+                    ),
+                    "errors": errors
+                        .iter()
+                        .map(|(key, error)| serde_json::json!({ "key": key, "error": error }))
+                        .collect::<Vec<_>>(),
+                })),
+            )
+                .into_response()
+        }
+    })
 }
 
 async fn send(state: &ApiState, request: Request) -> Result<(), ApiError> {

@@ -17,7 +17,9 @@ use super::*;
 use crate::metric_names::build_recorder;
 use crate::profiles::{ProfileStore, ProfileStoreHandle};
 use crate::sampler::exposition_channel;
-use crate::supervisor::{PoolView, SlotState, SlotView, WorkerView};
+use crate::supervisor::{
+    PoolView, ReloadOutcome, Request as SupervisorRequest, SlotState, SlotView, WorkerView,
+};
 
 const TOKEN: &str = "fuzz-token";
 
@@ -134,7 +136,15 @@ fn fuzz_admin_routes() {
     let recorder = build_recorder().expect("recorder");
     let router = runtime.block_on(async {
         // Stands in for the supervisor: takes every request it is sent.
-        tokio::spawn(async move { while supervisor.recv().await.is_some() {} });
+        tokio::spawn(async move {
+            while let Some(request) = supervisor.recv().await {
+                if let SupervisorRequest::Reload { reply: Some(reply) } = request {
+                    let _ = reply.send(ReloadOutcome::Applied {
+                        needs_restart: Vec::new(),
+                    });
+                }
+            }
+        });
         let api = api_router(ApiState {
             pool: pool_rx.clone(),
             figures,

@@ -153,8 +153,15 @@ fn run(verb: Verb) -> anyhow::Result<()> {
         }
         Verb::Reload(common) => {
             let reply = Client::new(&common)?.post_json("/reload")?;
-            print_out(&common, &reply, |_| {
-                println!("every worker is being replaced, one at a time")
+            // A refused file is an error (the agent's 422 names every key).
+            print_out(&common, &reply, |reply| {
+                println!("the config was reloaded; every worker is being replaced, one at a time");
+                for key in reply["needs_restart"].as_array().into_iter().flatten() {
+                    println!(
+                        "{} changed but needs a restart to take effect",
+                        key.as_str().unwrap_or("?")
+                    );
+                }
             })
         }
     }

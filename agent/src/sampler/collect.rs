@@ -9,7 +9,7 @@ use super::system::{
     CgroupMemory, LoadAverage, SystemError, SystemMemory, read_cgroup_memory, read_loadavg,
     read_meminfo,
 };
-use super::tree::{ChildSource, ParentTable, process_tree};
+use super::tree::{ChildSource, ParentTable, TreeCache, process_tree};
 
 /// Where the readers look; the real paths in production, temp dirs in tests.
 #[derive(Debug, Clone)]
@@ -59,12 +59,17 @@ pub struct HostFigures {
 
 /// Reads every tree rooted at `pids`, in order. The root's own figures decide the
 /// result (a vanished root is `Gone`); a descendant that exits mid-read is skipped.
+/// Trees are walked when `cache` says they are due (always on smaps rounds), else the
+/// cached members are read; roots not in `pids` leave the cache.
 pub fn collect_trees(
     roots: &Roots,
     pids: &[u32],
     with_smaps: bool,
+    cache: &mut TreeCache,
 ) -> Vec<Result<TreeFigures, ProcError>> {
-    let table = if roots.kernel_children {
+    cache.retain(pids);
+    let due: Vec<bool> = pids.iter().map(|&p| with_smaps || cache.due(p)).collect();
+    let table = if roots.kernel_children || !due.contains(&true) {
         None
     } else {
         // Without the kernel's lists, a scan failure only costs the descendants.
@@ -74,7 +79,20 @@ pub fn collect_trees(
         .as_ref()
         .map_or(ChildSource::Kernel, ChildSource::Table);
     pids.iter()
-        .map(|&pid| read_tree(&roots.proc, pid, source, with_smaps))
+        .zip(due)
+        .map(|(&pid, due)| {
+            let cached = if due { None } else { cache.reuse(pid) };
+            let members = cached.unwrap_or_else(|| {
+                let members = process_tree(&roots.proc, pid, source);
+                cache.store(pid, members.clone());
+                members
+            });
+            let (figures, vanished) = read_members(&roots.proc, &members, with_smaps);
+            if vanished {
+                cache.expire(pid);
+            }
+            figures
+        })
         .collect()
 }
 
@@ -84,15 +102,29 @@ pub fn read_tree(
     source: ChildSource<'_>,
     with_smaps: bool,
 ) -> Result<TreeFigures, ProcError> {
+    read_members(proc, &process_tree(proc, root, source), with_smaps).0
+}
+
+/// The figures of `members` (root first) and whether a descendant had vanished.
+fn read_members(
+    proc: &ProcFs,
+    members: &[u32],
+    with_smaps: bool,
+) -> (Result<TreeFigures, ProcError>, bool) {
     let mut figures = TreeFigures::default();
     let mut smaps = TreeSmaps::default();
     let mut ticks: u64 = 0;
-    for pid in process_tree(proc, root, source) {
+    let mut vanished = false;
+    let root = members.first().copied().unwrap_or(0);
+    for &pid in members {
         let read = read_one(proc, pid, with_smaps);
         let (rss, stat, rollup) = match read {
             Ok(r) => r,
-            Err(e) if pid != root && e.is_gone() => continue,
-            Err(e) => return Err(e),
+            Err(e) if pid != root && e.is_gone() => {
+                vanished = true;
+                continue;
+            }
+            Err(e) => return (Err(e), vanished),
         };
         figures.rss = figures.rss.saturating_add(rss);
         figures.processes += 1;
@@ -105,7 +137,7 @@ pub fn read_tree(
     }
     figures.cpu_seconds = proc.ticks_to_seconds(ticks);
     figures.smaps = with_smaps.then_some(smaps);
-    Ok(figures)
+    (Ok(figures), vanished)
 }
 
 type OneProcess = (

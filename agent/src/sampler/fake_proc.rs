@@ -65,6 +65,11 @@ Pss_Anon: 1 kB\nShared_Clean: 8 kB\nPrivate_Clean: {} kB\nPrivate_Dirty: {} kB\n
         std::fs::create_dir_all(self.root().join(format!("{pid}/task/{pid}"))).expect("task dir");
     }
 
+    /// The process exits: its directory goes.
+    pub fn remove(&self, pid: u32) {
+        std::fs::remove_dir_all(self.root().join(pid.to_string())).expect("remove");
+    }
+
     /// Lists `children` of `pid` in its main thread's children file.
     pub fn children(&self, pid: u32, children: &[u32]) {
         let list: Vec<String> = children.iter().map(u32::to_string).collect();

@@ -14,6 +14,7 @@ use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_tree
 use super::feed::{Exposition, WorkerText};
 use super::fetch::Fetched;
 use super::procfs::ProcError;
+use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
 use crate::supervisor::{ControlLink, LinkError, PoolView};
@@ -56,6 +57,8 @@ pub struct SamplerState {
     slots_seen: usize,
     /// What the last metrics fetch brought, pruned to live workers every round.
     metrics: Exposition,
+    /// Each worker's process tree between walks (the blocking thread takes it per round).
+    trees: Arc<std::sync::Mutex<TreeCache>>,
 }
 
 impl SamplerState {
@@ -69,6 +72,7 @@ impl SamplerState {
             dropped: HashMap::new(),
             slots_seen: 0,
             metrics: Exposition::default(),
+            trees: Arc::default(),
         }
     }
 
@@ -124,10 +128,16 @@ impl SamplerState {
             .collect();
 
         let roots = self.roots.clone();
+        let trees = self.trees.clone();
         let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
         let procfs = tokio::task::spawn_blocking(move || {
             (
-                collect_trees(&roots, &pids, with_smaps),
+                collect_trees(
+                    &roots,
+                    &pids,
+                    with_smaps,
+                    &mut trees.lock().unwrap_or_else(|p| p.into_inner()),
+                ),
                 collect_host(&roots),
             )
         });

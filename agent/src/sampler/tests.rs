@@ -8,7 +8,9 @@ use super::procfs::{ProcError, parse_smaps_rollup, parse_stat, parse_statm_resid
 use super::system::{
     own_cgroup_dir, parse_pressure_some, read_cgroup_memory, read_loadavg, read_meminfo,
 };
-use super::tree::{ChildSource, ParentTable, kernel_lists_children, process_tree};
+use super::tree::{
+    ChildSource, ParentTable, TREE_REFRESH_ROUNDS, TreeCache, kernel_lists_children, process_tree,
+};
 
 fn roots(fake: &FakeProc, kernel_children: bool) -> Roots {
     Roots {
@@ -96,11 +98,56 @@ fn without_children_files_the_ppid_scan_finds_the_same_tree() {
     let mut tree = process_tree(&proc, 10, ChildSource::Table(&table));
     tree.sort_unstable();
     assert_eq!(tree, vec![10, 11, 12]);
-    let trees = collect_trees(&roots(&fake, false), &[10, 13, 99], false);
+    let trees = collect_trees(
+        &roots(&fake, false),
+        &[10, 13, 99],
+        false,
+        &mut TreeCache::default(),
+    );
     assert_eq!(trees[0].as_ref().expect("10").rss, 150 * PAGE);
     assert_eq!(trees[0].as_ref().expect("10").smaps, None, "fast round");
     assert_eq!(trees[1].as_ref().expect("13").processes, 1);
     assert!(matches!(trees[2], Err(ProcError::Gone { pid: 99 })));
+}
+
+#[test]
+fn cached_trees_are_walked_again_every_few_rounds_on_smaps_rounds_and_after_a_loss() {
+    let fake = FakeProc::new();
+    fake.process(10, 1, 100, [1, 0, 0, 0], [1, 1, 0]);
+    fake.process(20, 1, 10, [1, 0, 0, 0], [1, 1, 0]);
+    let roots = roots(&fake, true);
+    let mut cache = TreeCache::default();
+    let rss = |cache: &mut TreeCache, smaps: bool| {
+        collect_trees(&roots, &[10], smaps, cache)[0]
+            .as_ref()
+            .expect("10")
+            .rss
+    };
+    assert_eq!(rss(&mut cache, false), 100 * PAGE);
+    // A child appears: counted once the tree is due again, not before.
+    fake.process(11, 10, 20, [1, 0, 0, 0], [1, 1, 0]);
+    fake.children(10, &[11]);
+    let rounds: Vec<u64> = (1..=TREE_REFRESH_ROUNDS)
+        .map(|_| rss(&mut cache, false))
+        .collect();
+    let late = rounds
+        .iter()
+        .position(|&r| r == 120 * PAGE)
+        .expect("counted");
+    assert_eq!(late as u32 + 1, TREE_REFRESH_ROUNDS, "{rounds:?}");
+    // A smaps round always walks.
+    fake.process(12, 10, 30, [1, 0, 0, 0], [1, 1, 0]);
+    fake.children(10, &[11, 12]);
+    assert_eq!(rss(&mut cache, true), 150 * PAGE);
+    // A member that vanished makes the next round walk.
+    fake.remove(12);
+    fake.children(10, &[11]);
+    assert_eq!(rss(&mut cache, false), 120 * PAGE);
+    assert!(cache.due(10));
+    // A worker's entry goes with it.
+    collect_trees(&roots, &[20], false, &mut cache);
+    assert_eq!(cache.len(), 1);
+    assert!(cache.due(10));
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //!
 //! Children come from `/proc/PID/task/TID/children` where the kernel has it
 //! (`CONFIG_PROC_CHILDREN`); otherwise from one scan of every `/proc/*/stat` per round,
-//! shared by all workers (`ParentTable`).
+//! shared by all workers (`ParentTable`). The walk (one `children` file per thread of
+//! every process) is most of a round's procfs work, so `TreeCache` keeps each worker's
+//! members between walks.
 
 use std::collections::HashMap;
 
@@ -11,6 +13,62 @@ use super::procfs::{ProcFs, parse_stat};
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
 pub const MAX_TREE: usize = 4096;
+
+/// A worker's tree is walked again every this many rounds (and on smaps rounds, and after
+/// one of its members vanished); in between, the members found last are read, so a new
+/// descendant is counted at most this many rounds late.
+pub const TREE_REFRESH_ROUNDS: u32 = 5;
+
+/// The members of each worker's tree, kept between rounds; entries go with their worker.
+#[derive(Debug, Default)]
+pub struct TreeCache {
+    trees: HashMap<u32, CachedTree>,
+}
+
+#[derive(Debug)]
+struct CachedTree {
+    members: Vec<u32>,
+    /// Rounds read from the cache since the walk.
+    age: u32,
+}
+
+impl TreeCache {
+    /// Forgets every root not in `roots`.
+    pub fn retain(&mut self, roots: &[u32]) {
+        self.trees.retain(|pid, _| roots.contains(pid));
+    }
+
+    /// Whether `root`'s tree must be walked this round.
+    pub fn due(&self, root: u32) -> bool {
+        self.trees
+            .get(&root)
+            .is_none_or(|t| t.age + 1 >= TREE_REFRESH_ROUNDS)
+    }
+
+    /// The members found by the last walk, counting one more round of use.
+    pub fn reuse(&mut self, root: u32) -> Option<Vec<u32>> {
+        let tree = self.trees.get_mut(&root)?;
+        tree.age += 1;
+        Some(tree.members.clone())
+    }
+
+    pub fn store(&mut self, root: u32, members: Vec<u32>) {
+        self.trees.insert(root, CachedTree { members, age: 0 });
+    }
+
+    /// A member vanished: walk again next round.
+    pub fn expire(&mut self, root: u32) {
+        self.trees.remove(&root);
+    }
+
+    pub fn len(&self) -> usize {
+        self.trees.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trees.is_empty()
+    }
+}
 
 /// ppid → children, from one scan of the `/proc` root.
 #[derive(Debug, Default, Clone)]

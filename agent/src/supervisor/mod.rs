@@ -20,7 +20,7 @@ pub use contain::{ContainError, Containment};
 pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles, SupervisorParts};
-pub use view::{PoolView, Request, RestartReason, SlotState, SlotView, WorkerView};
+pub use view::{PoolView, ReloadOutcome, Request, RestartReason, SlotState, SlotView, WorkerView};
 
 use crate::config::Config;
 use crate::config::types::ProbeKind;

@@ -4,6 +4,8 @@
 
 use std::time::{Instant, SystemTime};
 
+use tokio::sync::oneshot;
+
 use super::link::ControlLink;
 /// Typed with the metrics' label values: a slot state is the `state` of
 /// `heapwarden_worker_state`, a reason the `reason` of `heapwarden_worker_restarts_total`.
@@ -55,10 +57,40 @@ impl PoolView {
 }
 
 /// What other parts ask of the supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Request {
     /// Replace the slot's worker make-before-break.
     Replace { slot: usize, reason: RestartReason },
-    /// Replace every worker, one slot at a time.
-    Reload,
+    /// Read the config again and, when it is valid, apply it and replace every worker,
+    /// one slot at a time; `reply` hears which of the two happened.
+    Reload {
+        reply: Option<oneshot::Sender<ReloadOutcome>>,
+    },
+}
+
+/// Two requests ask the same when they name the same thing; who hears a reload's outcome
+/// is not part of what is asked.
+impl PartialEq for Request {
+    fn eq(&self, other: &Request) -> bool {
+        match (self, other) {
+            (
+                Request::Replace { slot, reason },
+                Request::Replace {
+                    slot: other_slot,
+                    reason: other_reason,
+                },
+            ) => slot == other_slot && reason == other_reason,
+            (Request::Reload { .. }, Request::Reload { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a requested reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config is running; these changed keys keep their value until a restart.
+    Applied { needs_restart: Vec<&'static str> },
+    /// The file was refused and the running config stays: `(key, error)` for each error.
+    Refused { errors: Vec<(String, String)> },
 }

@@ -30,7 +30,7 @@ use super::view::{PoolView, Request};
 use crate::config::{Config, ConfigErrors, ConfigSource};
 use crate::log::LevelHandle;
 use crate::metric_names::{WORKER_FAILED, WORKER_RESTARTS};
-use reload::WorkerCommand;
+use reload::{ReloadReply, WorkerCommand};
 use start::WorkerRuntime;
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
@@ -70,8 +70,8 @@ pub struct Supervisor {
     links_rx: mpsc::Receiver<LinkEvent>,
     ready_tx: mpsc::Sender<u64>,
     ready_rx: mpsc::Receiver<u64>,
-    reload_tx: mpsc::Sender<Result<Config, ConfigErrors>>,
-    reload_rx: mpsc::Receiver<Result<Config, ConfigErrors>>,
+    reload_tx: mpsc::Sender<(Result<Config, ConfigErrors>, Option<ReloadReply>)>,
+    reload_rx: mpsc::Receiver<(Result<Config, ConfigErrors>, Option<ReloadReply>)>,
     systemd: SystemdNotifier,
     last_leak: Option<SystemTime>,
 }
@@ -190,11 +190,11 @@ impl Supervisor {
                 _ = sigint.recv() => self.shutdown_signal(&mut signals_seen, "SIGINT"),
                 _ = sighup.recv() => {
                     info!(self.log, "SIGHUP received: reloading the config.");
-                    self.start_reload();
+                    self.start_reload(None);
                     None
                 }
-                Some(loaded) = self.reload_rx.recv() => {
-                    self.finish_reload(loaded);
+                Some((loaded, reply)) = self.reload_rx.recv() => {
+                    self.finish_reload(loaded, reply);
                     None
                 }
                 Some((worker, status)) = self.exits_rx.recv() => {
@@ -209,9 +209,9 @@ impl Supervisor {
                 Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
                 Some(request) = self.requests_rx.recv() => match request {
                     Request::Replace { slot, reason } => Some(Event::Replace { slot, reason }),
-                    Request::Reload => {
+                    Request::Reload { reply } => {
                         info!(self.log, "A reload was requested: reloading the config.");
-                        self.start_reload();
+                        self.start_reload(reply);
                         None
                     }
                 },

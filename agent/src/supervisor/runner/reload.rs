@@ -20,6 +20,7 @@ use slog::{Logger, error, info, warn};
 use super::super::attach::{self, Attached};
 use super::super::program::{self, ProgramError};
 use super::super::state::Event;
+use super::super::view::ReloadOutcome;
 use super::Supervisor;
 use crate::config::{Config, ConfigErrors, reload};
 
@@ -78,20 +79,34 @@ impl WorkerCommand {
     }
 }
 
+/// Where a requested reload's outcome goes.
+pub(super) type ReloadReply = tokio::sync::oneshot::Sender<ReloadOutcome>;
+
 impl Supervisor {
     /// Reads the config on a blocking thread; the result comes back on `reload_rx`.
-    pub(super) fn start_reload(&self) {
+    pub(super) fn start_reload(&self, reply: Option<ReloadReply>) {
         let source = self.source.clone();
         let done = self.reload_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = done.blocking_send(source.load());
+            let _ = done.blocking_send((source.load(), reply));
         });
     }
 
-    pub(super) fn finish_reload(&mut self, loaded: Result<Config, ConfigErrors>) {
+    /// `reply`, when a caller asked (`POST /api/v1/reload`), hears the outcome; dropped
+    /// unanswered when the agent is stopping.
+    pub(super) fn finish_reload(
+        &mut self,
+        loaded: Result<Config, ConfigErrors>,
+        reply: Option<ReloadReply>,
+    ) {
         if self.pool.stopping() {
             return;
         }
+        let answer = |outcome| {
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        };
         let new = match loaded {
             Ok(c) => c,
             Err(errors) => {
@@ -101,6 +116,9 @@ impl Supervisor {
                 }
                 error!(self.log, "The reloaded config was refused; the running config stays.";
                     "errors" => errors.0.len());
+                answer(ReloadOutcome::Refused {
+                    errors: errors.0.into_iter().map(|e| (e.key, e.message)).collect(),
+                });
                 return;
             }
         };
@@ -119,9 +137,15 @@ impl Supervisor {
             Err(e) => {
                 error!(self.log, "The reloaded worker command cannot be resolved; the running config stays.";
                         "error" => %e);
+                answer(ReloadOutcome::Refused {
+                    errors: vec![("pool.command".to_string(), e.to_string())],
+                });
                 return;
             }
         };
+        answer(ReloadOutcome::Applied {
+            needs_restart: plan.needs_restart.clone(),
+        });
         let mut settings = crate::supervisor::settings_from(&plan.config);
         settings.probe_hello_grace = command.hello_grace(&plan.config);
         self.command = command;
