@@ -35,7 +35,7 @@ run heapwarden admin::fuzz_tests::fuzz_admin_routes
 started=$SECONDS
 if [[ -n "$only" && "promtool" != *"$only"* ]]; then
   :
-elif HEAPWARDEN_PROMTOOL_CASES="$promtool_cases" cargo test --release -q -p heapwarden --lib \
+elif PROPTEST_CASES="$promtool_cases" HEAPWARDEN_PROMTOOL_CASES="$promtool_cases" cargo test --release -q -p heapwarden --lib \
   admin::tests::random_worker_text_never_breaks_the_page_for_promtool -- --exact >>"$out" 2>&1; then
   echo "fuzz promtool check of hostile pages: $promtool_cases cases, 0 failures"
   echo "fuzz promtool check of hostile pages: $promtool_cases cases, 0 failures" >>"$out"
