@@ -191,7 +191,7 @@ impl Probe {
             // An app that calls this in a loop while the agent is stuck must not flood
             // its own stderr: the 1st, 2nd, 4th, 8th… drop is logged, all are counted.
             let dropped = self.dropped();
-            if dropped.is_power_of_two() || dropped == 0 {
+            if dropped.is_power_of_two() {
                 warn(
                     "Could not tell the agent the worker is ready.",
                     &[

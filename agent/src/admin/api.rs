@@ -267,7 +267,6 @@ async fn restart(
 async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let (reply, outcome) = oneshot::channel();
     send(&state, Request::Reload { reply: Some(reply) }).await?;
-    let stopping = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
     let outcome = tokio::time::timeout(RELOAD_ANSWER, outcome)
         .await
         .map_err(|_| {
@@ -276,7 +275,7 @@ async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
                 "the config was not read in time; the agent's log tells the outcome",
             )
         })?
-        .map_err(|_| stopping())?;
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
     Ok(match outcome {
         ReloadOutcome::Applied { needs_restart } => (
             StatusCode::ACCEPTED,

@@ -81,15 +81,20 @@ pub fn collect_trees(
     pids.iter()
         .zip(due)
         .map(|(&pid, due)| {
-            let cached = if due { None } else { cache.reuse(pid) };
-            let members = cached.unwrap_or_else(|| {
-                let members = process_tree(&roots.proc, pid, source);
-                cache.store(pid, members.clone());
-                members
-            });
+            if !due && let Some(members) = cache.reuse(pid) {
+                let (figures, vanished) = read_members(&roots.proc, members, with_smaps);
+                if vanished {
+                    cache.expire(pid);
+                }
+                return figures;
+            }
+            let members = process_tree(&roots.proc, pid, source);
             let (figures, vanished) = read_members(&roots.proc, &members, with_smaps);
+            // A tree that lost a member is walked again next round instead.
             if vanished {
                 cache.expire(pid);
+            } else {
+                cache.store(pid, members);
             }
             figures
         })

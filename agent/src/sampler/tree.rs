@@ -46,10 +46,10 @@ impl TreeCache {
     }
 
     /// The members found by the last walk, counting one more round of use.
-    pub fn reuse(&mut self, root: u32) -> Option<Vec<u32>> {
+    pub fn reuse(&mut self, root: u32) -> Option<&[u32]> {
         let tree = self.trees.get_mut(&root)?;
         tree.age += 1;
-        Some(tree.members.clone())
+        Some(&tree.members)
     }
 
     pub fn store(&mut self, root: u32, members: Vec<u32>) {
