@@ -118,6 +118,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             root.new(o!("module" => "watchdog")),
         )
         .with_snapshot_headroom(config.profiles.snapshot_headroom);
+        let suspects = watchdog.suspects();
         let watchdog = tokio::spawn(watchdog.run(samples_rx));
         let api = api_router(ApiState {
             pool: handles.view.clone(),
@@ -136,6 +137,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             token: AdminToken::new(token),
             open_metrics: config.admin.open_metrics,
             worker_page: WorkerPageCache::default(),
+            suspects,
         };
         let limits = Limits {
             header_timeout: config.admin.header_timeout,

@@ -164,6 +164,7 @@ fn fuzz_admin_routes() {
                 token: AdminToken::new(TOKEN),
                 open_metrics: false,
                 worker_page: WorkerPageCache::default(),
+                suspects: tokio::sync::watch::channel(Default::default()).1,
             },
             api,
         )

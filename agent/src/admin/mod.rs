@@ -33,6 +33,7 @@ pub use server::{AdminServer, Limits, connection_budget, raise_fd_limit};
 
 use crate::sampler::ExpositionReader;
 use crate::supervisor::PoolView;
+use crate::watchdog::SuspectView;
 
 /// Request bodies beyond this are refused (413); the API takes small JSON only.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -55,6 +56,8 @@ pub struct AdminState {
     /// Serve `/metrics`, `/healthz`, `/readyz` without the token.
     pub open_metrics: bool,
     pub worker_page: WorkerPageCache,
+    /// Each slot's leak suspect (`heapwarden_leak_suspect_info`), from the watchdog.
+    pub suspects: watch::Receiver<SuspectView>,
 }
 
 /// The admin routes without an API.
@@ -131,7 +134,13 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     if !agent.is_empty() && !agent.ends_with('\n') {
         agent.push('\n');
     }
-    let body = Body::new(page::Chunks::new([Bytes::from(agent), sampler, workers]));
+    let suspects = Bytes::from(crate::watchdog::suspect::render(&state.suspects.borrow()));
+    let body = Body::new(page::Chunks::new([
+        Bytes::from(agent),
+        suspects,
+        sampler,
+        workers,
+    ]));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }
 

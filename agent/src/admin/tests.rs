@@ -62,6 +62,7 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
             token: AdminToken::new(TOKEN),
             open_metrics,
             worker_page: WorkerPageCache::default(),
+            suspects: tokio::sync::watch::channel(Default::default()).1,
         },
         writer,
         _pool: pool_tx,

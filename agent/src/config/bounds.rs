@@ -55,6 +55,9 @@ pub const DURATION_BOUNDS: &[DurationBound] = &[
     bound("watchdog.trend-window", Duration::ZERO, WEEK, |c| {
         c.watchdog.trend_window
     }),
+    bound("watchdog.suspect-ttl", Duration::ZERO, WEEK, |c| {
+        c.watchdog.suspect_ttl
+    }),
 ];
 
 /// Largest `pool.restart.factor`: any factor saturates at `max-delay`, but past this it

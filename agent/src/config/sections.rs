@@ -196,6 +196,10 @@ pub struct WatchdogConfig {
     pub max_leak_restarts_per_hour: u32,
     /// Node workers: also take a full heap snapshot when a rule trips (heavy; off).
     pub leak_snapshot: bool,
+    /// How long a slot's leak suspect (`heapwarden_leak_suspect_info`) outlives the
+    /// worker it names, so the page still says what leaked after the replacement.
+    #[serde(with = "humantime_serde")]
+    pub suspect_ttl: Duration,
 }
 
 impl Default for WatchdogConfig {
@@ -214,6 +218,7 @@ impl Default for WatchdogConfig {
             max_concurrent_replacements: 1,
             max_leak_restarts_per_hour: 6,
             leak_snapshot: false,
+            suspect_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -187,3 +187,16 @@ label_values! {
         Refused = "refused",
     }
 }
+
+label_values! {
+    /// What grew in a leak detection; `kind` of `heapwarden_leak_suspect_info`.
+    pub enum SuspectKind {
+        /// The allocator's (or V8's) heap grew: the profile names a function.
+        Heap = "heap",
+        /// Node: memory outside the JS heap (`external`, array buffers) grew.
+        External = "external",
+        /// Resident memory grew while the heap stayed flat: fragmentation or memory
+        /// outside the allocator (or no heap figures at all).
+        NativeRss = "native_rss",
+    }
+}

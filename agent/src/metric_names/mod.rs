@@ -203,6 +203,14 @@ pub const LEAK_DETECTIONS: Metric = metric(
     &["worker", "rule"],
     "Leak rule trips by rule.",
 );
+/// One series per slot: the culprit of its latest detection, rendered by the watchdog
+/// (it must disappear when the suspect expires, which the recorder cannot do).
+pub const LEAK_SUSPECT: Metric = metric(
+    "heapwarden_leak_suspect_info",
+    Gauge,
+    &["worker", "rule", "function", "profile_id", "kind"],
+    "The culprit of the slot's latest leak detection (value: its growth in bytes); kind is heap, external or native_rss.",
+);
 pub const HEAP_PROFILES: Metric = metric(
     "heapwarden_heap_profiles_total",
     Counter,
@@ -330,6 +338,7 @@ pub const CATALOG: &[Metric] = &[
     WORKER_RESTARTS,
     WORKER_FAILED,
     LEAK_DETECTIONS,
+    LEAK_SUSPECT,
     HEAP_PROFILES,
     HEAP_SNAPSHOTS,
     HEAP_PROFILE_DURATION,
@@ -368,6 +377,8 @@ pub fn describe_all() {
     for m in CATALOG {
         match m.kind {
             Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            // Rendered with its HELP line by the watchdog's suspect board.
+            Kind::Gauge if m.name == LEAK_SUSPECT.name => {}
             Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
             Kind::Histogram => metrics::describe_histogram!(m.name, m.help),
             // Rendered with its HELP line by the sampler.

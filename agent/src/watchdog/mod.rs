@@ -5,15 +5,18 @@
 //! growing allocation sites, and asks the supervisor for a make-before-break replacement
 //! (unless `action = "profile-only"`); a probe-linked worker that stopped answering
 //! samples is replaced as unhealthy (`health`). It publishes each slot's latest figures
-//! (`figures`) for the admin API.
+//! (`figures`) for the admin API, and each slot's leak suspect (`suspect`: what grew and
+//! which function, for the page) for `/metrics`.
 
 mod figures;
 mod health;
 #[cfg(test)]
 mod node_sawtooth_tests;
 pub mod rules;
+pub mod suspect;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use slog::{Logger, debug, error, info, warn};
 use tokio::sync::{mpsc, watch};
@@ -21,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 pub use figures::{FiguresView, SlotFigures};
 pub use health::MissTracker;
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
+use suspect::MemoryFigures;
+pub use suspect::{Suspect, SuspectKind, SuspectView};
 
 use crate::config::types::{LeakAction, Watch};
 use crate::config::{Config, WatchdogConfig};
@@ -89,6 +94,35 @@ struct SlotWatch {
     worker_id: u64,
     figure: Figure,
     detector: LeakDetector,
+    /// The figures at the first ready sample, then at warm-up end: what a detection's
+    /// growth is measured from.
+    base: MemoryFigures,
+    /// PSS is read every `pss-every` rounds; the latest reading stands in between.
+    last_pss: Option<u64>,
+}
+
+impl SlotWatch {
+    fn new(sample: &WorkerSample, figure: Figure, rules: &RulesConfig) -> SlotWatch {
+        let mut watch = SlotWatch {
+            worker_id: sample.worker_id,
+            figure,
+            detector: LeakDetector::new(rules.clone()),
+            base: MemoryFigures::default(),
+            last_pss: None,
+        };
+        watch.base = watch.figures(sample);
+        watch
+    }
+
+    fn figures(&mut self, sample: &WorkerSample) -> MemoryFigures {
+        self.last_pss = sample.pss.or(self.last_pss);
+        MemoryFigures {
+            rss: sample.rss,
+            pss: self.last_pss,
+            heap: sample.heap.as_ref().map(|h| h.allocated),
+            external: sample.external_bytes,
+        }
+    }
 }
 
 pub struct Watchdog {
@@ -107,6 +141,9 @@ pub struct Watchdog {
     log: Logger,
     /// `profiles.snapshot-headroom`, for `leak-snapshot`.
     snapshot_headroom: f64,
+    /// Each slot's latest culprit; the detection tasks record into it, `observe`
+    /// expires it, `/metrics` renders it.
+    suspects: Arc<watch::Sender<SuspectView>>,
 }
 
 impl Watchdog {
@@ -141,7 +178,13 @@ impl Watchdog {
             figures,
             log,
             snapshot_headroom: 2.0,
+            suspects: Arc::new(watch::Sender::new(SuspectView::new())),
         }
+    }
+
+    /// Each slot's leak suspect, as `/metrics` renders it.
+    pub fn suspects(&self) -> watch::Receiver<SuspectView> {
+        self.suspects.subscribe()
     }
 
     /// Consumes samples until the sampler stops.
@@ -154,6 +197,7 @@ impl Watchdog {
     fn observe(&mut self, sample: WorkerSample) {
         self.follow_settings();
         self.check_health(&sample);
+        self.expire_suspects(sample.at);
         let slot = sample.slot;
         let trend = self.run_rules(&sample);
         // One publication per sample: API readers wake once per round.
@@ -171,12 +215,37 @@ impl Watchdog {
         });
         let Some((figure, obs)) = trend else { return };
         record_trend(slot, &obs);
+        let (base, now) = match self.slots.get_mut(&slot) {
+            Some(watch) => {
+                let now = watch.figures(&sample);
+                if obs.baseline_ready {
+                    watch.base = now;
+                }
+                (watch.base, now)
+            }
+            None => return,
+        };
         if obs.baseline_ready {
             self.spawn_profile(&sample, Trigger::Baseline, None, &obs);
         }
         if let Some(trip) = obs.trip.clone() {
-            self.on_trip(&sample, figure, trip, &obs);
+            self.on_trip(&sample, figure, trip, &obs, (base, now));
         }
+    }
+
+    /// Drops the suspects of slots whose leaking worker is gone, once `suspect-ttl`
+    /// passed since the detection.
+    fn expire_suspects(&self, now: std::time::Instant) {
+        let ttl = self.config.suspect_ttl;
+        let pool = self.pool.borrow();
+        let serving = |slot: usize| {
+            pool.slots
+                .get(slot)
+                .and_then(|s| s.worker.as_ref())
+                .map(|w| w.worker_id)
+        };
+        self.suspects
+            .send_if_modified(|view| suspect::expire(view, serving, ttl, now));
     }
 
     /// Asks for the replacement of a probe-linked worker that missed `missed_pings`
@@ -271,34 +340,38 @@ impl Watchdog {
         }
         let figure = Figure::pick(self.config.watch, probe, runtime);
         let rules = &self.rules;
-        let watch = self.slots.entry(sample.slot).or_insert_with(|| SlotWatch {
-            worker_id: sample.worker_id,
-            figure,
-            detector: LeakDetector::new(rules.clone()),
-        });
+        let watch = self
+            .slots
+            .entry(sample.slot)
+            .or_insert_with(|| SlotWatch::new(sample, figure, rules));
         if watch.worker_id != sample.worker_id {
-            *watch = SlotWatch {
-                worker_id: sample.worker_id,
-                figure,
-                detector: LeakDetector::new(rules.clone()),
-            };
+            *watch = SlotWatch::new(sample, figure, rules);
         }
         let value = watch.figure.read(sample)?;
         Some((watch.figure, watch.detector.observe(sample.at, value)))
     }
 
-    fn on_trip(&self, sample: &WorkerSample, figure: Figure, trip: Trip, obs: &Observation) {
+    fn on_trip(
+        &self,
+        sample: &WorkerSample,
+        figure: Figure,
+        trip: Trip,
+        obs: &Observation,
+        figures: (MemoryFigures, MemoryFigures),
+    ) {
         let slot = sample.slot;
-        metrics::counter!(LEAK_DETECTIONS.name,
-            "worker" => slot.to_string(), "rule" => trip.rule.as_str())
-        .increment(1);
         warn!(self.log, "A leak rule tripped.";
             "worker" => slot, "pid" => sample.pid, "rule" => trip.rule.as_str(),
             "figure" => figure.as_str(), "bytes" => trip.value,
             "baseline_bytes" => trip.baseline,
             "growth_bytes_per_second" => trip.slope_bytes_per_sec,
             "action" => match self.config.action { LeakAction::Restart => "restart", LeakAction::ProfileOnly => "profile-only" });
-        self.spawn_profile(sample, Trigger::Leak, Some(trip), obs);
+        let detection = Detection {
+            trip,
+            base: figures.0,
+            now: figures.1,
+        };
+        self.spawn_profile(sample, Trigger::Leak, Some(detection), obs);
     }
 
     /// Writes a profile off the sampling path; for a leak, then diffs and replaces.
@@ -306,7 +379,7 @@ impl Watchdog {
         &self,
         sample: &WorkerSample,
         trigger: Trigger,
-        trip: Option<Trip>,
+        detection: Option<Detection>,
         obs: &Observation,
     ) {
         let view = self.pool.borrow();
@@ -321,17 +394,18 @@ impl Watchdog {
             heap_active: sample.heap.as_ref().map(|h| h.active),
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
-        let rule = trip.as_ref().map(|t| t.rule.as_str().to_string());
-        let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
-            slot: sample.slot,
-            pid: worker.pid,
-            link: worker.link.clone().filter(|_| worker.probe),
-            runtime: worker.runtime,
-            trigger,
-            figures: figures.clone(),
-            rule: rule.clone(),
-            headroom: self.snapshot_headroom,
-        });
+        let rule = detection.as_ref().map(|d| d.trip.rule.as_str().to_string());
+        let snapshot =
+            (detection.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
+                slot: sample.slot,
+                pid: worker.pid,
+                link: worker.link.clone().filter(|_| worker.probe),
+                runtime: worker.runtime,
+                trigger,
+                figures: figures.clone(),
+                rule: rule.clone(),
+                headroom: self.snapshot_headroom,
+            });
         let request = CaptureRequest {
             slot: sample.slot,
             pid: worker.pid,
@@ -345,16 +419,43 @@ impl Watchdog {
         let requests = self.requests.clone();
         let restart = self.config.action == LeakAction::Restart;
         let slot = sample.slot;
+        let worker_id = worker.worker_id;
+        let suspects = self.suspects.clone();
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
-            let Some(trip) = trip else { return };
-            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
-                let _ = take_snapshot(&store, snapshot, &log).await;
-            }
+            let Some(Detection { trip, base, now }) = detection else {
+                return;
+            };
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,
             };
+            let culprit =
+                suspect::classify(&base, &now, diff.as_ref().and_then(suspect::page_entry));
+            let profile_id = profile.as_ref().ok().map(|m| m.id);
+            // The suspect first, then the count: a scrape that sees the detection sees
+            // its culprit, so the page's first notification already names it.
+            suspects.send_modify(|view| {
+                suspect::record(
+                    view,
+                    slot,
+                    Suspect {
+                        worker_id,
+                        rule: trip.rule,
+                        function: culprit.function.clone(),
+                        profile_id,
+                        kind: culprit.kind,
+                        growth_bytes: culprit.growth_bytes,
+                        detected_at: std::time::Instant::now(),
+                    },
+                );
+            });
+            metrics::counter!(LEAK_DETECTIONS.name,
+                "worker" => slot.to_string(), "rule" => trip.rule.as_str())
+            .increment(1);
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
+                let _ = take_snapshot(&store, snapshot, &log).await;
+            }
             let sites = diff
                 .as_ref()
                 .map(|d| {
@@ -370,7 +471,9 @@ impl Watchdog {
                 .unwrap_or_default();
             error!(log, "A memory leak was detected.";
                 "worker" => slot, "rule" => trip.rule.as_str(), "bytes" => trip.value,
-                "profile_id" => profile.as_ref().ok().map(|m| m.id),
+                "profile_id" => profile_id,
+                "kind" => culprit.kind.as_str(), "suspect" => culprit.function.as_str(),
+                "suspect_growth_bytes" => culprit.growth_bytes,
                 "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
                 "top_growing_sites" => RedactedJson(sites),
@@ -386,6 +489,13 @@ impl Watchdog {
             }
         });
     }
+}
+
+/// A trip and the figures it is judged against.
+struct Detection {
+    trip: Trip,
+    base: MemoryFigures,
+    now: MemoryFigures,
 }
 
 fn record_trend(slot: usize, obs: &Observation) {
