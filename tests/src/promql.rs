@@ -55,6 +55,7 @@ pub const ALERT_ONLY_METRICS: &[&str] = &[
     "heapwarden_worker_state",
     "heapwarden_profiles_limit_bytes",
     "up",
+    "heapwarden_leak_suspect_info",
 ];
 
 /// Grafana variables replaced by plausible values so a panel query parses as PromQL.
