@@ -23,6 +23,7 @@ pub const CONTRACT_METRICS: &[&str] = &[
     "heapwarden_worker_seconds_to_limit",
     "heapwarden_worker_restarts_total",
     "heapwarden_leak_detections_total",
+    "heapwarden_leak_suspect_info",
     "heapwarden_heap_profiles_total",
     "heapwarden_heap_profile_duration_seconds",
     "heapwarden_profiles_stored_bytes",
@@ -55,7 +56,6 @@ pub const ALERT_ONLY_METRICS: &[&str] = &[
     "heapwarden_worker_state",
     "heapwarden_profiles_limit_bytes",
     "up",
-    "heapwarden_leak_suspect_info",
 ];
 
 /// Grafana variables replaced by plausible values so a panel query parses as PromQL.
