@@ -66,7 +66,14 @@ fn dashboard_is_importable() {
         .collect();
     assert_eq!(
         rows,
-        ["Workers", "Memory", "Leaks", "Demo service", "Agent", "Fleet"]
+        [
+            "Workers",
+            "Memory",
+            "Leaks",
+            "Demo service",
+            "Agent",
+            "Fleet"
+        ]
     );
     let mut ids = BTreeSet::new();
     let mut cells = BTreeSet::new();
