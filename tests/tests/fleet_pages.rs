@@ -250,7 +250,8 @@ fn bench_trip_to_page_latency() {
     let mut latencies = Vec::new();
     for worker in 0..slots {
         let (page, _) = webhook.wait_for(SECS(300), &format!("the page of worker {worker}"), |a| {
-            is_page(a, "bench", "firing") && a["labels"]["worker"] == worker.to_string()
+            is_page(a, "bench", "firing")
+                && a["labels"]["worker"].as_str() == Some(worker.to_string().as_str())
         });
         latencies.push(trip_to_page(&pool, worker, &page));
     }

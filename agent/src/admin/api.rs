@@ -350,6 +350,8 @@ async fn download(
 #[derive(Deserialize)]
 struct DiffQuery {
     base: Option<String>,
+    /// `svg`: the difference as a differential flame graph instead of JSON.
+    format: Option<String>,
 }
 
 async fn diff(
@@ -359,5 +361,15 @@ async fn diff(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let base = query.base.as_deref().map(parse_id).transpose()?;
-    Ok(Json(state.store.diff(id, base).await?).into_response())
+    match query.format.as_deref() {
+        None | Some("json") => Ok(Json(state.store.diff(id, base).await?).into_response()),
+        Some("svg") => {
+            let svg = state.store.diff_svg(id, base).await?;
+            Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+        }
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("format must be json or svg, got {other:?}"),
+        )),
+    }
 }

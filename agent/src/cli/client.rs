@@ -49,6 +49,9 @@ pub enum Verb {
         /// Base profile id (default: the newest baseline of the same worker).
         #[arg(long)]
         base: Option<String>,
+        /// Write the difference as a differential flame graph (SVG: red grew, blue shrank).
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -136,13 +139,32 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 );
             })
         }
-        Verb::Diff { id, base, common } => {
+        Verb::Diff {
+            id,
+            base,
+            svg,
+            common,
+        } => {
             let mut path = format!("/profiles/{}/diff", segment(&id));
             if let Some(base) = base {
                 path.push_str(&format!("?base={}", segment(&base)));
             }
-            let report = Client::new(&common)?.get_json(&path)?;
-            print_out(&common, &report, print_diff)
+            let Some(file) = svg else {
+                let report = Client::new(&common)?.get_json(&path)?;
+                return print_out(&common, &report, print_diff);
+            };
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let bytes = Client::new(&common)?.get_bytes(&format!("{path}{sep}format=svg"))?;
+            std::fs::write(&file, &bytes)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            let written = serde_json::json!({ "id": id, "path": file, "bytes": bytes.len() });
+            print_out(&common, &written, |_| {
+                println!(
+                    "wrote {} ({} bytes): open it in a browser (red grew, blue shrank)",
+                    file.display(),
+                    bytes.len()
+                )
+            })
         }
         Verb::Restart { slot, common } => {
             let reply =

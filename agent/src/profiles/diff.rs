@@ -104,7 +104,7 @@ fn human_bytes(bytes: i64) -> String {
     }
 }
 
-fn read_profile(path: &Path) -> Result<Profile, ProfileError> {
+pub(super) fn read_profile(path: &Path) -> Result<Profile, ProfileError> {
     let read_err = |source| ProfileError::Read {
         path: path.to_path_buf(),
         source,

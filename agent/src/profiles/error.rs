@@ -50,4 +50,6 @@ pub enum ProfileError {
     },
     #[error("unknown raw profile format {format:?} (jemalloc | v8-sampling)")]
     UnknownFormat { format: String },
+    #[error("cannot render the flame graph: {source}")]
+    Render { source: std::io::Error },
 }

@@ -3,7 +3,7 @@
 //! conversion of raw jemalloc dumps into symbolized pprof (`convert`, run in a
 //! short-lived helper process so the agent's RSS stays small) and of Node's V8 sampling
 //! profiles (`v8`), the profile store with its index and retention (`store`, `index`),
-//! and leak-minus-baseline diffs (`diff`).
+//! and leak-minus-baseline diffs (`diff`, and as a differential flame graph: `flame`).
 #![forbid(unsafe_code)]
 
 mod capture;
@@ -11,6 +11,7 @@ mod convert;
 mod diff;
 mod dump_limit;
 mod error;
+mod flame;
 mod index;
 pub mod pprof;
 pub mod raw;
@@ -33,6 +34,7 @@ pub use convert::{
 pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
 pub use dump_limit::{DumpBusy, DumpLimiter, DumpPermit, MAX_CONCURRENT_DUMPS};
 pub use error::ProfileError;
+pub use flame::{diff_svg, diff_svg_files, folded_diff};
 pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta, Trigger};
 pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
 pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};

@@ -135,6 +135,31 @@ impl ProfileStoreHandle {
 
     /// `id` minus `base`; without a base, the newest baseline of `id`'s slot.
     pub async fn diff(&self, id: u64, base: Option<u64>) -> Result<DiffReport, StoreError> {
+        let ((base_id, base_path), (id, path)) = self.diff_pair(id, base).await?;
+        let report =
+            tokio::task::spawn_blocking(move || diff_files(base_id, &base_path, id, &path))
+                .await
+                .map_err(|_| StoreError::Stopped)??;
+        Ok(report)
+    }
+
+    /// The same difference as [`Self::diff`], as an SVG differential flame graph.
+    pub async fn diff_svg(&self, id: u64, base: Option<u64>) -> Result<String, StoreError> {
+        let ((base_id, base_path), (id, path)) = self.diff_pair(id, base).await?;
+        let svg = tokio::task::spawn_blocking(move || {
+            super::flame::diff_svg_files(base_id, &base_path, id, &path)
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)??;
+        Ok(svg)
+    }
+
+    /// The (base, profile) ids and files a diff of `id` compares.
+    async fn diff_pair(
+        &self,
+        id: u64,
+        base: Option<u64>,
+    ) -> Result<((u64, PathBuf), (u64, PathBuf)), StoreError> {
         let (meta, path) = self.get(id).await?;
         if meta.kind != super::index::ProfileKind::Profile {
             return Err(StoreError::NotAProfile { id });
@@ -150,12 +175,7 @@ impl ProfileStoreHandle {
             return Err(StoreError::NotAProfile { id: base_meta.id });
         }
         let (_, base_path) = self.get(base_meta.id).await?;
-        let report = tokio::task::spawn_blocking(move || {
-            diff_files(base_meta.id, &base_path, meta.id, &path)
-        })
-        .await
-        .map_err(|_| StoreError::Stopped)??;
-        Ok(report)
+        Ok(((base_meta.id, base_path), (meta.id, path)))
     }
 }
 

@@ -83,7 +83,7 @@ fn garbage_raw_dump_is_an_error_naming_the_file() {
 }
 
 /// A profile whose samples are (leaf-first function names, bytes).
-fn profile_of(samples: &[(&[&str], i64)]) -> Profile {
+pub(super) fn profile_of(samples: &[(&[&str], i64)]) -> Profile {
     let mut strings = pprof::StringTable::default();
     let mut p = Profile::default();
     let space = strings.intern("inuse_space");
