@@ -146,9 +146,18 @@ fn every_page_is_in_the_summary() {
 fn the_readme_stays_short_and_names_both_commands() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
     let lines = readme.lines().count();
-    assert!(lines <= 150, "README.md has {lines} lines; the book holds the rest");
-    assert!(readme.contains("heapwarden run"), "README names the run command");
-    assert!(readme.contains("./scripts/test"), "README names the test command");
+    assert!(
+        lines <= 150,
+        "README.md has {lines} lines; the book holds the rest"
+    );
+    assert!(
+        readme.contains("heapwarden run"),
+        "README names the run command"
+    );
+    assert!(
+        readme.contains("./scripts/test"),
+        "README names the test command"
+    );
 }
 
 /// mdBook itself builds the book (scripts/test installs it when missing): an `{{#include}}`

@@ -174,7 +174,8 @@ fn alert_rules_use_known_metrics_and_runbooks() {
     let missing: Vec<_> = alerts
         .iter()
         .filter(|a| {
-            let page = repo_root().join(format!("docs/src/oncall/runbooks/{}.md", a.to_lowercase()));
+            let page =
+                repo_root().join(format!("docs/src/oncall/runbooks/{}.md", a.to_lowercase()));
             let text = std::fs::read_to_string(page).unwrap_or_default();
             !text.starts_with(&format!("# Alert: {a}\n"))
         })
