@@ -419,7 +419,7 @@ impl Watchdog {
         let requests = self.requests.clone();
         let restart = self.config.action == LeakAction::Restart;
         let slot = sample.slot;
-        let worker_id = worker.worker_id;
+        let worker_id = sample.worker_id;
         let suspects = self.suspects.clone();
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
