@@ -405,3 +405,39 @@ proptest::proptest! {
         promtool_check(&render_metrics("", &snapshot), Lint::OnlyWorkerFamilies);
     }
 }
+
+#[tokio::test]
+async fn metrics_carry_the_leak_suspects_and_promtool_accepts_them() {
+    use crate::metric_names::labels::Rule;
+    use crate::watchdog::{Suspect, SuspectKind, SuspectView};
+    let mut f = fixture(ready_pool(), Instant::now(), true);
+    let (suspects_tx, suspects) = watch::channel(SuspectView::new());
+    f.state.suspects = suspects;
+    let (_, empty) = get_path(router(f.state.clone()), "/metrics", None).await;
+    assert!(
+        empty.contains("# TYPE heapwarden_leak_suspect_info gauge"),
+        "{empty}"
+    );
+    suspects_tx.send_modify(|view| {
+        view.insert(
+            1,
+            Suspect {
+                worker_id: 101,
+                rule: Rule::Trend,
+                function: "<impl Drop for \"q\\x\">::drop".to_owned(),
+                profile_id: Some(12),
+                kind: SuspectKind::Heap,
+                growth_bytes: 42991616,
+                detected_at: Instant::now(),
+            },
+        );
+    });
+    let (status, body) = get_path(router(f.state), "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let line = r#"heapwarden_leak_suspect_info{worker="1",rule="trend",function="<impl Drop for \"q\\x\">::drop",profile_id="12",kind="heap"} 42991616"#;
+    assert!(body.contains(line), "{body}");
+    // The family as the watchdog renders it follows every convention (the fixture's
+    // recorder has no HELP texts, so the whole page would not).
+    let family = crate::watchdog::suspect::render(&suspects_tx.borrow());
+    promtool_check(&family, Lint::Clean);
+}
