@@ -24,15 +24,17 @@ const RUST_LEAK_FN: &str = "leak_on_purpose_for_heap_profile";
 const JS_LEAK_FN: &str = "leakInNamedFunction";
 const PAGE_WITHIN: Duration = Duration::from_secs(60);
 
-fn node_pool(mode: &str) -> String {
+/// A Node pool running fleet.js in `mode`, `env` more `[pool.env]` lines.
+fn node_pool(mode: &str, env: &str) -> String {
     format!(
-        "command = [\"node\", \"--expose-gc\", \"fleet.js\"]\n[pool.env]\nMODE = \"{mode}\"\nLEAK_BYTES = \"300000\"\n{RULES}"
+        "command = [\"node\", \"--expose-gc\", \"fleet.js\"]\n[pool.env]\nMODE = \"{mode}\"\nLEAK_BYTES = \"300000\"\n{env}{RULES}"
     )
 }
 
-fn is_page(alert: &Value, instance: &str, status: &str) -> bool {
+fn is_page(alert: &Value, instance: &str, worker: u64, status: &str) -> bool {
     alert["labels"]["alertname"] == "WorkerLeaking"
         && alert["labels"]["instance"] == instance
+        && alert["labels"]["worker"].as_str() == Some(worker.to_string().as_str())
         && alert["status"] == status
 }
 
@@ -113,8 +115,10 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
         "",
         &format!("{RULES}[demo]\nleak-endpoint = true\nseed-rows = 20\n"),
     );
-    let node = FleetAgent::start("node-leaky", 1, &node_pool("leak-once"), "");
-    let healthy = FleetAgent::start("healthy", 2, &node_pool("sawtooth"), "");
+    // Slot 0 leaks JS objects, slot 1 Buffers (outside the JS heap).
+    let node_leaks = node_pool("leak-once", "LEAK_KINDS = \"named,buffer\"\n");
+    let node = FleetAgent::start("node-leaky", 2, &node_leaks, "");
+    let healthy = FleetAgent::start("healthy", 2, &node_pool("sawtooth", ""), "");
     let prometheus = Prometheus::start(
         &[
             (rust.admin, rust.name, "r1"),
@@ -133,19 +137,36 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
     );
     stop.store(true, Ordering::Relaxed);
     let (rust_page, rust_alert) = webhook.wait_for(PAGE_WITHIN + SECS(30), "the Rust page", |a| {
-        is_page(a, "rust-leaky", "firing")
+        is_page(a, "rust-leaky", 0, "firing")
     });
     let (node_page, node_alert) = webhook.wait_for(SECS(90), "the Node page", |a| {
-        is_page(a, "node-leaky", "firing")
+        is_page(a, "node-leaky", 0, "firing")
+    });
+    let (buffer_page, buffer_alert) = webhook.wait_for(SECS(90), "the Node Buffer page", |a| {
+        is_page(a, "node-leaky", 1, "firing")
     });
     let rust_latency = trip_to_page(&rust, 0, &rust_page);
     let node_latency = trip_to_page(&node, 0, &node_page);
-    eprintln!("trip -> webhook: rust {rust_latency:.1}s, node {node_latency:.1}s");
-    assert!(rust_latency <= PAGE_WITHIN.as_secs_f64(), "{rust_latency}s");
-    assert!(node_latency <= PAGE_WITHIN.as_secs_f64(), "{node_latency}s");
+    let buffer_latency = trip_to_page(&node, 1, &buffer_page);
+    eprintln!(
+        "trip -> webhook: rust {rust_latency:.1}s, node {node_latency:.1}s, node buffers {buffer_latency:.1}s"
+    );
+    for latency in [rust_latency, node_latency, buffer_latency] {
+        assert!(latency <= PAGE_WITHIN.as_secs_f64(), "{latency}s");
+    }
     check_page(&rust, &rust_alert, RUST_LEAK_FN);
     check_page(&node, &node_alert, JS_LEAK_FN);
-    for alert in [&rust_alert, &node_alert] {
+    // Buffers grew, the JS heap did not: the page names no function.
+    let notes = &buffer_alert["annotations"];
+    assert_eq!(notes["kind"], "external", "{buffer_alert:#}");
+    assert_eq!(notes["function"], "(none)", "{buffer_alert:#}");
+    assert!(
+        notes["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("outside the JS heap") && !s.contains(" in ")),
+        "{buffer_alert:#}"
+    );
+    for alert in [&rust_alert, &node_alert, &buffer_alert] {
         let mut labels: Vec<&String> = alert["labels"].as_object().unwrap().keys().collect();
         labels.sort();
         assert_eq!(
@@ -159,7 +180,7 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
     prometheus.reload();
     let suspects = prometheus.query("heapwarden_leak_suspect_info");
     let rows = suspects["data"]["result"].as_array().map_or(0, Vec::len);
-    assert!(rows >= 2, "both suspects in Prometheus: {suspects:#}");
+    assert!(rows >= 3, "the three suspects in Prometheus: {suspects:#}");
     let queries = dashboard_queries();
     let mut with_data = 0;
     for expr in &queries {
@@ -185,23 +206,28 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
     assert!(
         table["data"]["result"]
             .as_array()
-            .is_some_and(|r| r.len() >= 2),
+            .is_some_and(|r| r.len() >= 3),
         "{table:#}"
     );
 
     // The leaking workers were replaced; their suspects expire, and the pages resolve.
-    for instance in ["rust-leaky", "node-leaky"] {
-        webhook.wait_for(SECS(60), &format!("{instance} resolved"), |a| {
-            is_page(a, instance, "resolved")
+    let leaking = [("rust-leaky", 0), ("node-leaky", 0), ("node-leaky", 1)];
+    for (instance, worker) in leaking {
+        webhook.wait_for(SECS(60), &format!("{instance} {worker} resolved"), |a| {
+            is_page(a, instance, worker, "resolved")
         });
     }
     let deliveries = webhook.all();
-    for instance in ["rust-leaky", "node-leaky"] {
+    for (instance, worker) in leaking {
         let firing = deliveries
             .iter()
-            .filter(|d| d.alerts().iter().any(|a| is_page(a, instance, "firing")))
+            .filter(|d| {
+                d.alerts()
+                    .iter()
+                    .any(|a| is_page(a, instance, worker, "firing"))
+            })
             .count();
-        assert_eq!(firing, 1, "{instance} paged once: {deliveries:#?}");
+        assert_eq!(firing, 1, "{instance} {worker} paged once: {deliveries:#?}");
     }
     let healthy_pages: Vec<&Delivery> = deliveries
         .iter()
@@ -245,7 +271,7 @@ fn bench_trip_to_page_latency() {
     let _guard = TimeoutGuard::new("fleet bench", SECS(600));
     let webhook = Webhook::start();
     let alertmanager = Alertmanager::start(&webhook);
-    let pool = FleetAgent::start("bench", slots as usize, &node_pool("leak-once"), "");
+    let pool = FleetAgent::start("bench", slots as usize, &node_pool("leak-once", ""), "");
     let _prometheus = Prometheus::start(&[(pool.admin, pool.name, "bench")], alertmanager.addr);
     // A slot whose first worker was replaced before it tripped (unhealthy under load)
     // never leaks again (the marker file): it is counted, not measured.
@@ -262,8 +288,7 @@ fn bench_trip_to_page_latency() {
             continue;
         }
         let (page, _) = webhook.wait_for(SECS(90), &format!("the page of worker {worker}"), |a| {
-            is_page(a, "bench", "firing")
-                && a["labels"]["worker"].as_str() == Some(worker.to_string().as_str())
+            is_page(a, "bench", worker, "firing")
         });
         latencies.push(trip_to_page(&pool, worker, &page));
     }

@@ -19,9 +19,10 @@ use serde_json::Value;
 
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// A Node app for the fleet: `MODE=leak-once` leaks small objects in `leakInNamedFunction`
-/// (`LEAK_BYTES` every 100 ms) in the first worker of each slot only (a marker file per
-/// slot), so the replacement is healthy and the suspect can expire; `MODE=sawtooth`
+/// A Node app for the fleet: `MODE=leak-once` leaks `LEAK_BYTES` every 100 ms in the first
+/// worker of each slot only (a marker file per slot), so the replacement is healthy and
+/// the suspect can expire — small objects in `leakInNamedFunction`, or with
+/// `LEAK_KINDS=named,buffer` Buffers (memory outside the JS heap) in odd slots; `MODE=sawtooth`
 /// (run with `--expose-gc`) fills about 1.5 MiB of objects per 100 ms tick and drops
 /// them with a full collection every 1.5 s (a trend window holds four cycles; a 1 s
 /// scrape does not alias it): a sawtooth that returns to its floor.
@@ -32,16 +33,22 @@ const held = [];
 function leakInNamedFunction(bytes) {
   for (let i = 0; i < bytes / 128; i += 1) held.push({ id: i, text: `item-${i}-${Date.now()}`, more: [i, i + 1, i + 2] });
 }
+function leakBuffers(bytes) {
+  held.push(Buffer.alloc(bytes, 7));
+}
 let cycle = [];
 function sawtooth(tick) {
   // A full collection at each cycle's end, as a GC'd cache drops what it held.
   if (tick % 15 === 0) { cycle = []; if (globalThis.gc) globalThis.gc(); }
   for (let i = 0; i < 12000; i += 1) cycle.push({ i, s: `saw-${i}-${tick}` });
 }
-const marker = `leaked-${process.env.HEAPWARDEN_WORKER_SLOT || 'x'}`;
+const slot = Number(process.env.HEAPWARDEN_WORKER_SLOT || 0);
+const marker = `leaked-${slot}`;
+const kinds = (process.env.LEAK_KINDS || 'named').split(',');
+const leak = kinds[slot % kinds.length] === 'buffer' ? leakBuffers : leakInNamedFunction;
 if (process.env.MODE === 'leak-once' && !fs.existsSync(marker)) {
   fs.writeFileSync(marker, String(process.pid));
-  setInterval(() => leakInNamedFunction(Number(process.env.LEAK_BYTES)), 100);
+  setInterval(() => leak(Number(process.env.LEAK_BYTES)), 100);
 }
 if (process.env.MODE === 'sawtooth') {
   let tick = 0;
