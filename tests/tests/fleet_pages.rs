@@ -1,7 +1,8 @@
 //! The page names the leaking function, through the pipeline a team runs: three agents
 //! on one machine (a Rust demo pool leaking in `leak_on_purpose_for_heap_profile`, a Node
-//! pool leaking in `leakInNamedFunction`, a healthy Node pool with a GC-like sawtooth),
-//! one real Prometheus loading `dashboards/alerts.yml`, one real Alertmanager, and a
+//! pool leaking in `leakInNamedFunction` in one slot and Buffers in the other — its page
+//! says `kind="external"` and names no function — and a healthy Node pool with a GC-like
+//! sawtooth), one real Prometheus loading `dashboards/alerts.yml`, one real Alertmanager, and a
 //! webhook. From the webhook bodies: each leaking pool is paged within 60 s of its trip,
 //! once (Prometheus is reloaded mid-incident), with annotations naming the function and
 //! a profile id `heapwarden diff` accepts on that agent; the healthy pool never is; each
