@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +23,7 @@ use crate::channel::{WorkerMsg, encode};
 use crate::diag::warn;
 use crate::error::ProbeError;
 use crate::fd::adopt_inherited_socket;
+use crate::held_fd::HeldFd;
 use crate::liveness::RuntimeLag;
 
 /// Environment variable naming the inherited control socket's descriptor number.
@@ -146,7 +146,12 @@ impl Probe {
     /// [`from_fd`](Self::from_fd) for another kind of host: the native preload library
     /// says `runtime: native` in its hello.
     pub fn from_fd_as(fd: OwnedFd, runtime: crate::channel::Runtime) -> Result<Probe, ProbeError> {
-        let reader = UnixStream::from(fd);
+        // Both copies sit above the floor and are re-checked before each use
+        // (`held_fd`): the program's own descriptors are never written, shut or closed.
+        let reader = HeldFd::adopt(fd).map_err(|source| ProbeError::Io {
+            doing: "moving the control socket above the program's descriptors",
+            source,
+        })?;
         let writer = reader.try_clone().map_err(|source| ProbeError::Io {
             doing: "duplicating the control socket for the writer thread",
             source,
@@ -310,7 +315,7 @@ fn read_hooks(shared: &Shared) -> std::sync::RwLockReadGuard<'_, Hooks> {
 }
 
 /// Writes queued messages until every sender is gone or the socket fails.
-fn run_writer(queue: Receiver<WorkerMsg>, mut socket: UnixStream, dropped: Arc<AtomicU64>) {
+fn run_writer(queue: Receiver<WorkerMsg>, mut socket: HeldFd, dropped: Arc<AtomicU64>) {
     for msg in queue {
         let frame = match encode(&msg) {
             Ok(frame) => frame,
@@ -328,8 +333,9 @@ fn run_writer(queue: Receiver<WorkerMsg>, mut socket: UnixStream, dropped: Arc<A
                 "Writing to the agent failed; closing the control channel.",
                 &[("error", json!(error.to_string()))],
             );
-            // Wakes the reader thread with end-of-stream so it closes the channel.
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+            // Wakes the reader thread with end-of-stream so it closes the channel (a
+            // number that is no longer ours is left alone).
+            socket.shutdown();
             return;
         }
     }

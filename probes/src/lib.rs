@@ -37,8 +37,9 @@
 //! (jemalloc is built with its `_rjem_` prefix: it serves Rust's allocations only, and the
 //! native preload library can wrap it in `malloc`/`free` of its own).
 //!
-//! Only `alloc` (jemalloc's C interface) and `fd` (adopting inherited descriptors) use
-//! `unsafe`; each says why every block is sound.
+//! Only `alloc` (jemalloc's C interface), `fd` (adopting inherited descriptors) and
+//! `held_fd` (the probe's own copies, checked before each use) use `unsafe`; each says
+//! why every block is sound.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "jemalloc")]
@@ -52,6 +53,8 @@ mod dump;
 mod error;
 #[allow(unsafe_code)]
 mod fd;
+#[allow(unsafe_code)]
+mod held_fd;
 mod liveness;
 mod stats;
 
@@ -68,6 +71,7 @@ pub use context::{
 pub use dump::dump_profile;
 pub use error::ProbeError;
 pub use fd::{InheritedSocket, take_inherited_socket, take_listen_socket};
+pub use held_fd::{PRIVATE_FD_FLOOR, close_held_in_forked_child};
 pub use liveness::{RuntimeLag, spawn_lag_monitor};
 pub use stats::HeapStats;
 
