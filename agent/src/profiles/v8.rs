@@ -28,7 +28,7 @@ pub const MAX_V8_PROFILE_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_NODES: usize = 2_000_000;
 const FORMAT: &str = "heapwarden-v8-sampling";
 /// The probe's file: its frames are the watchdog's, not the application's.
-const PROBE_FILE: &str = "heapwarden-probe.js";
+const PROBE_FILE: &str = "heapwarden-probe.cjs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum V8Error {
@@ -162,7 +162,8 @@ fn display_name(name: &str, url: &str, line: i64) -> String {
 }
 
 fn is_probe_frame(row: &NodeRow) -> bool {
-    row.3.ends_with(PROBE_FILE)
+    // `.js`: the name the probe had before it became `.cjs` (profiles of older agents).
+    row.3.ends_with(PROBE_FILE) || row.3.ends_with("heapwarden-probe.js")
 }
 
 fn is_root(row: &NodeRow) -> bool {

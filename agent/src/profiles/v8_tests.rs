@@ -35,7 +35,7 @@ fn leak_profile(leaked: u64) -> Vec<u8> {
                 5,
                 1,
                 "sample",
-                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                "/var/lib/heapwarden/probes/heapwarden-probe.cjs",
                 100,
                 0,
                 512
@@ -44,7 +44,7 @@ fn leak_profile(leaked: u64) -> Vec<u8> {
                 6,
                 5,
                 "flatten",
-                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                "/var/lib/heapwarden/probes/heapwarden-probe.cjs",
                 150,
                 0,
                 256

@@ -17,7 +17,7 @@ pub enum Runtime {
     /// `heapwarden-probes` linked into a Rust program (jemalloc figures).
     #[default]
     Rust,
-    /// `probes/node/heapwarden-probe.js` loaded into Node.js (V8 figures).
+    /// `probes/node/heapwarden-probe.cjs` loaded into Node.js (V8 figures).
     Node,
     /// The LD_PRELOAD library in a native program (jemalloc figures).
     Native,

@@ -1,5 +1,5 @@
 'use strict';
-// heapwarden-probe.js: heapwarden's probe for Node.js workers (Node >= 18, no dependencies).
+// heapwarden-probe.cjs: heapwarden's probe for Node.js workers (Node >= 18, no dependencies).
 //
 // Loaded by `node --require <this file>` (the agent prepends that to NODE_OPTIONS) or by
 // `require('heapwarden-probe')` in the app. Outside heapwarden (no HEAPWARDEN_CONTROL_FD)
