@@ -133,7 +133,7 @@ function send(msg) {
 function onMessage(msg) {
   switch (msg && msg.type) {
     case 'sample': return sample(msg.seq, msg.metrics === true);
-    case 'dump': return msg.kind === 'snapshot' ? snapshot(msg.seq, String(msg.path)) : dumpProfile(msg.seq, String(msg.path));
+    case 'dump': return msg.kind === 'snapshot' ? snapshot(msg.seq, String(msg.path), Number(msg.max_bytes) || 0) : dumpProfile(msg.seq, String(msg.path));
     case 'drain': return drain(Number(msg.deadline_ms) || 30000);
     case 'ping': return send({ type: 'pong', seq: msg.seq });
     case 'invalidate': return invalidate(msg);
@@ -199,15 +199,56 @@ function flatten(profile) {
   return { format: 'heapwarden-v8-sampling', version: 1, pid: process.pid, sampling_interval: SAMPLING_INTERVAL, nodes, samples };
 }
 
-function snapshot(seq, file) {
+// The probe writes the snapshot itself (not v8.writeHeapSnapshot, which on ENOSPC keeps
+// the deleted file open and the disk full until the worker exits): chunk by chunk into
+// a descriptor it owns, never past the agent's byte cap (`max_bytes`, 0 = none); on any
+// error it closes the descriptor and removes the file before answering.
+function snapshot(seq, file, maxBytes) {
   const started = process.hrtime.bigint();
+  writeSnapshot(file, maxBytes, (error) => {
+    if (!error) timing.lastSnapshotMicros = Number(process.hrtime.bigint() - started) / 1000;
+    written(seq, file, started, 'v8-snapshot', error);
+  });
+}
+
+function writeSnapshot(file, maxBytes, done) {
+  let fd = -1;
+  let bytes = 0;
+  let finished = false;
+  const finish = (error) => {
+    if (finished) return;
+    finished = true;
+    if (fd >= 0) {
+      try { fs.closeSync(fd); } catch (_) { /* already closed */ }
+      fd = -1;
+    }
+    if (error) {
+      try { fs.unlinkSync(file); } catch (_) { /* never created */ }
+    }
+    done(error);
+  };
   try {
-    require('v8').writeHeapSnapshot(file);
-    fs.chmodSync(file, 0o600);
-    timing.lastSnapshotMicros = Number(process.hrtime.bigint() - started) / 1000;
-    return written(seq, file, started, 'v8-snapshot', null);
+    fd = fs.openSync(file, 'wx', 0o600);
+    const stream = require('v8').getHeapSnapshot();
+    stream.on('data', (chunk) => {
+      if (finished) return;
+      bytes += chunk.length;
+      if (maxBytes > 0 && bytes > maxBytes) {
+        stream.destroy();
+        finish(new Error(`the snapshot exceeds the agent's cap of ${maxBytes} bytes`));
+        return;
+      }
+      try {
+        fs.writeSync(fd, chunk);
+      } catch (error) {
+        stream.destroy();
+        finish(error);
+      }
+    });
+    stream.on('error', (error) => finish(error));
+    stream.on('end', () => finish(null));
   } catch (error) {
-    return written(seq, file, started, 'v8-snapshot', error);
+    finish(error);
   }
 }
 
@@ -410,6 +451,8 @@ Object.assign(api, {
   timing,
   // For tests of the protocol: the same framing the channel uses.
   _frames: { encode, decode, flatten, redirectListen },
+  // For tests of the snapshot writer: (file, maxBytes, done(error)).
+  _writeSnapshot: writeSnapshot,
 });
 // Getters, not values: Object.assign would copy them once.
 Object.defineProperty(api, 'claimed', { get: () => channel !== null, enumerable: true });

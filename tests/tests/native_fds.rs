@@ -179,6 +179,7 @@ fn after_closefrom_the_programs_sockets_get_nothing_and_the_probe_goes_quiet() {
         seq: 7,
         path: fifo.to_str().unwrap().to_string(),
         kind: DumpKind::Profile,
+        max_bytes: None,
     })
     .unwrap();
     worker.agent.write_all(&frame).unwrap();

@@ -135,6 +135,7 @@ async fn capture(
                 seq,
                 path,
                 kind: DumpKind::Profile,
+                max_bytes: None,
             },
             DUMP_TIMEOUT,
         )

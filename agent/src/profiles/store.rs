@@ -29,9 +29,18 @@ pub enum StoreError {
     #[error("profile directory: {0}")]
     NotOurs(#[source] crate::owned::OwnedError),
     #[error(
-        "manual profile {id} of slot {slot} was not kept: the retention limits are full of leak and baseline profiles, which manual ones never evict"
+        "profile {id} of slot {slot} was not kept: the retention limits are full of profiles it may not evict (a manual profile evicts only manual ones, a heap snapshot only snapshots)"
     )]
     RetentionFull { id: u64, slot: usize },
+    #[error(
+        "a heap snapshot of slot {slot} is expected to take {expected} bytes, but only {room} bytes can be made room for ({why}); not taken"
+    )]
+    SnapshotTooLarge {
+        slot: usize,
+        expected: u64,
+        room: u64,
+        why: &'static str,
+    },
     #[error("no profile with id {0}")]
     UnknownId(u64),
     #[error(
@@ -202,6 +211,49 @@ impl ProfileStore {
         })
     }
 
+    /// Starts a heap snapshot expected to take `expected` bytes (about twice the heap),
+    /// refusing it before it is taken when it cannot fit: neither in `max-bytes` once
+    /// every other snapshot is evicted (it never evicts a pprof profile), nor on the disk
+    /// with `min-free-disk` left. Returns the reservation and the byte cap the worker
+    /// must stay under (the room there is).
+    pub fn begin_snapshot(
+        &mut self,
+        slot: usize,
+        pid: u32,
+        trigger: Trigger,
+        expected: u64,
+    ) -> Result<(PendingProfile, u64), StoreError> {
+        let profiles: u64 = self
+            .index
+            .profiles
+            .iter()
+            .filter(|p| p.kind != ProfileKind::Snapshot)
+            .map(|p| p.bytes)
+            .sum();
+        let in_store = self.config.max_bytes.bytes().saturating_sub(profiles);
+        let on_disk = self
+            .free_disk()?
+            .saturating_sub(self.config.min_free_disk.bytes());
+        let (room, why) = if in_store <= on_disk {
+            (in_store, "profiles.max-bytes less the pprof profiles kept")
+        } else {
+            (on_disk, "free disk less profiles.min-free-disk")
+        };
+        if expected > room {
+            if why.starts_with("free disk") {
+                self.skipped_for_disk += 1;
+            }
+            return Err(StoreError::SnapshotTooLarge {
+                slot,
+                expected,
+                room,
+                why,
+            });
+        }
+        let pending = self.begin(slot, pid, trigger)?.into_snapshot();
+        Ok((pending, room))
+    }
+
     /// Records a converted profile, deletes its raw dump, applies retention. Returns the
     /// new entry and the entries retention removed.
     pub fn commit(
@@ -237,7 +289,8 @@ impl ProfileStore {
         };
         self.index.profiles.push(entry.clone());
         let removed = self.enforce_retention(&entry);
-        if entry.trigger == Trigger::Manual && self.over_limits() {
+        let refused = entry.trigger == Trigger::Manual || entry.kind == ProfileKind::Snapshot;
+        if refused && self.over_limits() {
             self.index.profiles.retain(|p| p.id != entry.id);
             let _ = std::fs::remove_file(&pending.out_path);
             self.save()?;
@@ -283,8 +336,8 @@ impl ProfileStore {
 
     /// Deletes profiles until both limits hold: manual ones first (oldest first), then
     /// the oldest others, each slot's newest baseline last; the profile just written
-    /// never. A new manual profile may only evict manual ones, so on-call dumps can never
-    /// push out the evidence of a leak.
+    /// never. A new manual profile may only evict manual ones, and a new snapshot only
+    /// other snapshots, so neither can push out the evidence of a leak.
     fn enforce_retention(&mut self, new: &ProfileMeta) -> Vec<ProfileMeta> {
         let mut removed = Vec::new();
         while self.over_limits() {
@@ -302,7 +355,13 @@ impl ProfileStore {
             let manual = profiles
                 .iter()
                 .position(|p| other(p) && p.trigger == Trigger::Manual);
-            let victim = if new.trigger == Trigger::Manual {
+            let victim = if new.kind == ProfileKind::Snapshot {
+                // A snapshot never evicts a pprof profile (the baseline and the leak's
+                // evidence): only other snapshots, oldest first.
+                profiles
+                    .iter()
+                    .position(|p| other(p) && p.kind == ProfileKind::Snapshot)
+            } else if new.trigger == Trigger::Manual {
                 manual
             } else {
                 let unprotected =

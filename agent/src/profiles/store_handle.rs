@@ -37,6 +37,13 @@ enum Command {
         Option<String>,
         Reply<Result<(ProfileMeta, Vec<ProfileMeta>), StoreError>>,
     ),
+    BeginSnapshot(
+        usize,
+        u32,
+        Trigger,
+        u64,
+        Reply<Result<(PendingProfile, u64), StoreError>>,
+    ),
     Abort(PendingProfile),
     Recheck(PendingProfile, Reply<Result<(), StoreError>>),
     List(Reply<Vec<ProfileMeta>>),
@@ -80,6 +87,19 @@ impl ProfileStoreHandle {
         trigger: Trigger,
     ) -> Result<PendingProfile, StoreError> {
         self.ask(|r| Command::Begin(slot, pid, trigger, r)).await?
+    }
+
+    /// Reserves a heap snapshot expected to take `expected` bytes, or refuses it before
+    /// it is taken; returns the reservation and the byte cap for the worker.
+    pub async fn begin_snapshot(
+        &self,
+        slot: usize,
+        pid: u32,
+        trigger: Trigger,
+        expected: u64,
+    ) -> Result<(PendingProfile, u64), StoreError> {
+        self.ask(|r| Command::BeginSnapshot(slot, pid, trigger, expected, r))
+            .await?
     }
 
     /// Records a converted profile; returns it and what retention removed.
@@ -168,6 +188,9 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
             }
             Command::Commit(pending, figures, rule, r) => {
                 let _ = r.send(store.commit(pending, figures, rule));
+            }
+            Command::BeginSnapshot(slot, pid, trigger, expected, r) => {
+                let _ = r.send(store.begin_snapshot(slot, pid, trigger, expected));
             }
             Command::Abort(pending) => store.abort(&pending),
             Command::Recheck(pending, r) => {

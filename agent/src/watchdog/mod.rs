@@ -331,6 +331,7 @@ impl Watchdog {
             figures: figures.clone(),
             rule: rule.clone(),
             headroom: self.snapshot_headroom,
+            replace: Some(self.requests.clone()),
         });
         let request = CaptureRequest {
             slot: sample.slot,
@@ -348,13 +349,15 @@ impl Watchdog {
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
             let Some(trip) = trip else { return };
-            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
-                let _ = take_snapshot(&store, snapshot, &log).await;
-            }
+            // The diff first: it reads the leak profile and its baseline, which must
+            // not wait behind (or be put at risk by) a snapshot.
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,
             };
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
+                let _ = take_snapshot(&store, snapshot, &log).await;
+            }
             let sites = diff
                 .as_ref()
                 .map(|d| {

@@ -111,7 +111,9 @@ fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncS
             sample_with_metrics(shared, seq, metrics_thread);
         }
         AgentMsg::Sample { seq, metrics } => reply(shared, sample(shared, seq, metrics)),
-        AgentMsg::Dump { seq, path, kind } => {
+        AgentMsg::Dump {
+            seq, path, kind, ..
+        } => {
             if kind != DumpKind::Profile {
                 let error = Some("this probe writes jemalloc heap profiles only; heap snapshots need the Node probe".to_string());
                 reply(
