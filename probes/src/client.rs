@@ -34,6 +34,10 @@ pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
 pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The writer thread's name, and a string every program that can start a [`Probe`]
+/// carries in its read-only data: the agent looks for it to refuse putting the native
+/// probe (a second probe on the same channel) into such a program.
+pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";
 /// Messages waiting for the writer thread; beyond this they are dropped and counted.
 const SEND_QUEUE: usize = 256;
 const NO_DEADLINE: u64 = u64::MAX;
@@ -179,7 +183,7 @@ impl Probe {
             source,
         };
         std::thread::Builder::new()
-            .name("heapwarden-probe-tx".into())
+            .name(RUST_PROBE_MARK.into())
             .spawn(move || run_writer(queue, writer, dropped))
             .map_err(spawn_error)?;
         let for_reader = shared.clone();
