@@ -10,7 +10,9 @@
 // - fd $HEAPWARDEN_CONTROL_FD (4): a Unix socket to the agent, unref'd (never keeps the
 //   process alive). Outgoing frames are dropped and counted, never queued without bound.
 // - inspector: one in-process session running V8's sampling heap profiler
-//   (HeapProfiler.startSampling, one sample per SAMPLING_INTERVAL bytes allocated).
+//   (HeapProfiler.startSampling, one sample per SAMPLING_INTERVAL bytes allocated),
+//   restarted once per dump if the app stopped it (stats: sampling_restarts), and not
+//   started at all under `node --heap-prof`, which owns that profiler.
 // - perf_hooks.monitorEventLoopDelay: one histogram (the event-loop lag figure).
 // - net.Server.prototype.listen (in the app that claims the channel only): a listen on
 //   the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a listen on the inherited socket
@@ -49,6 +51,8 @@ let channel = null;
 let dropped = 0;
 let decoderBuf = Buffer.alloc(0);
 let session = null;
+// Times the probe had to restart V8's sampling heap profiler another party stopped.
+let samplingRestarts = 0;
 let loopDelay = null;
 let metricsRegistry = null;
 let invalidateHook = null;
@@ -153,6 +157,7 @@ function sample(seq, withMetrics) {
     type: 'stats', seq, heap: { allocated: mem.heapUsed, active: mem.heapTotal },
     runtime_lag_seconds: lag, dropped, metrics: null,
     external_bytes: mem.external, array_buffers_bytes: mem.arrayBuffers,
+    sampling_restarts: samplingRestarts,
   };
   const took = Number(process.hrtime.bigint() - started) / 1000;
   timing.samples += 1;
@@ -174,13 +179,33 @@ function written(seq, file, started, format, error) {
 
 function dumpProfile(seq, file) {
   const started = process.hrtime.bigint();
+  if (heapProfFlag()) return written(seq, file, started, 'v8-sampling', 'node --heap-prof owns the sampling heap profiler; the probe stands aside');
   if (!session) return written(seq, file, started, 'v8-sampling', 'the sampling heap profiler is not running');
-  return session.post('HeapProfiler.getSamplingProfile', guard('dump', (error, result) => {
+  const take = (retried) => session.post('HeapProfiler.getSamplingProfile', guard('dump', (error, result) => {
+    if (error && !retried) {
+      // The app (an APM agent, DevTools) stopped V8's sampling profiler under us:
+      // start it again and retry once. The retried profile only holds what was
+      // allocated since, which beats failing every dump from now on.
+      samplingRestarts += 1;
+      report('The sampling heap profiler was stopped by someone else; the probe restarted it.', { restarts: samplingRestarts, error: String(error.message) });
+      return session.post('HeapProfiler.startSampling', { samplingInterval: SAMPLING_INTERVAL }, guard('restart sampling', (again) => {
+        if (again) return written(seq, file, started, 'v8-sampling', again);
+        return take(true);
+      }));
+    }
     if (error) return written(seq, file, started, 'v8-sampling', error);
     const body = JSON.stringify(flatten(result.profile));
     timing.lastDumpBlockMicros = Number(process.hrtime.bigint() - started) / 1000;
     return fs.writeFile(file, body, { mode: 0o600, flag: 'wx' }, (err) => written(seq, file, started, 'v8-sampling', err));
   }));
+  return take(false);
+}
+
+// `node --heap-prof` (on the command line or in NODE_OPTIONS) writes its own profile
+// from V8's sampling heap profiler at exit; the probe must not start or stop it then.
+function heapProfFlag() {
+  const flags = process.execArgv.concat(String(process.env.NODE_OPTIONS || '').split(/\s+/));
+  return flags.some((flag) => flag === '--heap-prof' || flag.startsWith('--heap-prof='));
 }
 
 // V8's tree of call frames → flat rows (nested JSON would be as deep as the deepest
@@ -388,6 +413,12 @@ function inheritedSocket(fd, expectedIno) {
 }
 
 function startProfiling() {
+  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
+  loopDelay.enable();
+  if (heapProfFlag()) {
+    report('The app runs with node --heap-prof; the probe leaves the sampling heap profiler to it (no heap profiles from the probe).', {});
+    return;
+  }
   const inspector = require('inspector');
   session = new inspector.Session();
   session.connect();
@@ -397,8 +428,6 @@ function startProfiling() {
       session = null;
     }
   });
-  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
-  loopDelay.enable();
 }
 
 function claim() {
