@@ -12,6 +12,8 @@
 //!   and answers the agent with `heapwarden-probes`' own `Probe` on its own threads;
 //! - fork hygiene (`fork`): a forked child drops the claim, the channel's descriptors and
 //!   the sampling, so only the worker itself ever talks to the agent;
+//! - glibc's query calls (`glibc_api`): `mallinfo2`, `malloc_trim`, `malloc_stats`,
+//!   `mallopt` answer for jemalloc, not glibc's idle arena;
 //! - drain (`drain`): the agent's `Drain` becomes SIGTERM to the worker, unless the
 //!   program registered its own handler through `heapwarden_set_drain_handler`.
 //!
@@ -28,6 +30,8 @@ mod drain;
 mod exports;
 #[allow(unsafe_code)]
 mod fork;
+#[allow(unsafe_code)]
+mod glibc_api;
 
 // Rust's own allocations in this library (the probe's threads) go straight to the same
 // jemalloc, and `_rjem_malloc_conf` compiles in the Rust probe's options:
