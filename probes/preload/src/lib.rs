@@ -12,6 +12,8 @@
 //!   and answers the agent with `heapwarden-probes`' own `Probe` on its own threads;
 //! - fork hygiene (`fork`): a forked child drops the claim, the channel's descriptors and
 //!   the sampling, so only the worker itself ever talks to the agent;
+//! - `dlopen` (`deepbind`): a library loaded with `RTLD_DEEPBIND` is noticed and
+//!   named once on stderr (its malloc binds to glibc's, not jemalloc);
 //! - glibc's query calls (`glibc_api`): `mallinfo2`, `malloc_trim`, `malloc_stats`,
 //!   `mallopt` answer for jemalloc, not glibc's idle arena;
 //! - drain (`drain`): the agent's `Drain` becomes SIGTERM to the worker, unless the
@@ -24,6 +26,8 @@
 
 #[allow(unsafe_code)]
 mod attach;
+#[allow(unsafe_code)]
+mod deepbind;
 #[allow(unsafe_code)]
 mod drain;
 #[allow(unsafe_code)]
