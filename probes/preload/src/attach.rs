@@ -87,6 +87,12 @@ fn attach_if_worker() {
     };
     drain::install(&probe);
     let _ = PROBE.set(probe);
+    if let Some(library) = crate::jemalloc_api::other_jemalloc_loaded() {
+        info(
+            "The program links another jemalloc; its mallctl, malloc_stats_print and *allocx calls are served by the probe's jemalloc, which holds the heap.",
+            &[("library", json!(library))],
+        );
+    }
     info(
         "The heapwarden native probe is attached.",
         &[
