@@ -312,6 +312,20 @@ function redirectListen(args) {
   return null;
 }
 
+// An app that listens on a TCP port of its own rather than the pool's (`http-server -p
+// 8081` under a pool on 8080) cannot share the agent's socket: its second worker fails
+// with EADDRINUSE. Said once, with both ports, before that happens.
+let otherPortWarned = false;
+function warnOtherPort(args) {
+  const first = args[0];
+  const port = first && typeof first === 'object' ? first.port : first;
+  if (otherPortWarned || port === undefined || port === null || (first && first.path !== undefined)) return;
+  const number = Number(port);
+  if (!Number.isInteger(number) || number <= 0 || number === listenPort) return;
+  otherPortWarned = true;
+  report('The app listens on its own port, not the pool\'s: only one worker can bind it (the others fail with EADDRINUSE) and the pool\'s socket goes unused. Make it listen on process.env.PORT, or set pool.listen to its port.', { app_port: number, pool_port: listenPort });
+}
+
 function patchListen() {
   const listen = net.Server.prototype.listen;
   net.Server.prototype.listen = function heapwardenListen(...args) {
@@ -321,6 +335,8 @@ function patchListen() {
       if (redirected) {
         use = redirected;
         track(this);
+      } else if (listenFd !== null) {
+        warnOtherPort(args);
       }
     } catch (error) {
       report('The heapwarden probe could not inspect a listen call.', { error: String(error.message) });
