@@ -14,9 +14,11 @@
 //   restarted once per dump if the app stopped it (stats: sampling_restarts), and not
 //   started at all under `node --heap-prof`, which owns that profiler.
 // - perf_hooks.monitorEventLoopDelay: one histogram (the event-loop lag figure).
-// - net.Server.prototype.listen (in the app that claims the channel only): a listen on
-//   the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a listen on the inherited socket
-//   (fd 3); a server listening there reports `ready` and is closed on `drain`.
+// - net.Server.prototype.listen (in the app that claims the channel only, and in its
+//   worker threads): a listen on the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a
+//   listen on the inherited socket (fd 3); a server listening there reports `ready` and
+//   is closed on `drain`. Threads learn fd and port from worker_threads environment data
+//   and report back on one unref'd BroadcastChannel ('heapwarden.probe.listen').
 // - child_process.spawn (in launchers only: npm, npx, yarn, pnpm): stdio entries 3 and 4
 //   pass the listening socket and the control socket down to the script they run.
 // - process.env: after claiming, HEAPWARDEN_* are deleted (and LISTEN_* once the app
@@ -61,6 +63,11 @@ let draining = false;
 let listenFd = null;
 let listenPort = null;
 const servers = new Set();
+// worker_threads: the main thread hands the listening socket's fd and the pool's port to
+// threads (environment data), and threads report `listening` back (a broadcast
+// channel), so an app that listens inside a worker thread is redirected too.
+const THREAD_KEY = 'heapwarden.probe.listen';
+let threadChannel = null;
 // What the probe cost the event loop (microseconds), for the benchmarks.
 const timing = { maxSampleMicros: 0, samples: 0, recentSampleMicros: [], lastDumpBlockMicros: 0, lastSnapshotMicros: 0 };
 
@@ -347,7 +354,10 @@ function patchListen() {
 
 function track(server) {
   servers.add(server);
-  server.once('listening', guard('listening', markReady));
+  server.once('listening', guard('listening', () => {
+    if (require('worker_threads').isMainThread) return markReady();
+    return threadChannel && threadChannel.postMessage({ type: 'listening' });
+  }));
   server.on('connection', (socket) => {
     server.heapwardenConnections = server.heapwardenConnections || new Set();
     server.heapwardenConnections.add(socket);
@@ -358,6 +368,7 @@ function track(server) {
 function drain(deadlineMs) {
   if (draining) return;
   draining = true;
+  if (threadChannel && require('worker_threads').isMainThread) threadChannel.postMessage({ type: 'drain' });
   let open = servers.size;
   const closed = () => {
     open -= 1;
@@ -446,10 +457,43 @@ function startProfiling() {
   });
 }
 
+// In a worker thread of the app that claimed: redirect its listen calls like the main
+// thread's, report `listening` to the main thread, stop accepting on its drain.
+function joinFromThread() {
+  const threads = require('worker_threads');
+  const shared = typeof threads.getEnvironmentData === 'function' ? threads.getEnvironmentData(THREAD_KEY) : undefined;
+  if (!shared || shared.fd === null || shared.fd === undefined) return;
+  listenFd = shared.fd;
+  listenPort = shared.port;
+  threadChannel = new threads.BroadcastChannel(THREAD_KEY);
+  if (typeof threadChannel.unref === 'function') threadChannel.unref();
+  threadChannel.onmessage = guard('thread message', (event) => {
+    if (!event.data || event.data.type !== 'drain' || draining) return;
+    draining = true;
+    for (const server of servers) net.Server.prototype.close.call(server);
+  });
+  patchListen();
+}
+
+function shareWithThreads() {
+  const threads = require('worker_threads');
+  if (listenFd === null || typeof threads.setEnvironmentData !== 'function') return;
+  threads.setEnvironmentData(THREAD_KEY, { fd: listenFd, port: listenPort });
+  threadChannel = new threads.BroadcastChannel(THREAD_KEY);
+  if (typeof threadChannel.unref === 'function') threadChannel.unref();
+  threadChannel.onmessage = guard('thread message', (event) => {
+    if (event.data && event.data.type === 'listening') markReady();
+  });
+}
+
 function claim() {
   const env = process.env;
   const fdText = env.HEAPWARDEN_CONTROL_FD;
-  if (fdText === undefined || !require('worker_threads').isMainThread) return;
+  if (!require('worker_threads').isMainThread) {
+    joinFromThread();
+    return;
+  }
+  if (fdText === undefined) return;
   const fd = Number(fdText);
   const inheritedListen = env.LISTEN_FDS && Number(env.LISTEN_FDS) >= 1 ? 3 : null;
   if (isLauncher()) {
@@ -483,6 +527,7 @@ function claim() {
   send({ type: 'hello', pid: process.pid, probe_version: VERSION, runtime: 'node' });
   startProfiling();
   patchListen();
+  shareWithThreads();
 }
 
 Object.assign(api, {
