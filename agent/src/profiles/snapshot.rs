@@ -186,8 +186,7 @@ async fn snapshot(
         .await
         .map_err(SnapshotError::Skipped)?;
     let path = pending.raw_path.display().to_string();
-    let timeout = (SNAPSHOT_BASE_TIMEOUT + Duration::from_secs(heap / SNAPSHOT_BYTES_PER_SECOND))
-        .min(SNAPSHOT_TIMEOUT);
+    let timeout = snapshot_timeout(heap);
     let busy = link.mark_dumping();
     let reply = link
         .request(
@@ -240,6 +239,14 @@ async fn snapshot(
     Ok(meta)
 }
 
+/// How long a worker with `heap` bytes may take to answer a snapshot request: while it
+/// does, it holds the agent-wide turn and its samples are not counted as missed, so a
+/// worker that never answers is taken for hung after this, not after five minutes.
+fn snapshot_timeout(heap: u64) -> Duration {
+    (SNAPSHOT_BASE_TIMEOUT + Duration::from_secs(heap / SNAPSHOT_BYTES_PER_SECOND))
+        .min(SNAPSHOT_TIMEOUT)
+}
+
 /// Whether `pid` has a descriptor open on `path` (also once `path` was removed, which
 /// procfs shows as `path (deleted)`).
 fn holds_deleted_file(pid: u32, path: &Path) -> bool {
@@ -274,5 +281,28 @@ fn check_file(path: &Path) -> Result<(), String> {
         Ok(true) => Ok(()),
         Ok(false) => Err("the file the worker wrote is not a V8 heap snapshot".into()),
         Err(e) => Err(format!("the snapshot file cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_turn_is_bounded_by_the_heap_it_writes() {
+        assert_eq!(snapshot_timeout(0), Duration::from_secs(20));
+        assert_eq!(snapshot_timeout(50 << 20), Duration::from_secs(26));
+        assert_eq!(snapshot_timeout(100 << 30), SNAPSHOT_TIMEOUT);
+    }
+
+    #[test]
+    fn a_process_holding_a_removed_file_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.raw");
+        let held = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(holds_deleted_file(std::process::id(), &path));
+        drop(held);
+        assert!(!holds_deleted_file(std::process::id(), &path));
     }
 }
