@@ -57,8 +57,14 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
         .context("the admin token cannot be used")?;
     let metrics = install_recorder().context("cannot install the metrics recorder")?;
-    let store = ProfileStore::open(&config.state_dir, config.profiles.clone())
+    let mut store = ProfileStore::open(&config.state_dir, config.profiles.clone())
         .context("cannot open the profile store")?;
+    if config.pool.user.is_some() {
+        // Workers under their own user cannot write the store: they dump into a drop box.
+        store = store
+            .with_dropbox(&config.state_dir)
+            .context("cannot prepare the workers' dump directory")?;
+    }
     // One thread: the agent is I/O-bound and small; a single thread also keeps the
     // parent-death signal of workers tied to a thread that lives as long as we do.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -33,6 +33,7 @@ fn a_worker_under_its_own_user_cannot_read_the_token_or_write_the_state_and_is_s
     std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let worker = compile_worker(&sandbox, "worker", &[]);
     let state = sandbox.path().join("state");
+    let sandbox_config = sandbox.path().join("heapwarden.toml");
     let script = format!(
         r#"r() {{ if "$@" >/dev/null 2>&1; then echo allowed; else echo denied; fi; }}
 echo "trust-check uid=$(id -u) token=$(r cat {state}/admin-token) state=$(r touch {state}/mine) index=$(r sh -c ': >> {state}/profiles/index.json') profiles=$(r ls {state}/profiles) signal=$(r kill -0 $PPID) config_env=${{HEAPWARDEN_CONFIG:-unset}} state_env=${{HEAPWARDEN_STATE_DIR:-unset}}"
@@ -109,4 +110,21 @@ pss-every = 2
     );
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o711, "state directory mode");
+    // Heap profiles still work: the worker dumps into the drop box, the agent adopts it.
+    let out = std::process::Command::new(heapwarden_tests::heapwarden())
+        .args(["dump", "0", "--json", "-c"])
+        .arg(sandbox_config)
+        .output()
+        .expect("run heapwarden dump");
+    assert!(
+        out.status.success(),
+        "dump of a worker under its own user: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.logs.raw()
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = state.join("profiles").join(meta["file"].as_str().unwrap());
+    assert!(file.is_file(), "{meta}");
+    let dumps = std::fs::read_dir(state.join("dumps")).unwrap().count();
+    assert_eq!(dumps, 0, "the drop box is emptied");
 }

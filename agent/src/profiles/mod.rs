@@ -9,6 +9,7 @@
 mod capture;
 mod convert;
 mod diff;
+mod dropbox;
 mod dump_limit;
 mod error;
 mod index;

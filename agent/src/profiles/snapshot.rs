@@ -185,7 +185,7 @@ async fn snapshot(
         .begin_snapshot(slot, pid, trigger, expected)
         .await
         .map_err(SnapshotError::Skipped)?;
-    let path = pending.raw_path.display().to_string();
+    let path = pending.path_for_worker().display().to_string();
     let timeout = snapshot_timeout(heap);
     let busy = link.mark_dumping();
     let reply = link
@@ -206,7 +206,10 @@ async fn snapshot(
             error: None,
             format: DumpFormat::V8Snapshot,
             ..
-        }) => check_file(&pending.raw_path),
+        }) => match store.adopt(&pending).await {
+            Ok(()) => check_file(&pending.raw_path),
+            Err(e) => Err(e.to_string()),
+        },
         Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Err(e),
         Ok(other) => Err(format!("unexpected reply {other:?}")),
         Err(e) => Err(e.to_string()),
@@ -215,7 +218,7 @@ async fn snapshot(
         std::fs::rename(&pending.raw_path, &pending.out_path).map_err(|e| e.to_string())
     });
     if let Err(reason) = checked {
-        let held = holds_deleted_file(pid, &pending.raw_path);
+        let held = holds_deleted_file(pid, pending.path_for_worker());
         store.abort(pending).await;
         if held && let Some(replace) = replace {
             // The file is gone from the directory but not from the disk while the

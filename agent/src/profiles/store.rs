@@ -72,9 +72,17 @@ pub struct PendingProfile {
     pub kind: ProfileKind,
     pub raw_path: PathBuf,
     pub out_path: PathBuf,
+    /// Where the worker writes, when not `raw_path`: a worker under its own user writes
+    /// into the drop box, and the agent adopts the file ([`ProfileStore::adopt`]).
+    pub worker_path: Option<PathBuf>,
 }
 
 impl PendingProfile {
+    /// The path to send the worker in its `dump` request.
+    pub fn path_for_worker(&self) -> &Path {
+        self.worker_path.as_deref().unwrap_or(&self.raw_path)
+    }
+
     /// The same reservation, stored as a heap snapshot (`<id>.heapsnapshot`).
     pub fn into_snapshot(mut self) -> PendingProfile {
         self.kind = ProfileKind::Snapshot;
@@ -90,6 +98,8 @@ pub struct ProfileStore {
     config: ProfilesConfig,
     index: IndexFile,
     skipped_for_disk: u64,
+    /// Set when workers run under their own user.
+    dropbox: Option<super::dropbox::DropBox>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -124,9 +134,39 @@ impl ProfileStore {
             config,
             index,
             skipped_for_disk: 0,
+            dropbox: None,
         };
         store.save()?;
         Ok(store)
+    }
+
+    /// Workers run under their own user (`pool.user`): they write their dumps into
+    /// `<state_dir>/dumps/` and the agent adopts them.
+    pub fn with_dropbox(mut self, state_dir: &Path) -> Result<ProfileStore, StoreError> {
+        let dropbox =
+            super::dropbox::DropBox::prepare(state_dir).map_err(|source| StoreError::Io {
+                path: state_dir.join("dumps"),
+                source,
+            })?;
+        self.dropbox = Some(dropbox);
+        Ok(self)
+    }
+
+    /// Brings what the worker wrote in the drop box into the store at `raw_path` (a
+    /// no-op when the worker wrote there itself).
+    pub fn adopt(&mut self, pending: &PendingProfile) -> Result<(), StoreError> {
+        let (Some(dropbox), Some(dropped)) = (&self.dropbox, &pending.worker_path) else {
+            return Ok(());
+        };
+        let cap = self.config.max_bytes.bytes().max(1 << 20);
+        dropbox
+            .adopt(dropped, &pending.raw_path, cap)
+            .map(|_| ())
+            .map_err(|reason| StoreError::NotWritten {
+                id: pending.id,
+                slot: pending.slot,
+                reason,
+            })
     }
 
     pub fn dir(&self) -> &Path {
@@ -208,6 +248,7 @@ impl ProfileStore {
             kind: ProfileKind::Profile,
             raw_path: self.dir.join(format!("{id}.raw")),
             out_path: self.dir.join(ProfileId::file_name(id)),
+            worker_path: self.dropbox.as_ref().map(|d| d.path_for(id)),
         })
     }
 
@@ -330,6 +371,9 @@ impl ProfileStore {
 
     /// Drops a profile that failed: removes whatever files it left.
     pub fn abort(&mut self, pending: &PendingProfile) {
+        if let Some(dropped) = &pending.worker_path {
+            let _ = std::fs::remove_file(dropped);
+        }
         let _ = std::fs::remove_file(&pending.raw_path);
         let _ = std::fs::remove_file(&pending.out_path);
     }

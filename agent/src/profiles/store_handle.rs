@@ -45,6 +45,7 @@ enum Command {
         Reply<Result<(PendingProfile, u64), StoreError>>,
     ),
     Abort(PendingProfile),
+    Adopt(PendingProfile, Reply<Result<(), StoreError>>),
     Recheck(PendingProfile, Reply<Result<(), StoreError>>),
     List(Reply<Vec<ProfileMeta>>),
     Get(u64, Reply<Option<(ProfileMeta, PathBuf)>>),
@@ -129,6 +130,16 @@ impl ProfileStoreHandle {
         self.ask(|r| Command::Recheck(pending, r)).await?
     }
 
+    /// Brings a dump written into the drop box into the store (workers under their own
+    /// user); nothing to do otherwise.
+    pub async fn adopt(&self, pending: &PendingProfile) -> Result<(), StoreError> {
+        if pending.worker_path.is_none() {
+            return Ok(());
+        }
+        let pending = pending.clone();
+        self.ask(|r| Command::Adopt(pending, r)).await?
+    }
+
     /// Removes the files of a profile that failed.
     pub async fn abort(&self, pending: PendingProfile) {
         let _ = self.tx.send(Command::Abort(pending)).await;
@@ -193,6 +204,9 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
                 let _ = r.send(store.begin_snapshot(slot, pid, trigger, expected));
             }
             Command::Abort(pending) => store.abort(&pending),
+            Command::Adopt(pending, r) => {
+                let _ = r.send(store.adopt(&pending));
+            }
             Command::Recheck(pending, r) => {
                 let _ = r.send(store.recheck_disk(&pending));
             }
