@@ -53,12 +53,18 @@ struct Parts {
 fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> {
     let log = root.new(o!("module" => "agent"));
     let fd_limit = raise_fd_limit();
-    prepare_state_dir(&config.state_dir)?;
+    prepare_state_dir(&config.state_dir, config.pool.user.is_some())?;
     let token = load_or_create_token(&config.admin.token_file, &config.state_dir)
         .context("the admin token cannot be used")?;
     let metrics = install_recorder().context("cannot install the metrics recorder")?;
-    let store = ProfileStore::open(&config.state_dir, config.profiles.clone())
+    let mut store = ProfileStore::open(&config.state_dir, config.profiles.clone())
         .context("cannot open the profile store")?;
+    if config.pool.user.is_some() {
+        // Workers under their own user cannot write the store: they dump into a drop box.
+        store = store
+            .with_dropbox(&config.state_dir)
+            .context("cannot prepare the workers' dump directory")?;
+    }
     // One thread: the agent is I/O-bound and small; a single thread also keeps the
     // parent-death signal of workers tied to a thread that lives as long as we do.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -176,6 +182,10 @@ fn register_slot_series(slots: std::ops::Range<usize>) {
 }
 
 /// The state directory holds profiles and the admin token: the agent's user's own, 0700.
-fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
-    crate::owned::prepare_dir(dir, 0o700).context("state-dir cannot be used")
+/// Workers under their own user (`pool.user`) need to reach `probes/` (the Node probe)
+/// and the default run directory through it: 0711, traversable but not listable; what
+/// is inside stays private (profiles/ 0700, the token 0600, probes/ read-only).
+fn prepare_state_dir(dir: &Path, workers_have_own_user: bool) -> anyhow::Result<()> {
+    let mode = if workers_have_own_user { 0o711 } else { 0o700 };
+    crate::owned::prepare_dir(dir, mode).context("state-dir cannot be used")
 }

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +23,7 @@ use crate::channel::{WorkerMsg, encode};
 use crate::diag::warn;
 use crate::error::ProbeError;
 use crate::fd::adopt_inherited_socket;
+use crate::held_fd::HeldFd;
 use crate::liveness::RuntimeLag;
 
 /// Environment variable naming the inherited control socket's descriptor number.
@@ -34,6 +34,10 @@ pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
 pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The writer thread's name, and a string every program that can start a [`Probe`]
+/// carries in its read-only data: the agent looks for it to refuse putting the native
+/// probe (a second probe on the same channel) into such a program.
+pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";
 /// Messages waiting for the writer thread; beyond this they are dropped and counted.
 const SEND_QUEUE: usize = 256;
 const NO_DEADLINE: u64 = u64::MAX;
@@ -146,7 +150,12 @@ impl Probe {
     /// [`from_fd`](Self::from_fd) for another kind of host: the native preload library
     /// says `runtime: native` in its hello.
     pub fn from_fd_as(fd: OwnedFd, runtime: crate::channel::Runtime) -> Result<Probe, ProbeError> {
-        let reader = UnixStream::from(fd);
+        // Both copies sit above the floor and are re-checked before each use
+        // (`held_fd`): the program's own descriptors are never written, shut or closed.
+        let reader = HeldFd::adopt(fd).map_err(|source| ProbeError::Io {
+            doing: "moving the control socket above the program's descriptors",
+            source,
+        })?;
         let writer = reader.try_clone().map_err(|source| ProbeError::Io {
             doing: "duplicating the control socket for the writer thread",
             source,
@@ -174,7 +183,7 @@ impl Probe {
             source,
         };
         std::thread::Builder::new()
-            .name("heapwarden-probe-tx".into())
+            .name(RUST_PROBE_MARK.into())
             .spawn(move || run_writer(queue, writer, dropped))
             .map_err(spawn_error)?;
         let for_reader = shared.clone();
@@ -310,7 +319,7 @@ fn read_hooks(shared: &Shared) -> std::sync::RwLockReadGuard<'_, Hooks> {
 }
 
 /// Writes queued messages until every sender is gone or the socket fails.
-fn run_writer(queue: Receiver<WorkerMsg>, mut socket: UnixStream, dropped: Arc<AtomicU64>) {
+fn run_writer(queue: Receiver<WorkerMsg>, mut socket: HeldFd, dropped: Arc<AtomicU64>) {
     for msg in queue {
         let frame = match encode(&msg) {
             Ok(frame) => frame,
@@ -328,8 +337,9 @@ fn run_writer(queue: Receiver<WorkerMsg>, mut socket: UnixStream, dropped: Arc<A
                 "Writing to the agent failed; closing the control channel.",
                 &[("error", json!(error.to_string()))],
             );
-            // Wakes the reader thread with end-of-stream so it closes the channel.
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+            // Wakes the reader thread with end-of-stream so it closes the channel (a
+            // number that is no longer ours is left alone).
+            socket.shutdown();
             return;
         }
     }

@@ -37,8 +37,9 @@
 //! (jemalloc is built with its `_rjem_` prefix: it serves Rust's allocations only, and the
 //! native preload library can wrap it in `malloc`/`free` of its own).
 //!
-//! Only `alloc` (jemalloc's C interface) and `fd` (adopting inherited descriptors) use
-//! `unsafe`; each says why every block is sound.
+//! Only `alloc` (jemalloc's C interface), `fd` (adopting inherited descriptors) and
+//! `held_fd` (the probe's own copies, checked before each use) use `unsafe`; each says
+//! why every block is sound.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "jemalloc")]
@@ -52,6 +53,8 @@ mod dump;
 mod error;
 #[allow(unsafe_code)]
 mod fd;
+#[allow(unsafe_code)]
+mod held_fd;
 mod liveness;
 mod stats;
 
@@ -60,7 +63,9 @@ pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
 pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
 };
-pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, WORKER_PID_ENV, worker_pid_matches};
+pub use client::{
+    CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, RUST_PROBE_MARK, WORKER_PID_ENV, worker_pid_matches,
+};
 pub use context::{
     CONFIG_ENV, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV,
     STATE_DIR_ENV, WORKER_ID_ENV, WorkerContext, default_state_dir,
@@ -68,6 +73,7 @@ pub use context::{
 pub use dump::dump_profile;
 pub use error::ProbeError;
 pub use fd::{InheritedSocket, take_inherited_socket, take_listen_socket};
+pub use held_fd::{PRIVATE_FD_FLOOR, close_held_in_forked_child};
 pub use liveness::{RuntimeLag, spawn_lag_monitor};
 pub use stats::HeapStats;
 

@@ -143,6 +143,7 @@ fn sample_dump_ping_and_ready_are_answered() {
         seq: 3,
         path: path.clone(),
         kind: heapwarden_probes::DumpKind::Profile,
+        max_bytes: None,
     });
     match agent.recv() {
         WorkerMsg::ProfileWritten {
@@ -166,6 +167,7 @@ fn sample_dump_ping_and_ready_are_answered() {
         seq: 4,
         path: missing_dir,
         kind: heapwarden_probes::DumpKind::Profile,
+        max_bytes: None,
     });
     assert!(matches!(
         agent.recv(),

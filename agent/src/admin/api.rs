@@ -191,6 +191,7 @@ async fn profile_now(
             figures,
             rule: None,
             headroom: state.snapshot_headroom,
+            replace: Some(state.requests.clone()),
         };
         return match take_snapshot(&state.store, request, &state.log).await {
             Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),

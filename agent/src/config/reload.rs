@@ -6,6 +6,7 @@
 //! env on the rolling replacement), `[sampling]`, `[watchdog]`, `log.level`, and `[demo]`
 //! (which the replacement workers read themselves). Restart only: `state-dir`, `[admin]`
 //! (the listener, the token, open metrics), `pool.listen` (bound once and shared),
+//! `pool.user`/`pool.group` (the state directory's modes follow them),
 //! `[profiles]` (the store's limits) and `log.redact` (built into the log pipeline).
 
 use std::path::PathBuf;
@@ -57,11 +58,16 @@ pub fn plan(running: &Config, new: Config) -> ReloadPlan {
         "admin.open-metrics",
     );
     keep(config.pool.listen != running.pool.listen, "pool.listen");
+    // The state and run directories' modes follow the workers' identity.
+    keep(config.pool.user != running.pool.user, "pool.user");
+    keep(config.pool.group != running.pool.group, "pool.group");
     keep(config.profiles != running.profiles, "profiles");
     keep(config.log.redact != running.log.redact, "log.redact");
     config.state_dir = running.state_dir.clone();
     config.admin = running.admin.clone();
     config.pool.listen = running.pool.listen;
+    config.pool.user = running.pool.user.clone();
+    config.pool.group = running.pool.group.clone();
     config.profiles = running.profiles.clone();
     config.log.redact = running.log.redact.clone();
 

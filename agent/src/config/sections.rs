@@ -98,6 +98,11 @@ pub struct PoolConfig {
     /// auto | node | native | off: which probe the workers get (supervisor/attach).
     pub probe: ProbeKind,
     pub restart: RestartConfig,
+    /// The user workers run as (name or uid); unset: the agent's own user, and then
+    /// workers are as trusted as the agent (supervisor/identity).
+    pub user: Option<String>,
+    /// Their group (name or gid); unset: the user's primary group.
+    pub group: Option<String>,
 }
 
 impl Default for PoolConfig {
@@ -114,6 +119,8 @@ impl Default for PoolConfig {
             kill_timeout: Duration::from_secs(10),
             probe: ProbeKind::Auto,
             restart: RestartConfig::default(),
+            user: None,
+            group: None,
         }
     }
 }

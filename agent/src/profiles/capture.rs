@@ -128,13 +128,14 @@ async fn capture(
         .begin(slot, pid, trigger)
         .await
         .map_err(CaptureError::Skipped)?;
-    let path = pending.raw_path.display().to_string();
+    let path = pending.path_for_worker().display().to_string();
     let reply = link
         .request(
             move |seq| AgentMsg::Dump {
                 seq,
                 path,
                 kind: DumpKind::Profile,
+                max_bytes: None,
             },
             DUMP_TIMEOUT,
         )
@@ -153,6 +154,14 @@ async fn capture(
         DumpFormat::V8Snapshot => Err("the worker wrote a heap snapshot, not a profile".into()),
         other => Ok(other),
     });
+    let written = match written {
+        Ok(format) => store
+            .adopt(&pending)
+            .await
+            .map(|()| format)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
     if written.is_ok()
         && let Err(e) = store.recheck_disk(&pending).await
     {

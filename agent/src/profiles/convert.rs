@@ -20,6 +20,13 @@ use super::trim::first_application_frame;
 const MAX_RAW_BYTES: u64 = 256 * 1024 * 1024;
 /// How long the helper may take before it is killed (a 200 MB binary takes ~1 s).
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The helper's address space (`RLIMIT_AS`): a conversion takes ~50 MiB, symbolisation
+/// maps the worker's ELF files; a hostile input fails with an allocation error instead
+/// of taking the machine's memory.
+pub const HELPER_MAX_ADDRESS_SPACE: u64 = 2 << 30;
+/// The helper's CPU seconds (`RLIMIT_CPU`, soft: SIGXCPU ends it), under the wall-clock
+/// [`HELPER_TIMEOUT`] the agent also enforces.
+pub const HELPER_MAX_CPU_SECONDS: u64 = 50;
 
 /// What a conversion produced; printed as JSON by the helper, parsed by the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +335,22 @@ pub async fn convert_v8_in_helper(raw: &Path, out: &Path) -> Result<ConvertSumma
         source,
     })?;
     run_helper(&exe, raw, out, None, Some("v8-sampling"), HELPER_TIMEOUT).await
+}
+
+/// Caps the helper's own address space and CPU time, first thing in the helper process
+/// (the limits are inherited by nothing: it starts no processes).
+pub fn limit_helper_resources() {
+    use nix::sys::resource::{Resource, setrlimit};
+    let _ = setrlimit(
+        Resource::RLIMIT_AS,
+        HELPER_MAX_ADDRESS_SPACE,
+        HELPER_MAX_ADDRESS_SPACE,
+    );
+    let _ = setrlimit(
+        Resource::RLIMIT_CPU,
+        HELPER_MAX_CPU_SECONDS,
+        HELPER_MAX_CPU_SECONDS + 5,
+    );
 }
 
 /// [`convert_in_helper`] with the helper binary and deadline given (tests and benches run

@@ -9,6 +9,7 @@
 mod capture;
 mod convert;
 mod diff;
+mod dropbox;
 mod dump_limit;
 mod error;
 mod flame;
@@ -50,6 +51,8 @@ pub fn helper_main(
     pid: Option<u32>,
     exe: Option<&Path>,
 ) -> Result<(), ProfileError> {
+    // Before any input is read: a hostile dump or profile costs at most these.
+    convert::limit_helper_resources();
     let mut summary = match format {
         "jemalloc" => convert::convert_with_exe(raw, out, pid, exe)?,
         "v8-sampling" => v8::convert_file(raw, out)?,

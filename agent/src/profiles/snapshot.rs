@@ -7,6 +7,12 @@
 //! worker's link is marked busy meanwhile, so the sampler neither waits for nor counts
 //! a missed answer and the leak rules skip the spike. The file is stored as is
 //! (`<id>.heapsnapshot`) once its first bytes are V8's snapshot header.
+//!
+//! A snapshot is about twice the heap on disk: one that cannot fit (in `max-bytes`
+//! once every other snapshot is gone, or on the disk above `min-free-disk`) is refused
+//! before it is taken; the worker writes it under the byte cap the agent sends and
+//! removes it past that; it never evicts a pprof profile; and a worker left holding a
+//! failed snapshot's deleted file is replaced.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +26,19 @@ use super::{ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger
 use crate::metric_names::HEAP_SNAPSHOTS;
 use crate::metric_names::labels::SnapshotOutcome;
 use crate::sampler::system::read_meminfo;
-use crate::supervisor::ControlLink;
+use crate::supervisor::{ControlLink, Request, RestartReason};
+use tokio::sync::mpsc;
 
-/// V8 writes ~50 MiB of heap in about a second; big heaps take far longer.
+/// V8 writes ~50 MiB of heap in about a second; big heaps take far longer. The turn a
+/// snapshot holds is bounded by its heap: `SNAPSHOT_BASE_TIMEOUT` plus one second per
+/// `SNAPSHOT_BYTES_PER_SECOND`, at most `SNAPSHOT_TIMEOUT`, so a worker that never
+/// answers does not hold every other snapshot off for five minutes.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+const SNAPSHOT_BASE_TIMEOUT: Duration = Duration::from_secs(20);
+const SNAPSHOT_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
+/// A snapshot file takes about twice the heap it describes (measured: a 92 MiB file for
+/// 50 MiB of small objects).
+const SNAPSHOT_BYTES_PER_HEAP_BYTE: u64 = 2;
 /// One snapshot at a time, agent-wide: each costs a worker a frozen event loop and
 /// the machine twice that worker's heap.
 static IN_PROGRESS: AtomicBool = AtomicBool::new(false);
@@ -93,6 +108,9 @@ pub struct SnapshotRequest {
     pub rule: Option<String>,
     /// `profiles.snapshot-headroom`.
     pub headroom: f64,
+    /// Where to ask for the worker's replacement when a failed snapshot left it holding
+    /// the deleted file (the disk stays full until that worker exits).
+    pub replace: Option<mpsc::Sender<Request>>,
 }
 
 /// Clears [`IN_PROGRESS`] however the snapshot ends.
@@ -150,6 +168,7 @@ async fn snapshot(
         figures,
         rule,
         headroom,
+        replace,
     } = request;
     let link = link
         .filter(|_| runtime == Some(Runtime::Node))
@@ -161,12 +180,13 @@ async fn snapshot(
         .or(figures.rss)
         .ok_or(SnapshotError::NoFigures { slot })?;
     check_memory(heap, headroom)?;
-    let pending = store
-        .begin(slot, pid, trigger)
+    let expected = heap.saturating_mul(SNAPSHOT_BYTES_PER_HEAP_BYTE);
+    let (pending, max_bytes) = store
+        .begin_snapshot(slot, pid, trigger, expected)
         .await
-        .map_err(SnapshotError::Skipped)?
-        .into_snapshot();
-    let path = pending.raw_path.display().to_string();
+        .map_err(SnapshotError::Skipped)?;
+    let path = pending.path_for_worker().display().to_string();
+    let timeout = snapshot_timeout(heap);
     let busy = link.mark_dumping();
     let reply = link
         .request(
@@ -174,8 +194,9 @@ async fn snapshot(
                 seq,
                 path,
                 kind: DumpKind::Snapshot,
+                max_bytes: Some(max_bytes),
             },
-            SNAPSHOT_TIMEOUT,
+            timeout,
         )
         .await;
     drop(busy);
@@ -185,7 +206,10 @@ async fn snapshot(
             error: None,
             format: DumpFormat::V8Snapshot,
             ..
-        }) => check_file(&pending.raw_path),
+        }) => match store.adopt(&pending).await {
+            Ok(()) => check_file(&pending.raw_path),
+            Err(e) => Err(e.to_string()),
+        },
         Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Err(e),
         Ok(other) => Err(format!("unexpected reply {other:?}")),
         Err(e) => Err(e.to_string()),
@@ -194,7 +218,21 @@ async fn snapshot(
         std::fs::rename(&pending.raw_path, &pending.out_path).map_err(|e| e.to_string())
     });
     if let Err(reason) = checked {
+        let held = holds_deleted_file(pid, pending.path_for_worker());
         store.abort(pending).await;
+        if held && let Some(replace) = replace {
+            // The file is gone from the directory but not from the disk while the
+            // worker keeps it open: replacing the worker frees the space.
+            let _ = replace
+                .send(Request::Replace {
+                    slot,
+                    reason: RestartReason::Unhealthy,
+                })
+                .await;
+            return Err(failed(format!(
+                "{reason}; the worker still holds the removed file open, so it is replaced"
+            )));
+        }
         return Err(failed(reason));
     }
     let (meta, _removed) = store
@@ -202,6 +240,27 @@ async fn snapshot(
         .await
         .map_err(SnapshotError::Store)?;
     Ok(meta)
+}
+
+/// How long a worker with `heap` bytes may take to answer a snapshot request: while it
+/// does, it holds the agent-wide turn and its samples are not counted as missed, so a
+/// worker that never answers is taken for hung after this, not after five minutes.
+fn snapshot_timeout(heap: u64) -> Duration {
+    (SNAPSHOT_BASE_TIMEOUT + Duration::from_secs(heap / SNAPSHOT_BYTES_PER_SECOND))
+        .min(SNAPSHOT_TIMEOUT)
+}
+
+/// Whether `pid` has a descriptor open on `path` (also once `path` was removed, which
+/// procfs shows as `path (deleted)`).
+fn holds_deleted_file(pid: u32, path: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let deleted = format!("{} (deleted)", path.display());
+    entries.flatten().any(|entry| {
+        std::fs::read_link(entry.path())
+            .is_ok_and(|target| target == path || target.to_string_lossy() == deleted.as_str())
+    })
 }
 
 fn check_memory(heap: u64, headroom: f64) -> Result<(), SnapshotError> {
@@ -225,5 +284,28 @@ fn check_file(path: &Path) -> Result<(), String> {
         Ok(true) => Ok(()),
         Ok(false) => Err("the file the worker wrote is not a V8 heap snapshot".into()),
         Err(e) => Err(format!("the snapshot file cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_turn_is_bounded_by_the_heap_it_writes() {
+        assert_eq!(snapshot_timeout(0), Duration::from_secs(20));
+        assert_eq!(snapshot_timeout(50 << 20), Duration::from_secs(26));
+        assert_eq!(snapshot_timeout(100 << 30), SNAPSHOT_TIMEOUT);
+    }
+
+    #[test]
+    fn a_process_holding_a_removed_file_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.raw");
+        let held = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(holds_deleted_file(std::process::id(), &path));
+        drop(held);
+        assert!(!holds_deleted_file(std::process::id(), &path));
     }
 }

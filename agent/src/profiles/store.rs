@@ -29,9 +29,18 @@ pub enum StoreError {
     #[error("profile directory: {0}")]
     NotOurs(#[source] crate::owned::OwnedError),
     #[error(
-        "manual profile {id} of slot {slot} was not kept: the retention limits are full of leak and baseline profiles, which manual ones never evict"
+        "profile {id} of slot {slot} was not kept: the retention limits are full of profiles it may not evict (a manual profile evicts only manual ones, a heap snapshot only snapshots)"
     )]
     RetentionFull { id: u64, slot: usize },
+    #[error(
+        "a heap snapshot of slot {slot} is expected to take {expected} bytes, but only {room} bytes can be made room for ({why}); not taken"
+    )]
+    SnapshotTooLarge {
+        slot: usize,
+        expected: u64,
+        room: u64,
+        why: &'static str,
+    },
     #[error("no profile with id {0}")]
     UnknownId(u64),
     #[error(
@@ -63,9 +72,17 @@ pub struct PendingProfile {
     pub kind: ProfileKind,
     pub raw_path: PathBuf,
     pub out_path: PathBuf,
+    /// Where the worker writes, when not `raw_path`: a worker under its own user writes
+    /// into the drop box, and the agent adopts the file ([`ProfileStore::adopt`]).
+    pub worker_path: Option<PathBuf>,
 }
 
 impl PendingProfile {
+    /// The path to send the worker in its `dump` request.
+    pub fn path_for_worker(&self) -> &Path {
+        self.worker_path.as_deref().unwrap_or(&self.raw_path)
+    }
+
     /// The same reservation, stored as a heap snapshot (`<id>.heapsnapshot`).
     pub fn into_snapshot(mut self) -> PendingProfile {
         self.kind = ProfileKind::Snapshot;
@@ -81,6 +98,8 @@ pub struct ProfileStore {
     config: ProfilesConfig,
     index: IndexFile,
     skipped_for_disk: u64,
+    /// Set when workers run under their own user.
+    dropbox: Option<super::dropbox::DropBox>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -115,9 +134,39 @@ impl ProfileStore {
             config,
             index,
             skipped_for_disk: 0,
+            dropbox: None,
         };
         store.save()?;
         Ok(store)
+    }
+
+    /// Workers run under their own user (`pool.user`): they write their dumps into
+    /// `<state_dir>/dumps/` and the agent adopts them.
+    pub fn with_dropbox(mut self, state_dir: &Path) -> Result<ProfileStore, StoreError> {
+        let dropbox =
+            super::dropbox::DropBox::prepare(state_dir).map_err(|source| StoreError::Io {
+                path: state_dir.join("dumps"),
+                source,
+            })?;
+        self.dropbox = Some(dropbox);
+        Ok(self)
+    }
+
+    /// Brings what the worker wrote in the drop box into the store at `raw_path` (a
+    /// no-op when the worker wrote there itself).
+    pub fn adopt(&mut self, pending: &PendingProfile) -> Result<(), StoreError> {
+        let (Some(dropbox), Some(dropped)) = (&self.dropbox, &pending.worker_path) else {
+            return Ok(());
+        };
+        let cap = self.config.max_bytes.bytes().max(1 << 20);
+        dropbox
+            .adopt(dropped, &pending.raw_path, cap)
+            .map(|_| ())
+            .map_err(|reason| StoreError::NotWritten {
+                id: pending.id,
+                slot: pending.slot,
+                reason,
+            })
     }
 
     pub fn dir(&self) -> &Path {
@@ -199,7 +248,51 @@ impl ProfileStore {
             kind: ProfileKind::Profile,
             raw_path: self.dir.join(format!("{id}.raw")),
             out_path: self.dir.join(ProfileId::file_name(id)),
+            worker_path: self.dropbox.as_ref().map(|d| d.path_for(id)),
         })
+    }
+
+    /// Starts a heap snapshot expected to take `expected` bytes (about twice the heap),
+    /// refusing it before it is taken when it cannot fit: neither in `max-bytes` once
+    /// every other snapshot is evicted (it never evicts a pprof profile), nor on the disk
+    /// with `min-free-disk` left. Returns the reservation and the byte cap the worker
+    /// must stay under (the room there is).
+    pub fn begin_snapshot(
+        &mut self,
+        slot: usize,
+        pid: u32,
+        trigger: Trigger,
+        expected: u64,
+    ) -> Result<(PendingProfile, u64), StoreError> {
+        let profiles: u64 = self
+            .index
+            .profiles
+            .iter()
+            .filter(|p| p.kind != ProfileKind::Snapshot)
+            .map(|p| p.bytes)
+            .sum();
+        let in_store = self.config.max_bytes.bytes().saturating_sub(profiles);
+        let on_disk = self
+            .free_disk()?
+            .saturating_sub(self.config.min_free_disk.bytes());
+        let (room, why) = if in_store <= on_disk {
+            (in_store, "profiles.max-bytes less the pprof profiles kept")
+        } else {
+            (on_disk, "free disk less profiles.min-free-disk")
+        };
+        if expected > room {
+            if why.starts_with("free disk") {
+                self.skipped_for_disk += 1;
+            }
+            return Err(StoreError::SnapshotTooLarge {
+                slot,
+                expected,
+                room,
+                why,
+            });
+        }
+        let pending = self.begin(slot, pid, trigger)?.into_snapshot();
+        Ok((pending, room))
     }
 
     /// Records a converted profile, deletes its raw dump, applies retention. Returns the
@@ -237,7 +330,8 @@ impl ProfileStore {
         };
         self.index.profiles.push(entry.clone());
         let removed = self.enforce_retention(&entry);
-        if entry.trigger == Trigger::Manual && self.over_limits() {
+        let refused = entry.trigger == Trigger::Manual || entry.kind == ProfileKind::Snapshot;
+        if refused && self.over_limits() {
             self.index.profiles.retain(|p| p.id != entry.id);
             let _ = std::fs::remove_file(&pending.out_path);
             self.save()?;
@@ -277,14 +371,17 @@ impl ProfileStore {
 
     /// Drops a profile that failed: removes whatever files it left.
     pub fn abort(&mut self, pending: &PendingProfile) {
+        if let Some(dropped) = &pending.worker_path {
+            let _ = std::fs::remove_file(dropped);
+        }
         let _ = std::fs::remove_file(&pending.raw_path);
         let _ = std::fs::remove_file(&pending.out_path);
     }
 
     /// Deletes profiles until both limits hold: manual ones first (oldest first), then
     /// the oldest others, each slot's newest baseline last; the profile just written
-    /// never. A new manual profile may only evict manual ones, so on-call dumps can never
-    /// push out the evidence of a leak.
+    /// never. A new manual profile may only evict manual ones, and a new snapshot only
+    /// other snapshots, so neither can push out the evidence of a leak.
     fn enforce_retention(&mut self, new: &ProfileMeta) -> Vec<ProfileMeta> {
         let mut removed = Vec::new();
         while self.over_limits() {
@@ -302,7 +399,13 @@ impl ProfileStore {
             let manual = profiles
                 .iter()
                 .position(|p| other(p) && p.trigger == Trigger::Manual);
-            let victim = if new.trigger == Trigger::Manual {
+            let victim = if new.kind == ProfileKind::Snapshot {
+                // A snapshot never evicts a pprof profile (the baseline and the leak's
+                // evidence): only other snapshots, oldest first.
+                profiles
+                    .iter()
+                    .position(|p| other(p) && p.kind == ProfileKind::Snapshot)
+            } else if new.trigger == Trigger::Manual {
                 manual
             } else {
                 let unprotected =

@@ -37,7 +37,15 @@ enum Command {
         Option<String>,
         Reply<Result<(ProfileMeta, Vec<ProfileMeta>), StoreError>>,
     ),
+    BeginSnapshot(
+        usize,
+        u32,
+        Trigger,
+        u64,
+        Reply<Result<(PendingProfile, u64), StoreError>>,
+    ),
     Abort(PendingProfile),
+    Adopt(PendingProfile, Reply<Result<(), StoreError>>),
     Recheck(PendingProfile, Reply<Result<(), StoreError>>),
     List(Reply<Vec<ProfileMeta>>),
     Get(u64, Reply<Option<(ProfileMeta, PathBuf)>>),
@@ -82,6 +90,19 @@ impl ProfileStoreHandle {
         self.ask(|r| Command::Begin(slot, pid, trigger, r)).await?
     }
 
+    /// Reserves a heap snapshot expected to take `expected` bytes, or refuses it before
+    /// it is taken; returns the reservation and the byte cap for the worker.
+    pub async fn begin_snapshot(
+        &self,
+        slot: usize,
+        pid: u32,
+        trigger: Trigger,
+        expected: u64,
+    ) -> Result<(PendingProfile, u64), StoreError> {
+        self.ask(|r| Command::BeginSnapshot(slot, pid, trigger, expected, r))
+            .await?
+    }
+
     /// Records a converted profile; returns it and what retention removed.
     pub async fn commit(
         &self,
@@ -107,6 +128,16 @@ impl ProfileStoreHandle {
     pub async fn recheck_disk(&self, pending: &PendingProfile) -> Result<(), StoreError> {
         let pending = pending.clone();
         self.ask(|r| Command::Recheck(pending, r)).await?
+    }
+
+    /// Brings a dump written into the drop box into the store (workers under their own
+    /// user); nothing to do otherwise.
+    pub async fn adopt(&self, pending: &PendingProfile) -> Result<(), StoreError> {
+        if pending.worker_path.is_none() {
+            return Ok(());
+        }
+        let pending = pending.clone();
+        self.ask(|r| Command::Adopt(pending, r)).await?
     }
 
     /// Removes the files of a profile that failed.
@@ -189,7 +220,13 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
             Command::Commit(pending, figures, rule, r) => {
                 let _ = r.send(store.commit(pending, figures, rule));
             }
+            Command::BeginSnapshot(slot, pid, trigger, expected, r) => {
+                let _ = r.send(store.begin_snapshot(slot, pid, trigger, expected));
+            }
             Command::Abort(pending) => store.abort(&pending),
+            Command::Adopt(pending, r) => {
+                let _ = r.send(store.adopt(&pending));
+            }
             Command::Recheck(pending, r) => {
                 let _ = r.send(store.recheck_disk(&pending));
             }

@@ -50,8 +50,16 @@ pub fn resolve(
     // Group by file, so each ELF is opened and parsed once.
     let mut by_file: HashMap<&Path, (usize, Vec<u64>, Vec<u64>)> = HashMap::new();
     let mut out = HashMap::with_capacity(addrs.len());
+    // Mappings sorted by start, each address found by binary search: the worker's list
+    // can be long (and hostile), addresses many.
+    let mut by_start: Vec<usize> = (0..mappings.len()).collect();
+    by_start.sort_by_key(|&i| mappings[i].start);
     for &addr in addrs {
-        let mapping = mappings.iter().position(|m| m.contains(addr));
+        let after = by_start.partition_point(|&i| mappings[i].start <= addr);
+        let mapping = after
+            .checked_sub(1)
+            .map(|at| by_start[at])
+            .filter(|&i| mappings[i].contains(addr));
         out.insert(
             addr,
             Resolved {
@@ -132,7 +140,8 @@ fn frames_of(sym: &blazesym::symbolize::Sym<'_>, full_name: Option<&str>) -> Vec
 
 /// The path to read for a mapping: the override for the main executable, else the
 /// mapped path if it is still the same file (same inode), else the live process's view
-/// of it. A replaced file with no live process gives `None`: no names beat wrong names.
+/// of it, when that is still the same inode (a reused pid's files are not). A replaced
+/// file with no live process gives `None`: no names beat wrong names.
 fn readable_path(m: &MappedFile, is_main: bool, sources: &SymbolSources) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     if is_main && let Some(exe) = &sources.exe {
@@ -152,5 +161,84 @@ fn readable_path(m: &MappedFile, is_main: bool, sources: &SymbolSources) -> Opti
         ))),
         Some(Path::new(&format!("/proc/{pid}/root")).join(m.path.strip_prefix("/").ok()?)),
     ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
+    // The pid may have been reused since the dump: a file reached through /proc counts
+    // only when it is the very file the worker mapped (same inode).
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| std::fs::metadata(p).is_ok_and(|meta| meta.is_file() && meta.ino() == m.inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(start: u64, end: u64, path: &str, inode: u64) -> MappedFile {
+        MappedFile {
+            start,
+            end,
+            file_offset: 0,
+            path: PathBuf::from(path),
+            inode,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn addresses_find_their_mapping_by_binary_search_in_a_long_hostile_list() {
+        // 50,000 one-page mappings of files that do not exist, listed in reverse, and
+        // 50,000 addresses: linear search would be 2.5 billion steps.
+        let n = 50_000u64;
+        let mappings: Vec<MappedFile> = (0..n)
+            .rev()
+            .map(|i| {
+                mapping(
+                    0x10000 + i * 0x2000,
+                    0x10000 + i * 0x2000 + 0x1000,
+                    "/nonexistent/x.so",
+                    1,
+                )
+            })
+            .collect();
+        let addrs: Vec<u64> = (0..n).map(|i| 0x10000 + i * 0x2000 + 0x800).collect();
+        let started = std::time::Instant::now();
+        let out = resolve(&addrs, &mappings, &SymbolSources::default());
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        for (i, addr) in addrs.iter().enumerate() {
+            let index = out[addr].mapping.expect("mapped");
+            assert!(mappings[index].contains(*addr));
+            assert_eq!(index, n as usize - 1 - i);
+        }
+        // Between mappings and past the last one: none.
+        let gaps = [0x10000 + 0x1800, 0x10000 + n * 0x2000 + 0x10, 0x10];
+        let out = resolve(&gaps, &mappings, &SymbolSources::default());
+        assert!(gaps.iter().all(|a| out[a].mapping.is_none()));
+    }
+
+    #[test]
+    fn a_live_pid_is_trusted_only_for_the_very_file_the_worker_mapped() {
+        // This test process stands in for a reused pid: its /proc/self/exe is not the
+        // file recorded in the mapping (another inode), so it must not be used.
+        let replaced = MappedFile {
+            deleted: true,
+            ..mapping(0x1000, 0x2000, "/gone/app", 424242)
+        };
+        let sources = SymbolSources {
+            exe: None,
+            pid: Some(std::process::id()),
+        };
+        assert_eq!(readable_path(&replaced, true, &sources), None);
+        // The same inode as our own executable: /proc/PID/exe is taken.
+        use std::os::unix::fs::MetadataExt;
+        let own = std::fs::metadata("/proc/self/exe").unwrap().ino();
+        let same = MappedFile {
+            deleted: true,
+            ..mapping(0x1000, 0x2000, "/gone/app", own)
+        };
+        let pid = std::process::id();
+        assert_eq!(
+            readable_path(&same, true, &sources),
+            Some(PathBuf::from(format!("/proc/{pid}/exe")))
+        );
+    }
 }

@@ -417,3 +417,75 @@ fn free_space_is_rechecked_for_the_dump_before_conversion() {
     ));
     assert_eq!(store.skipped_for_disk(), 1);
 }
+
+/// Commits a snapshot of `size` bytes the way `snapshot.rs` does; `Err` when refused.
+fn add_snapshot(
+    store: &mut ProfileStore,
+    slot: usize,
+    trigger: Trigger,
+    size: usize,
+) -> Result<ProfileMeta, StoreError> {
+    let (pending, cap) = store.begin_snapshot(slot, 1, trigger, size as u64)?;
+    assert!(cap >= size as u64, "cap {cap} below the expected {size}");
+    std::fs::write(&pending.out_path, vec![b'{'; size]).expect("snapshot file");
+    store
+        .commit(pending, ProfileFigures::default(), None)
+        .map(|(meta, _)| meta)
+}
+
+#[test]
+fn a_snapshot_never_evicts_pprof_profiles_and_one_that_cannot_fit_is_refused_before_it_is_taken() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut store = ProfileStore::open(state.path(), store_config(50, 1000)).expect("open");
+    let base = add(&mut store, 0, Trigger::Baseline, 300);
+    let leak = add(&mut store, 0, Trigger::Leak, 300);
+    // 400 bytes of room once every snapshot is gone: a 600-byte snapshot is refused
+    // before the worker is asked for it, and nothing is removed.
+    let refused = add_snapshot(&mut store, 0, Trigger::Leak, 600);
+    assert!(
+        matches!(refused, Err(StoreError::SnapshotTooLarge { room: 400, .. })),
+        "{refused:?}"
+    );
+    let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, [base.id, leak.id]);
+    // One that fits is kept; the next evicts it (not the profiles).
+    let first = add_snapshot(&mut store, 0, Trigger::Manual, 350).expect("fits");
+    let second = add_snapshot(&mut store, 0, Trigger::Manual, 380).expect("fits");
+    let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, [base.id, leak.id, second.id]);
+    assert!(!store.dir().join(&first.file).exists());
+    // A snapshot bigger than announced (the worker's file past the estimate) that does
+    // not fit is not kept, and still evicts no profile.
+    let (pending, _cap) = store
+        .begin_snapshot(0, 1, Trigger::Manual, 100)
+        .expect("announced small");
+    std::fs::write(&pending.out_path, vec![b'{'; 900]).expect("snapshot file");
+    let refused = store.commit(pending.clone(), ProfileFigures::default(), None);
+    assert!(
+        matches!(refused, Err(StoreError::RetentionFull { .. })),
+        "{refused:?}"
+    );
+    assert!(!pending.out_path.exists());
+    let ids: Vec<u64> = store.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, [base.id, leak.id]);
+}
+
+#[test]
+fn a_snapshot_is_refused_when_the_disk_cannot_hold_it_above_min_free_disk() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let store = ProfileStore::open(state.path(), store_config(10, 1 << 40)).expect("open");
+    let free = store.free_disk().expect("statvfs");
+    drop(store);
+    let config = ProfilesConfig {
+        min_free_disk: Size(free.saturating_sub(64 << 20)),
+        ..store_config(10, 1 << 40)
+    };
+    let mut store = ProfileStore::open(state.path(), config).expect("reopen");
+    // ~64 MiB of room on the disk: a 256 MiB snapshot (a 128 MiB heap) is refused.
+    let refused = store.begin_snapshot(0, 1, Trigger::Manual, 256 << 20);
+    assert!(
+        matches!(refused, Err(StoreError::SnapshotTooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.skipped_for_disk(), 1);
+}

@@ -26,9 +26,12 @@ use super::pprof::{self, StringTable};
 /// A sampling profile is proportional to distinct live stacks; 64 MiB is far past any.
 pub const MAX_V8_PROFILE_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_NODES: usize = 2_000_000;
+/// Frames kept per sample, leaf first (deeper ones are dropped, as pprof's own
+/// collectors do): what keeps a hostile deep chain linear.
+pub const MAX_STACK_DEPTH: usize = 256;
 const FORMAT: &str = "heapwarden-v8-sampling";
 /// The probe's file: its frames are the watchdog's, not the application's.
-const PROBE_FILE: &str = "heapwarden-probe.js";
+const PROBE_FILE: &str = "heapwarden-probe.cjs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum V8Error {
@@ -162,7 +165,8 @@ fn display_name(name: &str, url: &str, line: i64) -> String {
 }
 
 fn is_probe_frame(row: &NodeRow) -> bool {
-    row.3.ends_with(PROBE_FILE)
+    // `.js`: the name the probe had before it became `.cjs` (profiles of older agents).
+    row.3.ends_with(PROBE_FILE) || row.3.ends_with("heapwarden-probe.js")
 }
 
 fn is_root(row: &NodeRow) -> bool {
@@ -188,6 +192,8 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
         }
         *objects.entry(node).or_default() += objects_for(size, flat.sampling_interval);
     }
+    let (parents, in_probe) = ancestry(flat, &index)?;
+    let mut location_of: Vec<Option<u64>> = vec![None; flat.nodes.len()];
     let mut b = Builder {
         strings: StringTable::default(),
         functions: HashMap::new(),
@@ -207,39 +213,31 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
         if self_size == 0.0 && count == 0.0 {
             continue;
         }
+        // Leaf first, at most MAX_STACK_DEPTH frames: the walk and the sample are
+        // bounded, so a hostile chain costs O(nodes x depth), not O(nodes^2).
         let mut stack = Vec::new();
-        let mut in_probe = false;
-        let mut at = Some(row);
-        // A chain longer than the node count has a cycle.
-        for _ in 0..=flat.nodes.len() {
-            let Some(node) = at else { break };
-            if is_probe_frame(node) {
-                in_probe = true;
-            } else if !is_root(node) {
-                stack.push(node);
+        let mut at = Some(node_index(&index, row.0));
+        while let Some(i) = at {
+            if stack.len() == MAX_STACK_DEPTH {
+                break;
             }
-            at = match node.1 {
-                0 => None,
-                parent => match index.get(&parent) {
-                    Some(&i) => Some(&flat.nodes[i]),
-                    None => {
-                        return Err(V8Error::Shape(format!(
-                            "node {} has unknown parent {parent}",
-                            node.0
-                        )));
-                    }
-                },
-            };
+            let node = &flat.nodes[i];
+            if !is_root(node) && !is_probe_frame(node) {
+                stack.push(i);
+            }
+            at = parents[i];
         }
-        if at.is_some() {
-            return Err(V8Error::Shape("the node parents form a cycle".to_owned()));
-        }
+        let in_probe = in_probe[node_index(&index, row.0)];
         // What the probe allocated (and node internals it called) is the probe's: one
         // frame, never the application's function.
         let stack: Vec<u64> = if in_probe {
             vec![b.location(&PROBE_ROW)]
         } else {
-            stack.into_iter().map(|node| b.location(node)).collect()
+            // One location lookup per node, not per frame of every sample.
+            stack
+                .into_iter()
+                .map(|i| *location_of[i].get_or_insert_with(|| b.location(&flat.nodes[i])))
+                .collect()
         };
         let (bytes, objects) = (self_size.round() as i64, count.round() as i64);
         totals.bytes += bytes;
@@ -256,6 +254,54 @@ fn build(flat: &FlatProfile, dumped_at: SystemTime) -> Result<(pprof::Profile, V
     let mut profile = b.profile;
     profile.string_table = b.strings.finish();
     Ok((profile, totals))
+}
+
+fn node_index(index: &HashMap<u64, usize>, id: u64) -> usize {
+    index[&id]
+}
+
+/// Each node's parent (by position) and whether a probe frame is among its ancestors
+/// (itself included), memoised: every node is walked once, whatever the depth, and a
+/// cycle or an unknown parent is an error.
+#[allow(clippy::type_complexity)]
+fn ancestry(
+    flat: &FlatProfile,
+    index: &HashMap<u64, usize>,
+) -> Result<(Vec<Option<usize>>, Vec<bool>), V8Error> {
+    let n = flat.nodes.len();
+    let mut parents = Vec::with_capacity(n);
+    for node in &flat.nodes {
+        parents.push(match node.1 {
+            0 => None,
+            parent => Some(*index.get(&parent).ok_or_else(|| {
+                V8Error::Shape(format!("node {} has unknown parent {parent}", node.0))
+            })?),
+        });
+    }
+    // 0: not yet known, 1: on the walk being resolved, 2: known.
+    let mut state = vec![0u8; n];
+    let mut in_probe = vec![false; n];
+    let mut walk = Vec::new();
+    for start in 0..n {
+        let mut at = Some(start);
+        while let Some(i) = at {
+            match state[i] {
+                2 => break,
+                1 => return Err(V8Error::Shape("the node parents form a cycle".to_owned())),
+                _ => {}
+            }
+            state[i] = 1;
+            walk.push(i);
+            at = parents[i];
+        }
+        let mut inherited = at.is_some_and(|known| in_probe[known]);
+        while let Some(i) = walk.pop() {
+            inherited |= is_probe_frame(&flat.nodes[i]);
+            in_probe[i] = inherited;
+            state[i] = 2;
+        }
+    }
+    Ok((parents, in_probe))
 }
 
 fn finish(b: &mut Builder<'_>, flat: &FlatProfile, dumped_at: SystemTime) {

@@ -35,7 +35,7 @@ fn leak_profile(leaked: u64) -> Vec<u8> {
                 5,
                 1,
                 "sample",
-                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                "/var/lib/heapwarden/probes/heapwarden-probe.cjs",
                 100,
                 0,
                 512
@@ -44,7 +44,7 @@ fn leak_profile(leaked: u64) -> Vec<u8> {
                 6,
                 5,
                 "flatten",
-                "/var/lib/heapwarden/probes/heapwarden-probe.js",
+                "/var/lib/heapwarden/probes/heapwarden-probe.cjs",
                 150,
                 0,
                 256
@@ -168,4 +168,55 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = parse_and_build(&bytes, SystemTime::now());
     }
+}
+
+/// A hostile profile: one chain `depth` nodes deep where every node holds bytes (the
+/// shape that made the converter quadratic: 396 KB took 534 MB and 6.3 s).
+fn deep_chain(depth: u64) -> Vec<u8> {
+    let mut nodes = vec![json!([1, 0, "(root)", "", -1, -1, 0])];
+    for id in 2..=depth + 1 {
+        nodes.push(json!([
+            id,
+            id - 1,
+            format!("f{id}"),
+            "file:///a.js",
+            id,
+            0,
+            64
+        ]));
+    }
+    profile(json!(nodes), json!([]))
+}
+
+#[test]
+fn a_deep_hostile_chain_converts_in_linear_time_with_stacks_cut_at_the_depth_limit() {
+    let json = deep_chain(20_000);
+    let started = std::time::Instant::now();
+    let (profile, totals) = parse_and_build(&json, SystemTime::now()).expect("converts");
+    let took = started.elapsed();
+    println!(
+        "{} bytes of JSON, 20000 nodes deep: {took:?}, {} samples",
+        json.len(),
+        totals.samples
+    );
+    assert_eq!(totals.samples, 20_000);
+    let longest = profile.sample.iter().map(|s| s.location_id.len()).max();
+    assert_eq!(longest, Some(MAX_STACK_DEPTH));
+    let ids: usize = profile.sample.iter().map(|s| s.location_id.len()).sum();
+    assert!(ids <= 20_000 * MAX_STACK_DEPTH, "{ids} location ids");
+    // Quadratic work (200 million frame steps) took minutes in this debug build; the
+    // bound is loose for a loaded machine, the structural bound above is the real one.
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+fn a_cycle_deep_in_a_chain_is_an_error_not_a_hang() {
+    let mut nodes = vec![json!([1, 0, "(root)", "", -1, -1, 0])];
+    for id in 2..=5_000u64 {
+        nodes.push(json!([id, id - 1, "f", "file:///a.js", 1, 0, 8]));
+    }
+    // Node 2's parent becomes the last node: 2 → 5000 → … → 2.
+    nodes[1] = json!([2, 5_000, "f", "file:///a.js", 1, 0, 8]);
+    let err = parse_and_build(&profile(json!(nodes), json!([])), SystemTime::now()).unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
 }

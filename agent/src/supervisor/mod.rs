@@ -4,6 +4,7 @@
 
 pub mod attach;
 mod contain;
+pub mod identity;
 pub mod link;
 pub mod listen;
 mod notify;

@@ -81,14 +81,16 @@ pub fn bind(path: &Path) -> io::Result<UnixDatagram> {
 
 /// Reads a worker's notifications until aborted (when the worker is reaped); a believed
 /// `READY=1` becomes a readiness report for `worker_id`.
+/// `worker_uid`: the user the worker runs as (`pool.user`); `None`: the agent's own.
 pub fn watch_worker(
     socket: UnixDatagram,
     worker_id: u64,
     worker_pid: u32,
+    worker_uid: Option<u32>,
     ready: mpsc::Sender<u64>,
     log: Logger,
 ) -> AbortHandle {
-    let agent_uid = nix::unistd::geteuid().as_raw();
+    let agent_uid = worker_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
     let task = tokio::spawn(async move {
         let proc_root = Path::new("/proc");
         loop {

@@ -34,6 +34,8 @@ pub enum ProgramError {
     DemoMissing { path: PathBuf },
     #[error("cannot locate the agent's own executable: {0}")]
     OwnExe(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] super::identity::IdentityError),
     #[error("cannot run {} check-config: {source}", path.display())]
     CheckSpawn {
         path: PathBuf,

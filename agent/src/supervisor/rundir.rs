@@ -201,6 +201,17 @@ impl WorkerDir {
         self.path.join("notify")
     }
 
+    /// For a worker under its own user (`pool.user`): the run directory and this one
+    /// become traversable (0711, still not listable) and the notify socket writable by
+    /// it (0666: connecting needs write permission). Nothing else in them is readable.
+    pub fn open_to_worker_user(&self) -> io::Result<()> {
+        if let Some(run_dir) = self.path.parent() {
+            fs::set_permissions(run_dir, fs::Permissions::from_mode(0o711))?;
+        }
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o711))?;
+        fs::set_permissions(self.notify_socket(), fs::Permissions::from_mode(0o666))
+    }
+
     /// Records the worker's process group for the next agent, should this one be
     /// SIGKILLed.
     pub fn record_group(&self, group: GroupRecord) -> io::Result<()> {

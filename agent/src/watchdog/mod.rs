@@ -405,6 +405,7 @@ impl Watchdog {
                 figures: figures.clone(),
                 rule: rule.clone(),
                 headroom: self.snapshot_headroom,
+                replace: Some(self.requests.clone()),
             });
         let request = CaptureRequest {
             slot: sample.slot,
@@ -426,6 +427,8 @@ impl Watchdog {
             let Some(Detection { trip, base, now }) = detection else {
                 return;
             };
+            // The diff first: it reads the leak profile and its baseline, which must
+            // not wait behind (or be put at risk by) a snapshot.
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,

@@ -7,7 +7,7 @@ const assert = require('node:assert');
 const fs = require('node:fs');
 const path = require('node:path');
 
-const probe = require('../heapwarden-probe.js');
+const probe = require('../heapwarden-probe.cjs');
 const { encode, decode, flatten, redirectListen } = probe._frames;
 const fixture = JSON.parse(fs.readFileSync(path.join(__dirname, '../../protocol/frames.json'), 'utf8'));
 

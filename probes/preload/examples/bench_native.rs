@@ -274,6 +274,7 @@ fn channel_rows(hold: &Path, rounds: usize) {
                 seq,
                 path: path.display().to_string(),
                 kind: DumpKind::Profile,
+                max_bytes: None,
             });
             match agent.recv() {
                 WorkerMsg::ProfileWritten {

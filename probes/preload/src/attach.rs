@@ -6,8 +6,9 @@
 //! execs the command in) must name it. A shell wrapper that `exec`s the real
 //! program keeps that pid, so each image attaches in turn and the program, the last one,
 //! ends up attached (the agent takes every `hello` as the new claimant). For that the
-//! inherited descriptor stays open across `exec`; the probe's threads use a close-on-exec
-//! duplicate of it, and `fork` closes both in children.
+//! inherited descriptor stays open across `exec`; the probe's threads use close-on-exec
+//! duplicates of it above the program's descriptors (`heapwarden_probes`' `held_fd`,
+//! checked before each use), and `fork` closes every copy in children.
 //!
 //! Attaching means: check the program really allocates through this library, adopt the
 //! control socket, switch allocation sampling on (descendants keep it off), then run
@@ -21,15 +22,13 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use heapwarden_probes::diag::{info, warn};
-use heapwarden_probes::{CONTROL_FD_ENV, Probe, Runtime, activate_profiling, worker_pid_matches};
+use heapwarden_probes::{
+    CONTROL_FD_ENV, PRIVATE_FD_FLOOR, Probe, Runtime, activate_profiling, worker_pid_matches,
+};
 use serde_json::json;
 
 use crate::{drain, fork, no_unwind};
 
-/// Lowest number tried for the probe's own duplicate: far above the descriptors shells
-/// and programs pick for themselves (`exec 5>file`), so a wrapper script cannot redirect
-/// over the channel while it still holds it.
-const PRIVATE_FD_FLOOR: RawFd = 500;
 /// The control socket's inode, set by the agent beside `HEAPWARDEN_CONTROL_FD`.
 const CONTROL_INO_ENV: &str = "HEAPWARDEN_CONTROL_INO";
 
@@ -75,7 +74,7 @@ fn attach_if_worker() {
     let started = Instant::now();
     let profiling = activate_profiling();
     let activation_us = started.elapsed().as_secs_f64() * 1e6;
-    fork::watch_children(inherited, &channel);
+    fork::watch_children(inherited);
     let probe = match with_signals_blocked(|| Probe::from_fd_as(channel, Runtime::Native)) {
         Ok(probe) => probe,
         Err(error) => {
@@ -88,6 +87,12 @@ fn attach_if_worker() {
     };
     drain::install(&probe);
     let _ = PROBE.set(probe);
+    if let Some(library) = crate::jemalloc_api::other_jemalloc_loaded() {
+        info(
+            "The program links another jemalloc; its mallctl, malloc_stats_print and *allocx calls are served by the probe's jemalloc, which holds the heap.",
+            &[("library", json!(library))],
+        );
+    }
     info(
         "The heapwarden native probe is attached.",
         &[

@@ -3,8 +3,8 @@
 //! child handler and raw descriptor calls.
 //!
 //! In the child only the forking thread exists, so the probe's threads are gone; the
-//! handler makes sure nothing of the channel survives either: it closes the probe's
-//! duplicate and the inherited descriptor (when that number still is the agent's socket,
+//! handler makes sure nothing of the channel survives either: it closes every copy the
+//! probe held (`heapwarden_probes::close_held_in_forked_child`) and the inherited descriptor (when that number still is the agent's socket,
 //! same device and inode), so a child that later `exec`s passes neither on, and it turns
 //! allocation sampling off, so a long-running child pays nothing for a profile nobody
 //! reads. The handler allocates nothing and takes no lock of ours; its one jemalloc call
@@ -17,13 +17,12 @@
 //! no fork handlers; they exec at once, which closes the duplicate (close-on-exec), and
 //! their own copy of this library sees a pid that is not the worker's and stays quiet.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use tikv_jemalloc_sys as je;
 
-/// The inherited descriptor and its identity, the probe's duplicate, and the MIB of
+/// The inherited descriptor and its identity, and the MIB of
 /// `prof.active`, as the child handler needs them.
 struct Claim {
     inherited: RawFd,
@@ -33,11 +32,9 @@ struct Claim {
 }
 
 static CLAIM: OnceLock<Claim> = OnceLock::new();
-/// The probe's duplicate; -1 once closed in a child.
-static PRIVATE_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Records what a child must drop and registers the handler (once per process image).
-pub(crate) fn watch_children(inherited: RawFd, channel: &OwnedFd) {
+pub(crate) fn watch_children(inherited: RawFd) {
     // SAFETY: fstat fills a zeroed struct we own.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     let (device, inode) = if unsafe { libc::fstat(inherited, &mut stat) } == 0 {
@@ -49,7 +46,6 @@ pub(crate) fn watch_children(inherited: RawFd, channel: &OwnedFd) {
     let prof_active_mib = tikv_jemalloc_ctl::raw::name_to_mib(b"prof.active\0", &mut mib)
         .ok()
         .map(|()| mib);
-    PRIVATE_FD.store(channel.as_raw_fd(), Ordering::SeqCst);
     let first = CLAIM
         .set(Claim {
             inherited,
@@ -67,14 +63,12 @@ pub(crate) fn watch_children(inherited: RawFd, channel: &OwnedFd) {
 
 extern "C" fn in_forked_child() {
     let Some(claim) = CLAIM.get() else { return };
-    let private = PRIVATE_FD.swap(-1, Ordering::SeqCst);
-    // SAFETY: only syscalls on descriptor numbers recorded at attach time: close(2) of
-    // the probe's duplicate, which no code in this single-threaded child uses any more,
-    // and of the inherited number only while fstat still finds the agent's socket there.
+    // Every copy the probe's threads held (reader and writer), each only while it still
+    // names the agent's socket: atomics, fstat and close, nothing else.
+    heapwarden_probes::close_held_in_forked_child();
+    // SAFETY: only syscalls on the descriptor number recorded at attach time: close(2)
+    // of the inherited number only while fstat still finds the agent's socket there.
     unsafe {
-        if private >= 0 {
-            libc::close(private);
-        }
         let mut stat: libc::stat = std::mem::zeroed();
         if claim.inode != 0
             && libc::fstat(claim.inherited, &mut stat) == 0

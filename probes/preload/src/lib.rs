@@ -12,6 +12,13 @@
 //!   and answers the agent with `heapwarden-probes`' own `Probe` on its own threads;
 //! - fork hygiene (`fork`): a forked child drops the claim, the channel's descriptors and
 //!   the sampling, so only the worker itself ever talks to the agent;
+//! - `dlopen` (`deepbind`): a library loaded with `RTLD_DEEPBIND` is noticed and
+//!   named once on stderr (its malloc binds to glibc's, not jemalloc);
+//! - jemalloc's own API under its plain names (`jemalloc_api`: `mallctl`,
+//!   `malloc_stats_print`, `mallocx`…), so a program linking `libjemalloc.so.2` queries and
+//!   frees through the one jemalloc it allocates from;
+//! - glibc's query calls (`glibc_api`): `mallinfo2`, `malloc_trim`, `malloc_stats`,
+//!   `mallopt` answer for jemalloc, not glibc's idle arena;
 //! - drain (`drain`): the agent's `Drain` becomes SIGTERM to the worker, unless the
 //!   program registered its own handler through `heapwarden_set_drain_handler`.
 //!
@@ -23,11 +30,17 @@
 #[allow(unsafe_code)]
 mod attach;
 #[allow(unsafe_code)]
+mod deepbind;
+#[allow(unsafe_code)]
 mod drain;
 #[allow(unsafe_code)]
 mod exports;
 #[allow(unsafe_code)]
 mod fork;
+#[allow(unsafe_code)]
+mod glibc_api;
+#[allow(unsafe_code)]
+mod jemalloc_api;
 
 // Rust's own allocations in this library (the probe's threads) go straight to the same
 // jemalloc, and `_rjem_malloc_conf` compiles in the Rust probe's options:

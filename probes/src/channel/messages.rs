@@ -17,7 +17,7 @@ pub enum Runtime {
     /// `heapwarden-probes` linked into a Rust program (jemalloc figures).
     #[default]
     Rust,
-    /// `probes/node/heapwarden-probe.js` loaded into Node.js (V8 figures).
+    /// `probes/node/heapwarden-probe.cjs` loaded into Node.js (V8 figures).
     Node,
     /// The LD_PRELOAD library in a native program (jemalloc figures).
     Native,
@@ -116,6 +116,10 @@ pub enum AgentMsg {
         path: String,
         #[serde(default)]
         kind: DumpKind,
+        /// The most bytes the worker may write (snapshots: the room the store has); it
+        /// stops, closes and removes the file past it. Absent: no cap.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
     },
     /// Stop accepting and finish in-flight work within `deadline_ms`.
     Drain { deadline_ms: u64 },

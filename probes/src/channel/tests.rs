@@ -98,6 +98,7 @@ pub(super) fn agent_msg() -> impl Strategy<Value = AgentMsg> {
                 } else {
                     DumpKind::Profile
                 },
+                max_bytes: None,
             }
         }),
         any::<u64>().prop_map(|deadline_ms| AgentMsg::Drain { deadline_ms }),

@@ -4,7 +4,6 @@
 //! worker's health by.
 
 use std::io::Read;
-use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,13 +17,14 @@ use super::{Shared, lock, read_hooks};
 use crate::channel::{AgentMsg, DumpFormat, DumpKind, FrameDecoder, WorkerMsg};
 use crate::diag::warn;
 use crate::dump::dump_profile;
+use crate::held_fd::HeldFd;
 use crate::stats::HeapStats;
 
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Reads until end-of-stream, an I/O error or a frame error that loses frame boundaries,
 /// then closes the channel (which tells the app to drain).
-pub(super) fn run_reader(shared: Arc<Shared>, mut socket: UnixStream) {
+pub(super) fn run_reader(shared: Arc<Shared>, mut socket: HeldFd) {
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut metrics_thread: Option<SyncSender<u64>> = None;
@@ -70,7 +70,7 @@ pub(super) fn run_reader(shared: Arc<Shared>, mut socket: UnixStream) {
             }
         }
     }
-    let _ = socket.shutdown(std::net::Shutdown::Both);
+    socket.shutdown();
     shared.close();
 }
 
@@ -111,7 +111,9 @@ fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncS
             sample_with_metrics(shared, seq, metrics_thread);
         }
         AgentMsg::Sample { seq, metrics } => reply(shared, sample(shared, seq, metrics)),
-        AgentMsg::Dump { seq, path, kind } => {
+        AgentMsg::Dump {
+            seq, path, kind, ..
+        } => {
             if kind != DumpKind::Profile {
                 let error = Some("this probe writes jemalloc heap profiles only; heap snapshots need the Node probe".to_string());
                 reply(

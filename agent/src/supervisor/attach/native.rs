@@ -123,6 +123,15 @@ pub fn plan(input: &AttachInput<'_>) -> Result<Vec<(String, String)>, String> {
     if let Some(reason) = program.as_ref().and_then(|p| unsupported(p, *library_kind)) {
         return Err(reason);
     }
+    // Not by the command's name (the demo, any Rust worker): by what the ELF carries.
+    if let Some(binary) = program.as_ref().map(Program::binary)
+        && program::links_rust_probe(binary)
+    {
+        return Err(format!(
+            "{} links heapwarden-probes itself (the Rust probe); two probes on one channel would garble it, and the native probe is for programs that do not",
+            binary.display()
+        ));
+    }
     let python = program.as_ref().is_some_and(Program::is_python)
         || Path::new(argv0)
             .file_name()

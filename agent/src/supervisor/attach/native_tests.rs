@@ -206,14 +206,34 @@ fn native_plan(
 #[test]
 fn the_native_plan_preloads_the_library_and_sends_python_through_malloc() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::fs::read(this_exe()).unwrap();
+    // A dynamically linked ELF of this machine that does not link the Rust probe (this
+    // test binary does: see the refusal below).
+    let exe = std::fs::read("/bin/true").unwrap();
     write_exec(&dir.path().join("python3.11"), &exe, 0o755);
     write_exec(&dir.path().join("server"), &exe, 0o755);
+    write_exec(
+        &dir.path().join("rust-worker"),
+        &std::fs::read(this_exe()).unwrap(),
+        0o755,
+    );
     let library = (
         PathBuf::from("/opt/hw/bin/libheapwarden_preload.so"),
         library_kind(),
     );
     let path = dir.path().display().to_string();
+    let rust = native_plan(
+        &["rust-worker"],
+        &[("PATH", &path)],
+        Some(&library),
+        dir.path(),
+    );
+    assert_eq!(rust.attached, None, "{rust:?}");
+    assert!(
+        rust.not_attached
+            .as_deref()
+            .is_some_and(|why| why.contains("links heapwarden-probes itself")),
+        "{rust:?}"
+    );
 
     let c = native_plan(&["server"], &[("PATH", &path)], Some(&library), dir.path());
     assert_eq!(c.attached, Some(Attached::Native), "{c:?}");

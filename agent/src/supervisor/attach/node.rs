@@ -1,9 +1,9 @@
 //! The Node probe's plan: `NODE_OPTIONS` gets `--require <probe>` in front of the user's
 //! own options, so every node process below the worker loads the probe (the probe itself
-//! decides which one claims the channel: see `probes/node/heapwarden-probe.js`).
+//! decides which one claims the channel: see `probes/node/heapwarden-probe.cjs`).
 //!
 //! The probe file is embedded in the agent binary and written to
-//! `<state-dir>/probes/heapwarden-probe.js` (0644) at start, rather than installed next
+//! `<state-dir>/probes/heapwarden-probe.cjs` (0644) at start, rather than installed next
 //! to the binary: the state directory is the one place the agent may write under
 //! systemd's `ProtectSystem=strict`, an agent installed from the release binary alone
 //! works, and the file always matches the running agent (an upgrade cannot leave an old
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use super::AttachInput;
 
 /// The probe's source, shipped inside the agent.
-pub const PROBE_SOURCE: &str = include_str!("../../../../probes/node/heapwarden-probe.js");
-pub const PROBE_FILE: &str = "heapwarden-probe.js";
+pub const PROBE_SOURCE: &str = include_str!("../../../../probes/node/heapwarden-probe.cjs");
+pub const PROBE_FILE: &str = "heapwarden-probe.cjs";
 /// Programs that are node, and launchers that run node scripts (npm is itself node).
 const NODE_PROGRAMS: [&str; 2] = ["node", "nodejs"];
 const LAUNCHERS: [&str; 6] = ["npm", "npx", "yarn", "pnpm", "pnpx", "corepack"];
@@ -89,12 +89,15 @@ pub fn plan(input: &AttachInput<'_>) -> Result<Vec<(String, String)>, String> {
     Ok(env)
 }
 
-/// Writes the embedded probe to `<state_dir>/probes/heapwarden-probe.js`, mode 0644,
+/// Writes the embedded probe to `<state_dir>/probes/heapwarden-probe.cjs`, mode 0644,
 /// atomically (temp file + rename), unless it is already there byte for byte.
 pub fn install_probe(state_dir: &Path) -> std::io::Result<PathBuf> {
     let dir = state_dir.join("probes");
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    // The probe's name before it became `.cjs` (which Node reads as CommonJS even under
+    // a `"type": "module"` package.json): an upgrade leaves no stale copy behind.
+    let _ = std::fs::remove_file(dir.join("heapwarden-probe.js"));
     let path = dir.join(PROBE_FILE);
     if std::fs::read(&path).is_ok_and(|old| old == PROBE_SOURCE.as_bytes()) {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;

@@ -165,6 +165,28 @@ pub fn read_magic(path: &Path) -> Option<[u8; 4]> {
 }
 
 /// Reads `path`'s head and classifies it (for the preload library itself).
+/// Whether the ELF at `path` links `heapwarden-probes` (the Rust probe): its `.rodata`
+/// holds [`heapwarden_probes::RUST_PROBE_MARK`]. Files over 1 GiB, or that are not a
+/// 64-bit ELF, are taken for programs that do not.
+pub fn links_rust_probe(path: &Path) -> bool {
+    use object::read::elf::ElfFile64;
+    use object::{Object, ObjectSection};
+    const MAX_ELF_BYTES: u64 = 1 << 30;
+    if std::fs::metadata(path).map_or(true, |m| !m.is_file() || m.len() > MAX_ELF_BYTES) {
+        return false;
+    }
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(elf) = ElfFile64::<object::Endianness>::parse(data.as_slice()) else {
+        return false;
+    };
+    let needle = heapwarden_probes::RUST_PROBE_MARK.as_bytes();
+    elf.section_by_name(".rodata")
+        .and_then(|section| section.data().ok())
+        .is_some_and(|rodata| rodata.windows(needle.len()).any(|w| w == needle))
+}
+
 pub fn elf_kind_of(path: &Path) -> Option<ElfKind> {
     read_head(path).as_deref().and_then(elf_kind)
 }

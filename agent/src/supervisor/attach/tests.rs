@@ -20,7 +20,7 @@ fn decide(probe: ProbeKind, words: &[&str], pool_env: &[(&str, &str)]) -> Attach
         argv: &argv(words),
         pool_env: &env,
         inherited_node_options: None,
-        node_probe: Some(Path::new("/var/lib/heapwarden/probes/heapwarden-probe.js")),
+        node_probe: Some(Path::new("/var/lib/heapwarden/probes/heapwarden-probe.cjs")),
         listen_port: Some(8080),
         native: None,
     })
@@ -49,7 +49,7 @@ fn auto_attaches_node_to_node_and_its_launchers() {
         assert_eq!(plan.attached, Some(Attached::Node), "{cmd:?}");
         assert_eq!(
             node_options(&plan),
-            Some("--require /var/lib/heapwarden/probes/heapwarden-probe.js")
+            Some("--require /var/lib/heapwarden/probes/heapwarden-probe.cjs")
         );
         assert!(
             plan.env
@@ -96,13 +96,13 @@ fn the_users_node_options_are_kept_after_the_probe() {
     assert_eq!(
         node_options(&plan),
         Some(
-            "--require /var/lib/heapwarden/probes/heapwarden-probe.js --max-old-space-size=256 --enable-source-maps"
+            "--require /var/lib/heapwarden/probes/heapwarden-probe.cjs --max-old-space-size=256 --enable-source-maps"
         )
     );
     let inherited = plan_with_inherited("--trace-warnings");
     assert_eq!(
         node_options(&inherited),
-        Some("--require /var/lib/heapwarden/probes/heapwarden-probe.js --trace-warnings")
+        Some("--require /var/lib/heapwarden/probes/heapwarden-probe.cjs --trace-warnings")
     );
 }
 
@@ -112,7 +112,7 @@ fn plan_with_inherited(options: &str) -> AttachPlan {
         argv: &argv(&["./start.sh"]),
         pool_env: &BTreeMap::new(),
         inherited_node_options: Some(options),
-        node_probe: Some(Path::new("/var/lib/heapwarden/probes/heapwarden-probe.js")),
+        node_probe: Some(Path::new("/var/lib/heapwarden/probes/heapwarden-probe.cjs")),
         listen_port: None,
         native: None,
     })
@@ -125,14 +125,14 @@ fn node_is_forced_onto_wrappers_and_paths_with_spaces_are_quoted() {
         argv: &argv(&["./run-app.sh"]),
         pool_env: &BTreeMap::new(),
         inherited_node_options: None,
-        node_probe: Some(Path::new("/srv/my state/probes/heapwarden-probe.js")),
+        node_probe: Some(Path::new("/srv/my state/probes/heapwarden-probe.cjs")),
         listen_port: None,
         native: None,
     });
     assert_eq!(plan.attached, Some(Attached::Node));
     assert_eq!(
         node_options(&plan),
-        Some("--require \"/srv/my state/probes/heapwarden-probe.js\"")
+        Some("--require \"/srv/my state/probes/heapwarden-probe.cjs\"")
     );
     assert_eq!(plan.env.len(), 1, "no port without a TCP socket");
 }
@@ -167,7 +167,7 @@ fn off_gives_nothing_and_failures_say_why() {
         argv: &argv(&["node"]),
         pool_env: &BTreeMap::new(),
         inherited_node_options: None,
-        node_probe: Some(Path::new("/odd\"dir/heapwarden-probe.js")),
+        node_probe: Some(Path::new("/odd\"dir/heapwarden-probe.cjs")),
         listen_port: None,
         native: None,
     });

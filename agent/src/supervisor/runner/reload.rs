@@ -18,6 +18,7 @@ use std::time::Duration;
 use slog::{Logger, error, info, warn};
 
 use super::super::attach::{self, Attached};
+use super::super::identity::WorkerIdentity;
 use super::super::program::{self, ProgramError};
 use super::super::state::Event;
 use super::super::view::ReloadOutcome;
@@ -31,6 +32,8 @@ pub struct WorkerCommand {
     pub argv: Vec<OsString>,
     pub env: BTreeMap<String, String>,
     pub attached: Option<Attached>,
+    /// `pool.user`/`pool.group`, resolved; `None`: the agent's own user.
+    pub identity: Option<WorkerIdentity>,
 }
 
 impl WorkerCommand {
@@ -42,9 +45,18 @@ impl WorkerCommand {
         log: &Logger,
     ) -> Result<WorkerCommand, ProgramError> {
         let argv = program::worker_argv(config, &program::own_exe()?)?;
-        // The pool's own env wins over the context the agent passes on.
+        let identity =
+            WorkerIdentity::resolve(config.pool.user.as_deref(), config.pool.group.as_deref())?;
+        // The pool's own env wins over the context the agent passes on. Workers under
+        // their own user are not told the paths they cannot use (the config file, the
+        // state directory).
         let mut env = config.pool.env.clone();
-        for (key, value) in program::worker_context(config, config_file).to_env() {
+        let mut context = program::worker_context(config, config_file);
+        if identity.is_some() {
+            context.config_file = None;
+            context.state_dir = None;
+        }
+        for (key, value) in context.to_env() {
             env.entry(key.to_string()).or_insert(value);
         }
         let plan = attach::prepare(
@@ -62,11 +74,20 @@ impl WorkerCommand {
         if let Some(probe) = plan.attached {
             info!(log, "Workers get a probe."; "probe" => probe.as_str());
         }
+        if let Some(who) = &identity {
+            let readable = who.readable_among(config_file);
+            if let Some(path) = readable.first() {
+                warn!(log, "The workers' user can read the agent's config file; make it 0600 or 0640 with a group the workers are not in.";
+                    "user" => who.user.as_str(), "path" => %path.display());
+            }
+            info!(log, "Workers run as their own user."; "user" => who.user.as_str(), "uid" => who.uid, "gid" => who.gid);
+        }
         env.extend(plan.env);
         Ok(WorkerCommand {
             argv,
             env,
             attached: plan.attached,
+            identity,
         })
     }
 

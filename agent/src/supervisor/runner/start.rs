@@ -60,6 +60,11 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => return failed(self, "notify socket", e),
         };
+        if self.command.identity.is_some()
+            && let Err(e) = dir.open_to_worker_user()
+        {
+            return failed(self, "directory", e);
+        }
         let spec = SpawnSpec {
             argv: &self.command.argv,
             env: &self.command.env,
@@ -70,6 +75,7 @@ impl Supervisor {
             worker_id: worker,
             notify_socket: &notify_path,
             instance: self.containment.instance(),
+            identity: self.command.identity.as_ref(),
         };
         let spawned = match spawn_worker(&spec) {
             Ok(s) => s,
@@ -102,6 +108,7 @@ impl Supervisor {
             notify_socket,
             worker,
             pid,
+            self.command.identity.as_ref().map(|who| who.uid),
             self.ready_tx.clone(),
             log.clone(),
         );

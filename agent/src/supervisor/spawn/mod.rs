@@ -29,6 +29,7 @@ use tokio::process::{Child, Command};
 pub use env::{ChildEnv, with_preload};
 
 use super::attach::native::PRELOAD_ENV;
+use super::identity::WorkerIdentity;
 
 /// fd numbers in the child, by the systemd convention and ours.
 const LISTEN_FD: RawFd = 3;
@@ -45,6 +46,21 @@ const NOT_INHERITED: [&str; 5] = [
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
 ];
+/// Also not inherited by workers under their own user: paths of the agent's they cannot
+/// use (systemd's directories, the agent's config and state) and the agent's own config
+/// overrides. A worker that could read them would learn where the token lives.
+const AGENT_PATHS: [&str; 10] = [
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "CONFIGURATION_DIRECTORY",
+    "CREDENTIALS_DIRECTORY",
+    "LOGS_DIRECTORY",
+    "CACHE_DIRECTORY",
+    heapwarden_probes::CONFIG_ENV,
+    heapwarden_probes::STATE_DIR_ENV,
+    "HEAPWARDEN_ADMIN_TOKEN_FILE",
+    "HEAPWARDEN_ADMIN_LISTEN",
+];
 
 pub struct SpawnSpec<'a> {
     pub argv: &'a [OsString],
@@ -57,6 +73,8 @@ pub struct SpawnSpec<'a> {
     pub notify_socket: &'a Path,
     /// `HEAPWARDEN_AGENT_INSTANCE`: marks the worker's tree as this agent's.
     pub instance: &'a str,
+    /// The user and groups the child switches to before exec; `None`: the agent's.
+    pub identity: Option<&'a WorkerIdentity>,
 }
 
 pub struct SpawnedWorker {
@@ -107,7 +125,11 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
         .filter(|(k, _)| *k != OsStr::new(PRELOAD_ENV))
         .chain([(OsStr::new(notify.0), notify.1)])
         .chain(preload.as_deref().map(|p| (OsStr::new("LD_PRELOAD"), p)));
-    ChildEnv::build(std::env::vars_os(), &NOT_INHERITED, set)
+    let mut remove: Vec<&str> = NOT_INHERITED.to_vec();
+    if spec.identity.is_some() {
+        remove.extend(AGENT_PATHS);
+    }
+    ChildEnv::build(std::env::vars_os(), &remove, set)
 }
 
 pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
@@ -146,8 +168,11 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
     let listen_fd = spec.listen_fd;
     let control_fd = worker_end.as_raw_fd();
     let agent_pid = nix::unistd::getpid().as_raw();
+    // Copied before the fork: the child only reads them.
+    let identity = spec.identity.cloned();
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, prctl, getppid, getpid, raise) on plain integers,
+    // async-signal-safe functions (dup2, prctl, setgroups, setgid, setuid, getppid,
+    // getpid, raise) on plain integers and on the group list allocated before the fork,
     // writes digits into bytes `env` reserved before the fork, and stores a pointer into
     // `environ`; it allocates nothing and takes no lock. Both source fds are >= HIGH_FD,
     // so neither dup2 can overwrite the other's source. `env` lives inside the closure,
@@ -155,6 +180,26 @@ pub fn spawn_worker(spec: &SpawnSpec<'_>) -> io::Result<SpawnedWorker> {
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(listen_fd, LISTEN_FD) < 0 || libc::dup2(control_fd, CONTROL_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Capabilities the unit grants the agent (setuid, kill, ptrace…) must not
+            // reach the worker: the ambient set is what an exec would carry on.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            // Groups, then group, then user (after setuid the others are not allowed).
+            // Before PR_SET_PDEATHSIG, which a credential change resets.
+            // Raw system calls: this thread's credentials, the only thread of the child
+            // (glibc's wrappers would try to reach every thread of the agent's image).
+            if let Some(who) = &identity
+                && (libc::syscall(libc::SYS_setgroups, who.groups.len(), who.groups.as_ptr()) < 0
+                    || libc::syscall(libc::SYS_setgid, who.gid) < 0
+                    || libc::syscall(libc::SYS_setuid, who.uid) < 0)
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(

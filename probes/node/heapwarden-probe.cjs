@@ -1,5 +1,5 @@
 'use strict';
-// heapwarden-probe.js: heapwarden's probe for Node.js workers (Node >= 18, no dependencies).
+// heapwarden-probe.cjs: heapwarden's probe for Node.js workers (Node >= 18, no dependencies).
 //
 // Loaded by `node --require <this file>` (the agent prepends that to NODE_OPTIONS) or by
 // `require('heapwarden-probe')` in the app. Outside heapwarden (no HEAPWARDEN_CONTROL_FD)
@@ -10,11 +10,15 @@
 // - fd $HEAPWARDEN_CONTROL_FD (4): a Unix socket to the agent, unref'd (never keeps the
 //   process alive). Outgoing frames are dropped and counted, never queued without bound.
 // - inspector: one in-process session running V8's sampling heap profiler
-//   (HeapProfiler.startSampling, one sample per SAMPLING_INTERVAL bytes allocated).
+//   (HeapProfiler.startSampling, one sample per SAMPLING_INTERVAL bytes allocated),
+//   restarted once per dump if the app stopped it (stats: sampling_restarts), and not
+//   started at all under `node --heap-prof`, which owns that profiler.
 // - perf_hooks.monitorEventLoopDelay: one histogram (the event-loop lag figure).
-// - net.Server.prototype.listen (in the app that claims the channel only): a listen on
-//   the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a listen on the inherited socket
-//   (fd 3); a server listening there reports `ready` and is closed on `drain`.
+// - net.Server.prototype.listen (in the app that claims the channel only, and in its
+//   worker threads): a listen on the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a
+//   listen on the inherited socket (fd 3); a server listening there reports `ready` and
+//   is closed on `drain`. Threads learn fd and port from worker_threads environment data
+//   and report back on one unref'd BroadcastChannel ('heapwarden.probe.listen').
 // - child_process.spawn (in launchers only: npm, npx, yarn, pnpm): stdio entries 3 and 4
 //   pass the listening socket and the control socket down to the script they run.
 // - process.env: after claiming, HEAPWARDEN_* are deleted (and LISTEN_* once the app
@@ -49,6 +53,8 @@ let channel = null;
 let dropped = 0;
 let decoderBuf = Buffer.alloc(0);
 let session = null;
+// Times the probe had to restart V8's sampling heap profiler another party stopped.
+let samplingRestarts = 0;
 let loopDelay = null;
 let metricsRegistry = null;
 let invalidateHook = null;
@@ -57,6 +63,11 @@ let draining = false;
 let listenFd = null;
 let listenPort = null;
 const servers = new Set();
+// worker_threads: the main thread hands the listening socket's fd and the pool's port to
+// threads (environment data), and threads report `listening` back (a broadcast
+// channel), so an app that listens inside a worker thread is redirected too.
+const THREAD_KEY = 'heapwarden.probe.listen';
+let threadChannel = null;
 // What the probe cost the event loop (microseconds), for the benchmarks.
 const timing = { maxSampleMicros: 0, samples: 0, recentSampleMicros: [], lastDumpBlockMicros: 0, lastSnapshotMicros: 0 };
 
@@ -133,7 +144,7 @@ function send(msg) {
 function onMessage(msg) {
   switch (msg && msg.type) {
     case 'sample': return sample(msg.seq, msg.metrics === true);
-    case 'dump': return msg.kind === 'snapshot' ? snapshot(msg.seq, String(msg.path)) : dumpProfile(msg.seq, String(msg.path));
+    case 'dump': return msg.kind === 'snapshot' ? snapshot(msg.seq, String(msg.path), Number(msg.max_bytes) || 0) : dumpProfile(msg.seq, String(msg.path));
     case 'drain': return drain(Number(msg.deadline_ms) || 30000);
     case 'ping': return send({ type: 'pong', seq: msg.seq });
     case 'invalidate': return invalidate(msg);
@@ -153,6 +164,7 @@ function sample(seq, withMetrics) {
     type: 'stats', seq, heap: { allocated: mem.heapUsed, active: mem.heapTotal },
     runtime_lag_seconds: lag, dropped, metrics: null,
     external_bytes: mem.external, array_buffers_bytes: mem.arrayBuffers,
+    sampling_restarts: samplingRestarts,
   };
   const took = Number(process.hrtime.bigint() - started) / 1000;
   timing.samples += 1;
@@ -174,13 +186,33 @@ function written(seq, file, started, format, error) {
 
 function dumpProfile(seq, file) {
   const started = process.hrtime.bigint();
+  if (heapProfFlag()) return written(seq, file, started, 'v8-sampling', 'node --heap-prof owns the sampling heap profiler; the probe stands aside');
   if (!session) return written(seq, file, started, 'v8-sampling', 'the sampling heap profiler is not running');
-  return session.post('HeapProfiler.getSamplingProfile', guard('dump', (error, result) => {
+  const take = (retried) => session.post('HeapProfiler.getSamplingProfile', guard('dump', (error, result) => {
+    if (error && !retried) {
+      // The app (an APM agent, DevTools) stopped V8's sampling profiler under us:
+      // start it again and retry once. The retried profile only holds what was
+      // allocated since, which beats failing every dump from now on.
+      samplingRestarts += 1;
+      report('The sampling heap profiler was stopped by someone else; the probe restarted it.', { restarts: samplingRestarts, error: String(error.message) });
+      return session.post('HeapProfiler.startSampling', { samplingInterval: SAMPLING_INTERVAL }, guard('restart sampling', (again) => {
+        if (again) return written(seq, file, started, 'v8-sampling', again);
+        return take(true);
+      }));
+    }
     if (error) return written(seq, file, started, 'v8-sampling', error);
     const body = JSON.stringify(flatten(result.profile));
     timing.lastDumpBlockMicros = Number(process.hrtime.bigint() - started) / 1000;
     return fs.writeFile(file, body, { mode: 0o600, flag: 'wx' }, (err) => written(seq, file, started, 'v8-sampling', err));
   }));
+  return take(false);
+}
+
+// `node --heap-prof` (on the command line or in NODE_OPTIONS) writes its own profile
+// from V8's sampling heap profiler at exit; the probe must not start or stop it then.
+function heapProfFlag() {
+  const flags = process.execArgv.concat(String(process.env.NODE_OPTIONS || '').split(/\s+/));
+  return flags.some((flag) => flag === '--heap-prof' || flag.startsWith('--heap-prof='));
 }
 
 // V8's tree of call frames → flat rows (nested JSON would be as deep as the deepest
@@ -199,15 +231,56 @@ function flatten(profile) {
   return { format: 'heapwarden-v8-sampling', version: 1, pid: process.pid, sampling_interval: SAMPLING_INTERVAL, nodes, samples };
 }
 
-function snapshot(seq, file) {
+// The probe writes the snapshot itself (not v8.writeHeapSnapshot, which on ENOSPC keeps
+// the deleted file open and the disk full until the worker exits): chunk by chunk into
+// a descriptor it owns, never past the agent's byte cap (`max_bytes`, 0 = none); on any
+// error it closes the descriptor and removes the file before answering.
+function snapshot(seq, file, maxBytes) {
   const started = process.hrtime.bigint();
+  writeSnapshot(file, maxBytes, (error) => {
+    if (!error) timing.lastSnapshotMicros = Number(process.hrtime.bigint() - started) / 1000;
+    written(seq, file, started, 'v8-snapshot', error);
+  });
+}
+
+function writeSnapshot(file, maxBytes, done) {
+  let fd = -1;
+  let bytes = 0;
+  let finished = false;
+  const finish = (error) => {
+    if (finished) return;
+    finished = true;
+    if (fd >= 0) {
+      try { fs.closeSync(fd); } catch (_) { /* already closed */ }
+      fd = -1;
+    }
+    if (error) {
+      try { fs.unlinkSync(file); } catch (_) { /* never created */ }
+    }
+    done(error);
+  };
   try {
-    require('v8').writeHeapSnapshot(file);
-    fs.chmodSync(file, 0o600);
-    timing.lastSnapshotMicros = Number(process.hrtime.bigint() - started) / 1000;
-    return written(seq, file, started, 'v8-snapshot', null);
+    fd = fs.openSync(file, 'wx', 0o600);
+    const stream = require('v8').getHeapSnapshot();
+    stream.on('data', (chunk) => {
+      if (finished) return;
+      bytes += chunk.length;
+      if (maxBytes > 0 && bytes > maxBytes) {
+        stream.destroy();
+        finish(new Error(`the snapshot exceeds the agent's cap of ${maxBytes} bytes`));
+        return;
+      }
+      try {
+        fs.writeSync(fd, chunk);
+      } catch (error) {
+        stream.destroy();
+        finish(error);
+      }
+    });
+    stream.on('error', (error) => finish(error));
+    stream.on('end', () => finish(null));
   } catch (error) {
-    return written(seq, file, started, 'v8-snapshot', error);
+    finish(error);
   }
 }
 
@@ -246,6 +319,20 @@ function redirectListen(args) {
   return null;
 }
 
+// An app that listens on a TCP port of its own rather than the pool's (`http-server -p
+// 8081` under a pool on 8080) cannot share the agent's socket: its second worker fails
+// with EADDRINUSE. Said once, with both ports, before that happens.
+let otherPortWarned = false;
+function warnOtherPort(args) {
+  const first = args[0];
+  const port = first && typeof first === 'object' ? first.port : first;
+  if (otherPortWarned || port === undefined || port === null || (first && first.path !== undefined)) return;
+  const number = Number(port);
+  if (!Number.isInteger(number) || number <= 0 || number === listenPort) return;
+  otherPortWarned = true;
+  report('The app listens on its own port, not the pool\'s: only one worker can bind it (the others fail with EADDRINUSE) and the pool\'s socket goes unused. Make it listen on process.env.PORT, or set pool.listen to its port.', { app_port: number, pool_port: listenPort });
+}
+
 function patchListen() {
   const listen = net.Server.prototype.listen;
   net.Server.prototype.listen = function heapwardenListen(...args) {
@@ -255,6 +342,8 @@ function patchListen() {
       if (redirected) {
         use = redirected;
         track(this);
+      } else if (listenFd !== null) {
+        warnOtherPort(args);
       }
     } catch (error) {
       report('The heapwarden probe could not inspect a listen call.', { error: String(error.message) });
@@ -265,7 +354,10 @@ function patchListen() {
 
 function track(server) {
   servers.add(server);
-  server.once('listening', guard('listening', markReady));
+  server.once('listening', guard('listening', () => {
+    if (require('worker_threads').isMainThread) return markReady();
+    return threadChannel && threadChannel.postMessage({ type: 'listening' });
+  }));
   server.on('connection', (socket) => {
     server.heapwardenConnections = server.heapwardenConnections || new Set();
     server.heapwardenConnections.add(socket);
@@ -276,6 +368,7 @@ function track(server) {
 function drain(deadlineMs) {
   if (draining) return;
   draining = true;
+  if (threadChannel && require('worker_threads').isMainThread) threadChannel.postMessage({ type: 'drain' });
   let open = servers.size;
   const closed = () => {
     open -= 1;
@@ -347,6 +440,12 @@ function inheritedSocket(fd, expectedIno) {
 }
 
 function startProfiling() {
+  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
+  loopDelay.enable();
+  if (heapProfFlag()) {
+    report('The app runs with node --heap-prof; the probe leaves the sampling heap profiler to it (no heap profiles from the probe).', {});
+    return;
+  }
   const inspector = require('inspector');
   session = new inspector.Session();
   session.connect();
@@ -356,14 +455,45 @@ function startProfiling() {
       session = null;
     }
   });
-  loopDelay = require('perf_hooks').monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
-  loopDelay.enable();
+}
+
+// In a worker thread of the app that claimed: redirect its listen calls like the main
+// thread's, report `listening` to the main thread, stop accepting on its drain.
+function joinFromThread() {
+  const threads = require('worker_threads');
+  const shared = typeof threads.getEnvironmentData === 'function' ? threads.getEnvironmentData(THREAD_KEY) : undefined;
+  if (!shared || shared.fd === null || shared.fd === undefined) return;
+  listenFd = shared.fd;
+  listenPort = shared.port;
+  threadChannel = new threads.BroadcastChannel(THREAD_KEY);
+  if (typeof threadChannel.unref === 'function') threadChannel.unref();
+  threadChannel.onmessage = guard('thread message', (event) => {
+    if (!event.data || event.data.type !== 'drain' || draining) return;
+    draining = true;
+    for (const server of servers) net.Server.prototype.close.call(server);
+  });
+  patchListen();
+}
+
+function shareWithThreads() {
+  const threads = require('worker_threads');
+  if (listenFd === null || typeof threads.setEnvironmentData !== 'function') return;
+  threads.setEnvironmentData(THREAD_KEY, { fd: listenFd, port: listenPort });
+  threadChannel = new threads.BroadcastChannel(THREAD_KEY);
+  if (typeof threadChannel.unref === 'function') threadChannel.unref();
+  threadChannel.onmessage = guard('thread message', (event) => {
+    if (event.data && event.data.type === 'listening') markReady();
+  });
 }
 
 function claim() {
   const env = process.env;
   const fdText = env.HEAPWARDEN_CONTROL_FD;
-  if (fdText === undefined || !require('worker_threads').isMainThread) return;
+  if (!require('worker_threads').isMainThread) {
+    joinFromThread();
+    return;
+  }
+  if (fdText === undefined) return;
   const fd = Number(fdText);
   const inheritedListen = env.LISTEN_FDS && Number(env.LISTEN_FDS) >= 1 ? 3 : null;
   if (isLauncher()) {
@@ -397,6 +527,7 @@ function claim() {
   send({ type: 'hello', pid: process.pid, probe_version: VERSION, runtime: 'node' });
   startProfiling();
   patchListen();
+  shareWithThreads();
 }
 
 Object.assign(api, {
@@ -410,6 +541,8 @@ Object.assign(api, {
   timing,
   // For tests of the protocol: the same framing the channel uses.
   _frames: { encode, decode, flatten, redirectListen },
+  // For tests of the snapshot writer: (file, maxBytes, done(error)).
+  _writeSnapshot: writeSnapshot,
 });
 // Getters, not values: Object.assign would copy them once.
 Object.defineProperty(api, 'claimed', { get: () => channel !== null, enumerable: true });
