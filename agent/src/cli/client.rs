@@ -43,12 +43,21 @@ pub enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// Show the top growing allocation sites of a profile against a base.
+    /// Show what grew in a profile against a base: `diff LEAK` (against the worker's
+    /// baseline), `diff BASE LEAK` (as `go tool pprof -base BASE LEAK`), or `diff LEAK
+    /// --base BASE`. Node profiles are grouped by the first application frame.
     Diff {
+        /// The profile to explain (or, with a second id, the base).
         id: String,
+        /// With two ids: the profile to explain, the first one being its base.
+        leak: Option<String>,
         /// Base profile id (default: the newest baseline of the same worker).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "leak")]
         base: Option<String>,
+        /// Group by allocation site (the leaf function that allocated) instead of the
+        /// first application frame.
+        #[arg(long)]
+        sites: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -136,13 +145,23 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 );
             })
         }
-        Verb::Diff { id, base, common } => {
+        Verb::Diff {
+            id,
+            leak,
+            base,
+            sites,
+            common,
+        } => {
+            let (id, base) = match leak {
+                Some(leak) => (leak, Some(id)),
+                None => (id, base),
+            };
             let mut path = format!("/profiles/{}/diff", segment(&id));
             if let Some(base) = base {
                 path.push_str(&format!("?base={}", segment(&base)));
             }
             let report = Client::new(&common)?.get_json(&path)?;
-            print_out(&common, &report, print_diff)
+            print_out(&common, &report, |r| print_diff(r, sites))
         }
         Verb::Restart { slot, common } => {
             let reply =

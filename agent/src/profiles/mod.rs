@@ -30,7 +30,10 @@ pub use convert::{
     ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_v8_in_helper,
     convert_with_helper,
 };
-pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
+pub use diff::{
+    DiffEntry, DiffReport, DiffView, StackDiff, diff_files, diff_profiles, first_app_frame,
+    is_application_file, top_entry_for_page, top_sites,
+};
 pub use dump_limit::{DumpBusy, DumpLimiter, DumpPermit, MAX_CONCURRENT_DUMPS};
 pub use error::ProfileError;
 pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta, Trigger};

@@ -374,6 +374,10 @@ impl Watchdog {
                 "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
                 "top_growing_sites" => RedactedJson(sites),
+                "sites_view" => diff.as_ref().map(|d| match d.view {
+                    crate::profiles::DiffView::AppFrame => "app_frame",
+                    crate::profiles::DiffView::AllocationSite => "allocation_site",
+                }),
                 "action" => if restart { "restart" } else { "profile-only" });
             if restart {
                 let replace = Request::Replace {
