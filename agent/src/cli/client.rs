@@ -3,7 +3,7 @@
 //! same config (`-c`, `HEAPWARDEN_ADMIN_LISTEN`, `HEAPWARDEN_ADMIN_TOKEN_FILE`). Every
 //! failure is one clear line on stderr and a non-zero exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::ConfigArgs;
 use super::table::{print_diff, print_profiles, print_workers};
+use super::{ConfigArgs, discover};
 use crate::config::Config;
 
 /// A manual profile waits for the worker's dump and the conversion.
@@ -21,6 +21,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Subcommand)]
 pub enum Verb {
     /// List the workers: slot, pid, state, uptime, restarts, memory, growth, time to limit.
+    /// A state ending in `!` (`ready!`): the slot's leak-restart budget is spent; it
+    /// serves, but a leak no longer replaces it.
     Ps(Common),
     /// List the stored heap profiles.
     Profiles(Common),
@@ -117,12 +119,21 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                     serde_json::json!({ "id": id, "path": path, "bytes": bytes.len() })
                 );
             } else {
-                println!(
-                    "wrote {} ({} bytes); open it with: go tool pprof -top {}",
-                    path.display(),
-                    bytes.len(),
-                    path.display()
-                );
+                if ext == "heapsnapshot" {
+                    println!(
+                        "wrote {} ({} bytes); open it in Chrome DevTools: Memory → Load",
+                        path.display(),
+                        bytes.len()
+                    );
+                } else {
+                    println!(
+                        "wrote {} ({} bytes); open it with: go tool pprof -top {} \
+                         (-http=:8081 for graphs needs graphviz)",
+                        path.display(),
+                        bytes.len(),
+                        path.display()
+                    );
+                }
             }
             Ok(())
         }
@@ -174,7 +185,16 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             let reply = Client::new(&common)?.post_json("/reload")?;
             // A refused file is an error (the agent's 422 names every key).
             print_out(&common, &reply, |reply| {
-                println!("the config was reloaded; every worker is being replaced, one at a time");
+                if reply["replaces_workers"] == false {
+                    println!(
+                        "the config was reloaded; only the agent's own settings changed, \
+                         so the workers keep running"
+                    );
+                } else {
+                    println!(
+                        "the config was reloaded; every worker is being replaced, one at a time"
+                    );
+                }
                 for key in reply["needs_restart"].as_array().into_iter().flatten() {
                     println!(
                         "{} changed but needs a restart to take effect",
@@ -204,14 +224,58 @@ fn segment(raw: &str) -> String {
 struct Client {
     base: String,
     token: String,
+    /// Where the token was read from and how the agent was found, for a 401.
+    token_path: PathBuf,
+    found: String,
     agent: ureq::Agent,
+}
+
+/// The config of the agent to talk to, and how it was found: `-c`/`HEAPWARDEN_CONFIG`
+/// when given; else the running agent's own (rebuilt from its process, see
+/// `discover`); else the defaults and `HEAPWARDEN_*` as before.
+fn locate(args: &ConfigArgs) -> anyhow::Result<(Config, String)> {
+    let load =
+        || super::load_config(args).map_err(|_| anyhow!("the config is invalid (see above)"));
+    if let Some(file) = &args.config {
+        return Ok((load()?, format!("config {}", file.display())));
+    }
+    let defaults = load()?;
+    let explicit_admin = args.admin_listen.or_else(|| {
+        std::env::var(crate::config::env_name("admin.listen"))
+            .ok()
+            .and_then(|a| a.trim_matches('"').parse().ok())
+    });
+    let agents = discover::running_agents(Path::new("/proc"));
+    let default_admin = crate::config::Config::default().admin.listen;
+    match discover::pick(agents, explicit_admin, default_admin).map_err(|e| anyhow!(e))? {
+        Some(found) => {
+            let mut config = found.config;
+            // What the caller set explicitly still wins.
+            if let Ok(token) = std::env::var(crate::config::env_name("admin.token-file")) {
+                config.admin.token_file = PathBuf::from(token);
+            }
+            let how = match &found.file {
+                Some(file) => format!(
+                    "the running agent (pid {}, config {})",
+                    found.pid,
+                    file.display()
+                ),
+                None => format!("the running agent (pid {}, default config)", found.pid),
+            };
+            Ok((config, how))
+        }
+        None => Ok((
+            defaults,
+            "the default config (no running agent found)".to_owned(),
+        )),
+    }
 }
 
 impl Client {
     fn new(common: &Common) -> anyhow::Result<Client> {
-        let config = super::load_config(&common.config)
-            .map_err(|_| anyhow!("the config is invalid (see above)"))?;
-        let token = read_token(&config)?;
+        let (config, found) = locate(&common.config)?;
+        let token_path = token_path(&config);
+        let token = read_token(&token_path)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
@@ -220,6 +284,8 @@ impl Client {
         Ok(Client {
             base: format!("http://{}/api/v1", config.admin.listen),
             token,
+            token_path,
+            found,
             agent,
         })
     }
@@ -262,7 +328,13 @@ impl Client {
             .read_to_vec()
             .map_err(|e| anyhow!("reading the agent's answer failed: {e}"))?;
         if status == 401 {
-            bail!("the agent refused the admin token (401): check admin.token-file");
+            bail!(
+                "the agent at {} refused the admin token read from {} (401); found through {}: \
+                 pass -c with the agent's config, or set HEAPWARDEN_ADMIN_TOKEN_FILE",
+                self.base,
+                self.token_path.display(),
+                self.found
+            );
         }
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<Value>(&bytes)
@@ -275,13 +347,16 @@ impl Client {
     }
 }
 
-fn read_token(config: &Config) -> anyhow::Result<String> {
-    let path = if config.admin.token_file.as_os_str().is_empty() {
+fn token_path(config: &Config) -> PathBuf {
+    if config.admin.token_file.as_os_str().is_empty() {
         config.state_dir.join("admin-token")
     } else {
         config.admin.token_file.clone()
-    };
-    let token = std::fs::read_to_string(&path).with_context(|| {
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the admin token {} (set -c or HEAPWARDEN_ADMIN_TOKEN_FILE)",
             path.display()

@@ -5,6 +5,7 @@
 
 mod args;
 pub mod client;
+mod discover;
 mod table;
 
 use std::process::ExitCode;

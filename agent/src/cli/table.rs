@@ -41,6 +41,7 @@ pub fn print_workers(rows: &Value) {
         "GROWTH_MiB/m",
         "TO_LIMIT"
     );
+    let mut spent = false;
     for r in rows.as_array().into_iter().flatten() {
         let growth = r["growth_bytes_per_second"]
             .as_f64()
@@ -48,6 +49,7 @@ pub fn print_workers(rows: &Value) {
         let mut state = text(&r["state"]);
         if r["budget_exhausted"] == true {
             state.push('!');
+            spent = true;
         }
         println!(
             "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
@@ -60,6 +62,12 @@ pub fn print_workers(rows: &Value) {
             mib(&r["heap_allocated_bytes"]),
             growth,
             duration(&r["seconds_to_limit"])
+        );
+    }
+    if spent {
+        println!(
+            "! leak-restart budget spent (max-leak-restarts-per-hour): the slot serves, \
+             but a leak no longer replaces it"
         );
     }
 }
