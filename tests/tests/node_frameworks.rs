@@ -192,6 +192,34 @@ fn an_express_body_leak_is_named_by_its_route_handler_with_file_and_line() {
         line,
         &["body-parser/"],
     );
+
+    // Who holds the bodies: a snapshot, pulled, summarised out of the worker.
+    let snap = setup.cli(&["dump", "0", "--snapshot"]).expect("snapshot");
+    let file = setup.sandbox.path().join("leak.heapsnapshot");
+    let id = snap["id"].to_string();
+    setup
+        .cli(&["pull", &id, "-o", file.to_str().unwrap()])
+        .expect("pull the snapshot");
+    let out = std::process::Command::new(heapwarden())
+        .args(["retainers", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top = &summary["holders"][0];
+    let path = top["path"].as_str().unwrap();
+    assert!(
+        path.starts_with("sessions (Array) ← ") && path.contains("rememberSession"),
+        "{summary}"
+    );
+    // The kept bodies (32 MiB and more by the trip) are what it holds.
+    assert!(top["held_bytes"].as_u64().unwrap() > 16 << 20, "{summary}");
+    assert!(top["objects"].as_u64().unwrap() > 10_000, "{summary}");
 }
 
 #[test]

@@ -63,6 +63,19 @@ pub enum Verb {
         #[command(flatten)]
         common: Common,
     },
+    /// Who holds the memory in a V8 heap snapshot pulled with `heapwarden pull` (a
+    /// `heapwarden dump SLOT --snapshot`): the objects holding the most, each with its
+    /// retaining path. Runs here, out of the worker; needs no agent.
+    Retainers {
+        /// The `.heapsnapshot` file.
+        file: PathBuf,
+        /// Holders to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace a worker make-before-break.
     Restart {
         slot: String,
@@ -173,6 +186,30 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             }
             let report = Client::new(&common)?.get_json(&path)?;
             print_out(&common, &report, |r| print_diff(r, sites))
+        }
+        Verb::Retainers { file, top, json } => {
+            // A holder must hold at least 1 MiB: below that it is noise next to a leak.
+            let summary = crate::profiles::retainers::summarize_file(&file, 1 << 20, top)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{}: {:.1} MiB in {} objects; holders (shortest retaining path, holder first):",
+                    file.display(),
+                    summary.total_bytes as f64 / 1048576.0,
+                    summary.objects
+                );
+                println!("{:>9} {:>9}  PATH", "HELD_MiB", "OBJECTS");
+                for h in &summary.holders {
+                    println!(
+                        "{:>9.1} {:>9}  {}",
+                        h.held_bytes as f64 / 1048576.0,
+                        h.objects,
+                        h.path
+                    );
+                }
+            }
+            Ok(())
         }
         Verb::Restart { slot, common } => {
             let reply =

@@ -3,7 +3,8 @@
 //! conversion of raw jemalloc dumps into symbolized pprof (`convert`, run in a
 //! short-lived helper process so the agent's RSS stays small) and of Node's V8 sampling
 //! profiles (`v8`), the profile store with its index and retention (`store`, `index`),
-//! and leak-minus-baseline diffs (`diff`).
+//! leak-minus-baseline diffs (`diff`), and who holds the memory in a V8 heap snapshot
+//! (`retainers`).
 #![forbid(unsafe_code)]
 
 mod capture;
@@ -14,6 +15,7 @@ mod error;
 mod index;
 pub mod pprof;
 pub mod raw;
+pub mod retainers;
 mod snapshot;
 mod store;
 mod store_handle;
