@@ -220,6 +220,27 @@ fn an_express_body_leak_is_named_by_its_route_handler_with_file_and_line() {
     // The kept bodies (32 MiB and more by the trip) are what it holds.
     assert!(top["held_bytes"].as_u64().unwrap() > 16 << 20, "{summary}");
     assert!(top["objects"].as_u64().unwrap() > 10_000, "{summary}");
+
+    // Growth since that snapshot: a second one later, diffed by holder.
+    let held_before = top["held_bytes"].as_u64().unwrap();
+    poll(SECS(60), "more kept bodies", || {
+        let w = &setup.workers()[0];
+        (w["heap_allocated_bytes"].as_u64()? > held_before + (24 << 20)).then_some(())
+    });
+    let later = setup.cli(&["dump", "0", "--snapshot"]).expect("snapshot");
+    let diff = setup
+        .cli(&["diff", &later["id"].to_string(), "--retainers"])
+        .expect("diff --retainers");
+    assert_eq!(diff["base_id"], snap["id"], "{diff}");
+    let grew = &diff["holders"][0];
+    assert!(
+        grew["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("sessions (Array) ← "),
+        "{diff}"
+    );
+    assert!(grew["delta_bytes"].as_i64().unwrap() > 8 << 20, "{diff}");
 }
 
 #[test]

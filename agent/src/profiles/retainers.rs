@@ -81,6 +81,43 @@ pub struct RetainerSummary {
     pub holders: Vec<Holder>,
 }
 
+/// One holder's growth between two snapshots, matched by retaining path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HolderGrowth {
+    pub path: String,
+    pub delta_bytes: i64,
+    pub held_bytes: u64,
+    pub base_held_bytes: u64,
+    pub objects: u64,
+}
+
+/// Holders of `leak` by growth since `base` (a holder absent from `base`, or below its
+/// threshold there, grew by all it holds), largest first, growing ones only.
+pub fn growth(base: &RetainerSummary, leak: &RetainerSummary, top: usize) -> Vec<HolderGrowth> {
+    let mut out: Vec<HolderGrowth> = leak
+        .holders
+        .iter()
+        .map(|h| {
+            let before = base
+                .holders
+                .iter()
+                .find(|b| b.path == h.path)
+                .map_or(0, |b| b.held_bytes);
+            HolderGrowth {
+                path: h.path.clone(),
+                delta_bytes: h.held_bytes as i64 - before as i64,
+                held_bytes: h.held_bytes,
+                base_held_bytes: before,
+                objects: h.objects,
+            }
+        })
+        .filter(|g| g.delta_bytes > 0)
+        .collect();
+    out.sort_by_key(|g| std::cmp::Reverse(g.delta_bytes));
+    out.truncate(top);
+    out
+}
+
 /// Reads and summarises the snapshot at `path`.
 pub fn summarize_file(
     path: &Path,
@@ -375,6 +412,32 @@ mod tests {
         // A chain (each link holds everything below it) is no holder, nor is the closure
         // whose one child holds it all.
         assert_eq!(summary.holders.len(), 1, "{:?}", summary.holders);
+    }
+
+    #[test]
+    fn growth_matches_holders_by_path() {
+        let holder = |path: &str, held_bytes: u64| Holder {
+            path: path.into(),
+            held_bytes,
+            objects: 1,
+        };
+        let base = RetainerSummary {
+            total_bytes: 0,
+            objects: 0,
+            holders: vec![holder("a", 5 << 20), holder("cache", 9 << 20)],
+        };
+        let leak = RetainerSummary {
+            total_bytes: 0,
+            objects: 0,
+            holders: vec![
+                holder("cache", 9 << 20),
+                holder("a", 40 << 20),
+                holder("new", 2 << 20),
+            ],
+        };
+        let g = growth(&base, &leak, 10);
+        let rows: Vec<(&str, i64)> = g.iter().map(|g| (g.path.as_str(), g.delta_bytes)).collect();
+        assert_eq!(rows, [("a", 35 << 20), ("new", 2 << 20)]);
     }
 
     #[test]
