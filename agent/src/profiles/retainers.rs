@@ -306,8 +306,9 @@ pub fn summarize(
     let holders = holders
         .into_iter()
         .map(|(i, bytes)| {
-            let mut hops = Vec::new();
-            let mut at = i;
+            // The holder itself, then its retainers up to the synthetic roots.
+            let mut hops = vec![hop(i)];
+            let mut at = parent[i];
             let is_synthetic = |i: usize| synthetic.is_some_and(|t| node(i, n_type) as usize == t);
             while at != 0 && !is_synthetic(at) && hops.len() < PATH_HOPS {
                 hops.push(hop(at));
