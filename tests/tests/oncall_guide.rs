@@ -91,9 +91,11 @@ fn every_command_of_the_on_call_guide_works_as_written() {
     );
 
     // 1. Is it real? `heapwarden ps`: the spent budget is `ready!`, with its legend.
-    let ps = guide.ok(&["ps"]);
-    let row = ps.lines().nth(1).unwrap_or_default();
-    assert!(row.contains("ready!"), "{ps}");
+    // (The pool view is published once the supervisor's step that logged it ends.)
+    let ps = poll(SECS(10), "ps showing ready!", || {
+        let ps = guide.ok(&["ps"]);
+        ps.lines().nth(1)?.contains("ready!").then_some(ps)
+    });
     assert!(ps.contains("! leak-restart budget spent"), "{ps}");
     // `/readyz` says so in its body (the slot still serves: 200).
     let (status, body) = http_get(setup.admin, "/readyz", SECS(10)).unwrap();
@@ -104,13 +106,17 @@ fn every_command_of_the_on_call_guide_works_as_written() {
         ready["reason"].as_str().unwrap().contains("budget spent"),
         "{body}"
     );
-    let (_, metrics) = http_get(setup.admin, "/metrics", SECS(10)).unwrap();
-    for series in [
-        "heapwarden_worker_state{worker=\"0\",state=\"budget_exhausted\"} 1",
-        "heapwarden_worker_state{worker=\"0\",state=\"ready\"} 0",
-    ] {
-        assert!(metrics.contains(series), "{series} in:\n{metrics}");
-    }
+    // The state gauges are written by the next sampling round.
+    poll(SECS(10), "the budget_exhausted state series", || {
+        let (_, metrics) = http_get(setup.admin, "/metrics", SECS(10)).ok()?;
+        [
+            "heapwarden_worker_state{worker=\"0\",state=\"budget_exhausted\"} 1",
+            "heapwarden_worker_state{worker=\"0\",state=\"ready\"} 0",
+        ]
+        .iter()
+        .all(|series| metrics.contains(series))
+        .then_some(())
+    });
 
     // 2. What is leaking? `heapwarden profiles`, `heapwarden diff <leak-id>`.
     let table = guide.ok(&["profiles"]);
