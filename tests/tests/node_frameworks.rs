@@ -89,13 +89,17 @@ fn line_of(text: &str, needle: &str) -> i64 {
 }
 
 fn leaking_app(app_js: &str, path: &'static str) -> (NodeSetup, Load, Value) {
+    leaking_app_with(app_js, path, RULES)
+}
+
+fn leaking_app_with(app_js: &str, path: &'static str, rules: &str) -> (NodeSetup, Load, Value) {
     let modules = framework_modules();
     let setup = start_with(
         &[("server.js", app_js)],
         Some(&modules),
         r#"["node", "server.js"]"#,
         1,
-        RULES,
+        rules,
     );
     let load = Load::start(setup.service, path);
     let detection = setup.agent.logs.wait_for(
@@ -256,5 +260,25 @@ fn a_fastify_body_leak_is_named_by_its_route_handler_with_file_and_line() {
         "recordAudit",
         line,
         &["secure-json-parse/", "fastify/"],
+    );
+}
+
+#[test]
+fn with_leak_snapshot_the_detection_record_names_the_holder() {
+    let _guard = TimeoutGuard::new("express leak snapshot", SECS(240));
+    let rules = RULES.replace(
+        "action = \"profile-only\"",
+        "action = \"profile-only\"\nleak-snapshot = true",
+    );
+    let (_setup, _load, detection) = leaking_app_with(EXPRESS_JS, "/sessions", &rules);
+    let holder = &detection["retainers"][0];
+    let path = holder["path"].as_str().unwrap_or_default();
+    assert!(
+        path.starts_with("sessions (Array) ← ") && path.contains("rememberSession"),
+        "{detection}"
+    );
+    assert!(
+        holder["held_bytes"].as_u64().unwrap() > 16 << 20,
+        "{detection}"
     );
 }

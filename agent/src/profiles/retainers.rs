@@ -118,6 +118,38 @@ pub fn growth(base: &RetainerSummary, leak: &RetainerSummary, top: usize) -> Vec
     out
 }
 
+/// Summarises a stored snapshot in a `heapwarden retainers --json` child of this
+/// executable (the agent's helper, as for conversions): the agent never holds the
+/// snapshot in memory, and a summary that overruns `timeout` is killed.
+pub async fn summarize_in_helper(
+    snapshot: &Path,
+    top: usize,
+    timeout: std::time::Duration,
+) -> Result<RetainerSummary, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("no executable path: {e}"))?;
+    let child = tokio::process::Command::new(&exe)
+        .arg("retainers")
+        .arg("--json")
+        .arg("--top")
+        .arg(top.to_string())
+        .arg(snapshot)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| format!("no summary within {}s", timeout.as_secs()))?
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(stderr.trim().chars().take(500).collect());
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable summary: {e}"))
+}
+
 /// Reads and summarises the snapshot at `path`.
 pub fn summarize_file(
     path: &Path,

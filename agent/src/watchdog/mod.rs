@@ -348,8 +348,27 @@ impl Watchdog {
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
             let Some(trip) = trip else { return };
-            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
-                let _ = take_snapshot(&store, snapshot, &log).await;
+            // With `leak-snapshot`: who holds the memory, summarised out of the worker.
+            let mut retainers = serde_json::Value::Null;
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node))
+                && let Ok(meta) = take_snapshot(&store, snapshot, &log).await
+                && let Ok((_, path)) = store.get(meta.id).await
+            {
+                match crate::profiles::retainers::summarize_in_helper(
+                    &path,
+                    TOP_SITES,
+                    crate::profiles::HELPER_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(summary) => {
+                        retainers = serde_json::to_value(summary.holders).unwrap_or_default()
+                    }
+                    Err(error) => {
+                        info!(log, "The leak snapshot could not be summarised."; "worker" => slot,
+                            "snapshot_id" => meta.id, "error" => error)
+                    }
+                }
             }
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
@@ -374,6 +393,7 @@ impl Watchdog {
                 "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
                 "top_growing_sites" => RedactedJson(sites),
+                "retainers" => RedactedJson(retainers),
                 "sites_view" => diff.as_ref().map(|d| match d.view {
                     crate::profiles::DiffView::AppFrame => "app_frame",
                     crate::profiles::DiffView::AllocationSite => "allocation_site",
