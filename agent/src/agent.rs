@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use slog::{Logger, info, o};
+use slog::{Logger, info, o, warn};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::api::{ApiState, api_router};
@@ -85,6 +85,10 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             "socket_activated" => socket.socket_activated,
             "fd_limit" => fd_limit,
             "state_dir" => config.state_dir.display().to_string());
+        for w in crate::config::warnings(&config) {
+            warn!(log, "A setting is valid but probably not what was meant.";
+                "key" => w.key, "warning" => w.message);
+        }
         metrics::gauge!(metric_names::PROFILES_LIMIT_BYTES.name)
             .set(config.profiles.max_bytes.bytes() as f64);
         metrics::gauge!(metric_names::PROFILES_STORED_BYTES.name).set(store.stored_bytes() as f64);

@@ -389,7 +389,15 @@ fn the_first_scrape_has_every_histogram_and_every_profile_outcome() {
         }
     }
     for slot in ["0", "1"] {
-        for reason in ["exit", "crash", "leak", "unhealthy", "manual", "reload"] {
+        for reason in [
+            "exit",
+            "crash",
+            "leak",
+            "unhealthy",
+            "manual",
+            "reload",
+            "ready_timeout",
+        ] {
             let series = format!(
                 "heapwarden_worker_restarts_total{{worker=\"{slot}\",reason=\"{reason}\"}} 0"
             );

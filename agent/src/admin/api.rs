@@ -278,9 +278,16 @@ async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
         })?
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
     Ok(match outcome {
-        ReloadOutcome::Applied { needs_restart } => (
+        ReloadOutcome::Applied {
+            needs_restart,
+            replaces_workers,
+        } => (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "reloading": true, "needs_restart": needs_restart })),
+            Json(serde_json::json!({
+                "reloading": true,
+                "needs_restart": needs_restart,
+                "replaces_workers": replaces_workers,
+            })),
         )
             .into_response(),
         ReloadOutcome::Refused { errors } => {

@@ -141,6 +141,7 @@ fn fuzz_admin_routes() {
                 if let SupervisorRequest::Reload { reply: Some(reply) } = request {
                     let _ = reply.send(ReloadOutcome::Applied {
                         needs_restart: Vec::new(),
+                        replaces_workers: true,
                     });
                 }
             }

@@ -32,7 +32,7 @@ pub fn not_ready_reason(view: &PoolView) -> Option<String> {
             )),
         }
         if slot.budget_exhausted {
-            clauses.push(format!("slot {} restart budget exhausted", slot.slot));
+            clauses.push(budget_clause(slot.slot));
         }
     }
     // A spent budget alone does not make the pool unready (`PoolView::all_ready`).
@@ -42,15 +42,41 @@ pub fn not_ready_reason(view: &PoolView) -> Option<String> {
     Some(clauses.join("; "))
 }
 
+fn budget_clause(slot: usize) -> String {
+    format!("slot {slot} leak-restart budget spent (it serves; leaks no longer replace it)")
+}
+
+/// Slots whose leak-restart budget (`max-leak-restarts-per-hour`) is spent. They keep
+/// serving, so the pool stays ready, but `/readyz` says so in its body.
+pub fn budget_spent(view: &PoolView) -> Vec<usize> {
+    view.slots
+        .iter()
+        .filter(|s| s.budget_exhausted)
+        .map(|s| s.slot)
+        .collect()
+}
+
 /// Whether the last heartbeat is recent enough.
 pub fn control_loop_alive(last_tick: Instant, now: Instant, max_age: Duration) -> bool {
     now.saturating_duration_since(last_tick) <= max_age
 }
 
 pub async fn readyz(State(state): State<AdminState>) -> Response {
-    let reason = not_ready_reason(&state.pool.borrow());
+    let (reason, spent) = {
+        let view = state.pool.borrow();
+        (not_ready_reason(&view), budget_spent(&view))
+    };
     match reason {
-        None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+        None if spent.is_empty() => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+        None => {
+            let clauses: Vec<String> = spent.iter().map(|&s| budget_clause(s)).collect();
+            let body = json!({
+                "ready": true,
+                "leak_budget_spent": spent,
+                "reason": clauses.join("; "),
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "reason": reason})),

@@ -111,7 +111,31 @@ async fn readyz_lists_every_unready_slot_and_spent_budget() {
     assert_eq!(json["ready"], false);
     assert_eq!(
         json["reason"],
-        "slot 1 is starting; slot 2 has no worker (backoff); slot 3 restart budget exhausted"
+        "slot 1 is starting; slot 2 has no worker (backoff); slot 3 leak-restart budget spent (it serves; leaks no longer replace it)"
+    );
+}
+
+#[tokio::test]
+async fn readyz_stays_200_but_names_slots_whose_leak_budget_is_spent() {
+    let view = PoolView {
+        slots: vec![
+            slot(0, SlotState::Ready, Some(true), false),
+            slot(1, SlotState::Ready, Some(true), true),
+        ],
+        stopping: false,
+    };
+    let f = fixture(view, Instant::now(), true);
+    let (status, body) = get_path(router(f.state), "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["ready"], true);
+    assert_eq!(json["leak_budget_spent"], serde_json::json!([1]));
+    assert!(
+        json["reason"]
+            .as_str()
+            .unwrap()
+            .contains("slot 1 leak-restart budget spent"),
+        "{json}"
     );
 }
 

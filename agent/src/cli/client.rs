@@ -3,7 +3,7 @@
 //! same config (`-c`, `HEAPWARDEN_ADMIN_LISTEN`, `HEAPWARDEN_ADMIN_TOKEN_FILE`). Every
 //! failure is one clear line on stderr and a non-zero exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::ConfigArgs;
 use super::table::{print_diff, print_profiles, print_workers};
+use super::{ConfigArgs, discover};
 use crate::config::Config;
 
 /// A manual profile waits for the worker's dump and the conversion.
@@ -21,6 +21,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Subcommand)]
 pub enum Verb {
     /// List the workers: slot, pid, state, uptime, restarts, memory, growth, time to limit.
+    /// A state ending in `!` (`ready!`): the slot's leak-restart budget is spent; it
+    /// serves, but a leak no longer replaces it.
     Ps(Common),
     /// List the stored heap profiles.
     Profiles(Common),
@@ -43,17 +45,44 @@ pub enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// Show the top growing allocation sites of a profile against a base.
+    /// Show what grew in a profile against a base: `diff LEAK` (against the worker's
+    /// baseline), `diff BASE LEAK` (as `go tool pprof -base BASE LEAK`), or `diff LEAK
+    /// --base BASE`. Node profiles are grouped by the first application frame.
     Diff {
+        /// The profile to explain (or, with a second id, the base).
         id: String,
+        /// With two ids: the profile to explain, the first one being its base.
+        leak: Option<String>,
         /// Base profile id (default: the newest baseline of the same worker).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "leak")]
         base: Option<String>,
         /// Write the difference as a differential flame graph (SVG: red grew, blue shrank).
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
+        /// Group by allocation site (the leaf function that allocated) instead of the
+        /// first application frame.
+        #[arg(long)]
+        sites: bool,
+        /// For heap snapshots (Node): the holders whose held memory grew most since the
+        /// base snapshot (default: the same worker's previous snapshot), summarised here,
+        /// out of the worker (see `heapwarden retainers`).
+        #[arg(long, conflicts_with = "sites")]
+        retainers: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Who holds the memory in a V8 heap snapshot pulled with `heapwarden pull` (a
+    /// `heapwarden dump SLOT --snapshot`): the objects holding the most, each with its
+    /// retaining path. Runs here, out of the worker; needs no agent.
+    Retainers {
+        /// The `.heapsnapshot` file.
+        file: PathBuf,
+        /// Holders to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Replace a worker make-before-break.
     Restart {
@@ -111,12 +140,21 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                     serde_json::json!({ "id": id, "path": path, "bytes": bytes.len() })
                 );
             } else {
-                println!(
-                    "wrote {} ({} bytes); open it with: go tool pprof -top {}",
-                    path.display(),
-                    bytes.len(),
-                    path.display()
-                );
+                if ext == "heapsnapshot" {
+                    println!(
+                        "wrote {} ({} bytes); open it in Chrome DevTools: Memory → Load",
+                        path.display(),
+                        bytes.len()
+                    );
+                } else {
+                    println!(
+                        "wrote {} ({} bytes); open it with: go tool pprof -top {} \
+                         (-http=:8081 for graphs needs graphviz)",
+                        path.display(),
+                        bytes.len(),
+                        path.display()
+                    );
+                }
             }
             Ok(())
         }
@@ -141,17 +179,27 @@ fn run(verb: Verb) -> anyhow::Result<()> {
         }
         Verb::Diff {
             id,
+            leak,
             base,
             svg,
+            sites,
+            retainers,
             common,
         } => {
+            let (id, base) = match leak {
+                Some(leak) => (leak, Some(id)),
+                None => (id, base),
+            };
+            if retainers {
+                return diff_retainers(&common, &id, base.as_deref());
+            }
             let mut path = format!("/profiles/{}/diff", segment(&id));
             if let Some(base) = base {
                 path.push_str(&format!("?base={}", segment(&base)));
             }
             let Some(file) = svg else {
                 let report = Client::new(&common)?.get_json(&path)?;
-                return print_out(&common, &report, print_diff);
+                return print_out(&common, &report, |r| print_diff(r, sites));
             };
             let sep = if path.contains('?') { '&' } else { '?' };
             let bytes = Client::new(&common)?.get_bytes(&format!("{path}{sep}format=svg"))?;
@@ -166,6 +214,30 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 )
             })
         }
+        Verb::Retainers { file, top, json } => {
+            // A holder must hold at least 1 MiB: below that it is noise next to a leak.
+            let summary = crate::profiles::retainers::summarize_file(&file, 1 << 20, top)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{}: {:.1} MiB in {} objects; holders (shortest retaining path, holder first):",
+                    file.display(),
+                    summary.total_bytes as f64 / 1048576.0,
+                    summary.objects
+                );
+                println!("{:>9} {:>9}  PATH", "HELD_MiB", "OBJECTS");
+                for h in &summary.holders {
+                    println!(
+                        "{:>9.1} {:>9}  {}",
+                        h.held_bytes as f64 / 1048576.0,
+                        h.objects,
+                        h.path
+                    );
+                }
+            }
+            Ok(())
+        }
         Verb::Restart { slot, common } => {
             let reply =
                 Client::new(&common)?.post_json(&format!("/workers/{}/restart", segment(&slot)))?;
@@ -177,7 +249,16 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             let reply = Client::new(&common)?.post_json("/reload")?;
             // A refused file is an error (the agent's 422 names every key).
             print_out(&common, &reply, |reply| {
-                println!("the config was reloaded; every worker is being replaced, one at a time");
+                if reply["replaces_workers"] == false {
+                    println!(
+                        "the config was reloaded; only the agent's own settings changed, \
+                         so the workers keep running"
+                    );
+                } else {
+                    println!(
+                        "the config was reloaded; every worker is being replaced, one at a time"
+                    );
+                }
                 for key in reply["needs_restart"].as_array().into_iter().flatten() {
                     println!(
                         "{} changed but needs a restart to take effect",
@@ -187,6 +268,113 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `diff --retainers`: both snapshots downloaded to private temporary files, summarised
+/// here, holders matched by retaining path.
+fn diff_retainers(common: &Common, id: &str, base: Option<&str>) -> anyhow::Result<()> {
+    use crate::profiles::retainers;
+    let client = Client::new(common)?;
+    let list = client.get_json("/profiles")?;
+    let entries = list.as_array().cloned().unwrap_or_default();
+    let find = |id: &str| {
+        let wanted = id.trim().parse::<u64>().ok();
+        entries
+            .iter()
+            .find(|p| wanted.is_some() && p["id"].as_u64() == wanted)
+            .cloned()
+            .ok_or_else(|| anyhow!("no profile {id} (see heapwarden profiles)"))
+    };
+    let leak = find(id)?;
+    if leak["kind"] != "snapshot" {
+        bail!(
+            "profile {id} is not a heap snapshot: --retainers reads snapshots (heapwarden dump SLOT --snapshot)"
+        );
+    }
+    let base = match base {
+        Some(b) => Some(find(b)?),
+        // The same worker slot's previous snapshot.
+        None => entries
+            .iter()
+            .filter(|p| {
+                p["kind"] == "snapshot"
+                    && p["slot"] == leak["slot"]
+                    && p["id"].as_u64() < leak["id"].as_u64()
+            })
+            .max_by_key(|p| p["id"].as_u64())
+            .cloned(),
+    };
+    if let Some(b) = &base
+        && b["kind"] != "snapshot"
+    {
+        bail!("base {} is not a heap snapshot", b["id"]);
+    }
+    // Holders down to 256 KiB, so one that was small in the base still matches.
+    let summarise = |entry: &Value| -> anyhow::Result<retainers::RetainerSummary> {
+        let bytes = client.get_bytes(&format!("/profiles/{}", entry["id"]))?;
+        let path = std::env::temp_dir().join(format!(
+            "heapwarden-{}-{}.heapsnapshot",
+            std::process::id(),
+            entry["id"]
+        ));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            file.write_all(&bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        drop(bytes);
+        let summary = retainers::summarize_file(&path, 256 << 10, 200);
+        let _ = std::fs::remove_file(&path);
+        Ok(summary?)
+    };
+    let leak_summary = summarise(&leak)?;
+    let base_summary = match &base {
+        Some(b) => summarise(b)?,
+        None => retainers::RetainerSummary {
+            total_bytes: 0,
+            objects: 0,
+            holders: Vec::new(),
+        },
+    };
+    let growth = retainers::growth(&base_summary, &leak_summary, 15);
+    let report = serde_json::json!({
+        "profile_id": leak["id"],
+        "base_id": base.as_ref().map(|b| b["id"].clone()),
+        "total_delta_bytes": leak_summary.total_bytes as i64 - base_summary.total_bytes as i64,
+        "holders": growth,
+    });
+    print_out(common, &report, |r| {
+        match r["base_id"].as_u64() {
+            Some(b) => println!(
+                "snapshot {} minus snapshot {b}: holders by growth (shortest retaining path, holder first)",
+                r["profile_id"]
+            ),
+            None => println!(
+                "snapshot {} (no earlier snapshot of that worker: growth is all it holds)",
+                r["profile_id"]
+            ),
+        }
+        println!(
+            "{:>12} {:>9} {:>9}  PATH",
+            "GROWTH_MiB", "HELD_MiB", "OBJECTS"
+        );
+        for g in r["holders"].as_array().into_iter().flatten() {
+            println!(
+                "{:>12.1} {:>9.1} {:>9}  {}",
+                g["delta_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                g["held_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                g["objects"],
+                g["path"].as_str().unwrap_or("?")
+            );
+        }
+    })
 }
 
 fn print_out(common: &Common, value: &Value, table: impl Fn(&Value)) -> anyhow::Result<()> {
@@ -207,14 +395,58 @@ fn segment(raw: &str) -> String {
 struct Client {
     base: String,
     token: String,
+    /// Where the token was read from and how the agent was found, for a 401.
+    token_path: PathBuf,
+    found: String,
     agent: ureq::Agent,
+}
+
+/// The config of the agent to talk to, and how it was found: `-c`/`HEAPWARDEN_CONFIG`
+/// when given; else the running agent's own (rebuilt from its process, see
+/// `discover`); else the defaults and `HEAPWARDEN_*` as before.
+fn locate(args: &ConfigArgs) -> anyhow::Result<(Config, String)> {
+    let load =
+        || super::load_config(args).map_err(|_| anyhow!("the config is invalid (see above)"));
+    if let Some(file) = &args.config {
+        return Ok((load()?, format!("config {}", file.display())));
+    }
+    let defaults = load()?;
+    let explicit_admin = args.admin_listen.or_else(|| {
+        std::env::var(crate::config::env_name("admin.listen"))
+            .ok()
+            .and_then(|a| a.trim_matches('"').parse().ok())
+    });
+    let agents = discover::running_agents(Path::new("/proc"));
+    let default_admin = crate::config::Config::default().admin.listen;
+    match discover::pick(agents, explicit_admin, default_admin).map_err(|e| anyhow!(e))? {
+        Some(found) => {
+            let mut config = found.config;
+            // What the caller set explicitly still wins.
+            if let Ok(token) = std::env::var(crate::config::env_name("admin.token-file")) {
+                config.admin.token_file = PathBuf::from(token);
+            }
+            let how = match &found.file {
+                Some(file) => format!(
+                    "the running agent (pid {}, config {})",
+                    found.pid,
+                    file.display()
+                ),
+                None => format!("the running agent (pid {}, default config)", found.pid),
+            };
+            Ok((config, how))
+        }
+        None => Ok((
+            defaults,
+            "the default config (no running agent found)".to_owned(),
+        )),
+    }
 }
 
 impl Client {
     fn new(common: &Common) -> anyhow::Result<Client> {
-        let config = super::load_config(&common.config)
-            .map_err(|_| anyhow!("the config is invalid (see above)"))?;
-        let token = read_token(&config)?;
+        let (config, found) = locate(&common.config)?;
+        let token_path = token_path(&config);
+        let token = read_token(&token_path)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
@@ -223,6 +455,8 @@ impl Client {
         Ok(Client {
             base: format!("http://{}/api/v1", config.admin.listen),
             token,
+            token_path,
+            found,
             agent,
         })
     }
@@ -265,7 +499,13 @@ impl Client {
             .read_to_vec()
             .map_err(|e| anyhow!("reading the agent's answer failed: {e}"))?;
         if status == 401 {
-            bail!("the agent refused the admin token (401): check admin.token-file");
+            bail!(
+                "the agent at {} refused the admin token read from {} (401); found through {}: \
+                 pass -c with the agent's config, or set HEAPWARDEN_ADMIN_TOKEN_FILE",
+                self.base,
+                self.token_path.display(),
+                self.found
+            );
         }
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<Value>(&bytes)
@@ -278,13 +518,16 @@ impl Client {
     }
 }
 
-fn read_token(config: &Config) -> anyhow::Result<String> {
-    let path = if config.admin.token_file.as_os_str().is_empty() {
+fn token_path(config: &Config) -> PathBuf {
+    if config.admin.token_file.as_os_str().is_empty() {
         config.state_dir.join("admin-token")
     } else {
         config.admin.token_file.clone()
-    };
-    let token = std::fs::read_to_string(&path).with_context(|| {
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the admin token {} (set -c or HEAPWARDEN_ADMIN_TOKEN_FILE)",
             path.display()

@@ -5,6 +5,7 @@
 
 mod args;
 pub mod client;
+mod discover;
 mod table;
 
 use std::process::ExitCode;
@@ -28,6 +29,9 @@ pub fn main() -> ExitCode {
         }
         Command::CheckConfig(args) => match load_checked(&args) {
             Ok(config) => {
+                for w in config::warnings(&config) {
+                    eprintln!("config warning: {}: {}", w.key, w.message);
+                }
                 println!(
                     "config ok: {} workers, service on {}, admin on {}",
                     config.pool.worker_count(),

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::profiles::DiffEntry;
+
 pub fn mib(v: &Value) -> String {
     v.as_f64()
         .map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
@@ -39,6 +41,7 @@ pub fn print_workers(rows: &Value) {
         "GROWTH_MiB/m",
         "TO_LIMIT"
     );
+    let mut spent = false;
     for r in rows.as_array().into_iter().flatten() {
         let growth = r["growth_bytes_per_second"]
             .as_f64()
@@ -46,6 +49,7 @@ pub fn print_workers(rows: &Value) {
         let mut state = text(&r["state"]);
         if r["budget_exhausted"] == true {
             state.push('!');
+            spent = true;
         }
         println!(
             "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
@@ -58,6 +62,12 @@ pub fn print_workers(rows: &Value) {
             mib(&r["heap_allocated_bytes"]),
             growth,
             duration(&r["seconds_to_limit"])
+        );
+    }
+    if spent {
+        println!(
+            "! leak-restart budget spent (max-leak-restarts-per-hour): the slot serves, \
+             but a leak no longer replaces it"
         );
     }
 }
@@ -91,15 +101,47 @@ pub fn print_profiles(rows: &Value) {
     }
 }
 
-pub fn print_diff(report: &Value) {
+/// The diff's default view (for Node: by first application frame), or with `sites` the
+/// allocation sites; each row with its `file:line`.
+pub fn print_diff(report: &Value, sites: bool) {
     println!(
         "profile {} minus base {}: {} MiB growth",
         text(&report["profile_id"]),
         text(&report["base_id"]),
         mib(&report["total_delta_bytes"])
     );
-    println!("{:>12}  FUNCTION", "GROWTH_MiB");
-    for e in report["top"].as_array().into_iter().flatten().take(15) {
-        println!("{:>12}  {}", mib(&e["delta_bytes"]), text(&e["function"]));
+    let (rows, heading) = if sites || report["view"] != "app_frame" {
+        (&report["top_sites"], "ALLOCATION SITE")
+    } else {
+        (
+            &report["top"],
+            "APPLICATION FRAME (--sites: allocation sites)",
+        )
+    };
+    // A report from an agent without `top_sites` still prints its `top`.
+    let rows = if rows.as_array().is_some_and(|r| !r.is_empty()) {
+        rows
+    } else {
+        &report["top"]
+    };
+    println!("{:>12}  {heading}", "GROWTH_MiB");
+    let entries = rows.as_array().into_iter().flatten().take(15);
+    for e in entries.filter_map(|e| serde_json::from_value::<DiffEntry>(e.clone()).ok()) {
+        let at = e.short_location();
+        let note = if e.in_app {
+            ""
+        } else {
+            "  (no application frame on the stack)"
+        };
+        println!(
+            "{:>12}  {}{}{note}",
+            mib(&Value::from(e.delta_bytes)),
+            e.function,
+            if at.is_empty() {
+                String::new()
+            } else {
+                format!("  {at}")
+            }
+        );
     }
 }

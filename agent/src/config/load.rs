@@ -75,6 +75,7 @@ pub fn load(
         origin.insert(key.to_string(), format!("flag for {key}"));
     }
 
+    stringify_env(&mut tree);
     let mut errors = Vec::new();
     check_each_key(&mut Vec::new(), &tree, &known, &mut errors);
     for e in &mut errors {
@@ -95,6 +96,27 @@ pub fn load(
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// `[pool.env]` values are strings, but PM2's `env` takes numbers and booleans and its
+/// users copy them as they are (`PORT = 3000`, `DEBUG = true`): integers and booleans are
+/// taken as their string form. Anything else (a float, an array, a table) stays an error
+/// naming the key.
+fn stringify_env(tree: &mut Table) {
+    let Some(Value::Table(pool)) = tree.get_mut("pool") else {
+        return;
+    };
+    let Some(Value::Table(env)) = pool.get_mut("env") else {
+        return;
+    };
+    for (_, value) in env.iter_mut() {
+        let text = match &*value {
+            Value::Integer(n) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            _ => continue,
+        };
+        *value = Value::String(text);
     }
 }
 

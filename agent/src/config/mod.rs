@@ -7,10 +7,12 @@ mod load;
 pub mod reload;
 mod sections;
 pub mod types;
+mod warnings;
 
 pub use load::{ConfigError, ConfigErrors, EX_CONFIG, env_name, load};
 pub use reload::{ConfigSource, ReloadPlan};
 pub use sections::*;
+pub use warnings::{ConfigWarning, warnings};
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -27,6 +27,15 @@ impl ConfigSource {
         let env = std::env::vars().filter(|(k, _)| k.starts_with("HEAPWARDEN_"));
         load(self.file.as_deref(), env, &self.flags)
     }
+
+    /// [`Self::load`] with another process's `HEAPWARDEN_*` environment (the CLI
+    /// rebuilding a running agent's config).
+    pub fn load_with_env(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        load(self.file.as_deref(), env, &self.flags)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +46,18 @@ pub struct ReloadPlan {
     pub changed: Vec<&'static str>,
     /// Keys that changed but keep their running value until a restart.
     pub needs_restart: Vec<&'static str>,
+}
+
+/// Parts the agent applies itself: a reload changing only these leaves the workers
+/// running (switching to `action = "profile-only"` must not replace the pool).
+const AGENT_ONLY_PARTS: [&str; 3] = ["watchdog", "sampling", "log.level"];
+
+impl ReloadPlan {
+    /// Whether the reload rolls the workers: when what they run may have changed, and
+    /// when nothing changed at all (`heapwarden reload` as a rolling restart).
+    pub fn replaces_workers(&self) -> bool {
+        self.changed.is_empty() || self.changed.iter().any(|p| !AGENT_ONLY_PARTS.contains(p))
+    }
 }
 
 pub fn plan(running: &Config, new: Config) -> ReloadPlan {
@@ -155,6 +176,24 @@ mod tests {
                 "log.level"
             ]
         );
+    }
+
+    #[test]
+    fn only_a_change_to_what_workers_run_replaces_them() {
+        let running = Config::default();
+        let mut dry_run = Config::default();
+        dry_run.watchdog.action = crate::config::types::LeakAction::ProfileOnly;
+        dry_run.sampling.interval = Duration::from_secs(3);
+        dry_run.log.level = LogLevel::Debug;
+        let p = plan(&running, dry_run);
+        assert_eq!(p.changed, vec!["sampling", "watchdog", "log.level"]);
+        assert!(!p.replaces_workers(), "{:?}", p.changed);
+        let mut env = Config::default();
+        env.watchdog.strikes = 9;
+        env.pool.env.insert("NODE_ENV".into(), "production".into());
+        assert!(plan(&running, env).replaces_workers());
+        // An unchanged file is the documented rolling restart.
+        assert!(plan(&running, running.clone()).replaces_workers());
     }
 
     #[test]

@@ -202,3 +202,18 @@ fn the_configuration_page_names_every_key() {
         "docs/src/operate/configuration.md does not list {missing:?}"
     );
 }
+
+#[test]
+fn pool_env_takes_integers_and_booleans_as_their_string_form() {
+    let config = load_text(
+        "[pool.env]\nPORT = 3000\nDEBUG = true\nNODE_ENV = \"production\"\n",
+        &[],
+    )
+    .expect("PM2-style env values");
+    assert_eq!(config.pool.env["PORT"], "3000");
+    assert_eq!(config.pool.env["DEBUG"], "true");
+    assert_eq!(config.pool.env["NODE_ENV"], "production");
+    let err = load_text("[pool.env]\nRATIO = 1.5\nLIST = [1]\n", &[]).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["pool.env"], "{err}");
+}

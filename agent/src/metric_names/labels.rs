@@ -61,12 +61,14 @@ label_values! {
         Unhealthy = "unhealthy",
         Manual = "manual",
         Reload = "reload",
+        /// Killed for not being ready within `pool.ready-timeout`.
+        ReadyTimeout = "ready_timeout",
     }
 }
 
 label_values! {
-    /// What a slot is doing; `state` of `heapwarden_worker_state` (with
-    /// [`BUDGET_EXHAUSTED`] alongside).
+    /// What a slot is doing; `state` of `heapwarden_worker_state` (a ready slot whose
+    /// leak-restart budget is spent shows as [`BUDGET_EXHAUSTED`] instead).
     pub enum SlotState {
         Starting = "starting",
         Ready = "ready",

@@ -69,7 +69,7 @@ pub const WORKER_STATE: Metric = metric(
     "heapwarden_worker_state",
     Gauge,
     &["worker", "state"],
-    "1 for the slot's current state (starting, ready, replacing, backoff, failed, stopping; budget_exhausted alongside).",
+    "1 for the slot's current state (starting, ready, replacing, backoff, failed, stopping, or budget_exhausted instead of ready while its leak-restart budget is spent).",
 );
 pub const WORKER_RSS: Metric = metric(
     "heapwarden_worker_rss_bytes",

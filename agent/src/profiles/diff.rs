@@ -1,7 +1,17 @@
-//! Leak-minus-baseline diffs of two stored pprof profiles: live bytes aggregated by the
-//! leaf *application* function (allocator frames trimmed, as in conversion) and by full
-//! stack, sorted by growth. The same report goes into the detection log record, the API
-//! (`/api/v1/profiles/{id}/diff`) and the CLI (`heapwarden diff`).
+//! Leak-minus-baseline diffs of two stored pprof profiles, sorted by growth. The same
+//! report goes into the detection log record, the API (`/api/v1/profiles/{id}/diff`) and
+//! the CLI (`heapwarden diff`).
+//!
+//! Two views of one diff. *Allocation sites* (`top_sites`): live bytes by the leaf
+//! function that allocated them (allocator frames trimmed, as in conversion). *Application
+//! frames* (Node profiles only): live bytes by the first frame of the stack that is the
+//! application's own code — outside `node_modules/`, `node:` internals, V8 builtins and
+//! the probe — so `JSON.parse` called by a route handler counts for the handler. Bytes
+//! allocated with no application frame on the stack at all (body parsers run on the
+//! request stream's `end`, from Node's tick queue) keep their allocation site, marked
+//! `in_app: false`, after the application's growing frames. `top` is the default view
+//! (application frames for Node, allocation sites otherwise) and `view` says which it
+//! is. Every entry carries its file and line.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +29,19 @@ const TOP_STACKS: usize = 20;
 const STACK_DEPTH: usize = 16;
 /// Stored profiles are a few MB; refuse to read anything far larger.
 const MAX_PROFILE_FILE: u64 = 64 * 1024 * 1024;
+/// How the V8 converter marks its profiles (`profiles/v8.rs`).
+const V8_COMMENT: &str = "heapwarden: V8 sampling heap profile";
+
+/// What `DiffReport::top` is grouped by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffView {
+    /// The leaf function that allocated the bytes.
+    #[default]
+    AllocationSite,
+    /// The first application frame of the allocating stack (Node).
+    AppFrame,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiffReport {
@@ -27,8 +50,14 @@ pub struct DiffReport {
     pub base_total_bytes: i64,
     pub profile_total_bytes: i64,
     pub total_delta_bytes: i64,
-    /// By leaf application function, largest growth first.
+    /// What `top` is grouped by.
+    #[serde(default)]
+    pub view: DiffView,
+    /// The default view, largest growth first.
     pub top: Vec<DiffEntry>,
+    /// By allocation site (leaf function), largest growth first.
+    #[serde(default)]
+    pub top_sites: Vec<DiffEntry>,
     /// By full stack (leaf first), largest growth first.
     pub top_stacks: Vec<StackDiff>,
 }
@@ -36,9 +65,47 @@ pub struct DiffReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiffEntry {
     pub function: String,
+    /// Source file (a script path for Node, `file://` dropped); empty when unknown.
+    #[serde(default)]
+    pub file: String,
+    /// 1-based line (for JavaScript: where the function is written); 0 when unknown.
+    #[serde(default)]
+    pub line: i64,
+    /// In the application-frame view: false when no frame of the stack was the
+    /// application's, so the entry is the allocation site (a dependency's callback,
+    /// such as a body parser's on a stream's end); see `heapwarden diff --retainers`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub in_app: bool,
     pub delta_bytes: i64,
     pub base_bytes: i64,
     pub profile_bytes: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl DiffEntry {
+    /// `file:line`, the file shortened to what a reader recognises: the part after the
+    /// last `node_modules/` (the package's own path) or else the file name.
+    pub fn short_location(&self) -> String {
+        if self.file.is_empty() {
+            return String::new();
+        }
+        let file = match self.file.rfind("node_modules/") {
+            Some(i) => &self.file[i + "node_modules/".len()..],
+            None => self.file.rsplit('/').next().unwrap_or(&self.file),
+        };
+        if self.line > 0 {
+            format!("{file}:{}", self.line)
+        } else {
+            file.to_owned()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,12 +117,51 @@ pub struct StackDiff {
     pub profile_bytes: i64,
 }
 
-/// Live bytes of one profile by leaf function and by stack.
+/// One frame as the diff groups it: function name, file, line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Frame {
+    function: String,
+    file: String,
+    line: i64,
+}
+
+/// Whether a script belongs to the application rather than to its dependencies, Node's
+/// own library or V8 (builtins such as `JSON.parse` have no script at all).
+pub fn is_application_file(file: &str) -> bool {
+    !file.is_empty()
+        && !file.starts_with("node:")
+        && !file.contains("node_modules/")
+        && !file.ends_with("heapwarden-probe.js")
+        && !file.ends_with("heapwarden-probe.cjs")
+}
+
+/// Index of the first application frame of a leaf-first stack of (function, file), or
+/// `None` when every frame is a dependency's, Node's or V8's.
+pub fn first_app_frame<S: AsRef<str>>(frames: &[(S, S)]) -> Option<usize> {
+    frames
+        .iter()
+        .position(|(_, file)| is_application_file(file.as_ref()))
+}
+
+/// The entry a page or a per-slot leak-suspect metric names: the first growing entry of
+/// the report's default view (the application's function for Node).
+pub fn top_entry_for_page(report: &DiffReport) -> Option<&DiffEntry> {
+    report.top.iter().find(|e| e.delta_bytes > 0)
+}
+
+/// Live bytes of one profile by allocation site, by application frame and by stack.
 #[derive(Debug, Default)]
 struct Aggregate {
     total: i64,
-    by_function: HashMap<String, i64>,
+    /// Whether the profile came from the V8 converter (the app-frame view applies).
+    node: bool,
+    by_site: HashMap<Frame, i64>,
+    /// (frame, whether it is the application's) for Node profiles.
+    by_app: HashMap<(Frame, bool), i64>,
     by_stack: HashMap<Vec<String>, i64>,
+    /// Native profiles group a function's call sites together (its lines are call sites,
+    /// not one definition); the line shown is that of its largest sample.
+    native_lines: HashMap<(String, String), (i64, i64)>,
 }
 
 /// Reads and diffs two `.pb.gz` files.
@@ -82,14 +188,18 @@ pub fn diff_profiles(
     Ok(report(base_id, &base_agg, profile_id, &profile_agg))
 }
 
-/// The first `n` growing sites as one log-friendly line: `fn_a +64.0MiB; fn_b +1.2MiB`.
+/// The first `n` growing entries of the default view as one log-friendly line:
+/// `rememberSession (server.js:14) +64.0MiB; fn_b +1.2MiB`.
 pub fn top_sites(report: &DiffReport, n: usize) -> String {
     report
         .top
         .iter()
         .filter(|e| e.delta_bytes > 0)
         .take(n)
-        .map(|e| format!("{} +{}", e.function, human_bytes(e.delta_bytes)))
+        .map(|e| match e.short_location() {
+            at if at.is_empty() => format!("{} +{}", e.function, human_bytes(e.delta_bytes)),
+            at => format!("{} ({at}) +{}", e.function, human_bytes(e.delta_bytes)),
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -152,46 +262,97 @@ fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> 
         .collect();
     let locations: HashMap<u64, &pprof::Location> =
         profile.location.iter().map(|l| (l.id, l)).collect();
-    let mut agg = Aggregate::default();
+    let node = profile
+        .comment
+        .iter()
+        .any(|&c| string(c).starts_with(V8_COMMENT));
+    let mut agg = Aggregate {
+        node,
+        ..Aggregate::default()
+    };
     for sample in &profile.sample {
         let bytes = sample.value.get(value_index).copied().unwrap_or(0);
         // Leaf first: locations are leaf first, and lines within one innermost first.
-        let mut frames: Vec<(String, String)> = Vec::new();
+        let mut frames: Vec<Frame> = Vec::new();
         for id in &sample.location_id {
             match locations.get(id) {
                 Some(loc) if !loc.line.is_empty() => frames.extend(loc.line.iter().map(|l| {
                     let (name, file) = functions.get(&l.function_id).copied().unwrap_or(("", ""));
-                    (name.to_owned(), file.to_owned())
+                    Frame {
+                        function: name.to_owned(),
+                        file: file.strip_prefix("file://").unwrap_or(file).to_owned(),
+                        line: l.line,
+                    }
                 })),
-                Some(loc) => frames.push((format!("{:#x}", loc.address), String::new())),
-                None => frames.push((format!("location#{id}"), String::new())),
+                Some(loc) => frames.push(Frame {
+                    function: format!("{:#x}", loc.address),
+                    file: String::new(),
+                    line: 0,
+                }),
+                None => frames.push(Frame {
+                    function: format!("location#{id}"),
+                    file: String::new(),
+                    line: 0,
+                }),
             }
         }
-        let keep_from = first_application_frame(&frames);
+        let names: Vec<(&str, &str)> = frames
+            .iter()
+            .map(|f| (f.function.as_str(), f.file.as_str()))
+            .collect();
+        let keep_from = first_application_frame(&names);
+        let app = node.then(|| first_app_frame(&names)).flatten();
+        let mut site = frames.get(keep_from).cloned().unwrap_or_else(|| Frame {
+            function: "<empty stack>".to_owned(),
+            file: String::new(),
+            line: 0,
+        });
+        if !node {
+            let best = agg
+                .native_lines
+                .entry((site.function.clone(), site.file.clone()))
+                .or_insert((site.line, bytes));
+            if bytes > best.1 {
+                *best = (site.line, bytes);
+            }
+            site.line = 0;
+        }
+        if node {
+            let key = match app {
+                Some(i) => (frames[i].clone(), true),
+                None => (site.clone(), false),
+            };
+            *agg.by_app.entry(key).or_default() += bytes;
+        }
         let stack: Vec<String> = frames
-            .into_iter()
+            .iter()
             .skip(keep_from)
             .take(STACK_DEPTH)
-            .map(|(name, _)| name)
+            .map(|f| f.function.clone())
             .collect();
-        let leaf = stack
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "<empty stack>".to_owned());
         agg.total += bytes;
-        *agg.by_function.entry(leaf).or_default() += bytes;
+        *agg.by_site.entry(site).or_default() += bytes;
         *agg.by_stack.entry(stack).or_default() += bytes;
     }
     Ok(agg)
 }
 
-fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) -> DiffReport {
-    let mut top: Vec<DiffEntry> = keys(&base.by_function, &profile.by_function)
-        .map(|f| {
-            let b = base.by_function.get(f).copied().unwrap_or(0);
-            let p = profile.by_function.get(f).copied().unwrap_or(0);
+/// Entries of one view, growth first, ties by name: `(frame, in_app) -> bytes` of both.
+fn ranked<K: Eq + std::hash::Hash>(
+    base: &HashMap<K, i64>,
+    profile: &HashMap<K, i64>,
+    entry: impl Fn(&K) -> (&Frame, bool),
+) -> Vec<DiffEntry> {
+    let mut top: Vec<DiffEntry> = keys(base, profile)
+        .map(|k| {
+            let b = base.get(k).copied().unwrap_or(0);
+            let p = profile.get(k).copied().unwrap_or(0);
+            let (frame, in_app) = entry(k);
             DiffEntry {
-                function: f.clone(),
+                function: frame.function.clone(),
+                file: frame.file.clone(),
+                line: frame.line,
+                in_app,
                 delta_bytes: p - b,
                 base_bytes: b,
                 profile_bytes: p,
@@ -202,9 +363,38 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
     top.sort_by(|a, b| {
         b.delta_bytes
             .cmp(&a.delta_bytes)
-            .then(a.function.cmp(&b.function))
+            .then_with(|| a.function.cmp(&b.function))
+            .then_with(|| a.file.cmp(&b.file))
+            .then_with(|| a.line.cmp(&b.line))
     });
     top.truncate(TOP_FUNCTIONS);
+    top
+}
+
+fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) -> DiffReport {
+    let mut top_sites = ranked(&base.by_site, &profile.by_site, |f| (f, true));
+    for e in top_sites.iter_mut().filter(|e| e.line == 0) {
+        let key = (e.function.clone(), e.file.clone());
+        if let Some(&(line, _)) = profile
+            .native_lines
+            .get(&key)
+            .or_else(|| base.native_lines.get(&key))
+        {
+            e.line = line;
+        }
+    }
+    // The app-frame view when the newer profile is a Node one (a base from before an
+    // upgrade may be either; its sites still subtract by frame).
+    let (view, top) = if profile.node {
+        let mut app = ranked(&base.by_app, &profile.by_app, |(f, in_app)| (f, *in_app));
+        // The application's growing frames lead; bytes allocated with no application
+        // frame on the stack (a dependency's own callback, such as a body parser's on
+        // the request stream's end) follow, marked: their holder is found by retainers.
+        app.sort_by_key(|e| !(e.in_app && e.delta_bytes > 0));
+        (DiffView::AppFrame, app)
+    } else {
+        (DiffView::AllocationSite, top_sites.clone())
+    };
     let mut top_stacks: Vec<StackDiff> = keys(&base.by_stack, &profile.by_stack)
         .map(|s| {
             let b = base.by_stack.get(s).copied().unwrap_or(0);
@@ -230,7 +420,9 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
         base_total_bytes: base.total,
         profile_total_bytes: profile.total,
         total_delta_bytes: profile.total - base.total,
+        view,
         top,
+        top_sites,
         top_stacks,
     }
 }

@@ -3,7 +3,8 @@
 //! conversion of raw jemalloc dumps into symbolized pprof (`convert`, run in a
 //! short-lived helper process so the agent's RSS stays small) and of Node's V8 sampling
 //! profiles (`v8`), the profile store with its index and retention (`store`, `index`),
-//! and leak-minus-baseline diffs (`diff`, and as a differential flame graph: `flame`).
+//! leak-minus-baseline diffs (`diff`, and as a differential flame graph: `flame`), and who
+//! holds the memory in a V8 heap snapshot (`retainers`).
 #![forbid(unsafe_code)]
 
 mod capture;
@@ -16,6 +17,7 @@ mod flame;
 mod index;
 pub mod pprof;
 pub mod raw;
+pub mod retainers;
 mod snapshot;
 mod store;
 mod store_handle;
@@ -32,7 +34,10 @@ pub use convert::{
     ConvertSummary, HELPER_TIMEOUT, convert, convert_in_helper, convert_v8_in_helper,
     convert_with_helper,
 };
-pub use diff::{DiffEntry, DiffReport, StackDiff, diff_files, diff_profiles, top_sites};
+pub use diff::{
+    DiffEntry, DiffReport, DiffView, StackDiff, diff_files, diff_profiles, first_app_frame,
+    is_application_file, top_entry_for_page, top_sites,
+};
 pub use dump_limit::{DumpBusy, DumpLimiter, DumpPermit, MAX_CONCURRENT_DUMPS};
 pub use error::ProfileError;
 pub use flame::{diff_svg, diff_svg_files, folded_diff};

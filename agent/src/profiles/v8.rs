@@ -1,6 +1,7 @@
 //! V8 sampling heap profile (as the Node probe writes it) → the same pprof the jemalloc
 //! path produces: sample types `inuse_objects`/`inuse_space`, one function per (JS
-//! function, script URL), one location per (function, line), stacks leaf first. So the
+//! function, script URL, line, column), one location per (function, line), stacks leaf
+//! first. So the
 //! store, retention, `heapwarden diff` and `go tool pprof -base` work unchanged and name
 //! the JavaScript function that allocated what is still live.
 //!
@@ -30,8 +31,9 @@ const MAX_NODES: usize = 2_000_000;
 /// collectors do): what keeps a hostile deep chain linear.
 pub const MAX_STACK_DEPTH: usize = 256;
 const FORMAT: &str = "heapwarden-v8-sampling";
-/// The probe's file: its frames are the watchdog's, not the application's.
-const PROBE_FILE: &str = "heapwarden-probe.cjs";
+/// The probe's file (`.js`, or `.cjs` as shipped later): its frames are the watchdog's,
+/// not the application's.
+const PROBE_FILES: [&str; 2] = ["heapwarden-probe.js", "heapwarden-probe.cjs"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum V8Error {
@@ -104,21 +106,27 @@ fn objects_for(size: f64, interval: f64) -> f64 {
     if p > 0.0 { 1.0 / p } else { 1.0 }
 }
 
+/// A JS function is where it is written: two anonymous functions of one file differ by
+/// line and column. The name stays in the key for V8's builtins (`JSON.parse`), which all
+/// have no script and no position.
+type FunctionKey<'a> = (&'a str, &'a str, i64, i64);
+
 struct Builder<'a> {
     strings: StringTable,
-    functions: HashMap<(&'a str, &'a str), u64>,
+    functions: HashMap<FunctionKey<'a>, u64>,
     locations: HashMap<(u64, i64), u64>,
     profile: pprof::Profile,
 }
 
 impl<'a> Builder<'a> {
     fn location(&mut self, row: &'a NodeRow) -> u64 {
-        let (_, _, name, url, line, _, _) = row;
-        let function_id = match self.functions.get(&(name.as_str(), url.as_str())) {
+        let (_, _, name, url, line, column, _) = row;
+        let key = (name.as_str(), url.as_str(), *line, *column);
+        let function_id = match self.functions.get(&key) {
             Some(&id) => id,
             None => {
                 let id = self.profile.function.len() as u64 + 1;
-                let display = display_name(name, url, *line);
+                let display = display_name(name, url, *line, *column);
                 let name_i = self.strings.intern(&display);
                 let file_i = self.strings.intern(url);
                 self.profile.function.push(pprof::Function {
@@ -127,7 +135,7 @@ impl<'a> Builder<'a> {
                     system_name: name_i,
                     filename: file_i,
                 });
-                self.functions.insert((name, url), id);
+                self.functions.insert(key, id);
                 id
             }
         };
@@ -148,8 +156,9 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Anonymous functions are told apart by where they are written.
-fn display_name(name: &str, url: &str, line: i64) -> String {
+/// Anonymous functions are told apart by where they are written:
+/// `(anonymous server.js:14:23)`, 1-based line and column as editors show them.
+fn display_name(name: &str, url: &str, line: i64, column: i64) -> String {
     if name.is_empty() && url.is_empty() && line < 0 {
         return PROBE_FRAME_NAME.to_owned();
     }
@@ -157,16 +166,20 @@ fn display_name(name: &str, url: &str, line: i64) -> String {
         return name.to_owned();
     }
     let file = url.rsplit('/').next().unwrap_or(url);
+    let at = match (line >= 0, column >= 0) {
+        (true, true) => format!("{}:{}", line + 1, column + 1),
+        (true, false) => format!("{}", line + 1),
+        _ => "?".to_owned(),
+    };
     if file.is_empty() {
-        format!("(anonymous):{}", line + 1)
+        format!("(anonymous):{at}")
     } else {
-        format!("(anonymous {file}:{})", line + 1)
+        format!("(anonymous {file}:{at})")
     }
 }
 
 fn is_probe_frame(row: &NodeRow) -> bool {
-    // `.js`: the name the probe had before it became `.cjs` (profiles of older agents).
-    row.3.ends_with(PROBE_FILE) || row.3.ends_with("heapwarden-probe.js")
+    PROBE_FILES.iter().any(|f| row.3.ends_with(f))
 }
 
 fn is_root(row: &NodeRow) -> bool {

@@ -72,7 +72,7 @@ fn functions_carry_names_files_and_one_based_lines_leaf_first() {
     assert_eq!(totals.bytes, (1 << 20) + 4096 + 512 + 256);
     let stacks: Vec<Vec<String>> = p.sample.iter().map(|s| names(&p, s)).collect();
     assert_eq!(stacks[0], ["leakInNamedFunction:10", "main:41"]);
-    assert_eq!(stacks[1], ["(anonymous app.js:21):21", "main:41"]);
+    assert_eq!(stacks[1], ["(anonymous app.js:21:3):21", "main:41"]);
     // The probe's own frames are trimmed: its allocations show as the probe's.
     assert_eq!(stacks[2], ["(heapwarden probe):0"]);
     assert_eq!(stacks[3], ["(heapwarden probe):0"]);
@@ -100,6 +100,127 @@ fn the_diff_names_the_leaking_js_function_first() {
     assert_eq!(report.top[0].delta_bytes, 63 << 20);
     let bytes = pprof::encode_gz(&leak).unwrap();
     assert_eq!(pprof::decode(&bytes).unwrap(), leak);
+}
+
+/// An Express-like stack: the app's route handler calls a dependency that calls a V8
+/// builtin; a second allocation happens in a dependency callback with no app frame.
+fn express_like(handler_bytes: u64, orphan_bytes: u64) -> Vec<u8> {
+    profile(
+        json!([
+            [1, 0, "(root)", "", -1, -1, 0],
+            [
+                2,
+                1,
+                "processTicksAndRejections",
+                "node:internal/process/task_queues",
+                60,
+                0,
+                0
+            ],
+            [3, 2, "", "file:///srv/app/server.js", 13, 22, 0],
+            [
+                4,
+                3,
+                "parse",
+                "file:///srv/app/node_modules/body-parser/lib/types/json.js",
+                76,
+                2,
+                0
+            ],
+            [5, 4, "parse", "", -1, -1, handler_bytes],
+            [6, 2, "", "file:///srv/app/server.js", 30, 4, 4096],
+            [
+                7,
+                2,
+                "onEnd",
+                "file:///srv/app/node_modules/raw-body/index.js",
+                240,
+                2,
+                0
+            ],
+            [8, 7, "parse", "", -1, -1, orphan_bytes],
+        ]),
+        json!([]),
+    )
+}
+
+#[test]
+fn anonymous_functions_of_one_file_are_told_apart_by_line_and_column() {
+    let (p, totals) = parse_and_build(&express_like(1 << 20, 0), SystemTime::now()).unwrap();
+    let names: Vec<&str> = p
+        .function
+        .iter()
+        .map(|f| p.string_table[f.name as usize].as_str())
+        .collect();
+    assert!(names.contains(&"(anonymous server.js:14:23)"), "{names:?}");
+    assert!(names.contains(&"(anonymous server.js:31:5)"), "{names:?}");
+    // Two builtins without a script stay two functions only when named differently.
+    assert_eq!(
+        names.iter().filter(|n| **n == "parse").count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(totals.functions, names.len());
+}
+
+#[test]
+fn node_diffs_lead_with_the_first_application_frame_with_file_and_line() {
+    let (base, _) = parse_and_build(&express_like(1 << 20, 1 << 20), SystemTime::now()).unwrap();
+    let (leak, _) = parse_and_build(&express_like(40 << 20, 3 << 20), SystemTime::now()).unwrap();
+    let report = diff_profiles(1, &base, 2, &leak).unwrap();
+    assert_eq!(report.view, crate::profiles::DiffView::AppFrame);
+    let top = crate::profiles::top_entry_for_page(&report).unwrap();
+    assert_eq!(top.function, "(anonymous server.js:14:23)");
+    assert_eq!((top.file.as_str(), top.line), ("/srv/app/server.js", 14));
+    assert_eq!(top.short_location(), "server.js:14");
+    assert_eq!(top.delta_bytes, 39 << 20);
+    assert!(top.in_app);
+    // Bytes allocated with no application frame on the stack keep their site, marked.
+    let orphan = &report.top[1];
+    assert_eq!((orphan.function.as_str(), orphan.in_app), ("parse", false));
+    assert_eq!(orphan.delta_bytes, 2 << 20);
+    // The raw allocation sites: V8's builtin first, merged across both callers.
+    assert_eq!(report.top_sites[0].function, "parse");
+    assert_eq!(report.top_sites[0].delta_bytes, 41 << 20);
+    assert_eq!(
+        crate::profiles::top_sites(&report, 1),
+        "(anonymous server.js:14:23) (server.js:14) +39.0MiB"
+    );
+    // The application's code leads even when a dependency's callback allocated more.
+    let (leak, _) = parse_and_build(&express_like(2 << 20, 90 << 20), SystemTime::now()).unwrap();
+    let report = diff_profiles(1, &base, 2, &leak).unwrap();
+    assert_eq!(report.top[0].function, "(anonymous server.js:14:23)");
+    assert_eq!(
+        (report.top[1].function.as_str(), report.top[1].in_app),
+        ("parse", false)
+    );
+    assert_eq!(report.top[1].delta_bytes, 89 << 20);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["view"], "app_frame");
+    assert_eq!(json["top"][0]["line"], 14);
+}
+
+#[test]
+fn application_files_exclude_dependencies_node_internals_builtins_and_the_probe() {
+    use crate::profiles::{first_app_frame, is_application_file};
+    assert!(is_application_file("/srv/app/server.js"));
+    assert!(is_application_file("file:///srv/app/routes/users.mjs"));
+    for file in [
+        "",
+        "node:internal/streams/readable",
+        "node:events",
+        "/srv/app/node_modules/express/lib/router/index.js",
+        "/var/lib/heapwarden/probes/heapwarden-probe.cjs",
+    ] {
+        assert!(!is_application_file(file), "{file}");
+    }
+    let frames = [
+        ("parse", ""),
+        ("parse", "/a/node_modules/x.js"),
+        ("h", "/a/s.js"),
+    ];
+    assert_eq!(first_app_frame(&frames), Some(2));
+    assert_eq!(first_app_frame(&frames[..2]), None);
 }
 
 #[test]

@@ -22,14 +22,20 @@ pub fn record_slots(view: &PoolView) {
         let up = slot.worker.as_ref().is_some_and(|w| w.ready)
             && matches!(slot.state, SlotState::Ready | SlotState::Replacing);
         gauge!(WORKER_UP.name, "worker" => worker.clone()).set(if up { 1.0 } else { 0.0 });
+        // One state at a time: a ready slot whose leak-restart budget is spent shows as
+        // `budget_exhausted` (it serves, but a leak no longer replaces it), not `ready`.
+        let exhausted = slot.budget_exhausted && slot.state == SlotState::Ready;
         for state in SlotState::ALL {
-            let value = if state == slot.state { 1.0 } else { 0.0 };
+            let value = if state == slot.state && !exhausted {
+                1.0
+            } else {
+                0.0
+            };
             gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => state.as_str())
                 .set(value);
         }
-        let exhausted = if slot.budget_exhausted { 1.0 } else { 0.0 };
         gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => BUDGET_EXHAUSTED)
-            .set(exhausted);
+            .set(if exhausted { 1.0 } else { 0.0 });
     }
 }
 

@@ -251,3 +251,26 @@ fn slots_without_a_ready_worker_are_down() {
         "{page}"
     );
 }
+
+#[test]
+fn a_spent_leak_budget_is_its_own_state_not_ready() {
+    let mut spent = slot(0, 10, None);
+    spent.budget_exhausted = true;
+    let view = PoolView {
+        slots: vec![spent, slot(1, 20, None)],
+        stopping: false,
+    };
+    let recorder = crate::metric_names::build_recorder().expect("recorder");
+    metrics::with_local_recorder(&recorder, || super::record::record_slots(&view));
+    let page = recorder.handle().render();
+    for expected in [
+        "heapwarden_worker_state{worker=\"0\",state=\"budget_exhausted\"} 1",
+        "heapwarden_worker_state{worker=\"0\",state=\"ready\"} 0",
+        "heapwarden_worker_state{worker=\"1\",state=\"ready\"} 1",
+        "heapwarden_worker_state{worker=\"1\",state=\"budget_exhausted\"} 0",
+        // It still serves.
+        "heapwarden_worker_up{worker=\"0\"} 1",
+    ] {
+        assert!(page.contains(expected), "{expected} in {page}");
+    }
+}

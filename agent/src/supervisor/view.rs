@@ -90,7 +90,12 @@ impl PartialEq for Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
     /// The new config is running; these changed keys keep their value until a restart.
-    Applied { needs_restart: Vec<&'static str> },
+    /// `replaces_workers`: false when only what the agent itself applies changed
+    /// (`[watchdog]`, `[sampling]`, `log.level`), so the workers keep running.
+    Applied {
+        needs_restart: Vec<&'static str>,
+        replaces_workers: bool,
+    },
     /// The file was refused and the running config stays: `(key, error)` for each error.
     Refused { errors: Vec<(String, String)> },
 }

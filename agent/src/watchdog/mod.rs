@@ -433,8 +433,9 @@ impl Watchdog {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
                 Err(_) => None,
             };
+            let entry = diff.as_ref().and_then(suspect::page_entry);
             let culprit =
-                suspect::classify(&base, &now, diff.as_ref().and_then(suspect::page_entry));
+                suspect::classify(&base, &now, entry.as_ref().map(|(f, b)| (f.as_str(), *b)));
             let profile_id = profile.as_ref().ok().map(|m| m.id);
             // The suspect first, then the count: a scrape that sees the detection sees
             // its culprit, so the page's first notification already names it.
@@ -456,8 +457,28 @@ impl Watchdog {
             metrics::counter!(LEAK_DETECTIONS.name,
                 "worker" => slot.to_string(), "rule" => trip.rule.as_str())
             .increment(1);
-            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
-                let _ = take_snapshot(&store, snapshot, &log).await;
+            // With `leak-snapshot`: who holds the memory, summarised out of the worker
+            // (after the diff, which must not wait behind a snapshot).
+            let mut retainers = serde_json::Value::Null;
+            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node))
+                && let Ok(meta) = take_snapshot(&store, snapshot, &log).await
+                && let Ok((_, path)) = store.get(meta.id).await
+            {
+                match crate::profiles::retainers::summarize_in_helper(
+                    &path,
+                    TOP_SITES,
+                    crate::profiles::HELPER_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(summary) => {
+                        retainers = serde_json::to_value(summary.holders).unwrap_or_default()
+                    }
+                    Err(error) => {
+                        info!(log, "The leak snapshot could not be summarised."; "worker" => slot,
+                            "snapshot_id" => meta.id, "error" => error)
+                    }
+                }
             }
             let sites = diff
                 .as_ref()
@@ -480,6 +501,11 @@ impl Watchdog {
                 "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
                 "top_growing_sites" => RedactedJson(sites),
+                "retainers" => RedactedJson(retainers),
+                "sites_view" => diff.as_ref().map(|d| match d.view {
+                    crate::profiles::DiffView::AppFrame => "app_frame",
+                    crate::profiles::DiffView::AllocationSite => "allocation_site",
+                }),
                 "action" => if restart { "restart" } else { "profile-only" });
             if restart {
                 let replace = Request::Replace {

@@ -89,16 +89,18 @@ pub fn classify(base: &MemoryFigures, now: &MemoryFigures, top: Option<(&str, i6
     }
 }
 
-/// The diff entry the page names: the top growing function.
-///
-/// The one place that picks it, so a better pick (Node: the first application frame)
-/// changes only this call.
-pub fn page_entry(report: &DiffReport) -> Option<(&str, i64)> {
-    report
-        .top
-        .first()
-        .filter(|e| e.delta_bytes > 0)
-        .map(|e| (e.function.as_str(), e.delta_bytes))
+/// The diff entry the page names: the first growing entry of the report's default view
+/// (for Node, the first application frame), with its file:line when the profile has one.
+pub fn page_entry(report: &DiffReport) -> Option<(String, i64)> {
+    crate::profiles::top_entry_for_page(report).map(|e| {
+        let location = e.short_location();
+        let name = if location.is_empty() || e.function.contains(&location) {
+            e.function.clone()
+        } else {
+            format!("{} ({location})", e.function)
+        };
+        (name, e.delta_bytes)
+    })
 }
 
 /// `name` cut to [`MAX_FUNCTION_CHARS`] (an ellipsis marks the cut) with control

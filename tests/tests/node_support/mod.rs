@@ -34,15 +34,80 @@ pub fn require_node() {
     );
 }
 
+/// Where the framework tests' npm packages (Express 5, Fastify 5) live: outside the
+/// repository, shared by runs. `HEAPWARDEN_TEST_NPM_DIR` overrides.
+pub fn npm_dir() -> PathBuf {
+    std::env::var_os("HEAPWARDEN_TEST_NPM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/heapwarden-npm"))
+}
+
+/// The `node_modules` holding Express 5 and Fastify 5, installed from npm when missing
+/// (scripts/test does it first; this keeps a lone `cargo test` working).
+pub fn framework_modules() -> PathBuf {
+    require_node();
+    let dir = npm_dir();
+    let modules = dir.join("node_modules");
+    if modules.join("express").is_dir() && modules.join("fastify").is_dir() {
+        return modules;
+    }
+    std::fs::create_dir_all(&dir).expect("create the npm cache dir");
+    if !dir.join("package.json").exists() {
+        std::fs::write(
+            dir.join("package.json"),
+            r#"{"name":"heapwarden-test-frameworks","private":true}"#,
+        )
+        .expect("write package.json");
+    }
+    let out = Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "express@5",
+            "fastify@5",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("run npm (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "npm install express@5 fastify@5 in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    modules
+}
+
 /// Starts an agent whose pool runs `command` in a sandbox holding the test app; `extra`
 /// is TOML appended after the `[pool]` keys (more `[pool]` keys, then other sections).
 pub fn start(command: &str, workers: usize, extra: &str) -> NodeSetup {
+    let files = [
+        ("app.js", APP_JS),
+        ("child.js", CHILD_JS),
+        ("package.json", PACKAGE_JSON),
+        ("hostile.js", HOSTILE_JS),
+    ];
+    start_with(&files, None, command, workers, extra)
+}
+
+/// [`start`] with the sandbox holding `files`, and `node_modules` linked to `modules`.
+pub fn start_with(
+    files: &[(&str, &str)],
+    modules: Option<&std::path::Path>,
+    command: &str,
+    workers: usize,
+    extra: &str,
+) -> NodeSetup {
     require_node();
     let sandbox = Sandbox::new();
-    sandbox.write("app.js", APP_JS);
-    sandbox.write("child.js", CHILD_JS);
-    sandbox.write("package.json", PACKAGE_JSON);
-    sandbox.write("hostile.js", HOSTILE_JS);
+    for (name, text) in files {
+        sandbox.write(name, text);
+    }
+    if let Some(modules) = modules {
+        std::os::unix::fs::symlink(modules, sandbox.path().join("node_modules"))
+            .expect("link node_modules");
+    }
     let (port, admin) = (free_port(), free_port());
     let cwd = sandbox.path().display().to_string();
     let agent = sandbox.agent(&format!(

@@ -198,7 +198,7 @@ impl Supervisor {
                     None
                 }
                 Some((worker, status)) = self.exits_rx.recv() => {
-                    self.record_drain(worker);
+                    self.record_drain(worker, status);
                     Some(Event::Exited { worker, status })
                 }
                 _ = sigchld.recv() => {
@@ -280,6 +280,8 @@ impl Supervisor {
             } => {
                 if let Some(rt) = self.runtimes.get_mut(&worker) {
                     rt.drain_started = Some(Instant::now());
+                    rt.drain_requested
+                        .store(true, std::sync::atomic::Ordering::Release);
                 }
                 let deadline_ms = self.config.pool.drain_timeout.as_millis() as u64;
                 let sent = via_channel
@@ -327,6 +329,13 @@ impl Supervisor {
             Action::BudgetExhausted { slot } => {
                 error!(self.log, "The leak-restart budget of a slot is spent; it keeps running and alerting without restarts.";
                     "worker" => slot, "max_leak_restarts_per_hour" => self.config.watchdog.max_leak_restarts_per_hour);
+                None
+            }
+            Action::ReadyTimedOut { slot, worker, pid } => {
+                warn!(self.log, "A worker was not ready within ready-timeout; it is killed.";
+                    "worker" => slot, "worker_id" => worker, "pid" => pid,
+                    "ready_timeout_seconds" => self.config.pool.ready_timeout.as_secs_f64(),
+                    "hint" => "did it listen on the pool's port (PORT) rather than its own?");
                 None
             }
             Action::Exit => Some(Flow::Exit),

@@ -164,8 +164,10 @@ impl Supervisor {
                 return;
             }
         };
+        let replaces_workers = plan.replaces_workers();
         answer(ReloadOutcome::Applied {
             needs_restart: plan.needs_restart.clone(),
+            replaces_workers,
         });
         let mut settings = crate::supervisor::settings_from(&plan.config);
         settings.probe_hello_grace = command.hello_grace(&plan.config);
@@ -177,12 +179,17 @@ impl Supervisor {
         }
         self.config = plan.config;
         self.config_tx.send_replace(self.config.clone());
-        info!(self.log, "The config was reloaded; replacing every worker, one slot at a time.";
-            "changed" => plan.changed.join(","), "workers_before" => from, "workers" => to);
-        // The rolling replacement covers the slots that ran the old config; slots the
-        // new count adds start with the new one, and surplus slots drain instead.
-        if self.feed(Event::Reload) {
-            return;
+        if !replaces_workers {
+            info!(self.log, "The config was reloaded; only the agent's own settings changed, so the workers keep running.";
+                "changed" => plan.changed.join(","), "workers" => to);
+        } else {
+            info!(self.log, "The config was reloaded; replacing every worker, one slot at a time.";
+                "changed" => plan.changed.join(","), "workers_before" => from, "workers" => to);
+            // The rolling replacement covers the slots that ran the old config; slots the
+            // new count adds start with the new one, and surplus slots drain instead.
+            if self.feed(Event::Reload) {
+                return;
+            }
         }
         self.feed(Event::Reconfigure(settings));
     }

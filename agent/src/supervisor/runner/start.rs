@@ -5,6 +5,8 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::Signal as NixSignal;
@@ -27,6 +29,9 @@ pub(super) struct WorkerRuntime {
     pub started_wall: SystemTime,
     /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
     pub drain_started: Option<Instant>,
+    /// Set with `drain_started`, read by the exit task: a planned stop is logged once, as
+    /// "A drained worker has exited.", never as a crash or as "killed by a signal".
+    pub drain_requested: Arc<AtomicBool>,
     _resources: WorkerResources,
 }
 
@@ -113,6 +118,8 @@ impl Supervisor {
             log.clone(),
         );
         let exits = self.exits_tx.clone();
+        let drain_requested = Arc::new(AtomicBool::new(false));
+        let drained = drain_requested.clone();
         tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(s) => match s.signal() {
@@ -123,7 +130,9 @@ impl Supervisor {
             };
             // Whatever the worker left in its process group goes with it.
             signal_group(pid, NixSignal::SIGKILL);
+            // A drained worker's exit is the supervisor's to log (`record_drain`).
             match status {
+                _ if drained.load(Ordering::Acquire) => {}
                 ExitStatus::Code(code) => info!(log, "A worker exited."; "exit_code" => code),
                 ExitStatus::Signal(sig) => {
                     info!(log, "A worker was killed by a signal."; "signal" => sig)
@@ -139,6 +148,7 @@ impl Supervisor {
                 runtime: None,
                 started_wall: SystemTime::now(),
                 drain_started: None,
+                drain_requested,
                 _resources: WorkerResources {
                     _notify_watcher: AbortOnDrop(watcher),
                     _dir: dir,

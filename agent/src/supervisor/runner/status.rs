@@ -6,17 +6,29 @@ use std::time::Instant;
 
 use slog::info;
 
-use super::super::state::WorkerId;
+use super::super::state::{ExitStatus, WorkerId};
 use super::super::view::{PoolView, SlotState, SlotView, WorkerView};
 use super::{Supervisor, TimerKey};
 use crate::metric_names::DRAIN_DURATION;
 
 impl Supervisor {
-    pub(super) fn record_drain(&self, worker: WorkerId) {
-        if let Some(started) = self.runtimes.get(&worker).and_then(|r| r.drain_started) {
+    /// A planned stop: the drain's duration, and one line with how the worker ended
+    /// (its exit code, or the signal it was stopped with after `drain-timeout`).
+    pub(super) fn record_drain(&self, worker: WorkerId, status: ExitStatus) {
+        let Some(rt) = self.runtimes.get(&worker) else {
+            return;
+        };
+        if let Some(started) = rt.drain_started {
             let seconds = started.elapsed().as_secs_f64();
             metrics::histogram!(DRAIN_DURATION.name).record(seconds);
-            info!(self.log, "A drained worker has exited."; "worker_id" => worker, "seconds" => seconds);
+            let (code, signal) = match status {
+                ExitStatus::Code(c) => (Some(c), None),
+                ExitStatus::Signal(s) => (None, Some(s)),
+            };
+            let slot = self.pool.worker(worker).map(|w| w.slot);
+            info!(self.log, "A drained worker has exited.";
+                "worker" => slot, "worker_id" => worker, "pid" => rt.pid, "seconds" => seconds,
+                "exit_code" => code, "signal" => signal);
         }
     }
 

@@ -197,7 +197,12 @@ impl Pool {
                 if w.ready || w.role == Role::Draining {
                     return;
                 }
-                w.kill_reason = Some(RestartReason::Unhealthy);
+                w.kill_reason = Some(RestartReason::ReadyTimeout);
+                out.push(Action::ReadyTimedOut {
+                    slot: w.slot,
+                    worker,
+                    pid: w.pid,
+                });
                 if let Some(pid) = w.pid {
                     out.push(Action::Signal {
                         worker,

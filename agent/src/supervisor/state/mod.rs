@@ -167,6 +167,13 @@ pub enum Action {
     BudgetExhausted {
         slot: usize,
     },
+    /// A worker was not ready within `ready-timeout` and is being killed (a `Signal`
+    /// follows): said once, with the cause, so the kill is not a mystery.
+    ReadyTimedOut {
+        slot: usize,
+        worker: WorkerId,
+        pid: Option<u32>,
+    },
     Exit,
 }
 

@@ -265,7 +265,7 @@ fn a_worker_given_a_probe_is_not_plain_ready_before_its_hello_grace() {
 }
 
 #[test]
-fn never_ready_worker_is_killed_and_counted_unhealthy() {
+fn never_ready_worker_is_killed_and_counted_as_ready_timeout() {
     let mut h = Harness::new(1);
     h.feed(Event::Start);
     let w = h.serving(0);
@@ -274,10 +274,13 @@ fn never_ready_worker_is_killed_and_counted_unhealthy() {
     let actions = h.feed(Event::Timer(Timer::ReadyTimeout { worker: w }));
     assert!(matches!(
         actions[..],
-        [Action::Signal {
-            signal: Signal::Kill,
-            ..
-        }]
+        [
+            Action::ReadyTimedOut { slot: 0, .. },
+            Action::Signal {
+                signal: Signal::Kill,
+                ..
+            }
+        ]
     ));
     let actions = h.feed(Event::Exited {
         worker: w,
@@ -285,7 +288,7 @@ fn never_ready_worker_is_killed_and_counted_unhealthy() {
     });
     assert!(actions.contains(&Action::CountRestart {
         slot: 0,
-        reason: RestartReason::Unhealthy
+        reason: RestartReason::ReadyTimeout
     }));
 }
 
