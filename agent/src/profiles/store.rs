@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::index::{IndexFile, ProfileFigures, ProfileId, ProfileKind, ProfileMeta, Trigger};
+use super::index::{
+    ExportMark, IndexFile, ProfileFigures, ProfileId, ProfileKind, ProfileMeta, Runtime, Trigger,
+};
 use crate::config::ProfilesConfig;
 
 pub use super::store_handle::{ProfileStoreHandle, StoreStats};
@@ -63,6 +65,8 @@ pub struct PendingProfile {
     pub kind: ProfileKind,
     pub raw_path: PathBuf,
     pub out_path: PathBuf,
+    /// The probe that writes it, recorded in the index (Pyroscope's `runtime` label).
+    pub runtime: Option<Runtime>,
 }
 
 impl PendingProfile {
@@ -73,6 +77,14 @@ impl PendingProfile {
             .set_file_name(ProfileKind::Snapshot.file_name(self.id));
         self
     }
+}
+
+/// What waits to be pushed (see [`ProfileStore::export_queue`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportQueue {
+    pub next: Option<(ProfileMeta, PathBuf)>,
+    pub pending: usize,
+    pub oldest_unix_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -199,6 +211,7 @@ impl ProfileStore {
             kind: ProfileKind::Profile,
             raw_path: self.dir.join(format!("{id}.raw")),
             out_path: self.dir.join(ProfileId::file_name(id)),
+            runtime: None,
         })
     }
 
@@ -234,10 +247,12 @@ impl ProfileStore {
             figures,
             rule,
             file: pending.kind.file_name(pending.id),
+            runtime: pending.runtime,
+            export: None,
         };
         self.index.profiles.push(entry.clone());
         let removed = self.enforce_retention(&entry);
-        if entry.trigger == Trigger::Manual && self.over_limits() {
+        if entry.trigger.is_disposable() && self.over_limits() {
             self.index.profiles.retain(|p| p.id != entry.id);
             let _ = std::fs::remove_file(&pending.out_path);
             self.save()?;
@@ -301,8 +316,8 @@ impl ProfileStore {
             let other = |p: &ProfileMeta| p.id != new.id;
             let manual = profiles
                 .iter()
-                .position(|p| other(p) && p.trigger == Trigger::Manual);
-            let victim = if new.trigger == Trigger::Manual {
+                .position(|p| other(p) && p.trigger.is_disposable());
+            let victim = if new.trigger.is_disposable() {
                 manual
             } else {
                 let unprotected =
@@ -317,6 +332,34 @@ impl ProfileStore {
             removed.push(gone);
         }
         removed
+    }
+
+    /// Records what became of a profile on its way to Pyroscope (gone already: nothing).
+    pub fn mark_exported(&mut self, id: u64, mark: ExportMark) -> Result<(), StoreError> {
+        let Some(entry) = self.index.profiles.iter_mut().find(|p| p.id == id) else {
+            return Ok(());
+        };
+        entry.export = Some(mark);
+        self.save()
+    }
+
+    /// The export queue after the exporter's cursor: the next pprof profile to push (with
+    /// its file), how many wait, and when the oldest of them was written.
+    pub fn export_queue(&self, after: u64) -> ExportQueue {
+        let mut waiting = self
+            .index
+            .profiles
+            .iter()
+            .filter(|p| p.id > after && p.kind == ProfileKind::Profile);
+        let next = waiting.next().cloned();
+        ExportQueue {
+            pending: next.as_ref().map_or(0, |_| 1 + waiting.count()),
+            oldest_unix_ms: next.as_ref().map(|p| p.created_unix_ms),
+            next: next.map(|p| {
+                let path = self.dir.join(&p.file);
+                (p, path)
+            }),
+        }
     }
 
     fn save(&self) -> Result<(), StoreError> {

@@ -339,6 +339,7 @@ impl Watchdog {
             trigger,
             figures,
             rule,
+            runtime: worker.runtime,
         };
         let store = self.store.clone();
         let log = self.log.clone();
