@@ -344,6 +344,7 @@ impl Watchdog {
         let store = self.store.clone();
         let log = self.log.clone();
         let requests = self.requests.clone();
+        let export = ExportNote::from_config(&self.settings.borrow());
         let restart = self.config.action == LeakAction::Restart;
         let slot = sample.slot;
         tokio::spawn(async move {
@@ -375,6 +376,8 @@ impl Watchdog {
                 "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
                 "top_growing_sites" => RedactedJson(sites),
+                "profile_export" => export.state(),
+                "profile_link" => profile.as_ref().ok().and_then(|m| export.link(m)),
                 "action" => if restart { "restart" } else { "profile-only" });
             if restart {
                 let replace = Request::Replace {
@@ -386,6 +389,35 @@ impl Watchdog {
                 }
             }
         });
+    }
+}
+
+/// What the detection record says of the leak profile's way to Pyroscope: `pending`
+/// (the exporter pushes it within seconds; its index entry records when) or `off`, and
+/// the link to it when `link-base` is set.
+struct ExportNote {
+    enabled: bool,
+    link_base: String,
+    context: crate::export::pyroscope::LabelContext,
+}
+
+impl ExportNote {
+    fn from_config(config: &Config) -> ExportNote {
+        let export = &config.export.pyroscope;
+        ExportNote {
+            enabled: export.enabled(),
+            link_base: export.link_base.clone(),
+            context: crate::export::pyroscope::LabelContext::new(export, &config.pool.env),
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        if self.enabled { "pending" } else { "off" }
+    }
+
+    fn link(&self, meta: &crate::profiles::ProfileMeta) -> Option<String> {
+        let labels = crate::export::pyroscope::profile_labels(meta, &self.context);
+        crate::export::pyroscope::profile_link(&self.link_base, &labels, meta.created_unix_ms)
     }
 }
 

@@ -128,13 +128,33 @@ impl Exporter {
                             "retry_in_ms" => delay.as_millis() as u64);
                     }
                     self.failures = self.failures.saturating_add(1);
-                    // A reload (another URL, export off) cuts the wait short.
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        changed = self.config.changed() => {
-                            if changed.is_err() { return }
-                            self.failures = 0;
-                        }
+                    if !self.wait_to_retry(delay, &mut commits).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` before the next attempt, keeping the backlog gauges current as
+    /// profiles are written meanwhile; a reload (another URL, export off) cuts the wait
+    /// short. False when the agent is stopping.
+    async fn wait_to_retry(&mut self, delay: Duration, commits: &mut watch::Receiver<u64>) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                changed = self.config.changed() => {
+                    self.failures = 0;
+                    return changed.is_ok();
+                }
+                changed = commits.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    match self.store.export_queue(self.cursor.last()).await {
+                        Ok(queue) => set_backlog(queue.pending, queue.oldest_unix_ms),
+                        Err(_) => return false,
                     }
                 }
             }
