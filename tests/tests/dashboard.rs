@@ -66,7 +66,14 @@ fn dashboard_is_importable() {
         .collect();
     assert_eq!(
         rows,
-        ["Workers", "Memory", "Leaks", "Demo service", "Agent"]
+        [
+            "Workers",
+            "Memory",
+            "Leaks",
+            "Demo service",
+            "Agent",
+            "Export"
+        ]
     );
     let mut ids = BTreeSet::new();
     let mut cells = BTreeSet::new();
