@@ -131,6 +131,8 @@ pub struct Received {
     pub functions: Vec<String>,
     pub time_nanos: i64,
     pub at: Instant,
+    /// Wall clock of arrival (comparable with the agent's `created_unix_ms`).
+    pub unix_ms: u64,
 }
 
 impl Received {
@@ -400,6 +402,9 @@ pub fn accept(body: &[u8]) -> Result<Vec<Received>, String> {
                 functions: functions(&profile),
                 time_nanos: profile.time_nanos,
                 at: Instant::now(),
+                unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
             });
         }
     }
