@@ -38,7 +38,11 @@ fn soak(profiles: usize) {
         .set("pool", "min-uptime", "1s")
         .set("watchdog", "warmup", "1h")
         .set("log", "level", "warn")
-        .set("profiles", "max-count", &(profiles + WARM_UP + 10).to_string())
+        .set(
+            "profiles",
+            "max-count",
+            &(profiles + WARM_UP + 10).to_string(),
+        )
         .set("profiles", "max-bytes", "8GiB")
         .set("profiles", "min-free-disk", "64MiB")
         .set("export.pyroscope", "url", &receiver.url())
@@ -86,7 +90,10 @@ fn soak(profiles: usize) {
     let total = profiles + WARM_UP;
     let started = std::time::Instant::now();
     receiver.wait_for(total, SECS(120 + profiles as u64 / 5));
-    eprintln!("soak: the backlog of {total} drained in {:?}", started.elapsed());
+    eprintln!(
+        "soak: the backlog of {total} drained in {:?}",
+        started.elapsed()
+    );
     poll_until(SECS(30), "the agent recorded every push", || {
         let (_, page) = http_get(config.admin, "/metrics", SECS(5)).expect("metrics");
         page.lines().any(|l| {

@@ -131,9 +131,10 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
 }
 
 pub(super) fn validate(c: &PyroscopeConfig, errors: &mut Vec<ConfigError>) {
-    if !c.link_base.is_empty()
-        && !(c.link_base.starts_with("http://") || c.link_base.starts_with("https://"))
-    {
+    let link_ok = c.link_base.is_empty()
+        || c.link_base.starts_with("http://")
+        || c.link_base.starts_with("https://");
+    if !link_ok {
         errors.push(ConfigError::new(
             "export.pyroscope.link-base",
             "must be an http:// or https:// URL (the Grafana or Pyroscope UI)",
