@@ -93,6 +93,11 @@ pub struct ProfileStore {
     config: ProfilesConfig,
     index: IndexFile,
     skipped_for_disk: u64,
+    /// Export marks not yet written to the index file, and when it was last written:
+    /// a backlog drained after an outage would otherwise rewrite the whole index once
+    /// per profile.
+    marks_unsaved: bool,
+    saved_at: std::time::Instant,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -122,11 +127,13 @@ impl ProfileStore {
         }
         let max_id = index.profiles.iter().map(|p| p.id).max().unwrap_or(0);
         index.next_id = index.next_id.max(max_id + 1).max(1);
-        let store = ProfileStore {
+        let mut store = ProfileStore {
             dir,
             config,
             index,
             skipped_for_disk: 0,
+            marks_unsaved: false,
+            saved_at: std::time::Instant::now(),
         };
         store.save()?;
         Ok(store)
@@ -335,12 +342,32 @@ impl ProfileStore {
     }
 
     /// Records what became of a profile on its way to Pyroscope (gone already: nothing).
-    pub fn mark_exported(&mut self, id: u64, mark: ExportMark) -> Result<(), StoreError> {
+    /// The index file is rewritten when `flush` is set (the last profile waiting) or at
+    /// most once a second otherwise; the exporter's cursor, not these marks, is what
+    /// keeps a profile from being sent twice.
+    pub fn mark_exported(
+        &mut self,
+        id: u64,
+        mark: ExportMark,
+        flush: bool,
+    ) -> Result<(), StoreError> {
         let Some(entry) = self.index.profiles.iter_mut().find(|p| p.id == id) else {
             return Ok(());
         };
         entry.export = Some(mark);
-        self.save()
+        self.marks_unsaved = true;
+        if flush || self.saved_at.elapsed() >= std::time::Duration::from_secs(1) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Writes export marks still held only in memory (when the store closes).
+    pub fn flush_marks(&mut self) -> Result<(), StoreError> {
+        if self.marks_unsaved {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// The export queue after the exporter's cursor: the next pprof profile to push (with
@@ -362,7 +389,10 @@ impl ProfileStore {
         }
     }
 
-    fn save(&self) -> Result<(), StoreError> {
-        Ok(self.index.save(&self.dir.join("index.json"))?)
+    fn save(&mut self) -> Result<(), StoreError> {
+        self.index.save(&self.dir.join("index.json"))?;
+        self.marks_unsaved = false;
+        self.saved_at = std::time::Instant::now();
+        Ok(())
     }
 }

@@ -44,7 +44,7 @@ enum Command {
     LatestBaseline(usize, Reply<Option<ProfileMeta>>),
     Stats(Reply<StoreStats>),
     ExportQueue(u64, Reply<ExportQueue>),
-    MarkExported(u64, ExportMark, Reply<Result<(), StoreError>>),
+    MarkExported(u64, ExportMark, bool, Reply<Result<(), StoreError>>),
 }
 
 #[derive(Debug, Clone)]
@@ -156,9 +156,16 @@ impl ProfileStoreHandle {
         self.ask(|r| Command::ExportQueue(after, r)).await
     }
 
-    /// Records what became of profile `id` on its way to the sink.
-    pub async fn mark_exported(&self, id: u64, mark: ExportMark) -> Result<(), StoreError> {
-        self.ask(|r| Command::MarkExported(id, mark, r)).await?
+    /// Records what became of profile `id` on its way to the sink; `flush`: write the
+    /// index now (else within a second, or when the store closes).
+    pub async fn mark_exported(
+        &self,
+        id: u64,
+        mark: ExportMark,
+        flush: bool,
+    ) -> Result<(), StoreError> {
+        self.ask(|r| Command::MarkExported(id, mark, flush, r))
+            .await?
     }
 
     /// `id` minus `base`; without a base, the newest baseline of `id`'s slot.
@@ -204,8 +211,8 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>, committed: watc
             Command::ExportQueue(after, r) => {
                 let _ = r.send(store.export_queue(after));
             }
-            Command::MarkExported(id, mark, r) => {
-                let _ = r.send(store.mark_exported(id, mark));
+            Command::MarkExported(id, mark, flush, r) => {
+                let _ = r.send(store.mark_exported(id, mark, flush));
             }
             Command::Abort(pending) => store.abort(&pending),
             Command::Recheck(pending, r) => {
@@ -230,4 +237,6 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>, committed: watc
             }
         }
     }
+    // Export marks written within the last second are kept across a clean stop.
+    let _ = store.flush_marks();
 }

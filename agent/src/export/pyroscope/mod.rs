@@ -110,9 +110,11 @@ impl Exporter {
                 continue;
             };
             let context = LabelContext::new(&settings, &pool_env);
+            let last_waiting = queue.pending <= 1;
             match self.attempt(&settings, &context, &meta, &path).await {
                 Step::Done { outcome, reason } => {
-                    self.finish(&settings, &context, &meta, outcome, reason)
+                    let end = (outcome, reason);
+                    self.finish(&settings, &context, &meta, end, last_waiting)
                         .await
                 }
                 Step::Again { delay, reason } => {
@@ -219,8 +221,8 @@ impl Exporter {
         settings: &PyroscopeConfig,
         context: &LabelContext,
         meta: &ProfileMeta,
-        outcome: ExportOutcome,
-        reason: Option<String>,
+        (outcome, reason): (ExportOutcome, Option<String>),
+        last_waiting: bool,
     ) {
         let now = now_unix_ms();
         metrics::counter!(PROFILE_EXPORTS.name, "outcome" => outcome.as_str()).increment(1);
@@ -247,7 +249,7 @@ impl Exporter {
             at_unix_ms: now,
             reason,
         };
-        if let Err(e) = self.store.mark_exported(meta.id, mark).await {
+        if let Err(e) = self.store.mark_exported(meta.id, mark, last_waiting).await {
             warn!(self.log, "The profile index could not record an export."; "profile_id" => meta.id, "error" => %e);
         }
         if let Err(e) = self.cursor.advance(meta.id) {
