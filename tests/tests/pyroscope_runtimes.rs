@@ -173,3 +173,39 @@ fn the_receiver_refuses_what_pyroscope_refuses_with_connect_errors() {
     }
     assert_eq!(receiver.received().len(), 1);
 }
+
+#[test]
+fn a_bad_export_section_exits_64_naming_each_key() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.write(
+        "bad.toml",
+        "[export.pyroscope]\nurl = \"https://pyroscope:4040\"\nlabels = { \"a-b\" = \"v\" }\nurll = \"x\"\n",
+    );
+    let out = std::process::Command::new(heapwarden_tests::heapwarden())
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The unknown key stops the load before the semantic checks, as for any section.
+    assert!(stderr.contains("export.pyroscope.urll"), "{stderr}");
+    let path = sandbox.write(
+        "bad.toml",
+        "[export.pyroscope]\nurl = \"https://pyroscope:4040\"\nlabels = { \"a-b\" = \"v\" }\n",
+    );
+    let out = std::process::Command::new(heapwarden_tests::heapwarden())
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "export.pyroscope.url",
+        "export.pyroscope.service-name",
+        "export.pyroscope.labels.a-b",
+    ] {
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
+}
