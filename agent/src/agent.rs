@@ -1,6 +1,6 @@
 //! The agent role (`heapwarden run`): checks what can be checked before anything starts
 //! (state directory, admin token, both listening sockets, the profile store), then wires
-//! the parts together on one small runtime — supervisor, sampler, watchdog — with the
+//! the parts together on one small runtime — supervisor, sampler, watchdog, exporter — with the
 //! admin server on its own thread, and runs until the supervisor has stopped every worker.
 
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::admin::{
     install_recorder, load_or_create_token, raise_fd_limit, router_with_api, spawn_upkeep,
 };
 use crate::config::{Config, ConfigSource};
+use crate::export::pyroscope::{Exporter, run_periodic};
 use crate::log::LevelHandle;
 use crate::metric_names;
 use crate::profiles::{ProfileStore, ProfileStoreHandle};
@@ -130,6 +131,21 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         .with_snapshot_headroom(config.profiles.snapshot_headroom);
         let suspects = watchdog.suspects();
         let watchdog = tokio::spawn(watchdog.run(samples_rx));
+        // Its own tasks, reading the store: no dump or sample ever waits on the sink.
+        let exporter = Exporter::new(
+            handles.config.clone(),
+            store.clone(),
+            &config.state_dir,
+            root.new(o!("module" => "export")),
+        )
+        .context("the profile export cannot start")?;
+        let exporter = tokio::spawn(exporter.run());
+        let periodic = tokio::spawn(run_periodic(
+            handles.config.clone(),
+            handles.view.clone(),
+            store.clone(),
+            root.new(o!("module" => "export")),
+        ));
         let api = api_router(ApiState {
             pool: handles.view.clone(),
             figures: figures_rx,
@@ -167,7 +183,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         .context("cannot start the admin server")?;
 
         let outcome = supervisor.run().await;
-        for task in [sampler, watchdog, upkeep] {
+        for task in [sampler, watchdog, upkeep, exporter, periodic] {
             task.abort();
         }
         admin.stop();

@@ -1,7 +1,7 @@
 //! heapwarden: a memory-leak watchdog and observability agent for Linux services.
 //!
 //! One binary, several roles (`cli`): the agent (`supervisor`, `sampler`, `watchdog`,
-//! `profiles`, `admin`), `check-config`, and the on-call CLI. The demo service the agent
+//! `profiles`, `export`, `admin`), `check-config`, and the on-call CLI. The demo service the agent
 //! runs by default is its own binary, `heapwarden-demo` (crate `demo/`).
 
 #![deny(unsafe_code)]
@@ -10,6 +10,7 @@ pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod export;
 #[cfg(test)]
 mod fuzzing;
 pub mod log;

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod http;
 pub mod promql;
+pub mod pyroscope;
 pub mod tools;
 
 pub use config::{AgentConfig, toml_array};

@@ -40,6 +40,10 @@ pub const CONTRACT_METRICS: &[&str] = &[
     "demo_cache_invalidations_total",
     "demo_jobs_total",
     "demo_db_pool_connections",
+    "heapwarden_profile_exports_total",
+    "heapwarden_profile_export_lag_seconds",
+    "heapwarden_profile_export_pending",
+    "heapwarden_profile_push_duration_seconds",
 ];
 
 /// The contract's histograms: only these may be queried as `_bucket`, `_sum`, `_count`.
@@ -48,6 +52,7 @@ pub const CONTRACT_HISTOGRAMS: &[&str] = &[
     "heapwarden_drain_duration_seconds",
     "heapwarden_sample_duration_seconds",
     "http_request_duration_seconds",
+    "heapwarden_profile_push_duration_seconds",
 ];
 
 /// Series the alert rules may use beyond the contract: the slot-state and profile-limit

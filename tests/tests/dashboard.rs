@@ -72,7 +72,8 @@ fn dashboard_is_importable() {
             "Leaks",
             "Demo service",
             "Agent",
-            "Fleet"
+            "Fleet",
+            "Export"
         ]
     );
     let mut ids = BTreeSet::new();

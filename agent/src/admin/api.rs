@@ -210,6 +210,7 @@ async fn profile_now(
         trigger: Trigger::Manual,
         figures,
         rule: None,
+        runtime: worker.runtime,
     };
     // Its own task: a client that hangs up does not cut a dump off half-way.
     let (store, log) = (state.store.clone(), state.log.clone());

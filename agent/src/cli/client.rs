@@ -198,8 +198,17 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 path.push_str(&format!("?base={}", segment(&base)));
             }
             let Some(file) = svg else {
-                let report = Client::new(&common)?.get_json(&path)?;
-                return print_out(&common, &report, |r| print_diff(r, sites));
+                let client = Client::new(&common)?;
+                let mut report = client.get_json(&path)?;
+                if let Some(link) = diff_link(&common, &client, &report)? {
+                    report["pyroscope_link"] = Value::String(link);
+                }
+                return print_out(&common, &report, |r| {
+                    print_diff(r, sites);
+                    if let Some(link) = r["pyroscope_link"].as_str() {
+                        println!("in Pyroscope: {link}");
+                    }
+                });
             };
             let sep = if path.contains('?') { '&' } else { '?' };
             let bytes = Client::new(&common)?.get_bytes(&format!("{path}{sep}format=svg"))?;
@@ -375,6 +384,33 @@ fn diff_retainers(common: &Common, id: &str, base: Option<&str>) -> anyhow::Resu
             );
         }
     })
+}
+
+/// With `[export.pyroscope] link-base` set, the link to the diffed profile's series in
+/// Grafana or the Pyroscope UI (labels as the exporter sets them).
+fn diff_link(common: &Common, client: &Client, report: &Value) -> anyhow::Result<Option<String>> {
+    let config = super::load_config(&common.config)
+        .map_err(|_| anyhow!("the config is invalid (see above)"))?;
+    let export = &config.export.pyroscope;
+    if export.link_base.is_empty() {
+        return Ok(None);
+    }
+    let Some(id) = report["profile_id"].as_u64() else {
+        return Ok(None);
+    };
+    let profiles: Vec<crate::profiles::ProfileMeta> =
+        serde_json::from_value(client.get_json("/profiles")?)
+            .context("the agent sent an unexpected profile list")?;
+    let Some(meta) = profiles.into_iter().find(|p| p.id == id) else {
+        return Ok(None);
+    };
+    let context = crate::export::pyroscope::LabelContext::new(export, &config.pool.env);
+    let labels = crate::export::pyroscope::profile_labels(&meta, &context);
+    Ok(crate::export::pyroscope::profile_link(
+        &export.link_base,
+        &labels,
+        meta.created_unix_ms,
+    ))
 }
 
 fn print_out(common: &Common, value: &Value, table: impl Fn(&Value)) -> anyhow::Result<()> {

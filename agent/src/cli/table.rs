@@ -74,8 +74,8 @@ pub fn print_workers(rows: &Value) {
 
 pub fn print_profiles(rows: &Value) {
     println!(
-        "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  CREATED",
-        "ID", "SLOT", "PID", "TRIGGER", "KIND", "RULE", "BYTES", "HEAP_MiB"
+        "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {:<20}  PYROSCOPE",
+        "ID", "SLOT", "PID", "TRIGGER", "KIND", "RULE", "BYTES", "HEAP_MiB", "CREATED"
     );
     for r in rows.as_array().into_iter().flatten() {
         let created = r["created_unix_ms"]
@@ -87,8 +87,21 @@ pub fn print_profiles(rows: &Value) {
                 .to_string()
             })
             .unwrap_or_default();
+        // `-`: not pushed (yet, or export is off); else the outcome, and when.
+        let export = match (
+            r["export"]["outcome"].as_str(),
+            r["export"]["at_unix_ms"].as_u64(),
+        ) {
+            (Some(outcome), Some(ms)) => format!(
+                "{outcome} {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+                )
+            ),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {created}",
+            "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {created:<20}  {export}",
             text(&r["id"]),
             text(&r["slot"]),
             text(&r["pid"]),

@@ -58,6 +58,12 @@ pub const DURATION_BOUNDS: &[DurationBound] = &[
     bound("watchdog.suspect-ttl", Duration::ZERO, WEEK, |c| {
         c.watchdog.suspect_ttl
     }),
+    bound(
+        "export.pyroscope.timeout",
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+        |c| c.export.pyroscope.timeout,
+    ),
 ];
 
 /// Largest `pool.restart.factor`: any factor saturates at `max-delay`, but past this it

@@ -15,7 +15,7 @@ pub const EX_CONFIG: i32 = 64;
 
 /// Tables that hold user-chosen keys rather than config keys, or another program's
 /// section (`demo`: `heapwarden-demo` checks it, see `supervisor::program`).
-const MAP_KEYS: &[&str] = &["pool.env", "demo"];
+const MAP_KEYS: &[&str] = &["pool.env", "demo", "export.pyroscope.labels"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {

@@ -3,6 +3,7 @@
 //! validated as a whole so that every mistake is reported at once with its key.
 
 pub mod bounds;
+mod export;
 mod load;
 pub mod reload;
 mod sections;

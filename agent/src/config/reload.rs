@@ -3,8 +3,9 @@
 //! only take effect on a restart (they are kept at their running values and logged).
 //!
 //! Live: `[pool]` (workers, command, env, cwd, timeouts, restart policy — the command and
-//! env on the rolling replacement), `[sampling]`, `[watchdog]`, `log.level`, and `[demo]`
-//! (which the replacement workers read themselves). Restart only: `state-dir`, `[admin]`
+//! env on the rolling replacement), `[sampling]`, `[watchdog]`, `log.level`, `[demo]`
+//! (which the replacement workers read themselves) and `[export.pyroscope]` (the exporter
+//! reads the live config before each push). Restart only: `state-dir`, `[admin]`
 //! (the listener, the token, open metrics), `pool.listen` (bound once and shared),
 //! `pool.user`/`pool.group` (the state directory's modes follow them),
 //! `[profiles]` (the store's limits) and `log.redact` (built into the log pipeline).
@@ -119,6 +120,7 @@ pub fn plan(running: &Config, new: Config) -> ReloadPlan {
         (config.watchdog != running.watchdog, "watchdog"),
         (config.log.level != running.log.level, "log.level"),
         (config.demo != running.demo, "demo"),
+        (config.export != running.export, "export.pyroscope"),
     ];
     for (differs, part) in live {
         if differs {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::export::{Every, ExportConfig, PyroscopeConfig, valid_label_name};
 use super::load::ConfigError;
 use super::types::{LeakAction, ProbeKind, Rate, Size, Toggle, Watch};
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     pub profiles: ProfilesConfig,
     pub log: LogConfig,
+    /// Profiles to the fleet's store (`[export.pyroscope]`, `export.rs`).
+    pub export: ExportConfig,
     /// The demo's own section, opaque here: `heapwarden-demo` owns and checks its keys.
     pub demo: toml::Table,
 }
@@ -37,6 +40,7 @@ impl Default for Config {
             watchdog: WatchdogConfig::default(),
             profiles: ProfilesConfig::default(),
             log: LogConfig::default(),
+            export: ExportConfig::default(),
             demo: toml::Table::new(),
         }
     }
@@ -355,6 +359,7 @@ impl Config {
                 "must differ from pool.listen",
             ));
         }
+        super::export::validate(&self.export.pyroscope, errors);
         super::bounds::check(self, errors);
     }
 }

@@ -106,6 +106,25 @@ label_values! {
         Baseline = "baseline",
         Leak = "leak",
         Manual = "manual",
+        /// `[export.pyroscope] every`: taken to be pushed, evicted like manual ones.
+        Periodic = "periodic",
+    }
+}
+
+label_values! {
+    /// What became of a profile on its way to Pyroscope; `outcome` of
+    /// `heapwarden_profile_exports_total`. `retried` counts attempts, the others
+    /// profiles (each profile ends in exactly one of them).
+    pub enum ExportOutcome {
+        Sent = "sent",
+        /// A push that failed for now (connection error, timeout, 5xx, 429) and is tried again.
+        Retried = "retried",
+        /// The sink refused it (4xx other than 429): never retried.
+        Rejected = "rejected",
+        /// Older than Pyroscope takes (1 h) before it could be sent.
+        Expired = "expired",
+        /// Failed the agent's own check of Pyroscope's rules (labels, size): never sent.
+        Invalid = "invalid",
     }
 }
 

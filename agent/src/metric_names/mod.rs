@@ -234,6 +234,36 @@ pub const HEAP_PROFILE_DURATION: Metric = Metric {
         "Time to dump, convert and store one heap profile.",
     )
 };
+pub const PROFILE_EXPORTS: Metric = metric(
+    "heapwarden_profile_exports_total",
+    Counter,
+    &["outcome"],
+    "Heap profiles pushed to Pyroscope by outcome (sent, rejected, expired, invalid: one per profile; retried: per failed attempt).",
+);
+pub const PROFILE_EXPORT_LAG: Metric = metric(
+    "heapwarden_profile_export_lag_seconds",
+    Gauge,
+    &[],
+    "Age of the oldest stored profile not yet pushed to Pyroscope; 0 when none waits (or export is off).",
+);
+pub const PROFILE_EXPORT_PENDING: Metric = metric(
+    "heapwarden_profile_export_pending",
+    Gauge,
+    &[],
+    "Stored profiles waiting to be pushed to Pyroscope.",
+);
+/// One push: a local sink answers in milliseconds, the default timeout is 10 s.
+pub const PROFILE_PUSH_DURATION: Metric = Metric {
+    buckets: &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ],
+    ..metric(
+        "heapwarden_profile_push_duration_seconds",
+        Kind::Histogram,
+        &[],
+        "Time of one push to Pyroscope, connect to the last byte of the answer.",
+    )
+};
 pub const PROFILES_STORED_BYTES: Metric = metric(
     "heapwarden_profiles_stored_bytes",
     Gauge,
@@ -342,6 +372,10 @@ pub const CATALOG: &[Metric] = &[
     HEAP_PROFILES,
     HEAP_SNAPSHOTS,
     HEAP_PROFILE_DURATION,
+    PROFILE_EXPORTS,
+    PROFILE_EXPORT_LAG,
+    PROFILE_EXPORT_PENDING,
+    PROFILE_PUSH_DURATION,
     PROFILES_STORED_BYTES,
     PROFILES_LIMIT_BYTES,
     DRAIN_DURATION,

@@ -8,12 +8,13 @@
 use metrics::{counter, gauge, histogram};
 
 use super::labels::{
-    ConnectionClose, MetricsReject, ProfileOutcome, RestartReason, Rule, SnapshotOutcome, Trigger,
-    worker_states,
+    ConnectionClose, ExportOutcome, MetricsReject, ProfileOutcome, RestartReason, Rule,
+    SnapshotOutcome, Trigger, worker_states,
 };
 use super::{
     ADMIN_CONNECTIONS_CLOSED, ADMIN_CONNECTIONS_OPEN, DRAIN_DURATION, HEAP_PROFILE_DURATION,
-    HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS, SAMPLE_DURATION, WORKER_FAILED,
+    HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS, PROFILE_EXPORT_LAG, PROFILE_EXPORT_PENDING,
+    PROFILE_EXPORTS, PROFILE_PUSH_DURATION, SAMPLE_DURATION, WORKER_FAILED,
     WORKER_LOG_LINES_TRUNCATED, WORKER_METRICS_REJECTED, WORKER_PROBE_DROPPED, WORKER_RESTARTS,
     WORKER_STATE, WORKER_UP,
 };
@@ -35,7 +36,18 @@ pub fn register_zero_series() {
                 .increment(0);
         }
     }
-    for m in [HEAP_PROFILE_DURATION, DRAIN_DURATION, SAMPLE_DURATION] {
+    for outcome in ExportOutcome::ALL {
+        counter!(PROFILE_EXPORTS.name, "outcome" => outcome.as_str()).increment(0);
+    }
+    // Nothing waits until the exporter says otherwise: these are counts, not readings.
+    gauge!(PROFILE_EXPORT_LAG.name).set(0.0);
+    gauge!(PROFILE_EXPORT_PENDING.name).set(0.0);
+    for m in [
+        HEAP_PROFILE_DURATION,
+        DRAIN_DURATION,
+        SAMPLE_DURATION,
+        PROFILE_PUSH_DURATION,
+    ] {
         // Registering is enough: the exporter renders an empty histogram with its buckets.
         let _ = histogram!(m.name);
     }

@@ -68,6 +68,8 @@ pub struct CaptureRequest {
     pub trigger: Trigger,
     pub figures: ProfileFigures,
     pub rule: Option<String>,
+    /// The probe that said hello (recorded with the profile).
+    pub runtime: Option<heapwarden_probes::Runtime>,
 }
 
 /// Takes one profile and records its outcome in the metrics and the log.
@@ -81,7 +83,9 @@ pub async fn take_profile(
     let slot = request.slot;
     // A refused manual dump is the client's to retry, not a profile outcome.
     let _permit = match request.trigger {
-        Trigger::Manual => store.try_dump_permit(slot).map_err(CaptureError::Busy)?,
+        Trigger::Manual | Trigger::Periodic => {
+            store.try_dump_permit(slot).map_err(CaptureError::Busy)?
+        }
         Trigger::Baseline | Trigger::Leak => store.dump_permit(slot).await,
     };
     let result = capture(store, request).await;
@@ -122,12 +126,14 @@ async fn capture(
         trigger,
         figures,
         rule,
+        runtime,
     } = request;
     let link = link.ok_or(CaptureError::NoProbe { slot })?;
-    let pending = store
+    let mut pending = store
         .begin(slot, pid, trigger)
         .await
         .map_err(CaptureError::Skipped)?;
+    pending.runtime = runtime;
     let path = pending.path_for_worker().display().to_string();
     let reply = link
         .request(

@@ -6,8 +6,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// What became of a profile on its way to Pyroscope (`export::pyroscope`).
+pub use crate::metric_names::labels::ExportOutcome;
 /// Why a profile was taken; also the `trigger` label of `heapwarden_heap_profiles_total`.
 pub use crate::metric_names::labels::Trigger;
+/// Which probe wrote a profile (rust, node, native).
+pub use heapwarden_probes::Runtime;
 
 /// What a stored file is: a pprof heap profile, or a V8 heap snapshot (Node workers,
 /// opens in Chrome DevTools → Memory → Load).
@@ -72,6 +76,31 @@ pub struct ProfileMeta {
     pub rule: Option<String>,
     /// File name inside the profile directory (`<id>.pb.gz`), never a path.
     pub file: String,
+    /// The probe that wrote it, when known (the `runtime` label in Pyroscope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// Whether and when it reached Pyroscope (or why it never will); absent while it
+    /// waits, or when export is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportMark>,
+}
+
+/// The end of a profile's way to the sink: `sent` at a time, or `rejected`, `expired`,
+/// `invalid` (with the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportMark {
+    pub outcome: ExportOutcome,
+    pub at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Trigger {
+    /// Manual and periodic profiles: evicted first, and may only evict their own kind,
+    /// so they never push out the evidence of a leak.
+    pub fn is_disposable(self) -> bool {
+        matches!(self, Trigger::Manual | Trigger::Periodic)
+    }
 }
 
 /// The grammar of a profile id in URLs and CLI arguments.
@@ -203,6 +232,8 @@ mod tests {
             },
             rule: None,
             file: ProfileId::file_name(1),
+            runtime: None,
+            export: None,
         });
         index.next_id = 2;
         index.save(&path).expect("saves");

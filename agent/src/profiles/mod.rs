@@ -41,9 +41,14 @@ pub use diff::{
 pub use dump_limit::{DumpBusy, DumpLimiter, DumpPermit, MAX_CONCURRENT_DUMPS};
 pub use error::ProfileError;
 pub use flame::{diff_svg, diff_svg_files, folded_diff};
-pub use index::{ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta, Trigger};
+pub use index::{
+    ExportMark, ExportOutcome, ProfileFigures, ProfileId, ProfileIdError, ProfileKind, ProfileMeta,
+    Runtime, Trigger,
+};
 pub use snapshot::{SnapshotError, SnapshotRequest, take_snapshot};
-pub use store::{PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats};
+pub use store::{
+    ExportQueue, PendingProfile, ProfileStore, ProfileStoreHandle, StoreError, StoreStats,
+};
 
 /// Entry of the hidden `__convert-profile` helper process, the other end of
 /// [`convert_with_helper`]: converts `raw` (written in `format`: `jemalloc` or

@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::index::{IndexFile, ProfileFigures, ProfileId, ProfileKind, ProfileMeta, Trigger};
+use super::index::{
+    ExportMark, IndexFile, ProfileFigures, ProfileId, ProfileKind, ProfileMeta, Runtime, Trigger,
+};
 use crate::config::ProfilesConfig;
 
 pub use super::store_handle::{ProfileStoreHandle, StoreStats};
@@ -75,6 +77,8 @@ pub struct PendingProfile {
     /// Where the worker writes, when not `raw_path`: a worker under its own user writes
     /// into the drop box, and the agent adopts the file ([`ProfileStore::adopt`]).
     pub worker_path: Option<PathBuf>,
+    /// The probe that writes it, recorded in the index (Pyroscope's `runtime` label).
+    pub runtime: Option<Runtime>,
 }
 
 impl PendingProfile {
@@ -92,6 +96,14 @@ impl PendingProfile {
     }
 }
 
+/// What waits to be pushed (see [`ProfileStore::export_queue`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportQueue {
+    pub next: Option<(ProfileMeta, PathBuf)>,
+    pub pending: usize,
+    pub oldest_unix_ms: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct ProfileStore {
     dir: PathBuf,
@@ -100,6 +112,11 @@ pub struct ProfileStore {
     skipped_for_disk: u64,
     /// Set when workers run under their own user.
     dropbox: Option<super::dropbox::DropBox>,
+    /// Export marks not yet written to the index file, and when it was last written:
+    /// a backlog drained after an outage would otherwise rewrite the whole index once
+    /// per profile.
+    marks_unsaved: bool,
+    saved_at: std::time::Instant,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -129,12 +146,14 @@ impl ProfileStore {
         }
         let max_id = index.profiles.iter().map(|p| p.id).max().unwrap_or(0);
         index.next_id = index.next_id.max(max_id + 1).max(1);
-        let store = ProfileStore {
+        let mut store = ProfileStore {
             dir,
             config,
             index,
             skipped_for_disk: 0,
             dropbox: None,
+            marks_unsaved: false,
+            saved_at: std::time::Instant::now(),
         };
         store.save()?;
         Ok(store)
@@ -249,6 +268,7 @@ impl ProfileStore {
             raw_path: self.dir.join(format!("{id}.raw")),
             out_path: self.dir.join(ProfileId::file_name(id)),
             worker_path: self.dropbox.as_ref().map(|d| d.path_for(id)),
+            runtime: None,
         })
     }
 
@@ -327,10 +347,12 @@ impl ProfileStore {
             figures,
             rule,
             file: pending.kind.file_name(pending.id),
+            runtime: pending.runtime,
+            export: None,
         };
         self.index.profiles.push(entry.clone());
         let removed = self.enforce_retention(&entry);
-        let refused = entry.trigger == Trigger::Manual || entry.kind == ProfileKind::Snapshot;
+        let refused = entry.trigger.is_disposable() || entry.kind == ProfileKind::Snapshot;
         if refused && self.over_limits() {
             self.index.profiles.retain(|p| p.id != entry.id);
             let _ = std::fs::remove_file(&pending.out_path);
@@ -398,14 +420,14 @@ impl ProfileStore {
             let other = |p: &ProfileMeta| p.id != new.id;
             let manual = profiles
                 .iter()
-                .position(|p| other(p) && p.trigger == Trigger::Manual);
+                .position(|p| other(p) && p.trigger.is_disposable());
             let victim = if new.kind == ProfileKind::Snapshot {
                 // A snapshot never evicts a pprof profile (the baseline and the leak's
                 // evidence): only other snapshots, oldest first.
                 profiles
                     .iter()
                     .position(|p| other(p) && p.kind == ProfileKind::Snapshot)
-            } else if new.trigger == Trigger::Manual {
+            } else if new.trigger.is_disposable() {
                 manual
             } else {
                 let unprotected =
@@ -422,7 +444,58 @@ impl ProfileStore {
         removed
     }
 
-    fn save(&self) -> Result<(), StoreError> {
-        Ok(self.index.save(&self.dir.join("index.json"))?)
+    /// Records what became of a profile on its way to Pyroscope (gone already: nothing).
+    /// The index file is rewritten when `flush` is set (the last profile waiting) or at
+    /// most once a second otherwise; the exporter's cursor, not these marks, is what
+    /// keeps a profile from being sent twice.
+    pub fn mark_exported(
+        &mut self,
+        id: u64,
+        mark: ExportMark,
+        flush: bool,
+    ) -> Result<(), StoreError> {
+        let Some(entry) = self.index.profiles.iter_mut().find(|p| p.id == id) else {
+            return Ok(());
+        };
+        entry.export = Some(mark);
+        self.marks_unsaved = true;
+        if flush || self.saved_at.elapsed() >= std::time::Duration::from_secs(1) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Writes export marks still held only in memory (when the store closes).
+    pub fn flush_marks(&mut self) -> Result<(), StoreError> {
+        if self.marks_unsaved {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// The export queue after the exporter's cursor: the next pprof profile to push (with
+    /// its file), how many wait, and when the oldest of them was written.
+    pub fn export_queue(&self, after: u64) -> ExportQueue {
+        let mut waiting = self
+            .index
+            .profiles
+            .iter()
+            .filter(|p| p.id > after && p.kind == ProfileKind::Profile);
+        let next = waiting.next().cloned();
+        ExportQueue {
+            pending: next.as_ref().map_or(0, |_| 1 + waiting.count()),
+            oldest_unix_ms: next.as_ref().map(|p| p.created_unix_ms),
+            next: next.map(|p| {
+                let path = self.dir.join(&p.file);
+                (p, path)
+            }),
+        }
+    }
+
+    fn save(&mut self) -> Result<(), StoreError> {
+        self.index.save(&self.dir.join("index.json"))?;
+        self.marks_unsaved = false;
+        self.saved_at = std::time::Instant::now();
+        Ok(())
     }
 }

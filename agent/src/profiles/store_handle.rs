@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::diff::{DiffReport, diff_files};
 use super::dump_limit::{DumpBusy, DumpLimiter, DumpPermit};
-use super::index::{ProfileFigures, ProfileMeta, Trigger};
-use super::store::{PendingProfile, ProfileStore, StoreError};
+use super::index::{ExportMark, ProfileFigures, ProfileMeta, Trigger};
+use super::store::{ExportQueue, PendingProfile, ProfileStore, StoreError};
 
 /// Figures for `heapwarden_profiles_stored_bytes` and friends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -51,24 +51,37 @@ enum Command {
     Get(u64, Reply<Option<(ProfileMeta, PathBuf)>>),
     LatestBaseline(usize, Reply<Option<ProfileMeta>>),
     Stats(Reply<StoreStats>),
+    ExportQueue(u64, Reply<ExportQueue>),
+    MarkExported(u64, ExportMark, bool, Reply<Result<(), StoreError>>),
 }
 
 #[derive(Debug, Clone)]
 pub struct ProfileStoreHandle {
     tx: mpsc::Sender<Command>,
     dumps: Arc<DumpLimiter>,
+    /// The id of the newest committed profile: the exporter waits on it.
+    committed: watch::Receiver<u64>,
 }
 
 impl ProfileStoreHandle {
     /// Moves the store onto its own thread. The thread ends when every handle is dropped.
     pub fn spawn(store: ProfileStore) -> (ProfileStoreHandle, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(64);
+        let newest = store.list().last().map_or(0, |p| p.id);
+        let (committed_tx, committed) = watch::channel(newest);
         let thread = std::thread::Builder::new()
             .name("profile-store".into())
-            .spawn(move || run(store, rx))
+            .spawn(move || run(store, rx, committed_tx))
             .expect("the OS can start one thread at agent start");
         let dumps = Arc::new(DumpLimiter::default());
-        (ProfileStoreHandle { tx, dumps }, thread)
+        (
+            ProfileStoreHandle {
+                tx,
+                dumps,
+                committed,
+            },
+            thread,
+        )
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -164,6 +177,28 @@ impl ProfileStoreHandle {
         self.ask(Command::Stats).await
     }
 
+    /// Changes whenever a profile is committed (its value: the newest id).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// What waits to be pushed after the exporter's cursor.
+    pub async fn export_queue(&self, after: u64) -> Result<ExportQueue, StoreError> {
+        self.ask(|r| Command::ExportQueue(after, r)).await
+    }
+
+    /// Records what became of profile `id` on its way to the sink; `flush`: write the
+    /// index now (else within a second, or when the store closes).
+    pub async fn mark_exported(
+        &self,
+        id: u64,
+        mark: ExportMark,
+        flush: bool,
+    ) -> Result<(), StoreError> {
+        self.ask(|r| Command::MarkExported(id, mark, flush, r))
+            .await?
+    }
+
     /// `id` minus `base`; without a base, the newest baseline of `id`'s slot.
     pub async fn diff(&self, id: u64, base: Option<u64>) -> Result<DiffReport, StoreError> {
         let ((base_id, base_path), (id, path)) = self.diff_pair(id, base).await?;
@@ -210,7 +245,7 @@ impl ProfileStoreHandle {
     }
 }
 
-fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
+fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>, committed: watch::Sender<u64>) {
     while let Some(command) = rx.blocking_recv() {
         // A dropped reply means the asker went away; nothing to do about it.
         match command {
@@ -218,7 +253,17 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
                 let _ = r.send(store.begin(slot, pid, trigger));
             }
             Command::Commit(pending, figures, rule, r) => {
-                let _ = r.send(store.commit(pending, figures, rule));
+                let result = store.commit(pending, figures, rule);
+                if let Ok((meta, _)) = &result {
+                    committed.send_replace(meta.id);
+                }
+                let _ = r.send(result);
+            }
+            Command::ExportQueue(after, r) => {
+                let _ = r.send(store.export_queue(after));
+            }
+            Command::MarkExported(id, mark, flush, r) => {
+                let _ = r.send(store.mark_exported(id, mark, flush));
             }
             Command::BeginSnapshot(slot, pid, trigger, expected, r) => {
                 let _ = r.send(store.begin_snapshot(slot, pid, trigger, expected));
@@ -249,4 +294,6 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>) {
             }
         }
     }
+    // Export marks written within the last second are kept across a clean stop.
+    let _ = store.flush_marks();
 }

@@ -414,10 +414,12 @@ impl Watchdog {
             trigger,
             figures,
             rule,
+            runtime: worker.runtime,
         };
         let store = self.store.clone();
         let log = self.log.clone();
         let requests = self.requests.clone();
+        let export = ExportNote::from_config(&self.settings.borrow());
         let restart = self.config.action == LeakAction::Restart;
         let slot = sample.slot;
         let worker_id = sample.worker_id;
@@ -506,6 +508,8 @@ impl Watchdog {
                     crate::profiles::DiffView::AppFrame => "app_frame",
                     crate::profiles::DiffView::AllocationSite => "allocation_site",
                 }),
+                "profile_export" => export.state(),
+                "profile_link" => profile.as_ref().ok().and_then(|m| export.link(m)),
                 "action" => if restart { "restart" } else { "profile-only" });
             if restart {
                 let replace = Request::Replace {
@@ -525,6 +529,35 @@ struct Detection {
     trip: Trip,
     base: MemoryFigures,
     now: MemoryFigures,
+}
+
+/// What the detection record says of the leak profile's way to Pyroscope: `pending`
+/// (the exporter pushes it within seconds; its index entry records when) or `off`, and
+/// the link to it when `link-base` is set.
+struct ExportNote {
+    enabled: bool,
+    link_base: String,
+    context: crate::export::pyroscope::LabelContext,
+}
+
+impl ExportNote {
+    fn from_config(config: &Config) -> ExportNote {
+        let export = &config.export.pyroscope;
+        ExportNote {
+            enabled: export.enabled(),
+            link_base: export.link_base.clone(),
+            context: crate::export::pyroscope::LabelContext::new(export, &config.pool.env),
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        if self.enabled { "pending" } else { "off" }
+    }
+
+    fn link(&self, meta: &crate::profiles::ProfileMeta) -> Option<String> {
+        let labels = crate::export::pyroscope::profile_labels(meta, &self.context);
+        crate::export::pyroscope::profile_link(&self.link_base, &labels, meta.created_unix_ms)
+    }
 }
 
 fn record_trend(slot: usize, obs: &Observation) {

@@ -1,11 +1,12 @@
 //! `bench-agent`: measures the release agent from the outside and prints markdown tables —
 //! start-up time, restart latency after a crash, the agent's own footprint, the cost of a
 //! sampling round, leak-detection latency, heap-profile dump + convert time, and worker
-//! churn (start rate, descriptors and RSS before/after).
+//! churn (start rate, descriptors and RSS before/after); with `--only export`, the
+//! Pyroscope exporter's push latency and cost (`export`).
 //!
 //! Run it through `bench/agent.sh` (builds the release binaries first). Flags:
 //! `--quick` shortens every scenario for a smoke run (its figures are not the reference
-//! ones); `--only startup,restart,footprint,detection,dump,churn` runs a subset;
+//! ones); `--only startup,restart,footprint,detection,dump,churn,export` runs a subset;
 //! `--compare NAME=PATH,…` measures the footprint of other `heapwarden` builds next to
 //! this one in the same run (`compare`).
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ use serde_json::Value;
 mod churn;
 mod compare;
 mod detection;
+mod export;
 mod footprint;
 mod startup;
 
@@ -87,6 +89,13 @@ fn main() -> BenchResult<()> {
     }
     if wanted("churn") {
         churn(&bench)?;
+    }
+    // Not in a default run: it takes about 7 minutes and needs wrk.
+    if only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|w| w == "export"))
+    {
+        export::export(&bench)?;
     }
     Ok(())
 }
