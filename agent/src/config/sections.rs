@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::load::ConfigError;
-use super::types::{LeakAction, ProbeKind, Rate, Size, Toggle, Watch};
+use super::types::{LeakAction, Predict, ProbeKind, Rate, Size, Toggle, Watch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -196,6 +196,19 @@ pub struct WatchdogConfig {
     pub max_leak_restarts_per_hour: u32,
     /// Node workers: also take a full heap snapshot when a rule trips (heavy; off).
     pub leak_snapshot: bool,
+    /// The `predicted` rule: replace a worker before it reaches `max-memory`.
+    pub predict: Predict,
+    /// The samples the prediction is fitted on (the latest this long).
+    #[serde(with = "humantime_serde")]
+    pub predict_window: Duration,
+    /// Level guard: act only once the fitted figure is above this fraction of `max-memory`.
+    pub predict_level: f64,
+    /// Persistence: the prediction must hold on this many consecutive samples.
+    pub predict_samples: u32,
+    /// Confidence of the slope's lower bound the prediction uses (Sen's interval).
+    pub predict_confidence: f64,
+    /// Margin on the measured replacement time (start → ready + profile).
+    pub predict_margin: f64,
 }
 
 impl Default for WatchdogConfig {
@@ -214,6 +227,12 @@ impl Default for WatchdogConfig {
             max_concurrent_replacements: 1,
             max_leak_restarts_per_hour: 6,
             leak_snapshot: false,
+            predict: Predict::On,
+            predict_window: Duration::from_secs(20),
+            predict_level: 0.5,
+            predict_samples: 3,
+            predict_confidence: 0.95,
+            predict_margin: 2.0,
         }
     }
 }

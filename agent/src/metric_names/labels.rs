@@ -95,6 +95,7 @@ label_values! {
         MaxMemory = "max_memory",
         Growth = "growth",
         Trend = "trend",
+        Predicted = "predicted",
     }
 }
 
