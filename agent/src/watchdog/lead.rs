@@ -14,8 +14,10 @@ use crate::supervisor::PoolView;
 const RECENT: usize = 8;
 /// Until a worker of the pool has been seen going ready.
 const DEFAULT_READY: Duration = Duration::from_secs(1);
-/// Until a profile has been timed (a dump of a small heap and its conversion).
-const DEFAULT_PROFILE: Duration = Duration::from_millis(250);
+/// Until a profile has been timed: a leak can trip before the baseline profile is taken,
+/// and a conversion takes 50 ms on an idle machine but seconds on a loaded one (it
+/// symbolizes against the worker's executable), so the guess errs long.
+const DEFAULT_PROFILE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Default)]
 pub struct ReplacementClock {
@@ -100,7 +102,7 @@ mod tests {
     #[test]
     fn defaults_until_measured_then_the_slowest_recent_start_and_profile() {
         let mut clock = ReplacementClock::default();
-        assert_eq!(clock.replacement(), DEFAULT_READY + DEFAULT_PROFILE);
+        assert_eq!(clock.replacement(), Duration::from_millis(1500));
         clock.note_view(&view(&[(1, Some(40)), (2, None)]));
         clock.note_profile(Duration::from_millis(60));
         assert_eq!(clock.replacement(), Duration::from_millis(100));
