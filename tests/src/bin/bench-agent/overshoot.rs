@@ -213,7 +213,12 @@ fn leak_runs(
             r["pid"] == *pid
                 && matches!(
                     r["msg"].as_str(),
-                    Some("A worker exited." | "probe-worker exits." | "node worker exits.")
+                    Some(
+                        "A worker exited."
+                            | "A worker was killed by a signal."
+                            | "probe-worker exits."
+                            | "node worker exits."
+                    )
                 )
         })
     };
@@ -241,7 +246,9 @@ fn leak_runs(
     for trip in records.iter().filter(|r| trip_msg(r)).take(wanted) {
         let pid = &trip["pid"];
         let exit_of = |m: &str| records.iter().find(|r| r["pid"] == *pid && r["msg"] == m);
-        let Some(exited) = exit_of("A worker exited.").or_else(|| exit_of("probe-worker exits."))
+        let Some(exited) = exit_of("A worker exited.")
+            .or_else(|| exit_of("A worker was killed by a signal."))
+            .or_else(|| exit_of("probe-worker exits."))
         else {
             continue;
         };
