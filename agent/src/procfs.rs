@@ -190,8 +190,9 @@ impl ProcFs {
 /// `close`.
 pub fn read_file(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
     buf.clear();
-    if buf.capacity() < 1024 {
-        buf.reserve(1024);
+    // Enough for `stat` (~300 bytes) and `meminfo` (~1.5 KiB) in one read.
+    if buf.capacity() < 4096 {
+        buf.reserve(4096);
     }
     let mut file = File::open(path)?;
     loop {
