@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A worker under a real memory limit: the agent and its pool run inside a memory cgroup
-# whose hard limit sits a little above `max-memory` (the worker's RSS is watched, so the
-# agent compares what the kernel counts); a probe-worker leaks 10 MiB/s. Three runs:
+# A worker under a real memory limit: the agent and its pool run inside one memory cgroup
+# (as under a systemd unit's MemoryMax=), whose hard limit sits 56 MiB above `max-memory`:
+# room for the agent, its profile-conversion helper and the replacement worker. The
+# worker's RSS is watched, so the agent compares what the kernel counts; a probe-worker
+# leaks 10 MiB/s. Three runs:
 #   predicted  the defaults (`predict = "on"`): replaced before the limit;
 #   after      `predict = "off"`: max-memory acts on the first sample over it;
 #   none       max-memory off: nothing acts before the kernel does (PM2's design, which
@@ -22,7 +24,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 seconds="${1:-45}"
 limit_mib=200
-cgroup_mib=232
+cgroup_mib=256
 for b in heapwarden probe-worker; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run bench/agent.sh first" >&2; exit 1; }
 done
