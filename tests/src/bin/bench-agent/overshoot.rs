@@ -59,10 +59,15 @@ pub(super) fn overshoot(bench: &Bench) -> BenchResult<()> {
          |---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
     );
     let c_worker = compile_c_worker()?;
+    // BENCH_OVERSHOOT_RUNS: runs of every row but the 10 MiB/s ones (8 by default).
+    let others: usize = std::env::var("BENCH_OVERSHOOT_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(8);
     let runs = |rate: f64| match (bench.quick, rate == 10.0) {
         (true, _) => 4,
         (false, true) => 20,
-        (false, false) => 8,
+        (false, false) => others,
     };
     let mut cases: Vec<(Kind, f64, bool)> = [1.0, 5.0, 10.0, 20.0]
         .into_iter()
