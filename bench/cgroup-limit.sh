@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A worker under a real memory limit: the agent and its pool run inside one memory cgroup
-# (as under a systemd unit's MemoryMax=), whose hard limit sits 56 MiB above `max-memory`:
+# (as under a systemd unit's MemoryMax=), whose hard limit (CGROUP_MIB, 256) sits 56 MiB above `max-memory`:
 # room for the agent, its profile-conversion helper and the replacement worker. The
 # worker's RSS is watched, so the agent compares what the kernel counts; a probe-worker
 # leaks 10 MiB/s. Three runs:
@@ -15,7 +15,7 @@
 # `memory.oom_control`, `memory.max_usage_in_bytes`), same semantics: a hard limit whose
 # breach the kernel answers with the OOM killer. Needs root (or a delegated subtree).
 #
-# Usage: bench/cgroup-limit.sh [SECONDS per run, default 45]
+# Usage: [CGROUP_MIB=256] bench/cgroup-limit.sh [SECONDS per run, default 45]
 # Binaries: ${CARGO_TARGET_DIR:-target}/release/{heapwarden,probe-worker} (bench/agent.sh
 # builds them).
 set -euo pipefail
@@ -24,7 +24,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 seconds="${1:-45}"
 limit_mib=200
-cgroup_mib=256
+cgroup_mib="${CGROUP_MIB:-256}"
 for b in heapwarden probe-worker; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run bench/agent.sh first" >&2; exit 1; }
 done
