@@ -16,6 +16,7 @@ mod fuzzing;
 pub mod log;
 pub mod metric_names;
 pub mod owned;
+pub mod procfs;
 pub mod profiles;
 pub mod sampler;
 pub mod supervisor;

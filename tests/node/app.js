@@ -3,7 +3,8 @@
 // heapwarden (the probe arrives through NODE_OPTIONS). LEAK selects a leak:
 //   named     leakInNamedFunction keeps LEAK_BYTES of small objects every 100 ms
 //   buffer    leakBuffers keeps LEAK_BYTES of Buffer.alloc every 100 ms
-// HOLD_MIB holds that much in live objects from the start; /timing is the probe's cost.
+// HOLD_MIB holds that much in live objects from the start; /timing is the probe's cost;
+// REPORT_HEAP=1 reports the watched figure on exit.
 // FORK_CHILD=1 forks child.js, which reports whether its probe claimed the channel.
 const http = require('http');
 const path = require('path');
@@ -27,6 +28,16 @@ for (let i = 0; i < Number(process.env.HOLD_MIB || 0) * 1024 * 1024 / 96; i += 1
 if (perTick > 0) {
   const leak = process.env.LEAK === 'buffer' ? leakBuffers : leakInNamedFunction;
   setInterval(() => leak(perTick), 100);
+}
+
+// REPORT_HEAP=1: on SIGTERM (a drain ends in one), write heapUsed + external — the figure
+// heapwarden watches for Node — as one JSON line, then exit (the overshoot benchmark).
+if (process.env.REPORT_HEAP === '1') {
+  process.on('SIGTERM', () => {
+    const mem = process.memoryUsage();
+    process.stderr.write(`${JSON.stringify({ msg: 'node worker exits.', heap_used_plus_external: mem.heapUsed + mem.external })}\n`);
+    process.exit(0);
+  });
 }
 
 const probe = globalThis[Symbol.for('heapwarden.probe')];

@@ -87,6 +87,7 @@ fn pool() -> PoolView {
         worker_id: 1,
         pid: std::process::id(),
         started_at: Instant::now(),
+        ready_at: None,
         started_wall: SystemTime::now(),
         ready: true,
         probe: false,

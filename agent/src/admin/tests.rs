@@ -24,6 +24,7 @@ fn slot(n: usize, state: SlotState, ready: Option<bool>, budget_exhausted: bool)
             worker_id: n as u64 + 100,
             pid: 4000 + n as u32,
             started_at: Instant::now(),
+            ready_at: None,
             started_wall: SystemTime::now(),
             ready,
             probe: false,

@@ -64,6 +64,9 @@ pub const DURATION_BOUNDS: &[DurationBound] = &[
         Duration::from_secs(300),
         |c| c.export.pyroscope.timeout,
     ),
+    bound("watchdog.predict-window", Duration::ZERO, DAY, |c| {
+        c.watchdog.predict_window
+    }),
 ];
 
 /// Largest `pool.restart.factor`: any factor saturates at `max-delay`, but past this it
@@ -124,6 +127,52 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
         errors.push(ConfigError::new(
             "watchdog.trend-window",
             format!("must span at most {MAX_WINDOW_SAMPLES} sampling intervals"),
+        ));
+    }
+    check_predict(config, errors);
+}
+
+/// Most samples the prediction's persistence may ask for.
+pub const MAX_PREDICT_SAMPLES: u32 = 60;
+
+/// The `predicted` rule's guards: fractions, counts and margins within sane ranges, and a
+/// fit window of at least 5 samples (the fewest the rule fits on).
+fn check_predict(config: &Config, errors: &mut Vec<ConfigError>) {
+    let w = &config.watchdog;
+    let interval = config.sampling.interval;
+    if w.predict_window < interval.saturating_mul(5) {
+        errors.push(ConfigError::new(
+            "watchdog.predict-window",
+            "must span at least 5 sampling intervals",
+        ));
+    } else if w.predict_window > interval.saturating_mul(MAX_WINDOW_SAMPLES) {
+        errors.push(ConfigError::new(
+            "watchdog.predict-window",
+            format!("must span at most {MAX_WINDOW_SAMPLES} sampling intervals"),
+        ));
+    }
+    if !(w.predict_level >= 0.0 && w.predict_level < 1.0) {
+        errors.push(ConfigError::new(
+            "watchdog.predict-level",
+            "must be a fraction of max-memory from 0.0 to below 1.0",
+        ));
+    }
+    if w.predict_samples == 0 || w.predict_samples > MAX_PREDICT_SAMPLES {
+        errors.push(ConfigError::new(
+            "watchdog.predict-samples",
+            format!("must be from 1 to {MAX_PREDICT_SAMPLES}"),
+        ));
+    }
+    if !(w.predict_confidence >= 0.5 && w.predict_confidence <= 0.999) {
+        errors.push(ConfigError::new(
+            "watchdog.predict-confidence",
+            "must be from 0.5 to 0.999",
+        ));
+    }
+    if !(w.predict_margin >= 1.0 && w.predict_margin <= 100.0) {
+        errors.push(ConfigError::new(
+            "watchdog.predict-margin",
+            "must be a number from 1.0 to 100",
         ));
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::export::{Every, ExportConfig, PyroscopeConfig, valid_label_name};
 use super::load::ConfigError;
-use super::types::{LeakAction, ProbeKind, Rate, Size, Toggle, Watch};
+use super::types::{LeakAction, Predict, ProbeKind, Rate, Size, Toggle, Watch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -211,6 +211,19 @@ pub struct WatchdogConfig {
     /// worker it names, so the page still says what leaked after the replacement.
     #[serde(with = "humantime_serde")]
     pub suspect_ttl: Duration,
+    /// The `predicted` rule: replace a worker before it reaches `max-memory`.
+    pub predict: Predict,
+    /// The samples the prediction is fitted on (the latest this long).
+    #[serde(with = "humantime_serde")]
+    pub predict_window: Duration,
+    /// Level guard: act only once the fitted figure is above this fraction of `max-memory`.
+    pub predict_level: f64,
+    /// Persistence: the prediction must hold on this many consecutive samples.
+    pub predict_samples: u32,
+    /// Confidence of the slope's lower bound the prediction uses (Sen's interval).
+    pub predict_confidence: f64,
+    /// Margin on the measured replacement time (start → ready + profile).
+    pub predict_margin: f64,
 }
 
 impl Default for WatchdogConfig {
@@ -230,6 +243,12 @@ impl Default for WatchdogConfig {
             max_leak_restarts_per_hour: 6,
             leak_snapshot: false,
             suspect_ttl: Duration::from_secs(3600),
+            predict: Predict::On,
+            predict_window: Duration::from_secs(20),
+            predict_level: 0.5,
+            predict_samples: 3,
+            predict_confidence: 0.95,
+            predict_margin: 2.0,
         }
     }
 }

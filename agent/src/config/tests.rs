@@ -86,6 +86,45 @@ fn rules_can_be_switched_off() {
 }
 
 #[test]
+fn the_predicted_rule_is_on_by_default_and_its_guards_are_bounded() {
+    let c = load_text("", &[]).unwrap();
+    assert_eq!(c.watchdog.predict, super::types::Predict::On);
+    let off = load_text("[watchdog]\npredict = \"off\"\n", &[]).unwrap();
+    assert_eq!(off.watchdog.predict, super::types::Predict::Off);
+    let text = "[watchdog]\npredict = \"maybe\"\n";
+    let keys = |text: &str| -> Vec<String> {
+        load_text(text, &[])
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    };
+    assert_eq!(keys(text), ["watchdog.predict"]);
+    let text = "[watchdog]\npredict-window = \"2s\"\npredict-level = 1.0\npredict-samples = 0\n\
+                predict-confidence = 0.2\npredict-margin = 0.5\n";
+    assert_eq!(
+        keys(text),
+        [
+            "watchdog.predict-window",
+            "watchdog.predict-level",
+            "watchdog.predict-samples",
+            "watchdog.predict-confidence",
+            "watchdog.predict-margin"
+        ]
+    );
+    let text = "[watchdog]\npredict-level = nan\npredict-samples = 61\npredict-margin = inf\n";
+    assert_eq!(
+        keys(text),
+        [
+            "watchdog.predict-level",
+            "watchdog.predict-samples",
+            "watchdog.predict-margin"
+        ]
+    );
+}
+
+#[test]
 fn syntax_errors_name_the_file() {
     let errors = load_text("[pool\nworkers = 2", &[]).unwrap_err();
     assert!(errors.to_string().contains("not valid TOML"), "{errors}");

@@ -191,6 +191,16 @@ pub enum LeakAction {
     ProfileOnly,
 }
 
+/// Whether the `predicted` rule runs (`watchdog.predict`): on by default, and only where
+/// `max-memory` is set, since it predicts the crossing of that limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Predict {
+    #[default]
+    On,
+    Off,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

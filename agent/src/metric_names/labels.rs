@@ -97,6 +97,7 @@ label_values! {
         MaxMemory = "max_memory",
         Growth = "growth",
         Trend = "trend",
+        Predicted = "predicted",
     }
 }
 

@@ -185,6 +185,18 @@ pub const WORKER_SECONDS_TO_LIMIT: Metric = metric(
     WORKER,
     "Predicted seconds until the watched figure reaches max-memory.",
 );
+pub const REPLACEMENT_SECONDS: Metric = metric(
+    "heapwarden_replacement_seconds",
+    Gauge,
+    &[],
+    "Measured time a leak replacement needs: the pool's slowest recent start to ready plus the slowest recent leak-profile capture.",
+);
+pub const PREDICT_HORIZON: Metric = metric(
+    "heapwarden_predict_horizon_seconds",
+    Gauge,
+    &[],
+    "The predicted rule acts when the watched figure is predicted to reach max-memory within this: replacement time x predict-margin (at least one interval) + predict-samples intervals.",
+);
 pub const WORKER_RESTARTS: Metric = metric(
     "heapwarden_worker_restarts_total",
     Counter,
@@ -365,6 +377,8 @@ pub const CATALOG: &[Metric] = &[
     ADMIN_CONNECTIONS_OPEN,
     WORKER_GROWTH,
     WORKER_SECONDS_TO_LIMIT,
+    REPLACEMENT_SECONDS,
+    PREDICT_HORIZON,
     WORKER_RESTARTS,
     WORKER_FAILED,
     LEAK_DETECTIONS,

@@ -1,10 +1,11 @@
 //! The procfs half of one sampling round: every worker's tree, the agent itself, the
-//! machine and the agent's cgroup. Plain blocking reads, run off the async runtime
+//! machine and the agent's cgroup; one `stat` read per process (into one buffer per
+//! round) gives its RSS and CPU. Plain blocking reads, run off the async runtime
 //! (`spawn_blocking`) so a slow `smaps_rollup` never stalls the supervisor.
 
 use std::path::PathBuf;
 
-use super::procfs::{ProcError, ProcFs};
+use super::procfs::{ProcError, ProcFs, SmapsRollup, Stat};
 use super::system::{
     CgroupMemory, LoadAverage, SystemError, SystemMemory, read_cgroup_memory, read_loadavg,
     read_meminfo,
@@ -78,18 +79,20 @@ pub fn collect_trees(
     let source = table
         .as_ref()
         .map_or(ChildSource::Kernel, ChildSource::Table);
+    // One read buffer for the whole round.
+    let mut buf = Vec::with_capacity(1024);
     pids.iter()
         .zip(due)
         .map(|(&pid, due)| {
             if !due && let Some(members) = cache.reuse(pid) {
-                let (figures, vanished) = read_members(&roots.proc, members, with_smaps);
+                let (figures, vanished) = read_members(&roots.proc, members, with_smaps, &mut buf);
                 if vanished {
                     cache.expire(pid);
                 }
                 return figures;
             }
             let members = process_tree(&roots.proc, pid, source);
-            let (figures, vanished) = read_members(&roots.proc, &members, with_smaps);
+            let (figures, vanished) = read_members(&roots.proc, &members, with_smaps, &mut buf);
             // A tree that lost a member is walked again next round instead.
             if vanished {
                 cache.expire(pid);
@@ -107,7 +110,14 @@ pub fn read_tree(
     source: ChildSource<'_>,
     with_smaps: bool,
 ) -> Result<TreeFigures, ProcError> {
-    read_members(proc, &process_tree(proc, root, source), with_smaps).0
+    let mut buf = Vec::new();
+    read_members(
+        proc,
+        &process_tree(proc, root, source),
+        with_smaps,
+        &mut buf,
+    )
+    .0
 }
 
 /// The figures of `members` (root first) and whether a descendant had vanished.
@@ -115,6 +125,7 @@ fn read_members(
     proc: &ProcFs,
     members: &[u32],
     with_smaps: bool,
+    buf: &mut Vec<u8>,
 ) -> (Result<TreeFigures, ProcError>, bool) {
     let mut figures = TreeFigures::default();
     let mut smaps = TreeSmaps::default();
@@ -122,8 +133,8 @@ fn read_members(
     let mut vanished = false;
     let root = members.first().copied().unwrap_or(0);
     for &pid in members {
-        let read = read_one(proc, pid, with_smaps);
-        let (rss, stat, rollup) = match read {
+        let read = read_one(proc, pid, with_smaps, buf);
+        let (stat, rollup) = match read {
             Ok(r) => r,
             Err(e) if pid != root && e.is_gone() => {
                 vanished = true;
@@ -131,7 +142,9 @@ fn read_members(
             }
             Err(e) => return (Err(e), vanished),
         };
-        figures.rss = figures.rss.saturating_add(rss);
+        figures.rss = figures
+            .rss
+            .saturating_add(proc.pages_to_bytes(stat.rss_pages));
         figures.processes += 1;
         ticks = ticks.saturating_add(stat.tree_ticks());
         if let Some(r) = rollup {
@@ -145,33 +158,35 @@ fn read_members(
     (Ok(figures), vanished)
 }
 
-type OneProcess = (
-    u64,
-    super::procfs::StatFigures,
-    Option<super::procfs::SmapsRollup>,
-);
+type OneProcess = (Stat, Option<SmapsRollup>);
 
-fn read_one(proc: &ProcFs, pid: u32, with_smaps: bool) -> Result<OneProcess, ProcError> {
-    let rss = proc.rss_bytes(pid)?;
-    let stat = proc.stat(pid)?;
+/// One `stat` read (RSS and CPU both), plus `smaps_rollup` on smaps rounds.
+fn read_one(
+    proc: &ProcFs,
+    pid: u32,
+    with_smaps: bool,
+    buf: &mut Vec<u8>,
+) -> Result<OneProcess, ProcError> {
+    let stat = proc.stat(pid, buf)?;
     let rollup = if with_smaps {
-        Some(proc.smaps_rollup(pid)?)
+        Some(proc.smaps_rollup(pid, buf)?)
     } else {
         None
     };
-    Ok((rss, stat, rollup))
+    Ok((stat, rollup))
 }
 
 pub fn collect_host(roots: &Roots) -> HostFigures {
     let mut host = HostFigures::default();
     let proc = &roots.proc;
-    host.agent = match (proc.rss_bytes(roots.agent_pid), proc.stat(roots.agent_pid)) {
+    let mut buf = Vec::new();
+    host.agent = match proc.stat(roots.agent_pid, &mut buf) {
         // Own CPU only: the agent reaps its workers, so its cutime is theirs.
-        (Ok(rss), Ok(stat)) => Some(AgentFigures {
-            rss,
+        Ok(stat) => Some(AgentFigures {
+            rss: proc.pages_to_bytes(stat.rss_pages),
             cpu_seconds: proc.ticks_to_seconds(stat.own_ticks),
         }),
-        _ => None,
+        Err(_) => None,
     };
     host.memory = keep(read_meminfo(proc.root()), &mut host.errors);
     host.load = keep(read_loadavg(proc.root()), &mut host.errors);

@@ -48,7 +48,7 @@ impl FakeProc {
         self.write(
             &format!("{pid}/stat"),
             &format!(
-                "{pid} (we ird) (name)) S {ppid} {pid} {pid} 0 -1 4194304 98 0 0 0 {ut} {st} {cut} {cst} 20 0 1 0 58544 3133440 381\n"
+                "{pid} (we ird) (name)) S {ppid} {pid} {pid} 0 -1 4194304 98 0 0 0 {ut} {st} {cut} {cst} 20 0 1 0 58544 3133440 {rss_pages} 18446744073709551615\n"
             ),
         );
         let [pss, uss, swap] = kib;

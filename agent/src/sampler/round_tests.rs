@@ -86,6 +86,7 @@ fn slot(n: usize, pid: u32, link: Option<ControlLink>) -> SlotView {
             worker_id: 100 + n as u64,
             pid,
             started_at: Instant::now(),
+            ready_at: None,
             started_wall: SystemTime::now(),
             ready: true,
             probe: link.is_some(),

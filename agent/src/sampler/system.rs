@@ -47,8 +47,15 @@ pub struct CgroupMemory {
     pub pressure_avg60: Option<f64>,
 }
 
+/// Read with `procfs::read_file` (no `statx`, one read for these small files).
+fn read_text(path: &Path) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    crate::procfs::read_file(path, &mut buf)?;
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
 fn read(path: &Path) -> Result<String, SystemError> {
-    std::fs::read_to_string(path).map_err(|source| SystemError::Io {
+    read_text(path).map_err(|source| SystemError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -56,7 +63,7 @@ fn read(path: &Path) -> Result<String, SystemError> {
 
 /// A file that may legitimately be missing.
 fn read_optional(path: &Path) -> Result<Option<String>, SystemError> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(source) => Err(SystemError::Io {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::collect::{Roots, collect_host, collect_trees, read_tree};
 use super::fake_proc::{FakeProc, PAGE, TICKS, write_file};
-use super::procfs::{ProcError, parse_smaps_rollup, parse_stat, parse_statm_resident};
+use super::procfs::{ProcError, parse_smaps_rollup, parse_stat};
 use super::system::{
     own_cgroup_dir, parse_pressure_some, read_cgroup_memory, read_loadavg, read_meminfo,
 };
@@ -22,14 +22,15 @@ fn roots(fake: &FakeProc, kernel_children: bool) -> Roots {
 }
 
 #[test]
-fn statm_stat_and_rollup_are_read_and_scaled() {
+fn stat_and_rollup_are_read_and_scaled() {
     let fake = FakeProc::new();
     fake.process(10, 1, 250, [30, 20, 5, 5], [900, 600, 12]);
     let proc = fake.procfs();
-    assert_eq!(proc.rss_bytes(10).expect("rss"), 250 * PAGE);
-    let stat = proc.stat(10).expect("stat");
+    let mut buf = Vec::new();
+    assert_eq!(proc.rss_bytes(10, &mut buf).expect("rss"), 250 * PAGE);
+    let stat = proc.stat(10, &mut buf).expect("stat");
     assert_eq!((stat.ppid, stat.own_ticks, stat.reaped_ticks), (1, 50, 10));
-    let rollup = proc.smaps_rollup(10).expect("rollup");
+    let rollup = proc.smaps_rollup(10, &mut buf).expect("rollup");
     assert_eq!(rollup.pss, 900 * 1024);
     assert_eq!(rollup.uss, 600 * 1024);
     assert_eq!(rollup.swap, 12 * 1024);
@@ -41,21 +42,19 @@ fn a_missing_process_is_gone_and_garbage_is_a_parse_error_naming_the_path() {
     let fake = FakeProc::new();
     let proc = fake.procfs();
     assert!(matches!(
-        proc.rss_bytes(77),
+        proc.rss_bytes(77, &mut Vec::new()),
         Err(ProcError::Gone { pid: 77 })
     ));
-    fake.write("78/statm", "garbage");
-    let err = proc.rss_bytes(78).expect_err("garbage");
+    fake.write("78/stat", "garbage");
+    let err = proc.rss_bytes(78, &mut Vec::new()).expect_err("garbage");
     assert!(matches!(err, ProcError::Parse { .. }));
-    assert!(err.to_string().contains("78/statm"), "{err}");
+    assert!(err.to_string().contains("78/stat"), "{err}");
 }
 
 #[test]
 fn parsers_reject_truncated_input() {
-    assert_eq!(parse_statm_resident("12"), None);
-    assert_eq!(parse_statm_resident("12 34 5"), Some(34));
-    assert_eq!(parse_stat("5 (x) S 1 2 3"), None);
-    assert_eq!(parse_stat("no parenthesis"), None);
+    assert_eq!(parse_stat(5, b"5 (x) S 1 2 3"), None);
+    assert_eq!(parse_stat(5, b"no parenthesis"), None);
     assert_eq!(parse_smaps_rollup("Rss: 4 kB\n"), None, "no Pss line");
     assert_eq!(parse_smaps_rollup("Pss: x kB\n"), None);
 }

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use super::procfs::{ProcFs, parse_stat};
+use crate::procfs::read_file;
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
 pub const MAX_TREE: usize = 4096;
@@ -80,6 +81,7 @@ impl ParentTable {
     /// Reads every numeric entry's `stat`; processes that vanish mid-scan are skipped.
     pub fn scan(proc: &ProcFs) -> std::io::Result<ParentTable> {
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut buf = Vec::with_capacity(1024);
         for entry in std::fs::read_dir(proc.root())? {
             let Ok(entry) = entry else { continue };
             let Some(pid) = entry
@@ -89,10 +91,10 @@ impl ParentTable {
             else {
                 continue;
             };
-            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            if read_file(&entry.path().join("stat"), &mut buf).is_err() {
                 continue;
-            };
-            if let Some(stat) = parse_stat(&text) {
+            }
+            if let Some(stat) = parse_stat(pid, &buf) {
                 children.entry(stat.ppid).or_default().push(pid);
             }
         }
@@ -123,43 +125,24 @@ pub enum ChildSource<'a> {
 
 /// Whether this kernel exposes `children` files, judged on `pid` (the agent itself).
 pub fn kernel_lists_children(proc: &ProcFs, pid: u32) -> bool {
-    let task = proc.pid_path(pid, "task");
-    let Ok(mut tasks) = std::fs::read_dir(&task) else {
-        return false;
-    };
-    tasks
-        .next()
-        .and_then(Result::ok)
-        .is_some_and(|t| t.path().join("children").exists())
+    proc.kernel_lists_children(pid)
 }
 
 /// `root` and every descendant, root first. A vanished process simply has no children.
 pub fn process_tree(proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
     let mut tree = vec![root];
     let mut next = 0;
+    let mut buf = Vec::new();
     while next < tree.len() && tree.len() < MAX_TREE {
         let pid = tree[next];
         next += 1;
         match source {
-            ChildSource::Kernel => kernel_children(proc, pid, &mut tree),
+            ChildSource::Kernel => {
+                proc.children(pid, &mut buf, &mut tree);
+            }
             ChildSource::Table(table) => tree.extend_from_slice(table.children_of(pid)),
         }
     }
     tree.truncate(MAX_TREE);
     tree
-}
-
-fn kernel_children(proc: &ProcFs, pid: u32, out: &mut Vec<u32>) {
-    let Ok(tasks) = std::fs::read_dir(proc.pid_path(pid, "task")) else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
-            continue;
-        };
-        out.extend(
-            text.split_ascii_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-    }
 }

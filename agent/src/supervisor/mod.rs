@@ -9,7 +9,8 @@ pub mod link;
 pub mod listen;
 mod notify;
 mod output;
-mod procstat;
+// The one `/proc` reader, under the name its callers here know it by.
+use crate::procfs as procstat;
 pub mod program;
 mod rundir;
 pub mod runner;

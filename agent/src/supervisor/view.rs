@@ -19,6 +19,8 @@ pub struct WorkerView {
     pub started_at: Instant,
     pub started_wall: SystemTime,
     pub ready: bool,
+    /// When it became ready (`ready_at - started_at`: the pool's start → ready time).
+    pub ready_at: Option<Instant>,
     /// The worker said hello over the control channel (it links heapwarden-probes).
     pub probe: bool,
     /// Which probe said hello (rust, node, native); `None` before any hello.

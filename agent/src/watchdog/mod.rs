@@ -5,11 +5,13 @@
 //! growing allocation sites, and asks the supervisor for a make-before-break replacement
 //! (unless `action = "profile-only"`); a probe-linked worker that stopped answering
 //! samples is replaced as unhealthy (`health`). It publishes each slot's latest figures
-//! (`figures`) for the admin API, and each slot's leak suspect (`suspect`: what grew and
-//! which function, for the page) for `/metrics`.
+//! (`figures`) for the admin API, each slot's leak suspect (`suspect`: what grew and
+//! which function, for the page) for `/metrics`, and learns what a replacement costs the
+//! pool (`lead`) so the predicted rule acts that far ahead of `max-memory`.
 
 mod figures;
 mod health;
+mod lead;
 #[cfg(test)]
 mod node_sawtooth_tests;
 pub mod rules;
@@ -17,12 +19,14 @@ pub mod suspect;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use slog::{Logger, debug, error, info, warn};
 use tokio::sync::{mpsc, watch};
 
 pub use figures::{FiguresView, SlotFigures};
 pub use health::MissTracker;
+use lead::ReplacementClock;
 use rules::{LeakDetector, Observation, RulesConfig, Trip};
 use suspect::MemoryFigures;
 pub use suspect::{Suspect, SuspectKind, SuspectView};
@@ -30,7 +34,9 @@ pub use suspect::{Suspect, SuspectKind, SuspectView};
 use crate::config::types::{LeakAction, Watch};
 use crate::config::{Config, WatchdogConfig};
 use crate::log::RedactedJson;
-use crate::metric_names::{LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT};
+use crate::metric_names::{
+    LEAK_DETECTIONS, PREDICT_HORIZON, REPLACEMENT_SECONDS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT,
+};
 use crate::profiles::{
     CaptureRequest, ProfileFigures, ProfileStoreHandle, SnapshotRequest, Trigger, take_profile,
     take_snapshot,
@@ -144,6 +150,13 @@ pub struct Watchdog {
     /// Each slot's latest culprit; the detection tasks record into it, `observe`
     /// expires it, `/metrics` renders it.
     suspects: Arc<watch::Sender<SuspectView>>,
+    /// `sampling.interval`: the predicted rule's horizon counts in it.
+    interval: Duration,
+    clock: ReplacementClock,
+    /// Profile capture times, sent back by the tasks that take them.
+    profile_times: (mpsc::Sender<Duration>, mpsc::Receiver<Duration>),
+    /// The predicted rule's horizon, as last exported.
+    horizon: Duration,
 }
 
 impl Watchdog {
@@ -161,11 +174,19 @@ impl Watchdog {
         figures: watch::Sender<FiguresView>,
         log: Logger,
     ) -> Watchdog {
-        let (config, missed_pings) = {
+        let (config, missed_pings, interval) = {
             let running = settings.borrow_and_update();
-            (running.watchdog.clone(), running.sampling.missed_pings)
+            (
+                running.watchdog.clone(),
+                running.sampling.missed_pings,
+                running.sampling.interval,
+            )
         };
         Watchdog {
+            interval,
+            clock: ReplacementClock::default(),
+            profile_times: mpsc::channel(16),
+            horizon: Duration::ZERO,
             rules: RulesConfig::from_watchdog(&config),
             config,
             slots: HashMap::new(),
@@ -196,6 +217,8 @@ impl Watchdog {
 
     fn observe(&mut self, sample: WorkerSample) {
         self.follow_settings();
+        self.follow_pool();
+        self.follow_replacement_time();
         self.check_health(&sample);
         self.expire_suspects(sample.at);
         let slot = sample.slot;
@@ -257,15 +280,6 @@ impl Watchdog {
             ProbeAnswer::Answered => true,
             ProbeAnswer::Missed => false,
         };
-        if self.pool.has_changed().unwrap_or(false) {
-            let view = self.pool.borrow_and_update();
-            let live = |id| {
-                view.slots
-                    .iter()
-                    .any(|s| s.worker.as_ref().is_some_and(|w| w.worker_id == id))
-            };
-            self.misses.retain(live);
-        }
         let state = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
             s.worker
                 .as_ref()
@@ -287,6 +301,37 @@ impl Watchdog {
         }
     }
 
+    /// On a new pool view: forgets the silences of workers that left, and times the
+    /// start → ready of workers that became ready.
+    fn follow_pool(&mut self) {
+        if !self.pool.has_changed().unwrap_or(false) {
+            return;
+        }
+        let view = self.pool.borrow_and_update();
+        let live = |id| {
+            view.slots
+                .iter()
+                .any(|s| s.worker.as_ref().is_some_and(|w| w.worker_id == id))
+        };
+        self.misses.retain(live);
+        self.clock.note_view(&view);
+    }
+
+    /// Takes the profile times measured since the last sample and exports what a
+    /// replacement costs and how far ahead the predicted rule looks.
+    fn follow_replacement_time(&mut self) {
+        while let Ok(took) = self.profile_times.1.try_recv() {
+            self.clock.note_profile(took);
+        }
+        let replacement = self.clock.replacement();
+        let horizon = self.rules.horizon(replacement, self.interval);
+        if horizon != self.horizon {
+            self.horizon = horizon;
+            metrics::gauge!(REPLACEMENT_SECONDS.name).set(replacement.as_secs_f64());
+            metrics::gauge!(PREDICT_HORIZON.name).set(horizon.as_secs_f64());
+        }
+    }
+
     /// Takes a reloaded `[watchdog]`: new thresholds for every worker's detector (its
     /// history kept); a new watched figure starts every worker's rules afresh. Slots a
     /// reload removed are forgotten.
@@ -301,11 +346,16 @@ impl Watchdog {
         if !self.settings.has_changed().unwrap_or(false) {
             return;
         }
-        let (new, missed_pings) = {
+        let (new, missed_pings, interval) = {
             let running = self.settings.borrow_and_update();
-            (running.watchdog.clone(), running.sampling.missed_pings)
+            (
+                running.watchdog.clone(),
+                running.sampling.missed_pings,
+                running.sampling.interval,
+            )
         };
         self.missed_pings = missed_pings;
+        self.interval = interval;
         if new == self.config {
             return;
         }
@@ -348,6 +398,7 @@ impl Watchdog {
             *watch = SlotWatch::new(sample, figure, rules);
         }
         let value = watch.figure.read(sample)?;
+        watch.detector.set_horizon(self.horizon);
         Some((watch.figure, watch.detector.observe(sample.at, value)))
     }
 
@@ -365,6 +416,8 @@ impl Watchdog {
             "figure" => figure.as_str(), "bytes" => trip.value,
             "baseline_bytes" => trip.baseline,
             "growth_bytes_per_second" => trip.slope_bytes_per_sec,
+            "seconds_to_limit" => trip.seconds_to_limit,
+            "horizon_seconds" => (trip.rule == rules::Rule::Predicted).then_some(self.horizon.as_secs_f64()),
             "action" => match self.config.action { LeakAction::Restart => "restart", LeakAction::ProfileOnly => "profile-only" });
         let detection = Detection {
             trip,
@@ -424,12 +477,36 @@ impl Watchdog {
         let slot = sample.slot;
         let worker_id = sample.worker_id;
         let suspects = self.suspects.clone();
+        let timed = request.link.is_some().then(|| self.profile_times.0.clone());
         tokio::spawn(async move {
+            let started = Instant::now();
             let profile = take_profile(&store, request, &log).await;
+            if let (Some(times), Ok(_)) = (timed, &profile) {
+                // Lost when the watchdog is behind: the next profile is timed too.
+                let _ = times.try_send(started.elapsed());
+            }
             let Some(Detection { trip, base, now }) = detection else {
                 return;
             };
-            // The diff first: it reads the leak profile and its baseline, which must
+            let node_snapshot = snapshot.filter(|s| s.runtime == Some(Runtime::Node));
+            // The replacement starts before the diff is read: the predicted rule counted
+            // on the profile's time only, and every replacement is quicker this way. A
+            // leak snapshot is taken from the old worker first, so it waits for that.
+            let replace = restart.then_some(Request::Replace {
+                slot,
+                reason: RestartReason::Leak,
+            });
+            let (replace_now, replace_after_snapshot) = if node_snapshot.is_none() {
+                (replace, None)
+            } else {
+                (None, replace)
+            };
+            if let Some(replace) = replace_now
+                && requests.send(replace).await.is_err()
+            {
+                info!(log, "The supervisor is gone; the leaking worker is not replaced."; "worker" => slot);
+            }
+            // The diff next: it reads the leak profile and its baseline, which must
             // not wait behind (or be put at risk by) a snapshot.
             let diff = match &profile {
                 Ok(meta) => store.diff(meta.id, None).await.ok(),
@@ -462,7 +539,7 @@ impl Watchdog {
             // With `leak-snapshot`: who holds the memory, summarised out of the worker
             // (after the diff, which must not wait behind a snapshot).
             let mut retainers = serde_json::Value::Null;
-            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node))
+            if let Some(snapshot) = node_snapshot
                 && let Ok(meta) = take_snapshot(&store, snapshot, &log).await
                 && let Ok((_, path)) = store.get(meta.id).await
             {
@@ -511,14 +588,10 @@ impl Watchdog {
                 "profile_export" => export.state(),
                 "profile_link" => profile.as_ref().ok().and_then(|m| export.link(m)),
                 "action" => if restart { "restart" } else { "profile-only" });
-            if restart {
-                let replace = Request::Replace {
-                    slot,
-                    reason: RestartReason::Leak,
-                };
-                if requests.send(replace).await.is_err() {
-                    info!(log, "The supervisor is gone; the leaking worker is not replaced."; "worker" => slot);
-                }
+            if let Some(replace) = replace_after_snapshot
+                && requests.send(replace).await.is_err()
+            {
+                info!(log, "The supervisor is gone; the leaking worker is not replaced."; "worker" => slot);
             }
         });
     }

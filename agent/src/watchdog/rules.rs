@@ -11,6 +11,10 @@
 //!   the first quarter's by half the expected rise, and the rise over the window exceeds
 //!   twice the spread of the samples around the fitted line (a GC sawtooth's spread is its
 //!   whole amplitude, a leak's is its noise).
+//! - `predicted` (`rules_predict.rs`): the fitted trend reaches `max_memory` within the
+//!   horizon the watchdog learned from the pool's replacements (`set_horizon`), guarded
+//!   by level, persistence and the slope's lower confidence bound; it runs from the first
+//!   sample, warm-up included, as `max_memory` does.
 //!
 //! A detector trips at most once; the caller `reset()`s it for the replacement worker.
 
@@ -20,10 +24,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::WatchdogConfig;
+use crate::config::types::Predict;
+use predict::{PredictConfig, Prediction, Predictor};
 use stats::{Fit, median, quantile, theil_sen};
 
 // Kept beside this file (watchdog/rules_*.rs) and declared here, so the watchdog module
 // only declares `rules`.
+#[path = "rules_predict.rs"]
+pub mod predict;
+#[cfg(test)]
+#[path = "rules_predict_tests.rs"]
+mod predict_tests;
 #[path = "rules_stats.rs"]
 mod stats;
 #[cfg(test)]
@@ -47,7 +58,13 @@ pub struct RulesConfig {
     /// Bytes per second.
     pub trend_min_rate: Option<f64>,
     pub warmup: Duration,
+    /// The `predicted` rule; `None` when off or without `max_memory`.
+    pub predict: Option<PredictConfig>,
 }
+
+/// The horizon a detector uses until the watchdog has measured a replacement: 1 s of
+/// replacement at the default margin and interval.
+const DEFAULT_REPLACEMENT: Duration = Duration::from_secs(1);
 
 impl RulesConfig {
     pub fn from_watchdog(w: &WatchdogConfig) -> RulesConfig {
@@ -58,7 +75,23 @@ impl RulesConfig {
             trend_window: w.trend_window,
             trend_min_rate: w.trend_min_rate.get().map(|r| r.bytes_per_second),
             warmup: w.warmup,
+            predict: (w.predict == Predict::On && w.max_memory.get().is_some()).then_some(
+                PredictConfig {
+                    window: w.predict_window,
+                    level: w.predict_level,
+                    samples: w.predict_samples,
+                    confidence: w.predict_confidence,
+                    margin: w.predict_margin,
+                },
+            ),
         }
+    }
+
+    /// The predicted rule's horizon for a measured replacement time (zero when off).
+    pub fn horizon(&self, replacement: Duration, interval: Duration) -> Duration {
+        self.predict.as_ref().map_or(Duration::ZERO, |p| {
+            predict::horizon(p, replacement, interval)
+        })
     }
 }
 
@@ -73,6 +106,8 @@ pub struct Trip {
     /// The growth baseline, once taken.
     pub baseline: Option<u64>,
     pub slope_bytes_per_sec: Option<f64>,
+    /// `predicted`: the conservative time to the limit it acted on.
+    pub seconds_to_limit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -84,6 +119,8 @@ pub struct Observation {
     pub seconds_to_limit: Option<f64>,
     /// True on exactly one observation, when warm-up ends: write the baseline profile now.
     pub baseline_ready: bool,
+    /// The predicted rule's prediction, on the sample where it has held long enough.
+    pub predicted: Option<Prediction>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,11 +134,17 @@ pub struct LeakDetector {
     /// Post-warm-up samples within `trend_window`, oldest first.
     window: VecDeque<(Instant, f64)>,
     tripped: Option<Rule>,
+    predictor: Predictor,
+    /// How far ahead `predicted` looks (`set_horizon`).
+    horizon: Duration,
 }
 
 impl LeakDetector {
     pub fn new(config: RulesConfig) -> LeakDetector {
+        let horizon = config.horizon(DEFAULT_REPLACEMENT, Duration::from_secs(1));
         LeakDetector {
+            predictor: Predictor::default(),
+            horizon,
             config,
             started: None,
             warmup_tail: Vec::new(),
@@ -114,7 +157,20 @@ impl LeakDetector {
 
     /// Forgets everything: the next sample starts a new warm-up (a new worker).
     pub fn reset(&mut self) {
+        let horizon = self.horizon;
         *self = LeakDetector::new(self.config.clone());
+        self.horizon = horizon;
+    }
+
+    /// How far ahead the predicted rule looks from the next sample on: the watchdog's
+    /// measure of this pool's replacement time, through `RulesConfig::horizon`.
+    pub fn set_horizon(&mut self, horizon: Duration) {
+        self.horizon = horizon;
+    }
+
+    /// Consecutive samples the predicted rule's prediction held on so far.
+    pub fn predict_holds(&self) -> u32 {
+        self.predictor.holds()
     }
 
     pub fn config(&self) -> &RulesConfig {
@@ -152,6 +208,15 @@ impl LeakDetector {
         {
             trip = Some(Rule::MaxMemory);
         }
+        // Fed every sample (its window stays continuous), warm-up included.
+        if let (Some(predict), Some(limit)) = (&self.config.predict, self.config.max_memory) {
+            obs.predicted = self
+                .predictor
+                .observe(predict, limit, self.horizon, at, value);
+            if trip.is_none() && obs.predicted.is_some() {
+                trip = Some(Rule::Predicted);
+            }
+        }
         if self.baseline.is_none() {
             if elapsed < self.config.warmup {
                 if elapsed >= self.config.warmup / 2 {
@@ -184,11 +249,13 @@ impl LeakDetector {
             && self.tripped.is_none()
         {
             self.tripped = Some(rule);
+            let predicted = obs.predicted.filter(|_| rule == Rule::Predicted);
             obs.trip = Some(Trip {
                 rule,
                 value,
                 baseline: self.baseline,
-                slope_bytes_per_sec: obs.slope_bytes_per_sec,
+                slope_bytes_per_sec: obs.slope_bytes_per_sec.or(predicted.map(|p| p.slope)),
+                seconds_to_limit: predicted.map(|p| p.seconds_to_limit),
             });
         }
         obs

@@ -39,6 +39,30 @@ impl Fit {
 /// Theil–Sen fit of (time, value) points given in time order. Needs 3 points spanning
 /// some time.
 pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
+    let (chosen, origin) = choose(points)?;
+    let mut slopes = pairwise_slopes(&chosen);
+    fit_with(&chosen, origin, &mut slopes)
+}
+
+/// Theil–Sen fit plus the one-sided lower confidence bound of its slope at `confidence`
+/// (Sen 1968: of the N pairwise slopes of n points, sorted, the bound is the
+/// ⌊(N − C)/2⌋-th, C = z·√(n(n−1)(2n+5)/18), z the normal quantile of `confidence`).
+/// Noise, a sawtooth's drop or a plateau widen the spread of pairwise slopes and pull the
+/// bound down; a steady climb keeps it near the slope.
+pub fn theil_sen_lower(points: &[(Instant, f64)], confidence: f64) -> Option<(Fit, f64)> {
+    let (chosen, origin) = choose(points)?;
+    let mut slopes = pairwise_slopes(&chosen);
+    let fit = fit_with(&chosen, origin, &mut slopes)?;
+    let n = chosen.len() as f64;
+    let c = normal_quantile(confidence) * (n * (n - 1.0) * (2.0 * n + 5.0) / 18.0).sqrt();
+    let rank = ((slopes.len() as f64 - c) / 2.0).floor().max(0.0) as usize;
+    let rank = rank.min(slopes.len() - 1);
+    let (_, lower, _) = slopes.select_nth_unstable_by(rank, f64::total_cmp);
+    Some((fit, *lower))
+}
+
+/// The points as (seconds since the first, value), at most `MAX_POINTS` of them.
+fn choose(points: &[(Instant, f64)]) -> Option<(Vec<(f64, f64)>, Instant)> {
     let origin = points.first()?.0;
     let stride = points.len().div_ceil(MAX_POINTS).max(1);
     let as_secs = |(t, v): &(Instant, f64)| (t.saturating_duration_since(origin).as_secs_f64(), *v);
@@ -49,9 +73,10 @@ pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
     {
         chosen.push(as_secs(last));
     }
-    if chosen.len() < 3 {
-        return None;
-    }
+    (chosen.len() >= 3).then_some((chosen, origin))
+}
+
+fn pairwise_slopes(chosen: &[(f64, f64)]) -> Vec<f64> {
     let mut slopes = Vec::with_capacity(chosen.len() * chosen.len() / 2);
     for (i, a) in chosen.iter().enumerate() {
         for b in &chosen[i + 1..] {
@@ -61,7 +86,11 @@ pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
             }
         }
     }
-    let slope = median(&mut slopes)?;
+    slopes
+}
+
+fn fit_with(chosen: &[(f64, f64)], origin: Instant, slopes: &mut [f64]) -> Option<Fit> {
+    let slope = median(slopes)?;
     let mut intercepts: Vec<f64> = chosen.iter().map(|(t, v)| v - slope * t).collect();
     let intercept = median(&mut intercepts)?;
     Some(Fit {
@@ -69,6 +98,17 @@ pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
         intercept,
         origin,
     })
+}
+
+/// The standard normal quantile for `p` in [0.5, 1) (Abramowitz & Stegun 26.2.23, error
+/// below 4.5e-4: plenty for a confidence level).
+pub fn normal_quantile(p: f64) -> f64 {
+    let p = p.clamp(0.5, 1.0 - 1e-12);
+    let t = (-2.0 * (1.0 - p).ln()).sqrt();
+    let z = t
+        - (2.515517 + 0.802853 * t + 0.010328 * t * t)
+            / (1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
+    z.max(0.0)
 }
 
 #[cfg(test)]
@@ -106,5 +146,33 @@ mod tests {
         let fit = theil_sen(&points).expect("fits");
         assert!((fit.slope - 5.0).abs() < 1e-6, "slope {}", fit.slope);
         assert_eq!(theil_sen(&points[..2]), None);
+    }
+
+    #[test]
+    fn normal_quantiles_match_the_tables() {
+        for (p, z) in [(0.5, 0.0), (0.9, 1.2816), (0.95, 1.6449), (0.99, 2.3263)] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-3,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    #[test]
+    fn the_lower_bound_hugs_a_clean_line_and_drops_on_a_sawtooth() {
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_secs(i);
+        let line: Vec<(Instant, f64)> = (0..20).map(|i| (at(i), 10.0 * i as f64)).collect();
+        let (fit, lower) = theil_sen_lower(&line, 0.95).expect("fits");
+        assert_eq!((fit.slope, lower), (10.0, 10.0));
+        // Two teeth: rising 10/s, falling back every 10 s.
+        let saw: Vec<(Instant, f64)> = (0..20).map(|i| (at(i), 10.0 * (i % 10) as f64)).collect();
+        let (fit, lower) = theil_sen_lower(&saw, 0.95).expect("fits");
+        assert!(
+            lower < 2.0 && lower < fit.slope,
+            "slope {} lower {lower}: a sawtooth's climb is no line",
+            fit.slope
+        );
     }
 }

@@ -73,6 +73,7 @@ fn serving(state: SlotState) -> PoolView {
                 worker_id: 1,
                 pid: 1,
                 started_at: Instant::now(),
+                ready_at: None,
                 started_wall: SystemTime::now(),
                 ready: state == SlotState::Ready,
                 probe: true,

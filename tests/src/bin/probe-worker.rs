@@ -6,7 +6,10 @@
 //! - `LISTEN_FDS=1`: answer every HTTP request on fd 3 with `200 ok`, `Connection: close`;
 //! - `PROBE_WORKER_METRICS=1`: hand the agent metrics text on request: a gauge with the
 //!   render time (`probe_worker_rendered_unix_ms`), `PROBE_WORKER_METRICS_TEXT` verbatim,
-//!   and `PROBE_WORKER_METRICS_BYTES=N` bytes of valid series as padding.
+//!   and `PROBE_WORKER_METRICS_BYTES=N` bytes of valid series as padding;
+//! - `PROBE_WORKER_REPORT_HEAP=1`: on exit, write one JSON line with its final
+//!   `heap_allocated` (jemalloc `stats.allocated`); a leak only grows, so that is the
+//!   peak of the figure the agent watches (the overshoot benchmark and test read it).
 //!
 //! It activates heap profiling, sends Ready once listening, and on Drain, on the agent
 //! going away, or on SIGTERM/SIGINT stops accepting, finishes in-flight requests and
@@ -137,6 +140,14 @@ fn main() -> ExitCode {
     let deadline = Instant::now() + grace;
     while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(POLL);
+    }
+    if std::env::var_os("PROBE_WORKER_REPORT_HEAP").is_some()
+        && let Ok(stats) = heapwarden_probes::HeapStats::read()
+    {
+        eprintln!(
+            "{{\"msg\":\"probe-worker exits.\",\"level\":\"INFO\",\"heap_allocated\":{}}}",
+            stats.allocated
+        );
     }
     ExitCode::SUCCESS
 }

@@ -2,8 +2,8 @@
 //! previous incarnation left behind, and what to do with a process this agent adopted as
 //! a subreaper. Tested without processes.
 
-use super::super::procstat::ProcStat;
 use super::super::rundir::GroupRecord;
+use crate::procfs::Stat as ProcStat;
 
 /// One process seen in `/proc`, with whether its environment carries the previous
 /// agent's `HEAPWARDEN_AGENT_INSTANCE`.
@@ -88,6 +88,7 @@ mod tests {
             ppid: 1,
             pgid,
             start_ticks,
+            ..ProcStat::default()
         }
     }
 

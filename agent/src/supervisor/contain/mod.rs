@@ -147,7 +147,7 @@ fn kill_leftovers(
     proc_root: &Path,
     previous: &AgentRecord,
     groups: &[GroupRecord],
-    me: procstat::ProcStat,
+    me: procstat::Stat,
     log: &Logger,
 ) {
     let mark = format!("HEAPWARDEN_AGENT_INSTANCE={}", previous.instance());

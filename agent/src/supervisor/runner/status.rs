@@ -75,6 +75,7 @@ impl Supervisor {
                         started_at: w.started_at,
                         started_wall: rt.started_wall,
                         ready: w.ready,
+                        ready_at: w.ready_at,
                         probe: w.probe,
                         runtime: rt.runtime,
                         link: Some(rt.link.clone()),

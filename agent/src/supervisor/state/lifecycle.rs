@@ -17,6 +17,7 @@ impl Pool {
                 pid: None,
                 started_at: now,
                 ready: false,
+                ready_at: None,
                 probe: false,
                 role,
                 kill_reason: None,
@@ -43,6 +44,7 @@ impl Pool {
             return;
         }
         w.ready = true;
+        w.ready_at = Some(now);
         let (slot, role) = (w.slot, w.role);
         if let Role::Replacement(reason) = role {
             if let Some(old) = self.role_in(slot, Role::Current) {

@@ -191,6 +191,8 @@ pub struct Worker {
     pub pid: Option<u32>,
     pub started_at: Instant,
     pub ready: bool,
+    /// When it became ready: start → ready is what a replacement costs the pool.
+    pub ready_at: Option<Instant>,
     pub probe: bool,
     role: Role,
     /// Why we killed it ourselves, so its exit is counted under that reason.

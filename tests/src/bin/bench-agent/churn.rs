@@ -54,6 +54,7 @@ pub(super) fn churn(bench: &Bench) -> BenchResult<()> {
         env: Vec::new(),
         min_uptime: "100ms",
         initial_delay: "0s",
+        pool_extra: String::new(),
         // Continues [pool.restart]: a short window, so a slot never counts as failed.
         sections: "max-delay = \"0s\"\nwindow = \"1s\"\n[log]\nlevel = \"warn\"\n".into(),
     };

@@ -28,12 +28,29 @@ pub(super) fn parse_builds(list: &str) -> BenchResult<Vec<(String, PathBuf)>> {
 }
 
 pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResult<()> {
-    let seconds = if bench.quick { 10 } else { 60 };
+    let seconds = std::env::var("BENCH_COMPARE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if bench.quick { 10 } else { 60 });
     let mut builds = others.to_vec();
     builds.push(("this build".to_string(), bench.heapwarden()));
-    let cases = [("8 probe-workers", 8), ("16 probe-workers", 16)];
+    // BENCH_COMPARE_WORKERS=8,16 picks the rows; 8/16/32/64 by default.
+    let counts: Vec<usize> = std::env::var("BENCH_COMPARE_WORKERS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .filter(|c: &Vec<usize>| !c.is_empty())
+        .unwrap_or_else(|| vec![8, 16, 32, 64]);
+    let cases: Vec<(String, usize)> = counts
+        .into_iter()
+        .map(|n| (format!("{n} probe-workers"), n))
+        .collect();
     let mut rows = Vec::new();
-    for (what, workers) in cases {
+    for (what, workers) in &cases {
+        let (what, workers) = (what.as_str(), *workers);
         for (name, path) in &builds {
             let spec = Spec {
                 agent: Some(path.clone()),
@@ -47,9 +64,9 @@ pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResul
         "## Agent footprint, builds side by side: idle workers sampled every 1 s, {seconds} s windows\n"
     );
     println!(
-        "| build | binary MiB | workers | VmRSS mean MiB | VmRSS max MiB | RssAnon / RssFile MiB | CPU % of one core |"
+        "| build | binary MiB | workers | VmRSS mean MiB | VmRSS max MiB | RssAnon / RssFile MiB | CPU % of one core | sampling round ms (mean) |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
     for (what, name, w) in &rows {
         let path = &builds
             .iter()
@@ -60,8 +77,8 @@ pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResul
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(f64::NAN, |m| m.len() as f64 / MIB);
         println!(
-            "| {name} | {size:.1} | {what} | {:.1} | {:.1} | {:.1} / {:.1} | {:.3} |",
-            w.rss_mean, w.rss_max, w.rss_anon, w.rss_file, w.cpu_percent
+            "| {name} | {size:.1} | {what} | {:.1} | {:.1} | {:.1} / {:.1} | {:.3} | {:.2} |",
+            w.rss_mean, w.rss_max, w.rss_anon, w.rss_file, w.cpu_percent, w.round_mean_ms
         );
     }
     println!();

@@ -12,7 +12,7 @@ pub(super) struct Window {
     pub(super) rss_file: f64,
     pub(super) cpu_percent: f64,
     rounds: f64,
-    round_mean_ms: f64,
+    pub(super) round_mean_ms: f64,
 }
 
 pub(super) fn status_kib(pid: u32, field: &str) -> f64 {

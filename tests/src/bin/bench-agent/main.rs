@@ -7,6 +7,8 @@
 //! Run it through `bench/agent.sh` (builds the release binaries first). Flags:
 //! `--quick` shortens every scenario for a smoke run (its figures are not the reference
 //! ones); `--only startup,restart,footprint,detection,dump,churn,export` runs a subset;
+//! `--only overshoot` (not in the default set) prints the predicted rule's overshoot
+//! table (`overshoot`);
 //! `--compare NAME=PATH,…` measures the footprint of other `heapwarden` builds next to
 //! this one in the same run (`compare`).
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ mod compare;
 mod detection;
 mod export;
 mod footprint;
+mod overshoot;
 mod startup;
 
 use churn::churn;
@@ -96,6 +99,13 @@ fn main() -> BenchResult<()> {
         .is_some_and(|o| o.iter().any(|w| w == "export"))
     {
         export::export(&bench)?;
+    }
+    // Not in the default set (about 10 minutes): `--only overshoot`.
+    if only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|w| w == "overshoot"))
+    {
+        overshoot::overshoot(&bench)?;
     }
     Ok(())
 }
@@ -173,6 +183,8 @@ struct Spec {
     env: Vec<(&'static str, String)>,
     min_uptime: &'static str,
     initial_delay: &'static str,
+    /// More `[pool]` keys, one per line (`probe = "native"`).
+    pool_extra: String,
     sections: String,
 }
 
@@ -185,6 +197,7 @@ impl Spec {
             env: Vec::new(),
             min_uptime: "1s",
             initial_delay: "100ms",
+            pool_extra: String::new(),
             sections: String::new(),
         }
     }
@@ -194,6 +207,8 @@ impl Spec {
 struct Agent {
     proc: Proc,
     admin: SocketAddr,
+    /// The pool's service address (`pool.listen`).
+    service: SocketAddr,
     config: PathBuf,
     state: PathBuf,
     /// Wall-clock (epoch seconds) just before the spawn, comparable with log `ts`.
@@ -206,6 +221,7 @@ impl Agent {
         let dir = tempfile::tempdir()?;
         let state = dir.path().join("state");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let service: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let command: Vec<String> = spec.command.iter().map(|a| format!("{a:?}")).collect();
         let env: String = spec
             .env
@@ -214,12 +230,13 @@ impl Agent {
             .collect();
         let text = format!(
             "state-dir = {state:?}\n[admin]\nlisten = \"{admin}\"\n[pool]\nworkers = {}\nlisten = \"127.0.0.1:{}\"\n\
-             command = [{}]\nmin-uptime = \"{}\"\n[pool.env]\n{env}[pool.restart]\nmax-restarts = 1000\n\
+             command = [{}]\nmin-uptime = \"{}\"\n{}[pool.env]\n{env}[pool.restart]\nmax-restarts = 1000\n\
              initial-delay = \"{}\"\n{}\n",
             spec.workers,
-            free_port(),
+            service.port(),
             command.join(", "),
             spec.min_uptime,
+            spec.pool_extra,
             spec.initial_delay,
             spec.sections,
         );
@@ -236,6 +253,7 @@ impl Agent {
         Ok(Agent {
             proc,
             admin,
+            service,
             config,
             state,
             spawned,

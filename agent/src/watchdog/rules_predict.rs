@@ -1,0 +1,133 @@
+//! The `predicted` rule for ONE worker, as a pure state machine over (time, bytes) samples
+//! and the horizon the watchdog hands it: it trips when the fitted trend says the watched
+//! figure reaches `max_memory` before a replacement could be finished, so the old worker
+//! is drained before it gets there. Guarded the way trusted predictors are (Prometheus
+//! `predict_linear` with a level check and a `for:`, oomd's rising-and-not-falling):
+//!
+//! - **fit**: Theil–Sen over the latest `window` of samples (warm-up included: a fast leak
+//!   can reach the limit before warm-up ends), at least `MIN_SAMPLES` of them;
+//! - **confidence**: the time to the limit is taken at the slope's one-sided lower bound
+//!   at `confidence` (Sen's interval), the conservative edge: a sawtooth's drop, a plateau
+//!   or noise in the window pull it down, often below zero — or at the Theil–Sen slope of
+//!   the window's recent half when that is lower (rising-and-not-slowing: a ramp that
+//!   settles is not extrapolated at its early pace), from the lower of the sample and the
+//!   fitted line now (a curve that bends over sits below its chord);
+//! - **level**: the sample and the fitted line now are both above `level` × the limit;
+//! - **persistence**: the prediction holds on `samples` consecutive samples.
+//!
+//! The horizon includes the persistence (see [`horizon`]), so when the prediction first
+//! holds there is still the replacement time × margin left after it has held long enough.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::stats::{theil_sen, theil_sen_lower};
+
+/// The fewest samples a prediction is fitted on.
+const MIN_SAMPLES: usize = 5;
+/// Bounds the fit window's memory, as the trend rule's.
+const MAX_SAMPLES: usize = crate::config::bounds::MAX_WINDOW_SAMPLES as usize;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictConfig {
+    pub window: Duration,
+    /// Fraction of the limit the figure must be above.
+    pub level: f64,
+    /// Consecutive samples the prediction must hold on.
+    pub samples: u32,
+    /// One-sided confidence of the slope's lower bound.
+    pub confidence: f64,
+    /// `predict-margin`, applied to the measured replacement time by [`horizon`].
+    pub margin: f64,
+}
+
+/// What the rule predicted on a sample where it held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Time to the limit at the slope's lower bound, from the fitted value now.
+    pub seconds_to_limit: f64,
+    /// The Theil–Sen slope and its lower bound, bytes per second.
+    pub slope: f64,
+    pub slope_lower: f64,
+}
+
+/// How far ahead the rule looks: the replacement time × `margin` (at least one sampling
+/// interval: the next sample may already be too late), plus `samples` intervals for the
+/// persistence to be confirmed.
+pub fn horizon(config: &PredictConfig, replacement: Duration, interval: Duration) -> Duration {
+    let lead = replacement
+        .mul_f64(config.margin.clamp(1.0, 100.0))
+        .max(interval);
+    lead.saturating_add(interval.saturating_mul(config.samples.max(1)))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Predictor {
+    window: VecDeque<(Instant, f64)>,
+    holds: u32,
+}
+
+impl Predictor {
+    /// Feeds one sample. `Some` on the sample where the prediction has held for
+    /// `samples` samples in a row (the caller trips once).
+    pub fn observe(
+        &mut self,
+        config: &PredictConfig,
+        limit: u64,
+        horizon: Duration,
+        at: Instant,
+        value: u64,
+    ) -> Option<Prediction> {
+        self.window.push_back((at, value as f64));
+        while let Some((t, _)) = self.window.front()
+            && (at.saturating_duration_since(*t) > config.window || self.window.len() > MAX_SAMPLES)
+        {
+            self.window.pop_front();
+        }
+        match self.predict(config, limit, horizon, at, value) {
+            Some(prediction) => {
+                self.holds = self.holds.saturating_add(1);
+                (self.holds >= config.samples.max(1)).then_some(prediction)
+            }
+            None => {
+                self.holds = 0;
+                None
+            }
+        }
+    }
+
+    /// Consecutive samples the prediction held on so far.
+    pub fn holds(&self) -> u32 {
+        self.holds
+    }
+
+    fn predict(
+        &mut self,
+        config: &PredictConfig,
+        limit: u64,
+        horizon: Duration,
+        at: Instant,
+        value: u64,
+    ) -> Option<Prediction> {
+        let limit = limit as f64;
+        let floor = config.level * limit;
+        // The cheap guard first: most samples of most workers stop here, unfitted.
+        if (value as f64) < floor || self.window.len() < MIN_SAMPLES {
+            return None;
+        }
+        let points = self.window.make_contiguous();
+        let (fit, lower) = theil_sen_lower(points, config.confidence)?;
+        let recent = theil_sen(&points[points.len() / 2..]).map_or(lower, |f| f.slope);
+        let slope_lower = lower.min(recent);
+        let now = fit.at(at).min(value as f64);
+        if now < floor || slope_lower <= 0.0 {
+            return None;
+        }
+        let seconds_to_limit = ((limit - now) / slope_lower).max(0.0);
+        (seconds_to_limit <= horizon.as_secs_f64()).then_some(Prediction {
+            seconds_to_limit,
+            slope: fit.slope,
+            slope_lower,
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! End to end, the predicted rule: a probe-worker leaking 5 MiB/s under a client loop is
+//! replaced with `rule="predicted"` while its heap is still below `max-memory`, the
+//! leak profile is written at that moment, no request fails, and the old worker's heap
+//! when it exits (its peak: a leak only grows) is still under the limit. Not a race: the
+//! baseline profile (1 s after ready) is timed before the leak gets near the limit, so
+//! the horizon holds this machine's real profile time (seconds in a debug build under
+//! load) × a margin of 3, and the level guard leaves half the limit to go.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use heapwarden_tests::*;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MIB: f64 = 1024.0 * 1024.0;
+const LIMIT_MIB: f64 = 200.0;
+
+#[test]
+fn a_fast_leak_is_replaced_by_the_predicted_rule_before_it_reaches_the_limit() {
+    let _guard = TimeoutGuard::new("predicted", SECS(120));
+    let sandbox = Sandbox::new();
+    let worker = bin("probe-worker").display().to_string();
+    let config = AgentConfig::new(1, &[&worker])
+        .set("pool", "min-uptime", "200ms")
+        .set("pool", "drain-timeout", "2s")
+        .set("pool", "kill-timeout", "1s")
+        .set_raw("pool.env", "PROBE_WORKER_LEAK_MIB_PER_SEC", "\"5\"")
+        .set_raw("pool.env", "PROBE_WORKER_REPORT_HEAP", "\"1\"")
+        .set("sampling", "interval", "250ms")
+        .set("watchdog", "max-memory", &format!("{LIMIT_MIB}MiB"))
+        .set("watchdog", "growth", "off")
+        .set("watchdog", "trend-min-rate", "off")
+        .set("watchdog", "warmup", "1s")
+        .set("watchdog", "predict-margin", "3.0");
+    let agent = sandbox.agent(&config.to_string());
+    agent
+        .logs
+        .wait_for(SECS(30), "all ready", msg("Every worker is ready."));
+    let first_pid = worker_pids(&agent.logs)[0];
+    let clients = ClientLoop::start(config.listen, 2, |_| "/".to_string());
+
+    let trip = agent
+        .logs
+        .wait_for(SECS(60), "a leak trip", msg("A leak rule tripped."));
+    assert_eq!(trip["rule"], "predicted", "{trip}");
+    assert_eq!(trip["pid"], first_pid, "{trip}");
+    let bytes = trip["bytes"].as_f64().expect("bytes") / MIB;
+    assert!(bytes < LIMIT_MIB, "tripped at {bytes:.1} MiB: {trip}");
+    let eta = trip["seconds_to_limit"].as_f64().expect("seconds_to_limit");
+    let horizon = trip["horizon_seconds"].as_f64().expect("horizon_seconds");
+    assert!(
+        eta <= horizon,
+        "eta {eta}s beyond horizon {horizon}s: {trip}"
+    );
+    let report = agent.logs.wait_for(
+        SECS(30),
+        "the leak report",
+        msg("A memory leak was detected."),
+    );
+    assert_eq!(report["rule"], "predicted", "{report}");
+    assert!(
+        report["profile_id"].is_u64(),
+        "the leak profile was written: {report}"
+    );
+
+    // The old worker drains and exits; its last word is its heap.
+    let exit = agent.logs.wait_for(SECS(30), "the old worker's exit", |r| {
+        r["msg"] == "probe-worker exits." && r["pid"] == first_pid
+    });
+    let peak = exit["fields"]["heap_allocated"].as_f64().expect("heap") / MIB;
+    assert!(
+        peak <= LIMIT_MIB,
+        "the old worker reached {peak:.1} MiB (limit {LIMIT_MIB}); trip {trip}"
+    );
+    let served = clients.ok.load(Ordering::Relaxed);
+    poll_until(SECS(20), "traffic on the replacement", || {
+        clients.ok.load(Ordering::Relaxed) > served + 20
+    });
+    let (ok, failed) = clients.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let max_memory_trips = agent
+        .logs
+        .matching(|r| r["msg"] == "A leak rule tripped." && r["rule"] == "max_memory");
+    assert!(max_memory_trips.is_empty(), "{max_memory_trips:?}");
+    let replaced = worker_pids(&agent.logs);
+    assert!(
+        replaced.len() >= 2 && replaced[1] != first_pid,
+        "a replacement started: {replaced:?}"
+    );
+}
