@@ -58,7 +58,8 @@ pub enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// Replace every worker, one at a time.
+    /// Reload the config: the agent validates it (a refused file prints every error and
+    /// exits 1, the running config stays), then replaces every worker, one at a time.
     Reload(Common),
 }
 
@@ -152,7 +153,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             })
         }
         Verb::Reload(common) => {
-            let reply = Client::new(&common)?.post_json("/reload")?;
+            let reply = Client::for_reload(&common)?.post_json("/reload")?;
             // A refused file is an error (the agent's 422 names every key).
             print_out(&common, &reply, |reply| {
                 println!("the config was reloaded; every worker is being replaced, one at a time");
@@ -192,7 +193,25 @@ impl Client {
     fn new(common: &Common) -> anyhow::Result<Client> {
         let config = super::load_config(&common.config)
             .map_err(|_| anyhow!("the config is invalid (see above)"))?;
-        let token = read_token(&config)?;
+        Client::from_config(&config)
+    }
+
+    /// A reload must reach the agent even when the new file does not load (its errors
+    /// are printed above): the agent then refuses it itself, logs why at `error`, and
+    /// answers 422, so `systemctl reload` (which runs this) fails honestly.
+    fn for_reload(common: &Common) -> anyhow::Result<Client> {
+        match super::load_config(&common.config) {
+            Ok(config) => Client::from_config(&config),
+            Err(_) => {
+                let config = running_agent_config(&common.config)
+                    .ok_or_else(|| anyhow!("the config is invalid (see above)"))?;
+                Client::from_config(&config)
+            }
+        }
+    }
+
+    fn from_config(config: &Config) -> anyhow::Result<Client> {
+        let token = read_token(config)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
@@ -254,6 +273,44 @@ impl Client {
         }
         Ok(bytes)
     }
+}
+
+/// Where the running agent answers, for a file that does not load: `state-dir` and
+/// `[admin]` only change on a restart, so they are read leniently from the file (a
+/// mistake elsewhere in it does not matter here), else from the defaults, the
+/// environment and the flags.
+fn running_agent_config(args: &ConfigArgs) -> Option<Config> {
+    let table = args
+        .config
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .unwrap_or_default();
+    let admin = table.get("admin").and_then(toml::Value::as_table);
+    let admin_key = |name: &str| {
+        admin
+            .and_then(|a| a.get(name))
+            .and_then(toml::Value::as_str)
+    };
+    let found = [
+        (
+            "state-dir",
+            table.get("state-dir").and_then(toml::Value::as_str),
+        ),
+        ("admin.listen", admin_key("listen")),
+        ("admin.token-file", admin_key("token-file")),
+    ];
+    let mut flags: Vec<(&'static str, String)> = found
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, toml::Value::from(value?).to_string())))
+        .collect();
+    flags.extend(args.overrides());
+    let lenient = crate::config::ConfigSource { file: None, flags };
+    let plain = crate::config::ConfigSource {
+        file: None,
+        flags: args.overrides(),
+    };
+    lenient.load().or_else(|_| plain.load()).ok()
 }
 
 fn read_token(config: &Config) -> anyhow::Result<String> {

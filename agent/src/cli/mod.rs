@@ -5,6 +5,7 @@
 
 mod args;
 pub mod client;
+mod package_files;
 mod table;
 
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ pub fn main() -> ExitCode {
             .map_err(anyhow::Error::from),
         ),
         Command::Client(verb) => client::main(verb),
+        Command::PackageFiles { dir } => exit_code(package_files::write(&dir)),
     }
 }
 

@@ -1,0 +1,643 @@
+//! The Debian package on a real systemd: a minimal Debian 12 root (debootstrapped once,
+//! cached outside the repo), booted with `systemd-nspawn -b` as an ephemeral copy, the
+//! package installed with `apt install ./heapwarden_*.deb`, then checked the way an
+//! operator would: unit active and enabled, `STATUS=`, the service and admin ports,
+//! `heapwarden ps`, an honest `systemctl reload` (refused file → exit 1 and an error in
+//! `journalctl -p err`; good file applied), the watchdog restarting a SIGSTOPped agent,
+//! socket activation (first connection served; a bad config stops the socket instead of
+//! burning the start limit), a drained stop that leaves the cgroup empty, leak → profile
+//! → `heapwarden diff` under the hardened unit, two `heapwarden@` instances, `apt remove`
+//! and `apt purge`. A second boot follows the manual recipe for other distributions.
+//!
+//! Runs as root with debootstrap, systemd-nspawn and nsenter (scripts/test installs
+//! them); anywhere a container cannot boot it says why, loudly, and passes.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use heapwarden_tests::tools::repo_root;
+use heapwarden_tests::{Proc, TimeoutGuard, try_poll};
+
+/// Bump when the root's package set or setup changes: a new name is a fresh root.
+const ROOT_VERSION: &str = "bookworm-root-v1";
+const ROOT_PACKAGES: &str = "systemd,systemd-sysv,dbus,curl,procps,ca-certificates";
+const CONFIG: &str = "/etc/heapwarden/heapwarden.toml";
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("HEAPWARDEN_TEST_ROOT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/heapwarden-test"))
+}
+
+/// Why this machine cannot boot the container, if it cannot.
+fn cannot_boot() -> Option<String> {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        return Some("not root: systemd-nspawn and debootstrap need root".into());
+    }
+    for tool in ["systemd-nspawn", "nsenter", "debootstrap"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (scripts/test installs it)"
+            ));
+        }
+    }
+    None
+}
+
+fn run(mut cmd: Command, what: &str) -> Output {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The cached root: debootstrapped on the first run (a few minutes), reused afterwards.
+/// A lock file keeps two runs from building it at once.
+fn cached_root() -> (PathBuf, bool) {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).expect("cache dir");
+    let lock = std::fs::File::create(dir.join(".lock")).expect("lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the root cache");
+    let root = dir.join(ROOT_VERSION);
+    if root.join(".heapwarden-root-complete").exists() {
+        return (root, true);
+    }
+    let tmp = dir.join(format!("{ROOT_VERSION}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mirror = std::env::var("HEAPWARDEN_TEST_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    eprintln!(
+        "package tier: building the Debian 12 root in {} (once)",
+        root.display()
+    );
+    let mut debootstrap = Command::new("debootstrap");
+    debootstrap
+        .args([
+            "--variant=minbase",
+            &format!("--include={ROOT_PACKAGES}"),
+            "bookworm",
+        ])
+        .arg(&tmp)
+        .arg(mirror);
+    run(debootstrap, "debootstrap");
+    // Timers that would reach for the network or the disk in the middle of a test.
+    let mut mask = Command::new("systemctl");
+    mask.arg(format!("--root={}", tmp.display())).args([
+        "mask",
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "e2scrub_all.timer",
+        "fstrim.timer",
+    ]);
+    let _ = mask.output();
+    std::fs::write(tmp.join(".heapwarden-root-complete"), ROOT_VERSION).expect("marker");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&tmp, &root).expect("move the root into place");
+    (root, false)
+}
+
+/// A booted ephemeral copy of the root; commands run inside through nsenter.
+struct Container {
+    nspawn: Proc,
+    init: i32,
+}
+
+impl Container {
+    fn boot(root: &Path, binds: &[(&Path, &str)]) -> Container {
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
+            .args([
+                "-q",
+                "-b",
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "--ephemeral",
+                "-D",
+            ])
+            .arg(root);
+        for (host, guest) in binds {
+            cmd.arg(format!("--bind-ro={}:{guest}", host.display()));
+        }
+        let nspawn = Proc::spawn(cmd);
+        let parent = nspawn.pid();
+        let init = try_poll(Duration::from_secs(30), || child_of(parent))
+            .unwrap_or_else(|| panic!("systemd-nspawn started no init:\n{}", nspawn.logs.raw()));
+        let container = Container { nspawn, init };
+        let state = container.sh("systemctl is-system-running --wait");
+        let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+        assert!(
+            state == "running" || state == "degraded",
+            "the container did not boot: {state}\n{}",
+            container.nspawn.logs.raw()
+        );
+        container
+    }
+
+    /// `sh -c script` inside the container (all its namespaces), bounded by 150 s.
+    fn sh(&self, script: &str) -> Output {
+        Command::new("timeout")
+            .args(["150", "nsenter", "-t", &self.init.to_string(), "-a", "--"])
+            .args(["/bin/sh", "-c", script])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LANG", "C.UTF-8")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// [`Container::sh`], which must succeed; its stdout. A failure shows the journal.
+    fn ok(&self, script: &str) -> String {
+        let output = self.sh(script);
+        if !output.status.success() {
+            self.fail(&format!(
+                "`{script}` failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Polls `script` until it succeeds.
+    fn wait(&self, timeout: Duration, what: &str, script: &str) -> String {
+        match try_poll(timeout, || {
+            let output = self.sh(script);
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        }) {
+            Some(out) => out,
+            None => self.fail(&format!("timed out after {timeout:?} waiting for {what}")),
+        }
+    }
+
+    fn fail(&self, message: &str) -> ! {
+        let journal = self.sh("journalctl --no-pager -n 60 -o short-monotonic -u 'heapwarden*'");
+        panic!(
+            "{message}\n--- journal ---\n{}",
+            String::from_utf8_lossy(&journal.stdout)
+        );
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // Killing the container's init ends its PID namespace; nspawn then exits and
+        // removes the ephemeral copy.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.init),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.nspawn.wait_exit(Duration::from_secs(20));
+    }
+}
+
+fn child_of(parent: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+}
+
+/// Builds the package from the debug binaries the test run already built (one build at
+/// a time: the script stages its files in packaging/generated/).
+fn build_package(out: &Path) -> PathBuf {
+    let lock = std::fs::File::create(std::env::temp_dir().join("heapwarden-package-deb.lock"))
+        .expect("lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the package build");
+    let mut script = Command::new(repo_root().join("scripts/package-deb"));
+    script
+        .args(["--profile", "dev", "--no-build", "--fast", "--output"])
+        .arg(out);
+    run(script, "scripts/package-deb");
+    std::fs::read_dir(out)
+        .expect("package dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb was written")
+}
+
+fn timed<T>(figures: &mut Vec<(String, Duration)>, what: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let value = f();
+    figures.push((what.to_string(), start.elapsed()));
+    value
+}
+
+/// The instance configs: their own ports, one worker each; `a` leaks on purpose with
+/// rules tight enough to trip within seconds.
+fn instance_config(name: &str, service_port: u16, admin_port: u16, leak: bool) -> String {
+    let mut config = format!(
+        "state-dir = \"/var/lib/heapwarden/{name}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [pool]\nworkers = 1\nlisten = \"127.0.0.1:{service_port}\"\n"
+    );
+    if leak {
+        config.push_str(
+            "[sampling]\ninterval = \"500ms\"\n\
+             [watchdog]\nwarmup = \"2s\"\ngrowth = \"16MiB\"\nstrikes = 2\nmax-memory = \"off\"\n\
+             [demo]\nleak-rate = \"8MiB\"\n",
+        );
+    }
+    config
+}
+
+#[test]
+fn the_debian_package_on_a_real_systemd() {
+    if let Some(why) = cannot_boot() {
+        eprintln!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             SKIPPED: the Debian package tier cannot boot a container here: {why}\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let mut figures: Vec<(String, Duration)> = Vec::new();
+    let (root, cached) = timed(
+        &mut figures,
+        "cached root (debootstrap if missing)",
+        cached_root,
+    );
+    // With the root cached the tier stays under 4 minutes; the first build may be slow.
+    let _guard = TimeoutGuard::new(
+        "the_debian_package_on_a_real_systemd",
+        Duration::from_secs(if cached { 240 } else { 540 }),
+    );
+    let pkg_dir = tempfile::tempdir().expect("package dir");
+    let deb = timed(&mut figures, "cargo deb (debug binaries)", || {
+        build_package(pkg_dir.path())
+    });
+    let deb_name = deb
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
+    let deb_size = std::fs::metadata(&deb).expect("deb").len();
+
+    let c = timed(&mut figures, "boot the container", || {
+        Container::boot(&root, &[(pkg_dir.path(), "/pkg")])
+    });
+
+    // Install: the postinst creates the user and directories, enables and starts the
+    // service; `systemctl start` (Type=notify) returns once every worker is ready.
+    timed(&mut figures, "apt install -> service ready", || {
+        c.ok(&format!(
+            "apt-get install -y --no-download ./pkg/{deb_name}"
+        ));
+        c.ok("systemctl is-active heapwarden");
+    });
+    assert_eq!(c.ok("systemctl is-enabled heapwarden").trim(), "enabled");
+    assert_eq!(
+        c.ok("systemctl is-enabled heapwarden.socket || true")
+            .trim(),
+        "disabled"
+    );
+    c.ok("getent passwd heapwarden | grep -q ':/var/lib/heapwarden:/usr/sbin/nologin$'");
+    c.ok("test \"$(stat -c '%U %a' /var/lib/heapwarden)\" = 'heapwarden 700'");
+    c.ok("test -f /usr/lib/heapwarden/libheapwarden_preload.so && test -f /usr/share/man/man1/heapwarden-reload.1.gz");
+    let status = c.ok("systemctl show -p StatusText --value heapwarden");
+    assert!(status.contains("workers ready"), "STATUS= line: {status}");
+    c.ok("curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+    c.ok("curl -sf -o /dev/null 127.0.0.1:9464/readyz");
+    let ps = c.ok(&format!("heapwarden ps -c {CONFIG}"));
+    assert!(
+        ps.contains("SLOT") && ps.contains("ready"),
+        "heapwarden ps:\n{ps}"
+    );
+    // The CrashLooping runbook's grep finds a worker's records (`worker` is a number).
+    c.ok("journalctl -u heapwarden -o cat | grep -qE '\"worker\":[0-9]+[,}]'");
+    // Longer /compute requests for the drain check below (applied by the next reload).
+    c.ok(&format!(
+        "sed -i 's/^compute-max-rounds = .*/compute-max-rounds = 100000000000/' {CONFIG}"
+    ));
+
+    // Reload, refused: exit non-zero, the error in `journalctl -p err`, still serving.
+    c.ok(&format!(
+        "cp {CONFIG} /root/good.toml && sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
+    ));
+    let refused = c.sh("systemctl reload heapwarden");
+    assert!(
+        !refused.status.success(),
+        "a refused reload must fail systemctl reload"
+    );
+    c.wait(
+        Duration::from_secs(10),
+        "the refusal in journalctl -p err",
+        "journalctl -u heapwarden -p err -o cat | grep -q 'The reloaded config was refused'",
+    );
+    c.ok("systemctl is-active heapwarden && curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+    // Reload, good: applied (one worker more), and timed as an operator sees it.
+    c.ok(&format!(
+        "sed 's/^workers = 0$/workers = 3/' /root/good.toml > {CONFIG}"
+    ));
+    timed(&mut figures, "systemctl reload (good file)", || {
+        c.ok("systemctl reload heapwarden")
+    });
+    c.wait(
+        Duration::from_secs(90),
+        "three workers after the reload",
+        &format!("heapwarden ps --json -c {CONFIG} | tr -d ' \\n' | grep -o '\"ready\":true' | wc -l | grep -qx 3"),
+    );
+    c.ok(&format!("cp /root/good.toml {CONFIG}"));
+
+    // Two more agents side by side: heapwarden@a (leaking on purpose) and heapwarden@b.
+    c.ok(&format!(
+        "printf '%s' '{}' > /etc/heapwarden/a.toml && printf '%s' '{}' > /etc/heapwarden/b.toml",
+        instance_config("a", 8081, 9465, true),
+        instance_config("b", 8082, 9466, false)
+    ));
+    c.ok("systemctl start heapwarden@a heapwarden@b");
+    c.ok("curl -sf -o /dev/null 127.0.0.1:8082/items/1 && curl -sf -o /dev/null 127.0.0.1:9466/readyz");
+    for name in ["a", "b"] {
+        let ps = c.ok(&format!("heapwarden ps -c /etc/heapwarden/{name}.toml"));
+        assert!(ps.contains("ready"), "heapwarden@{name} ps:\n{ps}");
+    }
+    c.ok("test -d /var/lib/heapwarden/a && test -d /var/lib/heapwarden/b && test -d /run/heapwarden-a");
+    // Leak -> profile -> diff under the hardened unit.
+    let leak_id = try_poll(Duration::from_secs(90), || {
+        let out = c.sh("heapwarden profiles --json -c /etc/heapwarden/a.toml");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|p| p["trigger"] == "leak")
+            .map(|p| p["id"].to_string())
+    })
+    .unwrap_or_else(|| c.fail("no leak profile of heapwarden@a"));
+    let diff = c.ok(&format!(
+        "heapwarden diff -c /etc/heapwarden/a.toml {leak_id}"
+    ));
+    assert!(!diff.trim().is_empty(), "heapwarden diff printed nothing");
+    c.ok("systemctl stop heapwarden@a heapwarden@b");
+
+    // The watchdog: a stopped agent misses its WATCHDOG=1 and is killed and restarted
+    // (a drop-in shortens WatchdogSec=30s to keep the tier short; same mechanism).
+    c.ok("mkdir -p /run/systemd/system/heapwarden.service.d && printf '[Service]\\nWatchdogSec=8s\\n' > /run/systemd/system/heapwarden.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart heapwarden");
+    let before = c.ok("systemctl show -p MainPID --value heapwarden");
+    c.ok(&format!("kill -STOP {}", before.trim()));
+    c.wait(
+        Duration::from_secs(60),
+        "the watchdog restart",
+        &format!(
+            "test \"$(systemctl show -p NRestarts --value heapwarden)\" -ge 1 && systemctl is-active heapwarden && test \"$(systemctl show -p MainPID --value heapwarden)\" != {}",
+            before.trim()
+        ),
+    );
+    c.ok("journalctl -u heapwarden -o cat | grep -qi 'watchdog timeout'");
+    c.ok("rm -r /run/systemd/system/heapwarden.service.d && systemctl daemon-reload");
+
+    // Stop drains: an in-flight request finishes, then nothing is left in the cgroup.
+    // Sized to take about 3 s on this machine (well inside drain-timeout = 30s).
+    let compute = |rounds: u64| {
+        format!(
+            "curl -sf -o /root/compute.out -w '%{{time_total}}' -X POST -H 'content-type: application/json' \
+             -d '{{\"password\":\"p\",\"rounds\":{rounds}}}' 127.0.0.1:8080/compute"
+        )
+    };
+    let probe_rounds = 20_000_000u64;
+    let took: f64 = c
+        .ok(&compute(probe_rounds))
+        .trim()
+        .parse()
+        .expect("curl time");
+    let rounds = ((probe_rounds as f64) * 3.0 / took.max(0.001)) as u64;
+    c.ok(&format!(
+        "{} > /dev/null 2>&1 & echo $! > /root/curl.pid",
+        compute(rounds)
+    ));
+    // In flight: the connection is established (port 8080 = 1F90, state 01).
+    c.wait(
+        Duration::from_secs(10),
+        "the request in flight",
+        "grep -q ':1F90 [0-9A-F:]* 01 ' /proc/net/tcp",
+    );
+    c.ok("systemctl stop heapwarden");
+    c.ok("while kill -0 $(cat /root/curl.pid) 2>/dev/null; do sleep 0.1; done; grep -q digest /root/compute.out");
+    let procs = c.sh("cat /sys/fs/cgroup/system.slice/heapwarden.service/cgroup.procs 2>/dev/null");
+    assert!(
+        String::from_utf8_lossy(&procs.stdout).trim().is_empty(),
+        "processes left in the cgroup after stop: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+
+    // Socket activation: the first connection starts the agent and is served.
+    c.ok("systemctl start heapwarden.socket");
+    c.ok("curl -sf --max-time 120 -o /dev/null 127.0.0.1:8080/items/1 && systemctl is-active heapwarden");
+    // A bad config with the socket: exit 64 stops the socket (refused, not queued), one
+    // start only, and `systemctl start heapwarden.socket heapwarden` recovers.
+    c.ok("systemctl stop heapwarden");
+    c.ok(&format!(
+        "sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
+    ));
+    c.ok("systemctl reset-failed heapwarden heapwarden.socket 2>/dev/null; systemctl start heapwarden.socket");
+    let _ = c.sh("curl -s --max-time 30 -o /dev/null 127.0.0.1:8080/items/1");
+    c.wait(
+        Duration::from_secs(30),
+        "the socket stopped after exit 64",
+        "systemctl is-failed heapwarden >/dev/null && ! systemctl is-active heapwarden.socket >/dev/null",
+    );
+    for _ in 0..6 {
+        let refused = c.sh("curl -s --max-time 5 -o /dev/null 127.0.0.1:8080/items/1");
+        assert!(
+            !refused.status.success(),
+            "a connection was accepted without an agent"
+        );
+    }
+    let socket_result = c.ok("systemctl show -p Result --value heapwarden.socket");
+    assert_ne!(socket_result.trim(), "service-start-limit-hit");
+    let status = c.ok("systemctl show -p ExecMainStatus --value heapwarden");
+    assert_eq!(status.trim(), "64");
+    c.ok(&format!("cp /root/good.toml {CONFIG}"));
+    c.ok("systemctl start heapwarden.socket heapwarden && curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+
+    // Remove stops everything and keeps state and user; purge removes both.
+    c.ok("apt-get remove -y heapwarden");
+    let active = c.sh("systemctl is-active heapwarden heapwarden.socket");
+    let states = String::from_utf8_lossy(&active.stdout).into_owned();
+    assert!(
+        states.lines().all(|l| l != "active"),
+        "still active after apt remove: {states}"
+    );
+    c.ok("! pgrep -u heapwarden >/dev/null");
+    c.ok("test -d /var/lib/heapwarden && getent passwd heapwarden >/dev/null");
+    c.ok("apt-get purge -y heapwarden");
+    c.ok("test ! -e /var/lib/heapwarden && ! getent passwd heapwarden >/dev/null");
+    drop(c);
+
+    // The manual recipe (other distributions), in a fresh copy of the root.
+    let systemd_dir = repo_root().join("systemd");
+    let unpacked = tempfile::tempdir().expect("unpacked");
+    run(
+        {
+            let mut x = Command::new("dpkg-deb");
+            x.arg("-x").arg(&deb).arg(unpacked.path());
+            x
+        },
+        "dpkg-deb -x",
+    );
+    let m = timed(
+        &mut figures,
+        "manual recipe (boot + install + ready)",
+        || {
+            let m = Container::boot(
+                &root,
+                &[
+                    (systemd_dir.as_path(), "/src/systemd"),
+                    (unpacked.path(), "/src/pkg"),
+                ],
+            );
+            m.ok(MANUAL_RECIPE);
+            m
+        },
+    );
+    m.ok("systemctl is-active heapwarden && systemctl is-enabled heapwarden");
+    m.ok("curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+    m.ok(&format!("heapwarden ps -c {CONFIG} | grep -q ready"));
+    m.ok(&format!(
+        "sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
+    ));
+    assert!(!m.sh("systemctl reload heapwarden").status.success());
+    drop(m);
+
+    figures.push(("whole tier".into(), started.elapsed()));
+    eprintln!(
+        "package tier figures (root {}):",
+        if cached { "cached" } else { "built" }
+    );
+    eprintln!("  package size: {deb_size} bytes ({deb_name}, debug binaries, gzip)");
+    for (what, took) in &figures {
+        eprintln!("  {what}: {:.1} s", took.as_secs_f64());
+    }
+}
+
+/// The README's manual install, for distributions without the package: the same
+/// files from the repository (units, snippets, config) and the binaries.
+const MANUAL_RECIPE: &str = r#"set -e
+install -m 0755 /src/pkg/usr/bin/heapwarden /usr/local/bin/heapwarden
+install -m 0755 /src/pkg/usr/bin/heapwarden-demo /usr/local/bin/heapwarden-demo
+install -D -m 0644 /src/pkg/usr/lib/heapwarden/libheapwarden_preload.so /usr/local/lib/heapwarden/libheapwarden_preload.so
+install -m 0644 /src/systemd/heapwarden.service /etc/systemd/system/heapwarden.service
+install -m 0644 /src/systemd/heapwarden.socket /etc/systemd/system/heapwarden.socket
+install -D -m 0644 /src/systemd/heapwarden.sysusers /usr/lib/sysusers.d/heapwarden.conf
+install -D -m 0644 /src/systemd/heapwarden.tmpfiles /usr/lib/tmpfiles.d/heapwarden.conf
+systemd-sysusers heapwarden.conf
+systemd-tmpfiles --create heapwarden.conf
+install -m 0644 /src/systemd/heapwarden.toml /etc/heapwarden/heapwarden.toml
+heapwarden check-config -c /etc/heapwarden/heapwarden.toml
+systemctl daemon-reload
+systemctl enable --now heapwarden
+"#;
+
+/// `lintian` on the package: no errors and no warnings beyond the overrides the package
+/// ships (packaging/lintian-overrides says why each one is there).
+#[test]
+fn lintian_finds_nothing_to_fix() {
+    let has_lintian = Command::new("sh")
+        .args(["-c", "command -v lintian && command -v cargo-deb"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_lintian {
+        eprintln!(
+            "\n!!!! SKIPPED: lintian or cargo-deb is not installed (scripts/test installs both) !!!!\n"
+        );
+        return;
+    }
+    let _guard = TimeoutGuard::new("lintian_finds_nothing_to_fix", Duration::from_secs(280));
+    let pkg_dir = tempfile::tempdir().expect("package dir");
+    let deb = build_package(pkg_dir.path());
+    let mut lintian = Command::new("lintian");
+    lintian.args(["--fail-on", "error,warning"]).arg(&deb);
+    let output = run(lintian, "lintian");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "lintian:\n{report}"
+    );
+}
+
+/// heapwarden@.service is heapwarden.service with per-instance names, and nothing
+/// else: a change to one that the other lacks fails here. `HEAPWARDEN_BLESS=1`
+/// rewrites the template from the service.
+#[test]
+fn the_template_unit_is_the_service_per_instance() {
+    let dir = repo_root().join("systemd");
+    let service = std::fs::read_to_string(dir.join("heapwarden.service")).expect("service");
+    let template = std::fs::read_to_string(dir.join("heapwarden@.service")).expect("template");
+    let marker = "# ---- heapwarden.service, per instance ----\n";
+    let (header, body) = template
+        .split_once(marker)
+        .expect("the template's marker line");
+    let mut expected = service.clone();
+    for (from, to) in [
+        (
+            "Description=heapwarden memory-leak watchdog and worker supervisor",
+            "Description=heapwarden memory-leak watchdog and worker supervisor (%i)",
+        ),
+        ("/etc/heapwarden/heapwarden.toml", "/etc/heapwarden/%i.toml"),
+        (
+            "\nStateDirectory=heapwarden\n",
+            "\nStateDirectory=heapwarden/%i\n",
+        ),
+        (
+            "\nRuntimeDirectory=heapwarden\n",
+            "\nRuntimeDirectory=heapwarden-%i\n",
+        ),
+        (
+            "\nSyslogIdentifier=heapwarden\n",
+            "\nSyslogIdentifier=heapwarden@%i\n",
+        ),
+        ("stop heapwarden.socket", "stop heapwarden@%i.socket"),
+    ] {
+        assert!(expected.contains(from), "heapwarden.service lost {from:?}");
+        expected = expected.replace(from, to);
+    }
+    if std::env::var_os("HEAPWARDEN_BLESS").is_some() {
+        std::fs::write(
+            dir.join("heapwarden@.service"),
+            format!("{header}{marker}{expected}"),
+        )
+        .expect("rewrite the template");
+        return;
+    }
+    assert!(
+        body == expected,
+        "systemd/heapwarden@.service is out of step with heapwarden.service; \
+         rewrite it with HEAPWARDEN_BLESS=1 cargo test -p heapwarden-tests --test package \
+         the_template_unit"
+    );
+}
