@@ -1,7 +1,7 @@
 //! The `heapwarden` binary: every role dispatches from `cli::main`.
 
 // The agent runs on the C library's allocator: it measured smaller than jemalloc with
-// 8 workers (README, "Agent footprint"). `--features jemalloc` builds the other variant
+// 8 workers (docs/src/internals/performance.md, "Agent footprint"). `--features jemalloc` builds the other variant
 // for that comparison.
 #[cfg(feature = "jemalloc")]
 heapwarden_probes::install!();

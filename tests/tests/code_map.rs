@@ -1,4 +1,4 @@
-//! The README's code map stays true: its tables name exactly the workspace members and the
+//! The book's code map (`docs/src/internals/architecture.md`) stays true: its tables name exactly the workspace members and the
 //! `agent/src/` entries, each crate's path dependencies and each agent module's
 //! `crate::…` paths stay within the row's "may use" column, and every row uses only rows
 //! below it (the layers only use the layers below them; `cli` is the top).
@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use heapwarden_tests::tools::repo_root;
+
+/// The page that holds the code map tables.
+const CODE_MAP: &str = "docs/src/internals/architecture.md";
 
 /// `agent/src/demo/` is moving to the `demo/` crate (issue 10, part 1): until it has,
 /// the agent's copy is outside the map and the `demo/` row may name no member yet.
@@ -17,13 +20,13 @@ struct Row {
     may_use: Vec<String>,
 }
 
-/// The rows of the README table whose header starts with `| {first} |`, top first.
+/// The rows of the code-map table whose header starts with `| {first} |`, top first.
 fn table(readme: &str, first: &str) -> Vec<Row> {
     let header = format!("| {first} |");
     let mut lines = readme.lines().skip_while(|l| !l.starts_with(&header));
     assert!(
         lines.next().is_some(),
-        "README has no table starting {header}"
+        "{CODE_MAP} has no table starting {header}"
     );
     lines
         .skip(1)
@@ -141,7 +144,7 @@ fn covering<'a>(rows: &'a [Row], member: &str) -> Option<&'a Row> {
 #[test]
 fn crates_match_the_code_map_and_depend_only_on_what_it_allows() {
     let root = repo_root();
-    let readme = read(&root.join("README.md"));
+    let readme = read(&root.join(CODE_MAP));
     let rows = table(&readme, "crate folder");
     check_layering(&rows, "crates");
     let members = members(&root);
@@ -184,7 +187,7 @@ fn crates_match_the_code_map_and_depend_only_on_what_it_allows() {
 #[test]
 fn agent_modules_match_the_code_map_and_use_only_the_layers_below() {
     let root = repo_root();
-    let readme = read(&root.join("README.md"));
+    let readme = read(&root.join(CODE_MAP));
     let rows = table(&readme, "`agent/src/`");
     check_layering(&rows, "agent/src");
     assert_eq!(

@@ -154,10 +154,10 @@ fn alert_rules_use_known_metrics_and_runbooks() {
             }
         } else if let Some(url) = line.strip_prefix("runbook_url: ") {
             let alert = alerts.last().expect("runbook_url follows its alert");
-            let anchor = format!("README.md#alert-{}\"", alert.to_lowercase());
+            let page = format!("docs/src/oncall/runbooks/{}.md\"", alert.to_lowercase());
             assert!(
-                url.ends_with(&anchor),
-                "{alert}: runbook_url {url} must end in {anchor}"
+                url.ends_with(&page),
+                "{alert}: runbook_url {url} must end in {page}"
             );
         }
     }
@@ -173,14 +173,18 @@ fn alert_rules_use_known_metrics_and_runbooks() {
             "alert {required} missing"
         );
     }
-    // The runbook links land on "### Alert: <Name>" headings of the README.
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_default();
+    // Each runbook link lands on a page of the book whose title is "Alert: <Name>".
     let missing: Vec<_> = alerts
         .iter()
-        .filter(|a| !readme.contains(&format!("### Alert: {a}\n")))
+        .filter(|a| {
+            let page =
+                repo_root().join(format!("docs/src/oncall/runbooks/{}.md", a.to_lowercase()));
+            let text = std::fs::read_to_string(page).unwrap_or_default();
+            !text.starts_with(&format!("# Alert: {a}\n"))
+        })
         .collect();
     assert!(
         missing.is_empty(),
-        "README.md lacks runbook headings for {missing:?}"
+        "docs/src/oncall/runbooks lacks a page titled \"# Alert: <Name>\" for {missing:?}"
     );
 }

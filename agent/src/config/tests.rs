@@ -165,3 +165,40 @@ proptest::proptest! {
         }
     }
 }
+
+/// The book's configuration page lists every key of the schema in its section table, so a
+/// key added to the schema and not to the docs fails here (the reference page includes
+/// `systemd/heapwarden.toml`, which the test above keeps complete).
+#[test]
+fn the_configuration_page_names_every_key() {
+    const PAGE: &str = include_str!("../../../docs/src/operate/configuration.md");
+    let rows: Vec<(&str, &str)> = PAGE
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split_once(" | "))
+        .collect();
+    let mut missing = Vec::new();
+    for key in known_keys() {
+        // A section the agent keeps opaque ([demo]) is one key with a row of its own.
+        if rows.iter().any(|(cell, _)| *cell == format!("`[{key}]`")) {
+            continue;
+        }
+        let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+        let first = if section.is_empty() {
+            "top".to_string()
+        } else {
+            format!("`[{section}]`")
+        };
+        let Some((_, keys)) = rows.iter().find(|(cell, _)| *cell == first) else {
+            missing.push(key.clone());
+            continue;
+        };
+        if !keys.contains(&format!("`{leaf}`")) {
+            missing.push(key.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/src/operate/configuration.md does not list {missing:?}"
+    );
+}

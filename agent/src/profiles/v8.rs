@@ -4,7 +4,7 @@
 //! store, retention, `heapwarden diff` and `go tool pprof -base` work unchanged and name
 //! the JavaScript function that allocated what is still live.
 //!
-//! Input (`heapwarden-v8-sampling`, version 1, see the README's "Control protocol"):
+//! Input (`heapwarden-v8-sampling`, version 1, see docs/src/workers/protocol.md):
 //! `nodes: [[id, parent, functionName, url, line, column, selfSize], …]` (V8's call tree,
 //! flattened; `selfSize` is V8's estimate of live bytes, already scaled for sampling),
 //! `samples: [[nodeId, size], …]` (one row per sampled live object), and

@@ -51,7 +51,7 @@ fn gc_sawtooth_never_trips_over_30_minutes() {
         ..defaults()
     };
     // A ramp as long as the window is indistinguishable from a leak inside it, so the
-    // window must span several GC cycles (README: "Leak rules"); periods up to a quarter
+    // window must span several GC cycles (docs/src/operate/leak-rules.md); periods up to a quarter
     // of the window are covered here.
     for config in [defaults(), short_window] {
         let longest = config.trend_window.as_secs() / 4;

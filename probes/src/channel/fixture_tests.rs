@@ -1,5 +1,5 @@
-//! The written protocol (`probes/protocol/frames.json`, described in the README's
-//! "Control protocol" section) against these types: every example body decodes, survives
+//! The written protocol (`probes/protocol/frames.json`, described in
+//! `docs/src/workers/protocol.md`) against these types: every example body decodes, survives
 //! an encode/decode roundtrip as the same message, and every invalid body is refused.
 //! The Node probe's test decodes the same file, so both probes answer to one description.
 

@@ -1,7 +1,7 @@
 //! The messages of the control channel, in both directions. Serialised as JSON objects
 //! tagged by `type`, so a frame body reads like `{"type":"ping","seq":7}`.
 //!
-//! The README's "Control protocol" section is the written contract; the example frames in
+//! docs/src/workers/protocol.md is the written contract; the example frames in
 //! `probes/protocol/frames.json` are decoded by these types (channel tests) and by the
 //! Node probe's own test, so both probes answer to one description. Fields added after
 //! version 1 shipped carry `#[serde(default)]`, so older probes still parse.
@@ -51,7 +51,7 @@ pub enum DumpFormat {
     /// jemalloc's `prof.dump` text (with the process's mappings).
     #[default]
     Jemalloc,
-    /// V8's sampling heap profile, flattened by the Node probe (see the README).
+    /// V8's sampling heap profile, flattened by the Node probe (see docs/src/workers/protocol.md).
     V8Sampling,
     /// `v8.writeHeapSnapshot()` output, stored as is.
     V8Snapshot,
