@@ -139,11 +139,17 @@ impl Container {
         let init = try_poll(Duration::from_secs(30), || child_of(parent))
             .unwrap_or_else(|| panic!("systemd-nspawn started no init:\n{}", nspawn.logs.raw()));
         let container = Container { nspawn, init };
-        let state = container.sh("systemctl is-system-running --wait");
-        let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+        // "offline" until systemd listens on its private socket; then --wait waits for
+        // the boot to finish.
+        let mut last = String::new();
+        let booted = try_poll(Duration::from_secs(60), || {
+            let state = container.sh("systemctl is-system-running --wait");
+            last = String::from_utf8_lossy(&state.stdout).trim().to_string();
+            (last == "running" || last == "degraded").then_some(())
+        });
         assert!(
-            state == "running" || state == "degraded",
-            "the container did not boot: {state}\n{}",
+            booted.is_some(),
+            "the container did not boot: {last}\n{}",
             container.nspawn.logs.raw()
         );
         container
@@ -153,7 +159,7 @@ impl Container {
     fn sh(&self, script: &str) -> Output {
         Command::new("timeout")
             .args(["150", "nsenter", "-t", &self.init.to_string(), "-a", "--"])
-            .args(["/bin/sh", "-c", script])
+            .args(["/bin/sh", "-c", &format!("cd /root && {script}")])
             .env_clear()
             .env(
                 "PATH",
@@ -214,18 +220,15 @@ impl Drop for Container {
     }
 }
 
+/// The container's init: the child of nspawn that has become systemd (nspawn forks
+/// helpers of its own name first).
 fn child_of(parent: i32) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.find_map(|entry| {
         let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: i32 = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        (ppid == parent).then_some(pid)
+        let (comm, rest) = stat.rsplit_once(')')?;
+        let ppid: i32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && comm.ends_with("(systemd")).then_some(pid)
     })
 }
 
@@ -315,9 +318,7 @@ fn the_debian_package_on_a_real_systemd() {
     // Install: the postinst creates the user and directories, enables and starts the
     // service; `systemctl start` (Type=notify) returns once every worker is ready.
     timed(&mut figures, "apt install -> service ready", || {
-        c.ok(&format!(
-            "apt-get install -y --no-download ./pkg/{deb_name}"
-        ));
+        c.ok(&format!("apt-get install -y /pkg/{deb_name}"));
         c.ok("systemctl is-active heapwarden");
     });
     assert_eq!(c.ok("systemctl is-enabled heapwarden").trim(), "enabled");
@@ -455,7 +456,13 @@ fn the_debian_package_on_a_real_systemd() {
 
     // Socket activation: the first connection starts the agent and is served.
     c.ok("systemctl start heapwarden.socket");
-    c.ok("curl -sf --max-time 120 -o /dev/null 127.0.0.1:8080/items/1 && systemctl is-active heapwarden");
+    c.ok("curl -sf --max-time 120 -o /dev/null 127.0.0.1:8080/items/1");
+    // The first worker serves before the whole pool is ready (READY=1).
+    c.wait(
+        Duration::from_secs(60),
+        "the socket-activated agent ready",
+        "systemctl is-active heapwarden",
+    );
     // A bad config with the socket: exit 64 stops the socket (refused, not queued), one
     // start only, and `systemctl start heapwarden.socket heapwarden` recovers.
     c.ok("systemctl stop heapwarden");
