@@ -277,33 +277,15 @@ impl Client {
 
 /// Where the running agent answers, for a file that does not load: `state-dir` and
 /// `[admin]` only change on a restart, so they are read leniently from the file (a
-/// mistake elsewhere in it does not matter here), else from the defaults, the
-/// environment and the flags.
+/// mistake elsewhere in it, even a syntax error, does not matter here), else from the
+/// defaults, the environment and the flags.
 fn running_agent_config(args: &ConfigArgs) -> Option<Config> {
-    let table = args
+    let text = args
         .config
         .as_ref()
         .and_then(|path| std::fs::read_to_string(path).ok())
-        .and_then(|text| text.parse::<toml::Table>().ok())
         .unwrap_or_default();
-    let admin = table.get("admin").and_then(toml::Value::as_table);
-    let admin_key = |name: &str| {
-        admin
-            .and_then(|a| a.get(name))
-            .and_then(toml::Value::as_str)
-    };
-    let found = [
-        (
-            "state-dir",
-            table.get("state-dir").and_then(toml::Value::as_str),
-        ),
-        ("admin.listen", admin_key("listen")),
-        ("admin.token-file", admin_key("token-file")),
-    ];
-    let mut flags: Vec<(&'static str, String)> = found
-        .into_iter()
-        .filter_map(|(key, value)| Some((key, toml::Value::from(value?).to_string())))
-        .collect();
+    let mut flags = restart_only_keys(&text);
     flags.extend(args.overrides());
     let lenient = crate::config::ConfigSource { file: None, flags };
     let plain = crate::config::ConfigSource {
@@ -311,6 +293,36 @@ fn running_agent_config(args: &ConfigArgs) -> Option<Config> {
         flags: args.overrides(),
     };
     lenient.load().or_else(|_| plain.load()).ok()
+}
+
+/// `state-dir`, `admin.listen` and `admin.token-file` as overrides, read line by line
+/// so that a broken line elsewhere in the file does not hide them.
+fn restart_only_keys(text: &str) -> Vec<(&'static str, String)> {
+    let mut section = String::new();
+    let mut found = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            section = header.split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = match (section.as_str(), key.trim()) {
+            ("", "state-dir") => "state-dir",
+            ("admin", "listen") => "admin.listen",
+            ("admin", "token-file") => "admin.token-file",
+            _ => continue,
+        };
+        let parsed = format!("v = {}", value.trim()).parse::<toml::Table>();
+        if let Some(value) = parsed
+            .ok()
+            .and_then(|t| t.get("v")?.as_str().map(String::from))
+        {
+            found.push((key, toml::Value::from(value).to_string()));
+        }
+    }
+    found
 }
 
 fn read_token(config: &Config) -> anyhow::Result<String> {
@@ -326,4 +338,23 @@ fn read_token(config: &Config) -> anyhow::Result<String> {
         )
     })?;
     Ok(token.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_only_keys;
+
+    #[test]
+    fn restart_only_keys_survive_a_broken_file() {
+        let text = "state-dir = \"/var/lib/heapwarden/a\"\n[pool]\nworkers = = 2\nlisten = \"x\"\n\
+                    [admin] # the API\nlisten = \"127.0.0.1:9465\" # port\ntoken-file = 3\n";
+        assert_eq!(
+            restart_only_keys(text),
+            vec![
+                ("state-dir", "\"/var/lib/heapwarden/a\"".to_string()),
+                ("admin.listen", "\"127.0.0.1:9465\"".to_string()),
+            ]
+        );
+        assert!(restart_only_keys("[admin]\nlisten = \"unterminated\n").is_empty());
+    }
 }
