@@ -13,36 +13,14 @@
 //! them); anywhere a container cannot boot it says why, loudly, and passes.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use heapwarden_tests::nspawn::{Container, cached_root, cannot_boot, run};
-use heapwarden_tests::tools::repo_root;
+use heapwarden_tests::tools::{build_deb, repo_root};
 use heapwarden_tests::{TimeoutGuard, try_poll};
 
 const CONFIG: &str = "/etc/heapwarden/heapwarden.toml";
-
-/// Builds the package from the debug binaries the test run already built (one build at
-/// a time: the script stages its files in packaging/generated/).
-fn build_package(out: &Path) -> PathBuf {
-    let lock = std::fs::File::create(std::env::temp_dir().join("heapwarden-package-deb.lock"))
-        .expect("lock file");
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the package build");
-    let mut script = Command::new(repo_root().join("scripts/package-deb"));
-    script
-        .args(["--profile", "dev", "--no-build", "--fast", "--output"])
-        .arg(out);
-    run(script, "scripts/package-deb");
-    std::fs::read_dir(out)
-        .expect("package dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("a .deb was written")
-}
 
 fn timed<T>(figures: &mut Vec<(String, Duration)>, what: &str, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
@@ -93,7 +71,7 @@ fn the_debian_package_on_a_real_systemd() {
     );
     let pkg_dir = tempfile::tempdir().expect("package dir");
     let deb = timed(&mut figures, "cargo deb (debug binaries)", || {
-        build_package(pkg_dir.path())
+        build_deb(pkg_dir.path())
     });
     let deb_name = deb
         .file_name()
@@ -381,84 +359,3 @@ heapwarden check-config -c /etc/heapwarden/heapwarden.toml
 systemctl daemon-reload
 systemctl enable --now heapwarden
 "#;
-
-/// `lintian` on the package: no errors and no warnings beyond the overrides the package
-/// ships (packaging/lintian-overrides says why each one is there).
-#[test]
-fn lintian_finds_nothing_to_fix() {
-    let has_lintian = Command::new("sh")
-        .args(["-c", "command -v lintian && command -v cargo-deb"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_lintian {
-        eprintln!(
-            "\n!!!! SKIPPED: lintian or cargo-deb is not installed (scripts/test installs both) !!!!\n"
-        );
-        return;
-    }
-    let _guard = TimeoutGuard::new("lintian_finds_nothing_to_fix", Duration::from_secs(280));
-    let pkg_dir = tempfile::tempdir().expect("package dir");
-    let deb = build_package(pkg_dir.path());
-    let mut lintian = Command::new("lintian");
-    lintian.args(["--fail-on", "error,warning"]).arg(&deb);
-    let output = run(lintian, "lintian");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        !report
-            .lines()
-            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
-        "lintian:\n{report}"
-    );
-}
-
-/// heapwarden@.service is heapwarden.service with per-instance names, and nothing
-/// else: a change to one that the other lacks fails here. `HEAPWARDEN_BLESS=1`
-/// rewrites the template from the service.
-#[test]
-fn the_template_unit_is_the_service_per_instance() {
-    let dir = repo_root().join("systemd");
-    let service = std::fs::read_to_string(dir.join("heapwarden.service")).expect("service");
-    let template = std::fs::read_to_string(dir.join("heapwarden@.service")).expect("template");
-    let marker = "# ---- heapwarden.service, per instance ----\n";
-    let (header, body) = template
-        .split_once(marker)
-        .expect("the template's marker line");
-    let mut expected = service.clone();
-    for (from, to) in [
-        (
-            "Description=heapwarden memory-leak watchdog and worker supervisor",
-            "Description=heapwarden memory-leak watchdog and worker supervisor (%i)",
-        ),
-        ("/etc/heapwarden/heapwarden.toml", "/etc/heapwarden/%i.toml"),
-        (
-            "\nStateDirectory=heapwarden\n",
-            "\nStateDirectory=heapwarden/%i\n",
-        ),
-        (
-            "\nRuntimeDirectory=heapwarden\n",
-            "\nRuntimeDirectory=heapwarden-%i\n",
-        ),
-        (
-            "\nSyslogIdentifier=heapwarden\n",
-            "\nSyslogIdentifier=heapwarden@%i\n",
-        ),
-        ("stop heapwarden.socket", "stop heapwarden@%i.socket"),
-    ] {
-        assert!(expected.contains(from), "heapwarden.service lost {from:?}");
-        expected = expected.replace(from, to);
-    }
-    if std::env::var_os("HEAPWARDEN_BLESS").is_some() {
-        std::fs::write(
-            dir.join("heapwarden@.service"),
-            format!("{header}{marker}{expected}"),
-        )
-        .expect("rewrite the template");
-        return;
-    }
-    assert!(
-        body == expected,
-        "systemd/heapwarden@.service is out of step with heapwarden.service; \
-         rewrite it with HEAPWARDEN_BLESS=1 cargo test -p heapwarden-tests --test package \
-         the_template_unit"
-    );
-}
