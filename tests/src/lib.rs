@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http;
+pub mod nspawn;
 pub mod promql;
 pub mod pyroscope;
 pub mod tools;

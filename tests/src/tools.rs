@@ -70,3 +70,25 @@ pub fn assert_success(what: &str, output: &Output) {
         text(output)
     );
 }
+
+/// Builds the package from the debug binaries the test run already built (one build at
+/// a time: the script stages its files in packaging/generated/).
+pub fn build_deb(out: &Path) -> PathBuf {
+    let lock = std::fs::File::create(std::env::temp_dir().join("heapwarden-package-deb.lock"))
+        .expect("lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the package build");
+    let mut script = Command::new(repo_root().join("scripts/package-deb"));
+    script
+        .args(["--profile", "dev", "--no-build", "--fast", "--output"])
+        .arg(out);
+    let output = script.output().expect("run scripts/package-deb");
+    assert_success("scripts/package-deb", &output);
+    std::fs::read_dir(out)
+        .expect("package dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb was written")
+}

@@ -70,13 +70,16 @@ fn sysusers_and_tmpfiles_apply() {
     let systemd = repo_root().join("systemd");
     let root = tempfile::tempdir().expect("temp dir");
     for (src, dest) in [
-        ("heapwarden.sysusers", "etc/sysusers.d/heapwarden.conf"),
-        ("heapwarden.tmpfiles", "etc/tmpfiles.d/heapwarden.conf"),
+        ("heapwarden.sysusers", "usr/lib/sysusers.d/heapwarden.conf"),
+        ("heapwarden.tmpfiles", "usr/lib/tmpfiles.d/heapwarden.conf"),
     ] {
         let dest = root.path().join(dest);
         std::fs::create_dir_all(dest.parent().expect("has a parent")).expect("mkdir");
         std::fs::copy(systemd.join(src), dest).expect("install snippet");
     }
+    // Installed under /usr/lib like the package does (Debian 12 has no /etc/sysusers.d);
+    // sysusers still writes /etc/passwd.
+    std::fs::create_dir_all(root.path().join("etc")).expect("mkdir etc");
     let mut sysusers = Command::new("systemd-sysusers");
     sysusers.arg(format!("--root={}", root.path().display()));
     let output = run_tool(sysusers, "systemd");

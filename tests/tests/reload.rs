@@ -329,3 +329,37 @@ fn the_api_and_the_cli_answer_a_reload_with_its_outcome() {
     );
     poll_until(SECS(10), "the reload", || r.reloads() == 1);
 }
+
+/// `systemctl reload` runs `heapwarden reload`: a file the CLI cannot even parse must
+/// still reach the agent (its admin address and token come from the file leniently), so
+/// the agent logs the refusal and the CLI exits 1 with the errors.
+#[test]
+fn the_cli_reaches_the_agent_with_a_file_it_cannot_load() {
+    let _guard = TimeoutGuard::new("reload_unparsable", SECS(90));
+    let r = Reloadable::start(&pool(1));
+    let pids = r.wait_ready_slots(1);
+    // Valid TOML where the CLI needs it (state-dir, [admin]), a broken line below.
+    let state = r.sandbox.path().join("state");
+    let broken = format!(
+        "state-dir = {:?}\n[admin]\nlisten = \"{}\"\n[pool]\nworkers = = 2\n",
+        state.display().to_string(),
+        r.admin
+    );
+    r.sandbox.write("heapwarden.toml", &broken);
+    let out = std::process::Command::new(heapwarden())
+        .arg("reload")
+        .arg("-c")
+        .arg(r.sandbox.path().join("heapwarden.toml"))
+        .env_remove("HEAPWARDEN_CONFIG")
+        .output()
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("HTTP 422"), "the agent answered: {stderr}");
+    r.agent.logs.wait_for(
+        SECS(10),
+        "the refusal logged by the agent",
+        msg("The reloaded config was refused; the running config stays."),
+    );
+    assert_eq!(r.wait_ready_slots(1), pids, "nothing was replaced");
+}

@@ -28,6 +28,9 @@ pub enum Command {
     /// Internal: convert a raw jemalloc dump to a symbolized pprof profile.
     #[command(name = "__convert-profile", hide = true)]
     ConvertProfile(ConvertArgs),
+    /// Internal: write the man pages and shell completions into DIR (for packaging).
+    #[command(name = "__package-files", hide = true)]
+    PackageFiles { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -90,7 +90,8 @@ pub enum Verb {
         #[command(flatten)]
         common: Common,
     },
-    /// Replace every worker, one at a time.
+    /// Reload the config: the agent validates it (a refused file prints every error and
+    /// exits 1, the running config stays), then replaces every worker, one at a time.
     Reload(Common),
 }
 
@@ -255,7 +256,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             })
         }
         Verb::Reload(common) => {
-            let reply = Client::new(&common)?.post_json("/reload")?;
+            let reply = Client::for_reload(&common)?.post_json("/reload")?;
             // A refused file is an error (the agent's 422 names every key).
             print_out(&common, &reply, |reply| {
                 if reply["replaces_workers"] == false {
@@ -481,7 +482,23 @@ fn locate(args: &ConfigArgs) -> anyhow::Result<(Config, String)> {
 impl Client {
     fn new(common: &Common) -> anyhow::Result<Client> {
         let (config, found) = locate(&common.config)?;
-        let token_path = token_path(&config);
+        Client::from_config(&config, found)
+    }
+
+    /// A reload must reach the agent even when the new file does not load (its errors
+    /// are printed above): the agent then refuses it itself, logs why at `error`, and
+    /// answers 422, so `systemctl reload` (which runs this) fails honestly.
+    fn for_reload(common: &Common) -> anyhow::Result<Client> {
+        if super::load_config(&common.config).is_ok() {
+            return Client::new(common);
+        }
+        let config = running_agent_config(&common.config)
+            .ok_or_else(|| anyhow!("the config is invalid (see above)"))?;
+        Client::from_config(&config, "the file's state-dir and [admin] keys".to_owned())
+    }
+
+    fn from_config(config: &Config, found: String) -> anyhow::Result<Client> {
+        let token_path = token_path(config);
         let token = read_token(&token_path)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
@@ -554,6 +571,56 @@ impl Client {
     }
 }
 
+/// Where the running agent answers, for a file that does not load: `state-dir` and
+/// `[admin]` only change on a restart, so they are read leniently from the file (a
+/// mistake elsewhere in it, even a syntax error, does not matter here), else from the
+/// defaults, the environment and the flags.
+fn running_agent_config(args: &ConfigArgs) -> Option<Config> {
+    let text = args
+        .config
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_default();
+    let mut flags = restart_only_keys(&text);
+    flags.extend(args.overrides());
+    let lenient = crate::config::ConfigSource { file: None, flags };
+    let plain = crate::config::ConfigSource {
+        file: None,
+        flags: args.overrides(),
+    };
+    lenient.load().or_else(|_| plain.load()).ok()
+}
+
+/// `state-dir`, `admin.listen` and `admin.token-file` as overrides, read line by line
+/// so that a broken line elsewhere in the file does not hide them.
+fn restart_only_keys(text: &str) -> Vec<(&'static str, String)> {
+    let mut section = String::new();
+    let mut found = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            section = header.split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = match (section.as_str(), key.trim()) {
+            ("", "state-dir") => "state-dir",
+            ("admin", "listen") => "admin.listen",
+            ("admin", "token-file") => "admin.token-file",
+            _ => continue,
+        };
+        let parsed = format!("v = {}", value.trim()).parse::<toml::Table>();
+        if let Some(value) = parsed
+            .ok()
+            .and_then(|t| t.get("v")?.as_str().map(String::from))
+        {
+            found.push((key, toml::Value::from(value).to_string()));
+        }
+    }
+    found
+}
+
 fn token_path(config: &Config) -> PathBuf {
     if config.admin.token_file.as_os_str().is_empty() {
         config.state_dir.join("admin-token")
@@ -570,4 +637,23 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         )
     })?;
     Ok(token.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_only_keys;
+
+    #[test]
+    fn restart_only_keys_survive_a_broken_file() {
+        let text = "state-dir = \"/var/lib/heapwarden/a\"\n[pool]\nworkers = = 2\nlisten = \"x\"\n\
+                    [admin] # the API\nlisten = \"127.0.0.1:9465\" # port\ntoken-file = 3\n";
+        assert_eq!(
+            restart_only_keys(text),
+            vec![
+                ("state-dir", "\"/var/lib/heapwarden/a\"".to_string()),
+                ("admin.listen", "\"127.0.0.1:9465\"".to_string()),
+            ]
+        );
+        assert!(restart_only_keys("[admin]\nlisten = \"unterminated\n").is_empty());
+    }
 }

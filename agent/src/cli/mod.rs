@@ -6,6 +6,7 @@
 mod args;
 pub mod client;
 mod discover;
+mod package_files;
 mod table;
 
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ pub fn main() -> ExitCode {
             .map_err(anyhow::Error::from),
         ),
         Command::Client(verb) => client::main(verb),
+        Command::PackageFiles { dir } => exit_code(package_files::write(&dir)),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Structured logging: slog + slog-json, one JSON object per line on stdout, written
 //! from a slog-async thread. Sensitive keys are redacted before serialisation
 //! (`redact.rs`), and `LogGuard` flushes every queued record at shutdown. The level is a
-//! `LevelHandle` a reload can change while the agent runs.
+//! `LevelHandle` a reload can change while the agent runs. Under systemd each line
+//! carries its journald priority (`journal.rs`).
 
+mod journal;
 mod redact;
 
 use std::io::Write;
@@ -74,18 +76,35 @@ impl<D: Drain> Drain for LevelFilter<D> {
     }
 }
 
-/// A logger writing JSON lines to stdout.
+/// A logger writing JSON lines to stdout, each prefixed with its journald priority
+/// when stdout is the journal stream.
 pub fn init(config: &LogConfig) -> (Logger, LogGuard) {
-    build(config, std::io::stdout())
+    let stream = std::env::var("JOURNAL_STREAM").ok();
+    let journal = journal::is_journal_stream(stream.as_deref(), std::io::stdout());
+    build_with(config, std::io::stdout(), journal)
 }
 
 /// A logger writing JSON lines to `out` (stdout in production, a buffer in tests).
 pub fn build<W: Write + Send + 'static>(config: &LogConfig, out: W) -> (Logger, LogGuard) {
-    let json = slog_json::Json::new(out)
+    build_with(config, out, false)
+}
+
+/// [`build`], with the `<N>` priority prefix on every line when `journal`.
+fn build_with<W: Write + Send + 'static>(
+    config: &LogConfig,
+    out: W,
+    journal: bool,
+) -> (Logger, LogGuard) {
+    let current = journal::CurrentPriority::default();
+    let json = slog_json::Json::new(journal::PrefixWriter::new(out, current.clone(), journal))
         .set_newlines(true)
         .add_default_keys()
-        .build()
-        .fuse();
+        .build();
+    let json = journal::PriorityDrain {
+        drain: json,
+        current,
+    }
+    .fuse();
     let redacted = Redact::new(json, &config.redact).fuse();
     let (drain, guard) = slog_async::Async::new(redacted)
         .chan_size(8192)
@@ -200,6 +219,31 @@ mod tests {
         drop(guard);
         let msgs: Vec<String> = buf.lines().iter().map(|r| r["msg"].to_string()).collect();
         assert_eq!(msgs, vec!["\"Written at debug.\"".to_string()]);
+    }
+
+    #[test]
+    fn journal_lines_carry_their_priority_and_the_same_json() {
+        let buf = SharedBuffer::default();
+        let (logger, guard) = build_with(&LogConfig::default(), buf.clone(), true);
+        slog::error!(logger, "The reloaded config was refused."; "key" => "pool.workers");
+        slog::warn!(logger, "A warning.");
+        info!(logger, "An info.");
+        drop(logger);
+        drop(guard);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for (line, (prefix, msg)) in lines.iter().zip([
+            ("<3>", "The reloaded config was refused."),
+            ("<4>", "A warning."),
+            ("<6>", "An info."),
+        ]) {
+            let body = line
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{line}"));
+            let rec: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+            assert_eq!(rec["msg"], msg);
+        }
     }
 
     #[test]

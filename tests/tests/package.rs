@@ -1,0 +1,361 @@
+//! The Debian package on a real systemd: a minimal Debian 12 root (debootstrapped once,
+//! cached outside the repo), booted with `systemd-nspawn -b` under a tmpfs overlay, the
+//! package installed with `apt install ./heapwarden_*.deb`, then checked the way an
+//! operator would: unit active and enabled, `STATUS=`, the service and admin ports,
+//! `heapwarden ps`, an honest `systemctl reload` (refused file → exit 1 and an error in
+//! `journalctl -p err`; good file applied), the watchdog restarting a SIGSTOPped agent,
+//! socket activation (first connection served; a bad config stops the socket instead of
+//! burning the start limit), a drained stop that leaves the cgroup empty, leak → profile
+//! → `heapwarden diff` under the hardened unit, two `heapwarden@` instances, `apt remove`
+//! and `apt purge`. A second boot follows the manual recipe for other distributions.
+//!
+//! Runs as root with debootstrap, systemd-nspawn and nsenter (scripts/test installs
+//! them); anywhere a container cannot boot it says why, loudly, and passes.
+#![forbid(unsafe_code)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use heapwarden_tests::nspawn::{Container, cached_root, cannot_boot, run};
+use heapwarden_tests::tools::{build_deb, repo_root};
+use heapwarden_tests::{TimeoutGuard, try_poll};
+
+const CONFIG: &str = "/etc/heapwarden/heapwarden.toml";
+
+fn timed<T>(figures: &mut Vec<(String, Duration)>, what: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let value = f();
+    figures.push((what.to_string(), start.elapsed()));
+    value
+}
+
+/// The instance configs: their own ports, one worker each; `a` leaks on purpose with
+/// rules tight enough to trip within seconds.
+fn instance_config(name: &str, service_port: u16, admin_port: u16, leak: bool) -> String {
+    let mut config = format!(
+        "state-dir = \"/var/lib/heapwarden/{name}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [pool]\nworkers = 1\nlisten = \"127.0.0.1:{service_port}\"\n"
+    );
+    if leak {
+        config.push_str(
+            "[sampling]\ninterval = \"500ms\"\n\
+             [watchdog]\nwarmup = \"2s\"\ngrowth = \"16MiB\"\nstrikes = 2\nmax-memory = \"off\"\n\
+             [demo]\nleak-rate = \"8MiB\"\n",
+        );
+    }
+    config
+}
+
+#[test]
+fn the_debian_package_on_a_real_systemd() {
+    if let Some(why) = cannot_boot() {
+        eprintln!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             SKIPPED: the Debian package tier cannot boot a container here: {why}\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let mut figures: Vec<(String, Duration)> = Vec::new();
+    let (root, cached) = timed(
+        &mut figures,
+        "cached root (debootstrap if missing)",
+        cached_root,
+    );
+    // With the root cached the tier stays under 4 minutes; the first build may be slow.
+    let _guard = TimeoutGuard::new(
+        "the_debian_package_on_a_real_systemd",
+        Duration::from_secs(if cached { 240 } else { 540 }),
+    );
+    let pkg_dir = tempfile::tempdir().expect("package dir");
+    let deb = timed(&mut figures, "cargo deb (debug binaries)", || {
+        build_deb(pkg_dir.path())
+    });
+    let deb_name = deb
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
+    let deb_size = std::fs::metadata(&deb).expect("deb").len();
+
+    let c = timed(&mut figures, "boot the container", || {
+        Container::boot(&root, &[(pkg_dir.path(), "/pkg")])
+    });
+
+    // Install: the postinst creates the user and directories, enables and starts the
+    // service; `systemctl start` (Type=notify) returns once every worker is ready.
+    timed(&mut figures, "apt install -> service ready", || {
+        c.ok(&format!("apt-get install -y /pkg/{deb_name}"));
+        c.ok("systemctl is-active heapwarden");
+    });
+    assert_eq!(c.ok("systemctl is-enabled heapwarden").trim(), "enabled");
+    assert_eq!(
+        c.ok("systemctl is-enabled heapwarden.socket || true")
+            .trim(),
+        "disabled"
+    );
+    c.ok("getent passwd heapwarden | grep -q ':/var/lib/heapwarden:/usr/sbin/nologin$'");
+    c.ok("test \"$(stat -c '%U %a' /var/lib/heapwarden)\" = 'heapwarden 700'");
+    c.ok("test -f /usr/lib/heapwarden/libheapwarden_preload.so && test -f /usr/share/man/man1/heapwarden-reload.1.gz");
+    let status = c.ok("systemctl show -p StatusText --value heapwarden");
+    assert!(status.contains("workers ready"), "STATUS= line: {status}");
+    c.ok("curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+    c.ok("curl -sf -o /dev/null 127.0.0.1:9464/readyz");
+    let ps = c.ok(&format!("heapwarden ps -c {CONFIG}"));
+    assert!(
+        ps.contains("SLOT") && ps.contains("ready"),
+        "heapwarden ps:\n{ps}"
+    );
+    // The CrashLooping runbook's grep finds a worker's records (`worker` is a number).
+    c.ok("journalctl -u heapwarden -o cat | grep -qE '\"worker\":[0-9]+[,}]'");
+    // Longer /compute requests for the drain check below (applied by the next reload).
+    c.ok(&format!(
+        "sed -i 's/^compute-max-rounds = .*/compute-max-rounds = 100000000000/' {CONFIG}"
+    ));
+
+    // Reload, refused: exit non-zero, the error in `journalctl -p err`, still serving.
+    c.ok(&format!(
+        "cp {CONFIG} /root/good.toml && sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
+    ));
+    let refused = c.sh("systemctl reload heapwarden");
+    assert!(
+        !refused.status.success(),
+        "a refused reload must fail systemctl reload"
+    );
+    c.wait(
+        Duration::from_secs(10),
+        "the refusal in journalctl -p err",
+        "journalctl -u heapwarden -p err -o cat | grep -q 'The reloaded config was refused'",
+    );
+    c.ok("systemctl is-active heapwarden && curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+    // Reload, good: applied (one worker more), and timed as an operator sees it.
+    c.ok(&format!(
+        "sed 's/^workers = 0$/workers = 3/' /root/good.toml > {CONFIG}"
+    ));
+    timed(&mut figures, "systemctl reload (good file)", || {
+        c.ok("systemctl reload heapwarden")
+    });
+    c.wait(
+        Duration::from_secs(90),
+        "three workers after the reload",
+        &format!("heapwarden ps --json -c {CONFIG} | tr -d ' \\n' | grep -o '\"ready\":true' | wc -l | grep -qx 3"),
+    );
+    c.ok(&format!("cp /root/good.toml {CONFIG}"));
+    // An upgrade (here: the same version again) restarts the running agent.
+    let before = c.ok("systemctl show -p MainPID --value heapwarden");
+    c.ok(&format!("apt-get install -y --reinstall /pkg/{deb_name}"));
+    let after = c.ok(
+        "systemctl is-active heapwarden >/dev/null && systemctl show -p MainPID --value heapwarden",
+    );
+    assert_ne!(
+        before.trim(),
+        after.trim(),
+        "the agent was not restarted by the upgrade"
+    );
+    assert_eq!(
+        c.ok(&format!("cat {CONFIG}")),
+        c.ok("cat /root/good.toml"),
+        "the conffile was replaced"
+    );
+
+    // Two more agents side by side: heapwarden@a (leaking on purpose) and heapwarden@b.
+    c.ok(&format!(
+        "printf '%s' '{}' > /etc/heapwarden/a.toml && printf '%s' '{}' > /etc/heapwarden/b.toml",
+        instance_config("a", 8081, 9465, true),
+        instance_config("b", 8082, 9466, false)
+    ));
+    c.ok("systemctl start heapwarden@a heapwarden@b");
+    c.ok("curl -sf -o /dev/null 127.0.0.1:8082/items/1 && curl -sf -o /dev/null 127.0.0.1:9466/readyz");
+    for name in ["a", "b"] {
+        let ps = c.ok(&format!("heapwarden ps -c /etc/heapwarden/{name}.toml"));
+        assert!(ps.contains("ready"), "heapwarden@{name} ps:\n{ps}");
+    }
+    c.ok("test -d /var/lib/heapwarden/a && test -d /var/lib/heapwarden/b && test -d /run/heapwarden-a");
+    // Leak -> profile -> diff under the hardened unit.
+    let leak_id = try_poll(Duration::from_secs(90), || {
+        let out = c.sh("heapwarden profiles --json -c /etc/heapwarden/a.toml");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|p| p["trigger"] == "leak")
+            .map(|p| p["id"].to_string())
+    })
+    .unwrap_or_else(|| c.fail("no leak profile of heapwarden@a"));
+    let diff = c.ok(&format!(
+        "heapwarden diff -c /etc/heapwarden/a.toml {leak_id}"
+    ));
+    assert!(!diff.trim().is_empty(), "heapwarden diff printed nothing");
+    c.ok("systemctl stop heapwarden@a heapwarden@b");
+
+    // The watchdog: a stopped agent misses its WATCHDOG=1 and is killed and restarted
+    // (a drop-in shortens WatchdogSec=30s to keep the tier short; same mechanism).
+    c.ok("mkdir -p /run/systemd/system/heapwarden.service.d && printf '[Service]\\nWatchdogSec=8s\\n' > /run/systemd/system/heapwarden.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart heapwarden");
+    let before = c.ok("systemctl show -p MainPID --value heapwarden");
+    c.ok(&format!("kill -STOP {}", before.trim()));
+    c.wait(
+        Duration::from_secs(60),
+        "the watchdog restart",
+        &format!(
+            "test \"$(systemctl show -p NRestarts --value heapwarden)\" -ge 1 && systemctl is-active heapwarden && test \"$(systemctl show -p MainPID --value heapwarden)\" != {}",
+            before.trim()
+        ),
+    );
+    c.ok("journalctl -u heapwarden -o cat | grep -qi 'watchdog timeout'");
+    c.ok("rm -r /run/systemd/system/heapwarden.service.d && systemctl daemon-reload");
+
+    // Stop drains: an in-flight request finishes, then nothing is left in the cgroup.
+    // Sized to take about 3 s on this machine (well inside drain-timeout = 30s).
+    let compute = |rounds: u64| {
+        format!(
+            "curl -sf -o /root/compute.out -w '%{{time_total}}' -X POST -H 'content-type: application/json' \
+             -d '{{\"password\":\"p\",\"rounds\":{rounds}}}' 127.0.0.1:8080/compute"
+        )
+    };
+    let probe_rounds = 20_000_000u64;
+    let took: f64 = c
+        .ok(&compute(probe_rounds))
+        .trim()
+        .parse()
+        .expect("curl time");
+    let rounds = ((probe_rounds as f64) * 3.0 / took.max(0.001)) as u64;
+    c.ok(&format!(
+        "{} > /dev/null 2>&1 & echo $! > /root/curl.pid",
+        compute(rounds)
+    ));
+    // In flight: the connection is established (port 8080 = 1F90, state 01).
+    c.wait(
+        Duration::from_secs(10),
+        "the request in flight",
+        "grep -q ':1F90 [0-9A-F:]* 01 ' /proc/net/tcp",
+    );
+    c.ok("systemctl stop heapwarden");
+    c.ok("while kill -0 $(cat /root/curl.pid) 2>/dev/null; do sleep 0.1; done; grep -q digest /root/compute.out");
+    let procs = c.sh("cat /sys/fs/cgroup/system.slice/heapwarden.service/cgroup.procs 2>/dev/null");
+    assert!(
+        String::from_utf8_lossy(&procs.stdout).trim().is_empty(),
+        "processes left in the cgroup after stop: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+
+    // Socket activation: the first connection starts the agent and is served.
+    c.ok("systemctl start heapwarden.socket");
+    c.ok("curl -sf --max-time 120 -o /dev/null 127.0.0.1:8080/items/1");
+    // The first worker serves before the whole pool is ready (READY=1).
+    c.wait(
+        Duration::from_secs(60),
+        "the socket-activated agent ready",
+        "systemctl is-active heapwarden",
+    );
+    // A bad config with the socket: exit 64 stops the socket (refused, not queued), one
+    // start only, and `systemctl start heapwarden.socket heapwarden` recovers.
+    c.ok("systemctl stop heapwarden");
+    c.ok(&format!(
+        "sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
+    ));
+    c.ok("systemctl reset-failed heapwarden heapwarden.socket 2>/dev/null; systemctl start heapwarden.socket");
+    let _ = c.sh("curl -s --max-time 30 -o /dev/null 127.0.0.1:8080/items/1");
+    c.wait(
+        Duration::from_secs(30),
+        "the socket stopped after exit 64",
+        "systemctl is-failed heapwarden >/dev/null && ! systemctl is-active heapwarden.socket >/dev/null",
+    );
+    for _ in 0..6 {
+        let refused = c.sh("curl -s --max-time 5 -o /dev/null 127.0.0.1:8080/items/1");
+        assert!(
+            !refused.status.success(),
+            "a connection was accepted without an agent"
+        );
+    }
+    let socket_result = c.ok("systemctl show -p Result --value heapwarden.socket");
+    assert_ne!(socket_result.trim(), "service-start-limit-hit");
+    let status = c.ok("systemctl show -p ExecMainStatus --value heapwarden");
+    assert_eq!(status.trim(), "64");
+    c.ok(&format!("cp /root/good.toml {CONFIG}"));
+    c.ok("systemctl start heapwarden.socket heapwarden && curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+
+    // Remove stops everything and keeps state and user; purge removes both.
+    c.ok("apt-get remove -y heapwarden");
+    let active = c.sh("systemctl is-active heapwarden heapwarden.socket");
+    let states = String::from_utf8_lossy(&active.stdout).into_owned();
+    assert!(
+        states.lines().all(|l| l != "active"),
+        "still active after apt remove: {states}"
+    );
+    c.ok("! pgrep -u heapwarden >/dev/null");
+    c.ok("test -d /var/lib/heapwarden && getent passwd heapwarden >/dev/null");
+    c.ok("apt-get purge -y heapwarden");
+    c.ok("test ! -e /var/lib/heapwarden && ! getent passwd heapwarden >/dev/null");
+    // A policy-rc.d that forbids starting services (image builds) is honoured: the
+    // unit is enabled, not started.
+    c.ok("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d");
+    c.ok(&format!("apt-get install -y /pkg/{deb_name}"));
+    assert_eq!(c.ok("systemctl is-enabled heapwarden").trim(), "enabled");
+    let state = c.sh("systemctl is-active heapwarden");
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "inactive");
+    drop(c);
+
+    // The manual recipe (other distributions), in a fresh boot of the root.
+    let systemd_dir = repo_root().join("systemd");
+    let unpacked = tempfile::tempdir().expect("unpacked");
+    run(
+        {
+            let mut x = Command::new("dpkg-deb");
+            x.arg("-x").arg(&deb).arg(unpacked.path());
+            x
+        },
+        "dpkg-deb -x",
+    );
+    let m = timed(
+        &mut figures,
+        "manual recipe (boot + install + ready)",
+        || {
+            let m = Container::boot(
+                &root,
+                &[
+                    (systemd_dir.as_path(), "/src/systemd"),
+                    (unpacked.path(), "/src/pkg"),
+                ],
+            );
+            m.ok(MANUAL_RECIPE);
+            m
+        },
+    );
+    m.ok("systemctl is-active heapwarden && systemctl is-enabled heapwarden");
+    m.ok("curl -sf -o /dev/null 127.0.0.1:8080/items/1");
+    m.ok(&format!("heapwarden ps -c {CONFIG} | grep -q ready"));
+    m.ok(&format!(
+        "sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
+    ));
+    assert!(!m.sh("systemctl reload heapwarden").status.success());
+    drop(m);
+
+    figures.push(("whole tier".into(), started.elapsed()));
+    eprintln!(
+        "package tier figures (root {}):",
+        if cached { "cached" } else { "built" }
+    );
+    eprintln!("  package size: {deb_size} bytes ({deb_name}, debug binaries, gzip)");
+    for (what, took) in &figures {
+        eprintln!("  {what}: {:.1} s", took.as_secs_f64());
+    }
+}
+
+/// The README's manual install, for distributions without the package: the same
+/// files from the repository (units, snippets, config) and the binaries.
+const MANUAL_RECIPE: &str = r#"set -e
+install -m 0755 /src/pkg/usr/bin/heapwarden /usr/local/bin/heapwarden
+install -m 0755 /src/pkg/usr/bin/heapwarden-demo /usr/local/bin/heapwarden-demo
+install -D -m 0644 /src/pkg/usr/lib/heapwarden/libheapwarden_preload.so /usr/local/lib/heapwarden/libheapwarden_preload.so
+install -m 0644 /src/systemd/heapwarden.service /etc/systemd/system/heapwarden.service
+install -m 0644 /src/systemd/heapwarden.socket /etc/systemd/system/heapwarden.socket
+install -D -m 0644 /src/systemd/heapwarden.sysusers /usr/lib/sysusers.d/heapwarden.conf
+install -D -m 0644 /src/systemd/heapwarden.tmpfiles /usr/lib/tmpfiles.d/heapwarden.conf
+systemd-sysusers heapwarden.conf
+systemd-tmpfiles --create heapwarden.conf
+install -m 0644 /src/systemd/heapwarden.toml /etc/heapwarden/heapwarden.toml
+heapwarden check-config -c /etc/heapwarden/heapwarden.toml
+systemctl daemon-reload
+systemctl enable --now heapwarden
+"#;
