@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
-    SnapshotRequest, StoreError, Trigger, take_profile, take_snapshot,
+    StoreError, Trigger, take_profile, take_snapshot,
 };
 use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason};
 use crate::watchdog::{FiguresView, SlotFigures};
@@ -182,16 +182,8 @@ async fn profile_now(
         .unwrap_or_default();
     let figures = figures.for_profile();
     if snapshot {
-        let request = SnapshotRequest {
-            slot,
-            pid: worker.pid,
-            link: worker.link.filter(|_| worker.probe),
-            runtime: worker.runtime,
-            trigger: Trigger::Manual,
-            figures,
-            rule: None,
-            headroom: state.snapshot_headroom,
-        };
+        let request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None)
+            .into_snapshot(state.snapshot_headroom);
         return match take_snapshot(&state.store, request, &state.log).await {
             Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
             Err(e) if e.is_refusal() => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
@@ -202,14 +194,7 @@ async fn profile_now(
             Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
         };
     }
-    let request = CaptureRequest {
-        slot,
-        pid: worker.pid,
-        link: worker.link.filter(|_| worker.probe),
-        trigger: Trigger::Manual,
-        figures,
-        rule: None,
-    };
+    let request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None);
     // Its own task: a client that hangs up does not cut a dump off half-way.
     let (store, log) = (state.store.clone(), state.log.clone());
     let capture = tokio::spawn(async move { take_profile(&store, request, &log).await });
@@ -245,18 +230,27 @@ async fn restart(
     State(state): State<ApiState>,
     Path(slot): Path<String>,
 ) -> Result<Response, ApiError> {
-    let slot = parse_slot(&slot, &state.pool.borrow().clone())?;
+    let view = state.pool.borrow().clone();
+    let slot = parse_slot(&slot, &view)?;
+    let worker = view.slots[slot].worker.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("worker slot {slot} has no running worker to restart; it starts on its own"),
+        )
+    })?;
+    let (worker_id, pid) = (worker.worker_id, worker.pid);
     send(
         &state,
         Request::Replace {
             slot,
+            worker: worker_id,
             reason: RestartReason::Manual,
         },
     )
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "replacing": slot })),
+        Json(serde_json::json!({ "replacing": slot, "worker_id": worker_id, "pid": pid })),
     )
         .into_response())
 }

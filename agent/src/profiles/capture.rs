@@ -13,12 +13,12 @@ use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use super::{
-    DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger,
-    convert_in_helper, convert_v8_in_helper,
+    DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, SnapshotRequest, StoreError,
+    Trigger, convert_in_helper, convert_v8_in_helper,
 };
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{HEAP_PROFILE_DURATION, HEAP_PROFILES, PROFILES_STORED_BYTES};
-use crate::supervisor::ControlLink;
+use crate::supervisor::{ControlLink, Runtime, WorkerView};
 
 /// The worker writes its dump well under a millisecond; this covers a busy machine.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,13 +61,49 @@ impl CaptureError {
     }
 }
 
+/// One profile to take, naming the worker it is taken from. Built by
+/// [`CaptureRequest::of_worker`] for the watchdog and the admin API alike.
 pub struct CaptureRequest {
     pub slot: usize,
+    pub worker_id: u64,
     pub pid: u32,
+    /// The worker's control link, only when a probe said hello on it.
     pub link: Option<ControlLink>,
+    pub runtime: Option<Runtime>,
     pub trigger: Trigger,
     pub figures: ProfileFigures,
     pub rule: Option<String>,
+}
+
+impl CaptureRequest {
+    /// A profile of `worker`, which serves `slot`.
+    pub fn of_worker(
+        slot: usize,
+        worker: &WorkerView,
+        trigger: Trigger,
+        figures: ProfileFigures,
+        rule: Option<String>,
+    ) -> CaptureRequest {
+        CaptureRequest {
+            slot,
+            worker_id: worker.worker_id,
+            pid: worker.pid,
+            link: worker.link.clone().filter(|_| worker.probe),
+            runtime: worker.runtime,
+            trigger,
+            figures,
+            rule,
+        }
+    }
+
+    /// The same worker and figures, as a V8 heap snapshot (`headroom`:
+    /// `profiles.snapshot-headroom`).
+    pub fn into_snapshot(self, headroom: f64) -> SnapshotRequest {
+        SnapshotRequest {
+            capture: self,
+            headroom,
+        }
+    }
 }
 
 /// Takes one profile and records its outcome in the metrics and the log.
@@ -117,15 +153,17 @@ async fn capture(
 ) -> Result<ProfileMeta, CaptureError> {
     let CaptureRequest {
         slot,
+        worker_id,
         pid,
         link,
+        runtime: _,
         trigger,
         figures,
         rule,
     } = request;
     let link = link.ok_or(CaptureError::NoProbe { slot })?;
     let pending = store
-        .begin(slot, pid, trigger)
+        .begin(slot, Some(worker_id), pid, trigger)
         .await
         .map_err(CaptureError::Skipped)?;
     let path = pending.raw_path.display().to_string();

@@ -58,6 +58,10 @@ pub struct ProfileFigures {
 pub struct ProfileMeta {
     pub id: u64,
     pub slot: usize,
+    /// The worker the profile was taken from (`worker_id` of `heapwarden ps`); older
+    /// indexes lack it, and their profiles are matched by pid alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u64>,
     pub pid: u32,
     pub trigger: Trigger,
     /// `profile` (pprof) or `snapshot` (V8 heap snapshot); older indexes lack it.
@@ -192,6 +196,7 @@ mod tests {
         index.profiles.push(ProfileMeta {
             id: 1,
             slot: 0,
+            worker_id: Some(3),
             pid: 7,
             trigger: Trigger::Baseline,
             kind: ProfileKind::Profile,

@@ -16,11 +16,10 @@ use heapwarden_probes::Runtime;
 use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
-use super::{ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger};
+use super::{CaptureRequest, ProfileMeta, ProfileStoreHandle, StoreError};
 use crate::metric_names::HEAP_SNAPSHOTS;
 use crate::metric_names::labels::SnapshotOutcome;
 use crate::sampler::system::read_meminfo;
-use crate::supervisor::ControlLink;
 
 /// V8 writes ~50 MiB of heap in about a second; big heaps take far longer.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -83,14 +82,10 @@ impl SnapshotError {
     }
 }
 
+/// A heap snapshot of the worker a [`CaptureRequest`] names
+/// ([`CaptureRequest::into_snapshot`]).
 pub struct SnapshotRequest {
-    pub slot: usize,
-    pub pid: u32,
-    pub link: Option<ControlLink>,
-    pub runtime: Option<Runtime>,
-    pub trigger: Trigger,
-    pub figures: ProfileFigures,
-    pub rule: Option<String>,
+    pub capture: CaptureRequest,
     /// `profiles.snapshot-headroom`.
     pub headroom: f64,
 }
@@ -120,7 +115,7 @@ pub async fn take_snapshot(
     log: &Logger,
 ) -> Result<ProfileMeta, SnapshotError> {
     let started = Instant::now();
-    let (slot, trigger) = (request.slot, request.trigger.as_str());
+    let (slot, trigger) = (request.capture.slot, request.capture.trigger.as_str());
     let result = snapshot(store, request).await;
     let outcome = result
         .as_ref()
@@ -142,13 +137,17 @@ async fn snapshot(
     request: SnapshotRequest,
 ) -> Result<ProfileMeta, SnapshotError> {
     let SnapshotRequest {
-        slot,
-        pid,
-        link,
-        runtime,
-        trigger,
-        figures,
-        rule,
+        capture:
+            CaptureRequest {
+                slot,
+                worker_id,
+                pid,
+                link,
+                runtime,
+                trigger,
+                figures,
+                rule,
+            },
         headroom,
     } = request;
     let link = link
@@ -162,7 +161,7 @@ async fn snapshot(
         .ok_or(SnapshotError::NoFigures { slot })?;
     check_memory(heap, headroom)?;
     let pending = store
-        .begin(slot, pid, trigger)
+        .begin(slot, Some(worker_id), pid, trigger)
         .await
         .map_err(SnapshotError::Skipped)?
         .into_snapshot();

@@ -27,8 +27,7 @@ use crate::config::{Config, WatchdogConfig};
 use crate::log::RedactedJson;
 use crate::metric_names::{LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT};
 use crate::profiles::{
-    CaptureRequest, ProfileFigures, ProfileStoreHandle, SnapshotRequest, Trigger, take_profile,
-    take_snapshot,
+    CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile, take_snapshot,
 };
 use crate::sampler::{ProbeAnswer, WorkerSample};
 use crate::supervisor::{PoolView, Request, RestartReason, Runtime};
@@ -310,7 +309,8 @@ impl Watchdog {
         obs: &Observation,
     ) {
         let view = self.pool.borrow();
-        let Some(worker) = view.slots.get(sample.slot).and_then(|s| s.worker.clone()) else {
+        let serving = view.slots.get(sample.slot).and_then(|s| s.worker.as_ref());
+        let Some(worker) = serving.filter(|w| w.worker_id == sample.worker_id).cloned() else {
             return;
         };
         drop(view);
@@ -322,33 +322,26 @@ impl Watchdog {
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
         let rule = trip.as_ref().map(|t| t.rule.as_str().to_string());
-        let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
-            slot: sample.slot,
-            pid: worker.pid,
-            link: worker.link.clone().filter(|_| worker.probe),
-            runtime: worker.runtime,
-            trigger,
-            figures: figures.clone(),
-            rule: rule.clone(),
-            headroom: self.snapshot_headroom,
+        let request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule);
+        let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| {
+            CaptureRequest::of_worker(
+                request.slot,
+                &worker,
+                trigger,
+                request.figures.clone(),
+                request.rule.clone(),
+            )
+            .into_snapshot(self.snapshot_headroom)
         });
-        let request = CaptureRequest {
-            slot: sample.slot,
-            pid: worker.pid,
-            link: worker.link.filter(|_| worker.probe),
-            trigger,
-            figures,
-            rule,
-        };
         let store = self.store.clone();
         let log = self.log.clone();
         let requests = self.requests.clone();
         let restart = self.config.action == LeakAction::Restart;
-        let slot = sample.slot;
+        let (slot, worker_id) = (sample.slot, worker.worker_id);
         tokio::spawn(async move {
             let profile = take_profile(&store, request, &log).await;
             let Some(trip) = trip else { return };
-            if let Some(snapshot) = snapshot.filter(|s| s.runtime == Some(Runtime::Node)) {
+            if let Some(snapshot) = snapshot.filter(|s| s.capture.runtime == Some(Runtime::Node)) {
                 let _ = take_snapshot(&store, snapshot, &log).await;
             }
             let diff = match &profile {
@@ -378,6 +371,7 @@ impl Watchdog {
             if restart {
                 let replace = Request::Replace {
                     slot,
+                    worker: worker_id,
                     reason: RestartReason::Leak,
                 };
                 if requests.send(replace).await.is_err() {

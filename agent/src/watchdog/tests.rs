@@ -125,6 +125,7 @@ async fn a_silent_probe_is_replaced_once_after_missed_pings_in_a_row() {
         requests.try_recv().ok(),
         Some(Request::Replace {
             slot: 0,
+            worker: 1,
             reason: RestartReason::Unhealthy
         })
     );

@@ -208,7 +208,9 @@ impl Supervisor {
                 Some(worker) = self.ready_rx.recv() => Some(Event::Ready { worker }),
                 Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
                 Some(request) = self.requests_rx.recv() => match request {
-                    Request::Replace { slot, reason } => Some(Event::Replace { slot, reason }),
+                    Request::Replace { slot, worker, reason } => {
+                        Some(Event::Replace { slot, worker, reason })
+                    }
                     Request::Reload { reply } => {
                         info!(self.log, "A reload was requested: reloading the config.");
                         self.start_reload(reply);
@@ -327,6 +329,15 @@ impl Supervisor {
             Action::BudgetExhausted { slot } => {
                 error!(self.log, "The leak-restart budget of a slot is spent; it keeps running and alerting without restarts.";
                     "worker" => slot, "max_leak_restarts_per_hour" => self.config.watchdog.max_leak_restarts_per_hour);
+                None
+            }
+            Action::ReplacementDropped {
+                slot,
+                worker,
+                reason,
+            } => {
+                info!(self.log, "A replacement was dropped: the worker it named no longer serves its slot.";
+                    "worker" => slot, "worker_id" => worker, "reason" => reason.as_str());
                 None
             }
             Action::Exit => Some(Flow::Exit),
