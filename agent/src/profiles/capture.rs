@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
+use heapwarden_protocol::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use super::{

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::Runtime;
-use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
+use heapwarden_protocol::Runtime;
+use heapwarden_protocol::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use super::{CaptureRequest, ProfileMeta, ProfileStoreHandle, StoreError};

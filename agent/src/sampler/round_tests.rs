@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use heapwarden_probes::HeapStats;
-use heapwarden_probes::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
+use heapwarden_protocol::HeapStats;
+use heapwarden_protocol::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use heapwarden_probes::channel::{
+use heapwarden_protocol::channel::{
     AgentMsg, FrameDecoder, FrameError, WorkerMsg, decode_raw, encode,
 };
 

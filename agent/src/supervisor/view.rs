@@ -22,7 +22,7 @@ pub struct WorkerView {
     /// The worker said hello over the control channel (it links heapwarden-probes).
     pub probe: bool,
     /// Which probe said hello (rust, node, native); `None` before any hello.
-    pub runtime: Option<heapwarden_probes::Runtime>,
+    pub runtime: Option<heapwarden_protocol::Runtime>,
     pub link: Option<ControlLink>,
 }
 

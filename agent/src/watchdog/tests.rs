@@ -21,7 +21,7 @@ fn sample(heap: bool) -> WorkerSample {
         swap: None,
         cpu_seconds: 0.0,
         processes: 1,
-        heap: heap.then_some(heapwarden_probes::HeapStats {
+        heap: heap.then_some(heapwarden_protocol::HeapStats {
             allocated: 100,
             active: 120,
             resident: Some(150),

@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
-use heapwarden_probes::channel::AgentMsg;
+use heapwarden_protocol::channel::AgentMsg;
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
 use slog::{Logger, error, info, warn};

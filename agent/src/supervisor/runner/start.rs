@@ -23,7 +23,7 @@ pub(super) struct WorkerRuntime {
     pub pid: u32,
     pub link: ControlLink,
     /// From the latest hello on the channel (the claimant's probe).
-    pub runtime: Option<heapwarden_probes::Runtime>,
+    pub runtime: Option<heapwarden_protocol::Runtime>,
     pub started_wall: SystemTime,
     /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
     pub drain_started: Option<Instant>,
