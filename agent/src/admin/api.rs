@@ -9,16 +9,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api_types::{ErrorReply, KeyError, ReloadReply, RestartReply, WorkerFigures, WorkerRow};
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
     StoreError, Trigger, take_profile, take_snapshot,
 };
 use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason};
-use crate::watchdog::{FiguresView, SlotFigures};
+use crate::watchdog::FiguresView;
 
 /// `Retry-After` of a refused manual dump: a dump takes well under a second.
 const RETRY_DUMP_AFTER_SECONDS: &str = "1";
@@ -69,7 +70,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(serde_json::json!({ "error": self.message })),
+            Json(ErrorReply {
+                error: self.message,
+                errors: Vec::new(),
+            }),
         )
             .into_response()
     }
@@ -86,20 +90,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct WorkerRow {
-    pub slot: usize,
-    pub pid: Option<u32>,
-    pub state: &'static str,
-    pub ready: bool,
-    pub probe: bool,
-    pub uptime_seconds: Option<f64>,
-    pub restarts: u64,
-    pub budget_exhausted: bool,
-    #[serde(flatten)]
-    pub figures: SlotFigures,
-}
-
 async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
     let figures = state.figures.borrow().clone();
     let view = state.pool.borrow().clone();
@@ -109,7 +99,7 @@ async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
         .map(|s| WorkerRow {
             slot: s.slot,
             pid: s.worker.as_ref().map(|w| w.pid),
-            state: s.state.as_str(),
+            state: s.state.as_str().to_string(),
             ready: s.worker.as_ref().is_some_and(|w| w.ready),
             probe: s.worker.as_ref().is_some_and(|w| w.probe),
             uptime_seconds: s
@@ -118,7 +108,10 @@ async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
                 .map(|w| w.started_at.elapsed().as_secs_f64()),
             restarts: s.restarts,
             budget_exhausted: s.budget_exhausted,
-            figures: figures.get(&s.slot).cloned().unwrap_or_default(),
+            figures: figures
+                .get(&s.slot)
+                .map(WorkerFigures::from)
+                .unwrap_or_default(),
         })
         .collect();
     Json(rows)
@@ -250,7 +243,11 @@ async fn restart(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "replacing": slot, "worker_id": worker_id, "pid": pid })),
+        Json(RestartReply {
+            replacing: slot,
+            worker_id,
+            pid,
+        }),
     )
         .into_response())
 }
@@ -273,23 +270,26 @@ async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(match outcome {
         ReloadOutcome::Applied { needs_restart } => (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "reloading": true, "needs_restart": needs_restart })),
+            Json(ReloadReply {
+                reloading: true,
+                needs_restart: needs_restart.iter().map(|k| k.to_string()).collect(),
+            }),
         )
             .into_response(),
         ReloadOutcome::Refused { errors } => {
             let listed: Vec<String> = errors.iter().map(|(k, e)| format!("{k}: {e}")).collect();
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                Json(serde_json::json!({
-                    "error": format!(
+                Json(ErrorReply {
+                    error: format!(
                         "the config was refused, the running config stays ({})",
                         listed.join("; ")
                     ),
-                    "errors": errors
-                        .iter()
-                        .map(|(key, error)| serde_json::json!({ "key": key, "error": error }))
-                        .collect::<Vec<_>>(),
-                })),
+                    errors: errors
+                        .into_iter()
+                        .map(|(key, error)| KeyError { key, error })
+                        .collect(),
+                }),
             )
                 .into_response()
         }

@@ -11,8 +11,11 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use serde::de::DeserializeOwned;
+
 use super::ConfigArgs;
 use super::table::{print_diff, print_profiles, print_workers};
+use crate::api_types::{DiffReport, ErrorReply, ProfileMeta, ReloadReply, RestartReply, WorkerRow};
 use crate::config::Config;
 
 /// A manual profile waits for the worker's dump and the conversion.
@@ -85,11 +88,11 @@ fn run(verb: Verb) -> anyhow::Result<()> {
     match verb {
         Verb::Ps(c) => {
             let rows = Client::new(&c)?.get_json("/workers")?;
-            print_out(&c, &rows, print_workers)
+            print_out(&c, &rows, |rows: &Vec<WorkerRow>| print_workers(rows))
         }
         Verb::Profiles(c) => {
             let rows = Client::new(&c)?.get_json("/profiles")?;
-            print_out(&c, &rows, print_profiles)
+            print_out(&c, &rows, |rows: &Vec<ProfileMeta>| print_profiles(rows))
         }
         Verb::Pull { id, output, common } => {
             let bytes = Client::new(&common)?.get_bytes(&format!("/profiles/{}", segment(&id)))?;
@@ -125,14 +128,14 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             let query = if snapshot { "?kind=snapshot" } else { "" };
             let meta = Client::new(&common)?
                 .post_json(&format!("/workers/{}/profile{query}", segment(&slot)))?;
-            print_out(&common, &meta, |m| {
+            print_out(&common, &meta, |m: &ProfileMeta| {
                 println!(
                     "{} {} of worker {} written ({} bytes); pull it with: heapwarden pull {}",
-                    m["kind"].as_str().unwrap_or("profile"),
-                    m["id"],
-                    m["slot"],
-                    m["bytes"],
-                    m["id"]
+                    m.kind.as_str(),
+                    m.id,
+                    m.slot,
+                    m.bytes,
+                    m.id
                 );
             })
         }
@@ -142,36 +145,43 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 path.push_str(&format!("?base={}", segment(&base)));
             }
             let report = Client::new(&common)?.get_json(&path)?;
-            print_out(&common, &report, print_diff)
+            print_out(&common, &report, |report: &DiffReport| print_diff(report))
         }
         Verb::Restart { slot, common } => {
             let reply =
                 Client::new(&common)?.post_json(&format!("/workers/{}/restart", segment(&slot)))?;
-            print_out(&common, &reply, |_| {
-                println!("worker {slot} is being replaced (make-before-break)")
+            print_out(&common, &reply, |reply: &RestartReply| {
+                println!(
+                    "worker {} (pid {}) is being replaced (make-before-break)",
+                    reply.replacing, reply.pid
+                )
             })
         }
         Verb::Reload(common) => {
             let reply = Client::new(&common)?.post_json("/reload")?;
             // A refused file is an error (the agent's 422 names every key).
-            print_out(&common, &reply, |reply| {
+            print_out(&common, &reply, |reply: &ReloadReply| {
                 println!("the config was reloaded; every worker is being replaced, one at a time");
-                for key in reply["needs_restart"].as_array().into_iter().flatten() {
-                    println!(
-                        "{} changed but needs a restart to take effect",
-                        key.as_str().unwrap_or("?")
-                    );
+                for key in &reply.needs_restart {
+                    println!("{key} changed but needs a restart to take effect");
                 }
             })
         }
     }
 }
 
-fn print_out(common: &Common, value: &Value, table: impl Fn(&Value)) -> anyhow::Result<()> {
+/// `--json` prints the API's JSON as it came; a table reads it as the API's typed reply
+/// (`api_types`), the same type the handler wrote.
+fn print_out<T: DeserializeOwned>(
+    common: &Common,
+    value: &Value,
+    table: impl Fn(&T),
+) -> anyhow::Result<()> {
     if common.json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
-        table(value);
+        let typed = T::deserialize(value).context("the agent's answer has an unexpected shape")?;
+        table(&typed);
     }
     Ok(())
 }
@@ -246,10 +256,9 @@ impl Client {
             bail!("the agent refused the admin token (401): check admin.token-file");
         }
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            let message = serde_json::from_slice::<ErrorReply>(&bytes)
+                .map(|reply| reply.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             bail!("{message} (HTTP {status})");
         }
         Ok(bytes)

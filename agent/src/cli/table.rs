@@ -1,14 +1,22 @@
-//! Human-readable tables for the on-call verbs (`--json` prints the API's JSON instead).
+//! Human-readable tables for the on-call verbs (`--json` prints the API's JSON instead),
+//! from the API's typed replies (`api_types`).
 
-use serde_json::Value;
+use std::fmt::Display;
 
-pub fn mib(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
+use crate::api_types::{DiffReport, ProfileMeta, WorkerRow};
+
+/// Bytes as MiB with one decimal; `-` when absent.
+pub fn mib<N: Into<f64>>(bytes: Option<N>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}", b.into() / 1048576.0))
 }
 
-fn duration(v: &Value) -> String {
-    match v.as_f64() {
+/// Integers as f64 for [`mib`] (figures stay far below 2^53).
+fn f(n: impl TryInto<i64>) -> f64 {
+    n.try_into().map_or(f64::NAN, |n| n as f64)
+}
+
+fn duration(v: Option<f64>) -> String {
+    match v {
         None => "-".into(),
         Some(s) if s.is_nan() => "-".into(),
         Some(s) if s >= 86400.0 => format!("{:.1}d", s / 86400.0),
@@ -18,15 +26,11 @@ fn duration(v: &Value) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+fn text<T: Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
 }
 
-pub fn print_workers(rows: &Value) {
+pub fn print_workers(rows: &[WorkerRow]) {
     println!(
         "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
         "SLOT",
@@ -39,67 +43,62 @@ pub fn print_workers(rows: &Value) {
         "GROWTH_MiB/m",
         "TO_LIMIT"
     );
-    for r in rows.as_array().into_iter().flatten() {
-        let growth = r["growth_bytes_per_second"]
-            .as_f64()
+    for r in rows {
+        let growth = r
+            .figures
+            .growth_bytes_per_second
             .map_or("-".into(), |g| format!("{:+.2}", g * 60.0 / 1048576.0));
-        let mut state = text(&r["state"]);
-        if r["budget_exhausted"] == true {
+        let mut state = r.state.clone();
+        if r.budget_exhausted {
             state.push('!');
         }
         println!(
             "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
-            text(&r["slot"]),
-            text(&r["pid"]),
+            r.slot,
+            text(r.pid),
             state,
-            duration(&r["uptime_seconds"]),
-            text(&r["restarts"]),
-            mib(&r["rss_bytes"]),
-            mib(&r["heap_allocated_bytes"]),
+            duration(r.uptime_seconds),
+            r.restarts,
+            mib(r.figures.rss_bytes.map(f)),
+            mib(r.figures.heap_allocated_bytes.map(f)),
             growth,
-            duration(&r["seconds_to_limit"])
+            duration(r.figures.seconds_to_limit)
         );
     }
 }
 
-pub fn print_profiles(rows: &Value) {
+pub fn print_profiles(rows: &[ProfileMeta]) {
     println!(
         "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  CREATED",
         "ID", "SLOT", "PID", "TRIGGER", "KIND", "RULE", "BYTES", "HEAP_MiB"
     );
-    for r in rows.as_array().into_iter().flatten() {
-        let created = r["created_unix_ms"]
-            .as_u64()
-            .map(|ms| {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                )
-                .to_string()
-            })
-            .unwrap_or_default();
+    for r in rows {
+        let created = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.created_unix_ms),
+        );
         println!(
             "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {created}",
-            text(&r["id"]),
-            text(&r["slot"]),
-            text(&r["pid"]),
-            text(&r["trigger"]),
-            r["kind"].as_str().unwrap_or("profile"),
-            text(&r["rule"]),
-            text(&r["bytes"]),
-            mib(&r["figures"]["heap_allocated"]),
+            r.id,
+            r.slot,
+            r.pid,
+            r.trigger.as_str(),
+            r.kind.as_str(),
+            text(r.rule.as_deref()),
+            r.bytes,
+            mib(r.figures.heap_allocated.map(f)),
         );
     }
 }
 
-pub fn print_diff(report: &Value) {
+pub fn print_diff(report: &DiffReport) {
     println!(
         "profile {} minus base {}: {} MiB growth",
-        text(&report["profile_id"]),
-        text(&report["base_id"]),
-        mib(&report["total_delta_bytes"])
+        report.profile_id,
+        report.base_id,
+        mib(Some(f(report.total_delta_bytes)))
     );
     println!("{:>12}  FUNCTION", "GROWTH_MiB");
-    for e in report["top"].as_array().into_iter().flatten().take(15) {
-        println!("{:>12}  {}", mib(&e["delta_bytes"]), text(&e["function"]));
+    for e in report.top.iter().take(15) {
+        println!("{:>12}  {}", mib(Some(f(e.delta_bytes))), e.function);
     }
 }
