@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::profiles::{DiffEntry, DiffReport, ProfileFigures, ProfileMeta};
-use crate::watchdog::SlotFigures;
+pub use crate::watchdog::SlotFigures;
 
 /// One row of `GET /api/v1/workers` (`heapwarden ps`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,34 +21,7 @@ pub struct WorkerRow {
     pub restarts: u64,
     pub budget_exhausted: bool,
     #[serde(flatten)]
-    pub figures: WorkerFigures,
-}
-
-/// The watchdog's latest figures of a slot, as `/api/v1/workers` shows them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WorkerFigures {
-    pub rss_bytes: Option<u64>,
-    pub pss_bytes: Option<u64>,
-    pub heap_allocated_bytes: Option<u64>,
-    pub heap_active_bytes: Option<u64>,
-    pub growth_bytes_per_second: Option<f64>,
-    pub seconds_to_limit: Option<f64>,
-    /// The figure the leak rules watch (`heap_allocated`, `pss`, …).
-    pub watched: Option<String>,
-}
-
-impl From<&SlotFigures> for WorkerFigures {
-    fn from(f: &SlotFigures) -> WorkerFigures {
-        WorkerFigures {
-            rss_bytes: f.rss_bytes,
-            pss_bytes: f.pss_bytes,
-            heap_allocated_bytes: f.heap_allocated_bytes,
-            heap_active_bytes: f.heap_active_bytes,
-            growth_bytes_per_second: f.growth_bytes_per_second,
-            seconds_to_limit: f.seconds_to_limit,
-            watched: f.watched.map(str::to_string),
-        }
-    }
+    pub figures: SlotFigures,
 }
 
 /// `POST /api/v1/workers/{slot}/restart` (202): the worker being replaced.
@@ -97,7 +70,7 @@ mod tests {
             uptime_seconds: Some(3.5),
             restarts: 2,
             budget_exhausted: false,
-            figures: WorkerFigures {
+            figures: SlotFigures {
                 rss_bytes: Some(10),
                 watched: Some("heap_allocated".into()),
                 ..Default::default()

@@ -4,10 +4,9 @@
 //! any request was served.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use heapwarden_tests::tools::promtool_check_metrics;
 use heapwarden_tests::{AgentConfig, Sandbox, TimeoutGuard, http_get, poll, wait_until_ok};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -37,24 +36,9 @@ fn demo_metrics_lint_clean_and_request_series_exist_from_the_first_scrape() {
         );
         assert!(page.contains(&latency), "{latency} missing:\n{page}");
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(page.as_bytes())
-        .expect("write");
-    let output = child.wait_with_output().expect("promtool output");
-    let report = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
+    let (code, report) = promtool_check_metrics(&page);
     assert!(
-        output.status.success() && report.trim().is_empty(),
+        code == Some(0) && report.trim().is_empty(),
         "promtool check metrics: {report}"
     );
 }

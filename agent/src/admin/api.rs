@@ -13,7 +13,7 @@ use serde::Deserialize;
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api_types::{ErrorReply, KeyError, ReloadReply, RestartReply, WorkerFigures, WorkerRow};
+use crate::api_types::{ErrorReply, KeyError, ReloadReply, RestartReply, WorkerRow};
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
     StoreError, Trigger, take_profile, take_snapshot,
@@ -108,10 +108,7 @@ async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
                 .map(|w| w.started_at.elapsed().as_secs_f64()),
             restarts: s.restarts,
             budget_exhausted: s.budget_exhausted,
-            figures: figures
-                .get(&s.slot)
-                .map(WorkerFigures::from)
-                .unwrap_or_default(),
+            figures: figures.get(&s.slot).cloned().unwrap_or_default(),
         })
         .collect();
     Json(rows)

@@ -165,7 +165,7 @@ impl Watchdog {
             if let Some((figure, obs)) = &trend {
                 f.growth_bytes_per_second = obs.slope_bytes_per_sec;
                 f.seconds_to_limit = obs.seconds_to_limit;
-                f.watched = Some(figure.as_str());
+                f.watched = Some(figure.as_str().into());
             }
         });
         let Some((figure, obs)) = trend else { return };
