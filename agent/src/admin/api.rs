@@ -18,7 +18,7 @@ use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
     StoreError, Trigger, take_profile, take_snapshot,
 };
-use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason};
+use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason, WorkerView};
 use crate::watchdog::FiguresView;
 
 /// `Retry-After` of a refused manual dump: a dump takes well under a second.
@@ -131,6 +131,20 @@ fn parse_slot(raw: &str, view: &PoolView) -> Result<usize, ApiError> {
     Ok(slot)
 }
 
+/// The slot named by `raw` and the worker serving it; 409 when it has none (the slot is
+/// starting again on its own).
+fn serving(state: &ApiState, raw: &str) -> Result<(usize, WorkerView), ApiError> {
+    let view = state.pool.borrow().clone();
+    let slot = parse_slot(raw, &view)?;
+    let worker = view.slots[slot].worker.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("worker slot {slot} has no running worker"),
+        )
+    })?;
+    Ok((slot, worker))
+}
+
 fn parse_id(raw: &str) -> Result<u64, ApiError> {
     ProfileId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
@@ -156,14 +170,7 @@ async fn profile_now(
             ));
         }
     };
-    let view = state.pool.borrow().clone();
-    let slot = parse_slot(&slot, &view)?;
-    let worker = view.slots[slot].worker.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            format!("worker slot {slot} has no running worker"),
-        )
-    })?;
+    let (slot, worker) = serving(&state, &slot)?;
     let figures = state
         .figures
         .borrow()
@@ -220,14 +227,7 @@ async fn restart(
     State(state): State<ApiState>,
     Path(slot): Path<String>,
 ) -> Result<Response, ApiError> {
-    let view = state.pool.borrow().clone();
-    let slot = parse_slot(&slot, &view)?;
-    let worker = view.slots[slot].worker.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            format!("worker slot {slot} has no running worker to restart; it starts on its own"),
-        )
-    })?;
+    let (slot, worker) = serving(&state, &slot)?;
     let (worker_id, pid) = (worker.worker_id, worker.pid);
     send(
         &state,
