@@ -66,8 +66,8 @@ pub use dump::dump_profile;
 pub use error::ProbeError;
 pub use heapwarden_protocol::{
     CONFIG_ENV, ContextError, DEFAULT_LOG_REDACT, InheritedFdError, InheritedSocket, LOG_LEVEL_ENV,
-    LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV, WorkerContext,
-    default_state_dir,
+    LOG_REDACT_ENV, POOL_SIZE_ENV, REDACTED, RedactKeys, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV,
+    WorkerContext, default_state_dir,
 };
 pub use liveness::{RuntimeLag, spawn_lag_monitor};
 pub use stats::{HeapStats, ReadHeapStats};

@@ -8,7 +8,9 @@
 //!   the agent passes a worker;
 //! - [`activation`]: socket activation (`LISTEN_FDS` and friends) and adopting inherited
 //!   descriptors, for workers and for the agent when systemd starts it;
-//! - [`HeapStats`]: the heap figures a probe reports.
+//! - [`HeapStats`]: the heap figures a probe reports;
+//! - [`redact`]: which log keys are sensitive (`log.redact`), matched the same way by the
+//!   agent's log and by workers that log request data.
 //!
 //! Only `activation` uses `unsafe` (taking ownership of an inherited descriptor); it says
 //! why every block is sound.
@@ -18,6 +20,7 @@
 pub mod activation;
 pub mod channel;
 pub mod context;
+pub mod redact;
 mod stats;
 
 pub use activation::{InheritedFdError, InheritedSocket, take_inherited_socket};
@@ -29,4 +32,5 @@ pub use context::{
     POOL_SIZE_ENV, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV, WORKER_PID_ENV, WorkerContext,
     default_state_dir, worker_pid_matches,
 };
+pub use redact::{REDACTED, RedactKeys};
 pub use stats::HeapStats;
