@@ -67,7 +67,7 @@ fn link(worker_id: u64, answers: bool) -> ControlLink {
     } else {
         tokio::spawn(silent_probe(worker_end));
     }
-    let (events, mut events_rx) = mpsc::channel(16);
+    let (events, mut events_rx) = mpsc::channel::<crate::supervisor::LinkEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     spawn_link(
         agent_end,

@@ -17,7 +17,7 @@ use super::super::output::capture;
 use super::super::rundir::WorkerDir;
 use super::super::spawn::{SpawnSpec, spawn_worker};
 use super::super::state::{Event, ExitStatus, WorkerId};
-use super::{Supervisor, signal_group};
+use super::{Inbox, Supervisor, signal_group};
 
 pub(super) struct WorkerRuntime {
     pub pid: u32,
@@ -94,7 +94,7 @@ impl Supervisor {
         let link = spawn_link(
             spawned.control,
             worker,
-            self.links_tx.clone(),
+            self.inbox_tx.clone(),
             hello_grace,
             log.clone(),
         );
@@ -102,10 +102,10 @@ impl Supervisor {
             notify_socket,
             worker,
             pid,
-            self.ready_tx.clone(),
+            self.inbox_tx.clone(),
             log.clone(),
         );
-        let exits = self.exits_tx.clone();
+        let exits = self.inbox_tx.clone();
         tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(s) => match s.signal() {
@@ -122,7 +122,7 @@ impl Supervisor {
                     info!(log, "A worker was killed by a signal."; "signal" => sig)
                 }
             }
-            let _ = exits.send((worker, status)).await;
+            let _ = exits.send(Inbox::Exited { worker, status }).await;
         });
         self.runtimes.insert(
             worker,
