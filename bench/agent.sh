@@ -11,8 +11,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-# The agent is built alone last: built with the workers, cargo would hand it the probe's
-# jemalloc feature (feature unification), and it ships on the C allocator.
+# One build: the agent links heapwarden-protocol, not the probe, so building it with the
+# workers no longer hands it jemalloc (it ships on the C allocator).
 cargo build --release --workspace --bins >&2
-cargo build --release -p heapwarden >&2
 exec "${CARGO_TARGET_DIR:-$root/target}/release/bench-agent" "$@"

@@ -54,8 +54,8 @@ for tool in wrk redis-server curl python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
 done
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    # Two invocations: built together, the agent would get the probe's jemalloc feature.
-    (cd "$ROOT" && cargo build --release -p heapwarden >&2 && cargo build --release -p heapwarden-demo >&2)
+    # One invocation: the agent links heapwarden-protocol, so no jemalloc reaches it.
+    (cd "$ROOT" && cargo build --release -p heapwarden -p heapwarden-demo >&2)
 fi
 
 WORK=$(mktemp -d)

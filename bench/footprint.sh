@@ -62,8 +62,7 @@ echo "| build | clean release build s | binary MiB | crates in the agent's build
 echo "|---|---:|---:|---:|---:|---:|"
 echo "$ROWS"
 echo
-# The footprint windows need the workspace's probe-worker and bench-agent (release); the
-# agent itself is built alone last, so that cargo does not hand it the probe's jemalloc
-# feature from the workers built in the same invocation.
-(cd "$ROOT" && cargo build --release -p heapwarden-tests --bins >&2 && cargo build --release -p heapwarden >&2)
+# The footprint windows need the workspace's probe-worker and bench-agent (release) and the
+# agent: one invocation (the agent links heapwarden-protocol, so no jemalloc reaches it).
+(cd "$ROOT" && cargo build --release -p heapwarden-tests --bins -p heapwarden >&2)
 "$ROOT/target/release/bench-agent" "${QUICK[@]}" --compare "before=$WORK/before/heapwarden"

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api_types;
 pub mod cli;
 pub mod config;
 pub mod export;

@@ -4,7 +4,8 @@
 // 8 workers (docs/src/internals/performance.md, "Agent footprint"). `--features jemalloc` builds the other variant
 // for that comparison.
 #[cfg(feature = "jemalloc")]
-heapwarden_probes::install!();
+#[global_allocator]
+static AGENT_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     heapwarden::cli::main()

@@ -13,7 +13,9 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use heapwarden_probes::channel::encode;
-use heapwarden_probes::{AgentMsg, FrameDecoder, HeapStats, Probe, WorkerMsg, dump_profile};
+use heapwarden_probes::{
+    AgentMsg, FrameDecoder, HeapStats, Probe, ReadHeapStats, WorkerMsg, dump_profile,
+};
 
 struct Row {
     what: &'static str,

@@ -22,22 +22,14 @@ use tokio::sync::{oneshot, watch};
 use crate::channel::{WorkerMsg, encode};
 use crate::diag::warn;
 use crate::error::ProbeError;
-use crate::fd::adopt_inherited_socket;
 use crate::held_fd::HeldFd;
 use crate::liveness::RuntimeLag;
+use heapwarden_protocol::activation::adopt_inherited_socket;
 
-/// Environment variable naming the inherited control socket's descriptor number.
-pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
-/// Environment variable naming the one process that may use the control channel: the
-/// worker the agent started (the agent's forked child sets it to its own pid before it
-/// execs the command, which keeps the pid). Descendants inherit the environment but not the claim.
-pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
+pub use heapwarden_protocol::{CONTROL_FD_ENV, WORKER_PID_ENV, worker_pid_matches};
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The writer thread's name, and a string every program that can start a [`Probe`]
-/// carries in its read-only data: the agent looks for it to refuse putting the native
-/// probe (a second probe on the same channel) into such a program.
-pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";
+pub use heapwarden_protocol::RUST_PROBE_MARK;
 /// Messages waiting for the writer thread; beyond this they are dropped and counted.
 const SEND_QUEUE: usize = 256;
 const NO_DEADLINE: u64 = u64::MAX;
@@ -45,15 +37,6 @@ const NO_DEADLINE: u64 = u64::MAX;
 type MetricsSource = dyn Fn() -> String + Send + Sync;
 type InvalidateCallback = dyn Fn(&str, i64) + Send + Sync;
 type DrainCallback = dyn Fn(Duration) + Send + Sync;
-
-/// Whether this process is the worker the agent started: `Some(true)` when
-/// [`WORKER_PID_ENV`] names this pid, `Some(false)` when it names another (this is a
-/// descendant that inherited the environment), `None` when it is not set (an agent that
-/// predates it, or a test harness).
-pub fn worker_pid_matches() -> Option<bool> {
-    let value = std::env::var(WORKER_PID_ENV).ok()?;
-    Some(value.trim() == std::process::id().to_string())
-}
 
 /// Handle to the control channel. Cheap to clone; all clones share one channel.
 #[derive(Clone)]

@@ -53,3 +53,23 @@ pub enum ProbeError {
         source: std::io::Error,
     },
 }
+
+impl From<heapwarden_protocol::InheritedFdError> for ProbeError {
+    fn from(e: heapwarden_protocol::InheritedFdError) -> ProbeError {
+        ProbeError::InheritedFd {
+            var: e.var,
+            value: e.value,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<heapwarden_protocol::ContextError> for ProbeError {
+    fn from(e: heapwarden_protocol::ContextError) -> ProbeError {
+        ProbeError::Context {
+            var: e.var,
+            value: e.value,
+            reason: e.reason,
+        }
+    }
+}

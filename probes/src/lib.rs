@@ -9,10 +9,13 @@
 //!   thread, so nothing in the worker's hot path ever waits on the agent);
 //! - a liveness helper ([`spawn_lag_monitor`]) that tells a stalled async runtime apart
 //!   from a busy one;
-//! - socket activation: [`take_listen_socket`] adopts the listener the agent shares (and
-//!   [`take_inherited_socket`] is how the agent itself takes the one systemd passed);
+//! - socket activation: [`take_listen_socket`] adopts the listener the agent shares;
 //! - the worker's context ([`WorkerContext`]): slot, pool size, state directory, config
 //!   file and log settings, as the agent passes them.
+//!
+//! The channel's frames and messages, the worker context with its environment names and
+//! socket activation live in `heapwarden-protocol` (which the agent links without any
+//! allocator) and are re-exported here unchanged.
 //!
 //! The allocator, heap figures and dumps need the default `jemalloc` feature; without it
 //! (the agent's build) the crate is the channel types, socket activation and the context,
@@ -37,26 +40,25 @@
 //! (jemalloc is built with its `_rjem_` prefix: it serves Rust's allocations only, and the
 //! native preload library can wrap it in `malloc`/`free` of its own).
 //!
-//! Only `alloc` (jemalloc's C interface), `fd` (adopting inherited descriptors) and
-//! `held_fd` (the probe's own copies, checked before each use) use `unsafe`; each says
-//! why every block is sound.
+//! Only `alloc` (jemalloc's C interface) and `held_fd` (the probe's own copies of the
+//! control socket, checked before each use) use `unsafe`; each says why every block is
+//! sound.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)]
 pub mod alloc;
-pub mod channel;
 mod client;
-mod context;
 pub mod diag;
 mod dump;
 mod error;
 #[allow(unsafe_code)]
-mod fd;
-#[allow(unsafe_code)]
 mod held_fd;
 mod liveness;
 mod stats;
+
+/// The control channel's frames and messages, from `heapwarden-protocol` (their one home).
+pub use heapwarden_protocol::channel;
 
 #[cfg(feature = "jemalloc")]
 pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
@@ -66,16 +68,28 @@ pub use channel::{
 pub use client::{
     CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, RUST_PROBE_MARK, WORKER_PID_ENV, worker_pid_matches,
 };
-pub use context::{
-    CONFIG_ENV, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV,
-    STATE_DIR_ENV, WORKER_ID_ENV, WorkerContext, default_state_dir,
-};
 pub use dump::dump_profile;
 pub use error::ProbeError;
-pub use fd::{InheritedSocket, take_inherited_socket, take_listen_socket};
+pub use heapwarden_protocol::{
+    CONFIG_ENV, ContextError, DEFAULT_LOG_REDACT, InheritedFdError, InheritedSocket, LOG_LEVEL_ENV,
+    LOG_REDACT_ENV, POOL_SIZE_ENV, REDACTED, RedactKeys, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV,
+    WorkerContext, default_state_dir,
+};
 pub use held_fd::{PRIVATE_FD_FLOOR, close_held_in_forked_child};
 pub use liveness::{RuntimeLag, spawn_lag_monitor};
-pub use stats::HeapStats;
+pub use stats::{HeapStats, ReadHeapStats};
+
+/// The listening socket the agent shares (socket activation), or `None` when none was
+/// passed to this process; see [`heapwarden_protocol::take_inherited_socket`].
+pub fn take_inherited_socket() -> Result<Option<InheritedSocket>, ProbeError> {
+    Ok(heapwarden_protocol::take_inherited_socket()?)
+}
+
+/// [`take_inherited_socket`] as a TCP listener (blocking, close-on-exec): what a worker
+/// accepts on.
+pub fn take_listen_socket() -> Result<Option<std::net::TcpListener>, ProbeError> {
+    Ok(heapwarden_protocol::activation::take_listen_socket()?)
+}
 
 /// Re-exported so that [`install!`] expands without the app depending on it directly.
 #[cfg(feature = "jemalloc")]

@@ -1,46 +1,30 @@
-//! `HeapStats`: jemalloc's process-wide heap figures, read through MIBs looked up once.
+//! Reading `HeapStats` (the protocol's type) from jemalloc's process-wide figures, through
+//! MIBs looked up once.
 //!
 //! jemalloc caches its statistics; they only refresh when `epoch` advances, so every read
 //! advances it first. Name lookup costs a string walk per key, which is why the MIBs are
 //! resolved once and kept.
 
-use serde::{Deserialize, Serialize};
+pub use heapwarden_protocol::HeapStats;
 
 use crate::error::ProbeError;
 
-/// A worker's heap figures, in bytes. From jemalloc (`stats.*` after an `epoch` advance)
-/// in Rust and native workers; from V8 in Node workers, where `allocated` is `heapUsed`,
-/// `active` is `heapTotal` and the jemalloc-only figures are absent (`None`), never faked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct HeapStats {
-    /// Bytes the application holds (heap used).
-    pub allocated: u64,
-    /// Bytes in active pages, a multiple of the page size (heap total).
-    pub active: u64,
-    /// Bytes in physically resident data pages mapped by jemalloc.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resident: Option<u64>,
-    /// Bytes in active extents mapped by jemalloc.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mapped: Option<u64>,
-    /// Bytes in virtual memory kept for reuse rather than returned to the OS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retained: Option<u64>,
-    /// Bytes jemalloc spends on its own bookkeeping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<u64>,
+/// Reading [`HeapStats`] in this process (`HeapStats::read()`): the type is the
+/// protocol's, the reading is the probe's.
+pub trait ReadHeapStats {
+    /// Advances jemalloc's `epoch` and reads the current figures.
+    fn read() -> Result<HeapStats, ProbeError>;
 }
 
-impl HeapStats {
-    /// Advances jemalloc's `epoch` and reads the current figures.
+impl ReadHeapStats for HeapStats {
     #[cfg(feature = "jemalloc")]
-    pub fn read() -> Result<HeapStats, ProbeError> {
+    fn read() -> Result<HeapStats, ProbeError> {
         jemalloc::read()
     }
 
     /// Without the `jemalloc` feature there are no heap figures.
     #[cfg(not(feature = "jemalloc"))]
-    pub fn read() -> Result<HeapStats, ProbeError> {
+    fn read() -> Result<HeapStats, ProbeError> {
         Err(ProbeError::NoJemalloc)
     }
 }
@@ -109,7 +93,7 @@ mod jemalloc {
 
 #[cfg(all(test, feature = "jemalloc"))]
 mod tests {
-    use super::HeapStats;
+    use super::{HeapStats, ReadHeapStats};
 
     const MIB: u64 = 1024 * 1024;
 

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use heapwarden_probes::channel::encode;
-use heapwarden_probes::{AgentMsg, FrameDecoder, HeapStats, Probe, ProbeError, WorkerMsg};
+use heapwarden_probes::{
+    AgentMsg, FrameDecoder, HeapStats, Probe, ProbeError, ReadHeapStats, WorkerMsg,
+};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 

@@ -7,8 +7,8 @@
  *   worker deep     hold 16 KiB blocks allocated at 128 different stack depths (a large
  *                   heap profile), then idle
  *
- * With NATIVE_DRAIN_HANDLER=1 it registers a drain handler with the preload (resolved
- * weakly, so it also runs without it); otherwise a drain arrives as SIGTERM. Either way
+ * With NATIVE_DRAIN_HANDLER=1 it registers a drain handler with the preload through
+ * <heapwarden.h> (declared weak, so it also runs without it); otherwise a drain arrives as SIGTERM. Either way
  * it logs one JSON line and exits 0. Lines on stdout are JSON, which the agent relays. */
 #include <signal.h>
 #include <stddef.h>
@@ -21,7 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
-extern void heapwarden_set_drain_handler(void (*handler)(uint64_t)) __attribute__((weak));
+/* The preload's C API (probes/preload/include): declared weak, NULL without the preload. */
+#include <heapwarden.h>
 
 static volatile sig_atomic_t stopping;
 static volatile uint64_t drain_deadline_ms;

@@ -1,12 +1,17 @@
 //! Shared harness of the end-to-end tests: spawns the real `heapwarden` binary (and test
 //! workers) with a parent-death signal, collects its JSON log lines, and waits for
-//! events with deadlines so a hang fails the test instead of blocking CI.
+//! events with deadlines so a hang fails the test instead of blocking CI. A spawned
+//! process is stopped as an operator would stop it (SIGTERM, a bounded wait, then
+//! SIGKILL) and carries a mark in its environment that its descendants inherit
+//! (`leftovers`), so the suite can end by checking that nothing a test started outlived
+//! the test.
 
 #![allow(unsafe_code)]
 
 pub mod config;
 pub mod http;
 pub mod nspawn;
+pub mod leftovers;
 pub mod promql;
 pub mod pyroscope;
 pub mod tools;
@@ -76,6 +81,8 @@ impl TimeoutGuard {
                 .unwrap_or_else(|e| e.into_inner());
             if !*finished {
                 eprintln!("test {name} exceeded its {limit:?} limit; aborting");
+                // Abort runs no destructor: kill what this test started first.
+                leftovers::kill_marked(&leftovers::owner_mark());
                 std::process::abort();
             }
         });
@@ -183,16 +190,26 @@ pub fn msg(text: &'static str) -> impl Fn(&Value) -> bool {
     move |r| r["msg"] == text
 }
 
-/// A child process with collected output, SIGKILLed on drop.
+/// How long a dropped [`Proc`] has to exit after SIGTERM before it is SIGKILLed: an agent
+/// drains its workers first, and tests keep `drain-timeout` short.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// A child process with collected output, stopped on drop with SIGTERM, then after
+/// [`STOP_GRACE`] SIGKILL (and then whatever it left, found by its mark, too).
 pub struct Proc {
     pub child: Child,
     pub logs: Logs,
+    /// The environment mark this process and its descendants carry.
+    mark: String,
 }
 
 impl Proc {
-    /// Spawns `command` with stdout/stderr collected and a parent-death signal.
+    /// Spawns `command` with stdout/stderr collected, a parent-death signal and the
+    /// test's mark in its environment.
     pub fn spawn(mut command: Command) -> Proc {
+        let mark = leftovers::proc_mark();
         command
+            .env(leftovers::MARK_ENV, &mark)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -225,7 +242,7 @@ impl Proc {
                 l2.push(line, false);
             }
         });
-        Proc { child, logs }
+        Proc { child, logs, mark }
     }
 
     pub fn pid(&self) -> i32 {
@@ -240,12 +257,34 @@ impl Proc {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         try_poll(timeout, || self.child.try_wait().ok().flatten())
     }
+
+    /// Stops the process as an operator would: SIGTERM, up to `grace` for it to exit (an
+    /// agent drains and stops its workers), then SIGKILL and a sweep of every process
+    /// carrying this one's mark, since an agent killed outright leaves its workers
+    /// behind. A process that had already exited is only reaped: what it left is the
+    /// suite's final check's to find.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        if let Some(status) = self.wait_exit(grace) {
+            return Some(status);
+        }
+        eprintln!(
+            "pid {} did not stop within {grace:?} of SIGTERM; killing it and what it started",
+            self.pid()
+        );
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        leftovers::kill_marked(&self.mark);
+        status
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop(STOP_GRACE);
     }
 }
 

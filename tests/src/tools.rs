@@ -92,3 +92,27 @@ pub fn build_deb(out: &Path) -> PathBuf {
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("a .deb was written")
 }
+
+/// `promtool check metrics` on an exposition page: its exit code and everything it
+/// printed. The page is written from its own thread while promtool's output is read, so
+/// a large page cannot fill both pipes and hang.
+pub fn promtool_check_metrics(page: &str) -> (Option<i32>, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let page = page.to_owned();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(page.as_bytes());
+    });
+    let output = child.wait_with_output().expect("promtool output");
+    let _ = writer.join();
+    let report = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), report)
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use heapwarden_tests::tools::promtool_check_metrics;
 use heapwarden_tests::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -268,24 +269,9 @@ heapwarden_worker_up{worker=\\\"0\\\"} 0\\nstolen{worker=\\\"7\\\"} 1\\n";
 /// `promtool check metrics` must parse the page; lint findings about worker families
 /// (exit 3) are the worker's business.
 fn promtool_parses(page: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(page.as_bytes())
-        .expect("write");
-    let output = child.wait_with_output().expect("promtool output");
-    let report = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
+    let (code, report) = promtool_check_metrics(page);
     assert!(
-        matches!(output.status.code(), Some(0 | 3)) && !report.contains("error"),
+        matches!(code, Some(0 | 3)) && !report.contains("error"),
         "promtool: {report}"
     );
     assert!(

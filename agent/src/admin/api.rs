@@ -9,16 +9,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api_types::{ErrorReply, KeyError, ReloadReply, RestartReply, WorkerRow};
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
-    SnapshotRequest, StoreError, Trigger, take_profile, take_snapshot,
+    StoreError, Trigger, take_profile, take_snapshot,
 };
-use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason};
-use crate::watchdog::{FiguresView, SlotFigures};
+use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason, WorkerView};
+use crate::watchdog::FiguresView;
 
 /// `Retry-After` of a refused manual dump: a dump takes well under a second.
 const RETRY_DUMP_AFTER_SECONDS: &str = "1";
@@ -69,7 +70,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(serde_json::json!({ "error": self.message })),
+            Json(ErrorReply {
+                error: self.message,
+                errors: Vec::new(),
+            }),
         )
             .into_response()
     }
@@ -86,20 +90,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct WorkerRow {
-    pub slot: usize,
-    pub pid: Option<u32>,
-    pub state: &'static str,
-    pub ready: bool,
-    pub probe: bool,
-    pub uptime_seconds: Option<f64>,
-    pub restarts: u64,
-    pub budget_exhausted: bool,
-    #[serde(flatten)]
-    pub figures: SlotFigures,
-}
-
 async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
     let figures = state.figures.borrow().clone();
     let view = state.pool.borrow().clone();
@@ -109,7 +99,7 @@ async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerRow>> {
         .map(|s| WorkerRow {
             slot: s.slot,
             pid: s.worker.as_ref().map(|w| w.pid),
-            state: s.state.as_str(),
+            state: s.state.as_str().to_string(),
             ready: s.worker.as_ref().is_some_and(|w| w.ready),
             probe: s.worker.as_ref().is_some_and(|w| w.probe),
             uptime_seconds: s
@@ -141,6 +131,20 @@ fn parse_slot(raw: &str, view: &PoolView) -> Result<usize, ApiError> {
     Ok(slot)
 }
 
+/// The slot named by `raw` and the worker serving it; 409 when it has none (the slot is
+/// starting again on its own).
+fn serving(state: &ApiState, raw: &str) -> Result<(usize, WorkerView), ApiError> {
+    let view = state.pool.borrow().clone();
+    let slot = parse_slot(raw, &view)?;
+    let worker = view.slots[slot].worker.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("worker slot {slot} has no running worker"),
+        )
+    })?;
+    Ok((slot, worker))
+}
+
 fn parse_id(raw: &str) -> Result<u64, ApiError> {
     ProfileId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
@@ -166,14 +170,7 @@ async fn profile_now(
             ));
         }
     };
-    let view = state.pool.borrow().clone();
-    let slot = parse_slot(&slot, &view)?;
-    let worker = view.slots[slot].worker.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            format!("worker slot {slot} has no running worker"),
-        )
-    })?;
+    let (slot, worker) = serving(&state, &slot)?;
     let figures = state
         .figures
         .borrow()
@@ -182,17 +179,9 @@ async fn profile_now(
         .unwrap_or_default();
     let figures = figures.for_profile();
     if snapshot {
-        let request = SnapshotRequest {
-            slot,
-            pid: worker.pid,
-            link: worker.link.filter(|_| worker.probe),
-            runtime: worker.runtime,
-            trigger: Trigger::Manual,
-            figures,
-            rule: None,
-            headroom: state.snapshot_headroom,
-            replace: Some(state.requests.clone()),
-        };
+        let mut request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None)
+            .into_snapshot(state.snapshot_headroom);
+        request.replace = Some(state.requests.clone());
         return match take_snapshot(&state.store, request, &state.log).await {
             Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
             Err(e) if e.is_refusal() => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
@@ -203,15 +192,7 @@ async fn profile_now(
             Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
         };
     }
-    let request = CaptureRequest {
-        slot,
-        pid: worker.pid,
-        link: worker.link.filter(|_| worker.probe),
-        trigger: Trigger::Manual,
-        figures,
-        rule: None,
-        runtime: worker.runtime,
-    };
+    let request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None);
     // Its own task: a client that hangs up does not cut a dump off half-way.
     let (store, log) = (state.store.clone(), state.log.clone());
     let capture = tokio::spawn(async move { take_profile(&store, request, &log).await });
@@ -247,18 +228,24 @@ async fn restart(
     State(state): State<ApiState>,
     Path(slot): Path<String>,
 ) -> Result<Response, ApiError> {
-    let slot = parse_slot(&slot, &state.pool.borrow().clone())?;
+    let (slot, worker) = serving(&state, &slot)?;
+    let (worker_id, pid) = (worker.worker_id, worker.pid);
     send(
         &state,
         Request::Replace {
             slot,
+            worker: worker_id,
             reason: RestartReason::Manual,
         },
     )
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "replacing": slot })),
+        Json(RestartReply {
+            replacing: slot,
+            worker_id,
+            pid,
+        }),
     )
         .into_response())
 }
@@ -284,27 +271,27 @@ async fn reload(State(state): State<ApiState>) -> Result<Response, ApiError> {
             replaces_workers,
         } => (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({
-                "reloading": true,
-                "needs_restart": needs_restart,
-                "replaces_workers": replaces_workers,
-            })),
+            Json(ReloadReply {
+                reloading: true,
+                needs_restart: needs_restart.iter().map(|k| k.to_string()).collect(),
+                replaces_workers,
+            }),
         )
             .into_response(),
         ReloadOutcome::Refused { errors } => {
             let listed: Vec<String> = errors.iter().map(|(k, e)| format!("{k}: {e}")).collect();
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                Json(serde_json::json!({
-                    "error": format!(
+                Json(ErrorReply {
+                    error: format!(
                         "the config was refused, the running config stays ({})",
                         listed.join("; ")
                     ),
-                    "errors": errors
-                        .iter()
-                        .map(|(key, error)| serde_json::json!({ "key": key, "error": error }))
-                        .collect::<Vec<_>>(),
-                })),
+                    errors: errors
+                        .into_iter()
+                        .map(|(key, error)| KeyError { key, error })
+                        .collect(),
+                }),
             )
                 .into_response()
         }

@@ -138,7 +138,7 @@ fn rebuild(dir: &Path, pid: u32) -> Option<RunningAgent> {
     let mut config = source.load_with_env(env).ok()?;
     // The default state directory is the agent's (its $STATE_DIRECTORY, its $HOME), not
     // this process's.
-    if config.state_dir == heapwarden_probes::default_state_dir() {
+    if config.state_dir == heapwarden_protocol::default_state_dir() {
         config.state_dir = agent_default_state_dir(&var, is_root(dir));
     }
     for path in [&mut config.state_dir, &mut config.admin.token_file] {
@@ -149,7 +149,7 @@ fn rebuild(dir: &Path, pid: u32) -> Option<RunningAgent> {
     Some(RunningAgent { pid, file, config })
 }
 
-/// `heapwarden_probes::default_state_dir` evaluated with the agent's environment.
+/// `heapwarden_protocol::default_state_dir` evaluated with the agent's environment.
 fn agent_default_state_dir(var: &dyn Fn(&str) -> Option<String>, root: bool) -> PathBuf {
     if let Some(dir) = var("STATE_DIRECTORY") {
         return PathBuf::from(dir);

@@ -33,7 +33,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             // Shared with workers run alone: the probe crate owns the default.
-            state_dir: heapwarden_probes::default_state_dir(),
+            state_dir: heapwarden_protocol::default_state_dir(),
             admin: AdminConfig::default(),
             pool: PoolConfig::default(),
             sampling: SamplingConfig::default(),
@@ -290,7 +290,7 @@ impl Default for LogConfig {
         LogConfig {
             level: LogLevel::Info,
             // Workers that get no list from the agent use the same defaults.
-            redact: heapwarden_probes::DEFAULT_LOG_REDACT
+            redact: heapwarden_protocol::DEFAULT_LOG_REDACT
                 .iter()
                 .map(|k| k.to_string())
                 .collect(),

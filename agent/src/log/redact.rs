@@ -1,49 +1,27 @@
 //! Redaction of sensitive keys before a record reaches the JSON serialiser: a drain
 //! wrapper that hands slog-json a serializer which swaps sensitive values for
-//! "[REDACTED]", at the top level and inside nested JSON values.
+//! "[REDACTED]", at the top level and inside nested JSON values. Which keys match is
+//! `heapwarden_protocol::RedactKeys`, shared with the workers.
 
 use std::fmt;
-use std::sync::Arc;
 
+use heapwarden_protocol::{REDACTED, RedactKeys};
 use slog::{
     BorrowedKV, Drain, KV, Key, OwnedKV, OwnedKVList, Record, RecordStatic, SerdeValue, Serializer,
 };
 
-const REDACTED: &str = "[REDACTED]";
-
 pub struct Redact<D> {
     inner: D,
-    keys: Arc<Vec<String>>,
+    keys: RedactKeys,
 }
 
 impl<D> Redact<D> {
     pub fn new(inner: D, keys: &[String]) -> Self {
-        let keys = keys.iter().map(|k| normalise(k)).collect();
         Redact {
             inner,
-            keys: Arc::new(keys),
+            keys: RedactKeys::new(keys),
         }
     }
-}
-
-/// `Set-Cookie`, `set_cookie` and `set-cookie` are the same key.
-fn normalise(key: &str) -> String {
-    key.to_ascii_lowercase().replace('_', "-")
-}
-
-/// Compares against the normalised keys without allocating: this runs for every key of
-/// every record.
-fn is_sensitive(keys: &[String], key: &str) -> bool {
-    keys.iter().any(|k| {
-        k.len() == key.len()
-            && k.bytes().zip(key.bytes()).all(|(want, got)| {
-                want == if got == b'_' {
-                    b'-'
-                } else {
-                    got.to_ascii_lowercase()
-                }
-            })
-    })
 }
 
 impl<D: Drain> Drain for Redact<D> {
@@ -72,7 +50,7 @@ impl<D: Drain> Drain for Redact<D> {
 
 struct RedactedKv<K> {
     inner: K,
-    keys: Arc<Vec<String>>,
+    keys: RedactKeys,
 }
 
 impl<K: KV> KV for RedactedKv<K> {
@@ -89,13 +67,13 @@ impl<K: KV> KV for RedactedKv<K> {
 
 struct RedactingSerializer<'a> {
     inner: &'a mut dyn Serializer,
-    keys: &'a [String],
+    keys: &'a RedactKeys,
 }
 
 macro_rules! forward {
     ($($name:ident: $ty:ty),* $(,)?) => {
         $(fn $name(&mut self, key: Key, val: $ty) -> slog::Result {
-            if is_sensitive(self.keys, key) {
+            if self.keys.is_sensitive(key) {
                 return self.inner.emit_str(key, REDACTED);
             }
             self.inner.$name(key, val)
@@ -121,28 +99,12 @@ impl Serializer for RedactingSerializer<'_> {
     }
 
     fn emit_serde(&mut self, key: Key, value: &dyn SerdeValue) -> slog::Result {
-        if is_sensitive(self.keys, key) {
+        if self.keys.is_sensitive(key) {
             return self.inner.emit_str(key, REDACTED);
         }
         let mut json = serde_json::to_value(value.as_serde()).unwrap_or(serde_json::Value::Null);
-        redact_json(self.keys, &mut json);
+        self.keys.redact_json(&mut json);
         self.inner.emit_serde(key, &RedactedJson(json))
-    }
-}
-
-fn redact_json(keys: &[String], value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if is_sensitive(keys, k) {
-                    *v = serde_json::Value::String(REDACTED.into());
-                } else {
-                    redact_json(keys, v);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_json(keys, v)),
-        _ => {}
     }
 }
 

@@ -9,16 +9,16 @@
 
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
+use heapwarden_protocol::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use super::{
-    DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger,
-    convert_in_helper, convert_v8_in_helper,
+    DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, SnapshotRequest, StoreError,
+    Trigger, convert_in_helper, convert_v8_in_helper,
 };
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{HEAP_PROFILE_DURATION, HEAP_PROFILES, PROFILES_STORED_BYTES};
-use crate::supervisor::ControlLink;
+use crate::supervisor::{ControlLink, Runtime, WorkerView};
 
 /// The worker writes its dump well under a millisecond; this covers a busy machine.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,15 +61,50 @@ impl CaptureError {
     }
 }
 
+/// One profile to take, naming the worker it is taken from. Built by
+/// [`CaptureRequest::of_worker`] for the watchdog and the admin API alike.
 pub struct CaptureRequest {
     pub slot: usize,
+    pub worker_id: u64,
     pub pid: u32,
+    /// The worker's control link, only when a probe said hello on it.
     pub link: Option<ControlLink>,
+    pub runtime: Option<Runtime>,
     pub trigger: Trigger,
     pub figures: ProfileFigures,
     pub rule: Option<String>,
-    /// The probe that said hello (recorded with the profile).
-    pub runtime: Option<heapwarden_probes::Runtime>,
+}
+
+impl CaptureRequest {
+    /// A profile of `worker`, which serves `slot`.
+    pub fn of_worker(
+        slot: usize,
+        worker: &WorkerView,
+        trigger: Trigger,
+        figures: ProfileFigures,
+        rule: Option<String>,
+    ) -> CaptureRequest {
+        CaptureRequest {
+            slot,
+            worker_id: worker.worker_id,
+            pid: worker.pid,
+            link: worker.link.clone().filter(|_| worker.probe),
+            runtime: worker.runtime,
+            trigger,
+            figures,
+            rule,
+        }
+    }
+
+    /// The same worker and figures, as a V8 heap snapshot (`headroom`:
+    /// `profiles.snapshot-headroom`).
+    pub fn into_snapshot(self, headroom: f64) -> SnapshotRequest {
+        SnapshotRequest {
+            capture: self,
+            headroom,
+            replace: None,
+        }
+    }
 }
 
 /// Takes one profile and records its outcome in the metrics and the log.
@@ -121,16 +156,17 @@ async fn capture(
 ) -> Result<ProfileMeta, CaptureError> {
     let CaptureRequest {
         slot,
+        worker_id,
         pid,
         link,
+        runtime,
         trigger,
         figures,
         rule,
-        runtime,
     } = request;
     let link = link.ok_or(CaptureError::NoProbe { slot })?;
     let mut pending = store
-        .begin(slot, pid, trigger)
+        .begin(slot, Some(worker_id), pid, trigger)
         .await
         .map_err(CaptureError::Skipped)?;
     pending.runtime = runtime;

@@ -11,7 +11,7 @@ pub use crate::metric_names::labels::ExportOutcome;
 /// Why a profile was taken; also the `trigger` label of `heapwarden_heap_profiles_total`.
 pub use crate::metric_names::labels::Trigger;
 /// Which probe wrote a profile (rust, node, native).
-pub use heapwarden_probes::Runtime;
+pub use heapwarden_protocol::Runtime;
 
 /// What a stored file is: a pprof heap profile, or a V8 heap snapshot (Node workers,
 /// opens in Chrome DevTools → Memory → Load).
@@ -62,6 +62,10 @@ pub struct ProfileFigures {
 pub struct ProfileMeta {
     pub id: u64,
     pub slot: usize,
+    /// The worker the profile was taken from (`worker_id` of `heapwarden ps`); older
+    /// indexes lack it, and their profiles are matched by pid alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u64>,
     pub pid: u32,
     pub trigger: Trigger,
     /// `profile` (pprof) or `snapshot` (V8 heap snapshot); older indexes lack it.
@@ -221,6 +225,7 @@ mod tests {
         index.profiles.push(ProfileMeta {
             id: 1,
             slot: 0,
+            worker_id: Some(3),
             pid: 7,
             trigger: Trigger::Baseline,
             kind: ProfileKind::Profile,

@@ -18,15 +18,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use heapwarden_probes::Runtime;
-use heapwarden_probes::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
+use heapwarden_protocol::Runtime;
+use heapwarden_protocol::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
-use super::{ProfileFigures, ProfileMeta, ProfileStoreHandle, StoreError, Trigger};
+use super::{CaptureRequest, ProfileMeta, ProfileStoreHandle, StoreError};
 use crate::metric_names::HEAP_SNAPSHOTS;
 use crate::metric_names::labels::SnapshotOutcome;
 use crate::sampler::system::read_meminfo;
-use crate::supervisor::{ControlLink, Request, RestartReason};
+use crate::supervisor::{Request, RestartReason};
 use tokio::sync::mpsc;
 
 /// V8 writes ~50 MiB of heap in about a second; big heaps take far longer. The turn a
@@ -98,14 +98,10 @@ impl SnapshotError {
     }
 }
 
+/// A heap snapshot of the worker a [`CaptureRequest`] names
+/// ([`CaptureRequest::into_snapshot`]).
 pub struct SnapshotRequest {
-    pub slot: usize,
-    pub pid: u32,
-    pub link: Option<ControlLink>,
-    pub runtime: Option<Runtime>,
-    pub trigger: Trigger,
-    pub figures: ProfileFigures,
-    pub rule: Option<String>,
+    pub capture: CaptureRequest,
     /// `profiles.snapshot-headroom`.
     pub headroom: f64,
     /// Where to ask for the worker's replacement when a failed snapshot left it holding
@@ -138,7 +134,7 @@ pub async fn take_snapshot(
     log: &Logger,
 ) -> Result<ProfileMeta, SnapshotError> {
     let started = Instant::now();
-    let (slot, trigger) = (request.slot, request.trigger.as_str());
+    let (slot, trigger) = (request.capture.slot, request.capture.trigger.as_str());
     let result = snapshot(store, request).await;
     let outcome = result
         .as_ref()
@@ -160,13 +156,17 @@ async fn snapshot(
     request: SnapshotRequest,
 ) -> Result<ProfileMeta, SnapshotError> {
     let SnapshotRequest {
-        slot,
-        pid,
-        link,
-        runtime,
-        trigger,
-        figures,
-        rule,
+        capture:
+            CaptureRequest {
+                slot,
+                worker_id,
+                pid,
+                link,
+                runtime,
+                trigger,
+                figures,
+                rule,
+            },
         headroom,
         replace,
     } = request;
@@ -182,7 +182,7 @@ async fn snapshot(
     check_memory(heap, headroom)?;
     let expected = heap.saturating_mul(SNAPSHOT_BYTES_PER_HEAP_BYTE);
     let (pending, max_bytes) = store
-        .begin_snapshot(slot, pid, trigger, expected)
+        .begin_snapshot(slot, Some(worker_id), pid, trigger, expected)
         .await
         .map_err(SnapshotError::Skipped)?;
     let path = pending.path_for_worker().display().to_string();
@@ -226,6 +226,7 @@ async fn snapshot(
             let _ = replace
                 .send(Request::Replace {
                     slot,
+                    worker: worker_id,
                     reason: RestartReason::Unhealthy,
                 })
                 .await;

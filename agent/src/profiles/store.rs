@@ -49,8 +49,10 @@ pub enum StoreError {
         "profile {id} is a heap snapshot: open it in Chrome DevTools (Memory → Load) rather than diffing it"
     )]
     NotAProfile { id: u64 },
-    #[error("no baseline profile for slot {slot} to diff against")]
-    NoBaseline { slot: usize },
+    #[error(
+        "no baseline profile of the worker that wrote profile {id} (slot {slot}, pid {pid}) to diff against; name one with --base"
+    )]
+    NoBaseline { id: u64, slot: usize, pid: u32 },
     #[error("profile {id} for slot {slot} was not written: {reason}")]
     NotWritten {
         id: u64,
@@ -69,6 +71,7 @@ pub enum StoreError {
 pub struct PendingProfile {
     pub id: u64,
     pub slot: usize,
+    pub worker_id: Option<u64>,
     pub pid: u32,
     pub trigger: Trigger,
     pub kind: ProfileKind,
@@ -206,11 +209,23 @@ impl ProfileStore {
         self.get(id).map(|p| self.dir.join(p.kind.file_name(p.id)))
     }
 
-    /// The newest baseline of a slot, the default `base` of a diff.
+    /// The newest baseline of a slot.
     pub fn latest_baseline(&self, slot: usize) -> Option<&ProfileMeta> {
         self.index.profiles.iter().rev().find(|p| {
             p.slot == slot && p.trigger == Trigger::Baseline && p.kind == ProfileKind::Profile
         })
+    }
+
+    /// The default `base` of a diff of `profile`: the newest baseline the *same worker*
+    /// wrote before it (same slot, same worker id when both are known, same pid). Never a
+    /// later worker's: with `action = "restart"` every leak profile is followed by the
+    /// replacement's own baseline, which measures another process.
+    pub fn baseline_of(&self, profile: &ProfileMeta) -> Option<&ProfileMeta> {
+        self.index
+            .profiles
+            .iter()
+            .rev()
+            .find(|p| is_baseline_of(p, profile))
     }
 
     /// Bytes of all stored profiles (`heapwarden_profiles_stored_bytes`).
@@ -242,6 +257,7 @@ impl ProfileStore {
     pub fn begin(
         &mut self,
         slot: usize,
+        worker_id: Option<u64>,
         pid: u32,
         trigger: Trigger,
     ) -> Result<PendingProfile, StoreError> {
@@ -262,6 +278,7 @@ impl ProfileStore {
         Ok(PendingProfile {
             id,
             slot,
+            worker_id,
             pid,
             trigger,
             kind: ProfileKind::Profile,
@@ -280,6 +297,7 @@ impl ProfileStore {
     pub fn begin_snapshot(
         &mut self,
         slot: usize,
+        worker_id: Option<u64>,
         pid: u32,
         trigger: Trigger,
         expected: u64,
@@ -311,7 +329,7 @@ impl ProfileStore {
                 why,
             });
         }
-        let pending = self.begin(slot, pid, trigger)?.into_snapshot();
+        let pending = self.begin(slot, worker_id, pid, trigger)?.into_snapshot();
         Ok((pending, room))
     }
 
@@ -336,6 +354,7 @@ impl ProfileStore {
         let entry = ProfileMeta {
             id: pending.id,
             slot: pending.slot,
+            worker_id: pending.worker_id,
             pid: pending.pid,
             trigger: pending.trigger,
             kind: pending.kind,
@@ -498,4 +517,17 @@ impl ProfileStore {
         self.saved_at = std::time::Instant::now();
         Ok(())
     }
+}
+
+/// Whether `candidate` is a baseline `profile`'s own worker wrote before it.
+fn is_baseline_of(candidate: &ProfileMeta, profile: &ProfileMeta) -> bool {
+    let same_worker = match (candidate.worker_id, profile.worker_id) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    } && candidate.pid == profile.pid;
+    candidate.trigger == Trigger::Baseline
+        && candidate.kind == ProfileKind::Profile
+        && candidate.slot == profile.slot
+        && candidate.id < profile.id
+        && same_worker
 }

@@ -27,6 +27,7 @@ type Reply<T> = oneshot::Sender<T>;
 enum Command {
     Begin(
         usize,
+        Option<u64>,
         u32,
         Trigger,
         Reply<Result<PendingProfile, StoreError>>,
@@ -39,6 +40,7 @@ enum Command {
     ),
     BeginSnapshot(
         usize,
+        Option<u64>,
         u32,
         Trigger,
         u64,
@@ -49,7 +51,7 @@ enum Command {
     Recheck(PendingProfile, Reply<Result<(), StoreError>>),
     List(Reply<Vec<ProfileMeta>>),
     Get(u64, Reply<Option<(ProfileMeta, PathBuf)>>),
-    LatestBaseline(usize, Reply<Option<ProfileMeta>>),
+    BaselineOf(ProfileMeta, Reply<Option<ProfileMeta>>),
     Stats(Reply<StoreStats>),
     ExportQueue(u64, Reply<ExportQueue>),
     MarkExported(u64, ExportMark, bool, Reply<Result<(), StoreError>>),
@@ -97,10 +99,12 @@ impl ProfileStoreHandle {
     pub async fn begin(
         &self,
         slot: usize,
+        worker_id: Option<u64>,
         pid: u32,
         trigger: Trigger,
     ) -> Result<PendingProfile, StoreError> {
-        self.ask(|r| Command::Begin(slot, pid, trigger, r)).await?
+        self.ask(|r| Command::Begin(slot, worker_id, pid, trigger, r))
+            .await?
     }
 
     /// Reserves a heap snapshot expected to take `expected` bytes, or refuses it before
@@ -108,11 +112,12 @@ impl ProfileStoreHandle {
     pub async fn begin_snapshot(
         &self,
         slot: usize,
+        worker_id: Option<u64>,
         pid: u32,
         trigger: Trigger,
         expected: u64,
     ) -> Result<(PendingProfile, u64), StoreError> {
-        self.ask(|r| Command::BeginSnapshot(slot, pid, trigger, expected, r))
+        self.ask(|r| Command::BeginSnapshot(slot, worker_id, pid, trigger, expected, r))
             .await?
     }
 
@@ -169,8 +174,13 @@ impl ProfileStoreHandle {
             .ok_or(StoreError::UnknownId(id))
     }
 
-    pub async fn latest_baseline(&self, slot: usize) -> Result<Option<ProfileMeta>, StoreError> {
-        self.ask(|r| Command::LatestBaseline(slot, r)).await
+    /// The baseline the worker that wrote `profile` wrote before it.
+    pub async fn baseline_of(
+        &self,
+        profile: &ProfileMeta,
+    ) -> Result<Option<ProfileMeta>, StoreError> {
+        let profile = profile.clone();
+        self.ask(|r| Command::BaselineOf(profile, r)).await
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -199,7 +209,8 @@ impl ProfileStoreHandle {
             .await?
     }
 
-    /// `id` minus `base`; without a base, the newest baseline of `id`'s slot.
+    /// `id` minus `base`; without a base, the baseline of the worker that wrote `id`
+    /// (never a later worker's in the same slot).
     pub async fn diff(&self, id: u64, base: Option<u64>) -> Result<DiffReport, StoreError> {
         let ((base_id, base_path), (id, path)) = self.diff_pair(id, base).await?;
         let report =
@@ -233,9 +244,13 @@ impl ProfileStoreHandle {
         let base_meta = match base {
             Some(base) => self.get(base).await?.0,
             None => self
-                .latest_baseline(meta.slot)
+                .baseline_of(&meta)
                 .await?
-                .ok_or(StoreError::NoBaseline { slot: meta.slot })?,
+                .ok_or(StoreError::NoBaseline {
+                    id: meta.id,
+                    slot: meta.slot,
+                    pid: meta.pid,
+                })?,
         };
         if base_meta.kind != super::index::ProfileKind::Profile {
             return Err(StoreError::NotAProfile { id: base_meta.id });
@@ -249,8 +264,8 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>, committed: watc
     while let Some(command) = rx.blocking_recv() {
         // A dropped reply means the asker went away; nothing to do about it.
         match command {
-            Command::Begin(slot, pid, trigger, r) => {
-                let _ = r.send(store.begin(slot, pid, trigger));
+            Command::Begin(slot, worker_id, pid, trigger, r) => {
+                let _ = r.send(store.begin(slot, worker_id, pid, trigger));
             }
             Command::Commit(pending, figures, rule, r) => {
                 let result = store.commit(pending, figures, rule);
@@ -265,8 +280,8 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>, committed: watc
             Command::MarkExported(id, mark, flush, r) => {
                 let _ = r.send(store.mark_exported(id, mark, flush));
             }
-            Command::BeginSnapshot(slot, pid, trigger, expected, r) => {
-                let _ = r.send(store.begin_snapshot(slot, pid, trigger, expected));
+            Command::BeginSnapshot(slot, worker_id, pid, trigger, expected, r) => {
+                let _ = r.send(store.begin_snapshot(slot, worker_id, pid, trigger, expected));
             }
             Command::Abort(pending) => store.abort(&pending),
             Command::Adopt(pending, r) => {
@@ -282,8 +297,8 @@ fn run(mut store: ProfileStore, mut rx: mpsc::Receiver<Command>, committed: watc
                 let found = store.get(id).cloned();
                 let _ = r.send(found.and_then(|m| store.path_of(m.id).map(|p| (m, p))));
             }
-            Command::LatestBaseline(slot, r) => {
-                let _ = r.send(store.latest_baseline(slot).cloned());
+            Command::BaselineOf(profile, r) => {
+                let _ = r.send(store.baseline_of(&profile).cloned());
             }
             Command::Stats(r) => {
                 let _ = r.send(StoreStats {

@@ -199,7 +199,7 @@ fn store_config(max_count: usize, max_bytes: u64) -> ProfilesConfig {
 /// Takes one profile through begin → (fake conversion) → commit.
 fn add(store: &mut ProfileStore, slot: usize, trigger: Trigger, size: usize) -> ProfileMeta {
     let pending = store
-        .begin(slot, 100 + slot as u32, trigger)
+        .begin(slot, None, 100 + slot as u32, trigger)
         .expect("begin");
     std::fs::write(&pending.raw_path, "raw").expect("raw");
     std::fs::write(&pending.out_path, vec![0u8; size]).expect("out");
@@ -225,7 +225,7 @@ fn store_is_private_and_ids_stay_monotonic_across_reopen() {
         "raw dump removed on commit"
     );
     assert_eq!(store.stored_bytes(), 30);
-    let aborted = store.begin(1, 5, Trigger::Manual).expect("begin");
+    let aborted = store.begin(1, None, 5, Trigger::Manual).expect("begin");
     std::fs::write(&aborted.out_path, "half").expect("w");
     store.abort(&aborted);
     assert!(!aborted.out_path.exists());
@@ -284,7 +284,7 @@ fn short_disk_skips_the_dump_and_counts_it() {
     assert!(store.free_disk_ok(0).expect("statvfs"));
     assert!(!store.free_disk_ok(u64::MAX).expect("statvfs"));
     assert!(matches!(
-        store.begin(0, 1, Trigger::Leak),
+        store.begin(0, None, 1, Trigger::Leak),
         Err(StoreError::DiskShort { .. })
     ));
     assert_eq!(store.skipped_for_disk(), 1);
@@ -296,7 +296,7 @@ async fn handle_serves_the_store_from_its_own_thread_and_diffs() {
     let store = ProfileStore::open(state.path(), store_config(10, 1 << 20)).expect("open");
     let (handle, thread) = ProfileStoreHandle::spawn(store);
     for (trigger, bytes) in [(Trigger::Baseline, 100), (Trigger::Leak, 5000)] {
-        let pending = handle.begin(3, 42, trigger).await.expect("begin");
+        let pending = handle.begin(3, None, 42, trigger).await.expect("begin");
         let profile = profile_of(&[(&["malloc", "app::leaky"], bytes)]);
         std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
         handle
@@ -319,6 +319,69 @@ async fn handle_serves_the_store_from_its_own_thread_and_diffs() {
     thread
         .join()
         .expect("store thread ends with its last handle");
+}
+
+/// Defect: with `action = "restart"` every leak profile is followed by the replacement
+/// worker's own baseline, and `diff <leak>` took the slot's newest baseline, the
+/// replacement's, so it measured another process. The default base is the baseline of
+/// the worker that wrote the leak profile.
+#[tokio::test]
+async fn a_leak_diffs_against_its_own_workers_baseline_not_the_replacements() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let store = ProfileStore::open(state.path(), store_config(10, 1 << 20)).expect("open");
+    let (handle, _thread) = ProfileStoreHandle::spawn(store);
+    // Worker 1 (pid 42): baseline at 1 MiB, leak at 90 MiB; its replacement, worker 2
+    // (pid 43), writes its baseline at 10 MiB; then worker 1's leak profile is diffed.
+    let steps = [
+        (1, 42, Trigger::Baseline, 1 << 20),
+        (1, 42, Trigger::Leak, 90 << 20),
+        (2, 43, Trigger::Baseline, 10 << 20),
+    ];
+    for (worker_id, pid, trigger, bytes) in steps {
+        let pending = handle
+            .begin(0, Some(worker_id), pid, trigger)
+            .await
+            .expect("begin");
+        let profile = profile_of(&[(&["malloc", "app::leaky"], bytes)]);
+        std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
+        handle
+            .commit(pending, ProfileFigures::default(), None)
+            .await
+            .expect("commit");
+    }
+    let report = handle.diff(2, None).await.expect("diff");
+    assert_eq!(report.base_id, 1, "the leaker's own baseline");
+    assert_eq!(report.total_delta_bytes, (90 << 20) - (1 << 20));
+    // The replacement's later leak takes the replacement's baseline.
+    let pending = handle
+        .begin(0, Some(2), 43, Trigger::Leak)
+        .await
+        .expect("begin");
+    let profile = profile_of(&[(&["malloc", "app::leaky"], 30 << 20)]);
+    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
+    handle
+        .commit(pending, ProfileFigures::default(), None)
+        .await
+        .expect("commit");
+    assert_eq!(handle.diff(4, None).await.expect("diff").base_id, 3);
+    // A worker without a baseline of its own has no default base.
+    let pending = handle
+        .begin(1, Some(5), 50, Trigger::Manual)
+        .await
+        .expect("begin");
+    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
+    handle
+        .commit(pending, ProfileFigures::default(), None)
+        .await
+        .expect("commit");
+    assert!(matches!(
+        handle.diff(5, None).await,
+        Err(StoreError::NoBaseline {
+            id: 5,
+            slot: 1,
+            pid: 50
+        })
+    ));
 }
 
 /// A fake helper: a shell script standing in for `heapwarden __convert-profile`.
@@ -365,7 +428,7 @@ fn manual_profiles_never_evict_leak_profiles_and_go_first() {
     let base = add(&mut store, 0, Trigger::Baseline, 10);
     let leak_a = add(&mut store, 0, Trigger::Leak, 10);
     let leak_b = add(&mut store, 0, Trigger::Leak, 10);
-    let pending = store.begin(0, 100, Trigger::Manual).expect("begin");
+    let pending = store.begin(0, None, 100, Trigger::Manual).expect("begin");
     std::fs::write(&pending.out_path, vec![0u8; 10]).expect("out");
     let refused = store.commit(pending.clone(), ProfileFigures::default(), None);
     assert!(
@@ -407,7 +470,9 @@ fn free_space_is_rechecked_for_the_dump_before_conversion() {
         ..store_config(10, 1 << 30)
     };
     let mut store = ProfileStore::open(state.path(), config).expect("reopen");
-    let pending = store.begin(0, 1, Trigger::Manual).expect("room at begin");
+    let pending = store
+        .begin(0, None, 1, Trigger::Manual)
+        .expect("room at begin");
     // A (sparse) 256 MiB raw dump: converting it needs room the disk does not have.
     let raw = std::fs::File::create(&pending.raw_path).expect("raw");
     raw.set_len(256 << 20).expect("sparse");
@@ -425,7 +490,7 @@ fn add_snapshot(
     trigger: Trigger,
     size: usize,
 ) -> Result<ProfileMeta, StoreError> {
-    let (pending, cap) = store.begin_snapshot(slot, 1, trigger, size as u64)?;
+    let (pending, cap) = store.begin_snapshot(slot, None, 1, trigger, size as u64)?;
     assert!(cap >= size as u64, "cap {cap} below the expected {size}");
     std::fs::write(&pending.out_path, vec![b'{'; size]).expect("snapshot file");
     store
@@ -457,7 +522,7 @@ fn a_snapshot_never_evicts_pprof_profiles_and_one_that_cannot_fit_is_refused_bef
     // A snapshot bigger than announced (the worker's file past the estimate) that does
     // not fit is not kept, and still evicts no profile.
     let (pending, _cap) = store
-        .begin_snapshot(0, 1, Trigger::Manual, 100)
+        .begin_snapshot(0, None, 1, Trigger::Manual, 100)
         .expect("announced small");
     std::fs::write(&pending.out_path, vec![b'{'; 900]).expect("snapshot file");
     let refused = store.commit(pending.clone(), ProfileFigures::default(), None);
@@ -482,7 +547,7 @@ fn a_snapshot_is_refused_when_the_disk_cannot_hold_it_above_min_free_disk() {
     };
     let mut store = ProfileStore::open(state.path(), config).expect("reopen");
     // ~64 MiB of room on the disk: a 256 MiB snapshot (a 128 MiB heap) is refused.
-    let refused = store.begin_snapshot(0, 1, Trigger::Manual, 256 << 20);
+    let refused = store.begin_snapshot(0, None, 1, Trigger::Manual, 256 << 20);
     assert!(
         matches!(refused, Err(StoreError::SnapshotTooLarge { .. })),
         "{refused:?}"

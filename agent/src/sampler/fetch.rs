@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use heapwarden_probes::{AgentMsg, WorkerMsg};
+use heapwarden_protocol::{AgentMsg, WorkerMsg};
 
 use crate::supervisor::{ControlLink, PoolView};
 

@@ -25,7 +25,7 @@ mod tests;
 use std::path::Path;
 use std::time::Instant;
 
-use heapwarden_probes::HeapStats;
+use heapwarden_protocol::HeapStats;
 use slog::{Logger, debug, info};
 use tokio::sync::{mpsc, watch};
 

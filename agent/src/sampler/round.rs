@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use heapwarden_probes::{AgentMsg, HeapStats, WorkerMsg};
+use heapwarden_protocol::{AgentMsg, HeapStats, WorkerMsg};
 use slog::{Logger, debug, warn};
 
 use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use heapwarden_probes::HeapStats;
-use heapwarden_probes::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
+use heapwarden_protocol::HeapStats;
+use heapwarden_protocol::channel::{AgentMsg, FrameDecoder, WorkerMsg, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -67,7 +67,7 @@ fn link(worker_id: u64, answers: bool) -> ControlLink {
     } else {
         tokio::spawn(silent_probe(worker_end));
     }
-    let (events, mut events_rx) = mpsc::channel(16);
+    let (events, mut events_rx) = mpsc::channel::<crate::supervisor::LinkEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     spawn_link(
         agent_end,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use heapwarden_probes::channel::{
+use heapwarden_protocol::channel::{
     AgentMsg, FrameDecoder, FrameError, WorkerMsg, decode_raw, encode,
 };
 
@@ -139,10 +139,12 @@ impl ControlLink {
 /// Starts the task that owns `stream` and returns its handle.
 ///
 /// `hello_grace`: the probe the worker was given and how long it has to say hello.
-pub fn spawn_link(
+///
+/// Events go to `events` as `E` (the supervisor's one inbox, or plain [`LinkEvent`]s).
+pub fn spawn_link<E: From<LinkEvent> + Send + 'static>(
     stream: UnixStream,
     worker_id: u64,
-    events: mpsc::Sender<LinkEvent>,
+    events: mpsc::Sender<E>,
     hello_grace: Option<(Attached, Duration)>,
     log: Logger,
 ) -> ControlLink {
@@ -155,11 +157,11 @@ pub fn spawn_link(
     }
 }
 
-async fn run_link(
+async fn run_link<E: From<LinkEvent>>(
     mut stream: UnixStream,
     worker_id: u64,
     mut commands: mpsc::Receiver<LinkCommand>,
-    events: mpsc::Sender<LinkEvent>,
+    events: mpsc::Sender<E>,
     hello_grace: Option<(Attached, Duration)>,
     log: Logger,
 ) {
@@ -231,7 +233,7 @@ async fn run_link(
                         Ok(None) => break,
                         Err(e) if e.is_fatal() => {
                             warn!(log, "The worker sent an unreadable control frame; closing the channel."; "error" => %e);
-                            let _ = events.send(LinkEvent::Closed { worker_id }).await;
+                            let _ = events.send(LinkEvent::Closed { worker_id }.into()).await;
                             return;
                         }
                         Err(e) => {
@@ -242,7 +244,7 @@ async fn run_link(
             }
         }
     }
-    let _ = events.send(LinkEvent::Closed { worker_id }).await;
+    let _ = events.send(LinkEvent::Closed { worker_id }.into()).await;
 }
 
 /// Decodes a frame, a large one on the blocking pool. The link waits for it (one at a
@@ -257,11 +259,11 @@ async fn decode(frame: Vec<u8>) -> Result<WorkerMsg, FrameError> {
         .unwrap_or_else(|e| Err(FrameError::Malformed(e.to_string())))
 }
 
-async fn route(
+async fn route<E: From<LinkEvent>>(
     msg: WorkerMsg,
     worker_id: u64,
     pending: &mut HashMap<u64, oneshot::Sender<WorkerMsg>>,
-    events: &mpsc::Sender<LinkEvent>,
+    events: &mpsc::Sender<E>,
 ) {
     let reply_seq = match &msg {
         WorkerMsg::Stats { seq, .. }
@@ -274,5 +276,7 @@ async fn route(
         let _ = waiter.send(msg);
         return;
     }
-    let _ = events.send(LinkEvent::Message { worker_id, msg }).await;
+    let _ = events
+        .send(LinkEvent::Message { worker_id, msg }.into())
+        .await;
 }

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use heapwarden_probes::{ProbeError, take_inherited_socket};
+use heapwarden_protocol::{InheritedFdError, take_inherited_socket};
 
 use super::spawn::move_high;
 
@@ -25,7 +25,7 @@ pub enum ListenError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot use the socket passed by systemd: {0}")]
-    Inherited(#[from] ProbeError),
+    Inherited(#[from] InheritedFdError),
     #[error("cannot use the socket passed by systemd: {0}")]
     Move(io::Error),
 }

@@ -19,7 +19,7 @@ pub mod state;
 pub mod view;
 
 pub use contain::{ContainError, Containment};
-pub use heapwarden_probes::Runtime;
+pub use heapwarden_protocol::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};
 pub use runner::{Supervisor, SupervisorHandles, SupervisorParts};
 pub use view::{PoolView, ReloadOutcome, Request, RestartReason, SlotState, SlotView, WorkerView};

@@ -79,15 +79,19 @@ pub fn bind(path: &Path) -> io::Result<UnixDatagram> {
     Ok(socket)
 }
 
+/// A believed `READY=1` from the worker with this id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifiedReady(pub u64);
+
 /// Reads a worker's notifications until aborted (when the worker is reaped); a believed
-/// `READY=1` becomes a readiness report for `worker_id`.
+/// `READY=1` becomes a readiness report ([`NotifiedReady`]) for `worker_id` on `ready`.
 /// `worker_uid`: the user the worker runs as (`pool.user`); `None`: the agent's own.
-pub fn watch_worker(
+pub fn watch_worker<E: From<NotifiedReady> + Send + 'static>(
     socket: UnixDatagram,
     worker_id: u64,
     worker_pid: u32,
     worker_uid: Option<u32>,
-    ready: mpsc::Sender<u64>,
+    ready: mpsc::Sender<E>,
     log: Logger,
 ) -> AbortHandle {
     let agent_uid = worker_uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
@@ -106,7 +110,7 @@ pub fn watch_worker(
                 continue;
             }
             if text.lines().any(|l| l.trim() == "READY=1") {
-                if ready.send(worker_id).await.is_err() {
+                if ready.send(NotifiedReady(worker_id).into()).await.is_err() {
                     break;
                 }
             } else {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use heapwarden_probes::WorkerContext;
+use heapwarden_protocol::WorkerContext;
 
 use crate::config::{Config, LogLevel};
 

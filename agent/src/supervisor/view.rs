@@ -24,7 +24,7 @@ pub struct WorkerView {
     /// The worker said hello over the control channel (it links heapwarden-probes).
     pub probe: bool,
     /// Which probe said hello (rust, node, native); `None` before any hello.
-    pub runtime: Option<heapwarden_probes::Runtime>,
+    pub runtime: Option<heapwarden_protocol::Runtime>,
     pub link: Option<ControlLink>,
 }
 
@@ -61,8 +61,14 @@ impl PoolView {
 /// What other parts ask of the supervisor.
 #[derive(Debug)]
 pub enum Request {
-    /// Replace the slot's worker make-before-break.
-    Replace { slot: usize, reason: RestartReason },
+    /// Replace the worker `worker` (a [`WorkerView::worker_id`]) of `slot`
+    /// make-before-break. A request for a worker that no longer serves the slot is
+    /// dropped and logged: a decision about one worker never lands on its successor.
+    Replace {
+        slot: usize,
+        worker: u64,
+        reason: RestartReason,
+    },
     /// Read the config again and, when it is valid, apply it and replace every worker,
     /// one slot at a time; `reply` hears which of the two happened.
     Reload {
@@ -76,12 +82,17 @@ impl PartialEq for Request {
     fn eq(&self, other: &Request) -> bool {
         match (self, other) {
             (
-                Request::Replace { slot, reason },
+                Request::Replace {
+                    slot,
+                    worker,
+                    reason,
+                },
                 Request::Replace {
                     slot: other_slot,
+                    worker: other_worker,
                     reason: other_reason,
                 },
-            ) => slot == other_slot && reason == other_reason,
+            ) => slot == other_slot && worker == other_worker && reason == other_reason,
             (Request::Reload { .. }, Request::Reload { .. }) => true,
             _ => false,
         }

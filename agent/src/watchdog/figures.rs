@@ -2,14 +2,16 @@
 //! latest memory figures and the fitted trend of the watched one. The admin API reads
 //! it for `/api/v1/workers` and for the figures stored with a manual profile.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::profiles::ProfileFigures;
 
-/// The latest figures per slot, published by the watchdog.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// The latest figures per slot, published by the watchdog (and, flattened into
+/// `api_types::WorkerRow`, what `/api/v1/workers` shows).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SlotFigures {
     pub rss_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,
@@ -17,7 +19,8 @@ pub struct SlotFigures {
     pub heap_active_bytes: Option<u64>,
     pub growth_bytes_per_second: Option<f64>,
     pub seconds_to_limit: Option<f64>,
-    pub watched: Option<&'static str>,
+    /// The figure the leak rules watch (`heap_allocated`, `pss`, …).
+    pub watched: Option<Cow<'static, str>>,
 }
 
 pub type FiguresView = BTreeMap<usize, SlotFigures>;

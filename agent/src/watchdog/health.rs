@@ -42,6 +42,7 @@ impl MissTracker {
             entry.reported = true;
             return Some(Request::Replace {
                 slot,
+                worker: worker_id,
                 reason: RestartReason::Unhealthy,
             });
         }
@@ -79,6 +80,7 @@ mod tests {
             t.observe(7, 2, SlotState::Ready, false, 3),
             Some(Request::Replace {
                 slot: 2,
+                worker: 7,
                 reason: RestartReason::Unhealthy
             })
         );

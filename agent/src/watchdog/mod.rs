@@ -38,8 +38,7 @@ use crate::metric_names::{
     LEAK_DETECTIONS, PREDICT_HORIZON, REPLACEMENT_SECONDS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT,
 };
 use crate::profiles::{
-    CaptureRequest, ProfileFigures, ProfileStoreHandle, SnapshotRequest, Trigger, take_profile,
-    take_snapshot,
+    CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile, take_snapshot,
 };
 use crate::sampler::{ProbeAnswer, WorkerSample};
 use crate::supervisor::{PoolView, Request, RestartReason, Runtime};
@@ -233,7 +232,7 @@ impl Watchdog {
             if let Some((figure, obs)) = &trend {
                 f.growth_bytes_per_second = obs.slope_bytes_per_sec;
                 f.seconds_to_limit = obs.seconds_to_limit;
-                f.watched = Some(figure.as_str());
+                f.watched = Some(figure.as_str().into());
             }
         });
         let Some((figure, obs)) = trend else { return };
@@ -436,7 +435,8 @@ impl Watchdog {
         obs: &Observation,
     ) {
         let view = self.pool.borrow();
-        let Some(worker) = view.slots.get(sample.slot).and_then(|s| s.worker.clone()) else {
+        let serving = view.slots.get(sample.slot).and_then(|s| s.worker.as_ref());
+        let Some(worker) = serving.filter(|w| w.worker_id == sample.worker_id).cloned() else {
             return;
         };
         drop(view);
@@ -448,34 +448,25 @@ impl Watchdog {
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
         let rule = detection.as_ref().map(|d| d.trip.rule.as_str().to_string());
-        let snapshot =
-            (detection.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
-                slot: sample.slot,
-                pid: worker.pid,
-                link: worker.link.clone().filter(|_| worker.probe),
-                runtime: worker.runtime,
+        let request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule);
+        let snapshot = (detection.is_some() && self.config.leak_snapshot).then(|| {
+            let mut snapshot = CaptureRequest::of_worker(
+                request.slot,
+                &worker,
                 trigger,
-                figures: figures.clone(),
-                rule: rule.clone(),
-                headroom: self.snapshot_headroom,
-                replace: Some(self.requests.clone()),
-            });
-        let request = CaptureRequest {
-            slot: sample.slot,
-            pid: worker.pid,
-            link: worker.link.filter(|_| worker.probe),
-            trigger,
-            figures,
-            rule,
-            runtime: worker.runtime,
-        };
+                request.figures.clone(),
+                request.rule.clone(),
+            )
+            .into_snapshot(self.snapshot_headroom);
+            snapshot.replace = Some(self.requests.clone());
+            snapshot
+        });
         let store = self.store.clone();
         let log = self.log.clone();
         let requests = self.requests.clone();
         let export = ExportNote::from_config(&self.settings.borrow());
         let restart = self.config.action == LeakAction::Restart;
-        let slot = sample.slot;
-        let worker_id = sample.worker_id;
+        let (slot, worker_id) = (sample.slot, worker.worker_id);
         let suspects = self.suspects.clone();
         let timed = request.link.is_some().then(|| self.profile_times.0.clone());
         tokio::spawn(async move {
@@ -488,12 +479,13 @@ impl Watchdog {
             let Some(Detection { trip, base, now }) = detection else {
                 return;
             };
-            let node_snapshot = snapshot.filter(|s| s.runtime == Some(Runtime::Node));
+            let node_snapshot = snapshot.filter(|s| s.capture.runtime == Some(Runtime::Node));
             // The replacement starts before the diff is read: the predicted rule counted
             // on the profile's time only, and every replacement is quicker this way. A
             // leak snapshot is taken from the old worker first, so it waits for that.
             let replace = restart.then_some(Request::Replace {
                 slot,
+                worker: worker_id,
                 reason: RestartReason::Leak,
             });
             let (replace_now, replace_after_snapshot) = if node_snapshot.is_none() {

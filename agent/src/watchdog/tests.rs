@@ -21,7 +21,7 @@ fn sample(heap: bool) -> WorkerSample {
         swap: None,
         cpu_seconds: 0.0,
         processes: 1,
-        heap: heap.then_some(heapwarden_probes::HeapStats {
+        heap: heap.then_some(heapwarden_protocol::HeapStats {
             allocated: 100,
             active: 120,
             resident: Some(150),
@@ -126,6 +126,7 @@ async fn a_silent_probe_is_replaced_once_after_missed_pings_in_a_row() {
         requests.try_recv().ok(),
         Some(Request::Replace {
             slot: 0,
+            worker: 1,
             reason: RestartReason::Unhealthy
         })
     );

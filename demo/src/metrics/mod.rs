@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use axum::http::Method;
 use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use super::App;
 use super::items::Layer;
@@ -42,17 +44,22 @@ pub enum MetricsError {
 /// Installs the process-wide recorder and registers the zero series; call once per
 /// worker process.
 pub fn install(slot: usize) -> Result<PrometheusHandle, MetricsError> {
-    let recorder = PrometheusBuilder::new()
+    let recorder = recorder(slot)?;
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
+    names::register_zero_series();
+    Ok(handle)
+}
+
+/// The worker's recorder: `worker="<slot>"` on every series, the latency buckets.
+fn recorder(slot: usize) -> Result<PrometheusRecorder, MetricsError> {
+    Ok(PrometheusBuilder::new()
         .add_global_label("worker", slot.to_string())
         .set_buckets_for_metric(
             Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
             DURATION_BUCKETS,
         )?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
-    names::register_zero_series();
-    Ok(handle)
+        .build_recorder())
 }
 
 /// Prometheus text with the pool gauges refreshed first.
@@ -165,5 +172,51 @@ impl Handles {
 impl Default for Handles {
     fn default() -> Self {
         Handles::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page a fresh worker renders before it has served anything.
+    fn first_page() -> String {
+        let recorder = recorder(0).expect("recorder");
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, names::register_zero_series);
+        handle.render()
+    }
+
+    /// Defect: every `demo_*` family lacked HELP text (promtool: "no help text"), and the
+    /// request series the dashboard reads appeared only after the first request.
+    /// (`tests/tests/demo_metrics.rs` runs promtool on the agent's page.)
+    #[test]
+    fn a_fresh_worker_describes_every_family_and_has_the_dashboards_series() {
+        let page = first_page();
+        for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let family = line.split(' ').nth(2).expect("family name");
+            assert!(
+                page.contains(&format!("# HELP {family} ")),
+                "{family} has no HELP:\n{page}"
+            );
+        }
+        for (method, route, status) in names::ZERO_REQUESTS {
+            let counter = format!(
+                "http_requests_total{{worker=\"0\",method=\"{method}\",route=\"{route}\",status=\"{status}\"}} 0"
+            );
+            assert!(page.contains(&counter), "{counter} missing:\n{page}");
+            let count = format!(
+                "http_request_duration_seconds_count{{worker=\"0\",method=\"{method}\",route=\"{route}\"}} 0"
+            );
+            assert!(page.contains(&count), "{count} missing:\n{page}");
+        }
+        for family in [
+            names::CACHE_LOOKUPS_TOTAL,
+            names::CACHE_INVALIDATIONS_TOTAL,
+            names::JOBS_TOTAL,
+            names::DB_POOL_CONNECTIONS,
+        ] {
+            assert!(page.contains(&format!("# HELP {family} ")), "{page}");
+        }
     }
 }

@@ -3,7 +3,10 @@
 //! here is registered at 0 by [`register_zero_series`], so `rate()` sees the first event
 //! and no outcome is forgotten. The HTTP families are labelled by the fixed route, method
 //! and status tables below and created on first use: zero-filling their product would
-//! put hundreds of never-used series on every scrape.
+//! put hundreds of never-used series on every scrape. Only the answers of the service's
+//! own routes ([`ZERO_REQUESTS`]) start at zero, so the dashboard's request and latency
+//! panels have their series from the first scrape. Every family has its HELP text
+//! ([`describe`]): `promtool check metrics` lints a family without one.
 
 use axum::http::Method;
 
@@ -46,6 +49,17 @@ pub const STATUSES: &[(u16, &str)] = &[
     (413, "413"),
     (415, "415"),
     (503, "503"),
+];
+
+/// The requests whose series exist from the first scrape: each service route with the
+/// method and status of its ordinary answer (`http_requests_total`), and its latency
+/// histogram (`http_request_duration_seconds`).
+pub const ZERO_REQUESTS: &[(Method, &str, &str)] = &[
+    (Method::GET, "/items/{id}", "200"),
+    (Method::GET, "/items/export", "200"),
+    (Method::POST, "/compute", "200"),
+    (Method::POST, "/jobs", "202"),
+    (Method::GET, "/jobs/{id}", "200"),
 ];
 
 /// Which layer answered a read (`demo_cache_lookups_total{layer}`); `Miss`: none had it.
@@ -112,8 +126,44 @@ impl PoolState {
     }
 }
 
-/// Registers every enum-labelled series at 0. Call once, after the recorder is installed.
+/// HELP text of every family. Call once, after the recorder is installed.
+pub fn describe() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests answered, by route template, method and status."
+    );
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a request's arrival to its answer, by route template and method."
+    );
+    metrics::describe_counter!(
+        CACHE_LOOKUPS_TOTAL,
+        "Item reads, by the cache layer that answered (miss: found nowhere)."
+    );
+    metrics::describe_counter!(
+        CACHE_INVALIDATIONS_TOTAL,
+        "Cache entries dropped because another worker changed the item."
+    );
+    metrics::describe_counter!(JOBS_TOTAL, "Background job attempts, by how they ended.");
+    metrics::describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Connections of the SQL pool, idle or in use."
+    );
+}
+
+/// Registers every enum-labelled series, and the requests of [`ZERO_REQUESTS`], at 0.
+/// Call once, after the recorder is installed.
 pub fn register_zero_series() {
+    describe();
+    for (method, route, status) in ZERO_REQUESTS {
+        let method = method.as_str().to_string();
+        metrics::counter!(HTTP_REQUESTS_TOTAL,
+            "method" => method.clone(), "route" => *route, "status" => *status)
+        .increment(0);
+        let _ = metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS,
+            "method" => method, "route" => *route);
+    }
     for lookup in Lookup::ALL {
         metrics::counter!(CACHE_LOOKUPS_TOTAL, "layer" => lookup.as_str()).increment(0);
     }
@@ -140,5 +190,15 @@ mod tests {
         assert_eq!(labels, ["l1", "l2", "db", "miss"]);
         let outcomes: Vec<&str> = JobOutcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(outcomes, ["completed", "retried", "failed"]);
+    }
+
+    /// The zero series are the ones the request path's fast handles later count into.
+    #[test]
+    fn zero_requests_are_in_the_fixed_tables() {
+        for (method, route, status) in ZERO_REQUESTS {
+            assert!(METHODS.contains(method), "{method}");
+            assert!(ROUTES.contains(route), "{route}");
+            assert!(STATUSES.iter().any(|(_, s)| s == status), "{status}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::channel::{AgentMsg, DumpFormat, DumpKind, FrameDecoder, WorkerMsg};
 use crate::diag::warn;
 use crate::dump::dump_profile;
 use crate::held_fd::HeldFd;
-use crate::stats::HeapStats;
+use crate::stats::{HeapStats, ReadHeapStats};
 
 const READ_CHUNK: usize = 64 * 1024;
 

@@ -22,11 +22,15 @@ pub fn source(name: &str) -> PathBuf {
     repo_root().join("tests/native").join(name)
 }
 
-/// Compiles `tests/native/worker.c` into the sandbox with `cc -O1 -g` (plus `extra`).
+/// Compiles `tests/native/worker.c` into the sandbox with `cc -O1 -g` (plus `extra`),
+/// against the preload's header (`probes/preload/include/heapwarden.h`).
 pub fn compile_worker(sandbox: &Sandbox, name: &str, extra: &[&str]) -> PathBuf {
     let out = sandbox.path().join(name);
+    let include = repo_root().join("probes/preload/include");
     let mut cc = Command::new("cc");
     cc.args(["-O1", "-g", "-Wall"])
+        .arg("-I")
+        .arg(include)
         .args(extra)
         .arg(source("worker.c"))
         .arg("-o")

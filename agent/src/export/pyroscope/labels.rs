@@ -225,6 +225,7 @@ mod tests {
         ProfileMeta {
             id: 9,
             slot: 2,
+            worker_id: None,
             pid: 4242,
             trigger,
             kind: ProfileKind::Profile,

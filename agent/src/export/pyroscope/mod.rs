@@ -366,6 +366,7 @@ mod tests {
         let meta = |id| ProfileMeta {
             id,
             slot: 0,
+            worker_id: None,
             pid: 1,
             trigger: Trigger::Manual,
             kind: ProfileKind::Profile,

@@ -48,15 +48,13 @@ pub async fn run_periodic(
             .filter(|(_, w)| w.ready && w.probe && w.link.is_some())
             .collect();
         for (slot, worker) in workers {
-            let request = CaptureRequest {
+            let request = CaptureRequest::of_worker(
                 slot,
-                pid: worker.pid,
-                link: worker.link,
-                trigger: Trigger::Periodic,
-                figures: ProfileFigures::default(),
-                rule: None,
-                runtime: worker.runtime,
-            };
+                &worker,
+                Trigger::Periodic,
+                ProfileFigures::default(),
+                None,
+            );
             if let Err(e) = take_profile(&store, request, &log).await {
                 debug!(log, "A periodic profile was not taken."; "worker" => slot, "error" => %e);
             }

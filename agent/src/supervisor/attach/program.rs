@@ -166,7 +166,7 @@ pub fn read_magic(path: &Path) -> Option<[u8; 4]> {
 
 /// Reads `path`'s head and classifies it (for the preload library itself).
 /// Whether the ELF at `path` links `heapwarden-probes` (the Rust probe): its `.rodata`
-/// holds [`heapwarden_probes::RUST_PROBE_MARK`]. Files over 1 GiB, or that are not a
+/// holds [`heapwarden_protocol::RUST_PROBE_MARK`]. Files over 1 GiB, or that are not a
 /// 64-bit ELF, are taken for programs that do not.
 pub fn links_rust_probe(path: &Path) -> bool {
     use object::read::elf::ElfFile64;
@@ -181,7 +181,7 @@ pub fn links_rust_probe(path: &Path) -> bool {
     let Ok(elf) = ElfFile64::<object::Endianness>::parse(data.as_slice()) else {
         return false;
     };
-    let needle = heapwarden_probes::RUST_PROBE_MARK.as_bytes();
+    let needle = heapwarden_protocol::RUST_PROBE_MARK.as_bytes();
     elf.section_by_name(".rodata")
         .and_then(|section| section.data().ok())
         .is_some_and(|rodata| rodata.windows(needle.len()).any(|w| w == needle))

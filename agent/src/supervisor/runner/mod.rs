@@ -1,6 +1,7 @@
 //! The thin, impure half of the supervisor: one task owns the `Pool`, turns the outside
 //! world (child exits, control-channel messages, sd_notify, signals, timers, requests
-//! from the admin API and the watchdog) into events, and carries out the actions.
+//! from the admin API and the watchdog) into events, and carries out the actions. Its
+//! own tasks report on one channel, as one message enum (`Inbox`).
 //! `relay` fans cache invalidations out to the workers; `status` publishes the pool view
 //! and reports to systemd; `start` starts a worker; `reload` re-reads the config.
 
@@ -14,7 +15,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
-use heapwarden_probes::channel::AgentMsg;
+use heapwarden_protocol::channel::AgentMsg;
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
 use slog::{Logger, error, info, warn};
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use super::contain::Containment;
 use super::link::LinkEvent;
 use super::listen::ServiceSocket;
-use super::notify::SystemdNotifier;
+use super::notify::{NotifiedReady, SystemdNotifier};
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
 use crate::config::{Config, ConfigErrors, ConfigSource};
@@ -32,6 +33,39 @@ use crate::log::LevelHandle;
 use crate::metric_names::{WORKER_FAILED, WORKER_RESTARTS};
 use reload::{ReloadReply, WorkerCommand};
 use start::WorkerRuntime;
+
+/// Room in the inbox: a burst of control-link messages from every worker, exits and
+/// readiness reports beside them.
+const INBOX: usize = 1536;
+
+/// What the supervisor's own tasks tell it, on one channel: a worker exited, its control
+/// link spoke or closed, it notified `READY=1`, or a requested reload was read.
+#[derive(Debug)]
+pub(super) enum Inbox {
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+    },
+    Link(LinkEvent),
+    Ready(WorkerId),
+    /// Boxed: a whole config is far larger than the other messages.
+    Reloaded {
+        loaded: Box<Result<Config, ConfigErrors>>,
+        reply: Option<ReloadReply>,
+    },
+}
+
+impl From<LinkEvent> for Inbox {
+    fn from(event: LinkEvent) -> Inbox {
+        Inbox::Link(event)
+    }
+}
+
+impl From<NotifiedReady> for Inbox {
+    fn from(NotifiedReady(worker): NotifiedReady) -> Inbox {
+        Inbox::Ready(worker)
+    }
+}
 
 /// Channels the rest of the agent uses to watch and steer the supervisor.
 pub struct SupervisorHandles {
@@ -64,14 +98,9 @@ pub struct Supervisor {
     config_tx: watch::Sender<Config>,
     heartbeat_tx: watch::Sender<Instant>,
     requests_rx: mpsc::Receiver<Request>,
-    exits_tx: mpsc::Sender<(WorkerId, ExitStatus)>,
-    exits_rx: mpsc::Receiver<(WorkerId, ExitStatus)>,
-    links_tx: mpsc::Sender<LinkEvent>,
-    links_rx: mpsc::Receiver<LinkEvent>,
-    ready_tx: mpsc::Sender<u64>,
-    ready_rx: mpsc::Receiver<u64>,
-    reload_tx: mpsc::Sender<(Result<Config, ConfigErrors>, Option<ReloadReply>)>,
-    reload_rx: mpsc::Receiver<(Result<Config, ConfigErrors>, Option<ReloadReply>)>,
+    /// What the supervisor's own tasks report (exits, control links, sd_notify, reloads).
+    inbox_tx: mpsc::Sender<Inbox>,
+    inbox_rx: mpsc::Receiver<Inbox>,
     systemd: SystemdNotifier,
     last_leak: Option<SystemTime>,
 }
@@ -122,10 +151,7 @@ impl Supervisor {
         let (config_tx, config_rx) = watch::channel(config.clone());
         let (heartbeat_tx, heartbeat) = watch::channel(Instant::now());
         let (requests, requests_rx) = mpsc::channel(64);
-        let (exits_tx, exits_rx) = mpsc::channel(256);
-        let (links_tx, links_rx) = mpsc::channel(1024);
-        let (ready_tx, ready_rx) = mpsc::channel(256);
-        let (reload_tx, reload_rx) = mpsc::channel(4);
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
         (parts.slot_series)(0..settings.workers);
         let supervisor = Supervisor {
             pool: Pool::new(settings),
@@ -145,14 +171,8 @@ impl Supervisor {
             config_tx,
             heartbeat_tx,
             requests_rx,
-            exits_tx,
-            exits_rx,
-            links_tx,
-            links_rx,
-            ready_tx,
-            ready_rx,
-            reload_tx,
-            reload_rx,
+            inbox_tx,
+            inbox_rx,
             systemd: SystemdNotifier::from_env(),
             last_leak: None,
         };
@@ -193,22 +213,26 @@ impl Supervisor {
                     self.start_reload(None);
                     None
                 }
-                Some((loaded, reply)) = self.reload_rx.recv() => {
-                    self.finish_reload(loaded, reply);
-                    None
-                }
-                Some((worker, status)) = self.exits_rx.recv() => {
-                    self.record_drain(worker, status);
-                    Some(Event::Exited { worker, status })
-                }
+                Some(message) = self.inbox_rx.recv() => match message {
+                    Inbox::Reloaded { loaded, reply } => {
+                        self.finish_reload(*loaded, reply);
+                        None
+                    }
+                    Inbox::Exited { worker, status } => {
+                        self.record_drain(worker, status);
+                        Some(Event::Exited { worker, status })
+                    }
+                    Inbox::Ready(worker) => Some(Event::Ready { worker }),
+                    Inbox::Link(link_event) => self.on_link_event(link_event),
+                },
                 _ = sigchld.recv() => {
                     self.sweep_orphans();
                     None
                 }
-                Some(worker) = self.ready_rx.recv() => Some(Event::Ready { worker }),
-                Some(link_event) = self.links_rx.recv() => self.on_link_event(link_event),
                 Some(request) = self.requests_rx.recv() => match request {
-                    Request::Replace { slot, reason } => Some(Event::Replace { slot, reason }),
+                    Request::Replace { slot, worker, reason } => {
+                        Some(Event::Replace { slot, worker, reason })
+                    }
                     Request::Reload { reply } => {
                         info!(self.log, "A reload was requested: reloading the config.");
                         self.start_reload(reply);
@@ -336,6 +360,15 @@ impl Supervisor {
                     "worker" => slot, "worker_id" => worker, "pid" => pid,
                     "ready_timeout_seconds" => self.config.pool.ready_timeout.as_secs_f64(),
                     "hint" => "did it listen on the pool's port (PORT) rather than its own?");
+                None
+            }
+            Action::ReplacementDropped {
+                slot,
+                worker,
+                reason,
+            } => {
+                info!(self.log, "A replacement was dropped: the worker it named no longer serves its slot.";
+                    "worker" => slot, "worker_id" => worker, "reason" => reason.as_str());
                 None
             }
             Action::Exit => Some(Flow::Exit),

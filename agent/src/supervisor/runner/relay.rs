@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use heapwarden_probes::channel::{AgentMsg, WorkerMsg};
+use heapwarden_protocol::channel::{AgentMsg, WorkerMsg};
 use slog::{info, warn};
 
 use super::super::link::{ControlLink, LinkEvent};

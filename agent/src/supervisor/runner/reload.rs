@@ -22,7 +22,7 @@ use super::super::identity::WorkerIdentity;
 use super::super::program::{self, ProgramError};
 use super::super::state::Event;
 use super::super::view::ReloadOutcome;
-use super::Supervisor;
+use super::{Inbox, Supervisor};
 use crate::config::{Config, ConfigErrors, reload};
 
 /// What workers are started with: `pool.command` (or `heapwarden-demo` from next to the
@@ -104,12 +104,15 @@ impl WorkerCommand {
 pub(super) type ReloadReply = tokio::sync::oneshot::Sender<ReloadOutcome>;
 
 impl Supervisor {
-    /// Reads the config on a blocking thread; the result comes back on `reload_rx`.
+    /// Reads the config on a blocking thread; the result comes back to the inbox.
     pub(super) fn start_reload(&self, reply: Option<ReloadReply>) {
         let source = self.source.clone();
-        let done = self.reload_tx.clone();
+        let done = self.inbox_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = done.blocking_send((source.load(), reply));
+            let _ = done.blocking_send(Inbox::Reloaded {
+                loaded: Box::new(source.load()),
+                reply,
+            });
         });
     }
 

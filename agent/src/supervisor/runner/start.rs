@@ -19,13 +19,13 @@ use super::super::output::capture;
 use super::super::rundir::WorkerDir;
 use super::super::spawn::{SpawnSpec, spawn_worker};
 use super::super::state::{Event, ExitStatus, WorkerId};
-use super::{Supervisor, signal_group};
+use super::{Inbox, Supervisor, signal_group};
 
 pub(super) struct WorkerRuntime {
     pub pid: u32,
     pub link: ControlLink,
     /// From the latest hello on the channel (the claimant's probe).
-    pub runtime: Option<heapwarden_probes::Runtime>,
+    pub runtime: Option<heapwarden_protocol::Runtime>,
     pub started_wall: SystemTime,
     /// Set when the worker was asked to drain, for `heapwarden_drain_duration_seconds`.
     pub drain_started: Option<Instant>,
@@ -105,7 +105,7 @@ impl Supervisor {
         let link = spawn_link(
             spawned.control,
             worker,
-            self.links_tx.clone(),
+            self.inbox_tx.clone(),
             hello_grace,
             log.clone(),
         );
@@ -114,10 +114,10 @@ impl Supervisor {
             worker,
             pid,
             self.command.identity.as_ref().map(|who| who.uid),
-            self.ready_tx.clone(),
+            self.inbox_tx.clone(),
             log.clone(),
         );
-        let exits = self.exits_tx.clone();
+        let exits = self.inbox_tx.clone();
         let drain_requested = Arc::new(AtomicBool::new(false));
         let drained = drain_requested.clone();
         tokio::spawn(async move {
@@ -138,7 +138,7 @@ impl Supervisor {
                     info!(log, "A worker was killed by a signal."; "signal" => sig)
                 }
             }
-            let _ = exits.send((worker, status)).await;
+            let _ = exits.send(Inbox::Exited { worker, status }).await;
         });
         self.runtimes.insert(
             worker,

@@ -56,8 +56,8 @@ const AGENT_PATHS: [&str; 10] = [
     "CREDENTIALS_DIRECTORY",
     "LOGS_DIRECTORY",
     "CACHE_DIRECTORY",
-    heapwarden_probes::CONFIG_ENV,
-    heapwarden_probes::STATE_DIR_ENV,
+    heapwarden_protocol::CONFIG_ENV,
+    heapwarden_protocol::STATE_DIR_ENV,
     "HEAPWARDEN_ADMIN_TOKEN_FILE",
     "HEAPWARDEN_ADMIN_LISTEN",
 ];
@@ -98,9 +98,12 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
         ("HEAPWARDEN_CONTROL_INO", control_ino.to_string()),
         ("LISTEN_FDS", "1".into()),
         ("LISTEN_FDNAMES", spec.listen_fd_name.into()),
-        (heapwarden_probes::CONTROL_FD_ENV, CONTROL_FD.to_string()),
-        (heapwarden_probes::SLOT_ENV, spec.slot.to_string()),
-        (heapwarden_probes::WORKER_ID_ENV, spec.worker_id.to_string()),
+        (heapwarden_protocol::CONTROL_FD_ENV, CONTROL_FD.to_string()),
+        (heapwarden_protocol::SLOT_ENV, spec.slot.to_string()),
+        (
+            heapwarden_protocol::WORKER_ID_ENV,
+            spec.worker_id.to_string(),
+        ),
         ("HEAPWARDEN_AGENT_INSTANCE", spec.instance.into()),
     ];
     let notify = ("NOTIFY_SOCKET", spec.notify_socket.as_os_str());

@@ -98,7 +98,8 @@ impl Pool {
             }
             Role::Replacement(reason) => {
                 // The old worker keeps serving; try again after a backoff.
-                self.slots[slot].retry_replacement = Some(reason);
+                let serving = self.role_in(slot, Role::Current);
+                self.slots[slot].retry_replacement = serving.map(|old| (old, reason));
                 self.back_off(slot, now, out);
                 self.pump(now, out);
             }
@@ -158,8 +159,8 @@ impl Pool {
                 let retry = self.slots[slot].retry_replacement.take();
                 if self.role_in(slot, Role::Current).is_none() {
                     self.spawn(slot, Role::Current, now, out);
-                } else if let Some(reason) = retry {
-                    self.replace_queue.push_front((slot, reason));
+                } else if let Some((old, reason)) = retry {
+                    self.replace_queue.push_front((slot, Some(old), reason));
                     self.pump(now, out);
                 }
             }

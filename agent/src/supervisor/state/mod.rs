@@ -82,8 +82,11 @@ pub enum Event {
         status: ExitStatus,
     },
     Timer(Timer),
+    /// Replace `worker`, which serves `slot`; dropped (`ReplacementDropped`) when that
+    /// worker no longer serves the slot by the time the request is handled or started.
     Replace {
         slot: usize,
+        worker: WorkerId,
         reason: RestartReason,
     },
     Reload,
@@ -174,6 +177,13 @@ pub enum Action {
         worker: WorkerId,
         pid: Option<u32>,
     },
+    /// A replacement named a worker that no longer serves its slot (it exited, or was
+    /// replaced already): nothing is replaced and nothing is charged to the budget.
+    ReplacementDropped {
+        slot: usize,
+        worker: WorkerId,
+        reason: RestartReason,
+    },
     Exit,
 }
 
@@ -215,8 +225,9 @@ struct Slot {
     leak_restarts: VecDeque<Instant>,
     restarts: u64,
     budget_exhausted: bool,
-    /// A replacement that failed and waits for its backoff to try again.
-    retry_replacement: Option<RestartReason>,
+    /// A replacement that failed and waits for its backoff to try again: the worker it
+    /// replaces and why.
+    retry_replacement: Option<(WorkerId, RestartReason)>,
     epoch: u64,
 }
 
@@ -230,7 +241,9 @@ pub struct Pool {
     workers: BTreeMap<WorkerId, Worker>,
     next_id: WorkerId,
     stopping: bool,
-    replace_queue: VecDeque<(usize, RestartReason)>,
+    /// Queued replacements: the slot, the worker named (`None`: whoever serves the slot
+    /// when its turn comes, as a reload asks) and why.
+    replace_queue: VecDeque<(usize, Option<WorkerId>, RestartReason)>,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -328,13 +341,18 @@ impl Pool {
             Event::Ready { worker } => self.on_ready(worker, now, out),
             Event::Exited { worker, status } => self.on_exit(worker, status, now, out),
             Event::Timer(timer) => self.on_timer(timer, now, out),
-            Event::Replace { slot, reason } => self.request_replacement(slot, reason, now, out),
+            Event::Replace {
+                slot,
+                worker,
+                reason,
+            } => self.request_replacement(slot, worker, reason, now, out),
             Event::Reload => {
                 if !self.stopping {
                     for slot in 0..self.active {
-                        let queued = self.replace_queue.iter().any(|(s, _)| *s == slot);
+                        let queued = self.replace_queue.iter().any(|(s, _, _)| *s == slot);
                         if !queued {
-                            self.replace_queue.push_back((slot, RestartReason::Reload));
+                            self.replace_queue
+                                .push_back((slot, None, RestartReason::Reload));
                         }
                     }
                     self.pump(now, out);

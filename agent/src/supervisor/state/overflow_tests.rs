@@ -226,6 +226,8 @@ proptest! {
                 }
                 Step::Replace(slot, r) => Some(Event::Replace {
                     slot,
+                    // The serving worker, or one that is gone (such requests are dropped).
+                    worker: pool.serving(slot).map_or(0, |w| w.id),
                     reason: RestartReason::ALL[r % RestartReason::ALL.len()],
                 }),
                 Step::Reload => Some(Event::Reload),

@@ -6,14 +6,26 @@ use std::time::Instant;
 use super::*;
 
 impl Pool {
+    /// A replacement of `worker` in `slot`. A request for a worker that no longer serves
+    /// the slot (it crashed and was restarted since the decision, say) is dropped before it
+    /// can replace the slot's next worker or spend the leak budget.
     pub(super) fn request_replacement(
         &mut self,
         slot: usize,
+        worker: WorkerId,
         reason: RestartReason,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
         if self.stopping || slot >= self.active {
+            return;
+        }
+        if self.role_in(slot, Role::Current) != Some(worker) {
+            out.push(Action::ReplacementDropped {
+                slot,
+                worker,
+                reason,
+            });
             return;
         }
         if reason == RestartReason::Leak {
@@ -34,9 +46,9 @@ impl Pool {
             }
             s.budget_exhausted = false;
         }
-        let queued = self.replace_queue.iter().any(|(s, _)| *s == slot);
+        let queued = self.replace_queue.iter().any(|(s, _, _)| *s == slot);
         if !queued && self.replacement_of(slot).is_none() {
-            self.replace_queue.push_back((slot, reason));
+            self.replace_queue.push_back((slot, Some(worker), reason));
         }
         self.pump(now, out);
     }
@@ -45,10 +57,20 @@ impl Pool {
     pub(super) fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
         let limit = self.settings.max_concurrent_replacements.max(1);
         while !self.stopping && self.in_flight() < limit {
-            let Some((slot, reason)) = self.replace_queue.pop_front() else {
+            let Some((slot, named, reason)) = self.replace_queue.pop_front() else {
                 break;
             };
             let serving = self.role_in(slot, Role::Current);
+            if let Some(worker) = named
+                && serving != Some(worker)
+            {
+                out.push(Action::ReplacementDropped {
+                    slot,
+                    worker,
+                    reason,
+                });
+                continue;
+            }
             if serving.is_none() || self.replacement_of(slot).is_some() {
                 continue; // the slot is restarting anyway, or already being replaced
             }

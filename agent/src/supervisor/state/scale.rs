@@ -22,7 +22,7 @@ impl Pool {
         }
         let old = self.active;
         self.active = target;
-        self.replace_queue.retain(|(slot, _)| *slot < target);
+        self.replace_queue.retain(|(slot, _, _)| *slot < target);
         for slot in target..old {
             self.retire(slot, now, out);
         }

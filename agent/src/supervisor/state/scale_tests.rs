@@ -117,6 +117,7 @@ fn a_replacement_in_flight_in_a_retired_slot_is_stopped() {
     let mut p = Pools::ready(2);
     p.feed(Event::Replace {
         slot: 1,
+        worker: p.serving(1),
         reason: RestartReason::Manual,
     });
     let replacement = p

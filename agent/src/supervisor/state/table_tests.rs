@@ -156,6 +156,8 @@ fn walk(steps: &[Step]) -> BTreeSet<(SlotState, SlotState)> {
             }),
             Step::Replace(slot, reason) => Some(Event::Replace {
                 slot: slot % 3,
+                // The serving worker, or one that is gone (such requests are dropped).
+                worker: pool.serving(slot % 3).map_or(0, |w| w.id),
                 reason: RestartReason::ALL[reason],
             }),
             Step::Reload => Some(Event::Reload),

@@ -216,6 +216,7 @@ fn native_probe_worker_is_ready_after_min_uptime_and_still_drains_over_the_chann
     assert_eq!(h.pool.slot_state(0), SlotState::Ready);
     let actions = h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Manual,
     });
     let new = spawns(&actions)[0];
@@ -359,6 +360,7 @@ fn drain_escalates_to_term_then_kill() {
     let old = h.serving(0);
     let new = spawns(&h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Manual,
     }))[0];
     h.feed(Event::Ready { worker: new });
@@ -388,6 +390,7 @@ fn replacement_that_never_gets_ready_leaves_the_old_worker_serving() {
     let old = h.serving(0);
     let new = spawns(&h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Leak,
     }))[0];
     h.feed(Event::Hello { worker: new });
@@ -416,6 +419,7 @@ fn serving_worker_dying_mid_replacement_hands_over_to_the_replacement() {
     let old = h.serving(0);
     let new = spawns(&h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Leak,
     }))[0];
     let actions = h.feed(Event::Exited {
@@ -438,6 +442,7 @@ fn leak_restarts_obey_the_hourly_budget() {
         h.at(i as f64 * 60.0);
         let new = spawns(&h.feed(Event::Replace {
             slot: 0,
+            worker: h.serving(0),
             reason: RestartReason::Leak,
         }));
         assert_eq!(new.len(), 1);
@@ -446,6 +451,7 @@ fn leak_restarts_obey_the_hourly_budget() {
     h.at(200.0);
     let actions = h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Leak,
     });
     assert_eq!(actions, vec![Action::BudgetExhausted { slot: 0 }]);
@@ -454,7 +460,8 @@ fn leak_restarts_obey_the_hourly_budget() {
     assert!(
         h.feed(Event::Replace {
             slot: 0,
-            reason: RestartReason::Leak
+            worker: h.serving(0),
+            reason: RestartReason::Leak,
         })
         .is_empty()
     );
@@ -462,6 +469,7 @@ fn leak_restarts_obey_the_hourly_budget() {
     h.at(3600.0);
     let actions = h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Leak,
     });
     assert_eq!(spawns(&actions).len(), 1);
@@ -473,10 +481,12 @@ fn concurrent_replacements_are_limited() {
     let mut h = ready_pool(3);
     let a = h.feed(Event::Replace {
         slot: 0,
+        worker: h.serving(0),
         reason: RestartReason::Leak,
     });
     let b = h.feed(Event::Replace {
         slot: 1,
+        worker: h.serving(1),
         reason: RestartReason::Leak,
     });
     assert_eq!(spawns(&a).len(), 1);
@@ -519,7 +529,8 @@ fn shutdown_terms_everyone_then_kills_and_exits_when_all_are_gone() {
     assert!(
         h.feed(Event::Replace {
             slot: 1,
-            reason: RestartReason::Leak
+            worker: b,
+            reason: RestartReason::Leak,
         })
         .is_empty()
     );
@@ -565,4 +576,87 @@ fn transition_table_rejects_impossible_moves() {
     assert!(!allowed(SlotState::Backoff, SlotState::Replacing));
     assert!(!allowed(SlotState::Stopping, SlotState::Starting));
     assert!(!allowed(SlotState::Failed, SlotState::Backoff));
+}
+
+/// Defect: a leak replacement decided for one worker (a dump and a conversion take
+/// seconds) reached the supervisor after that worker had crashed and been restarted, and
+/// replaced the slot's *next* worker, charged to the leak budget. The request names the
+/// worker, and one for a worker that no longer serves is dropped.
+#[test]
+fn a_replacement_for_a_worker_that_is_gone_is_dropped_and_not_charged() {
+    let mut h = ready_pool(1);
+    let leaker = h.serving(0);
+    let actions = h.feed(Event::Exited {
+        worker: leaker,
+        status: ExitStatus::Signal(9),
+    });
+    let timer = respawn_timer(&actions).expect("a respawn is scheduled");
+    h.at(1.0);
+    let restarted = spawns(&h.feed(Event::Timer(timer)))[0];
+    h.feed(Event::Ready { worker: restarted });
+    let actions = h.feed(Event::Replace {
+        slot: 0,
+        worker: leaker,
+        reason: RestartReason::Leak,
+    });
+    assert_eq!(
+        actions,
+        vec![Action::ReplacementDropped {
+            slot: 0,
+            worker: leaker,
+            reason: RestartReason::Leak
+        }]
+    );
+    assert_eq!(h.serving(0), restarted);
+    assert!(
+        h.pool.slots[0].leak_restarts.is_empty(),
+        "budget not charged"
+    );
+    // The restarted worker itself can still be replaced.
+    let actions = h.feed(Event::Replace {
+        slot: 0,
+        worker: restarted,
+        reason: RestartReason::Leak,
+    });
+    assert_eq!(spawns(&actions).len(), 1);
+}
+
+/// A queued replacement whose worker exits before its turn is dropped when its turn comes.
+#[test]
+fn a_queued_replacement_whose_worker_left_is_dropped_at_its_turn() {
+    let mut h = ready_pool(2);
+    let (w0, w1) = (h.serving(0), h.serving(1));
+    let first = spawns(&h.feed(Event::Replace {
+        slot: 0,
+        worker: w0,
+        reason: RestartReason::Manual,
+    }));
+    assert!(
+        spawns(&h.feed(Event::Replace {
+            slot: 1,
+            worker: w1,
+            reason: RestartReason::Leak,
+        }))
+        .is_empty(),
+        "queued behind slot 0"
+    );
+    let actions = h.feed(Event::Exited {
+        worker: w1,
+        status: ExitStatus::Signal(9),
+    });
+    let timer = respawn_timer(&actions).expect("a respawn is scheduled");
+    h.at(1.0);
+    let next1 = spawns(&h.feed(Event::Timer(timer)))[0];
+    let actions = h.feed(Event::Ready { worker: first[0] });
+    assert!(
+        actions.contains(&Action::ReplacementDropped {
+            slot: 1,
+            worker: w1,
+            reason: RestartReason::Leak
+        }),
+        "{actions:?}"
+    );
+    assert!(!spawns(&actions).iter().any(|w| *w != next1 && *w > next1));
+    assert_eq!(h.serving(1), next1);
+    assert!(h.pool.slots[1].leak_restarts.is_empty());
 }

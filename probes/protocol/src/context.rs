@@ -10,7 +10,30 @@
 
 use std::path::PathBuf;
 
-use crate::error::ProbeError;
+/// A worker-context variable (`HEAPWARDEN_WORKER_SLOT`, …) is set but malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is not usable: {reason}")]
+pub struct ContextError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Environment variable naming the inherited control socket's descriptor number.
+pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
+/// Environment variable naming the one process that may use the control channel: the
+/// worker the agent started (the agent's forked child sets it to its own pid before it
+/// execs the command, which keeps the pid). Descendants inherit the environment but not the claim.
+pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
+
+/// Whether this process is the worker the agent started: `Some(true)` when
+/// [`WORKER_PID_ENV`] names this pid, `Some(false)` when it names another (this is a
+/// descendant that inherited the environment), `None` when it is not set (an agent that
+/// predates it, or a test harness).
+pub fn worker_pid_matches() -> Option<bool> {
+    let value = std::env::var(WORKER_PID_ENV).ok()?;
+    Some(value.trim() == std::process::id().to_string())
+}
 
 /// The worker's slot, `0..pool_size`: stable across replacements (metric label `worker`).
 pub const SLOT_ENV: &str = "HEAPWARDEN_WORKER_SLOT";
@@ -84,33 +107,30 @@ pub struct WorkerContext {
 impl WorkerContext {
     /// Reads the context from this process's environment. A variable that is set but
     /// malformed is an error naming it; an unset one is `None`.
-    pub fn from_env() -> Result<WorkerContext, ProbeError> {
+    pub fn from_env() -> Result<WorkerContext, ContextError> {
         WorkerContext::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Reads the context through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<WorkerContext, ProbeError> {
+    ) -> Result<WorkerContext, ContextError> {
         let text = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let number = |name: &'static str| -> Result<Option<u64>, ProbeError> {
+        let number = |name: &'static str| -> Result<Option<u64>, ContextError> {
             text(name)
                 .map(|value| {
-                    value
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|e| ProbeError::Context {
-                            var: name,
-                            value: value.clone(),
-                            reason: e.to_string(),
-                        })
+                    value.trim().parse::<u64>().map_err(|e| ContextError {
+                        var: name,
+                        value: value.clone(),
+                        reason: e.to_string(),
+                    })
                 })
                 .transpose()
         };
-        let index = |name: &'static str| -> Result<Option<usize>, ProbeError> {
+        let index = |name: &'static str| -> Result<Option<usize>, ContextError> {
             number(name)?
                 .map(|n| {
-                    usize::try_from(n).map_err(|e| ProbeError::Context {
+                    usize::try_from(n).map_err(|e| ContextError {
                         var: name,
                         value: n.to_string(),
                         reason: e.to_string(),
@@ -120,7 +140,7 @@ impl WorkerContext {
         };
         let log_redact = text(LOG_REDACT_ENV)
             .map(|value| {
-                serde_json::from_str::<Vec<String>>(&value).map_err(|e| ProbeError::Context {
+                serde_json::from_str::<Vec<String>>(&value).map_err(|e| ContextError {
                     var: LOG_REDACT_ENV,
                     value: value.clone(),
                     reason: format!("expected a JSON array of strings: {e}"),
@@ -251,3 +271,8 @@ mod tests {
         }
     }
 }
+
+/// The Rust probe's writer thread's name, and so a string every program that can start a
+/// probe carries in its read-only data: the agent looks for it to refuse putting the
+/// native probe (a second probe on the same channel) into such a program.
+pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::stats::HeapStats;
+use crate::HeapStats;
 
 fn heap_stats() -> impl Strategy<Value = HeapStats> {
     any::<[u64; 6]>().prop_map(|v| HeapStats {

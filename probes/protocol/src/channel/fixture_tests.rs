@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::*;
 
-const FIXTURE: &str = include_str!("../../protocol/frames.json");
+const FIXTURE: &str = include_str!("../../frames.json");
 
 fn bodies(key: &str) -> Vec<Value> {
     let all: Value = serde_json::from_str(FIXTURE).expect("frames.json is JSON");

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::HeapStats;
+use crate::HeapStats;
 
 /// Which probe is speaking, from [`WorkerMsg::Hello`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

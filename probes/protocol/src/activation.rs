@@ -1,4 +1,4 @@
-//! Adopting descriptors the agent passed down by number: the control socket
+//! Socket activation and inherited descriptors: adopting descriptors the agent passed down by number: the control socket
 //! (`HEAPWARDEN_CONTROL_FD`) and the shared listening socket (systemd's socket-activation
 //! convention). This is the one place socket activation is parsed — for workers and for
 //! the agent itself when systemd starts it with `heapwarden.socket` — and it leaves the
@@ -11,7 +11,14 @@ use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::ProbeError;
+/// An inherited descriptor variable (`HEAPWARDEN_CONTROL_FD`, `LISTEN_FDS`) is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} does not name a usable inherited socket: {reason}")]
+pub struct InheritedFdError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
 
 static CONTROL_ADOPTED: AtomicBool = AtomicBool::new(false);
 static LISTENER_ADOPTED: AtomicBool = AtomicBool::new(false);
@@ -61,8 +68,9 @@ fn adopt_socket(raw: RawFd, adopted: &AtomicBool) -> Result<OwnedFd, String> {
         .map_err(|e| format!("could not duplicate descriptor {raw}: {e}"))
 }
 
-/// Adopts the control socket named by `value`, the decimal content of the env variable.
-pub(crate) fn adopt_inherited_socket(value: &str) -> Result<OwnedFd, String> {
+/// Adopts the control socket named by `value`, the decimal content of
+/// `HEAPWARDEN_CONTROL_FD` (the probes' business: the agent never calls it).
+pub fn adopt_inherited_socket(value: &str) -> Result<OwnedFd, String> {
     let raw: RawFd = value
         .trim()
         .parse()
@@ -74,8 +82,8 @@ pub(crate) fn adopt_inherited_socket(value: &str) -> Result<OwnedFd, String> {
 /// to this process, `LISTEN_FDS=1`, the socket on fd 3), or `None` when none was passed
 /// to this process. More than one socket is an error: heapwarden shares exactly one.
 /// Takes it at most once.
-pub fn take_inherited_socket() -> Result<Option<InheritedSocket>, ProbeError> {
-    let fail = |reason: String| ProbeError::InheritedFd {
+pub fn take_inherited_socket() -> Result<Option<InheritedSocket>, InheritedFdError> {
+    let fail = |reason: String| InheritedFdError {
         var: "LISTEN_FDS",
         value: std::env::var("LISTEN_FDS").unwrap_or_default(),
         reason,
@@ -112,7 +120,7 @@ pub fn take_inherited_socket() -> Result<Option<InheritedSocket>, ProbeError> {
 
 /// [`take_inherited_socket`] as a TCP listener (blocking, close-on-exec): what a worker
 /// accepts on.
-pub fn take_listen_socket() -> Result<Option<TcpListener>, ProbeError> {
+pub fn take_listen_socket() -> Result<Option<TcpListener>, InheritedFdError> {
     Ok(take_inherited_socket()?.map(|socket| TcpListener::from(socket.fd)))
 }
 
