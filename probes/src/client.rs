@@ -32,6 +32,11 @@ pub const CONTROL_FD_ENV: &str = "HEAPWARDEN_CONTROL_FD";
 /// worker the agent started (the agent's forked child sets it to its own pid before it
 /// execs the command, which keeps the pid). Descendants inherit the environment but not the claim.
 pub const WORKER_PID_ENV: &str = "HEAPWARDEN_WORKER_PID";
+/// Environment variable naming the per-worker Unix stream socket the agent listens on
+/// for the worker's forked children (pre-fork servers: gunicorn, uwsgi, celery): a child
+/// that keeps running connects there and speaks the same protocol on its own connection,
+/// since it may use no descriptor it inherited.
+pub const CHILD_SOCKET_ENV: &str = "HEAPWARDEN_CHILD_SOCKET";
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages waiting for the writer thread; beyond this they are dropped and counted.
@@ -147,7 +152,7 @@ impl Probe {
     /// says `runtime: native` in its hello.
     pub fn from_fd_as(fd: OwnedFd, runtime: crate::channel::Runtime) -> Result<Probe, ProbeError> {
         let reader = UnixStream::from(fd);
-        let writer = reader.try_clone().map_err(|source| ProbeError::Io {
+        let writer = crate::fd::duplicate_above(&reader).map_err(|source| ProbeError::Io {
             doing: "duplicating the control socket for the writer thread",
             source,
         })?;

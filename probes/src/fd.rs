@@ -129,3 +129,21 @@ mod tests {
         assert!(adopt_inherited_socket("1000000").is_err());
     }
 }
+
+/// Another descriptor of `stream` numbered at or above its own (close-on-exec): a probe
+/// whose socket sits high keeps its second descriptor high too, out of the numbers the
+/// program picks for itself (std's `try_clone` takes the lowest free one).
+pub(crate) fn duplicate_above(
+    stream: &std::os::unix::net::UnixStream,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    let raw = stream.as_raw_fd();
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor `stream` owns returns a new
+    // descriptor or -1; the new one is owned by nobody else.
+    let duplicate = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, raw) };
+    if duplicate < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just created above, owned by nothing else.
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(duplicate) })
+}

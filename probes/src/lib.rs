@@ -60,7 +60,9 @@ pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
 pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
 };
-pub use client::{CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, WORKER_PID_ENV, worker_pid_matches};
+pub use client::{
+    CHILD_SOCKET_ENV, CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, WORKER_PID_ENV, worker_pid_matches,
+};
 pub use context::{
     CONFIG_ENV, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, SLOT_ENV,
     STATE_DIR_ENV, WORKER_ID_ENV, WorkerContext, default_state_dir,

@@ -91,6 +91,7 @@ fn pool() -> PoolView {
         ready: true,
         probe: false,
         link: None,
+        children: None,
         runtime: None,
     };
     PoolView {

@@ -3,6 +3,7 @@
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
 pub mod attach;
+pub mod children;
 mod contain;
 pub mod link;
 pub mod listen;
@@ -16,6 +17,7 @@ mod spawn;
 pub mod state;
 pub mod view;
 
+pub use children::{ChildLink, ChildLinks};
 pub use contain::{ContainError, Containment};
 pub use heapwarden_probes::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};

@@ -5,7 +5,7 @@
 //! user's directory is refused). It holds `agent.lock` (flocked for the agent's lifetime,
 //! naming this incarnation) and one 0700 directory per worker incarnation, `w<id>/`, with
 //! what belongs to that worker alone: its sd_notify socket (`notify`) and the record of
-//! its process group (`group`), which the next agent reads if this one is SIGKILLed. A
+//! its process group (`group`), the socket its forked children report on (`probe`), which the next agent reads if this one is SIGKILLed. A
 //! `WorkerDir` is created at spawn and removed when dropped, i.e. when its worker is
 //! reaped; a new per-worker file is one more method here.
 
@@ -199,6 +199,11 @@ impl WorkerDir {
     /// Where the worker's `NOTIFY_SOCKET` is bound.
     pub fn notify_socket(&self) -> PathBuf {
         self.path.join("notify")
+    }
+
+    /// Where the worker's forked children connect (`HEAPWARDEN_CHILD_SOCKET`).
+    pub fn child_socket(&self) -> PathBuf {
+        self.path.join("probe")
     }
 
     /// Records the worker's process group for the next agent, should this one be

@@ -7,6 +7,7 @@
 //! samples is replaced as unhealthy (`health`). It publishes each slot's latest figures
 //! (`figures`) for the admin API.
 
+mod fallback;
 mod figures;
 mod health;
 #[cfg(test)]
@@ -25,7 +26,10 @@ use rules::{LeakDetector, Observation, RulesConfig, Trip};
 use crate::config::types::{LeakAction, Watch};
 use crate::config::{Config, WatchdogConfig};
 use crate::log::RedactedJson;
-use crate::metric_names::{LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT};
+use crate::metric_names::labels::ProfileOutcome;
+use crate::metric_names::{
+    HEAP_PROFILES, LEAK_DETECTIONS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT, WORKER_WATCH_FALLBACKS,
+};
 use crate::profiles::{
     CaptureRequest, ProfileFigures, ProfileStoreHandle, SnapshotRequest, Trigger, take_profile,
     take_snapshot,
@@ -89,6 +93,8 @@ struct SlotWatch {
     worker_id: u64,
     figure: Figure,
     detector: LeakDetector,
+    /// Heap against the tree's PSS, for a worker watched on its heap.
+    fallback: fallback::PssFallback,
 }
 
 pub struct Watchdog {
@@ -271,20 +277,38 @@ impl Watchdog {
         }
         let figure = Figure::pick(self.config.watch, probe, runtime);
         let rules = &self.rules;
-        let watch = self.slots.entry(sample.slot).or_insert_with(|| SlotWatch {
+        let fresh = || SlotWatch {
             worker_id: sample.worker_id,
             figure,
             detector: LeakDetector::new(rules.clone()),
-        });
+            fallback: fallback::PssFallback::default(),
+        };
+        let watch = self.slots.entry(sample.slot).or_insert_with(fresh);
         if watch.worker_id != sample.worker_id {
-            *watch = SlotWatch {
-                worker_id: sample.worker_id,
-                figure,
-                detector: LeakDetector::new(rules.clone()),
-            };
+            *watch = fresh();
+        }
+        if watch.figure == Figure::Heap
+            && let Some(switch) = watch.fallback.observe(
+                Figure::Heap.read(sample),
+                sample.pss,
+                fallback::threshold(rules),
+            )
+        {
+            warn!(self.log, "The worker's process tree grows in PSS while its probed heap stays flat; its leak rules watch the tree's PSS from now on.";
+                "worker" => sample.slot, "pid" => sample.pid,
+                "pss_growth_bytes" => switch.pss_growth, "heap_growth_bytes" => switch.heap_growth,
+                "processes" => sample.processes, "heap_processes" => sample.heap_processes);
+            metrics::counter!(WORKER_WATCH_FALLBACKS.name, "worker" => sample.slot.to_string())
+                .increment(1);
+            watch.figure = Figure::Pss;
+            watch.detector = LeakDetector::with_baseline(rules.clone(), switch.pss_baseline);
         }
         let value = watch.figure.read(sample)?;
-        Some((watch.figure, watch.detector.observe(sample.at, value)))
+        let obs = watch.detector.observe(sample.at, value);
+        if watch.figure == Figure::Heap && obs.baseline_ready {
+            watch.fallback.arm(value, sample.pss);
+        }
+        Some((watch.figure, obs))
     }
 
     fn on_trip(&self, sample: &WorkerSample, figure: Figure, trip: Trip, obs: &Observation) {
@@ -322,6 +346,16 @@ impl Watchdog {
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
         let rule = trip.as_ref().map(|t| t.rule.as_str().to_string());
+        let (pid, link) = profile_source(&worker, sample, trigger);
+        if link.is_none() && trigger == Trigger::Baseline {
+            // A worker without a probe (`probe = "off"`, or one that did not load) has no
+            // baseline to write; that was said once when it started, not at every one.
+            metrics::counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(),
+                "outcome" => ProfileOutcome::NoProbe.as_str())
+            .increment(1);
+            debug!(self.log, "No baseline profile: the worker has no probe."; "worker" => sample.slot);
+            return;
+        }
         let snapshot = (trip.is_some() && self.config.leak_snapshot).then(|| SnapshotRequest {
             slot: sample.slot,
             pid: worker.pid,
@@ -334,8 +368,8 @@ impl Watchdog {
         });
         let request = CaptureRequest {
             slot: sample.slot,
-            pid: worker.pid,
-            link: worker.link.filter(|_| worker.probe),
+            pid,
+            link,
             trigger,
             figures,
             rule,
@@ -385,6 +419,29 @@ impl Watchdog {
                 }
             }
         });
+    }
+}
+
+/// Where a profile is taken: a pre-fork server's forked child when one reports on its own
+/// channel — the one that grew most for a leak, the largest for the baseline — else the
+/// worker itself (its link only when it has a probe).
+fn profile_source(
+    worker: &crate::supervisor::WorkerView,
+    sample: &WorkerSample,
+    trigger: Trigger,
+) -> (u32, Option<crate::supervisor::ControlLink>) {
+    let wanted = match trigger {
+        Trigger::Leak => sample.heap_grower,
+        Trigger::Baseline => sample.heap_largest_child,
+        Trigger::Manual => None,
+    };
+    let child = wanted.and_then(|pid| {
+        let children = worker.children.as_ref()?.borrow();
+        children.iter().find(|c| c.pid == pid).cloned()
+    });
+    match child {
+        Some(child) => (child.pid, Some(child.link)),
+        None => (worker.pid, worker.link.clone().filter(|_| worker.probe)),
     }
 }
 

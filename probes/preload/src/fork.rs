@@ -67,6 +67,8 @@ pub(crate) fn watch_children(inherited: RawFd, channel: &OwnedFd) {
 
 extern "C" fn in_forked_child() {
     let Some(claim) = CLAIM.get() else { return };
+    // A child that keeps running gets a channel of its own, started lazily (`children`).
+    crate::children::arm_in_forked_child();
     let private = PRIVATE_FD.swap(-1, Ordering::SeqCst);
     // SAFETY: only syscalls on descriptor numbers recorded at attach time: close(2) of
     // the probe's duplicate, which no code in this single-threaded child uses any more,

@@ -12,6 +12,8 @@
 //!   and answers the agent with `heapwarden-probes`' own `Probe` on its own threads;
 //! - fork hygiene (`fork`): a forked child drops the claim, the channel's descriptors and
 //!   the sampling, so only the worker itself ever talks to the agent;
+//! - forked children (`children`): a child that keeps running and allocating connects to
+//!   the agent's per-worker socket for children and reports its own heap and dumps;
 //! - drain (`drain`): the agent's `Drain` becomes SIGTERM to the worker, unless the
 //!   program registered its own handler through `heapwarden_set_drain_handler`.
 //!
@@ -22,6 +24,8 @@
 
 #[allow(unsafe_code)]
 mod attach;
+#[allow(unsafe_code)]
+mod children;
 #[allow(unsafe_code)]
 mod drain;
 #[allow(unsafe_code)]

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal as NixSignal;
 use slog::{error, info, o};
 use tokio::task::AbortHandle;
 
+use super::super::children::{self, ChildLinks};
 use super::super::link::{ControlLink, spawn_link};
 use super::super::notify;
 use super::super::output::capture;
@@ -22,6 +23,8 @@ use super::{Supervisor, signal_group};
 pub(super) struct WorkerRuntime {
     pub pid: u32,
     pub link: ControlLink,
+    /// The worker's forked children reporting on their own channels.
+    pub children: ChildLinks,
     /// From the latest hello on the channel (the claimant's probe).
     pub runtime: Option<heapwarden_probes::Runtime>,
     pub started_wall: SystemTime,
@@ -34,6 +37,7 @@ pub(super) struct WorkerRuntime {
 /// directory holding the socket file.
 struct WorkerResources {
     _notify_watcher: AbortOnDrop,
+    _children_listener: Option<AbortOnDrop>,
     _dir: WorkerDir,
 }
 
@@ -60,6 +64,17 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => return failed(self, "notify socket", e),
         };
+        // Without it the worker still runs; its forked children are then measured from
+        // procfs only.
+        let child_path = dir.child_socket();
+        let child_listener = match children::bind(&child_path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                slog::warn!(self.log, "A worker's socket for its forked children could not be bound; they are measured from procfs only.";
+                    "worker" => slot, "error" => %e);
+                None
+            }
+        };
         let spec = SpawnSpec {
             argv: &self.command.argv,
             env: &self.command.env,
@@ -69,6 +84,7 @@ impl Supervisor {
             slot,
             worker_id: worker,
             notify_socket: &notify_path,
+            child_socket: child_listener.as_ref().map(|_| child_path.as_path()),
             instance: self.containment.instance(),
         };
         let spawned = match spawn_worker(&spec) {
@@ -105,6 +121,16 @@ impl Supervisor {
             self.ready_tx.clone(),
             log.clone(),
         );
+        let (children_task, children) = match child_listener {
+            Some(listener) => {
+                let (task, links) = children::spawn_listener(listener, pid, log.clone());
+                (Some(AbortOnDrop(task)), links)
+            }
+            None => (
+                None,
+                tokio::sync::watch::channel(std::sync::Arc::from([])).1,
+            ),
+        };
         let exits = self.exits_tx.clone();
         tokio::spawn(async move {
             let status = match child.wait().await {
@@ -129,11 +155,13 @@ impl Supervisor {
             WorkerRuntime {
                 pid,
                 link,
+                children,
                 runtime: None,
                 started_wall: SystemTime::now(),
                 drain_started: None,
                 _resources: WorkerResources {
                     _notify_watcher: AbortOnDrop(watcher),
+                    _children_listener: children_task,
                     _dir: dir,
                 },
             },

@@ -55,6 +55,8 @@ pub struct SpawnSpec<'a> {
     pub slot: usize,
     pub worker_id: u64,
     pub notify_socket: &'a Path,
+    /// `HEAPWARDEN_CHILD_SOCKET`: where the worker's forked children report, if bound.
+    pub child_socket: Option<&'a Path>,
     /// `HEAPWARDEN_AGENT_INSTANCE`: marks the worker's tree as this agent's.
     pub instance: &'a str,
 }
@@ -106,6 +108,12 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
         )
         .filter(|(k, _)| *k != OsStr::new(PRELOAD_ENV))
         .chain([(OsStr::new(notify.0), notify.1)])
+        .chain(spec.child_socket.map(|p| {
+            (
+                OsStr::new(heapwarden_probes::CHILD_SOCKET_ENV),
+                p.as_os_str(),
+            )
+        }))
         .chain(preload.as_deref().map(|p| (OsStr::new("LD_PRELOAD"), p)));
     ChildEnv::build(std::env::vars_os(), &NOT_INHERITED, set)
 }
