@@ -116,20 +116,6 @@ pub fn take_listen_socket() -> Result<Option<TcpListener>, ProbeError> {
     Ok(take_inherited_socket()?.map(|socket| TcpListener::from(socket.fd)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::adopt_inherited_socket;
-
-    #[test]
-    fn rejects_garbage_and_standard_streams_without_taking_anything() {
-        assert!(adopt_inherited_socket("seven").is_err());
-        assert!(adopt_inherited_socket("1").is_err());
-        assert!(adopt_inherited_socket("-4").is_err());
-        // An fd number far above any open descriptor is not open.
-        assert!(adopt_inherited_socket("1000000").is_err());
-    }
-}
-
 /// Another descriptor of `stream` numbered at or above its own (close-on-exec): a probe
 /// whose socket sits high keeps its second descriptor high too, out of the numbers the
 /// program picks for itself (std's `try_clone` takes the lowest free one).
@@ -146,4 +132,18 @@ pub(crate) fn duplicate_above(
     }
     // SAFETY: just created above, owned by nothing else.
     Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(duplicate) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adopt_inherited_socket;
+
+    #[test]
+    fn rejects_garbage_and_standard_streams_without_taking_anything() {
+        assert!(adopt_inherited_socket("seven").is_err());
+        assert!(adopt_inherited_socket("1").is_err());
+        assert!(adopt_inherited_socket("-4").is_err());
+        // An fd number far above any open descriptor is not open.
+        assert!(adopt_inherited_socket("1000000").is_err());
+    }
 }
