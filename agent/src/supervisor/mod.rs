@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod children;
+pub mod command_hints;
 mod contain;
 pub mod link;
 pub mod listen;
