@@ -1,6 +1,8 @@
 """A small Flask shop for the pre-fork tests: `/order` remembers every order in a
 module-level list when this process is a leaker (the bug these tests catch), `/health`
-answers without allocating anything to keep."""
+answers without allocating anything to keep. SHOP_LEAK_KIND=mmap leaks anonymous
+mappings instead of strings: memory outside the probed heap."""
+import mmap
 import os
 
 from flask import Flask
@@ -17,6 +19,12 @@ def leaking():
 
 
 def remember_order(order_id):
+    if os.environ.get("SHOP_LEAK_KIND") == "mmap":
+        # Memory no malloc sees (as a library's own allocator would hold it).
+        region = mmap.mmap(-1, ORDER_BYTES)
+        region.write(b"x" * ORDER_BYTES)
+        ORDERS.append(region)
+        return
     ORDERS.append(("order-%d:" % order_id) + "x" * ORDER_BYTES)
 
 

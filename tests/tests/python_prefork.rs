@@ -368,3 +368,37 @@ fn check_config_warns_when_gunicorn_is_told_to_bind_fd_3() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_tree_growing_outside_the_heap_switches_the_rules_to_pss_once() {
+    let _guard = TimeoutGuard::new("python_gunicorn_pss_fallback", SECS(120));
+    let extra = format!(
+        "[pool.env]\nSHOP_LEAK = \"1\"\nSHOP_LEAK_KIND = \"mmap\"\nSHOP_ORDER_BYTES = \"262144\"\n{RULES}"
+    );
+    let native = start_native(Sandbox::new(), 1, &gunicorn(2, &[]), &extra);
+    let caught = catch_leak(&native, 2);
+    let logs = &native.agent.logs;
+    let switched = logs.matching(msg(
+        "The worker's process tree grows in PSS while its probed heap stays flat; its leak rules watch the tree's PSS from now on.",
+    ));
+    assert_eq!(switched.len(), 1, "said once: {switched:?}");
+    let tripped = logs.wait_for(SECS(5), "the trip", msg("A leak rule tripped."));
+    assert_eq!(tripped["figure"], "pss", "{tripped}");
+    assert_no_failures(&native, &caught.failures);
+    let (status, metrics) =
+        heapwarden_tests::http_get(native.admin, "/metrics", SECS(5)).expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("heapwarden_worker_watch_fallbacks_total{worker=\"0\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("fallbacks"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!(
+        "PSS fallback: {} after the load started ({:.1} s to the trip)",
+        switched[0]["ts"], caught.seconds
+    );
+}
