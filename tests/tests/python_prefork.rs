@@ -9,12 +9,15 @@
 
 mod native_support;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use heapwarden_tests::tools::repo_root;
-use heapwarden_tests::{ClientLoop, Sandbox, TimeoutGuard, heapwarden, msg, poll};
+use heapwarden_tests::{Sandbox, TimeoutGuard, heapwarden, http_get, msg, poll};
 use native_support::*;
 use serde_json::Value;
 
@@ -84,13 +87,21 @@ fn gunicorn(workers: usize, extra: &[&str]) -> String {
         "--no-control-socket".into(),
         "--graceful-timeout".into(),
         "4".into(),
+        // The app imported once, in the arbiter, before it says READY=1: the baseline
+        // then comes after the import, and the children start alike.
+        "--preload".into(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     argv.push("shop:app".into());
     serde_json::to_string(&argv).unwrap()
 }
 
-fn service_addr(native: &NativeAgent) -> std::net::SocketAddr {
+/// The agent on a gunicorn command, ready when gunicorn says `READY=1`.
+fn start_gunicorn(workers: usize, command: &str, extra: &str) -> NativeAgent {
+    start_native_ready_after(Sandbox::new(), workers, command, "60s", extra)
+}
+
+fn service_addr(native: &NativeAgent) -> SocketAddr {
     // `start_native` writes the admin's `listen` first, the pool's second.
     let text = std::fs::read_to_string(&native.config).unwrap();
     let ports: Vec<u16> = text
@@ -104,11 +115,70 @@ fn service_addr(native: &NativeAgent) -> std::net::SocketAddr {
 /// Waits for every slot to serve `/health`.
 fn wait_serving(native: &NativeAgent) {
     let addr = service_addr(native);
-    poll(SECS(40), "the app answers", || {
-        heapwarden_tests::http_get(addr, "/health", SECS(2))
+    poll(SECS(90), "the app answers", || {
+        http_get(addr, "/health", SECS(2))
             .ok()
             .filter(|(status, _)| *status == 200)
     });
+}
+
+/// GETs on fresh connections from `threads` threads until stopped; each failure is
+/// kept with the wall-clock time it happened, to set against the agent's log.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, threads: usize, path: fn(usize) -> String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut n = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let sent = std::time::SystemTime::now();
+                        match http_get(addr, &path(n), SECS(10)) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                let at = sent
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap_or_default()
+                                    .as_secs_f64();
+                                failed
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("sent at {at:.3}: {other:?}"));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failed)
+    }
 }
 
 /// The stored profile `id`'s metadata.
@@ -137,11 +207,12 @@ struct Caught {
 fn catch_leak(native: &NativeAgent, threads: usize) -> Caught {
     wait_serving(native);
     let logs = &native.agent.logs;
-    logs.wait_for(SECS(30), "a baseline profile", |r| {
+    // Generous waits: on a loaded 2-core machine a preloaded gunicorn took 24 s to start.
+    logs.wait_for(SECS(60), "a baseline profile", |r| {
         r["msg"] == "A heap profile was written." && r["trigger"] == "baseline"
     });
     let started = Instant::now();
-    let load = ClientLoop::start(service_addr(native), threads, |_| "/order".into());
+    let load = Load::start(service_addr(native), threads, |_| "/order".into());
     let detection = logs.wait_for(
         SECS(40),
         "a leak detection",
@@ -203,9 +274,9 @@ fn worker_pids(native: &NativeAgent) -> Vec<i64> {
 
 #[test]
 fn gunicorn_flask_leak_in_a_forked_child_is_caught_and_replaced_without_a_lost_request() {
-    let _guard = TimeoutGuard::new("python_gunicorn_leak", SECS(120));
+    let _guard = TimeoutGuard::new("python_gunicorn_leak", SECS(240));
     let extra = format!("[pool.env]\nSHOP_LEAK = \"1\"\nSHOP_ORDER_BYTES = \"262144\"\n{RULES}");
-    let native = start_native(Sandbox::new(), 2, &gunicorn(1, &[]), &extra);
+    let native = start_gunicorn(2, &gunicorn(1, &[]), &extra);
     let caught = catch_leak(&native, 2);
     println!(
         "gunicorn 2x1: leak caught {:.1} s after the load started, {} requests ok, {} failed",
@@ -223,10 +294,9 @@ fn gunicorn_flask_leak_in_a_forked_child_is_caught_and_replaced_without_a_lost_r
 
 #[test]
 fn gunicorn_with_three_children_profiles_the_one_that_leaks() {
-    let _guard = TimeoutGuard::new("python_gunicorn_three", SECS(120));
+    let _guard = TimeoutGuard::new("python_gunicorn_three", SECS(240));
     let config = format!("{}/gunicorn_leak_one.py", app_dir());
-    let native = start_native(
-        Sandbox::new(),
+    let native = start_gunicorn(
         1,
         &gunicorn(3, &["--config", &config]),
         &format!("[pool.env]\nSHOP_ORDER_BYTES = \"262144\"\n{RULES}"),
@@ -254,15 +324,16 @@ fn gunicorn_with_three_children_profiles_the_one_that_leaks() {
     assert_eq!(
         caught.profile["pid"].as_i64(),
         Some(leaker),
-        "{}",
-        caught.profile
+        "{}\nagent log:\n{}",
+        caught.profile,
+        native.agent.logs.raw()
     );
     assert_child_profile(&caught, &worker_pids(&native));
 }
 
 #[test]
 fn uvicorn_fastapi_on_fd_3_leak_is_caught() {
-    let _guard = TimeoutGuard::new("python_uvicorn", SECS(120));
+    let _guard = TimeoutGuard::new("python_uvicorn", SECS(240));
     let bin = venv().join("bin/uvicorn").display().to_string();
     let argv = [
         bin.as_str(),
@@ -273,7 +344,10 @@ fn uvicorn_fastapi_on_fd_3_leak_is_caught() {
         "--no-access-log",
         "fastapi_shop:app",
     ];
-    let extra = format!("[pool.env]\nSHOP_LEAK = \"1\"\nSHOP_ORDER_BYTES = \"262144\"\n{RULES}");
+    // uvicorn says no READY=1: ready after min-uptime, so a warm-up that outlasts its
+    // import of FastAPI on a loaded machine.
+    let rules = RULES.replace("warmup = \"2s\"", "warmup = \"10s\"");
+    let extra = format!("[pool.env]\nSHOP_LEAK = \"1\"\nSHOP_ORDER_BYTES = \"262144\"\n{rules}");
     let native = start_native(
         Sandbox::new(),
         1,
@@ -294,14 +368,14 @@ fn uvicorn_fastapi_on_fd_3_leak_is_caught() {
 
 #[test]
 fn a_steady_gunicorn_app_never_trips() {
-    let _guard = TimeoutGuard::new("python_gunicorn_steady", SECS(120));
-    let native = start_native(Sandbox::new(), 1, &gunicorn(2, &[]), RULES);
+    let _guard = TimeoutGuard::new("python_gunicorn_steady", SECS(240));
+    let native = start_gunicorn(1, &gunicorn(2, &[]), RULES);
     wait_serving(&native);
     let logs = &native.agent.logs;
-    logs.wait_for(SECS(30), "a baseline", |r| {
+    logs.wait_for(SECS(60), "a baseline", |r| {
         r["msg"] == "A heap profile was written." && r["trigger"] == "baseline"
     });
-    let load = ClientLoop::start(service_addr(&native), 2, |_| "/order".into());
+    let load = Load::start(service_addr(&native), 2, |_| "/order".into());
     // 15 s of requests: 150 samples of the tree's heap, summed over three processes.
     let deadline = Instant::now() + SECS(15);
     let mut heaps = Vec::new();
@@ -322,7 +396,7 @@ fn a_steady_gunicorn_app_never_trips() {
 
 #[test]
 fn max_memory_applies_to_the_tree_whose_children_grow_while_the_arbiter_is_flat() {
-    let _guard = TimeoutGuard::new("python_gunicorn_max_memory", SECS(120));
+    let _guard = TimeoutGuard::new("python_gunicorn_max_memory", SECS(240));
     let rules = r#"
 [pool.env]
 SHOP_LEAK = "1"
@@ -333,7 +407,7 @@ growth = "off"
 trend-min-rate = "off"
 max-memory = "160MiB"
 "#;
-    let native = start_native(Sandbox::new(), 1, &gunicorn(2, &[]), rules);
+    let native = start_gunicorn(1, &gunicorn(2, &[]), rules);
     let caught = catch_leak(&native, 2);
     let tripped = native
         .agent
@@ -371,11 +445,11 @@ fn check_config_warns_when_gunicorn_is_told_to_bind_fd_3() {
 
 #[test]
 fn a_tree_growing_outside_the_heap_switches_the_rules_to_pss_once() {
-    let _guard = TimeoutGuard::new("python_gunicorn_pss_fallback", SECS(120));
+    let _guard = TimeoutGuard::new("python_gunicorn_pss_fallback", SECS(240));
     let extra = format!(
         "[pool.env]\nSHOP_LEAK = \"1\"\nSHOP_LEAK_KIND = \"mmap\"\nSHOP_ORDER_BYTES = \"262144\"\n{RULES}"
     );
-    let native = start_native(Sandbox::new(), 1, &gunicorn(2, &[]), &extra);
+    let native = start_gunicorn(1, &gunicorn(2, &[]), &extra);
     let caught = catch_leak(&native, 2);
     let logs = &native.agent.logs;
     let switched = logs.matching(msg(
@@ -385,8 +459,7 @@ fn a_tree_growing_outside_the_heap_switches_the_rules_to_pss_once() {
     let tripped = logs.wait_for(SECS(5), "the trip", msg("A leak rule tripped."));
     assert_eq!(tripped["figure"], "pss", "{tripped}");
     assert_no_failures(&native, &caught.failures);
-    let (status, metrics) =
-        heapwarden_tests::http_get(native.admin, "/metrics", SECS(5)).expect("metrics");
+    let (status, metrics) = http_get(native.admin, "/metrics", SECS(5)).expect("metrics");
     assert_eq!(status, 200);
     assert!(
         metrics.contains("heapwarden_worker_watch_fallbacks_total{worker=\"0\"} 1"),

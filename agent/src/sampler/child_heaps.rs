@@ -1,9 +1,10 @@
 //! A worker's heap figure over its process tree. A pre-fork server's memory lives in its
 //! forked children, which report their own heaps on channels of their own
-//! (`supervisor::children`): the worker's heap figures are the sum over the worker and
-//! every child that reports, so a leak in any child moves them. Each child's heap counts
-//! what it inherited from the worker at the fork as well (jemalloc cannot tell), so the
-//! sum exceeds the tree's PSS; what the rules look at is its growth.
+//! (`supervisor::children`). A child's jemalloc counts what it inherited from the worker
+//! at the fork as well (it cannot tell), so the tree's heap is the worker's own plus what
+//! each child allocated since its first report: the inherited part is counted once, a
+//! child joining adds nothing at first (no false step when a server starts or recycles
+//! a child after the baseline), and a leak in any child moves the figure by what it holds.
 //!
 //! Also named per round: the child whose heap grew most since it first reported (the
 //! leak profile is taken there) and the child with the largest heap (the baseline
@@ -30,7 +31,7 @@ pub struct TreeHeap {
 /// What the sampler remembers of each reporting process (by pid) between rounds.
 #[derive(Debug, Default)]
 pub struct ChildHeaps {
-    first: HashMap<u32, u64>,
+    first: HashMap<u32, HeapStats>,
     last: HashMap<u32, HeapStats>,
 }
 
@@ -73,14 +74,20 @@ impl ChildHeaps {
         };
         let mut grower: Option<(u32, u64)> = None;
         for &(pid, heap) in &members {
-            total.allocated = total.allocated.saturating_add(heap.allocated);
-            total.active = total.active.saturating_add(heap.active);
-            add(&mut total.resident, heap.resident);
-            add(&mut total.mapped, heap.mapped);
-            add(&mut total.retained, heap.retained);
-            add(&mut total.metadata, heap.metadata);
-            let first = *self.first.entry(pid).or_insert(heap.allocated);
-            let growth = heap.allocated.saturating_sub(first);
+            let first = *self.first.entry(pid).or_insert(heap);
+            // The worker counts whole; a child, what it allocated since it first reported.
+            let own = if pid == worker_pid {
+                heap
+            } else {
+                since(heap, first)
+            };
+            total.allocated = total.allocated.saturating_add(own.allocated);
+            total.active = total.active.saturating_add(own.active);
+            add(&mut total.resident, own.resident);
+            add(&mut total.mapped, own.mapped);
+            add(&mut total.retained, own.retained);
+            add(&mut total.metadata, own.metadata);
+            let growth = heap.allocated.saturating_sub(first.allocated);
             if growth > 0 && grower.is_none_or(|(_, most)| growth > most) {
                 grower = Some((pid, growth));
             }
@@ -105,6 +112,19 @@ impl ChildHeaps {
     }
 }
 
+/// `now − first`, field by field (never below zero).
+fn since(now: HeapStats, first: HeapStats) -> HeapStats {
+    let minus = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b.unwrap_or(0)));
+    HeapStats {
+        allocated: now.allocated.saturating_sub(first.allocated),
+        active: now.active.saturating_sub(first.active),
+        resident: minus(now.resident, first.resident),
+        mapped: minus(now.mapped, first.mapped),
+        retained: minus(now.retained, first.retained),
+        metadata: minus(now.metadata, first.metadata),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +139,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tree_heap_is_the_sum_and_the_grower_is_the_child_that_grew() {
+    fn children_count_what_they_allocated_since_they_first_reported() {
         let mut heaps = ChildHeaps::default();
         let first = heaps.combine(
             1,
@@ -127,9 +147,9 @@ mod tests {
             &[(2, Some(heap(500))), (3, Some(heap(300)))],
         );
         let total = first.heap.unwrap();
-        assert_eq!(total.allocated, 900);
-        assert_eq!(total.active, 930);
-        assert_eq!(total.resident, Some(1800));
+        assert_eq!(total.allocated, 100, "a joining child adds nothing yet");
+        assert_eq!(total.active, 110);
+        assert_eq!(total.resident, Some(200));
         assert_eq!(total.mapped, None, "absent in a member: absent in the sum");
         assert_eq!(first.processes, 3);
         assert_eq!(first.grower, None, "nothing grew yet");
@@ -137,9 +157,22 @@ mod tests {
 
         // Child 3 grows, the worker grows less, child 2 misses a sample.
         let later = heaps.combine(1, Some(heap(150)), &[(2, None), (3, Some(heap(900)))]);
-        assert_eq!(later.heap.unwrap().allocated, 150 + 500 + 900);
+        assert_eq!(later.heap.unwrap().allocated, 150 + 600);
+        assert_eq!(later.heap.unwrap().resident, Some(300 + 1200));
         assert_eq!(later.grower, Some(3));
         assert_eq!(later.largest_child, Some(3));
+
+        // A new child joining later is no step in the figure.
+        let joined = heaps.combine(
+            1,
+            Some(heap(150)),
+            &[
+                (2, Some(heap(500))),
+                (3, Some(heap(900))),
+                (4, Some(heap(700))),
+            ],
+        );
+        assert_eq!(joined.heap.unwrap().allocated, 150 + 600);
     }
 
     #[test]
