@@ -8,9 +8,10 @@
 #   cargo build --release -p heapwarden -p heapwarden-preload && bench/python.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-agent=target/release/heapwarden
+# HEAPWARDEN_BIN: another agent binary (the preload is looked for next to it).
+agent="${HEAPWARDEN_BIN:-target/release/heapwarden}"
 venv="${HEAPWARDEN_TEST_PYVENV:-/var/tmp/heapwarden-pyvenv}"
-[ -x "$agent" ] && [ -f target/release/libheapwarden_preload.so ] || {
+[ -x "$agent" ] && [ -f "$(dirname "$agent")/libheapwarden_preload.so" ] || {
   echo "build first: cargo build --release -p heapwarden -p heapwarden-preload" >&2; exit 1; }
 [ -x "$venv/bin/gunicorn" ] || { echo "no gunicorn in $venv (scripts/test makes it)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
@@ -31,7 +32,7 @@ probe = "$1"
 listen = "127.0.0.1:$port"
 min-uptime = "1s"
 [pool.env]
-$3
+${3:-}
 [sampling]
 interval = "1s"
 [watchdog]
