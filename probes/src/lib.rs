@@ -66,7 +66,8 @@ pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
 };
 pub use client::{
-    CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, RUST_PROBE_MARK, WORKER_PID_ENV, worker_pid_matches,
+    CHILD_SOCKET_ENV, CONTROL_FD_ENV, INVALIDATE_TIMEOUT, Probe, RUST_PROBE_MARK, WORKER_PID_ENV,
+    worker_pid_matches,
 };
 pub use dump::dump_profile;
 pub use error::ProbeError;

@@ -92,6 +92,7 @@ fn pool() -> PoolView {
         ready: true,
         probe: false,
         link: None,
+        children: None,
         runtime: None,
     };
     PoolView {

@@ -30,6 +30,7 @@ fn slot(n: usize, state: SlotState, ready: Option<bool>, budget_exhausted: bool)
             probe: false,
             runtime: None,
             link: None,
+            children: None,
         }),
         restarts: 0,
         budget_exhausted,

@@ -97,7 +97,12 @@ fn load_checked(args: &ConfigArgs) -> Result<Config, ExitCode> {
         problems.extend(program::check_demo_if_installed(file.as_deref()));
     }
     match config {
-        Some(config) if problems.is_empty() => Ok(config),
+        Some(config) if problems.is_empty() => {
+            for line in crate::supervisor::command_hints::warnings(&config) {
+                eprintln!("{line}");
+            }
+            Ok(config)
+        }
         _ => {
             for line in problems {
                 eprintln!("{line}");

@@ -209,6 +209,12 @@ pub const WORKER_FAILED: Metric = metric(
     WORKER,
     "Times a worker slot entered the failed state (crash loop), before its cool-down.",
 );
+pub const WORKER_WATCH_FALLBACKS: Metric = metric(
+    "heapwarden_worker_watch_fallbacks_total",
+    Counter,
+    WORKER,
+    "Leak rules switched from the probed heap to the process tree's PSS: the tree grew while the heap stayed flat.",
+);
 pub const LEAK_DETECTIONS: Metric = metric(
     "heapwarden_leak_detections_total",
     Counter,
@@ -383,6 +389,7 @@ pub const CATALOG: &[Metric] = &[
     WORKER_FAILED,
     LEAK_DETECTIONS,
     LEAK_SUSPECT,
+    WORKER_WATCH_FALLBACKS,
     HEAP_PROFILES,
     HEAP_SNAPSHOTS,
     HEAP_PROFILE_DURATION,

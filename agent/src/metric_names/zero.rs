@@ -16,7 +16,7 @@ use super::{
     HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS, PROFILE_EXPORT_LAG, PROFILE_EXPORT_PENDING,
     PROFILE_EXPORTS, PROFILE_PUSH_DURATION, SAMPLE_DURATION, WORKER_FAILED,
     WORKER_LOG_LINES_TRUNCATED, WORKER_METRICS_REJECTED, WORKER_PROBE_DROPPED, WORKER_RESTARTS,
-    WORKER_STATE, WORKER_UP,
+    WORKER_STATE, WORKER_UP, WORKER_WATCH_FALLBACKS,
 };
 
 /// The agent-wide series; each slot's come from [`register_slot`], called by the
@@ -65,6 +65,7 @@ pub fn register_slot(slot: usize) {
             .increment(0);
     }
     counter!(WORKER_FAILED.name, "worker" => worker.clone()).increment(0);
+    counter!(WORKER_WATCH_FALLBACKS.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_LOG_LINES_TRUNCATED.name, "worker" => worker.clone()).increment(0);
     for reason in MetricsReject::ALL {

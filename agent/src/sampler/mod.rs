@@ -6,6 +6,7 @@
 //! decides what they mean) and records the metrics. One task (`run_sampler`) owns all of
 //! that state.
 
+mod child_heaps;
 mod collect;
 mod feed;
 mod fetch;
@@ -59,8 +60,16 @@ pub struct WorkerSample {
     pub cpu_seconds: f64,
     /// Processes in the tree (the worker and its descendants).
     pub processes: usize,
-    /// From the probe, when the worker links it and answered in time.
+    /// From the probe, when the worker links it and answered in time: summed over the
+    /// worker and its forked children that report on their own channels.
     pub heap: Option<HeapStats>,
+    /// Processes whose figures are in `heap`.
+    pub heap_processes: usize,
+    /// The forked child whose heap grew most since it first reported (the leak profile
+    /// is its), when one grew more than the worker itself.
+    pub heap_grower: Option<u32>,
+    /// The forked child with the largest heap (the baseline profile is its).
+    pub heap_largest_child: Option<u32>,
     pub runtime_lag_seconds: Option<f64>,
     /// Node workers: `external` and `arrayBuffers` of `process.memoryUsage()`.
     pub external_bytes: Option<u64>,

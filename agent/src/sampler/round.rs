@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use heapwarden_protocol::{AgentMsg, HeapStats, WorkerMsg};
 use slog::{Logger, debug, warn};
 
+use super::child_heaps::ChildHeaps;
 use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};
 use super::feed::{Exposition, WorkerText};
 use super::fetch::Fetched;
@@ -17,7 +18,7 @@ use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
-use crate::supervisor::{ControlLink, LinkError, PoolView};
+use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView};
 
 /// A worker to sample this round.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ struct Target {
     worker_id: u64,
     pid: u32,
     link: Option<ControlLink>,
+    /// Its forked children that report on their own channels.
+    children: Vec<ChildLink>,
 }
 
 /// What a probe said, when it answered.
@@ -59,6 +62,8 @@ pub struct SamplerState {
     metrics: Exposition,
     /// Each worker's process tree between walks (the blocking thread takes it per round).
     trees: Arc<std::sync::Mutex<TreeCache>>,
+    /// Heap figures of the workers and their forked children between rounds.
+    child_heaps: ChildHeaps,
 }
 
 impl SamplerState {
@@ -73,6 +78,7 @@ impl SamplerState {
             slots_seen: 0,
             metrics: Exposition::default(),
             trees: Arc::default(),
+            child_heaps: ChildHeaps::default(),
         }
     }
 
@@ -123,6 +129,11 @@ impl SamplerState {
                     worker_id: w.worker_id,
                     pid: w.pid,
                     link: if w.probe { w.link.clone() } else { None },
+                    children: w
+                        .children
+                        .as_ref()
+                        .map(|c| c.borrow().to_vec())
+                        .unwrap_or_default(),
                 })
             })
             .collect();
@@ -143,7 +154,13 @@ impl SamplerState {
         });
         let timeout = self.cfg.interval / 2;
         let probes = join_all(targets.iter().map(|t| ask_probe(t.link.clone(), timeout)));
-        let (procfs, replies) = tokio::join!(procfs, probes);
+        let children = join_all(targets.iter().map(|t| {
+            join_all(t.children.iter().map(|c| async {
+                let reply = ask_probe(Some(c.link.clone()), timeout).await;
+                (c.pid, reply.and_then(Result::ok).and_then(|r| r.heap))
+            }))
+        }));
+        let (procfs, replies, children) = tokio::join!(procfs, probes, children);
         let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), HostFigures::default()));
 
         let mut outcome = RoundOutcome {
@@ -152,12 +169,18 @@ impl SamplerState {
         };
         let mut cpu = BTreeMap::new();
         let at = Instant::now();
-        for (i, (target, reply)) in targets.iter().zip(replies).enumerate() {
+        let mut reporting = HashSet::new();
+        for (i, ((target, reply), children)) in
+            targets.iter().zip(replies).zip(children).enumerate()
+        {
             let (probe, reply) = self.judge_reply(target, reply);
             let Some(tree) = self.tree_or_log(target, trees.get(i)) else {
                 continue;
             };
             let reply = reply.unwrap_or_default();
+            reporting.insert(target.pid);
+            reporting.extend(children.iter().map(|(pid, _)| *pid));
+            let tree_heap = self.child_heaps.combine(target.pid, reply.heap, &children);
             let sample = WorkerSample {
                 slot: target.slot,
                 worker_id: target.worker_id,
@@ -169,7 +192,10 @@ impl SamplerState {
                 swap: tree.smaps.map(|s| s.swap),
                 cpu_seconds: tree.cpu_seconds,
                 processes: tree.processes,
-                heap: reply.heap,
+                heap: tree_heap.heap,
+                heap_processes: tree_heap.processes,
+                heap_grower: tree_heap.grower,
+                heap_largest_child: tree_heap.largest_child,
                 runtime_lag_seconds: reply.runtime_lag_seconds,
                 external_bytes: reply.external_bytes,
                 array_buffers_bytes: reply.array_buffers_bytes,
@@ -190,6 +216,7 @@ impl SamplerState {
             .retain(|_, text| live.contains(&text.worker_id));
         self.warned.retain(|id| live.contains(id));
         self.dropped.retain(|id, _| live.contains(id));
+        self.child_heaps.retain(&reporting);
 
         if !host.errors.is_empty() {
             debug!(self.log, "Some machine figures could not be read.";

@@ -92,6 +92,7 @@ fn slot(n: usize, pid: u32, link: Option<ControlLink>) -> SlotView {
             probe: link.is_some(),
             runtime: None,
             link,
+            children: None,
         }),
         restarts: 0,
         budget_exhausted: false,

@@ -3,6 +3,8 @@
 //! gracefully. Its decisions are a pure state machine (`state`); `runner` executes them.
 
 pub mod attach;
+pub mod children;
+pub mod command_hints;
 mod contain;
 pub mod identity;
 pub mod link;
@@ -18,6 +20,7 @@ mod spawn;
 pub mod state;
 pub mod view;
 
+pub use children::{ChildLink, ChildLinks};
 pub use contain::{ContainError, Containment};
 pub use heapwarden_protocol::Runtime;
 pub use link::{ControlLink, LinkError, LinkEvent};

@@ -39,7 +39,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Refusal::NoCredentials => "no credentials",
             Refusal::OtherUser { .. } => "another user",
@@ -66,7 +66,7 @@ pub fn check_sender(
 
 /// The worker itself, a descendant, or a process still in its group (an orphan the
 /// agent adopted). A sender that already exited cannot be placed and is refused.
-fn in_tree(proc_root: &Path, pid: u32, worker_pid: u32) -> bool {
+pub(super) fn in_tree(proc_root: &Path, pid: u32, worker_pid: u32) -> bool {
     pid == worker_pid
         || procstat::stat(proc_root, pid).is_some_and(|s| s.pgid == worker_pid)
         || procstat::descends_from(proc_root, pid, worker_pid)

@@ -5,7 +5,7 @@
 //! user's directory is refused). It holds `agent.lock` (flocked for the agent's lifetime,
 //! naming this incarnation) and one 0700 directory per worker incarnation, `w<id>/`, with
 //! what belongs to that worker alone: its sd_notify socket (`notify`) and the record of
-//! its process group (`group`), which the next agent reads if this one is SIGKILLed. A
+//! its process group (`group`), the socket its forked children report on (`probe`), which the next agent reads if this one is SIGKILLed. A
 //! `WorkerDir` is created at spawn and removed when dropped, i.e. when its worker is
 //! reaped; a new per-worker file is one more method here.
 
@@ -209,7 +209,17 @@ impl WorkerDir {
             fs::set_permissions(run_dir, fs::Permissions::from_mode(0o711))?;
         }
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o711))?;
-        fs::set_permissions(self.notify_socket(), fs::Permissions::from_mode(0o666))
+        fs::set_permissions(self.notify_socket(), fs::Permissions::from_mode(0o666))?;
+        // The socket for its forked children, when one was bound (connecting needs write).
+        match fs::set_permissions(self.child_socket(), fs::Permissions::from_mode(0o666)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the worker's forked children connect (`HEAPWARDEN_CHILD_SOCKET`).
+    pub fn child_socket(&self) -> PathBuf {
+        self.path.join("probe")
     }
 
     /// Records the worker's process group for the next agent, should this one be

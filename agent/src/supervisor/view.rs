@@ -26,6 +26,8 @@ pub struct WorkerView {
     /// Which probe said hello (rust, node, native); `None` before any hello.
     pub runtime: Option<heapwarden_protocol::Runtime>,
     pub link: Option<ControlLink>,
+    /// The worker's forked children that report on their own channel (native probe).
+    pub children: Option<super::children::ChildLinks>,
 }
 
 #[derive(Debug, Clone)]

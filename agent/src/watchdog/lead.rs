@@ -90,6 +90,7 @@ mod tests {
                         probe: true,
                         runtime: None,
                         link: None,
+                        children: None,
                     }),
                     restarts: 0,
                     budget_exhausted: false,

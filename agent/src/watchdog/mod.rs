@@ -9,6 +9,7 @@
 //! which function, for the page) for `/metrics`, and learns what a replacement costs the
 //! pool (`lead`) so the predicted rule acts that far ahead of `max-memory`.
 
+mod fallback;
 mod figures;
 mod health;
 mod lead;
@@ -34,8 +35,10 @@ pub use suspect::{Suspect, SuspectKind, SuspectView};
 use crate::config::types::{LeakAction, Watch};
 use crate::config::{Config, WatchdogConfig};
 use crate::log::RedactedJson;
+use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{
-    LEAK_DETECTIONS, PREDICT_HORIZON, REPLACEMENT_SECONDS, WORKER_GROWTH, WORKER_SECONDS_TO_LIMIT,
+    HEAP_PROFILES, LEAK_DETECTIONS, PREDICT_HORIZON, REPLACEMENT_SECONDS, WORKER_GROWTH,
+    WORKER_SECONDS_TO_LIMIT, WORKER_WATCH_FALLBACKS,
 };
 use crate::profiles::{
     CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile, take_snapshot,
@@ -104,6 +107,8 @@ struct SlotWatch {
     base: MemoryFigures,
     /// PSS is read every `pss-every` rounds; the latest reading stands in between.
     last_pss: Option<u64>,
+    /// Heap against the tree's PSS, for a worker watched on its heap.
+    fallback: fallback::PssFallback,
 }
 
 impl SlotWatch {
@@ -114,6 +119,7 @@ impl SlotWatch {
             detector: LeakDetector::new(rules.clone()),
             base: MemoryFigures::default(),
             last_pss: None,
+            fallback: fallback::PssFallback::default(),
         };
         watch.base = watch.figures(sample);
         watch
@@ -396,9 +402,29 @@ impl Watchdog {
         if watch.worker_id != sample.worker_id {
             *watch = SlotWatch::new(sample, figure, rules);
         }
+        if watch.figure == Figure::Heap
+            && let Some(switch) = watch.fallback.observe(
+                Figure::Heap.read(sample),
+                sample.pss,
+                fallback::threshold(rules),
+            )
+        {
+            warn!(self.log, "The worker's process tree grows in PSS while its probed heap stays flat; its leak rules watch the tree's PSS from now on.";
+                "worker" => sample.slot, "pid" => sample.pid,
+                "pss_growth_bytes" => switch.pss_growth, "heap_growth_bytes" => switch.heap_growth,
+                "processes" => sample.processes, "heap_processes" => sample.heap_processes);
+            metrics::counter!(WORKER_WATCH_FALLBACKS.name, "worker" => sample.slot.to_string())
+                .increment(1);
+            watch.figure = Figure::Pss;
+            watch.detector = LeakDetector::with_baseline(rules.clone(), switch.pss_baseline);
+        }
         let value = watch.figure.read(sample)?;
         watch.detector.set_horizon(self.horizon);
-        Some((watch.figure, watch.detector.observe(sample.at, value)))
+        let obs = watch.detector.observe(sample.at, value);
+        if watch.figure == Figure::Heap && obs.baseline_ready {
+            watch.fallback.arm(value, sample.pss);
+        }
+        Some((watch.figure, obs))
     }
 
     fn on_trip(
@@ -448,7 +474,19 @@ impl Watchdog {
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
         let rule = detection.as_ref().map(|d| d.trip.rule.as_str().to_string());
-        let request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule);
+        let (pid, link) = profile_source(&worker, sample, trigger);
+        if link.is_none() && trigger == Trigger::Baseline {
+            // A worker without a probe (`probe = "off"`, or one that did not load) has no
+            // baseline to write; that was said once when it started, not at every one.
+            metrics::counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(),
+                "outcome" => ProfileOutcome::NoProbe.as_str())
+            .increment(1);
+            debug!(self.log, "No baseline profile: the worker has no probe."; "worker" => sample.slot);
+            return;
+        }
+        let mut request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule);
+        // A pre-fork server's profile is its child's that grew (`profile_source`).
+        (request.pid, request.link) = (pid, link);
         let snapshot = (detection.is_some() && self.config.leak_snapshot).then(|| {
             let mut snapshot = CaptureRequest::of_worker(
                 request.slot,
@@ -622,6 +660,29 @@ impl ExportNote {
     fn link(&self, meta: &crate::profiles::ProfileMeta) -> Option<String> {
         let labels = crate::export::pyroscope::profile_labels(meta, &self.context);
         crate::export::pyroscope::profile_link(&self.link_base, &labels, meta.created_unix_ms)
+    }
+}
+
+/// Where a profile is taken: a pre-fork server's forked child when one reports on its own
+/// channel — the one that grew most for a leak, the largest for the baseline — else the
+/// worker itself (its link only when it has a probe).
+fn profile_source(
+    worker: &crate::supervisor::WorkerView,
+    sample: &WorkerSample,
+    trigger: Trigger,
+) -> (u32, Option<crate::supervisor::ControlLink>) {
+    let wanted = match trigger {
+        Trigger::Leak => sample.heap_grower,
+        Trigger::Baseline => sample.heap_largest_child,
+        Trigger::Manual | Trigger::Periodic => None,
+    };
+    let child = wanted.and_then(|pid| {
+        let children = worker.children.as_ref()?.borrow();
+        children.iter().find(|c| c.pid == pid).cloned()
+    });
+    match child {
+        Some(child) => (child.pid, Some(child.link)),
+        None => (worker.pid, worker.link.clone().filter(|_| worker.probe)),
     }
 }
 

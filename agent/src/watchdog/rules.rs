@@ -155,6 +155,15 @@ impl LeakDetector {
         }
     }
 
+    /// A detector past its warm-up, its baseline already taken: a worker whose rules
+    /// switch figure mid-life (`fallback`) keeps the moment its first baseline was taken.
+    pub fn with_baseline(config: RulesConfig, baseline: u64) -> LeakDetector {
+        LeakDetector {
+            baseline: Some(baseline),
+            ..LeakDetector::new(config)
+        }
+    }
+
     /// Forgets everything: the next sample starts a new warm-up (a new worker).
     pub fn reset(&mut self) {
         let horizon = self.horizon;

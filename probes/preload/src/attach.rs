@@ -27,7 +27,7 @@ use heapwarden_probes::{
 };
 use serde_json::json;
 
-use crate::{drain, fork, no_unwind};
+use crate::{children, drain, fork, no_unwind};
 
 /// The control socket's inode, set by the agent beside `HEAPWARDEN_CONTROL_FD`.
 const CONTROL_INO_ENV: &str = "HEAPWARDEN_CONTROL_INO";
@@ -75,6 +75,7 @@ fn attach_if_worker() {
     let profiling = activate_profiling();
     let activation_us = started.elapsed().as_secs_f64() * 1e6;
     fork::watch_children(inherited);
+    children::remember_socket();
     let probe = match with_signals_blocked(|| Probe::from_fd_as(channel, Runtime::Native)) {
         Ok(probe) => probe,
         Err(error) => {
@@ -111,7 +112,7 @@ fn attach_if_worker() {
 /// goes to one of the program's own threads. Without it, a program that blocks signals
 /// and waits for them with `sigwait`, or sleeps in `pause()`, could have its signal
 /// taken (and, with the default disposition, acted on) by a thread it does not know.
-fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
+pub(crate) fn with_signals_blocked<T>(start: impl FnOnce() -> T) -> T {
     // SAFETY: sigset_t values we own, filled by sigfillset; pthread_sigmask changes only
     // this thread's mask and is restored below before returning.
     unsafe {

@@ -12,6 +12,10 @@
 //! (which jemalloc itself overrides when it is the system allocator) are here too, so no
 //! pointer of one allocator ever reaches the other.
 //!
+//! `malloc`, `calloc` and `realloc` first read one flag (`children::on_allocation`): in a
+//! forked child the first allocation starts the child's own channel (its cold path runs
+//! under `catch_unwind`).
+//!
 //! Unlike the library's other entry points these need no `catch_unwind`: each is one call
 //! into jemalloc's C (which cannot unwind) plus integer checks, so there is no Rust code
 //! in them that could panic, and an `extern "C"` Rust function aborts rather than unwind
@@ -40,6 +44,7 @@ const NULL: *mut c_void = std::ptr::null_mut();
 /// The C `malloc` contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
+    crate::children::on_allocation();
     // SAFETY: forwards the caller's arguments to jemalloc's malloc unchanged.
     unsafe { je::malloc(size) }
 }
@@ -48,6 +53,7 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 /// The C `calloc` contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
+    crate::children::on_allocation();
     // SAFETY: as for malloc; jemalloc checks count × size for overflow.
     unsafe { je::calloc(count, size) }
 }
@@ -56,6 +62,7 @@ pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
 /// The C `realloc` contract: `ptr` is null or came from this allocator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
+    crate::children::on_allocation();
     // SAFETY: every pointer this process got from an allocation function came from
     // jemalloc (all of them are exported here), so `ptr` is jemalloc's.
     unsafe { je::realloc(ptr, size) }

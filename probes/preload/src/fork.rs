@@ -63,6 +63,8 @@ pub(crate) fn watch_children(inherited: RawFd) {
 
 extern "C" fn in_forked_child() {
     let Some(claim) = CLAIM.get() else { return };
+    // A child that keeps running gets a channel of its own, started lazily (`children`).
+    crate::children::arm_in_forked_child();
     // Every copy the probe's threads held (reader and writer), each only while it still
     // names the agent's socket: atomics, fstat and close, nothing else.
     heapwarden_probes::close_held_in_forked_child();

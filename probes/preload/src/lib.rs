@@ -19,6 +19,8 @@
 //!   frees through the one jemalloc it allocates from;
 //! - glibc's query calls (`glibc_api`): `mallinfo2`, `malloc_trim`, `malloc_stats`,
 //!   `mallopt` answer for jemalloc, not glibc's idle arena;
+//! - forked children (`children`): a child that keeps running and allocating connects to
+//!   the agent's per-worker socket for children and reports its own heap and dumps;
 //! - drain (`drain`): the agent's `Drain` becomes SIGTERM to the worker, unless the
 //!   program registered its own handler through `heapwarden_set_drain_handler`.
 //!
@@ -29,6 +31,8 @@
 
 #[allow(unsafe_code)]
 mod attach;
+#[allow(unsafe_code)]
+mod children;
 #[allow(unsafe_code)]
 mod deepbind;
 #[allow(unsafe_code)]

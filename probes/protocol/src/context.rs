@@ -276,3 +276,9 @@ mod tests {
 /// probe carries in its read-only data: the agent looks for it to refuse putting the
 /// native probe (a second probe on the same channel) into such a program.
 pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";
+
+/// Environment variable naming the per-worker Unix stream socket the agent listens on
+/// for the worker's forked children (pre-fork servers: gunicorn, uwsgi, celery): a child
+/// that keeps running connects there and speaks the same protocol on its own connection,
+/// since it may use no descriptor it inherited.
+pub const CHILD_SOCKET_ENV: &str = "HEAPWARDEN_CHILD_SOCKET";

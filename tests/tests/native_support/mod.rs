@@ -62,6 +62,18 @@ pub struct NativeAgent {
 /// Starts the agent on `command` (TOML array text) with `probe = "native"`, sampling
 /// every 100 ms, and `extra` appended (sections of its own: `[pool.env]`, `[watchdog]`).
 pub fn start_native(sandbox: Sandbox, workers: usize, command: &str, extra: &str) -> NativeAgent {
+    start_native_ready_after(sandbox, workers, command, "1s", extra)
+}
+
+/// [`start_native`] with another `min-uptime`: a long one leaves readiness to the
+/// program's own sd_notify `READY=1` (gunicorn sends it once it serves).
+pub fn start_native_ready_after(
+    sandbox: Sandbox,
+    workers: usize,
+    command: &str,
+    min_uptime: &str,
+    extra: &str,
+) -> NativeAgent {
     assert_preload_built();
     let admin = free_port();
     let text = format!(
@@ -73,7 +85,7 @@ workers = {workers}
 command = {command}
 probe = "native"
 listen = "127.0.0.1:{port}"
-min-uptime = "1s"
+min-uptime = "{min_uptime}"
 drain-timeout = "5s"
 kill-timeout = "2s"
 [sampling]

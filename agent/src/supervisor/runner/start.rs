@@ -13,6 +13,7 @@ use nix::sys::signal::Signal as NixSignal;
 use slog::{error, info, o};
 use tokio::task::AbortHandle;
 
+use super::super::children::{self, ChildLinks};
 use super::super::link::{ControlLink, spawn_link};
 use super::super::notify;
 use super::super::output::capture;
@@ -24,6 +25,8 @@ use super::{Inbox, Supervisor, signal_group};
 pub(super) struct WorkerRuntime {
     pub pid: u32,
     pub link: ControlLink,
+    /// The worker's forked children reporting on their own channels.
+    pub children: ChildLinks,
     /// From the latest hello on the channel (the claimant's probe).
     pub runtime: Option<heapwarden_protocol::Runtime>,
     pub started_wall: SystemTime,
@@ -39,6 +42,7 @@ pub(super) struct WorkerRuntime {
 /// directory holding the socket file.
 struct WorkerResources {
     _notify_watcher: AbortOnDrop,
+    _children_listener: Option<AbortOnDrop>,
     _dir: WorkerDir,
 }
 
@@ -65,6 +69,17 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => return failed(self, "notify socket", e),
         };
+        // Without it the worker still runs; its forked children are then measured from
+        // procfs only.
+        let child_path = dir.child_socket();
+        let child_listener = match children::bind(&child_path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                slog::warn!(self.log, "A worker's socket for its forked children could not be bound; they are measured from procfs only.";
+                    "worker" => slot, "error" => %e);
+                None
+            }
+        };
         if self.command.identity.is_some()
             && let Err(e) = dir.open_to_worker_user()
         {
@@ -79,6 +94,7 @@ impl Supervisor {
             slot,
             worker_id: worker,
             notify_socket: &notify_path,
+            child_socket: child_listener.as_ref().map(|_| child_path.as_path()),
             instance: self.containment.instance(),
             identity: self.command.identity.as_ref(),
         };
@@ -117,6 +133,16 @@ impl Supervisor {
             self.inbox_tx.clone(),
             log.clone(),
         );
+        let (children_task, children) = match child_listener {
+            Some(listener) => {
+                let (task, links) = children::spawn_listener(listener, pid, log.clone());
+                (Some(AbortOnDrop(task)), links)
+            }
+            None => (
+                None,
+                tokio::sync::watch::channel(std::sync::Arc::from([])).1,
+            ),
+        };
         let exits = self.inbox_tx.clone();
         let drain_requested = Arc::new(AtomicBool::new(false));
         let drained = drain_requested.clone();
@@ -145,12 +171,14 @@ impl Supervisor {
             WorkerRuntime {
                 pid,
                 link,
+                children,
                 runtime: None,
                 started_wall: SystemTime::now(),
                 drain_started: None,
                 drain_requested,
                 _resources: WorkerResources {
                     _notify_watcher: AbortOnDrop(watcher),
+                    _children_listener: children_task,
                     _dir: dir,
                 },
             },

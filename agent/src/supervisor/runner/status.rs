@@ -79,6 +79,7 @@ impl Supervisor {
                         probe: w.probe,
                         runtime: rt.runtime,
                         link: Some(rt.link.clone()),
+                        children: Some(rt.children.clone()),
                     })
                 });
                 SlotView {

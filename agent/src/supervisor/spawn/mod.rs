@@ -71,6 +71,8 @@ pub struct SpawnSpec<'a> {
     pub slot: usize,
     pub worker_id: u64,
     pub notify_socket: &'a Path,
+    /// `HEAPWARDEN_CHILD_SOCKET`: where the worker's forked children report, if bound.
+    pub child_socket: Option<&'a Path>,
     /// `HEAPWARDEN_AGENT_INSTANCE`: marks the worker's tree as this agent's.
     pub instance: &'a str,
     /// The user and groups the child switches to before exec; `None`: the agent's.
@@ -127,6 +129,12 @@ pub fn worker_env(spec: &SpawnSpec<'_>, control_ino: u64) -> ChildEnv {
         )
         .filter(|(k, _)| *k != OsStr::new(PRELOAD_ENV))
         .chain([(OsStr::new(notify.0), notify.1)])
+        .chain(spec.child_socket.map(|p| {
+            (
+                OsStr::new(heapwarden_protocol::CHILD_SOCKET_ENV),
+                p.as_os_str(),
+            )
+        }))
         .chain(preload.as_deref().map(|p| (OsStr::new("LD_PRELOAD"), p)));
     let mut remove: Vec<&str> = NOT_INHERITED.to_vec();
     if spec.identity.is_some() {
