@@ -26,7 +26,9 @@ use crate::held_fd::HeldFd;
 use crate::liveness::RuntimeLag;
 use heapwarden_protocol::activation::adopt_inherited_socket;
 
-pub use heapwarden_protocol::{CHILD_SOCKET_ENV, CONTROL_FD_ENV, WORKER_PID_ENV, worker_pid_matches};
+pub use heapwarden_protocol::{
+    CHILD_SOCKET_ENV, CONTROL_FD_ENV, WORKER_PID_ENV, worker_pid_matches,
+};
 /// How long [`Probe::invalidate_everywhere`] waits for every other worker's ack.
 pub const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
 pub use heapwarden_protocol::RUST_PROBE_MARK;

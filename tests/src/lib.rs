@@ -10,8 +10,8 @@
 
 pub mod config;
 pub mod http;
-pub mod nspawn;
 pub mod leftovers;
+pub mod nspawn;
 pub mod promql;
 pub mod pyroscope;
 pub mod tools;

@@ -28,10 +28,9 @@ pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
 };
 pub use context::{
-    CHILD_SOCKET_ENV, CONFIG_ENV, CONTROL_FD_ENV, ContextError, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV, LOG_REDACT_ENV,
-    POOL_SIZE_ENV, RUST_PROBE_MARK, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV, WORKER_PID_ENV,
-    WorkerContext,
-    default_state_dir, worker_pid_matches,
+    CHILD_SOCKET_ENV, CONFIG_ENV, CONTROL_FD_ENV, ContextError, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV,
+    LOG_REDACT_ENV, POOL_SIZE_ENV, RUST_PROBE_MARK, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV,
+    WORKER_PID_ENV, WorkerContext, default_state_dir, worker_pid_matches,
 };
 pub use redact::{REDACTED, RedactKeys};
 pub use stats::HeapStats;

@@ -142,7 +142,8 @@ fn main() -> ExitCode {
         std::thread::sleep(POLL);
     }
     if std::env::var_os("PROBE_WORKER_REPORT_HEAP").is_some()
-        && let Ok(stats) = <heapwarden_probes::HeapStats as heapwarden_probes::ReadHeapStats>::read()
+        && let Ok(stats) =
+            <heapwarden_probes::HeapStats as heapwarden_probes::ReadHeapStats>::read()
     {
         eprintln!(
             "{{\"msg\":\"probe-worker exits.\",\"level\":\"INFO\",\"heap_allocated\":{}}}",
