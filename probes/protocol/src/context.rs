@@ -188,6 +188,17 @@ impl WorkerContext {
     }
 }
 
+/// The Rust probe's writer thread's name, and so a string every program that can start a
+/// probe carries in its read-only data: the agent looks for it to refuse putting the
+/// native probe (a second probe on the same channel) into such a program.
+pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";
+
+/// Environment variable naming the per-worker Unix stream socket the agent listens on
+/// for the worker's forked children (pre-fork servers: gunicorn, uwsgi, celery): a child
+/// that keeps running connects there and speaks the same protocol on its own connection,
+/// since it may use no descriptor it inherited.
+pub const CHILD_SOCKET_ENV: &str = "HEAPWARDEN_CHILD_SOCKET";
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -271,14 +282,3 @@ mod tests {
         }
     }
 }
-
-/// The Rust probe's writer thread's name, and so a string every program that can start a
-/// probe carries in its read-only data: the agent looks for it to refuse putting the
-/// native probe (a second probe on the same channel) into such a program.
-pub const RUST_PROBE_MARK: &str = "heapwarden-probe-tx";
-
-/// Environment variable naming the per-worker Unix stream socket the agent listens on
-/// for the worker's forked children (pre-fork servers: gunicorn, uwsgi, celery): a child
-/// that keeps running connects there and speaks the same protocol on its own connection,
-/// since it may use no descriptor it inherited.
-pub const CHILD_SOCKET_ENV: &str = "HEAPWARDEN_CHILD_SOCKET";
