@@ -99,10 +99,10 @@ fn the_readme_tour_catches_the_leak_and_names_the_function() {
             diff = stdout;
         }
     }
-    // The table's first row, under its `FUNCTION` header.
+    // The table's first row, under its `GROWTH_MiB …` header.
     let first_site = diff
         .lines()
-        .skip_while(|l| !l.contains("FUNCTION"))
+        .skip_while(|l| !l.contains("GROWTH_MiB"))
         .nth(1)
         .unwrap_or_default();
     assert!(

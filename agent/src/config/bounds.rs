@@ -136,16 +136,13 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
 pub const MAX_PREDICT_SAMPLES: u32 = 60;
 
 /// The `predicted` rule's guards: fractions, counts and margins within sane ranges, and a
-/// fit window of at least 5 samples (the fewest the rule fits on).
+/// fit window the rule's sample store can hold.
 fn check_predict(config: &Config, errors: &mut Vec<ConfigError>) {
     let w = &config.watchdog;
     let interval = config.sampling.interval;
-    if w.predict_window < interval.saturating_mul(5) {
-        errors.push(ConfigError::new(
-            "watchdog.predict-window",
-            "must span at least 5 sampling intervals",
-        ));
-    } else if w.predict_window > interval.saturating_mul(MAX_WINDOW_SAMPLES) {
+    // A window shorter than 5 intervals still fits the latest 5 samples (the fewest the
+    // rule fits on), so a long `sampling.interval` never makes the default window an error.
+    if w.predict_window > interval.saturating_mul(MAX_WINDOW_SAMPLES) {
         errors.push(ConfigError::new(
             "watchdog.predict-window",
             format!("must span at most {MAX_WINDOW_SAMPLES} sampling intervals"),

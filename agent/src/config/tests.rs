@@ -101,7 +101,7 @@ fn the_predicted_rule_is_on_by_default_and_its_guards_are_bounded() {
             .collect()
     };
     assert_eq!(keys(text), ["watchdog.predict"]);
-    let text = "[watchdog]\npredict-window = \"2s\"\npredict-level = 1.0\npredict-samples = 0\n\
+    let text = "[watchdog]\npredict-window = \"2h\"\npredict-level = 1.0\npredict-samples = 0\n\
                 predict-confidence = 0.2\npredict-margin = 0.5\n";
     assert_eq!(
         keys(text),

@@ -80,7 +80,9 @@ impl Predictor {
     ) -> Option<Prediction> {
         self.window.push_back((at, value as f64));
         while let Some((t, _)) = self.window.front()
-            && (at.saturating_duration_since(*t) > config.window || self.window.len() > MAX_SAMPLES)
+            && ((at.saturating_duration_since(*t) > config.window
+                && self.window.len() > MIN_SAMPLES)
+                || self.window.len() > MAX_SAMPLES)
         {
             self.window.pop_front();
         }
