@@ -234,15 +234,19 @@ pub(super) fn read_profile(path: &Path) -> Result<Profile, ProfileError> {
     })
 }
 
-fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> {
-    let string = |i: i64| {
-        profile
-            .string_table
-            .get(usize::try_from(i).unwrap_or(usize::MAX))
-            .map(String::as_str)
-            .unwrap_or("")
-    };
-    let value_index = profile
+/// The string at `index` of a profile's string table ("" when out of range).
+pub(super) fn string_at(profile: &Profile, index: i64) -> &str {
+    profile
+        .string_table
+        .get(usize::try_from(index).unwrap_or(usize::MAX))
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+/// Which sample value holds live bytes: `inuse_space`, else the last one in bytes.
+pub(super) fn live_bytes_index(profile: &Profile, path: &Path) -> Result<usize, ProfileError> {
+    let string = |i: i64| string_at(profile, i);
+    profile
         .sample_type
         .iter()
         .position(|t| string(t.r#type) == "inuse_space")
@@ -254,7 +258,12 @@ fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> 
         })
         .ok_or_else(|| ProfileError::NoSpaceSamples {
             path: path.to_path_buf(),
-        })?;
+        })
+}
+
+fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> {
+    let string = |i: i64| string_at(profile, i);
+    let value_index = live_bytes_index(profile, path)?;
     let functions: HashMap<u64, (&str, &str)> = profile
         .function
         .iter()

@@ -21,26 +21,8 @@ const IMAGE_WIDTH: usize = 1600;
 
 /// Live bytes per root-first stack (`a;b;c`) of one profile.
 fn stacks(profile: &Profile, path: &Path) -> Result<HashMap<String, i64>, ProfileError> {
-    let string = |i: i64| {
-        profile
-            .string_table
-            .get(usize::try_from(i).unwrap_or(usize::MAX))
-            .map(String::as_str)
-            .unwrap_or("")
-    };
-    let value_index = profile
-        .sample_type
-        .iter()
-        .position(|t| string(t.r#type) == "inuse_space")
-        .or_else(|| {
-            profile
-                .sample_type
-                .iter()
-                .rposition(|t| string(t.unit) == "bytes")
-        })
-        .ok_or_else(|| ProfileError::NoSpaceSamples {
-            path: path.to_path_buf(),
-        })?;
+    let string = |i: i64| super::diff::string_at(profile, i);
+    let value_index = super::diff::live_bytes_index(profile, path)?;
     let functions: HashMap<u64, (&str, &str)> = profile
         .function
         .iter()
