@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use heapwarden_probes::{AgentMsg, DumpKind, FrameDecoder, WorkerMsg, channel::encode};
 use heapwarden_tests::tools::{assert_success, run_tool};
-use heapwarden_tests::{Sandbox, TimeoutGuard, heapwarden};
+use heapwarden_tests::{Sandbox, TimeoutGuard, heapwarden, poll_until};
 use native_support::{assert_preload_built, source};
 
 struct Worker {
@@ -148,7 +148,7 @@ impl Worker {
 
 #[test]
 fn a_program_that_takes_low_descriptors_gets_no_frame_and_the_probe_keeps_answering() {
-    let _guard = TimeoutGuard::new("native_fds_dup", Duration::from_secs(120));
+    let _guard = TimeoutGuard::new("native_fds_dup", Duration::from_secs(30));
     let sandbox = Sandbox::new();
     let program = compile(&sandbox);
     let file = sandbox.path().join("mine.out");
@@ -165,9 +165,20 @@ fn a_program_that_takes_low_descriptors_gets_no_frame_and_the_probe_keeps_answer
     assert_eq!(worker.result(), 0, "the program's file got probe frames");
 }
 
+/// Whether a thread of `pid` waits in the kernel for a FIFO's other end (`open(2)` of a
+/// FIFO blocks in `wait_for_partner` until a reader comes).
+fn blocked_opening_a_fifo(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w == "wait_for_partner")
+    })
+}
+
 #[test]
 fn after_closefrom_the_programs_sockets_get_nothing_and_the_probe_goes_quiet() {
-    let _guard = TimeoutGuard::new("native_fds_closefrom", Duration::from_secs(120));
+    let _guard = TimeoutGuard::new("native_fds_closefrom", Duration::from_secs(30));
     let sandbox = Sandbox::new();
     let program = compile(&sandbox);
     let mut worker = start(&program, &["closefrom"]);
@@ -183,6 +194,14 @@ fn after_closefrom_the_programs_sockets_get_nothing_and_the_probe_goes_quiet() {
     })
     .unwrap();
     worker.agent.write_all(&frame).unwrap();
+    // Only once the probe's reader is blocked opening the FIFO may the program close
+    // everything: before that, its closefrom could take the request unread.
+    let pid = worker.child.id();
+    poll_until(
+        Duration::from_secs(20),
+        "the probe blocked opening the dump FIFO",
+        || blocked_opening_a_fifo(pid),
+    );
     worker.say("go");
     assert_eq!(worker.line(), "ready");
     let dumped = std::fs::read(&fifo).expect("read the dump from the FIFO");
@@ -199,7 +218,7 @@ fn after_closefrom_the_programs_sockets_get_nothing_and_the_probe_goes_quiet() {
 
 #[test]
 fn a_forked_child_holds_no_copy_of_the_channel() {
-    let _guard = TimeoutGuard::new("native_fds_fork", Duration::from_secs(120));
+    let _guard = TimeoutGuard::new("native_fds_fork", Duration::from_secs(30));
     let sandbox = Sandbox::new();
     let program = compile(&sandbox);
     let mut worker = start(&program, &["fork"]);
