@@ -56,6 +56,21 @@ pub fn heapwarden_demo() -> PathBuf {
 }
 
 /// A free loopback port (bound then released; good enough on a test machine).
+/// `heapwarden ARGS --json -c CONFIG`, run in the config's directory (the sandbox): the
+/// CLI's JSON, or its stderr when it fails.
+pub fn cli_json(config: &Path, args: &[&str]) -> Result<Value, String> {
+    let mut command = Command::new(heapwarden());
+    command.args(args).arg("--json").arg("-c").arg(config);
+    if let Some(dir) = config.parent() {
+        command.current_dir(dir);
+    }
+    let out = command.output().expect("run the CLI");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("CLI JSON: {e}"))
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use heapwarden_tests::pyroscope::{Mode, Receiver};
@@ -67,19 +66,7 @@ fn start_in(sandbox: Sandbox, config: &AgentConfig) -> Setup {
 
 impl Setup {
     fn cli(&self, args: &[&str]) -> Value {
-        let out = Command::new(heapwarden())
-            .args(args)
-            .arg("--json")
-            .arg("-c")
-            .arg(&self.config)
-            .output()
-            .expect("run the CLI");
-        assert!(
-            out.status.success(),
-            "heapwarden {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("CLI JSON")
+        cli_json(&self.config, args).unwrap_or_else(|e| panic!("heapwarden {args:?}: {e}"))
     }
 
     /// A manual dump of `slot`; returns its profile id.

@@ -53,19 +53,7 @@ fn start(action: &str) -> Setup {
 }
 
 fn cli(setup: &Setup, args: &[&str]) -> Value {
-    let out = Command::new(heapwarden())
-        .args(args)
-        .arg("--json")
-        .arg("-c")
-        .arg(&setup.config)
-        .output()
-        .expect("run the CLI");
-    assert!(
-        out.status.success(),
-        "heapwarden {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("CLI JSON")
+    cli_json(&setup.config, args).unwrap_or_else(|e| panic!("heapwarden {args:?}: {e}"))
 }
 
 fn go_pprof(args: &[&str]) -> String {

@@ -116,18 +116,7 @@ impl FleetAgent {
 
     /// `heapwarden ARGS --json -c CONFIG` on this agent: its JSON, or its stderr.
     pub fn cli(&self, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(heapwarden())
-            .args(args)
-            .arg("--json")
-            .arg("-c")
-            .arg(&self.config)
-            .current_dir(self.sandbox.path())
-            .output()
-            .expect("run the CLI");
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("CLI JSON: {e}"))
+        cli_json(&self.config, args)
     }
 
     /// The wall-clock times of this agent's trips ("A leak rule tripped."), by slot.

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use heapwarden_tests::tools::{assert_success, repo_root, run_tool};
-use heapwarden_tests::{Proc, Sandbox, bin, free_port, heapwarden};
+use heapwarden_tests::{Proc, Sandbox, bin, cli_json, free_port, heapwarden};
 use serde_json::Value;
 
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -108,20 +108,12 @@ pss-every = 10
 impl NativeAgent {
     /// Runs a CLI verb against this agent and returns its JSON.
     pub fn cli(&self, args: &[&str]) -> Value {
-        let out = Command::new(heapwarden())
-            .args(args)
-            .arg("--json")
-            .arg("-c")
-            .arg(&self.config)
-            .output()
-            .expect("run the CLI");
-        assert!(
-            out.status.success(),
-            "heapwarden {args:?}: {}\nagent log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.agent.logs.raw()
-        );
-        serde_json::from_slice(&out.stdout).expect("CLI JSON")
+        cli_json(&self.config, args).unwrap_or_else(|e| {
+            panic!(
+                "heapwarden {args:?}: {e}\nagent log:\n{}",
+                self.agent.logs.raw()
+            )
+        })
     }
 
     /// `heap_allocated_bytes` of every slot, once every slot reports one.

@@ -140,18 +140,7 @@ kill-timeout = "2s"
 impl NodeSetup {
     /// Runs `heapwarden ARGS --json -c CONFIG`; returns its JSON or its error line.
     pub fn cli(&self, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(heapwarden())
-            .args(args)
-            .arg("--json")
-            .arg("-c")
-            .arg(&self.config)
-            .current_dir(self.sandbox.path())
-            .output()
-            .expect("run the CLI");
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(serde_json::from_slice(&out.stdout).expect("CLI JSON"))
+        cli_json(&self.config, args)
     }
 
     pub fn workers(&self) -> Vec<Value> {
