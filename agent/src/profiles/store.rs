@@ -217,15 +217,22 @@ impl ProfileStore {
     }
 
     /// The default `base` of a diff of `profile`: the newest baseline the *same worker*
-    /// wrote before it (same slot, same worker id when both are known, same pid). Never a
-    /// later worker's: with `action = "restart"` every leak profile is followed by the
-    /// replacement's own baseline, which measures another process.
+    /// wrote before it (same slot and worker id when both are known), from the same
+    /// process when there is one — a pre-fork worker's leak profile is the child that grew,
+    /// whose tree may have been baselined through another process. Never a later worker's:
+    /// with `action = "restart"` every leak profile is followed by the replacement's own
+    /// baseline, which measures another process.
     pub fn baseline_of(&self, profile: &ProfileMeta) -> Option<&ProfileMeta> {
-        self.index
-            .profiles
-            .iter()
-            .rev()
-            .find(|p| is_baseline_of(p, profile))
+        let mine = || {
+            self.index
+                .profiles
+                .iter()
+                .rev()
+                .filter(|p| is_baseline_of(p, profile))
+        };
+        mine()
+            .find(|p| p.pid == profile.pid)
+            .or_else(|| mine().next())
     }
 
     /// Bytes of all stored profiles (`heapwarden_profiles_stored_bytes`).
@@ -523,8 +530,8 @@ impl ProfileStore {
 fn is_baseline_of(candidate: &ProfileMeta, profile: &ProfileMeta) -> bool {
     let same_worker = match (candidate.worker_id, profile.worker_id) {
         (Some(a), Some(b)) => a == b,
-        _ => true,
-    } && candidate.pid == profile.pid;
+        _ => candidate.pid == profile.pid,
+    };
     candidate.trigger == Trigger::Baseline
         && candidate.kind == ProfileKind::Profile
         && candidate.slot == profile.slot

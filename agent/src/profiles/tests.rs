@@ -364,6 +364,18 @@ async fn a_leak_diffs_against_its_own_workers_baseline_not_the_replacements() {
         .await
         .expect("commit");
     assert_eq!(handle.diff(4, None).await.expect("diff").base_id, 3);
+    // A pre-fork worker's leak profile is the child that grew (pid 44), baselined through
+    // worker 2's first process: same worker, another pid, still its base.
+    let pending = handle
+        .begin(0, Some(2), 44, Trigger::Leak)
+        .await
+        .expect("begin");
+    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
+    handle
+        .commit(pending, ProfileFigures::default(), None)
+        .await
+        .expect("commit");
+    assert_eq!(handle.diff(5, None).await.expect("diff").base_id, 3);
     // A worker without a baseline of its own has no default base.
     let pending = handle
         .begin(1, Some(5), 50, Trigger::Manual)
@@ -375,9 +387,9 @@ async fn a_leak_diffs_against_its_own_workers_baseline_not_the_replacements() {
         .await
         .expect("commit");
     assert!(matches!(
-        handle.diff(5, None).await,
+        handle.diff(6, None).await,
         Err(StoreError::NoBaseline {
-            id: 5,
+            id: 6,
             slot: 1,
             pid: 50
         })
