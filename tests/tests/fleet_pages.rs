@@ -5,7 +5,8 @@
 //! sawtooth), one real Prometheus loading `dashboards/alerts.yml`, one real Alertmanager, and a
 //! webhook. From the webhook bodies: each leaking pool is paged within 60 s of its trip,
 //! once (Prometheus is reloaded mid-incident), with annotations naming the function and
-//! a profile id `heapwarden diff` accepts on that agent; the healthy pool never is; each
+//! a profile id `heapwarden diff` accepts on that agent (and, on the agent with a
+//! Pyroscope `link-base`, the leak profile's link); the healthy pool never is; each
 //! page resolves once its suspect expired; every dashboard expression evaluates.
 //!
 //! `cargo test -p heapwarden-tests --test fleet_pages -- --ignored --nocapture` runs the
@@ -24,6 +25,8 @@ use serde_json::Value;
 const RUST_LEAK_FN: &str = "leak_on_purpose_for_heap_profile";
 const JS_LEAK_FN: &str = "leakInNamedFunction";
 const PAGE_WITHIN: Duration = Duration::from_secs(60);
+/// The Rust agent's `[export.pyroscope] link-base` (the Node agents have none).
+const LINK_BASE: &str = "https://grafana.example/a/grafana-pyroscope-app/explore";
 
 /// A Node pool running fleet.js in `mode`, `env` more `[pool.env]` lines.
 fn node_pool(mode: &str, env: &str) -> String {
@@ -119,7 +122,10 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
         "rust-leaky",
         1,
         "",
-        &format!("{RULES}[demo]\nleak-endpoint = true\nseed-rows = 20\n"),
+        &format!(
+            "{RULES}[demo]\nleak-endpoint = true\nseed-rows = 20\n\
+             [export.pyroscope]\nlink-base = \"{LINK_BASE}\"\n"
+        ),
     );
     // Slot 0 leaks JS objects, slot 1 Buffers (outside the JS heap).
     let node_leaks = node_pool("leak-once", "LEAK_KINDS = \"named,buffer\"\n");
@@ -162,6 +168,25 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
     }
     check_page(&rust, &rust_alert, RUST_LEAK_FN);
     check_page(&node, &node_alert, JS_LEAK_FN);
+    // The agent with a link base puts the leak profile's link on the page, the very
+    // link of its detection record; the others say "(none)".
+    let detection = rust
+        .proc
+        .logs
+        .wait_for(SECS(5), "the Rust detection record", |r| {
+            r["msg"] == "A memory leak was detected." && r["worker"] == 0
+        });
+    let link = rust_alert["annotations"]["profile_link"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        link.starts_with(LINK_BASE) && link.contains("var-filters=worker%7C%3D%7C0"),
+        "the page opens the leak profile: {rust_alert:#}"
+    );
+    assert_eq!(link, detection["profile_link"], "{detection}");
+    for alert in [&node_alert, &buffer_alert] {
+        assert_eq!(alert["annotations"]["profile_link"], "(none)", "{alert:#}");
+    }
     // Buffers grew, the JS heap did not: the page names no function.
     let notes = &buffer_alert["annotations"];
     assert_eq!(notes["kind"], "external", "{buffer_alert:#}");
@@ -205,14 +230,21 @@ fn pages_name_the_leaking_function_through_prometheus_and_alertmanager() {
     let fleet_table = queries
         .iter()
         .find(|e| {
-            e.starts_with("max by (instance, release, worker, rule, function, kind, profile_id)")
+            e.starts_with(
+                "max by (instance, release, worker, rule, function, kind, profile_id, profile_link)",
+            )
         })
         .expect("the fleet suspect table");
     let table = prometheus.query(fleet_table);
+    let rows = table["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(rows.len() >= 3, "{table:#}");
+    // The table's link column opens the Rust agent's leak profile, as its page does.
     assert!(
-        table["data"]["result"]
-            .as_array()
-            .is_some_and(|r| r.len() >= 3),
+        rows.iter().any(|r| r["metric"]["instance"] == "rust-leaky"
+            && r["metric"]["profile_link"].as_str() == Some(link)),
         "{table:#}"
     );
 

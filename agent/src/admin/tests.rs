@@ -454,13 +454,14 @@ async fn metrics_carry_the_leak_suspects_and_promtool_accepts_them() {
                 profile_id: Some(12),
                 kind: SuspectKind::Heap,
                 growth_bytes: 42991616,
+                profile_link: "http://pyro:4040/explore?query=memory%3Ainuse_space".to_owned(),
                 detected_at: Instant::now(),
             },
         );
     });
     let (status, body) = get_path(router(f.state), "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
-    let line = r#"heapwarden_leak_suspect_info{worker="1",rule="trend",function="<impl Drop for \"q\\x\">::drop",profile_id="12",kind="heap"} 42991616"#;
+    let line = r#"heapwarden_leak_suspect_info{worker="1",rule="trend",function="<impl Drop for \"q\\x\">::drop",profile_id="12",kind="heap",profile_link="http://pyro:4040/explore?query=memory%3Ainuse_space"} 42991616"#;
     assert!(body.contains(line), "{body}");
     // The family as the watchdog renders it follows every convention (the fixture's
     // recorder has no HELP texts, so the whole page would not).

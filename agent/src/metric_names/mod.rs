@@ -226,8 +226,15 @@ pub const LEAK_DETECTIONS: Metric = metric(
 pub const LEAK_SUSPECT: Metric = metric(
     "heapwarden_leak_suspect_info",
     Gauge,
-    &["worker", "rule", "function", "profile_id", "kind"],
-    "The culprit of the slot's latest leak detection (value: its growth in bytes); kind is heap, external or native_rss.",
+    &[
+        "worker",
+        "rule",
+        "function",
+        "profile_id",
+        "kind",
+        "profile_link",
+    ],
+    "The culprit of the slot's latest leak detection (value: its growth in bytes); kind is heap, external or native_rss; profile_link opens the leak profile in Grafana when export.pyroscope.link-base is set.",
 );
 pub const HEAP_PROFILES: Metric = metric(
     "heapwarden_heap_profiles_total",

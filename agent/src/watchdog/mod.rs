@@ -546,6 +546,7 @@ impl Watchdog {
             let culprit =
                 suspect::classify(&base, &now, entry.as_ref().map(|(f, b)| (f.as_str(), *b)));
             let profile_id = profile.as_ref().ok().map(|m| m.id);
+            let profile_link = profile.as_ref().ok().and_then(|m| export.link(m));
             // The suspect first, then the count: a scrape that sees the detection sees
             // its culprit, so the page's first notification already names it.
             suspects.send_modify(|view| {
@@ -559,6 +560,7 @@ impl Watchdog {
                         profile_id,
                         kind: culprit.kind,
                         growth_bytes: culprit.growth_bytes,
+                        profile_link: suspect::label_link(profile_link.as_deref()),
                         detected_at: std::time::Instant::now(),
                     },
                 );
@@ -616,7 +618,7 @@ impl Watchdog {
                     crate::profiles::DiffView::AllocationSite => "allocation_site",
                 }),
                 "profile_export" => export.state(),
-                "profile_link" => profile.as_ref().ok().and_then(|m| export.link(m)),
+                "profile_link" => profile_link,
                 "action" => if restart { "restart" } else { "profile-only" });
             if let Some(replace) = replace_after_snapshot
                 && requests.send(replace).await.is_err()

@@ -1,6 +1,6 @@
 //! The culprit of each slot's latest leak detection, for the page that wakes someone up:
-//! `heapwarden_leak_suspect_info{worker, rule, function, profile_id, kind}` (value: the
-//! culprit's growth in bytes), one series per slot. It owns what grew (`classify`: the
+//! `heapwarden_leak_suspect_info{worker, rule, function, profile_id, kind, profile_link}`
+//! (value: the culprit's growth in bytes), one series per slot. It owns what grew (`classify`: the
 //! heap, memory outside the JS heap, or resident memory outside the allocator — a
 //! function is named only when the heap grew), the slot's board (a new detection
 //! replaces the slot's suspect; a suspect goes once its worker has left the slot and
@@ -22,6 +22,10 @@ use crate::profiles::DiffReport;
 /// Characters of a function name kept in the label: Rust generics and JS `file:line`
 /// keys can run long, and a label value that big hurts every query touching it.
 pub const MAX_FUNCTION_CHARS: usize = 160;
+/// Longest profile link the label carries. A link cut short opens the wrong page, so a
+/// longer one (very long service or instance names) is left out rather than cut; the
+/// detection record still carries it whole.
+pub const MAX_LINK_CHARS: usize = 1024;
 /// Below this, a figure is flat whatever its share: allocator and GC noise.
 const FLAT_BYTES: i64 = 1 << 20;
 
@@ -118,6 +122,18 @@ pub fn label_function(name: &str) -> String {
     out
 }
 
+/// `link` as the label carries it: empty when there is none, when it is longer than
+/// [`MAX_LINK_CHARS`] or when it holds a control character (never in a link the agent
+/// builds: its parts are percent-encoded).
+pub fn label_link(link: Option<&str>) -> String {
+    match link {
+        Some(l) if l.chars().count() <= MAX_LINK_CHARS && !l.chars().any(char::is_control) => {
+            l.to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
 /// A slot's latest culprit.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Suspect {
@@ -128,6 +144,9 @@ pub struct Suspect {
     pub profile_id: Option<u64>,
     pub kind: SuspectKind,
     pub growth_bytes: i64,
+    /// The leak profile in Grafana/Pyroscope (`[export.pyroscope] link-base`); empty
+    /// without a link base.
+    pub profile_link: String,
     #[serde(skip)]
     pub detected_at: Instant,
 }
@@ -165,12 +184,13 @@ pub fn render(view: &SuspectView) -> String {
     for (slot, s) in view {
         let _ = writeln!(
             out,
-            "{}{{worker=\"{slot}\",rule=\"{}\",function=\"{}\",profile_id=\"{}\",kind=\"{}\"}} {}",
+            "{}{{worker=\"{slot}\",rule=\"{}\",function=\"{}\",profile_id=\"{}\",kind=\"{}\",profile_link=\"{}\"}} {}",
             LEAK_SUSPECT.name,
             s.rule.as_str(),
             escape_label(&s.function),
             s.profile_id.map(|id| id.to_string()).unwrap_or_default(),
             s.kind.as_str(),
+            escape_label(&s.profile_link),
             s.growth_bytes
         );
     }

@@ -128,6 +128,7 @@ fn suspect(worker_id: u64, function: &str, at: Instant) -> Suspect {
         profile_id: Some(12),
         kind: SuspectKind::Heap,
         growth_bytes: 41 * MIB as i64,
+        profile_link: String::new(),
         detected_at: at,
     }
 }
@@ -151,7 +152,7 @@ fn one_series_per_slot_and_a_new_detection_replaces_it() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
         lines[0],
-        "heapwarden_leak_suspect_info{worker=\"1\",rule=\"trend\",function=\"second\",profile_id=\"12\",kind=\"heap\"} 42991616"
+        "heapwarden_leak_suspect_info{worker=\"1\",rule=\"trend\",function=\"second\",profile_id=\"12\",kind=\"heap\",profile_link=\"\"} 42991616"
     );
     assert!(lines[1].contains("worker=\"2\""), "{lines:?}");
 }
@@ -196,4 +197,25 @@ fn label_values_are_escaped_in_the_text_format() {
     };
     record(&mut view, 0, no_profile);
     assert!(series(&view)[0].contains("profile_id=\"\""));
+}
+
+#[test]
+fn the_profile_link_is_carried_whole_or_not_at_all() {
+    let link = "https://grafana.example/a/grafana-pyroscope-app/explore?var-serviceName=shop&var-filters=worker%7C%3D%7C1&from=1&to=2";
+    let mut view = SuspectView::new();
+    let linked = Suspect {
+        profile_link: label_link(Some(link)),
+        ..suspect(1, "f", Instant::now())
+    };
+    record(&mut view, 1, linked);
+    let line = &series(&view)[0];
+    assert!(
+        line.ends_with(&format!(",profile_link=\"{link}\"}} 42991616")),
+        "{line}"
+    );
+    assert_eq!(label_link(None), "");
+    // Too long to carry whole: left out, never cut into a link to the wrong page.
+    let long = format!("https://g.example/{}", "a".repeat(MAX_LINK_CHARS));
+    assert_eq!(label_link(Some(&long)), "");
+    assert_eq!(label_link(Some("https://g.example/\nx")), "");
 }
