@@ -14,6 +14,7 @@ pub mod leftovers;
 pub mod nspawn;
 pub mod promql;
 pub mod pyroscope;
+pub mod tls;
 pub mod tools;
 
 pub use config::{AgentConfig, toml_array};

@@ -5,7 +5,8 @@
 //! refuses what Pyroscope refuses — no `service_name`, invalid or duplicate label names,
 //! more than 30 labels, a profile over 4 MiB uncompressed or older than 1 h — with
 //! Connect's JSON error body and status. On command it answers 429 + `Retry-After`,
-//! 400, 503, hangs, or is down (its port closed).
+//! 400, 503, hangs, or is down (its port closed). `start_tls` serves the same over TLS
+//! with a certificate from a test CA (`crate::tls`), counting failed handshakes.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -153,6 +154,9 @@ struct State {
     mode: Option<Mode>,
     received: Vec<Received>,
     attempts: Vec<Attempt>,
+    /// TLS handshakes that failed (the client refused the certificate, or spoke plain
+    /// HTTP).
+    handshake_failures: usize,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -160,6 +164,7 @@ type Shared = Arc<(Mutex<State>, Condvar)>;
 pub struct Receiver {
     pub addr: SocketAddr,
     shared: Shared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     runtime: tokio::runtime::Runtime,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -167,6 +172,15 @@ pub struct Receiver {
 impl Receiver {
     /// Listening on a free loopback port, accepting.
     pub fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// The same over TLS, presenting `ca`'s server certificate (for 127.0.0.1).
+    pub fn start_tls(ca: &crate::tls::TestCa) -> Receiver {
+        Receiver::start_with(Some(tokio_rustls::TlsAcceptor::from(ca.server_config())))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -180,6 +194,7 @@ impl Receiver {
         let mut receiver = Receiver {
             addr,
             shared,
+            tls,
             runtime,
             server: None,
         };
@@ -188,27 +203,49 @@ impl Receiver {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let shared = self.shared.clone();
+        let tls = self.tls.clone();
         self.server = Some(self.runtime.spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(req, shared).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let Some(tls) = tls else {
+                        return serve_connection(stream, shared).await;
+                    };
+                    match tls.accept(stream).await {
+                        Ok(stream) => serve_connection(stream, shared).await,
+                        Err(_) => {
+                            let (lock, cvar) = &*shared;
+                            lock.lock().unwrap().handshake_failures += 1;
+                            cvar.notify_all();
+                        }
+                    }
                 });
             }
             // Aborting the server task drops `connections`: every open connection closes.
         }));
+    }
+
+    /// Waits until at least `n` TLS handshakes failed; panics after `timeout`.
+    pub fn wait_for_handshake_failures(&self, n: usize, timeout: Duration) -> usize {
+        let (lock, cvar) = &*self.shared;
+        let guard = lock.lock().unwrap();
+        let (guard, _) = cvar
+            .wait_timeout_while(guard, timeout, |s| s.handshake_failures < n)
+            .unwrap();
+        assert!(
+            guard.handshake_failures >= n,
+            "{} failed TLS handshakes within {timeout:?}, not {n}",
+            guard.handshake_failures
+        );
+        guard.handshake_failures
     }
 
     /// Closes the port and every connection: pushes fail to connect.
@@ -277,6 +314,20 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// One HTTP/1.1 connection (plain, or TLS once the handshake is done).
+async fn serve_connection<S>(stream: S, shared: Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, shared).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Connect's error: JSON `{"code", "message"}` with the code's HTTP status.

@@ -1,11 +1,13 @@
 //! `[export.pyroscope]`: where the agent pushes every heap profile it stores (Grafana
 //! Pyroscope's Connect push endpoint), how it labels them, and its checks — a bad URL, a
-//! missing service name or an invalid static label is a config error naming its key.
-//! Reloadable: the exporter reads the section from the live config.
+//! missing service name, an invalid static label or a `ca-file` without a certificate is
+//! a config error naming its key. Reloadable: the exporter reads the section from the
+//! live config. The section owns reading `ca-file` ([`read_ca_file`]): the check here and
+//! the exporter's TLS client trust the same certificates.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,7 +25,8 @@ pub struct ExportConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PyroscopeConfig {
-    /// Base URL of Pyroscope (or of a Grafana Alloy in front of it); empty: off.
+    /// Base URL of Pyroscope (or of a Grafana Alloy in front of it), http:// or
+    /// https://; empty: off.
     pub url: String,
     /// Pyroscope's `service_name`; required when `url` is set.
     pub service_name: String,
@@ -33,6 +36,9 @@ pub struct PyroscopeConfig {
     pub tenant: String,
     /// Bearer token file (0600, the agent's user's own); empty: no Authorization header.
     pub token_file: PathBuf,
+    /// PEM file of the CA certificate(s) an https:// sink's certificate must chain to,
+    /// instead of the host's trust store (a private CA); empty: the host's store.
+    pub ca_file: PathBuf,
     /// One push, connect to last byte of the answer.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -50,6 +56,7 @@ impl Default for PyroscopeConfig {
             labels: BTreeMap::new(),
             tenant: String::new(),
             token_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
             timeout: Duration::from_secs(10),
             every: Toggle::Off,
             link_base: String::new(),
@@ -108,18 +115,14 @@ pub fn valid_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// An `http://host[:port][/path]` URL, or why not.
-pub fn check_http_url(url: &str) -> Result<(), String> {
+/// An `http://` or `https://host[:port][/path]` URL, or why not.
+pub fn check_push_url(url: &str) -> Result<(), String> {
     let uri: hyper::Uri = url
         .trim()
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https is not supported by this build: point it at a Grafana Alloy or TLS proxy on the host (http://127.0.0.1:…), which forwards over TLS".into());
-        }
-        _ => return Err(format!("{url:?} must start with http://")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{url:?} must start with http:// or https://"));
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{url:?} has no host"));
@@ -128,6 +131,31 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} must not have a query"));
     }
     Ok(())
+}
+
+/// The CA certificates of a PEM file (`export.pyroscope.ca-file`) as a trust store, or
+/// why not: unreadable, no `CERTIFICATE` block, or a block that is not a usable CA
+/// certificate.
+pub fn read_ca_file(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let shown = path.display();
+    let blocks = CertificateDer::pem_file_iter(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(e) => format!("cannot read {shown}: {e}"),
+        e => format!("{shown}: {e}"),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, block) in blocks.enumerate() {
+        let cert = block.map_err(|e| format!("{shown} is not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{shown}: certificate {} is not usable: {e}", n + 1))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(roots)
 }
 
 pub(super) fn validate(c: &PyroscopeConfig, errors: &mut Vec<ConfigError>) {
@@ -177,10 +205,17 @@ pub(super) fn validate(c: &PyroscopeConfig, errors: &mut Vec<ConfigError>) {
             format!("at most {room} static labels (Pyroscope takes 30 per profile, the agent sets up to 8)"),
         ));
     }
+    // Checked whenever set, export on or off: a reload that switches export on (or to
+    // https) must not find it broken only then.
+    if !c.ca_file.as_os_str().is_empty()
+        && let Err(e) = read_ca_file(&c.ca_file)
+    {
+        errors.push(ConfigError::new("export.pyroscope.ca-file", e));
+    }
     if !c.enabled() {
         return;
     }
-    if let Err(e) = check_http_url(&c.url) {
+    if let Err(e) = check_push_url(&c.url) {
         errors.push(ConfigError::new("export.pyroscope.url", e));
     }
     if c.service_name.trim().is_empty() {
@@ -240,10 +275,27 @@ mod tests {
             errors_of(&section("url = \"ftp://x\"\nservice-name = \"s\"")),
             vec!["export.pyroscope.url"]
         );
-        assert_eq!(
-            errors_of(&section("url = \"https://x\"\nservice-name = \"s\"")),
-            vec!["export.pyroscope.url"]
-        );
+        assert!(errors_of(&section("url = \"https://x\"\nservice-name = \"s\"")).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for ca in [dir.path().join("missing.pem"), not_pem, garbage] {
+            assert_eq!(
+                errors_of(&section(&format!(
+                    "url = \"https://x\"\nservice-name = \"s\"\nca-file = {:?}",
+                    ca.display().to_string()
+                ))),
+                vec!["export.pyroscope.ca-file"],
+                "{}",
+                ca.display()
+            );
+        }
         assert_eq!(
             errors_of(&section("url = \"not a url\"\nservice-name = \"s\"")),
             vec!["export.pyroscope.url"]

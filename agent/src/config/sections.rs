@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::export::{Every, ExportConfig, PyroscopeConfig, valid_label_name};
+pub use super::export::{Every, ExportConfig, PyroscopeConfig, read_ca_file, valid_label_name};
 use super::load::ConfigError;
 use super::types::{LeakAction, Predict, ProbeKind, Rate, Size, Toggle, Watch};
 

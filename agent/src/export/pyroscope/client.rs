@@ -1,11 +1,15 @@
 //! One push to Pyroscope's Connect endpoint: `POST <url>/push.v1.PusherService/Push`
 //! with an `application/proto` body, over a fresh HTTP/1.1 connection (hyper's client,
 //! no pool) that is closed when the answer is read — a push every few seconds at most
-//! does not need keep-alive, and a sink that is down leaves no socket behind. The whole
-//! exchange, connect to last byte, runs under one timeout. The answer is classified for
-//! the delivery loop: sent, retry (with the server's `Retry-After` when it gave one), or
-//! refused with the server's message.
+//! does not need keep-alive, and a sink that is down leaves no socket behind. An
+//! `https://` URL puts TLS (rustls, settings from `tls`) between the socket and HTTP. The
+//! whole exchange, connect to last byte, runs under one timeout. The answer is
+//! classified for the delivery loop: sent, retry (with the server's `Retry-After` when it
+//! gave one; a failed TLS handshake is a retry too), or refused with the server's
+//! message.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The Connect procedure path, appended to the configured URL's path.
 pub const PUSH_PATH: &str = "/push.v1.PusherService/Push";
@@ -22,12 +27,15 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Where and how to push (from `[export.pyroscope]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Target {
     pub url: String,
     pub tenant: String,
     pub token: Option<String>,
     pub timeout: Duration,
+    /// For an `https://` URL: the TLS client settings, and the `ca-file` they trust
+    /// (empty: the host's store), named when a certificate is refused.
+    pub tls: Option<(Arc<rustls::ClientConfig>, PathBuf)>,
 }
 
 /// What the sink said.
@@ -75,13 +83,54 @@ async fn exchange(target: &Target, body: Vec<u8>) -> PushResult {
         }
     };
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(80);
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let stream = match tokio::net::TcpStream::connect((host, port)).await {
         Ok(s) => s,
         Err(e) => return retry(format!("cannot connect to {authority}: {e}")),
     };
     let _ = stream.set_nodelay(true);
+    if !https {
+        return send(stream, &authority, &uri, target, body).await;
+    }
+    let Some((tls, ca_file)) = &target.tls else {
+        return PushResult::Refused {
+            status: 0,
+            message: format!("{authority}: an https:// URL without TLS settings"),
+        };
+    };
+    let name = match rustls::pki_types::ServerName::try_from(host.to_owned()) {
+        Ok(name) => name,
+        Err(e) => {
+            return PushResult::Refused {
+                status: 0,
+                message: format!("{host:?} cannot be checked against a certificate: {e}"),
+            };
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    match connector.connect(name, stream).await {
+        Ok(stream) => send(stream, &authority, &uri, target, body).await,
+        Err(e) => retry(super::tls::handshake_error(&authority, &e, ca_file)),
+    }
+}
+
+/// The HTTP/1.1 exchange over a connected (and, for https, TLS) stream.
+async fn send<S>(
+    stream: S,
+    authority: &str,
+    uri: &Uri,
+    target: &Target,
+    body: Vec<u8>,
+) -> PushResult
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let retry = |reason: String| PushResult::Retry {
+        reason,
+        after: None,
+    };
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok(pair) => pair,
@@ -93,7 +142,7 @@ async fn exchange(target: &Target, body: Vec<u8>) -> PushResult {
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(uri.path_and_query().map_or(PUSH_PATH, |p| p.as_str()))
-        .header(HOST, authority.as_str())
+        .header(HOST, authority)
         .header(CONTENT_TYPE, "application/proto")
         .header("connect-protocol-version", "1")
         .header(
@@ -198,7 +247,11 @@ pub fn push_uri(url: &str) -> Result<Uri, String> {
     let authority = base
         .authority()
         .ok_or_else(|| format!("{url:?} has no host"))?;
-    format!("http://{authority}{prefix}{PUSH_PATH}")
+    let scheme = match base.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
+    format!("{scheme}://{authority}{prefix}{PUSH_PATH}")
         .parse()
         .map_err(|e| format!("{url:?}: {e}"))
 }
@@ -217,6 +270,11 @@ mod tests {
             push_uri("http://alloy:9999/pyroscope/").unwrap().path(),
             "/pyroscope/push.v1.PusherService/Push"
         );
+        assert_eq!(
+            push_uri("https://profiles.example/").unwrap().to_string(),
+            "https://profiles.example/push.v1.PusherService/Push"
+        );
+        assert!(push_uri("ftp://x").is_err());
     }
 
     #[test]
@@ -238,6 +296,7 @@ mod tests {
             tenant: String::new(),
             token: None,
             timeout: Duration::from_secs(2),
+            tls: None,
         };
         assert!(matches!(
             push(&target, vec![1]).await,

@@ -8,8 +8,8 @@
 //! live config (reload switches it on, off, or to another sink).
 //!
 //! `proto`: the push messages; `labels`: labels, Pyroscope's validation rules, links;
-//! `client`: one HTTP push; `delivery`: retry and expiry decisions; `cursor`: the cursor
-//! file; `periodic`: the `every` profiles.
+//! `client`: one HTTP push; `tls`: what an https sink must prove; `delivery`: retry and
+//! expiry decisions; `cursor`: the cursor file; `periodic`: the `every` profiles.
 
 mod client;
 mod cursor;
@@ -17,6 +17,7 @@ mod delivery;
 pub mod labels;
 mod periodic;
 pub mod proto;
+mod tls;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ pub struct Exporter {
     jitter: delivery::Jitter,
     /// Failed attempts in a row (for the backoff, and to log a streak once).
     failures: u32,
+    tls: tls::TlsSettings,
 }
 
 impl Exporter {
@@ -65,6 +67,7 @@ impl Exporter {
             log,
             jitter: delivery::Jitter::seeded(),
             failures: 0,
+            tls: tls::TlsSettings::default(),
         })
     }
 
@@ -199,7 +202,7 @@ impl Exporter {
                 };
             }
         };
-        let target = match target(settings) {
+        let target = match target(settings, &mut self.tls) {
             Ok(t) => t,
             Err(reason) => {
                 return Step::Again {
@@ -271,18 +274,28 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The push target, with the token read now (a rotated token is picked up).
-fn target(settings: &PyroscopeConfig) -> Result<Target, String> {
+/// The push target, with the token read now (a rotated token is picked up) and, for an
+/// https:// URL, the TLS settings.
+fn target(settings: &PyroscopeConfig, tls: &mut tls::TlsSettings) -> Result<Target, String> {
     let token = if settings.token_file.as_os_str().is_empty() {
         None
     } else {
         Some(read_token(&settings.token_file)?)
+    };
+    let https = settings.url.trim().starts_with("https://");
+    let tls = match https {
+        true => Some((
+            tls.client_config(&settings.ca_file)?,
+            settings.ca_file.clone(),
+        )),
+        false => None,
     };
     Ok(Target {
         url: settings.url.clone(),
         tenant: settings.tenant.clone(),
         token,
         timeout: settings.timeout,
+        tls,
     })
 }
 
