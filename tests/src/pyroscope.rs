@@ -134,6 +134,8 @@ pub struct Received {
     pub at: Instant,
     /// Wall clock of arrival (comparable with the agent's `created_unix_ms`).
     pub unix_ms: u64,
+    /// The push's `Authorization` header ("" without one).
+    pub authorization: String,
 }
 
 impl Received {
@@ -354,12 +356,14 @@ async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Full<Bytes>>
         record(404);
         return connect_error(StatusCode::NOT_FOUND, "unimplemented", "no such procedure");
     }
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (content_type, authorization) = (header("content-type"), header("authorization"));
     let body = match Limited::new(req.into_body(), 64 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -410,7 +414,10 @@ async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Full<Bytes>>
         );
     }
     match accept(&body) {
-        Ok(profiles) => {
+        Ok(mut profiles) => {
+            for p in &mut profiles {
+                p.authorization = authorization.clone();
+            }
             let (lock, cvar) = &*shared;
             let mut state = lock.lock().unwrap();
             state.received.extend(profiles);
@@ -456,6 +463,7 @@ pub fn accept(body: &[u8]) -> Result<Vec<Received>, String> {
                 unix_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
+                authorization: String::new(),
             });
         }
     }

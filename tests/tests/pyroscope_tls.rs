@@ -1,6 +1,7 @@
 //! Profiles to an `https://` Pyroscope: the test receiver served over TLS with a
 //! certificate from a CA made for the test (`heapwarden_tests::tls`), the real agent and
-//! demo. Trusting that CA through `export.pyroscope.ca-file`, profiles arrive; trusting
+//! demo. Trusting that CA through `export.pyroscope.ca-file`, profiles arrive (with HTTP
+//! Basic auth from `username` and `token-file`, as Grafana Cloud takes it); trusting
 //! another CA, every attempt fails its handshake and is retried with a log that names the
 //! refused certificate and the setting, while dumps go on unhindered — and a reload with
 //! the right CA delivers the waiting profile. A `ca-file` that holds no certificate is a
@@ -75,7 +76,19 @@ fn profiles_reach_an_https_sink_whose_certificate_chains_to_the_ca_file() {
     assert!(receiver.url().starts_with("https://127.0.0.1:"));
     let sandbox = Sandbox::new();
     let ca_file = ca.write_ca(sandbox.path(), "ca.pem");
-    let agent = start(&sandbox, &tls_config(&receiver.url(), &ca_file));
+    // Grafana Cloud's way: HTTP Basic with the stack's user and a token as password.
+    let token = sandbox.write("pyroscope-token", "glc_secret\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod the token");
+    let config = tls_config(&receiver.url(), &ca_file)
+        // Bare, as Grafana Cloud's numeric user is written (and as the env override reads it).
+        .set("export.pyroscope", "username", "1234")
+        .set(
+            "export.pyroscope",
+            "token-file",
+            &token.display().to_string(),
+        );
+    let agent = start(&sandbox, &config);
 
     let ids = [agent.dump(), agent.dump()];
     let received = receiver.wait_for(2, SECS(60));
@@ -84,6 +97,10 @@ fn profiles_reach_an_https_sink_whose_certificate_chains_to_the_ca_file() {
         assert_eq!(r.label("service_name"), "shop", "{:?}", r.labels);
         assert_eq!(r.label("trigger"), "manual");
         assert_eq!(r.label("worker"), "0");
+        assert_eq!(
+            r.authorization, "Basic MTIzNDpnbGNfc2VjcmV0",
+            "1234:glc_secret"
+        );
         // Received means the gzipped pprof decoded, as over http.
         assert!(r.time_nanos > 0, "the profile's own time came through");
     }

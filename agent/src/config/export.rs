@@ -36,6 +36,9 @@ pub struct PyroscopeConfig {
     pub tenant: String,
     /// Bearer token file (0600, the agent's user's own); empty: no Authorization header.
     pub token_file: PathBuf,
+    /// HTTP Basic auth user; with it the token file holds the password (Grafana Cloud:
+    /// the stack's Pyroscope user and an access-policy token). Empty: Bearer.
+    pub username: String,
     /// PEM file of the CA certificate(s) an https:// sink's certificate must chain to,
     /// instead of the host's trust store (a private CA); empty: the host's store.
     pub ca_file: PathBuf,
@@ -56,6 +59,7 @@ impl Default for PyroscopeConfig {
             labels: BTreeMap::new(),
             tenant: String::new(),
             token_file: PathBuf::new(),
+            username: String::new(),
             ca_file: PathBuf::new(),
             timeout: Duration::from_secs(10),
             every: Toggle::Off,
@@ -212,6 +216,17 @@ pub(super) fn validate(c: &PyroscopeConfig, errors: &mut Vec<ConfigError>) {
     {
         errors.push(ConfigError::new("export.pyroscope.ca-file", e));
     }
+    if !c.username.is_empty() && c.token_file.as_os_str().is_empty() {
+        errors.push(ConfigError::new(
+            "export.pyroscope.username",
+            "needs export.pyroscope.token-file, which holds the password",
+        ));
+    } else if c.username.contains(':') || c.username.chars().any(char::is_control) {
+        errors.push(ConfigError::new(
+            "export.pyroscope.username",
+            "a Basic auth user has no ':' and no control character",
+        ));
+    }
     if !c.enabled() {
         return;
     }
@@ -276,6 +291,16 @@ mod tests {
             vec!["export.pyroscope.url"]
         );
         assert!(errors_of(&section("url = \"https://x\"\nservice-name = \"s\"")).is_empty());
+        assert_eq!(
+            errors_of(&section("username = \"1234\"")),
+            vec!["export.pyroscope.username"]
+        );
+        assert_eq!(
+            errors_of(&section("username = \"a:b\"\ntoken-file = \"t\"")),
+            vec!["export.pyroscope.username"]
+        );
+        // Grafana Cloud's numeric user, written bare.
+        assert!(errors_of(&section("username = 123456\ntoken-file = \"t\"")).is_empty());
         let dir = tempfile::tempdir().unwrap();
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "not a certificate\n").unwrap();

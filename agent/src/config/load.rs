@@ -76,6 +76,7 @@ pub fn load(
     }
 
     stringify_env(&mut tree);
+    stringify_username(&mut tree);
     let mut errors = Vec::new();
     check_each_key(&mut Vec::new(), &tree, &known, &mut errors);
     for e in &mut errors {
@@ -117,6 +118,23 @@ fn stringify_env(tree: &mut Table) {
             _ => continue,
         };
         *value = Value::String(text);
+    }
+}
+
+/// Grafana Cloud's Pyroscope user is a number, written bare in the file (`username =
+/// 123456`) and read as an integer from `HEAPWARDEN_EXPORT_PYROSCOPE_USERNAME` by the
+/// override rule: `export.pyroscope.username` takes it as its string form.
+fn stringify_username(tree: &mut Table) {
+    let Some(Value::Table(export)) = tree.get_mut("export") else {
+        return;
+    };
+    let Some(Value::Table(pyroscope)) = export.get_mut("pyroscope") else {
+        return;
+    };
+    if let Some(value) = pyroscope.get_mut("username")
+        && let Value::Integer(n) = *value
+    {
+        *value = Value::String(n.to_string());
     }
 }
 

@@ -31,7 +31,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub struct Target {
     pub url: String,
     pub tenant: String,
-    pub token: Option<String>,
+    /// The `Authorization` header's value (`Bearer …` or `Basic …`).
+    pub authorization: Option<String>,
     pub timeout: Duration,
     /// For an `https://` URL: the TLS client settings, and the `ca-file` they trust
     /// (empty: the host's store), named when a certificate is refused.
@@ -152,8 +153,8 @@ where
     if !target.tenant.is_empty() {
         request = request.header("X-Scope-OrgID", target.tenant.as_str());
     }
-    if let Some(token) = &target.token {
-        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(authorization) = &target.authorization {
+        request = request.header(AUTHORIZATION, authorization.as_str());
     }
     let request = match request.body(Full::new(Bytes::from(body))) {
         Ok(r) => r,
@@ -294,7 +295,7 @@ mod tests {
         let target = Target {
             url: format!("http://{addr}"),
             tenant: String::new(),
-            token: None,
+            authorization: None,
             timeout: Duration::from_secs(2),
             tls: None,
         };

@@ -277,10 +277,11 @@ fn now_unix_ms() -> u64 {
 /// The push target, with the token read now (a rotated token is picked up) and, for an
 /// https:// URL, the TLS settings.
 fn target(settings: &PyroscopeConfig, tls: &mut tls::TlsSettings) -> Result<Target, String> {
-    let token = if settings.token_file.as_os_str().is_empty() {
+    let authorization = if settings.token_file.as_os_str().is_empty() {
         None
     } else {
-        Some(read_token(&settings.token_file)?)
+        let token = read_token(&settings.token_file)?;
+        Some(authorization(&settings.username, &token))
     };
     let https = settings.url.trim().starts_with("https://");
     let tls = match https {
@@ -293,10 +294,24 @@ fn target(settings: &PyroscopeConfig, tls: &mut tls::TlsSettings) -> Result<Targ
     Ok(Target {
         url: settings.url.clone(),
         tenant: settings.tenant.clone(),
-        token,
+        authorization,
         timeout: settings.timeout,
         tls,
     })
+}
+
+/// The `Authorization` value: Bearer `token`, or with a `username` HTTP Basic with the
+/// token as the password.
+fn authorization(username: &str, token: &str) -> String {
+    use base64::Engine;
+    if username.is_empty() {
+        return format!("Bearer {token}");
+    }
+    let pair = format!("{username}:{token}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// Like the admin token: the agent's user's own file, no access for group or others.
@@ -373,6 +388,15 @@ async fn read_profile(path: PathBuf) -> Result<Vec<u8>, ReadError> {
 mod tests {
     use super::*;
     use crate::profiles::{ProfileFigures, ProfileKind, Trigger};
+
+    #[test]
+    fn a_username_makes_the_token_a_basic_auth_password() {
+        assert_eq!(authorization("", "t0k"), "Bearer t0k");
+        assert_eq!(
+            authorization("1234", "glc_secret"),
+            "Basic MTIzNDpnbGNfc2VjcmV0"
+        );
+    }
 
     #[test]
     fn sample_ids_are_uuid_shaped_stable_and_distinct() {

@@ -2,13 +2,16 @@
 //! (profile committed → receiver has it) p50/p99 and the agent's CPU per pushed profile
 //! (manual dumps with export on, minus the same dumps with export off); then 16
 //! probe-workers under wrk with `every = "60s"` against export off: the workers'
-//! throughput and the agent's CPU.
+//! throughput and the agent's CPU. `--only export-tls`: the same push latency and cost
+//! over http and over https (the receiver with a test CA's certificate, trusted through
+//! `ca-file`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use heapwarden_tests::msg;
 use heapwarden_tests::pyroscope::Receiver;
+use heapwarden_tests::tls::TestCa;
 
 use super::{Agent, Bench, BenchResult, Spec, median, percentile, progress};
 
@@ -171,6 +174,59 @@ pub(super) fn export(bench: &Bench) -> BenchResult<()> {
         });
         baseline.get_or_insert(rps);
         println!("| {label} | {rps:.0}{delta} | {cpu:.2} | {pushed} |");
+    }
+    println!();
+    Ok(())
+}
+
+/// Push latency (p50/p99) and agent CPU per pushed profile, http against https.
+pub(super) fn export_tls(bench: &Bench) -> BenchResult<()> {
+    let n = if bench.quick { 20 } else { 100 };
+    let ca = TestCa::new("bench CA");
+    let dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca(dir.path(), "ca.pem");
+    println!("## Pyroscope export: http against https ({n} manual dumps each)\n");
+    println!(
+        "| transport | latency p50 | latency p99 | agent CPU per profile (dump, store, push) |\n|---|---:|---:|---:|"
+    );
+    for https in [false, true] {
+        let receiver = if https {
+            Receiver::start_tls(&ca)
+        } else {
+            Receiver::start()
+        };
+        let label = if https { "https" } else { "http" };
+        progress(format!("export-tls: {n} manual dumps pushed over {label}"));
+        let mut spec = Spec::probe(bench, 1);
+        spec.sections = export_section(Some(&receiver), "off");
+        if https {
+            spec.sections
+                .push_str(&format!("ca-file = {:?}\n", ca_file.display().to_string()));
+        }
+        let agent = Agent::start(bench, &spec)?;
+        agent.wait_ready(1, Duration::from_secs(30));
+        let before = cpu_seconds(bench, &agent);
+        let (_, created) = dumps(bench, &agent, n)?;
+        let arrived = receiver.wait_for(n, Duration::from_secs(60));
+        agent.proc.logs.wait_for_n(
+            n,
+            Duration::from_secs(60),
+            "every push recorded",
+            msg("A heap profile reached Pyroscope."),
+        );
+        let cpu = cpu_seconds(bench, &agent) - before;
+        agent.stop();
+        let latencies: Vec<f64> = created
+            .iter()
+            .zip(&arrived)
+            .map(|(c, r)| r.unix_ms.saturating_sub(*c) as f64)
+            .collect();
+        println!(
+            "| {label} | {:.1} ms | {:.1} ms | {:.2} ms |",
+            median(&latencies),
+            percentile(&latencies, 0.99),
+            cpu / n as f64 * 1000.0
+        );
     }
     println!();
     Ok(())

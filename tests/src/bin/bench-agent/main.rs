@@ -2,7 +2,8 @@
 //! start-up time, restart latency after a crash, the agent's own footprint, the cost of a
 //! sampling round, leak-detection latency, heap-profile dump + convert time, and worker
 //! churn (start rate, descriptors and RSS before/after); with `--only export`, the
-//! Pyroscope exporter's push latency and cost (`export`).
+//! Pyroscope exporter's push latency and cost (`export`); with `--only export-tls`, that
+//! latency and cost over http and over https.
 //!
 //! Run it through `bench/agent.sh` (builds the release binaries first). Flags:
 //! `--quick` shortens every scenario for a smoke run (its figures are not the reference
@@ -99,6 +100,13 @@ fn main() -> BenchResult<()> {
         .is_some_and(|o| o.iter().any(|w| w == "export"))
     {
         export::export(&bench)?;
+    }
+    // Not in a default run (about a minute): `--only export-tls`.
+    if only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|w| w == "export-tls"))
+    {
+        export::export_tls(&bench)?;
     }
     // Not in the default set (about 10 minutes): `--only overshoot`.
     if only
