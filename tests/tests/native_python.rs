@@ -105,7 +105,7 @@ fn cpython_children_and_forks_leave_the_channel_to_the_worker() {
     let after = native.cli(&["dump", "0"]);
     assert!(after["id"].as_u64() > dump["id"].as_u64(), "{after}");
     let rows = native.cli(&["ps"]);
-    assert_eq!(rows[0]["restarts"], 0, "{rows}");
+    assert_eq!(rows[0]["restarts"], 0, "{rows}\nagent log:\n{}", logs.raw());
     assert_eq!(rows[0]["pid"], pid, "{rows}");
     // Only the worker attached: the interpreter chain that exec'd into it shares its
     // pid; no child (other pids) ever did, and nothing garbled the channel.

@@ -2,10 +2,11 @@
 //! `probe = "native"`: gunicorn + Flask and uvicorn + FastAPI serving the agent's socket,
 //! a module-level leak (`remember_order` in `tests/python/shop.py`) in a forked child
 //! trips the rules on the worker's tree, the leak profile is the child's (and so is a
-//! manual one: the child that grew), the replacement drops no request; a steady app
-//! never trips; `max-memory` applies to the tree. The packages live in a venv outside the repo (`HEAPWARDEN_TEST_PYVENV`, default
-//! `/var/tmp/heapwarden-pyvenv`), created here when missing (`scripts/test` does it
-//! first).
+//! manual one: the child that grew) and names `remember_order` with its file and line
+//! (in the diff and in `go tool pprof`), the replacement drops no request; a steady app
+//! never trips; `max-memory` applies to the tree. The packages live in a venv outside
+//! the repo (`HEAPWARDEN_TEST_PYVENV`, default `/var/tmp/heapwarden-pyvenv`), created
+//! here when missing (`scripts/test` does it first).
 
 mod native_support;
 
@@ -257,9 +258,28 @@ fn assert_child_profile(caught: &Caught, worker_pids: &[i64]) {
         "diff growth {growth}: {}",
         caught.detection
     );
-    let top = &caught.detection["top_growing_sites"][0]["function"];
-    // The string `remember_order` builds. C-level: Python frames are not in profiles yet.
-    assert_eq!(top, "PyUnicode_New", "{}", caught.detection);
+    assert_python_site(&caught.detection, "shop.py", 28);
+}
+
+/// The diff's top growing site is the Python function that builds the leaked string,
+/// with its file and line (the native probe's Python frames, above the C ones).
+fn assert_python_site(detection: &Value, file: &str, line: i64) {
+    let top = &detection["top_growing_sites"][0];
+    assert_eq!(top["function"], "remember_order", "{detection}");
+    assert!(
+        top["file"].as_str().is_some_and(|f| f.ends_with(file)),
+        "{detection}"
+    );
+    assert_eq!(top["line"].as_i64(), Some(line), "{detection}");
+}
+
+/// `go tool pprof -top` of the stored profile `id` names `function` first.
+fn assert_pprof_top(native: &NativeAgent, id: u64, function: &str) {
+    let out = native.sandbox.path().join(format!("{id}.pb.gz"));
+    let out_text = out.display().to_string();
+    native.cli(&["pull", &id.to_string(), "-o", &out_text]);
+    let table = go_pprof(native.sandbox.path(), &["-top", &out_text]);
+    assert_eq!(top_entry(&table), function, "{table}");
 }
 
 fn worker_pids(native: &NativeAgent) -> Vec<i64> {
@@ -286,6 +306,8 @@ fn gunicorn_flask_leak_in_a_forked_child_is_caught_and_replaced_without_a_lost_r
     );
     assert_no_failures(&native, &caught.failures);
     assert_child_profile(&caught, &worker_pids(&native));
+    let id = caught.profile["id"].as_u64().unwrap();
+    assert_pprof_top(&native, id, "remember_order");
     let children = native.agent.logs.matching(msg(
         "A forked child of the worker reports on its own heapwarden channel.",
     ));
@@ -364,6 +386,7 @@ fn uvicorn_fastapi_on_fd_3_leak_is_caught() {
     assert_no_failures(&native, &caught.failures);
     let growth = caught.detection["growth_bytes"].as_i64().unwrap_or(0);
     assert!(growth > 8 << 20, "{}", caught.detection);
+    assert_python_site(&caught.detection, "fastapi_shop.py", 14);
 }
 
 #[test]
@@ -529,4 +552,5 @@ trend-min-rate = "off"
     let diff = native.cli(&["diff", &id]);
     let delta = diff["total_delta_bytes"].as_i64().unwrap_or(0);
     assert!(delta > 16 << 20, "growth {delta}: {diff}");
+    assert_eq!(diff["top"][0]["function"], "remember_order", "{diff}");
 }
