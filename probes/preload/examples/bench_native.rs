@@ -3,8 +3,8 @@
 //! (`--quick` for fewer runs).
 //!
 //! It compiles the C programs in `bench/native/` with `cc -O2`, then runs them and
-//! `bench/native/alloc_loop.py` plainly (glibc malloc, pymalloc) and under the release
-//! `libheapwarden_preload.so`: as a descendant (jemalloc, sampling off) and attached as
+//! `bench/native/alloc_loop.py` and `alloc_deep.py` plainly (glibc malloc, pymalloc) and
+//! under the release `libheapwarden_preload.so`: as a descendant (jemalloc, sampling off) and attached as
 //! the worker (sampling on at `lg_prof_sample:19`), the way the agent runs a worker —
 //! `HEAPWARDEN_WORKER_PID` naming it and a control socket whose other end this program
 //! holds. Over that socket it measures Sample→Stats round trips and `prof.dump` time and
@@ -243,6 +243,14 @@ fn throughput_rows(runs: usize, malloc_loop: &Path) {
         &[script, "2000000"],
         "objects_per_second",
         [pymalloc, malloc, malloc],
+    );
+    let deep = repo().join("bench/native/alloc_deep.py");
+    measure(
+        "CPython 64 KiB strings 30 calls deep (~1 in 8 sampled, 30 frames walked each)",
+        python,
+        &[deep.to_str().expect("utf-8 path"), "400000"],
+        "allocations_per_second",
+        [malloc, malloc, malloc],
     );
     measure(
         "CPython, PYTHONMALLOC=malloc in every column (glibc malloc first)",
