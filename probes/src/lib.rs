@@ -59,6 +59,7 @@ mod stats;
 
 /// The control channel's frames and messages, from `heapwarden-protocol` (their one home).
 pub use heapwarden_protocol::channel;
+pub use heapwarden_protocol::python_frames;
 
 #[cfg(feature = "jemalloc")]
 pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};

@@ -1,7 +1,8 @@
 //! End to end: CPython under `probe = "native"` with no change to the program — the heap
 //! figure the agent reports tracks the bytes the program holds, and a worker that keeps
 //! running `subprocess` children and `os.fork()` children (one of them long-lived) goes
-//! on answering the agent undisturbed while only the worker itself ever attaches.
+//! on answering the agent undisturbed while only the worker itself ever attaches; what a
+//! Python thread allocates is named in the profile by its Python function, file and line.
 
 mod native_support;
 
@@ -105,7 +106,7 @@ fn cpython_children_and_forks_leave_the_channel_to_the_worker() {
     let after = native.cli(&["dump", "0"]);
     assert!(after["id"].as_u64() > dump["id"].as_u64(), "{after}");
     let rows = native.cli(&["ps"]);
-    assert_eq!(rows[0]["restarts"], 0, "{rows}");
+    assert_eq!(rows[0]["restarts"], 0, "{rows}\nagent log:\n{}", logs.raw());
     assert_eq!(rows[0]["pid"], pid, "{rows}");
     // Only the worker attached: the interpreter chain that exec'd into it shares its
     // pid; no child (other pids) ever did, and nothing garbled the channel.
@@ -117,4 +118,41 @@ fn cpython_children_and_forks_leave_the_channel_to_the_worker() {
         m.contains("malformed control message") || m.contains("unreadable control frame")
     });
     assert!(garbled.is_empty(), "{garbled:?}");
+}
+
+#[test]
+fn a_python_thread_s_allocations_are_named_by_its_python_function_file_and_line() {
+    let _guard = TimeoutGuard::new("native_python_frames", SECS(120));
+    // Another interpreter with HEAPWARDEN_TEST_PYTHON (CPython 3.10–3.13 were run so).
+    let python = std::env::var("HEAPWARDEN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = source("thread_hold.py").display().to_string();
+    let native = start_native(
+        Sandbox::new(),
+        1,
+        &format!(r#"[{python:?}, {script:?}]"#),
+        "[watchdog]\nwarmup = \"1h\"\n",
+    );
+    let logs = &native.agent.logs;
+    logs.wait_for(SECS(30), "python holds", msg("python worker holds"));
+    // `python3` may be a shim (pyenv's shell script) that execs the interpreter: each
+    // image attaches in turn, and the interpreter's line says Python frames are on.
+    let attached = logs.matching(msg(ATTACHED));
+    let last = attached.last().expect("the probe attached");
+    assert_eq!(last["fields"]["python_frames"], "on", "{attached:?}");
+    let dump = native.cli(&["dump", "0"]);
+    let id = dump["id"].as_u64().expect("profile id").to_string();
+    let file = native.sandbox.path().join("held.pb.gz");
+    native.cli(&["pull", &id, "-o", file.to_str().unwrap()]);
+    let dir = native.sandbox.path();
+    // The thread's Python function first (flat), with its file and line…
+    let top = go_pprof(dir, &["-top", file.to_str().unwrap()]);
+    assert_eq!(top_entry(&top), "fill_cache", "{top}");
+    let lines = go_pprof(dir, &["-top", "-lines", file.to_str().unwrap()]);
+    assert!(
+        lines.contains("fill_cache") && lines.contains("thread_hold.py:16"),
+        "{lines}"
+    );
+    // …and the interpreter's C frames still below it.
+    let traces = go_pprof(dir, &["-traces", file.to_str().unwrap()]);
+    assert!(traces.contains("_PyEval_EvalFrameDefault"), "{traces}");
 }

@@ -1,11 +1,12 @@
 //! End to end with real packages from PyPI and real pre-fork servers, under
 //! `probe = "native"`: gunicorn + Flask and uvicorn + FastAPI serving the agent's socket,
 //! a module-level leak (`remember_order` in `tests/python/shop.py`) in a forked child
-//! trips the rules on the worker's tree, the leak profile is the child's, the
-//! replacement drops no request; a steady app never trips; `max-memory` applies to the
-//! tree. The packages live in a venv outside the repo (`HEAPWARDEN_TEST_PYVENV`, default
-//! `/var/tmp/heapwarden-pyvenv`), created here when missing (`scripts/test` does it
-//! first).
+//! trips the rules on the worker's tree, the leak profile is the child's (and so is a
+//! manual one: the child that grew) and names `remember_order` with its file and line
+//! (in the diff and in `go tool pprof`), the replacement drops no request; a steady app
+//! never trips; `max-memory` applies to the tree. The packages live in a venv outside
+//! the repo (`HEAPWARDEN_TEST_PYVENV`, default `/var/tmp/heapwarden-pyvenv`), created
+//! here when missing (`scripts/test` does it first).
 
 mod native_support;
 
@@ -257,9 +258,28 @@ fn assert_child_profile(caught: &Caught, worker_pids: &[i64]) {
         "diff growth {growth}: {}",
         caught.detection
     );
-    let top = &caught.detection["top_growing_sites"][0]["function"];
-    // The string `remember_order` builds. C-level: Python frames are not in profiles yet.
-    assert_eq!(top, "PyUnicode_New", "{}", caught.detection);
+    assert_python_site(&caught.detection, "shop.py", 28);
+}
+
+/// The diff's top growing site is the Python function that builds the leaked string,
+/// with its file and line (the native probe's Python frames, above the C ones).
+fn assert_python_site(detection: &Value, file: &str, line: i64) {
+    let top = &detection["top_growing_sites"][0];
+    assert_eq!(top["function"], "remember_order", "{detection}");
+    assert!(
+        top["file"].as_str().is_some_and(|f| f.ends_with(file)),
+        "{detection}"
+    );
+    assert_eq!(top["line"].as_i64(), Some(line), "{detection}");
+}
+
+/// `go tool pprof -top` of the stored profile `id` names `function` first.
+fn assert_pprof_top(native: &NativeAgent, id: u64, function: &str) {
+    let out = native.sandbox.path().join(format!("{id}.pb.gz"));
+    let out_text = out.display().to_string();
+    native.cli(&["pull", &id.to_string(), "-o", &out_text]);
+    let table = go_pprof(native.sandbox.path(), &["-top", &out_text]);
+    assert_eq!(top_entry(&table), function, "{table}");
 }
 
 fn worker_pids(native: &NativeAgent) -> Vec<i64> {
@@ -286,6 +306,8 @@ fn gunicorn_flask_leak_in_a_forked_child_is_caught_and_replaced_without_a_lost_r
     );
     assert_no_failures(&native, &caught.failures);
     assert_child_profile(&caught, &worker_pids(&native));
+    let id = caught.profile["id"].as_u64().unwrap();
+    assert_pprof_top(&native, id, "remember_order");
     let children = native.agent.logs.matching(msg(
         "A forked child of the worker reports on its own heapwarden channel.",
     ));
@@ -364,6 +386,7 @@ fn uvicorn_fastapi_on_fd_3_leak_is_caught() {
     assert_no_failures(&native, &caught.failures);
     let growth = caught.detection["growth_bytes"].as_i64().unwrap_or(0);
     assert!(growth > 8 << 20, "{}", caught.detection);
+    assert_python_site(&caught.detection, "fastapi_shop.py", 14);
 }
 
 #[test]
@@ -474,4 +497,60 @@ fn a_tree_growing_outside_the_heap_switches_the_rules_to_pss_once() {
         "PSS fallback: {} after the load started ({:.1} s to the trip)",
         switched[0]["ts"], caught.seconds
     );
+}
+
+#[test]
+fn a_manual_dump_of_a_pre_fork_worker_profiles_the_child_that_grew() {
+    let _guard = TimeoutGuard::new("python_gunicorn_manual_dump", SECS(240));
+    let config = format!("{}/gunicorn_leak_one.py", app_dir());
+    // No rule trips: the leak goes on until the on-call engineer asks for a profile.
+    let rules = r#"
+[pool.env]
+SHOP_ORDER_BYTES = "262144"
+[watchdog]
+warmup = "2s"
+growth = "off"
+trend-min-rate = "off"
+"#;
+    let native = start_gunicorn(1, &gunicorn(3, &["--config", &config]), rules);
+    let logs = &native.agent.logs;
+    let leaker = logs.wait_for(SECS(40), "the leaking child", |r| {
+        r["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shop leaker pid "))
+    });
+    let leaker: u64 = leaker["msg"].as_str().unwrap()["shop leaker pid ".len()..]
+        .trim()
+        .parse()
+        .unwrap();
+    wait_serving(&native);
+    logs.wait_for(SECS(60), "a baseline profile", |r| {
+        r["msg"] == "A heap profile was written." && r["trigger"] == "baseline"
+    });
+    let before = poll(SECS(20), "a heap figure", || native.heap_of_every_slot())[0];
+    let load = Load::start(service_addr(&native), 3, |_| "/order".into());
+    poll(SECS(60), "the tree's heap grown by 32 MiB", || {
+        native
+            .heap_of_every_slot()
+            .filter(|h| h[0] > before + (32 << 20))
+    });
+    let (_, failures) = load.finish();
+    assert_no_failures(&native, &failures);
+
+    let meta = native.cli(&["dump", "0"]);
+    let arbiter = worker_pids(&native)[0] as u64;
+    assert_eq!(
+        meta["pid"].as_u64(),
+        Some(leaker),
+        "the manual profile is the leaking child's: {meta}\nagent log:\n{}",
+        logs.raw()
+    );
+    assert_eq!(meta["child_of"].as_u64(), Some(arbiter), "{meta}");
+    assert_eq!(meta["trigger"], "manual", "{meta}");
+    // It diffs against the worker's baseline (a child's too) and shows the leak.
+    let id = meta["id"].as_u64().unwrap().to_string();
+    let diff = native.cli(&["diff", &id]);
+    let delta = diff["total_delta_bytes"].as_i64().unwrap_or(0);
+    assert!(delta > 16 << 20, "growth {delta}: {diff}");
+    assert_eq!(diff["top"][0]["function"], "remember_order", "{diff}");
 }

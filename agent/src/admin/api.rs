@@ -177,6 +177,7 @@ async fn profile_now(
         .get(&slot)
         .cloned()
         .unwrap_or_default();
+    let children = figures.heap_children;
     let figures = figures.for_profile();
     if snapshot {
         let mut request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None)
@@ -192,7 +193,10 @@ async fn profile_now(
             Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
         };
     }
-    let request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None);
+    // A pre-fork server's memory is in its children: the one that grew most, else the
+    // largest, as the watchdog's leak profiles.
+    let request = CaptureRequest::of_worker(slot, &worker, Trigger::Manual, figures, None)
+        .in_forked_child(&worker, children);
     // Its own task: a client that hangs up does not cut a dump off half-way.
     let (store, log) = (state.store.clone(), state.log.clone());
     let capture = tokio::spawn(async move { take_profile(&store, request, &log).await });

@@ -168,8 +168,13 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             let meta = Client::new(&common)?
                 .post_json(&format!("/workers/{}/profile{query}", segment(&slot)))?;
             print_out(&common, &meta, |m| {
+                // A pre-fork worker's profile is taken in one of its children: say whose.
+                let process = match m["child_of"].as_u64() {
+                    Some(worker) => format!("pid {}, a forked child of {worker}", m["pid"]),
+                    None => format!("pid {}", m["pid"]),
+                };
                 println!(
-                    "{} {} of worker {} written ({} bytes); pull it with: heapwarden pull {}",
+                    "{} {} of worker {} ({process}) written ({} bytes); pull it with: heapwarden pull {}",
                     m["kind"].as_str().unwrap_or("profile"),
                     m["id"],
                     m["slot"],

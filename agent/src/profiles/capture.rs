@@ -18,6 +18,7 @@ use super::{
 };
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{HEAP_PROFILE_DURATION, HEAP_PROFILES, PROFILES_STORED_BYTES};
+use crate::sampler::ProfiledChildren;
 use crate::supervisor::{ControlLink, Runtime, WorkerView};
 
 /// The worker writes its dump well under a millisecond; this covers a busy machine.
@@ -73,6 +74,8 @@ pub struct CaptureRequest {
     pub trigger: Trigger,
     pub figures: ProfileFigures,
     pub rule: Option<String>,
+    /// The worker's own pid when `pid` is one of its forked children.
+    pub child_of: Option<u32>,
 }
 
 impl CaptureRequest {
@@ -93,7 +96,32 @@ impl CaptureRequest {
             trigger,
             figures,
             rule,
+            child_of: None,
         }
+    }
+
+    /// The same profile taken in one of `worker`'s forked children when it is a pre-fork
+    /// server whose children report on their own channels (the memory is theirs, not the
+    /// arbiter's): for a baseline the largest child, so a server that loads the app in
+    /// its children diffs like against like; for a leak, a manual or a periodic profile
+    /// the child that grew most since it first reported, else (manual, periodic) the
+    /// largest. Stays on the worker when no such child is linked.
+    pub fn in_forked_child(mut self, worker: &WorkerView, children: ProfiledChildren) -> Self {
+        let wanted = match self.trigger {
+            Trigger::Baseline => children.largest,
+            Trigger::Leak => children.grower,
+            Trigger::Manual | Trigger::Periodic => children.grower.or(children.largest),
+        };
+        let linked = wanted.and_then(|pid| {
+            let links = worker.children.as_ref()?.borrow();
+            links.iter().find(|c| c.pid == pid).cloned()
+        });
+        if let Some(child) = linked {
+            self.child_of = Some(worker.pid);
+            self.pid = child.pid;
+            self.link = Some(child.link);
+        }
+        self
     }
 
     /// The same worker and figures, as a V8 heap snapshot (`headroom`:
@@ -163,6 +191,7 @@ async fn capture(
         trigger,
         figures,
         rule,
+        child_of,
     } = request;
     let link = link.ok_or(CaptureError::NoProbe { slot })?;
     let mut pending = store
@@ -170,6 +199,7 @@ async fn capture(
         .await
         .map_err(CaptureError::Skipped)?;
     pending.runtime = runtime;
+    pending.child_of = child_of;
     let path = pending.path_for_worker().display().to_string();
     let reply = link
         .request(

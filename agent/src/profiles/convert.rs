@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use heapwarden_protocol::python_frames;
 use serde::{Deserialize, Serialize};
 
 use super::error::ProfileError;
@@ -188,23 +189,40 @@ fn build_profile(
     dumped_at: SystemTime,
     pid: Option<u32>,
 ) -> (pprof::Profile, ConvertSummary) {
-    // Stacks hold return addresses; the call instruction is the byte before.
+    // Stacks hold return addresses; the call instruction is the byte before. A CPython
+    // worker's Python frames are not addresses (`python_frames`) and are named from the
+    // dump's own table.
     let call_site = |a: u64| a.saturating_sub(1);
+    let is_python = |a: &u64| python_frames::decode(*a).is_some();
     let mut unique: Vec<u64> = dump
         .stacks
         .iter()
-        .flat_map(|s| s.addrs.iter().map(|a| call_site(*a)))
+        .flat_map(|s| {
+            s.addrs
+                .iter()
+                .filter(|a| !is_python(a))
+                .map(|a| call_site(*a))
+        })
         .collect();
     unique.sort_unstable();
     unique.dedup();
     let resolved = symbolize::resolve(&unique, &dump.mappings, sources);
+    let python = python_locations(dump);
     let empty = Resolved::default();
 
     let mut t = Tables::default();
     let mut total_bytes = 0i64;
     let mut total_objects = 0i64;
     for stack in &dump.stacks {
-        let addrs: Vec<u64> = stack.addrs.iter().map(|a| call_site(*a)).collect();
+        // Python frames (innermost first) go above the C frames: the function, file and
+        // line a Python developer reads, with the interpreter's C stack below them.
+        let (python_frames, c_frames): (Vec<u64>, Vec<u64>) =
+            stack.addrs.iter().partition(|a| is_python(a));
+        let mut location_id: Vec<u64> = python_frames
+            .iter()
+            .map(|entry| t.location_id(*entry, 0, python.get(entry).unwrap_or(&empty)))
+            .collect();
+        let addrs: Vec<u64> = c_frames.iter().map(|a| call_site(*a)).collect();
         // Flatten to (index in stack, frame index within it), leaf first, so trimming
         // works per function even when allocator glue is inlined into the caller.
         let mut flat: Vec<(usize, usize, &str, &str)> = Vec::new();
@@ -219,7 +237,6 @@ fn build_profile(
         }
         let names: Vec<(&str, &str)> = flat.iter().map(|f| (f.2, f.3)).collect();
         let keep_from = first_application_frame(&names);
-        let mut location_id = Vec::new();
         if let Some(&(first_pos, skip, _, _)) = flat.get(keep_from) {
             for (pos, &addr) in addrs.iter().enumerate().skip(first_pos) {
                 let r = resolved.get(&addr).unwrap_or(&empty);
@@ -253,6 +270,30 @@ fn build_profile(
     let mut profile = t.profile;
     profile.string_table = t.strings.finish();
     (profile, summary)
+}
+
+/// Each Python frame entry of the dump's stacks as a location of one function (no
+/// mapping: it is not an address); an entry whose code object the table lacks stays
+/// unnamed.
+fn python_locations(dump: &RawDump) -> HashMap<u64, Resolved> {
+    let mut locations = HashMap::new();
+    for entry in dump.stacks.iter().flat_map(|s| s.addrs.iter()) {
+        let Some((index, line)) = python_frames::decode(*entry) else {
+            continue;
+        };
+        let Some(code) = dump.python_codes.get(&index) else {
+            continue;
+        };
+        locations.entry(*entry).or_insert_with(|| Resolved {
+            mapping: None,
+            frames: vec![Frame {
+                function: code.function.clone(),
+                file: code.file.clone(),
+                line,
+            }],
+        });
+    }
+    locations
 }
 
 /// Mappings, sample types and header fields.

@@ -83,6 +83,10 @@ pub struct ProfileMeta {
     /// The probe that wrote it, when known (the `runtime` label in Pyroscope).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
+    /// The worker's own pid when the profile was taken in one of its forked children
+    /// (`pid`: a pre-fork server's child, see `CaptureRequest::in_forked_child`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_of: Option<u32>,
     /// Whether and when it reached Pyroscope (or why it never will); absent while it
     /// waits, or when export is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +242,7 @@ mod tests {
             rule: None,
             file: ProfileId::file_name(1),
             runtime: None,
+            child_of: None,
             export: None,
         });
         index.next_id = 2;

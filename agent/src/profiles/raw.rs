@@ -1,9 +1,14 @@
 //! Reading jemalloc's raw `prof.dump` file (`heap_v2/<period>` text): the sampled stacks
 //! through `pprof_util::parse_jeheap`, the object counts beside them (which that parser
 //! drops), and the `MAPPED_LIBRARIES:` section, which is the worker's `/proc/self/maps` at
-//! dump time and lets us symbolize after the worker has exited.
+//! dump time and lets us symbolize after the worker has exited; after it, from a CPython
+//! worker, the native probe's `PYTHON_FRAMES:` table of the code objects its stacks name
+//! (`heapwarden_protocol::python_frames`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+
+use heapwarden_protocol::python_frames;
 
 use pprof_util::{Mapping, StackProfile};
 
@@ -35,6 +40,17 @@ pub struct RawDump {
     pub period: u64,
     pub stacks: Vec<RawStack>,
     pub mappings: Vec<MappedFile>,
+    /// CPython code objects by the index the stacks' Python frames carry.
+    pub python_codes: HashMap<usize, PythonCode>,
+}
+
+/// A Python function, as the native probe read it from its code object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PythonCode {
+    /// `co_qualname` (`Class.method`, `remember_order`).
+    pub function: String,
+    /// `co_filename`.
+    pub file: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +79,8 @@ pub fn parse(text: &str) -> Result<RawDump, RawError> {
         .ok_or_else(|| RawError::NotHeapV2 {
             first_line: first_line.chars().take(60).collect(),
         })?;
+    let section = format!("\n{}\n", python_frames::SECTION);
+    let (text, python_part) = text.split_once(&section).unwrap_or((text, ""));
     let (stack_part, maps_part) = match text.split_once("\nMAPPED_LIBRARIES:\n") {
         Some((stacks, maps)) => (stacks, maps),
         None => (text, ""),
@@ -76,7 +94,22 @@ pub fn parse(text: &str) -> Result<RawDump, RawError> {
         period,
         stacks: zip_counts(&profile, &counts)?,
         mappings,
+        python_codes: parse_python_codes(python_part),
     })
+}
+
+/// `index<TAB>qualname<TAB>file` lines; a malformed line is skipped (its frames then
+/// show as unnamed addresses).
+fn parse_python_codes(text: &str) -> HashMap<usize, PythonCode> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, '\t');
+            let index = fields.next()?.parse().ok()?;
+            let function = fields.next()?.to_string();
+            let file = fields.next().unwrap_or_default().to_string();
+            Some((index, PythonCode { function, file }))
+        })
+        .collect()
 }
 
 /// `parse_jeheap` reverses each stack to root-first; we keep leaf-first, as in the file.
@@ -205,6 +238,29 @@ MAPPED_LIBRARIES:\n\
         assert!(lib.deleted);
         assert_eq!(lib.file_offset, 0x2000);
         assert_eq!(lib.inode, 77);
+    }
+
+    #[test]
+    fn python_frames_and_their_code_table_are_read() {
+        let frame = python_frames::encode(7, 30);
+        let text = format!(
+            "heap_v2/524288\n  t*: 1: 1048576 [0: 0]\n\
+@ 0x1010 {frame:#x} 0x2020\n  t*: 1: 1048576 [0: 0]\n\n\
+MAPPED_LIBRARIES:\n\
+00001000-00005000 r-xp 00000000 fe:00 123                        /usr/bin/python3.11\n\
+\nPYTHON_FRAMES:\n7\tremember_order\t/srv/shop.py\nnot a line\n"
+        );
+        let dump = parse(&text).expect("parses");
+        assert_eq!(dump.stacks[0].addrs, vec![0x1010, frame, 0x2020]);
+        assert_eq!(dump.mappings.len(), 1);
+        assert_eq!(
+            dump.python_codes.get(&7),
+            Some(&PythonCode {
+                function: "remember_order".into(),
+                file: "/srv/shop.py".into()
+            })
+        );
+        assert_eq!(dump.python_codes.len(), 1);
     }
 
     #[test]

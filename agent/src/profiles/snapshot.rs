@@ -166,6 +166,8 @@ async fn snapshot(
                 trigger,
                 figures,
                 rule,
+                // Heap snapshots are the worker's own (Node: no forked children).
+                child_of: _,
             },
         headroom,
         replace,

@@ -82,6 +82,8 @@ pub struct PendingProfile {
     pub worker_path: Option<PathBuf>,
     /// The probe that writes it, recorded in the index (Pyroscope's `runtime` label).
     pub runtime: Option<Runtime>,
+    /// The worker's own pid when `pid` is one of its forked children.
+    pub child_of: Option<u32>,
 }
 
 impl PendingProfile {
@@ -293,6 +295,7 @@ impl ProfileStore {
             out_path: self.dir.join(ProfileId::file_name(id)),
             worker_path: self.dropbox.as_ref().map(|d| d.path_for(id)),
             runtime: None,
+            child_of: None,
         })
     }
 
@@ -374,6 +377,7 @@ impl ProfileStore {
             rule,
             file: pending.kind.file_name(pending.id),
             runtime: pending.runtime,
+            child_of: pending.child_of,
             export: None,
         };
         self.index.profiles.push(entry.clone());

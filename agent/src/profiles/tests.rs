@@ -82,6 +82,53 @@ fn garbage_raw_dump_is_an_error_naming_the_file() {
     assert!(matches!(missing, Err(ProfileError::Read { .. })));
 }
 
+#[test]
+fn python_frames_go_above_the_c_frames_with_function_file_and_line() {
+    use heapwarden_protocol::python_frames;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (inner, outer) = (python_frames::encode(3, 30), python_frames::encode(9, 41));
+    // C frames first in the file (jemalloc's unwinder), then the probe's Python frames;
+    // code 5 is missing from the table.
+    let raw = format!(
+        "heap_v2/524288\n  t*: 1: 1048576 [0: 0]\n\
+@ 0x10 0x20 {inner:#x} {outer:#x} {:#x}\n  t*: 1: 1048576 [0: 0]\n\n\
+MAPPED_LIBRARIES:\n\nPYTHON_FRAMES:\n3\tremember_order\t/srv/shop.py\n9\torder\t/srv/shop.py\n",
+        python_frames::encode(5, 1)
+    );
+    let raw_path = dir.path().join("py.raw");
+    let out = dir.path().join("py.pb.gz");
+    std::fs::write(&raw_path, raw).expect("write raw");
+    convert(&raw_path, &out, None).expect("converts");
+    let profile = pprof::decode(&std::fs::read(&out).expect("read")).expect("decodes");
+    let frames: Vec<(String, String, i64)> = profile.sample[0]
+        .location_id
+        .iter()
+        .map(|id| {
+            let location = &profile.location[*id as usize - 1];
+            location.line.first().map_or_else(
+                || (String::new(), String::new(), 0),
+                |line| {
+                    let function = &profile.function[line.function_id as usize - 1];
+                    (
+                        string(&profile, function.name).to_string(),
+                        string(&profile, function.filename).to_string(),
+                        line.line,
+                    )
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        frames[..2],
+        [
+            ("remember_order".into(), "/srv/shop.py".into(), 30),
+            ("order".into(), "/srv/shop.py".into(), 41)
+        ]
+    );
+    assert_eq!(frames[2], (String::new(), String::new(), 0), "unknown code");
+    assert_eq!(frames.len(), 5, "the two C frames stay below: {frames:?}");
+}
+
 /// A profile whose samples are (leaf-first function names, bytes).
 pub(super) fn profile_of(samples: &[(&[&str], i64)]) -> Profile {
     let mut strings = pprof::StringTable::default();

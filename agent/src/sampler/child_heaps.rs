@@ -22,10 +22,18 @@ pub struct TreeHeap {
     pub heap: Option<HeapStats>,
     /// Processes whose figures are in `heap`.
     pub processes: usize,
+    pub children: ProfiledChildren,
+}
+
+/// The forked children a profile of the tree is taken in, as one round saw them
+/// (`profiles::CaptureRequest::in_forked_child` picks one by the profile's trigger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProfiledChildren {
     /// The child whose heap grew most since it first reported, when one grew more than
     /// the worker itself.
     pub grower: Option<u32>,
-    pub largest_child: Option<u32>,
+    /// The child with the largest heap.
+    pub largest: Option<u32>,
 }
 
 /// What the sampler remembers of each reporting process (by pid) between rounds.
@@ -100,8 +108,10 @@ impl ChildHeaps {
         TreeHeap {
             heap: Some(total),
             processes: members.len(),
-            grower: grower.map(|(pid, _)| pid).filter(|pid| *pid != worker_pid),
-            largest_child,
+            children: ProfiledChildren {
+                grower: grower.map(|(pid, _)| pid).filter(|pid| *pid != worker_pid),
+                largest: largest_child,
+            },
         }
     }
 
@@ -152,15 +162,15 @@ mod tests {
         assert_eq!(total.resident, Some(200));
         assert_eq!(total.mapped, None, "absent in a member: absent in the sum");
         assert_eq!(first.processes, 3);
-        assert_eq!(first.grower, None, "nothing grew yet");
-        assert_eq!(first.largest_child, Some(2));
+        assert_eq!(first.children.grower, None, "nothing grew yet");
+        assert_eq!(first.children.largest, Some(2));
 
         // Child 3 grows, the worker grows less, child 2 misses a sample.
         let later = heaps.combine(1, Some(heap(150)), &[(2, None), (3, Some(heap(900)))]);
         assert_eq!(later.heap.unwrap().allocated, 150 + 600);
         assert_eq!(later.heap.unwrap().resident, Some(300 + 1200));
-        assert_eq!(later.grower, Some(3));
-        assert_eq!(later.largest_child, Some(3));
+        assert_eq!(later.children.grower, Some(3));
+        assert_eq!(later.children.largest, Some(3));
 
         // A new child joining later is no step in the figure.
         let joined = heaps.combine(
@@ -180,11 +190,11 @@ mod tests {
         let mut heaps = ChildHeaps::default();
         heaps.combine(1, Some(heap(100)), &[(2, Some(heap(100)))]);
         let grown = heaps.combine(1, Some(heap(400)), &[(2, Some(heap(150)))]);
-        assert_eq!(grown.grower, None);
+        assert_eq!(grown.children.grower, None);
         heaps.retain(&HashSet::from([1]));
         // Pid 2 reused by a new child: its growth counts from its own first report.
         let reused = heaps.combine(1, Some(heap(400)), &[(2, Some(heap(1000)))]);
-        assert_eq!(reused.grower, None);
+        assert_eq!(reused.children.grower, None);
         let none = heaps.combine(1, None, &[]);
         assert_eq!(none, TreeHeap::default());
     }

@@ -30,6 +30,7 @@ use heapwarden_protocol::HeapStats;
 use slog::{Logger, debug, info};
 use tokio::sync::{mpsc, watch};
 
+pub use child_heaps::ProfiledChildren;
 pub use collect::{
     AgentFigures, HostFigures, Roots, TreeFigures, TreeSmaps, collect_host, collect_trees,
     read_tree,
@@ -65,11 +66,9 @@ pub struct WorkerSample {
     pub heap: Option<HeapStats>,
     /// Processes whose figures are in `heap`.
     pub heap_processes: usize,
-    /// The forked child whose heap grew most since it first reported (the leak profile
-    /// is its), when one grew more than the worker itself.
-    pub heap_grower: Option<u32>,
-    /// The forked child with the largest heap (the baseline profile is its).
-    pub heap_largest_child: Option<u32>,
+    /// The forked children whose heaps grew most and are largest: the tree's profiles
+    /// are taken there.
+    pub heap_children: ProfiledChildren,
     pub runtime_lag_seconds: Option<f64>,
     /// Node workers: `external` and `arrayBuffers` of `process.memoryUsage()`.
     pub external_bytes: Option<u64>,

@@ -235,6 +235,7 @@ impl Watchdog {
             f.pss_bytes = sample.pss.or(f.pss_bytes);
             f.heap_allocated_bytes = sample.heap.as_ref().map(|h| h.allocated);
             f.heap_active_bytes = sample.heap.as_ref().map(|h| h.active);
+            f.heap_children = sample.heap_children;
             if let Some((figure, obs)) = &trend {
                 f.growth_bytes_per_second = obs.slope_bytes_per_sec;
                 f.seconds_to_limit = obs.seconds_to_limit;
@@ -474,8 +475,10 @@ impl Watchdog {
             growth_bytes_per_second: obs.slope_bytes_per_sec,
         };
         let rule = detection.as_ref().map(|d| d.trip.rule.as_str().to_string());
-        let (pid, link) = profile_source(&worker, sample, trigger);
-        if link.is_none() && trigger == Trigger::Baseline {
+        // A pre-fork server's profile is its child's (the one that grew, the largest).
+        let request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule)
+            .in_forked_child(&worker, sample.heap_children);
+        if request.link.is_none() && trigger == Trigger::Baseline {
             // A worker without a probe (`probe = "off"`, or one that did not load) has no
             // baseline to write; that was said once when it started, not at every one.
             metrics::counter!(HEAP_PROFILES.name, "trigger" => trigger.as_str(),
@@ -484,9 +487,6 @@ impl Watchdog {
             debug!(self.log, "No baseline profile: the worker has no probe."; "worker" => sample.slot);
             return;
         }
-        let mut request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule);
-        // A pre-fork server's profile is its child's that grew (`profile_source`).
-        (request.pid, request.link) = (pid, link);
         let snapshot = (detection.is_some() && self.config.leak_snapshot).then(|| {
             let mut snapshot = CaptureRequest::of_worker(
                 request.slot,
@@ -662,29 +662,6 @@ impl ExportNote {
     fn link(&self, meta: &crate::profiles::ProfileMeta) -> Option<String> {
         let labels = crate::export::pyroscope::profile_labels(meta, &self.context);
         crate::export::pyroscope::profile_link(&self.link_base, &labels, meta.created_unix_ms)
-    }
-}
-
-/// Where a profile is taken: a pre-fork server's forked child when one reports on its own
-/// channel — the one that grew most for a leak, the largest for the baseline — else the
-/// worker itself (its link only when it has a probe).
-fn profile_source(
-    worker: &crate::supervisor::WorkerView,
-    sample: &WorkerSample,
-    trigger: Trigger,
-) -> (u32, Option<crate::supervisor::ControlLink>) {
-    let wanted = match trigger {
-        Trigger::Leak => sample.heap_grower,
-        Trigger::Baseline => sample.heap_largest_child,
-        Trigger::Manual | Trigger::Periodic => None,
-    };
-    let child = wanted.and_then(|pid| {
-        let children = worker.children.as_ref()?.borrow();
-        children.iter().find(|c| c.pid == pid).cloned()
-    });
-    match child {
-        Some(child) => (child.pid, Some(child.link)),
-        None => (worker.pid, worker.link.clone().filter(|_| worker.probe)),
     }
 }
 

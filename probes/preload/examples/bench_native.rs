@@ -3,8 +3,8 @@
 //! (`--quick` for fewer runs).
 //!
 //! It compiles the C programs in `bench/native/` with `cc -O2`, then runs them and
-//! `bench/native/alloc_loop.py` plainly (glibc malloc, pymalloc) and under the release
-//! `libheapwarden_preload.so`: as a descendant (jemalloc, sampling off) and attached as
+//! `bench/native/alloc_loop.py` and `alloc_deep.py` plainly (glibc malloc, pymalloc) and
+//! under the release `libheapwarden_preload.so`: as a descendant (jemalloc, sampling off) and attached as
 //! the worker (sampling on at `lg_prof_sample:19`), the way the agent runs a worker —
 //! `HEAPWARDEN_WORKER_PID` naming it and a control socket whose other end this program
 //! holds. Over that socket it measures Sample→Stats round trips and `prof.dump` time and
@@ -167,6 +167,12 @@ fn json_field(text: &str, field: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {field} in {text:?}"))
 }
 
+fn json_text(text: &str, field: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v[field].as_str().map(String::from))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -185,6 +191,7 @@ fn throughput_rows(runs: usize, malloc_loop: &Path) {
         |name: &str, program: &Path, args: &[&str], field: &str, envs: [&[(&str, &str)]; 3]| {
             let mut cells = Vec::new();
             let mut activation = Vec::new();
+            let mut python_frames = None;
             for (mode, env) in [Mode::Plain, Mode::Descendant, Mode::Attached]
                 .into_iter()
                 .zip(envs)
@@ -194,6 +201,7 @@ fn throughput_rows(runs: usize, malloc_loop: &Path) {
                         let (out, err) = start(program, args, mode, env).finish();
                         if mode == Mode::Attached {
                             activation.push(json_field(&err, "activation_us"));
+                            python_frames = json_text(&err, "python_frames");
                         }
                         json_field(&out, field)
                     })
@@ -209,6 +217,13 @@ fn throughput_rows(runs: usize, malloc_loop: &Path) {
                 (cells[2] / cells[0] - 1.0) * 100.0,
                 median(activation)
             );
+            // CPython rows: whether the attached runs recorded Python frames.
+            if program.ends_with("python3") {
+                println!(
+                    "|   attached runs: Python frames {} | | | | |",
+                    python_frames.as_deref().unwrap_or("?")
+                );
+            }
         };
     measure(
         "C malloc+free pairs (16 B–4 KiB, 4096 live)",
@@ -228,6 +243,14 @@ fn throughput_rows(runs: usize, malloc_loop: &Path) {
         &[script, "2000000"],
         "objects_per_second",
         [pymalloc, malloc, malloc],
+    );
+    let deep = repo().join("bench/native/alloc_deep.py");
+    measure(
+        "CPython 64 KiB strings 30 calls deep (~1 in 8 sampled, 30 frames walked each)",
+        python,
+        &[deep.to_str().expect("utf-8 path"), "400000"],
+        "allocations_per_second",
+        [malloc, malloc, malloc],
     );
     measure(
         "CPython, PYTHONMALLOC=malloc in every column (glibc malloc first)",

@@ -74,6 +74,7 @@ fn attach_if_worker() {
     let started = Instant::now();
     let profiling = activate_profiling();
     let activation_us = started.elapsed().as_secs_f64() * 1e6;
+    let python_frames = crate::python::install();
     fork::watch_children(inherited);
     children::remember_socket();
     let probe = match with_signals_blocked(|| Probe::from_fd_as(channel, Runtime::Native)) {
@@ -99,6 +100,10 @@ fn attach_if_worker() {
         &[
             ("pid", json!(std::process::id())),
             ("profiling", json!(profiling.is_ok())),
+            (
+                "python_frames",
+                json!(python_frames.map_or_else(|why| why.to_string(), |()| "on".into())),
+            ),
             (
                 "activation_us",
                 json!((activation_us * 10.0).round() / 10.0),

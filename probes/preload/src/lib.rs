@@ -21,6 +21,8 @@
 //!   `mallopt` answer for jemalloc, not glibc's idle arena;
 //! - forked children (`children`): a child that keeps running and allocating connects to
 //!   the agent's per-worker socket for children and reports its own heap and dumps;
+//! - CPython (`python`): sampled allocations carry the Python stack (function, file,
+//!   line) through jemalloc's backtrace and dump hooks;
 //! - drain (`drain`): the agent's `Drain` becomes SIGTERM to the worker, unless the
 //!   program registered its own handler through `heapwarden_set_drain_handler`.
 //!
@@ -45,6 +47,8 @@ mod fork;
 mod glibc_api;
 #[allow(unsafe_code)]
 mod jemalloc_api;
+#[allow(unsafe_code)]
+mod python;
 
 // Rust's own allocations in this library (the probe's threads) go straight to the same
 // jemalloc, and `_rjem_malloc_conf` compiles in the Rust probe's options:

@@ -9,6 +9,7 @@
 //! - [`activation`]: socket activation (`LISTEN_FDS` and friends) and adopting inherited
 //!   descriptors, for workers and for the agent when systemd starts it;
 //! - [`HeapStats`]: the heap figures a probe reports;
+//! - [`python_frames`]: how the native probe writes CPython frames into a raw heap dump;
 //! - [`redact`]: which log keys are sensitive (`log.redact`), matched the same way by the
 //!   agent's log and by workers that log request data.
 //!
@@ -20,6 +21,7 @@
 pub mod activation;
 pub mod channel;
 pub mod context;
+pub mod python_frames;
 pub mod redact;
 mod stats;
 

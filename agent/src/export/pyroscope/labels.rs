@@ -235,6 +235,7 @@ mod tests {
             rule: rule.map(String::from),
             file: "9.pb.gz".into(),
             runtime: Some(Runtime::Node),
+            child_of: None,
             export: None,
         }
     }

@@ -413,6 +413,7 @@ mod tests {
             rule: None,
             file: String::new(),
             runtime: None,
+            child_of: None,
             export: None,
         };
         let a = sample_id("host", &meta(1));
