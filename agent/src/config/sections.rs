@@ -208,7 +208,8 @@ pub struct WatchdogConfig {
     pub action: LeakAction,
     pub max_concurrent_replacements: u32,
     pub max_leak_restarts_per_hour: u32,
-    /// Node workers: also take a full heap snapshot when a rule trips (heavy; off).
+    /// Node workers: also take a full heap snapshot at warm-up and when a rule trips, so
+    /// the detection record names the holders that grew (heavy; off).
     pub leak_snapshot: bool,
     /// How long a slot's leak suspect (`heapwarden_leak_suspect_info`) outlives the
     /// worker it names, so the page still says what leaked after the replacement.

@@ -15,11 +15,17 @@
 //! a variable of a function's or module's scope (a `context` edge) names the script of a
 //! closure over that scope, found through the closure's `shared` function info.
 //!
+//! `stored` summarises the store's snapshots in a helper process and matches two by path.
+//!
 //! Bounded: the file size is capped, every index is checked, and a hostile file ends in
 //! an error, never a panic.
 
+mod stored;
+
 use std::collections::VecDeque;
 use std::path::Path;
+
+pub use stored::{RetainersDiff, RetainersDiffError, diff_stored, summarize_in_helper};
 
 use serde::{Deserialize, Serialize};
 
@@ -118,38 +124,6 @@ pub fn growth(base: &RetainerSummary, leak: &RetainerSummary, top: usize) -> Vec
     out.sort_by_key(|g| std::cmp::Reverse(g.delta_bytes));
     out.truncate(top);
     out
-}
-
-/// Summarises a stored snapshot in a `heapwarden retainers --json` child of this
-/// executable (the agent's helper, as for conversions): the agent never holds the
-/// snapshot in memory, and a summary that overruns `timeout` is killed.
-pub async fn summarize_in_helper(
-    snapshot: &Path,
-    top: usize,
-    timeout: std::time::Duration,
-) -> Result<RetainerSummary, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("no executable path: {e}"))?;
-    let child = tokio::process::Command::new(&exe)
-        .arg("retainers")
-        .arg("--json")
-        .arg("--top")
-        .arg(top.to_string())
-        .arg(snapshot)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| format!("no summary within {}s", timeout.as_secs()))?
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(stderr.trim().chars().take(500).collect());
-    }
-    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable summary: {e}"))
 }
 
 /// Reads and summarises the snapshot at `path`.
