@@ -251,6 +251,21 @@ fn an_express_body_leak_is_named_by_its_route_handler_with_file_and_line() {
         .api_json(&format!("/api/v1/profiles/{}/retainers", later["id"]))
         .expect("the retainers API");
     assert_eq!(api["holders"][0]["path"], grew["path"], "{api}");
+    // A pprof profile is no snapshot (400), an unknown id 404: errors, not a hang.
+    let not_snapshot = setup
+        .api_json(&format!(
+            "/api/v1/profiles/{}/retainers",
+            detection["profile_id"]
+        ))
+        .unwrap_err();
+    assert!(
+        not_snapshot.contains("400") && not_snapshot.contains("not a heap snapshot"),
+        "{not_snapshot}"
+    );
+    let unknown = setup
+        .api_json("/api/v1/profiles/999999/retainers")
+        .unwrap_err();
+    assert!(unknown.contains("404"), "{unknown}");
 }
 
 #[test]

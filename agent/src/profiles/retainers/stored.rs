@@ -133,3 +133,53 @@ pub async fn diff_stored(
         holders: growth(&base_summary, &leak_summary, top),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profiles::{ProfileFigures, ProfileId};
+
+    fn meta(id: u64, slot: usize, worker: u64, trigger: Trigger, kind: ProfileKind) -> ProfileMeta {
+        ProfileMeta {
+            id,
+            slot,
+            worker_id: Some(worker),
+            pid: 7,
+            trigger,
+            kind,
+            created_unix_ms: id,
+            bytes: 10,
+            figures: ProfileFigures::default(),
+            rule: None,
+            file: ProfileId::file_name(id),
+            runtime: None,
+            export: None,
+        }
+    }
+
+    /// The worker's warm-up snapshot beats its later manual one; another worker's and
+    /// a pprof profile never count; without either, the slot's previous snapshot.
+    #[test]
+    fn the_base_is_the_workers_warm_up_snapshot() {
+        use ProfileKind::{Profile, Snapshot};
+        use Trigger::{Baseline, Leak, Manual};
+        let all = [
+            meta(1, 0, 1, Baseline, Snapshot),
+            meta(2, 0, 2, Baseline, Profile),
+            meta(3, 0, 2, Baseline, Snapshot),
+            meta(4, 0, 2, Manual, Snapshot),
+            meta(5, 1, 9, Manual, Snapshot),
+            meta(6, 0, 2, Leak, Snapshot),
+            meta(7, 0, 5, Leak, Snapshot),
+        ];
+        let base = |leak: usize| base_of(&all, &all[leak]).map(|p| p.id);
+        assert_eq!(base(5), Some(3), "worker 2's warm-up snapshot");
+        assert_eq!(base(3), Some(3), "worker 2's previous snapshot");
+        assert_eq!(
+            base(6),
+            Some(6),
+            "no snapshot of worker 5: the slot's previous one"
+        );
+        assert_eq!(base(0), None);
+    }
+}
