@@ -8,6 +8,8 @@
 #   HEAPWARDEN_BIN=target/debug/heapwarden DURATION=10s bench/node/balance.sh
 #   EXTRA_ENV='UV_TCP_SINGLE_ACCEPT = "1"' bench/node/balance.sh   (a line for [pool.env])
 #   BALANCE=shared bench/node/balance.sh       (pool.balance; default round-robin)
+#   REPLACEMENTS=100 bench/node/balance.sh 2   then, under wrk -c16, that many
+#         `heapwarden restart` one after another (slots in turn), and the failed requests
 #   PIN=1 bench/node/balance.sh   wrk on CPU 0, the agent and its workers on CPU 1: the
 #         workers then share one run queue, so the figure shows how connections were
 #         spread rather than which worker the scheduler placed beside a busy neighbour
@@ -47,6 +49,43 @@ http.createServer((req, res) => { served += 1; res.end('ok'); }).listen(process.
 JS
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# replace N PORT: REPLACEMENTS make-before-break replacements under wrk -c16; each is done
+# when the slot's restart count moved on, its new worker is ready and the old one exited.
+replace() {
+    local n=$1 port=$2 cfg="$WORK/h$1.toml" i slot before old took started
+    ${PIN:+taskset -c 0} wrk -t2 -c"$CONNECTIONS" -d3600s "http://127.0.0.1:$port/" >"$WORK/replace-$n.txt" &
+    local wrk_pid=$!
+    sleep 1
+    started=$(date +%s.%N)
+    for i in $(seq 1 "$REPLACEMENTS"); do
+        slot=$((i % n))
+        read -r before old < <("$BIN" ps -c "$cfg" --json | python3 -c 'import json,sys; w=[x for x in json.load(sys.stdin) if x["slot"]=='"$slot"'][0]; print(w["restarts"], w["pid"])')
+        "$BIN" restart "$slot" -c "$cfg" >/dev/null
+        for _ in $(seq 1 1500); do
+            "$BIN" ps -c "$cfg" --json | python3 -c '
+import json, sys
+slot, before, old = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+w = [x for x in json.load(sys.stdin) if x["slot"] == slot]
+sys.exit(0 if w and w[0]["restarts"] > before and w[0]["ready"] and w[0]["pid"] != old else 1)' "$slot" "$before" "$old" &&
+                ! kill -0 "$old" 2>/dev/null && break
+            sleep 0.02
+        done
+    done
+    took=$(python3 -c "print(f'{$(date +%s.%N)-$started:.1f}')")
+    sleep 1
+    kill -INT "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
+    local out; out=$(cat "$WORK/replace-$n.txt")
+    local requests non2xx sockerr
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
+    sockerr=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' <<<"$out"); sockerr=${sockerr:-0}
+    echo
+    echo "| balance | workers | replacements | took s | requests | non-2xx | socket errors |"
+    echo "|---|---|---|---|---|---|---|"
+    echo "| $BALANCE | $n | $REPLACEMENTS | $took | $requests | $non2xx | $sockerr |"
+    grep -E "Socket errors|Non-2xx" <<<"$out" || true
+}
 
 echo "| balance | workers | connections | requests | requests per slot | connections per slot | max/min |"
 echo "|---|---|---|---|---|---|---|"
@@ -99,6 +138,7 @@ ratio = max(requests) / min(requests) if min(requests) else float("inf")
 print(f"| {balance} | {n} | {c} | {sum(requests)} | {', '.join(map(str, requests))} "
       f"| {', '.join(map(str, conns))} | {ratio:.2f} |")
 PY
+    [[ -n ${REPLACEMENTS:-} ]] && replace "$n" "$port"
     grep -h '"level":"\(WARN\|ERRO\|CRIT\)' "$WORK/agent-$n.log" | head -5 >&2 || true
     kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""
 done
