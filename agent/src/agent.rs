@@ -76,14 +76,15 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
     let containment = Containment::establish(&config.state_dir, &log)
         .context("cannot contain the workers' processes")?;
     let result = runtime.block_on(async move {
-        let socket = listen::open(config.pool.listen)?;
+        let socket = listen::Listeners::open(config.pool.listen, config.pool.balance, &log)?;
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
             .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
         info!(log, "The agent is starting.";
             "workers" => config.pool.worker_count(),
-            "listen" => socket.local_addr.map(|a| a.to_string()).unwrap_or_default(),
+            "listen" => socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "admin" => config.admin.listen.to_string(),
-            "socket_activated" => socket.socket_activated,
+            "socket_activated" => socket.socket_activated(),
+            "balance" => socket.balance(),
             "fd_limit" => fd_limit,
             "state_dir" => config.state_dir.display().to_string());
         for w in crate::config::warnings(&config) {

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::profiles::retainers::{HolderGrowth, RetainersDiff};
 pub use crate::profiles::{DiffEntry, DiffReport, ProfileFigures, ProfileMeta};
 pub use crate::watchdog::SlotFigures;
 

@@ -217,15 +217,17 @@ fn an_express_body_leak_is_named_by_its_route_handler_with_file_and_line() {
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let top = &summary["holders"][0];
     let path = top["path"].as_str().unwrap();
+    // The module-level array, named with its module.
     assert!(
-        path.starts_with("sessions (Array) ← ") && path.contains("rememberSession"),
+        path.starts_with("sessions (Array) in server.js ← ") && path.contains("rememberSession"),
         "{summary}"
     );
     // The kept bodies are what it holds (the trip counts garbage not yet collected too).
     assert!(top["held_bytes"].as_u64().unwrap() > 8 << 20, "{summary}");
     assert!(top["objects"].as_u64().unwrap() > 10_000, "{summary}");
 
-    // Growth since that snapshot: a second one later, diffed by holder.
+    // Growth since that snapshot: a second one later, diffed by holder in the agent's
+    // helper process (the CLI only asks the API).
     let held_before = top["held_bytes"].as_u64().unwrap();
     poll(SECS(60), "more kept bodies", || {
         let w = &setup.workers()[0];
@@ -241,10 +243,29 @@ fn an_express_body_leak_is_named_by_its_route_handler_with_file_and_line() {
         grew["path"]
             .as_str()
             .unwrap()
-            .starts_with("sessions (Array) ← "),
+            .starts_with("sessions (Array) in server.js ← "),
         "{diff}"
     );
     assert!(grew["delta_bytes"].as_i64().unwrap() > 4 << 20, "{diff}");
+    let api = setup
+        .api_json(&format!("/api/v1/profiles/{}/retainers", later["id"]))
+        .expect("the retainers API");
+    assert_eq!(api["holders"][0]["path"], grew["path"], "{api}");
+    // A pprof profile is no snapshot (400), an unknown id 404: errors, not a hang.
+    let not_snapshot = setup
+        .api_json(&format!(
+            "/api/v1/profiles/{}/retainers",
+            detection["profile_id"]
+        ))
+        .unwrap_err();
+    assert!(
+        not_snapshot.contains("400") && not_snapshot.contains("not a heap snapshot"),
+        "{not_snapshot}"
+    );
+    let unknown = setup
+        .api_json("/api/v1/profiles/999999/retainers")
+        .unwrap_err();
+    assert!(unknown.contains("404"), "{unknown}");
 }
 
 #[test]
@@ -270,15 +291,34 @@ fn with_leak_snapshot_the_detection_record_names_the_holder() {
         "action = \"profile-only\"",
         "action = \"profile-only\"\nleak-snapshot = true",
     );
-    let (_setup, _load, detection) = leaking_app_with(EXPRESS_JS, "/sessions", &rules);
+    let (setup, _load, detection) = leaking_app_with(EXPRESS_JS, "/sessions", &rules);
     let holder = &detection["retainers"][0];
     let path = holder["path"].as_str().unwrap_or_default();
     assert!(
-        path.starts_with("sessions (Array) ← ") && path.contains("rememberSession"),
+        path.starts_with("sessions (Array) in server.js ← ") && path.contains("rememberSession"),
         "{detection}"
     );
     assert!(
         holder["held_bytes"].as_u64().unwrap() > 8 << 20,
         "{detection}"
+    );
+    // Growth since the worker's warm-up snapshot, taken after its baseline profile.
+    let base_id = detection["retainers_base_snapshot_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a baseline snapshot: {detection}"));
+    let profiles = setup.cli(&["profiles"]).expect("profiles");
+    let base = profiles
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["id"].as_u64() == Some(base_id))
+        .unwrap_or_else(|| panic!("snapshot {base_id} listed: {profiles}"));
+    assert_eq!(base["kind"], "snapshot", "{base}");
+    assert_eq!(base["trigger"], "baseline", "{base}");
+    let grew = holder["delta_bytes"].as_i64().unwrap();
+    let before = holder["base_held_bytes"].as_u64().unwrap();
+    assert!(
+        grew > 4 << 20 && before < holder["held_bytes"].as_u64().unwrap(),
+        "grew since warm-up: {detection}"
     );
 }

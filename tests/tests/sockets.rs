@@ -1,5 +1,7 @@
-//! End-to-end tests of socket passing: the shared listening socket served by every
-//! worker, rolling reload under a client loop, and a socket passed by systemd.
+//! End-to-end tests of socket passing: one `SO_REUSEPORT` socket per slot taken in turn
+//! (`pool.balance = "round-robin"`, the default) and, after a scale-down, only by the
+//! slots that serve; the shared listening socket served by every worker; rolling reload
+//! under a client loop; and a socket passed by systemd (shared, whatever the balance).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,19 +13,140 @@ use nix::sys::signal::Signal;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn python_pool(sandbox: &Sandbox, workers: usize) -> (Proc, SocketAddr) {
-    let config = py_worker_config(workers)
+fn python_config(workers: usize) -> AgentConfig {
+    py_worker_config(workers)
         .set("pool", "min-uptime", "10s")
         .set("pool", "drain-timeout", "5s")
-        .set("pool", "kill-timeout", "2s");
+        .set("pool", "kill-timeout", "2s")
+}
+
+fn python_pool(sandbox: &Sandbox, workers: usize) -> (Proc, SocketAddr) {
+    let config = python_config(workers);
     (sandbox.agent(&config.to_string()), config.listen)
+}
+
+/// Which slot answered each of `n` requests, each on a fresh connection.
+fn slots_answering(addr: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let (status, body) = http_get(addr, "/", SECS(5)).expect("request");
+        assert_eq!(status, 200);
+        let slot = body.split_whitespace().nth(3).unwrap_or("?").to_string();
+        *counts.entry(slot).or_default() += 1;
+    }
+    counts
+}
+
+/// Round-robin needs CAP_BPF; without it the agent says so and shares one socket.
+fn round_robin_available(agent: &Proc) -> bool {
+    let started = agent.logs.wait_for(SECS(15), "agent start", |r| {
+        r["msg"] == "The agent is starting."
+    });
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(started["balance"], "round-robin", "{started}");
+    }
+    started["balance"] == "round-robin"
+}
+
+#[test]
+fn round_robin_gives_every_slot_its_turn() {
+    let _guard = TimeoutGuard::new("round_robin", SECS(60));
+    let sandbox = Sandbox::new();
+    let (agent, addr) = python_pool(&sandbox, 3);
+    if !round_robin_available(&agent) {
+        eprintln!("skipped: round-robin needs CAP_BPF");
+        return;
+    }
+    agent
+        .logs
+        .wait_for(SECS(8), "all ready", msg("Every worker is ready."));
+    // The shared socket's accept race gives these to whichever worker wakes first.
+    let counts = slots_answering(addr, 30);
+    let expected: std::collections::BTreeMap<String, usize> = ["0", "1", "2"]
+        .iter()
+        .map(|s| (s.to_string(), 10))
+        .collect();
+    assert_eq!(counts, expected, "30 connections, 10 to each slot");
+}
+
+#[test]
+fn after_a_scale_down_connections_go_only_to_the_serving_slots() {
+    let _guard = TimeoutGuard::new("round_robin_scale_down", SECS(90));
+    let sandbox = Sandbox::new();
+    let config = python_config(3);
+    let addr = config.listen;
+    let agent = sandbox.agent(&config.to_string());
+    if !round_robin_available(&agent) {
+        eprintln!("skipped: round-robin needs CAP_BPF");
+        return;
+    }
+    agent
+        .logs
+        .wait_for(SECS(8), "all ready", msg("Every worker is ready."));
+    let state = sandbox.path().join("state");
+    let two = config.set("pool", "workers", "2").to_string();
+    sandbox.write(
+        "heapwarden.toml",
+        &format!("state-dir = {:?}\n{two}", state.display().to_string()),
+    );
+    agent.signal(Signal::SIGHUP);
+    // The rolling reload replaces slots 0 and 1; slot 2 drains and is dropped.
+    agent
+        .logs
+        .wait_for_n(2, SECS(30), "both slots reloaded", |r| {
+            r["msg"] == "A worker slot restarted." && r["reason"] == "reload"
+        });
+    agent.logs.wait_for_n(
+        3,
+        SECS(15),
+        "the two replaced workers and slot 2's drained",
+        msg("A drained worker has exited."),
+    );
+    // A retired slot's socket left the group: no connection waits in it for nobody
+    // (each request would time out), and the two slots share the rest evenly.
+    let counts = slots_answering(addr, 20);
+    let expected: std::collections::BTreeMap<String, usize> =
+        ["0", "1"].iter().map(|s| (s.to_string(), 10)).collect();
+    assert_eq!(counts, expected, "20 connections, 10 to each serving slot");
+}
+
+#[test]
+fn a_paused_slot_takes_no_connections() {
+    let _guard = TimeoutGuard::new("round_robin_paused_slot", SECS(60));
+    let sandbox = Sandbox::new();
+    // Slot 1 exits at once, every time; slot 0 serves.
+    let config = python_config(2)
+        .command(&[
+            "sh",
+            "-c",
+            "[ \"$HEAPWARDEN_WORKER_SLOT\" = 1 ] && exit 3; exec python3 -c \"$0\"",
+            PY_HTTP_WORKER,
+        ])
+        .set("pool.restart", "initial-delay", "50ms")
+        .set("pool.restart", "max-restarts", "2");
+    let agent = sandbox.agent(&config.to_string());
+    if !round_robin_available(&agent) {
+        eprintln!("skipped: round-robin needs CAP_BPF");
+        return;
+    }
+    agent.logs.wait_for(
+        SECS(20),
+        "slot 1 paused",
+        msg("A worker slot keeps failing; it is paused before the next try."),
+    );
+    // Its socket was closed with it: every connection reaches slot 0 rather than half
+    // of them waiting for a worker that comes back in minutes.
+    let counts = slots_answering(config.listen, 10);
+    let expected: std::collections::BTreeMap<String, usize> = [("0".to_string(), 10)].into();
+    assert_eq!(counts, expected, "slot 0 answers all 10");
 }
 
 #[test]
 fn the_shared_socket_is_served_by_every_worker() {
     let _guard = TimeoutGuard::new("shared_socket", SECS(60));
     let sandbox = Sandbox::new();
-    let (agent, addr) = python_pool(&sandbox, 3);
+    let config = python_config(3).set("pool", "balance", "shared");
+    let (agent, addr) = (sandbox.agent(&config.to_string()), config.listen);
     // Ready comes from READY=1 on each worker's NOTIFY_SOCKET (min-uptime is 10s).
     agent.logs.wait_for(
         SECS(8),
@@ -156,6 +279,10 @@ fn a_socket_passed_by_systemd_is_handed_to_the_workers() {
         r["msg"] == "The agent is starting."
     });
     assert_eq!(started["socket_activated"], true, "{started}");
+    assert_eq!(
+        started["balance"], "shared",
+        "systemd's one socket is shared"
+    );
     assert_eq!(started["listen"], addr.to_string());
     agent
         .logs

@@ -14,6 +14,7 @@ use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api_types::{ErrorReply, KeyError, ReloadReply, RestartReply, WorkerRow};
+use crate::profiles::retainers::{self, RetainersDiff};
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
     StoreError, Trigger, take_profile, take_snapshot,
@@ -21,6 +22,8 @@ use crate::profiles::{
 use crate::supervisor::{PoolView, ReloadOutcome, Request, RestartReason, WorkerView};
 use crate::watchdog::FiguresView;
 
+/// Growing holders a retainers diff lists.
+const RETAINERS_SHOWN: usize = 15;
 /// `Retry-After` of a refused manual dump: a dump takes well under a second.
 const RETRY_DUMP_AFTER_SECONDS: &str = "1";
 /// A reload answers once the file is read and validated, which takes milliseconds; a
@@ -47,6 +50,7 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/profiles", get(profiles))
         .route("/profiles/{id}", get(download))
         .route("/profiles/{id}/diff", get(diff))
+        .route("/profiles/{id}/retainers", get(retainers))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
         .with_state(state)
 }
@@ -372,4 +376,33 @@ async fn diff(
             format!("format must be json or svg, got {other:?}"),
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct RetainersQuery {
+    base: Option<String>,
+}
+
+/// Holders of a stored snapshot by growth since its base, summarised in the helper.
+async fn retainers(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<RetainersQuery>,
+) -> Result<Json<RetainersDiff>, ApiError> {
+    use crate::profiles::retainers::RetainersDiffError as E;
+    let id = parse_id(&id)?;
+    let base = query.base.as_deref().map(parse_id).transpose()?;
+    let diff = retainers::diff_stored(
+        &state.store,
+        id,
+        base,
+        RETAINERS_SHOWN,
+        crate::profiles::HELPER_TIMEOUT,
+    )
+    .await;
+    diff.map(Json).map_err(|e| match e {
+        E::Store(e) => e.into(),
+        E::NotASnapshot(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+        E::Summary { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    })
 }

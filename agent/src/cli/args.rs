@@ -28,9 +28,22 @@ pub enum Command {
     /// Internal: convert a raw jemalloc dump to a symbolized pprof profile.
     #[command(name = "__convert-profile", hide = true)]
     ConvertProfile(ConvertArgs),
+    /// Internal: summarise a V8 heap snapshot's retainers as JSON (the agent's helper).
+    #[command(name = "__summarize-snapshot", hide = true)]
+    SummarizeSnapshot(SummarizeArgs),
     /// Internal: write the man pages and shell completions into DIR (for packaging).
     #[command(name = "__package-files", hide = true)]
     PackageFiles { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SummarizeArgs {
+    pub file: PathBuf,
+    #[arg(long)]
+    pub top: usize,
+    /// The smallest holder listed.
+    #[arg(long)]
+    pub min_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -64,8 +64,8 @@ pub enum Verb {
         #[arg(long)]
         sites: bool,
         /// For heap snapshots (Node): the holders whose held memory grew most since the
-        /// base snapshot (default: the same worker's previous snapshot), summarised here,
-        /// out of the worker (see `heapwarden retainers`).
+        /// base snapshot (default: the same worker's warm-up snapshot, else its previous
+        /// one), summarised by the agent's helper process, out of the worker.
         #[arg(long, conflicts_with = "sites")]
         retainers: bool,
         #[command(flatten)]
@@ -285,91 +285,20 @@ fn run(verb: Verb) -> anyhow::Result<()> {
     }
 }
 
-/// `diff --retainers`: both snapshots downloaded to private temporary files, summarised
-/// here, holders matched by retaining path.
+/// `diff --retainers`: the agent summarises both snapshots in its helper process
+/// (`GET /profiles/{id}/retainers`) and matches holders by retaining path.
 fn diff_retainers(common: &Common, id: &str, base: Option<&str>) -> anyhow::Result<()> {
-    use crate::profiles::retainers;
-    let client = Client::new(common)?;
-    let list = client.get_json("/profiles")?;
-    let entries = list.as_array().cloned().unwrap_or_default();
-    let find = |id: &str| {
-        let wanted = id.trim().parse::<u64>().ok();
-        entries
-            .iter()
-            .find(|p| wanted.is_some() && p["id"].as_u64() == wanted)
-            .cloned()
-            .ok_or_else(|| anyhow!("no profile {id} (see heapwarden profiles)"))
-    };
-    let leak = find(id)?;
-    if leak["kind"] != "snapshot" {
-        bail!(
-            "profile {id} is not a heap snapshot: --retainers reads snapshots (heapwarden dump SLOT --snapshot)"
-        );
+    let mut path = format!("/profiles/{}/retainers", segment(id));
+    if let Some(base) = base {
+        path.push_str(&format!("?base={}", segment(base)));
     }
-    let base = match base {
-        Some(b) => Some(find(b)?),
-        // The same worker slot's previous snapshot.
-        None => entries
-            .iter()
-            .filter(|p| {
-                p["kind"] == "snapshot"
-                    && p["slot"] == leak["slot"]
-                    && p["id"].as_u64() < leak["id"].as_u64()
-            })
-            .max_by_key(|p| p["id"].as_u64())
-            .cloned(),
-    };
-    if let Some(b) = &base
-        && b["kind"] != "snapshot"
-    {
-        bail!("base {} is not a heap snapshot", b["id"]);
-    }
-    // Holders down to 256 KiB, so one that was small in the base still matches.
-    let summarise = |entry: &Value| -> anyhow::Result<retainers::RetainerSummary> {
-        let bytes = client.get_bytes(&format!("/profiles/{}", entry["id"]))?;
-        let path = std::env::temp_dir().join(format!(
-            "heapwarden-{}-{}.heapsnapshot",
-            std::process::id(),
-            entry["id"]
-        ));
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            file.write_all(&bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        drop(bytes);
-        let summary = retainers::summarize_file(&path, 256 << 10, 200);
-        let _ = std::fs::remove_file(&path);
-        Ok(summary?)
-    };
-    let leak_summary = summarise(&leak)?;
-    let base_summary = match &base {
-        Some(b) => summarise(b)?,
-        None => retainers::RetainerSummary {
-            total_bytes: 0,
-            objects: 0,
-            holders: Vec::new(),
-        },
-    };
-    let growth = retainers::growth(&base_summary, &leak_summary, 15);
-    let report = serde_json::json!({
-        "profile_id": leak["id"],
-        "base_id": base.as_ref().map(|b| b["id"].clone()),
-        "total_delta_bytes": leak_summary.total_bytes as i64 - base_summary.total_bytes as i64,
-        "holders": growth,
-    });
+    let report = Client::new(common)?.get_json(&path)?;
     print_out(common, &report, |r| {
         match r["base_id"].as_u64() {
             Some(b) => println!(
-                "snapshot {} minus snapshot {b}: holders by growth (shortest retaining path, holder first)",
-                r["profile_id"]
+                "snapshot {} minus {} snapshot {b}: holders by growth (shortest retaining path, holder first)",
+                r["profile_id"],
+                r["base_trigger"].as_str().unwrap_or("an earlier")
             ),
             None => println!(
                 "snapshot {} (no earlier snapshot of that worker: growth is all it holds)",

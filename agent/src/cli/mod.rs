@@ -53,6 +53,14 @@ pub fn main() -> ExitCode {
             )
             .map_err(anyhow::Error::from),
         ),
+        Command::SummarizeSnapshot(args) => exit_code(
+            crate::profiles::retainers::summarize_file(&args.file, args.min_bytes, args.top)
+                .map_err(anyhow::Error::from)
+                .and_then(|summary| {
+                    println!("{}", serde_json::to_string(&summary)?);
+                    Ok(())
+                }),
+        ),
         Command::Client(verb) => client::main(verb),
         Command::PackageFiles { dir } => exit_code(package_files::write(&dir)),
     }

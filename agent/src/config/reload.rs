@@ -6,7 +6,7 @@
 //! env on the rolling replacement), `[sampling]`, `[watchdog]`, `log.level`, `[demo]`
 //! (which the replacement workers read themselves) and `[export.pyroscope]` (the exporter
 //! reads the live config before each push). Restart only: `state-dir`, `[admin]`
-//! (the listener, the token, open metrics), `pool.listen` (bound once and shared),
+//! (the listener, the token, open metrics), `pool.listen` and `pool.balance` (bound once),
 //! `pool.user`/`pool.group` (the state directory's modes follow them),
 //! `[profiles]` (the store's limits) and `log.redact` (built into the log pipeline).
 
@@ -80,6 +80,7 @@ pub fn plan(running: &Config, new: Config) -> ReloadPlan {
         "admin.open-metrics",
     );
     keep(config.pool.listen != running.pool.listen, "pool.listen");
+    keep(config.pool.balance != running.pool.balance, "pool.balance");
     // The state and run directories' modes follow the workers' identity.
     keep(config.pool.user != running.pool.user, "pool.user");
     keep(config.pool.group != running.pool.group, "pool.group");
@@ -88,6 +89,7 @@ pub fn plan(running: &Config, new: Config) -> ReloadPlan {
     config.state_dir = running.state_dir.clone();
     config.admin = running.admin.clone();
     config.pool.listen = running.pool.listen;
+    config.pool.balance = running.pool.balance;
     config.pool.user = running.pool.user.clone();
     config.pool.group = running.pool.group.clone();
     config.profiles = running.profiles.clone();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::export::{Every, ExportConfig, PyroscopeConfig, read_ca_file, valid_label_name};
 use super::load::ConfigError;
-use super::types::{LeakAction, Predict, ProbeKind, Rate, Size, Toggle, Watch};
+use super::types::{Balance, LeakAction, Predict, ProbeKind, Rate, Size, Toggle, Watch};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -91,6 +91,8 @@ pub struct PoolConfig {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
     pub listen: SocketAddr,
+    /// round-robin | shared: how connections are spread over the workers.
+    pub balance: Balance,
     #[serde(with = "humantime_serde")]
     pub min_uptime: Duration,
     #[serde(with = "humantime_serde")]
@@ -117,6 +119,7 @@ impl Default for PoolConfig {
             env: BTreeMap::new(),
             cwd: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            balance: Balance::RoundRobin,
             min_uptime: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
@@ -205,7 +208,8 @@ pub struct WatchdogConfig {
     pub action: LeakAction,
     pub max_concurrent_replacements: u32,
     pub max_leak_restarts_per_hour: u32,
-    /// Node workers: also take a full heap snapshot when a rule trips (heavy; off).
+    /// Node workers: also take a full heap snapshot at warm-up and when a rule trips, so
+    /// the detection record names the holders that grew (heavy; off).
     pub leak_snapshot: bool,
     /// How long a slot's leak suspect (`heapwarden_leak_suspect_info`) outlives the
     /// worker it names, so the page still says what leaked after the replacement.

@@ -159,6 +159,19 @@ pub enum Watch {
     Rss,
 }
 
+/// How connections are spread over the workers (`pool.balance`; supervisor/listen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// One `SO_REUSEPORT` socket per slot, the kernel choosing among them in turn (needs
+    /// `CAP_BPF`; without it, or when systemd passed the socket: `shared`).
+    #[default]
+    RoundRobin,
+    /// One socket every worker accepts on: whichever worker is idle first takes a
+    /// connection.
+    Shared,
+}
+
 /// Which probe a worker gets (`pool.probe`); `attach` turns it into the worker's env.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -487,7 +487,10 @@ impl Watchdog {
             debug!(self.log, "No baseline profile: the worker has no probe."; "worker" => sample.slot);
             return;
         }
-        let snapshot = (detection.is_some() && self.config.leak_snapshot).then(|| {
+        // With `leak-snapshot`, a Node worker's snapshot at warm-up too: the leak
+        // snapshot's retainers are then growth since it.
+        let wants_snapshot = detection.is_some() || trigger == Trigger::Baseline;
+        let snapshot = (wants_snapshot && self.config.leak_snapshot).then(|| {
             let mut snapshot = CaptureRequest::of_worker(
                 request.slot,
                 &worker,
@@ -514,10 +517,14 @@ impl Watchdog {
                 // Lost when the watchdog is behind: the next profile is timed too.
                 let _ = times.try_send(started.elapsed());
             }
+            let node_snapshot = snapshot.filter(|s| s.capture.runtime == Some(Runtime::Node));
             let Some(Detection { trip, base, now }) = detection else {
+                // The baseline snapshot, after the baseline profile (one dump at a time).
+                if let Some(snapshot) = node_snapshot {
+                    let _ = take_snapshot(&store, snapshot, &log).await;
+                }
                 return;
             };
-            let node_snapshot = snapshot.filter(|s| s.capture.runtime == Some(Runtime::Node));
             // The replacement starts before the diff is read: the predicted rule counted
             // on the profile's time only, and every replacement is quicker this way. A
             // leak snapshot is taken from the old worker first, so it waits for that.
@@ -570,24 +577,29 @@ impl Watchdog {
             .increment(1);
             // With `leak-snapshot`: who holds the memory, summarised out of the worker
             // (after the diff, which must not wait behind a snapshot).
+            // Holders by growth since the worker's warm-up snapshot (or, without one, all
+            // they hold), summarised in the helper.
             let mut retainers = serde_json::Value::Null;
+            let mut retainers_base = None;
             if let Some(snapshot) = node_snapshot
                 && let Ok(meta) = take_snapshot(&store, snapshot, &log).await
-                && let Ok((_, path)) = store.get(meta.id).await
             {
-                match crate::profiles::retainers::summarize_in_helper(
-                    &path,
+                match crate::profiles::retainers::diff_stored(
+                    &store,
+                    meta.id,
+                    None,
                     TOP_SITES,
                     crate::profiles::HELPER_TIMEOUT,
                 )
                 .await
                 {
-                    Ok(summary) => {
-                        retainers = serde_json::to_value(summary.holders).unwrap_or_default()
+                    Ok(diff) => {
+                        retainers_base = diff.base_id;
+                        retainers = serde_json::to_value(diff.holders).unwrap_or_default()
                     }
                     Err(error) => {
                         info!(log, "The leak snapshot could not be summarised."; "worker" => slot,
-                            "snapshot_id" => meta.id, "error" => error)
+                            "snapshot_id" => meta.id, "error" => %error)
                     }
                 }
             }
@@ -613,6 +625,7 @@ impl Watchdog {
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
                 "top_growing_sites" => RedactedJson(sites),
                 "retainers" => RedactedJson(retainers),
+                "retainers_base_snapshot_id" => retainers_base,
                 "sites_view" => diff.as_ref().map(|d| match d.view {
                     crate::profiles::DiffView::AppFrame => "app_frame",
                     crate::profiles::DiffView::AllocationSite => "allocation_site",

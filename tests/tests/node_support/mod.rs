@@ -143,6 +143,16 @@ impl NodeSetup {
         cli_json(&self.config, args)
     }
 
+    /// `GET` of an admin API path with the agent's token; its JSON or what came instead.
+    pub fn api_json(&self, path: &str) -> Result<Value, String> {
+        let token = std::fs::read_to_string(self.sandbox.path().join("state/admin-token"))
+            .map_err(|e| e.to_string())?;
+        match http_request(self.admin, "GET", path, Some(token.trim()), b"", SECS(60)) {
+            Ok((200, body)) => serde_json::from_str(&body).map_err(|e| e.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
     pub fn workers(&self) -> Vec<Value> {
         self.cli(&["ps"]).expect("ps").as_array().unwrap().clone()
     }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::contain::Containment;
 use super::link::LinkEvent;
-use super::listen::ServiceSocket;
+use super::listen::Listeners;
 use super::notify::{NotifiedReady, SystemdNotifier};
 use super::state::{Action, Event, ExitStatus, Pool, Signal, Timer, WorkerId};
 use super::view::{PoolView, Request};
@@ -86,7 +86,7 @@ pub struct Supervisor {
     /// Parent of every relayed output record: module `worker`, not one of the agent's.
     worker_log: Logger,
     pool: Pool,
-    socket: ServiceSocket,
+    socket: Listeners,
     containment: Containment,
     /// What workers are started with; prepared again by each reload.
     command: WorkerCommand,
@@ -107,7 +107,7 @@ pub struct Supervisor {
 
 /// What the supervisor is built from besides the config.
 pub struct SupervisorParts {
-    pub socket: ServiceSocket,
+    pub socket: Listeners,
     pub containment: Containment,
     /// Where the config came from, for reloads.
     pub source: ConfigSource,
@@ -142,7 +142,7 @@ impl Supervisor {
         let command = WorkerCommand::prepare(
             &config,
             parts.source.file.as_deref(),
-            parts.socket.local_addr,
+            parts.socket.local_addr(),
             &parts.log,
         )?;
         let mut settings = super::settings_from(&config);
@@ -290,6 +290,8 @@ impl Supervisor {
                 }
             }
         }
+        // A scale-down's retired slots take no new connections.
+        self.socket.close_slots_from(self.pool.slot_count());
         self.publish();
         exit
     }
@@ -344,6 +346,7 @@ impl Supervisor {
                 None
             }
             Action::SlotFailed { slot, until } => {
+                self.socket.close_slot(slot);
                 let retry_in = until.saturating_duration_since(Instant::now());
                 error!(self.log, "A worker slot keeps failing; it is paused before the next try.";
                     "worker" => slot, "retry_in_seconds" => retry_in.as_secs());

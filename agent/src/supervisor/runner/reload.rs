@@ -150,7 +150,7 @@ impl Supervisor {
         for key in &plan.needs_restart {
             warn!(self.log, "A changed setting needs a restart to take effect."; "key" => *key);
         }
-        let listen = self.socket.local_addr;
+        let listen = self.socket.local_addr();
         let command = match WorkerCommand::prepare(
             &plan.config,
             self.source.file.as_deref(),

@@ -3,7 +3,6 @@
 //! the task that waits for its exit. `WorkerRuntime` is dropped when the pool forgets the
 //! worker (it was reaped), and with it every one of those — none outlives the worker.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,12 +84,16 @@ impl Supervisor {
         {
             return failed(self, "directory", e);
         }
+        let (listen_fd, listen_fd_name) = match self.socket.for_slot(slot) {
+            Ok(socket) => socket,
+            Err(e) => return failed(self, "listening socket", e),
+        };
         let spec = SpawnSpec {
             argv: &self.command.argv,
             env: &self.command.env,
             cwd: self.config.pool.cwd.as_ref(),
-            listen_fd: self.socket.fd.as_raw_fd(),
-            listen_fd_name: &self.socket.name,
+            listen_fd,
+            listen_fd_name: &listen_fd_name,
             slot,
             worker_id: worker,
             notify_socket: &notify_path,

@@ -11,13 +11,21 @@
 //! for neither. A *holder* is an object whose held size is at least `min_bytes` and that
 //! spreads it: no single child holds more than half of it (a collection of many
 //! entries, not a link in a chain). Holders are listed largest first, each with its
-//! path (`sessions (Array) ← (context) ← rememberSession (closure)`).
+//! path (`sessions (Array) in server.js ← context (system / Context) ← rememberSession()`):
+//! a variable of a function's or module's scope (a `context` edge) names the script of a
+//! closure over that scope, found through the closure's `shared` function info.
+//!
+//! `stored` summarises the store's snapshots in a helper process and matches two by path.
 //!
 //! Bounded: the file size is capped, every index is checked, and a hostile file ends in
 //! an error, never a panic.
 
+mod stored;
+
 use std::collections::VecDeque;
 use std::path::Path;
+
+pub use stored::{RetainersDiff, RetainersDiffError, diff_stored, summarize_in_helper};
 
 use serde::{Deserialize, Serialize};
 
@@ -116,38 +124,6 @@ pub fn growth(base: &RetainerSummary, leak: &RetainerSummary, top: usize) -> Vec
     out.sort_by_key(|g| std::cmp::Reverse(g.delta_bytes));
     out.truncate(top);
     out
-}
-
-/// Summarises a stored snapshot in a `heapwarden retainers --json` child of this
-/// executable (the agent's helper, as for conversions): the agent never holds the
-/// snapshot in memory, and a summary that overruns `timeout` is killed.
-pub async fn summarize_in_helper(
-    snapshot: &Path,
-    top: usize,
-    timeout: std::time::Duration,
-) -> Result<RetainerSummary, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("no executable path: {e}"))?;
-    let child = tokio::process::Command::new(&exe)
-        .arg("retainers")
-        .arg("--json")
-        .arg("--top")
-        .arg(top.to_string())
-        .arg(snapshot)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| format!("no summary within {}s", timeout.as_secs()))?
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(stderr.trim().chars().take(500).collect());
-    }
-    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable summary: {e}"))
 }
 
 /// Reads and summarises the snapshot at `path`.
@@ -296,6 +272,15 @@ pub fn summarize(
             _ => string(edge[e_name]).to_owned(),
         }
     };
+    let modules = modules_of_contexts(
+        &s,
+        &first_edge,
+        &node_types,
+        &edge_types,
+        (n_type, n_name),
+        (e_type, e_name, e_to),
+    );
+    let context_edge = edge_types.iter().position(|t| t == "context");
     let hop = |i: usize| {
         let name = string(node(i, n_name));
         let what = match type_of(i) {
@@ -306,7 +291,14 @@ pub fn summarize(
         };
         match parent_edge[i] {
             NONE => what,
-            e => format!("{} ({what})", edge_label(e)),
+            e => {
+                let scope = context_edge
+                    .filter(|&c| s.edges[e * ef + e_type] as usize == c)
+                    .and_then(|_| modules.get(&parent[i]))
+                    .map(|m| format!(" in {m}"))
+                    .unwrap_or_default();
+                format!("{} ({what}){scope}", edge_label(e))
+            }
         }
     };
     let synthetic = node_types.iter().position(|t| t == "synthetic");
@@ -360,6 +352,68 @@ pub fn summarize(
     })
 }
 
+/// The script of each scope (context) some closure closes over: closure → `context`, and
+/// closure → `shared` (its SharedFunctionInfo) → `script_or_debug_info` (`script` in older
+/// V8) → the Script, named by its URL. Shown as the file name, or the path from the last
+/// `node_modules/` for a dependency's file.
+fn modules_of_contexts(
+    s: &Snapshot,
+    first_edge: &[usize],
+    node_types: &[String],
+    edge_types: &[String],
+    (n_type, n_name): (usize, usize),
+    (e_type, e_name, e_to): (usize, usize, usize),
+) -> std::collections::HashMap<usize, String> {
+    let (nf, ef) = (
+        s.snapshot.meta.node_fields.len(),
+        s.snapshot.meta.edge_fields.len(),
+    );
+    let closure = node_types.iter().position(|t| t == "closure");
+    let named = |t: u64| {
+        edge_types
+            .get(t as usize)
+            .is_some_and(|k| k != "element" && k != "hidden")
+    };
+    // Edge targets were checked by the walk before this runs.
+    let target = |i: usize, wanted: &[&str]| {
+        (first_edge[i]..first_edge[i + 1]).find_map(|e| {
+            let edge = &s.edges[e * ef..(e + 1) * ef];
+            let name = s.strings.get(edge[e_name] as usize)?;
+            (named(edge[e_type]) && wanted.contains(&name.as_str()))
+                .then_some(edge[e_to] as usize / nf)
+        })
+    };
+    let mut modules = std::collections::HashMap::new();
+    let count = s.nodes.len() / nf;
+    for i in 0..count {
+        if closure != Some(s.nodes[i * nf + n_type] as usize) {
+            continue;
+        }
+        let Some(context) = target(i, &["context"]) else {
+            continue;
+        };
+        if modules.contains_key(&context) {
+            continue;
+        }
+        let script = target(i, &["shared"])
+            .and_then(|shared| target(shared, &["script_or_debug_info", "script"]));
+        let Some(url) = script.and_then(|at| s.strings.get(s.nodes[at * nf + n_name] as usize))
+        else {
+            continue;
+        };
+        let url = url.trim_start_matches("file://");
+        if url.is_empty() || url.starts_with("node:") {
+            continue;
+        }
+        let shown = match url.rfind("node_modules/") {
+            Some(at) => &url[at + "node_modules/".len()..],
+            None => url.rsplit('/').next().unwrap_or(url),
+        };
+        modules.insert(context, shown.to_owned());
+    }
+    modules
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +435,9 @@ mod tests {
             "elements",
             "Chain",
             "next",
+            "shared",
+            "script_or_debug_info",
+            "/srv/app/server.js",
         ];
         let s = |x: &str| strings.iter().position(|v| *v == x).unwrap() as u64;
         // node types: hidden 0, array 1, object 3, closure 5, synthetic 9
@@ -395,7 +452,7 @@ mod tests {
         };
         let root = add(9, s(""), 0, 2);
         let gc = add(9, s("(GC roots)"), 0, 2);
-        let closure = add(5, s("remember"), 64, 1);
+        let closure = add(5, s("remember"), 64, 2);
         let context = add(0, s("system / Context"), 48, 1);
         let array = add(3, s("Array"), 32, 1);
         let store = add(1, s("(object elements)"), 800, 100);
@@ -405,18 +462,21 @@ mod tests {
         }
         let chain = add(3, s("Chain"), 10, 1);
         let chain2 = add(3, s("Chain"), 10, 0);
+        let shared = add(4, s("remember"), 40, 1);
+        let script = add(4, s("/srv/app/server.js"), 20, 0);
         let _ = root;
         // Edges in node order: [type, name_or_index, to_node * nf]
         // edge types: context 0, element 1, property 2, internal 3, hidden 4, weak 6
         edges.extend([4, 0, gc * nf, 2, s("Chain"), chain * nf]); // root
         edges.extend([1, 0, closure * nf, 6, 1, array * nf]); // (GC roots), one weak
-        edges.extend([3, s("context"), context * nf]); // closure
+        edges.extend([3, s("context"), context * nf, 3, s("shared"), shared * nf]); // closure
         edges.extend([0, s("sessions"), array * nf]); // context
         edges.extend([3, s("elements"), store * nf]); // array
         for k in 0..100u64 {
             edges.extend([1, k, (first_session + k) * nf]);
         }
         edges.extend([2, s("next"), chain2 * nf]); // chain
+        edges.extend([3, s("script_or_debug_info"), script * nf]); // shared
         serde_json::to_vec(&json!({
             "snapshot": {"meta": {
                 "node_fields": ["type", "name", "id", "self_size", "edge_count"],
@@ -434,11 +494,11 @@ mod tests {
     #[test]
     fn the_collection_holding_the_leak_is_named_with_its_path() {
         let summary = summarize(&snapshot(), 10_000, 5).unwrap();
-        assert_eq!(summary.objects, 108);
+        assert_eq!(summary.objects, 110);
         let top = &summary.holders[0];
         assert_eq!(
             top.path,
-            "sessions (Array) ← context (system / Context) ← [0] (remember())"
+            "sessions (Array) in server.js ← context (system / Context) ← [0] (remember())"
         );
         assert_eq!(top.held_bytes, 100 * 1000 + 800 + 32);
         assert_eq!(top.objects, 102);
