@@ -1,6 +1,7 @@
 //! The sampler: every `interval` it measures each worker's process tree from procfs
-//! (RSS and CPU each round, PSS/USS/swap every `pss-every` rounds), asks probe-linked
-//! workers for their heap figures over the control channel, and measures the agent, the
+//! (RSS and CPU each round, PSS/USS/swap every `pss-every` rounds), takes probe-linked
+//! workers' heap figures from what their probes pushed just before the round (asking
+//! those that did not push, over the control channel), and measures the agent, the
 //! machine and the agent's cgroup. It publishes a [`WorkerSample`] per worker for the
 //! watchdog (facts only: what was measured and whether the probe answered; the watchdog
 //! decides what they mean) and records the metrics. One task (`run_sampler`) owns all of
@@ -136,8 +137,8 @@ pub async fn run_sampler(
     let mut ticker = ticker_for(cfg.interval);
     let mut fetching: Option<tokio::task::JoinHandle<fetch::Fetched>> = None;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let tick_at = tokio::select! {
+            tick_at = ticker.tick() => tick_at.into_std(),
             changed = pool.changed() => {
                 if changed.is_err() { break }
                 // A new view alone is no reason to sample; wait for the tick.
@@ -174,9 +175,9 @@ pub async fn run_sampler(
                 }
                 continue;
             }
-        }
+        };
         let view = pool.borrow_and_update().clone();
-        let outcome = state.round(&view).await;
+        let outcome = state.round(&view, tick_at).await;
         let mut dropped = 0usize;
         for sample in outcome.samples {
             if samples.try_send(sample).is_err() {
@@ -191,8 +192,10 @@ pub async fn run_sampler(
     info!(log, "The sampler stopped.");
 }
 
+/// Rounds stay on one grid (a late round skips to the next grid time rather than shifting
+/// it), because probes that push time their pushes to land just before each round.
 fn ticker_for(interval: std::time::Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticker
 }

@@ -1,6 +1,9 @@
-//! One sampling round: procfs reads on a blocking thread while every probe-linked
-//! worker is asked for its figures concurrently, so one slow worker delays nobody. The
-//! state also keeps the workers' metrics text between fetches ([`super::fetch`]).
+//! One sampling round: procfs reads on a blocking thread while the probe-linked workers'
+//! figures are gathered: a probe that pushes ([`ControlLink::keep_reporting`]) was told to
+//! push [`push_lead`] before each round, and its push is taken; one that did not push in
+//! time (an older probe, or a late one) is asked, all concurrently, so one slow worker
+//! delays nobody. The state also keeps the workers' metrics text between fetches
+//! ([`super::fetch`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -113,8 +116,12 @@ impl SamplerState {
         self.metrics.clone()
     }
 
-    pub async fn round(&mut self, view: &PoolView) -> RoundOutcome {
+    /// `tick_at`: when this round was due; the next is one interval later.
+    pub async fn round(&mut self, view: &PoolView, tick_at: Instant) -> RoundOutcome {
         let started = Instant::now();
+        let interval = self.cfg.interval;
+        // A push taken this round arrived within the last half interval.
+        let pushed_since = tick_at.checked_sub(interval / 2).unwrap_or(tick_at);
         let with_smaps = self
             .round
             .is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
@@ -152,15 +159,31 @@ impl SamplerState {
                 collect_host(&roots),
             )
         });
-        let timeout = self.cfg.interval / 2;
-        let probes = join_all(targets.iter().map(|t| ask_probe(t.link.clone(), timeout)));
+        let timeout = interval / 2;
+        let probes = join_all(
+            targets
+                .iter()
+                .map(|t| ask_probe(t.link.clone(), timeout, pushed_since)),
+        );
         let children = join_all(targets.iter().map(|t| {
             join_all(t.children.iter().map(|c| async {
-                let reply = ask_probe(Some(c.link.clone()), timeout).await;
+                let reply = ask_probe(Some(c.link.clone()), timeout, pushed_since).await;
                 (c.pid, reply.and_then(Result::ok).and_then(|r| r.heap))
             }))
         }));
         let (procfs, replies, children) = tokio::join!(procfs, probes, children);
+        // New claimants (and all, after an interval change) are told when to push.
+        let next_push = (tick_at + interval)
+            .checked_sub(push_lead(interval))
+            .map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+        let links = targets
+            .iter()
+            .flat_map(|t| t.link.iter().chain(t.children.iter().map(|c| &c.link)));
+        for link in links {
+            link.keep_reporting(interval, next_push);
+        }
         let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), HostFigures::default()));
 
         let mut outcome = RoundOutcome {
@@ -272,24 +295,36 @@ impl SamplerState {
 }
 
 /// `None` for a worker without a probe; otherwise the probe's answer or why there was none.
+/// How long before a round a pushing probe's stats are timed to arrive: room for the
+/// probe's timer and the hop to the agent, small next to the interval.
+pub fn push_lead(interval: Duration) -> Duration {
+    (interval / 20).clamp(Duration::from_millis(2), Duration::from_millis(50))
+}
+
+/// A push that arrived after `pushed_since` answers without a request.
 async fn ask_probe(
     link: Option<ControlLink>,
     timeout: Duration,
+    pushed_since: Instant,
 ) -> Option<Result<ProbeReply, LinkError>> {
     let link = link?;
     if link.is_dumping() {
         // Blocked in a heap snapshot: no answer is coming, and none is missed.
         return None;
     }
-    let reply = link
-        .request(
-            |seq| AgentMsg::Sample {
-                seq,
-                metrics: false,
-            },
-            timeout,
-        )
-        .await;
+    let reply = match link.take_pushed(pushed_since) {
+        Some(pushed) => Ok(pushed),
+        None => {
+            link.request(
+                |seq| AgentMsg::Sample {
+                    seq,
+                    metrics: false,
+                },
+                timeout,
+            )
+            .await
+        }
+    };
     Some(reply.map(|msg| match msg {
         WorkerMsg::Stats {
             heap,
