@@ -39,18 +39,22 @@ pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, expos
 pub use record::render_cpu_counters;
 
 use crate::config::Config;
-use crate::supervisor::PoolView;
+use crate::supervisor::{PoolView, SlotState, WorkerView};
 
 /// Bounds of the time a worker has to hand over its metrics text for a scrape.
 const FETCH_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
 const FETCH_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One worker's figures from one round, for the watchdog.
-#[derive(Debug, Clone, PartialEq)]
+/// One worker's figures from one round, for the watchdog. It carries the worker it was
+/// taken from, so a decision on it names that worker without asking the pool again.
+#[derive(Debug, Clone)]
 pub struct WorkerSample {
     pub slot: usize,
-    pub worker_id: u64,
-    pub pid: u32,
+    /// The slot's state when the round began (ready, replacing…).
+    pub slot_state: SlotState,
+    /// The worker, as the pool saw it when the round began: id, pid, readiness, probe,
+    /// runtime, control link and forked children.
+    pub worker: WorkerView,
     pub at: Instant,
     /// Bytes, summed over the worker's process tree.
     pub rss: u64,

@@ -21,14 +21,15 @@ use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
-use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView};
+use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView, SlotState, WorkerView};
 
 /// A worker to sample this round.
 #[derive(Debug, Clone)]
 struct Target {
     slot: usize,
-    worker_id: u64,
-    pid: u32,
+    state: SlotState,
+    worker: WorkerView,
+    /// The worker's control link when it said hello (it has a probe).
     link: Option<ControlLink>,
     /// Its forked children that report on their own channels.
     children: Vec<ChildLink>,
@@ -133,8 +134,8 @@ impl SamplerState {
                 let w = s.worker.as_ref()?;
                 Some(Target {
                     slot: s.slot,
-                    worker_id: w.worker_id,
-                    pid: w.pid,
+                    state: s.state,
+                    worker: w.clone(),
                     link: if w.probe { w.link.clone() } else { None },
                     children: w
                         .children
@@ -147,7 +148,7 @@ impl SamplerState {
 
         let roots = self.roots.clone();
         let trees = self.trees.clone();
-        let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+        let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
         let procfs = tokio::task::spawn_blocking(move || {
             (
                 collect_trees(
@@ -201,13 +202,15 @@ impl SamplerState {
                 continue;
             };
             let reply = reply.unwrap_or_default();
-            reporting.insert(target.pid);
+            reporting.insert(target.worker.pid);
             reporting.extend(children.iter().map(|(pid, _)| *pid));
-            let tree_heap = self.child_heaps.combine(target.pid, reply.heap, &children);
+            let tree_heap = self
+                .child_heaps
+                .combine(target.worker.pid, reply.heap, &children);
             let sample = WorkerSample {
                 slot: target.slot,
-                worker_id: target.worker_id,
-                pid: target.pid,
+                slot_state: target.state,
+                worker: target.worker.clone(),
                 at,
                 rss: tree.rss,
                 pss: tree.smaps.map(|s| s.pss),
@@ -226,14 +229,17 @@ impl SamplerState {
                 probe,
             };
             let dropped_since = reply.dropped.map_or(0, |now| {
-                let last = self.dropped.insert(target.worker_id, now).unwrap_or(0);
+                let last = self
+                    .dropped
+                    .insert(target.worker.worker_id, now)
+                    .unwrap_or(0);
                 now.saturating_sub(last)
             });
             record::record_worker(&sample, dropped_since);
             cpu.insert(target.slot, tree.cpu_seconds);
             outcome.samples.push(sample);
         }
-        let live: HashSet<u64> = targets.iter().map(|t| t.worker_id).collect();
+        let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
         self.metrics
             .workers
             .retain(|_, text| live.contains(&text.worker_id));
@@ -268,7 +274,7 @@ impl SamplerState {
             Some(Ok(reply)) => (ProbeAnswer::Answered, Some(reply)),
             Some(Err(e)) => {
                 debug!(self.log, "A worker did not answer a sample request.";
-                    "worker" => target.slot, "worker_id" => target.worker_id, "error" => %e);
+                    "worker" => target.slot, "worker_id" => target.worker.worker_id, "error" => %e);
                 (ProbeAnswer::Missed, None)
             }
         }
@@ -284,9 +290,9 @@ impl SamplerState {
             // Exited between the view and the read; the supervisor reaps it.
             Err(e) if e.is_gone() => None,
             Err(e) => {
-                if self.warned.insert(target.worker_id) {
+                if self.warned.insert(target.worker.worker_id) {
                     warn!(self.log, "A worker's memory figures could not be read.";
-                        "worker" => target.slot, "pid" => target.pid, "error" => %e);
+                        "worker" => target.slot, "pid" => target.worker.pid, "error" => %e);
                 }
                 None
             }
