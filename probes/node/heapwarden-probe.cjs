@@ -14,6 +14,8 @@
 //   restarted once per dump if the app stopped it (stats: sampling_restarts), and not
 //   started at all under `node --heap-prof`, which owns that profiler.
 // - perf_hooks.monitorEventLoopDelay: one histogram (the event-loop lag figure).
+// - timers: one unref'd setTimeout chain, once the agent sets a report interval (the
+//   stats are pushed on it instead of being asked for).
 // - net.Server.prototype.listen (in the app that claims the channel only, and in its
 //   worker threads): a listen on the pool's port ($HEAPWARDEN_LISTEN_PORT) becomes a
 //   listen on the inherited socket (fd 3); a server listening there reports `ready` and
@@ -46,6 +48,11 @@ const MAX_QUEUED = 1024 * 1024;
 const SAMPLING_INTERVAL = positiveInt(process.env.HEAPWARDEN_NODE_SAMPLING_INTERVAL, 32768);
 const IDLE_GRACE_MS = 1000;
 const LAG_RESOLUTION_MS = 10;
+// Bounds of a report interval: no spinning, and setTimeout's own ceiling (2^31-1 ms).
+const MIN_REPORT_EVERY_MS = 10;
+const MAX_TIMER_MS = 2147483647;
+// A stats frame pushed on the report interval carries this seq (requests count from 1).
+const PUSHED_SEQ = 0;
 const LAUNCHER = /^(npm|npx|yarn|pnpm|pnpx|corepack)(-cli)?(\.c?js)?$/;
 
 const api = new EventEmitter();
@@ -56,6 +63,7 @@ let session = null;
 // Times the probe had to restart V8's sampling heap profiler another party stopped.
 let samplingRestarts = 0;
 let loopDelay = null;
+let pushTimer = null;
 let metricsRegistry = null;
 let invalidateHook = null;
 let readySent = false;
@@ -149,6 +157,7 @@ function onMessage(msg) {
     case 'ping': return send({ type: 'pong', seq: msg.seq });
     case 'invalidate': return invalidate(msg);
     case 'invalidate_done': return undefined;
+    case 'report': return schedulePushes(msg.every_ms, msg.first_ms);
     default: return report('The heapwarden probe ignored an unknown message.', { type: String(msg && msg.type) });
   }
 }
@@ -177,6 +186,35 @@ function sample(seq, withMetrics) {
     .then((text) => { msg.metrics = typeof text === 'string' ? text : null; })
     .catch((error) => report('The app\'s metrics registry failed.', { error: String(error && error.message) }))
     .then(() => send(msg));
+}
+
+// Pushes a stats frame `firstMs` from now, then every `everyMs` (0 stops). Each push time
+// is counted from this report's arrival, not from the previous push, so the probe stays
+// in step with the agent's rounds; a push that fell behind is not repeated to catch up.
+function schedulePushes(everyMs, firstMs) {
+  if (pushTimer) clearTimeout(pushTimer);
+  pushTimer = null;
+  const every = Number(everyMs);
+  if (!Number.isFinite(every) || every <= 0) return;
+  const period = Math.min(Math.max(MIN_REPORT_EVERY_MS, every), MAX_TIMER_MS);
+  const first = Math.min(Math.max(0, Number(firstMs) || 0), period);
+  const { performance } = require('perf_hooks');
+  let next = performance.now() + first;
+  const arm = () => {
+    if (!channel || channel.destroyed) return;
+    pushTimer = setTimeout(push, Math.max(1, Math.min(MAX_TIMER_MS, Math.ceil(next - performance.now()))));
+    pushTimer.unref();
+  };
+  // libuv's timers have millisecond resolution and may fire up to one early.
+  const push = guard('push', () => {
+    const now = performance.now();
+    if (now >= next - 1) {
+      sample(PUSHED_SEQ, false);
+      next += period * Math.max(1, Math.floor((now - next) / period) + 1);
+    }
+    arm();
+  });
+  arm();
 }
 
 function written(seq, file, started, format, error) {
@@ -523,8 +561,11 @@ function claim() {
   }));
   channel.on('error', (error) => report('The control channel failed.', { error: String(error.message) }));
   // The agent went away: drain like a Drain message would.
-  channel.on('close', guard('close', () => drain(0)));
-  send({ type: 'hello', pid: process.pid, probe_version: VERSION, runtime: 'node' });
+  channel.on('close', guard('close', () => {
+    if (pushTimer) clearTimeout(pushTimer);
+    drain(0);
+  }));
+  send({ type: 'hello', pid: process.pid, probe_version: VERSION, runtime: 'node', push: true });
   startProfiling();
   patchListen();
   shareWithThreads();
@@ -541,6 +582,8 @@ Object.assign(api, {
   timing,
   // For tests of the protocol: the same framing the channel uses.
   _frames: { encode, decode, flatten, redirectListen },
+  // For tests of the report timer: (everyMs, firstMs).
+  _schedulePushes: schedulePushes,
   // For tests of the snapshot writer: (file, maxBytes, done(error)).
   _writeSnapshot: writeSnapshot,
 });

@@ -1,11 +1,13 @@
 //! `Probe`: the worker's end of the control channel.
 //!
-//! The channel runs on two std threads of its own (one reads and answers the agent, one
-//! writes), never on the app's async runtime: nothing in the worker's hot path waits on
+//! The channel runs on std threads of its own (one reads and answers the agent, one
+//! writes, and one pushes the heap figures once the agent sets an interval), never on the
+//! app's async runtime: nothing in the worker's hot path waits on
 //! the agent. App threads hand messages over through a bounded queue with `try_send`;
 //! when the agent stops reading, messages are dropped and counted instead of blocking.
 
 mod handler;
+mod report;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -162,6 +164,7 @@ impl Probe {
             pid: std::process::id(),
             probe_version: env!("CARGO_PKG_VERSION").to_string(),
             runtime,
+            push: true,
         })?;
         let spawn_error = |source| ProbeError::Io {
             doing: "starting a probe thread",

@@ -55,6 +55,31 @@ impl FakeAgent {
         }
     }
 
+    /// Everything the worker says within `window`, with when it arrived.
+    fn collect_for(&mut self, window: Duration) -> Vec<(Instant, WorkerMsg)> {
+        let deadline = Instant::now() + window;
+        let mut chunk = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            while let Some(msg) = self.decoder.next_frame::<WorkerMsg>().expect("valid frame") {
+                got.push((Instant::now(), msg));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return got;
+            }
+            self.socket
+                .set_read_timeout(Some(left))
+                .expect("set timeout");
+            match self.socket.read(&mut chunk) {
+                Ok(0) => return got,
+                Ok(n) => self.decoder.push(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read from probe failed: {e}"),
+            }
+        }
+    }
+
     fn recv(&mut self) -> WorkerMsg {
         self.recv_or_eof(DEADLINE)
             .expect("probe closed the channel")
@@ -74,7 +99,9 @@ fn connect() -> (Probe, FakeAgent) {
             pid,
             probe_version,
             runtime,
+            push,
         } => {
+            assert!(push, "this probe pushes its stats when told");
             assert_eq!(runtime, heapwarden_probes::Runtime::Rust);
             assert_eq!(pid, std::process::id());
             assert_eq!(probe_version, env!("CARGO_PKG_VERSION"));
@@ -321,4 +348,83 @@ fn a_stuck_agent_never_blocks_the_app_and_drops_are_counted() {
         } => assert_eq!(reported, dropped),
         other => panic!("expected Stats, got {other:?}"),
     }
+}
+
+/// Pushed stats (seq 0) within `got`.
+fn pushes(got: &[(Instant, WorkerMsg)]) -> Vec<Instant> {
+    got.iter()
+        .filter_map(|(at, msg)| match msg {
+            WorkerMsg::Stats {
+                seq: 0,
+                heap,
+                metrics,
+                ..
+            } => {
+                assert!(heap.is_some() && metrics.is_none(), "{msg:?}");
+                Some(*at)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn stats_are_pushed_on_the_reported_interval_until_told_to_stop() {
+    let (_probe, mut agent) = connect();
+    assert!(
+        pushes(&agent.collect_for(Duration::from_millis(300))).is_empty(),
+        "nothing is pushed before a report"
+    );
+    agent.send(&AgentMsg::Report {
+        every_ms: 100,
+        first_ms: 50,
+    });
+    agent.send(&AgentMsg::Sample {
+        seq: 9,
+        metrics: false,
+    });
+    let got = agent.collect_for(Duration::from_millis(1000));
+    assert!(
+        got.iter()
+            .any(|(_, m)| matches!(m, WorkerMsg::Stats { seq: 9, .. })),
+        "a request is still answered while pushing"
+    );
+    let pushed = pushes(&got);
+    // About 10 in the window; a loaded machine delays some, a spinning timer sends many.
+    assert!(
+        (4..=12).contains(&pushed.len()),
+        "{} pushes in one second at every_ms 100",
+        pushed.len()
+    );
+
+    // A hostile interval is raised to the floor: at most one push per 10 ms.
+    agent.send(&AgentMsg::Report {
+        every_ms: 1,
+        first_ms: u64::MAX,
+    });
+    let fast = pushes(&agent.collect_for(Duration::from_millis(500)));
+    assert!(fast.len() <= 55, "{} pushes in 500 ms", fast.len());
+    assert!(
+        fast.len() >= 10,
+        "the raised interval still pushes: {}",
+        fast.len()
+    );
+
+    agent.send(&AgentMsg::Report {
+        every_ms: 0,
+        first_ms: 0,
+    });
+    // One push may already be on its way when the stop is read.
+    agent.collect_for(Duration::from_millis(100));
+    assert_eq!(
+        pushes(&agent.collect_for(Duration::from_millis(400))),
+        Vec::<Instant>::new(),
+        "every_ms 0 stops the pushes"
+    );
+    agent.send(&AgentMsg::Ping { seq: 11 });
+    assert_eq!(
+        agent.recv(),
+        WorkerMsg::Pong { seq: 11 },
+        "the channel still works"
+    );
 }

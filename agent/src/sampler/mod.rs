@@ -1,6 +1,7 @@
 //! The sampler: every `interval` it measures each worker's process tree from procfs
-//! (RSS and CPU each round, PSS/USS/swap every `pss-every` rounds), asks probe-linked
-//! workers for their heap figures over the control channel, and measures the agent, the
+//! (RSS and CPU each round, PSS/USS/swap every `pss-every` rounds), takes probe-linked
+//! workers' heap figures from what their probes pushed just before the round (asking
+//! those that did not push, over the control channel), and measures the agent, the
 //! machine and the agent's cgroup. It publishes a [`WorkerSample`] per worker for the
 //! watchdog (facts only: what was measured and whether the probe answered; the watchdog
 //! decides what they mean) and records the metrics. One task (`run_sampler`) owns all of
@@ -39,18 +40,22 @@ pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, expos
 pub use record::render_cpu_counters;
 
 use crate::config::Config;
-use crate::supervisor::PoolView;
+use crate::supervisor::{PoolView, SlotState, WorkerView};
 
 /// Bounds of the time a worker has to hand over its metrics text for a scrape.
 const FETCH_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
 const FETCH_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One worker's figures from one round, for the watchdog.
-#[derive(Debug, Clone, PartialEq)]
+/// One worker's figures from one round, for the watchdog. It carries the worker it was
+/// taken from, so a decision on it names that worker without asking the pool again.
+#[derive(Debug, Clone)]
 pub struct WorkerSample {
     pub slot: usize,
-    pub worker_id: u64,
-    pub pid: u32,
+    /// The slot's state when the round began (ready, replacing…).
+    pub slot_state: SlotState,
+    /// The worker, as the pool saw it when the round began: id, pid, readiness, probe,
+    /// runtime, control link and forked children.
+    pub worker: WorkerView,
     pub at: Instant,
     /// Bytes, summed over the worker's process tree.
     pub rss: u64,
@@ -135,8 +140,8 @@ pub async fn run_sampler(
     let mut ticker = ticker_for(cfg.interval);
     let mut fetching: Option<tokio::task::JoinHandle<fetch::Fetched>> = None;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let tick_at = tokio::select! {
+            tick_at = ticker.tick() => tick_at.into_std(),
             changed = pool.changed() => {
                 if changed.is_err() { break }
                 // A new view alone is no reason to sample; wait for the tick.
@@ -173,9 +178,9 @@ pub async fn run_sampler(
                 }
                 continue;
             }
-        }
+        };
         let view = pool.borrow_and_update().clone();
-        let outcome = state.round(&view).await;
+        let outcome = state.round(&view, tick_at).await;
         let mut dropped = 0usize;
         for sample in outcome.samples {
             if samples.try_send(sample).is_err() {
@@ -190,8 +195,10 @@ pub async fn run_sampler(
     info!(log, "The sampler stopped.");
 }
 
+/// Rounds stay on one grid (a late round skips to the next grid time rather than shifting
+/// it), because probes that push time their pushes to land just before each round.
 fn ticker_for(interval: std::time::Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticker
 }

@@ -1,6 +1,9 @@
-//! One sampling round: procfs reads on a blocking thread while every probe-linked
-//! worker is asked for its figures concurrently, so one slow worker delays nobody. The
-//! state also keeps the workers' metrics text between fetches ([`super::fetch`]).
+//! One sampling round: procfs reads on a blocking thread while the probe-linked workers'
+//! figures are gathered: a probe that pushes ([`ControlLink::keep_reporting`]) was told to
+//! push [`push_lead`] before each round, and its push is taken; one that did not push in
+//! time (an older probe, or a late one) is asked, all concurrently, so one slow worker
+//! delays nobody. The state also keeps the workers' metrics text between fetches
+//! ([`super::fetch`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,14 +21,15 @@ use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
-use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView};
+use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView, SlotState, WorkerView};
 
 /// A worker to sample this round.
 #[derive(Debug, Clone)]
 struct Target {
     slot: usize,
-    worker_id: u64,
-    pid: u32,
+    state: SlotState,
+    worker: WorkerView,
+    /// The worker's control link when it said hello (it has a probe).
     link: Option<ControlLink>,
     /// Its forked children that report on their own channels.
     children: Vec<ChildLink>,
@@ -113,8 +117,12 @@ impl SamplerState {
         self.metrics.clone()
     }
 
-    pub async fn round(&mut self, view: &PoolView) -> RoundOutcome {
+    /// `tick_at`: when this round was due; the next is one interval later.
+    pub async fn round(&mut self, view: &PoolView, tick_at: Instant) -> RoundOutcome {
         let started = Instant::now();
+        let interval = self.cfg.interval;
+        // A push taken this round arrived within the last half interval.
+        let pushed_since = tick_at.checked_sub(interval / 2).unwrap_or(tick_at);
         let with_smaps = self
             .round
             .is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
@@ -126,8 +134,8 @@ impl SamplerState {
                 let w = s.worker.as_ref()?;
                 Some(Target {
                     slot: s.slot,
-                    worker_id: w.worker_id,
-                    pid: w.pid,
+                    state: s.state,
+                    worker: w.clone(),
                     link: if w.probe { w.link.clone() } else { None },
                     children: w
                         .children
@@ -140,7 +148,7 @@ impl SamplerState {
 
         let roots = self.roots.clone();
         let trees = self.trees.clone();
-        let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+        let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
         let procfs = tokio::task::spawn_blocking(move || {
             (
                 collect_trees(
@@ -152,15 +160,31 @@ impl SamplerState {
                 collect_host(&roots),
             )
         });
-        let timeout = self.cfg.interval / 2;
-        let probes = join_all(targets.iter().map(|t| ask_probe(t.link.clone(), timeout)));
+        let timeout = interval / 2;
+        let probes = join_all(
+            targets
+                .iter()
+                .map(|t| ask_probe(t.link.clone(), timeout, pushed_since)),
+        );
         let children = join_all(targets.iter().map(|t| {
             join_all(t.children.iter().map(|c| async {
-                let reply = ask_probe(Some(c.link.clone()), timeout).await;
+                let reply = ask_probe(Some(c.link.clone()), timeout, pushed_since).await;
                 (c.pid, reply.and_then(Result::ok).and_then(|r| r.heap))
             }))
         }));
         let (procfs, replies, children) = tokio::join!(procfs, probes, children);
+        // New claimants (and all, after an interval change) are told when to push.
+        let next_push = (tick_at + interval)
+            .checked_sub(push_lead(interval))
+            .map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+        let links = targets
+            .iter()
+            .flat_map(|t| t.link.iter().chain(t.children.iter().map(|c| &c.link)));
+        for link in links {
+            link.keep_reporting(interval, next_push);
+        }
         let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), HostFigures::default()));
 
         let mut outcome = RoundOutcome {
@@ -178,13 +202,15 @@ impl SamplerState {
                 continue;
             };
             let reply = reply.unwrap_or_default();
-            reporting.insert(target.pid);
+            reporting.insert(target.worker.pid);
             reporting.extend(children.iter().map(|(pid, _)| *pid));
-            let tree_heap = self.child_heaps.combine(target.pid, reply.heap, &children);
+            let tree_heap = self
+                .child_heaps
+                .combine(target.worker.pid, reply.heap, &children);
             let sample = WorkerSample {
                 slot: target.slot,
-                worker_id: target.worker_id,
-                pid: target.pid,
+                slot_state: target.state,
+                worker: target.worker.clone(),
                 at,
                 rss: tree.rss,
                 pss: tree.smaps.map(|s| s.pss),
@@ -202,14 +228,17 @@ impl SamplerState {
                 probe,
             };
             let dropped_since = reply.dropped.map_or(0, |now| {
-                let last = self.dropped.insert(target.worker_id, now).unwrap_or(0);
+                let last = self
+                    .dropped
+                    .insert(target.worker.worker_id, now)
+                    .unwrap_or(0);
                 now.saturating_sub(last)
             });
             record::record_worker(&sample, dropped_since);
             cpu.insert(target.slot, tree.cpu_seconds);
             outcome.samples.push(sample);
         }
-        let live: HashSet<u64> = targets.iter().map(|t| t.worker_id).collect();
+        let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
         self.metrics
             .workers
             .retain(|_, text| live.contains(&text.worker_id));
@@ -244,7 +273,7 @@ impl SamplerState {
             Some(Ok(reply)) => (ProbeAnswer::Answered, Some(reply)),
             Some(Err(e)) => {
                 debug!(self.log, "A worker did not answer a sample request.";
-                    "worker" => target.slot, "worker_id" => target.worker_id, "error" => %e);
+                    "worker" => target.slot, "worker_id" => target.worker.worker_id, "error" => %e);
                 (ProbeAnswer::Missed, None)
             }
         }
@@ -260,9 +289,9 @@ impl SamplerState {
             // Exited between the view and the read; the supervisor reaps it.
             Err(e) if e.is_gone() => None,
             Err(e) => {
-                if self.warned.insert(target.worker_id) {
+                if self.warned.insert(target.worker.worker_id) {
                     warn!(self.log, "A worker's memory figures could not be read.";
-                        "worker" => target.slot, "pid" => target.pid, "error" => %e);
+                        "worker" => target.slot, "pid" => target.worker.pid, "error" => %e);
                 }
                 None
             }
@@ -271,24 +300,36 @@ impl SamplerState {
 }
 
 /// `None` for a worker without a probe; otherwise the probe's answer or why there was none.
+/// How long before a round a pushing probe's stats are timed to arrive: room for the
+/// probe's timer and the hop to the agent, small next to the interval.
+pub fn push_lead(interval: Duration) -> Duration {
+    (interval / 20).clamp(Duration::from_millis(2), Duration::from_millis(50))
+}
+
+/// A push that arrived after `pushed_since` answers without a request.
 async fn ask_probe(
     link: Option<ControlLink>,
     timeout: Duration,
+    pushed_since: Instant,
 ) -> Option<Result<ProbeReply, LinkError>> {
     let link = link?;
     if link.is_dumping() {
         // Blocked in a heap snapshot: no answer is coming, and none is missed.
         return None;
     }
-    let reply = link
-        .request(
-            |seq| AgentMsg::Sample {
-                seq,
-                metrics: false,
-            },
-            timeout,
-        )
-        .await;
+    let reply = match link.take_pushed(pushed_since) {
+        Some(pushed) => Ok(pushed),
+        None => {
+            link.request(
+                |seq| AgentMsg::Sample {
+                    seq,
+                    metrics: false,
+                },
+                timeout,
+            )
+            .await
+        }
+    };
     Some(reply.map(|msg| match msg {
         WorkerMsg::Stats {
             heap,

@@ -1,6 +1,8 @@
 //! Whole sampling rounds over a fake `/proc`, with real control links to fake probes
-//! (one that answers, one that never does).
+//! (one that answers, one that never does, one that pushes on the interval it is told).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use heapwarden_protocol::HeapStats;
@@ -60,6 +62,77 @@ async fn silent_probe(mut stream: UnixStream) {
     while let Ok(1..) = stream.read(&mut buf).await {}
 }
 
+/// What the pushing probe reports, so a test tells pushed figures from answered ones.
+const PUSHED_HEAP: HeapStats = HeapStats {
+    allocated: 7777,
+    ..HEAP
+};
+
+/// A probe that says it pushes, pushes `PUSHED_HEAP` on the schedule each report sets (as
+/// the real probes do: every push time counted from the report's arrival), and answers
+/// a `Sample` too, counting them in `asked`.
+async fn pushing_probe(stream: UnixStream, asked: Arc<AtomicUsize>) {
+    let (mut reader, writer) = stream.into_split();
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let send = |writer: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>, msg| async move {
+        let frame = encode(&msg).expect("encode");
+        writer.lock().await.write_all(&frame).await.is_ok()
+    };
+    let hello = WorkerMsg::Hello {
+        pid: 1,
+        probe_version: "test".into(),
+        runtime: heapwarden_protocol::Runtime::Rust,
+        push: true,
+    };
+    send(writer.clone(), hello).await;
+    let stats = |seq, heap| WorkerMsg::Stats {
+        seq,
+        heap: Some(heap),
+        runtime_lag_seconds: None,
+        dropped: 0,
+        metrics: None,
+        external_bytes: None,
+        array_buffers_bytes: None,
+    };
+    let mut pusher: Option<tokio::task::JoinHandle<()>> = None;
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n @ 1..) = reader.read(&mut buf).await {
+        decoder.push(&buf[..n]);
+        while let Ok(Some(msg)) = decoder.next_frame::<AgentMsg>() {
+            match msg {
+                AgentMsg::Sample { seq, .. } => {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    send(writer.clone(), stats(seq, HEAP)).await;
+                }
+                AgentMsg::Report { every_ms: 0, .. } => {
+                    pusher.take().inspect(tokio::task::JoinHandle::abort);
+                }
+                AgentMsg::Report { every_ms, first_ms } => {
+                    let (every, first) = (
+                        Duration::from_millis(every_ms),
+                        Duration::from_millis(first_ms),
+                    );
+                    let writer = writer.clone();
+                    let start = tokio::time::Instant::now() + first;
+                    pusher
+                        .replace(tokio::spawn(async move {
+                            let mut ticks = tokio::time::interval_at(start, every);
+                            loop {
+                                ticks.tick().await;
+                                if !send(writer.clone(), stats(0, PUSHED_HEAP)).await {
+                                    return;
+                                }
+                            }
+                        }))
+                        .inspect(tokio::task::JoinHandle::abort);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 fn link(worker_id: u64, answers: bool) -> ControlLink {
     let (agent_end, worker_end) = UnixStream::pair().expect("socketpair");
     if answers {
@@ -67,6 +140,10 @@ fn link(worker_id: u64, answers: bool) -> ControlLink {
     } else {
         tokio::spawn(silent_probe(worker_end));
     }
+    link_to(agent_end, worker_id)
+}
+
+fn link_to(agent_end: UnixStream, worker_id: u64) -> ControlLink {
     let (events, mut events_rx) = mpsc::channel::<crate::supervisor::LinkEvent>(16);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     spawn_link(
@@ -130,7 +207,7 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
     let recorder = crate::metric_names::build_recorder().expect("recorder");
     let _local = metrics::set_default_local_recorder(&recorder);
     let run = async {
-        let first = state.round(&view).await;
+        let first = state.round(&view, Instant::now()).await;
         let fetched = fetch_metrics(fetch_targets(&view), Duration::from_millis(100)).await;
         assert_eq!(
             fetched.asked,
@@ -138,8 +215,8 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
             "the ready probe-linked workers"
         );
         state.apply_fetch(fetched);
-        let second = state.round(&view).await;
-        let third = state.round(&view).await;
+        let second = state.round(&view, Instant::now()).await;
+        let third = state.round(&view, Instant::now()).await;
         (first, second, third)
     };
     let (first, second, third) = tokio::time::timeout(Duration::from_secs(10), run)
@@ -275,4 +352,69 @@ fn a_spent_leak_budget_is_its_own_state_not_ready() {
     ] {
         assert!(page.contains(expected), "{expected} in {page}");
     }
+}
+
+#[tokio::test]
+async fn a_probe_that_pushes_is_told_once_and_then_not_asked() {
+    let fake = FakeProc::new();
+    fake.process(1, 0, 10, [1, 1, 0, 0], [1, 1, 0]);
+    fake.process(10, 1, 100, [10, 0, 0, 0], [300, 200, 0]);
+    let roots = Roots {
+        proc: fake.procfs(),
+        cgroup_dir: None,
+        agent_pid: 1,
+        kernel_children: false,
+    };
+    // Long enough that a loaded machine still lands each push before its round.
+    let interval = Duration::from_millis(400);
+    let cfg = SamplingConfig {
+        interval,
+        pss_every: 1,
+        missed_pings: 2,
+    };
+    let (agent_end, worker_end) = UnixStream::pair().expect("socketpair");
+    let asked = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(pushing_probe(worker_end, asked.clone()));
+    let pusher = link_to(agent_end, 100);
+    let view = PoolView {
+        slots: vec![slot(0, 10, Some(pusher.clone()))],
+        stopping: false,
+    };
+    let mut state = SamplerState::new(cfg, roots, slog::Logger::root(slog::Discard, slog::o!()));
+    let recorder = crate::metric_names::build_recorder().expect("recorder");
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let run = async {
+        // Until the hello is read, the link cannot know the probe pushes.
+        while !pusher.keep_reporting(Duration::ZERO, Duration::ZERO) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut ticks = tokio::time::interval(interval);
+        let mut heaps = Vec::new();
+        for _ in 0..6 {
+            let tick_at = ticks.tick().await.into_std();
+            let round = state.round(&view, tick_at).await;
+            assert_eq!(round.samples[0].probe, ProbeAnswer::Answered);
+            heaps.push(round.samples[0].heap.map(|h| h.allocated));
+        }
+        heaps
+    };
+    let heaps = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("rounds finish");
+    assert_eq!(heaps[0], Some(HEAP.allocated), "asked before it was told");
+    let pushed = heaps
+        .iter()
+        .filter(|h| **h == Some(PUSHED_HEAP.allocated))
+        .count();
+    // A loaded machine may delay a push past its round (that round asks instead).
+    assert!(pushed >= 3, "rounds after the first take pushes: {heaps:?}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        6 - pushed,
+        "a round that took a push sent no request"
+    );
+    assert!(
+        !pusher.keep_reporting(interval, Duration::ZERO),
+        "told once per claim and interval"
+    );
 }

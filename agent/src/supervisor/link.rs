@@ -9,14 +9,20 @@
 //! over), so requests still waiting on the previous claimant are failed at once instead
 //! of waiting out their timeouts. A worker given a probe that says no hello within its
 //! grace period gets one log line saying why only procfs figures are sampled.
+//!
+//! Pushed stats: a probe whose hello says `push` is told once per claim and interval to
+//! push its stats on a timer ([`ControlLink::keep_reporting`]); the link keeps the latest
+//! push for the sampler ([`ControlLink::take_pushed`]) instead of routing it anywhere, so
+//! a round costs such a worker no request and the agent no write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use heapwarden_protocol::channel::{
-    AgentMsg, FrameDecoder, FrameError, WorkerMsg, decode_raw, encode,
+    AgentMsg, FrameDecoder, FrameError, PUSHED_SEQ, WorkerMsg, decode_raw, encode,
 };
 
 use super::attach::Attached;
@@ -66,6 +72,21 @@ pub struct ControlLink {
     /// Set while the worker writes a heap snapshot (its event loop is blocked), so the
     /// sampler neither asks nor counts a miss, and the leak rules skip the spike.
     dumping: Arc<AtomicBool>,
+    /// The current claimant's pushes, shared by the link task (writes) and the sampler.
+    pushes: Arc<Mutex<Pushes>>,
+}
+
+/// What the link knows of the current claimant's pushed stats.
+#[derive(Debug, Default)]
+struct Pushes {
+    /// Counts hellos, so a successor process is told again.
+    claim: u64,
+    /// The claimant's hello said it pushes.
+    capable: bool,
+    /// The claim and interval (ms) the claimant was last told.
+    told: Option<(u64, u64)>,
+    /// The latest pushed stats and when they arrived; taken by the sampler.
+    latest: Option<(Instant, WorkerMsg)>,
 }
 
 /// Clears the link's dumping mark when dropped.
@@ -97,6 +118,37 @@ impl ControlLink {
     pub fn mark_dumping(&self) -> DumpingMark {
         self.dumping.store(true, Ordering::Relaxed);
         DumpingMark(self.dumping.clone())
+    }
+
+    /// Tells a probe that pushes to send its stats every `every`, the first in `first`,
+    /// unless its current claimant was told this interval already. A probe that does not
+    /// push (an older one) is never told, and stays asked. True when a report was sent.
+    pub fn keep_reporting(&self, every: Duration, first: Duration) -> bool {
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        let mut pushes = self.pushes();
+        if !pushes.capable || pushes.told == Some((pushes.claim, every_ms)) {
+            return false;
+        }
+        let first_ms = u64::try_from(first.as_millis()).unwrap_or(u64::MAX);
+        if self.send(AgentMsg::Report { every_ms, first_ms }).is_err() {
+            return false;
+        }
+        pushes.told = Some((pushes.claim, every_ms));
+        true
+    }
+
+    /// The latest pushed stats if they arrived after `since`; each push is taken once.
+    pub fn take_pushed(&self, since: Instant) -> Option<WorkerMsg> {
+        let mut pushes = self.pushes();
+        match pushes.latest.take() {
+            Some((at, msg)) if at > since => Some(msg),
+            _ => None,
+        }
+    }
+
+    fn pushes(&self) -> MutexGuard<'_, Pushes> {
+        // Nothing panics while holding it; a poisoned lock still holds whole values.
+        self.pushes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends a request built around a fresh sequence number and waits for the reply
@@ -149,24 +201,33 @@ pub fn spawn_link<E: From<LinkEvent> + Send + 'static>(
     log: Logger,
 ) -> ControlLink {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(run_link(stream, worker_id, rx, events, hello_grace, log));
-    ControlLink {
+    let pushes: Arc<Mutex<Pushes>> = Arc::default();
+    let link = ControlLink {
         worker_id,
         tx,
         dumping: Arc::default(),
-    }
+        pushes,
+    };
+    tokio::spawn(run_link(stream, link.clone(), rx, events, hello_grace, log));
+    link
 }
 
 async fn run_link<E: From<LinkEvent>>(
     mut stream: UnixStream,
-    worker_id: u64,
+    own: ControlLink,
     mut commands: mpsc::Receiver<LinkCommand>,
     events: mpsc::Sender<E>,
     hello_grace: Option<(Attached, Duration)>,
     log: Logger,
 ) {
+    let worker_id = own.worker_id;
+    // The handle's sender would keep `commands` open forever; the link only needs the
+    // shared push state.
+    let pushes = own.pushes.clone();
+    drop(own);
     let mut pending: HashMap<u64, oneshot::Sender<WorkerMsg>> = HashMap::new();
-    let mut next_seq: u64 = 1;
+    // Requests count from after PUSHED_SEQ, so no answer is taken for a push.
+    let mut next_seq: u64 = PUSHED_SEQ + 1;
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut hello_seen = false;
@@ -219,10 +280,19 @@ async fn run_link<E: From<LinkEvent>>(
                     match decoder.next_raw() {
                         Ok(Some(frame)) => match decode(frame).await {
                             Ok(msg) => {
-                                if matches!(msg, WorkerMsg::Hello { .. }) {
+                                if let WorkerMsg::Hello { push, .. } = msg {
                                     hello_seen = true;
                                     // A fresh claim: the previous claimant will not answer.
                                     pending.clear();
+                                    let mut pushes = pushes.lock().unwrap_or_else(|p| p.into_inner());
+                                    pushes.claim += 1;
+                                    pushes.capable = push;
+                                    pushes.latest = None;
+                                }
+                                if let WorkerMsg::Stats { seq: PUSHED_SEQ, .. } = msg {
+                                    pushes.lock().unwrap_or_else(|p| p.into_inner()).latest =
+                                        Some((Instant::now(), msg));
+                                    continue;
                                 }
                                 route(msg, worker_id, &mut pending, &events).await
                             }

@@ -114,7 +114,7 @@ struct SlotWatch {
 impl SlotWatch {
     fn new(sample: &WorkerSample, figure: Figure, rules: &RulesConfig) -> SlotWatch {
         let mut watch = SlotWatch {
-            worker_id: sample.worker_id,
+            worker_id: sample.worker.worker_id,
             figure,
             detector: LeakDetector::new(rules.clone()),
             base: MemoryFigures::default(),
@@ -144,6 +144,9 @@ pub struct Watchdog {
     missed_pings: u32,
     misses: MissTracker,
     pool: watch::Receiver<PoolView>,
+    /// Which worker serves each slot, as of the last pool view (for suspects' expiry);
+    /// samples carry their own worker, so the view is read only when it changes.
+    serving: Vec<Option<u64>>,
     /// The running config; a reload's `[watchdog]` applies from the next sample.
     settings: watch::Receiver<Config>,
     requests: mpsc::Sender<Request>,
@@ -187,7 +190,14 @@ impl Watchdog {
                 running.sampling.interval,
             )
         };
+        let serving = pool
+            .borrow()
+            .slots
+            .iter()
+            .map(|s| s.worker.as_ref().map(|w| w.worker_id))
+            .collect();
         Watchdog {
+            serving,
             interval,
             clock: ReplacementClock::default(),
             profile_times: mpsc::channel(16),
@@ -266,13 +276,7 @@ impl Watchdog {
     /// passed since the detection.
     fn expire_suspects(&self, now: std::time::Instant) {
         let ttl = self.config.suspect_ttl;
-        let pool = self.pool.borrow();
-        let serving = |slot: usize| {
-            pool.slots
-                .get(slot)
-                .and_then(|s| s.worker.as_ref())
-                .map(|w| w.worker_id)
-        };
+        let serving = |slot: usize| self.serving.get(slot).copied().flatten();
         self.suspects
             .send_if_modified(|view| suspect::expire(view, serving, ttl, now));
     }
@@ -286,19 +290,13 @@ impl Watchdog {
             ProbeAnswer::Answered => true,
             ProbeAnswer::Missed => false,
         };
-        let state = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
-            s.worker
-                .as_ref()
-                .filter(|w| w.worker_id == sample.worker_id)
-                .map(|_| s.state)
-        });
-        let Some(state) = state else { return };
-        let (id, limit) = (sample.worker_id, self.missed_pings);
+        let (id, limit) = (sample.worker.worker_id, self.missed_pings);
+        let state = sample.slot_state;
         let Some(request) = self.misses.observe(id, sample.slot, state, answered, limit) else {
             return;
         };
         warn!(self.log, "A worker stopped answering; asking for its replacement.";
-            "worker" => sample.slot, "worker_id" => id, "pid" => sample.pid,
+            "worker" => sample.slot, "worker_id" => id, "pid" => sample.worker.pid,
             "missed" => self.misses.missed(id));
         if let Err(e) = self.requests.try_send(request) {
             // Asked again on the next silence.
@@ -307,20 +305,30 @@ impl Watchdog {
         }
     }
 
-    /// On a new pool view: forgets the silences of workers that left, and times the
-    /// start → ready of workers that became ready.
+    /// On a new pool view: forgets the silences of workers that left and the slots a
+    /// reload removed, notes who serves each slot, and times the start → ready of
+    /// workers that became ready.
     fn follow_pool(&mut self) {
         if !self.pool.has_changed().unwrap_or(false) {
             return;
         }
         let view = self.pool.borrow_and_update();
-        let live = |id| {
-            view.slots
-                .iter()
-                .any(|s| s.worker.as_ref().is_some_and(|w| w.worker_id == id))
-        };
+        self.serving = view
+            .slots
+            .iter()
+            .map(|s| s.worker.as_ref().map(|w| w.worker_id))
+            .collect();
+        let live = |id| self.serving.contains(&Some(id));
         self.misses.retain(live);
         self.clock.note_view(&view);
+        let slots = view.slots.len();
+        drop(view);
+        self.slots.retain(|slot, _| *slot < slots);
+        self.figures.send_if_modified(|all| {
+            let before = all.len();
+            all.retain(|slot, _| *slot < slots);
+            all.len() != before
+        });
     }
 
     /// Takes the profile times measured since the last sample and exports what a
@@ -342,13 +350,6 @@ impl Watchdog {
     /// history kept); a new watched figure starts every worker's rules afresh. Slots a
     /// reload removed are forgotten.
     fn follow_settings(&mut self) {
-        let slots = self.pool.borrow().slots.len();
-        self.slots.retain(|slot, _| *slot < slots);
-        self.figures.send_if_modified(|all| {
-            let before = all.len();
-            all.retain(|slot, _| *slot < slots);
-            all.len() != before
-        });
         if !self.settings.has_changed().unwrap_or(false) {
             return;
         }
@@ -384,12 +385,11 @@ impl Watchdog {
     /// (warm-up starts then: start-up allocations are no leak). A new worker in the slot
     /// gets fresh rules.
     fn run_rules(&mut self, sample: &WorkerSample) -> Option<(Figure, Observation)> {
-        let (probe, runtime) = self.pool.borrow().slots.get(sample.slot).and_then(|s| {
-            s.worker
-                .as_ref()
-                .filter(|w| w.worker_id == sample.worker_id && w.ready)
-                .map(|w| (w.probe, w.runtime))
-        })?;
+        let worker = &sample.worker;
+        if !worker.ready {
+            return None;
+        }
+        let (probe, runtime) = (worker.probe, worker.runtime);
         if sample.dumping {
             // A heap snapshot is being written: its own memory spike is no leak.
             return None;
@@ -400,7 +400,7 @@ impl Watchdog {
             .slots
             .entry(sample.slot)
             .or_insert_with(|| SlotWatch::new(sample, figure, rules));
-        if watch.worker_id != sample.worker_id {
+        if watch.worker_id != worker.worker_id {
             *watch = SlotWatch::new(sample, figure, rules);
         }
         if watch.figure == Figure::Heap
@@ -411,7 +411,7 @@ impl Watchdog {
             )
         {
             warn!(self.log, "The worker's process tree grows in PSS while its probed heap stays flat; its leak rules watch the tree's PSS from now on.";
-                "worker" => sample.slot, "pid" => sample.pid,
+                "worker" => sample.slot, "pid" => worker.pid,
                 "pss_growth_bytes" => switch.pss_growth, "heap_growth_bytes" => switch.heap_growth,
                 "processes" => sample.processes, "heap_processes" => sample.heap_processes);
             metrics::counter!(WORKER_WATCH_FALLBACKS.name, "worker" => sample.slot.to_string())
@@ -438,7 +438,7 @@ impl Watchdog {
     ) {
         let slot = sample.slot;
         warn!(self.log, "A leak rule tripped.";
-            "worker" => slot, "pid" => sample.pid, "rule" => trip.rule.as_str(),
+            "worker" => slot, "pid" => sample.worker.pid, "rule" => trip.rule.as_str(),
             "figure" => figure.as_str(), "bytes" => trip.value,
             "baseline_bytes" => trip.baseline,
             "growth_bytes_per_second" => trip.slope_bytes_per_sec,
@@ -461,12 +461,7 @@ impl Watchdog {
         detection: Option<Detection>,
         obs: &Observation,
     ) {
-        let view = self.pool.borrow();
-        let serving = view.slots.get(sample.slot).and_then(|s| s.worker.as_ref());
-        let Some(worker) = serving.filter(|w| w.worker_id == sample.worker_id).cloned() else {
-            return;
-        };
-        drop(view);
+        let worker = &sample.worker;
         let figures = ProfileFigures {
             rss: Some(sample.rss),
             pss: sample.pss,
@@ -476,8 +471,8 @@ impl Watchdog {
         };
         let rule = detection.as_ref().map(|d| d.trip.rule.as_str().to_string());
         // A pre-fork server's profile is its child's (the one that grew, the largest).
-        let request = CaptureRequest::of_worker(sample.slot, &worker, trigger, figures, rule)
-            .in_forked_child(&worker, sample.heap_children);
+        let request = CaptureRequest::of_worker(sample.slot, worker, trigger, figures, rule)
+            .in_forked_child(worker, sample.heap_children);
         if request.link.is_none() && trigger == Trigger::Baseline {
             // A worker without a probe (`probe = "off"`, or one that did not load) has no
             // baseline to write; that was said once when it started, not at every one.
@@ -493,7 +488,7 @@ impl Watchdog {
         let snapshot = (wants_snapshot && self.config.leak_snapshot).then(|| {
             let mut snapshot = CaptureRequest::of_worker(
                 request.slot,
-                &worker,
+                worker,
                 trigger,
                 request.figures.clone(),
                 request.rule.clone(),

@@ -10,10 +10,11 @@ use crate::supervisor::{SlotState, SlotView, WorkerView};
 use super::*;
 
 fn sample(heap: bool) -> WorkerSample {
+    let slot = serving(SlotState::Ready).slots.remove(0);
     WorkerSample {
         slot: 0,
-        worker_id: 1,
-        pid: 1,
+        slot_state: slot.state,
+        worker: slot.worker.expect("a worker"),
         at: std::time::Instant::now(),
         rss: 300,
         pss: None,
@@ -108,9 +109,13 @@ fn watchdog(
     (dog, requests_rx, state)
 }
 
-fn probe_sample(probe: ProbeAnswer) -> WorkerSample {
+/// A sample of the worker `serving(state)` shows.
+fn probe_sample(probe: ProbeAnswer, state: SlotState) -> WorkerSample {
+    let slot = serving(state).slots.remove(0);
     WorkerSample {
         probe,
+        slot_state: slot.state,
+        worker: slot.worker.expect("a worker"),
         ..sample(false)
     }
 }
@@ -119,12 +124,13 @@ fn probe_sample(probe: ProbeAnswer) -> WorkerSample {
 async fn a_silent_probe_is_replaced_once_after_missed_pings_in_a_row() {
     let (_pool_tx, pool) = watch::channel(serving(SlotState::Ready));
     let (mut dog, mut requests, _dir) = watchdog(pool);
-    dog.observe(probe_sample(ProbeAnswer::Missed));
-    dog.observe(probe_sample(ProbeAnswer::Answered));
-    dog.observe(probe_sample(ProbeAnswer::Missed));
-    dog.observe(probe_sample(ProbeAnswer::Missed));
+    let ready = |probe| probe_sample(probe, SlotState::Ready);
+    dog.observe(ready(ProbeAnswer::Missed));
+    dog.observe(ready(ProbeAnswer::Answered));
+    dog.observe(ready(ProbeAnswer::Missed));
+    dog.observe(ready(ProbeAnswer::Missed));
     assert!(requests.try_recv().is_err(), "an answer resets the count");
-    dog.observe(probe_sample(ProbeAnswer::Missed));
+    dog.observe(ready(ProbeAnswer::Missed));
     assert_eq!(
         requests.try_recv().ok(),
         Some(Request::Replace {
@@ -133,25 +139,25 @@ async fn a_silent_probe_is_replaced_once_after_missed_pings_in_a_row() {
             reason: RestartReason::Unhealthy
         })
     );
-    dog.observe(probe_sample(ProbeAnswer::Missed));
+    dog.observe(ready(ProbeAnswer::Missed));
     assert!(requests.try_recv().is_err(), "asked once per worker");
 }
 
 #[tokio::test]
 async fn plain_and_starting_workers_are_never_replaced_as_unhealthy() {
-    let (pool_tx, pool) = watch::channel(serving(SlotState::Starting));
+    let (_pool_tx, pool) = watch::channel(serving(SlotState::Starting));
     let (mut dog, mut requests, _dir) = watchdog(pool);
     for _ in 0..5 {
-        dog.observe(probe_sample(ProbeAnswer::Missed));
-        dog.observe(probe_sample(ProbeAnswer::NotLinked));
+        // The sample says the slot was starting when it was taken.
+        dog.observe(probe_sample(ProbeAnswer::Missed, SlotState::Starting));
+        dog.observe(probe_sample(ProbeAnswer::NotLinked, SlotState::Starting));
     }
     assert!(
         requests.try_recv().is_err(),
         "the ready timeout covers a starting worker"
     );
-    pool_tx.send_replace(serving(SlotState::Ready));
     for _ in 0..5 {
-        dog.observe(probe_sample(ProbeAnswer::NotLinked));
+        dog.observe(probe_sample(ProbeAnswer::NotLinked, SlotState::Ready));
     }
     assert!(requests.try_recv().is_err(), "no probe, no silence");
 }

@@ -16,7 +16,9 @@ mod tests;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use messages::{AgentMsg, DumpFormat, DumpKind, Runtime, WorkerMsg};
+pub use messages::{
+    AgentMsg, DumpFormat, DumpKind, MIN_REPORT_EVERY_MS, PUSHED_SEQ, Runtime, WorkerMsg,
+};
 
 /// Version byte carried by every frame. Bumped on incompatible message changes.
 pub const PROTOCOL_VERSION: u8 = 1;

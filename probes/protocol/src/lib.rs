@@ -27,7 +27,8 @@ mod stats;
 
 pub use activation::{InheritedFdError, InheritedSocket, take_inherited_socket};
 pub use channel::{
-    AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
+    AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, MIN_REPORT_EVERY_MS,
+    PROTOCOL_VERSION, PUSHED_SEQ, Runtime, WorkerMsg,
 };
 pub use context::{
     CHILD_SOCKET_ENV, CONFIG_ENV, CONTROL_FD_ENV, ContextError, DEFAULT_LOG_REDACT, LOG_LEVEL_ENV,

@@ -1,7 +1,7 @@
 //! The reader thread: decodes agent messages and answers them. A request for the app's
 //! metrics text is handed to a metrics thread (started on the first one), so a slow
 //! render never delays the answers to heap samples and pings the agent judges the
-//! worker's health by.
+//! worker's health by; a report interval goes to the push thread ([`super::report`]).
 
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::report::Reporter;
 use super::{Shared, lock, read_hooks};
 use crate::channel::{AgentMsg, DumpFormat, DumpKind, FrameDecoder, WorkerMsg};
 use crate::diag::warn;
@@ -28,6 +29,7 @@ pub(super) fn run_reader(shared: Arc<Shared>, mut socket: HeldFd) {
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut metrics_thread: Option<SyncSender<u64>> = None;
+    let mut reporter: Option<Reporter> = None;
     'read: loop {
         let n = match socket.read(&mut chunk) {
             Ok(0) => {
@@ -52,7 +54,7 @@ pub(super) fn run_reader(shared: Arc<Shared>, mut socket: HeldFd) {
         decoder.push(&chunk[..n]);
         loop {
             match decoder.next_frame::<AgentMsg>() {
-                Ok(Some(msg)) => handle(&shared, msg, &mut metrics_thread),
+                Ok(Some(msg)) => handle(&shared, msg, &mut metrics_thread, &mut reporter),
                 Ok(None) => break,
                 Err(error) if error.is_fatal() => {
                     warn(
@@ -72,9 +74,10 @@ pub(super) fn run_reader(shared: Arc<Shared>, mut socket: HeldFd) {
     }
     socket.shutdown();
     shared.close();
+    drop(reporter);
 }
 
-fn reply(shared: &Shared, msg: WorkerMsg) {
+pub(super) fn reply(shared: &Shared, msg: WorkerMsg) {
     // Failure is already counted in `dropped`; the agent sees a missing answer.
     let _ = shared.send(msg);
 }
@@ -105,7 +108,12 @@ fn sample_with_metrics(shared: &Arc<Shared>, seq: u64, thread: &mut Option<SyncS
     }
 }
 
-fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncSender<u64>>) {
+fn handle(
+    shared: &Arc<Shared>,
+    msg: AgentMsg,
+    metrics_thread: &mut Option<SyncSender<u64>>,
+    reporter: &mut Option<Reporter>,
+) {
     match msg {
         AgentMsg::Sample { seq, metrics: true } if read_hooks(shared).metrics.is_some() => {
             sample_with_metrics(shared, seq, metrics_thread);
@@ -176,10 +184,18 @@ fn handle(shared: &Arc<Shared>, msg: AgentMsg, metrics_thread: &mut Option<SyncS
             }
         }
         AgentMsg::Ping { seq } => reply(shared, WorkerMsg::Pong { seq }),
+        AgentMsg::Report { every_ms, first_ms } => {
+            if reporter.is_none() && every_ms > 0 {
+                *reporter = Reporter::start(shared);
+            }
+            if let Some(reporter) = reporter {
+                reporter.set(every_ms, first_ms);
+            }
+        }
     }
 }
 
-fn sample(shared: &Shared, seq: u64, with_metrics: bool) -> WorkerMsg {
+pub(super) fn sample(shared: &Shared, seq: u64, with_metrics: bool) -> WorkerMsg {
     let heap = match HeapStats::read() {
         Ok(heap) => Some(heap),
         Err(error) => {

@@ -154,6 +154,7 @@ mod tests {
             file: ProfileId::file_name(id),
             runtime: None,
             export: None,
+            child_of: None,
         }
     }
 

@@ -58,6 +58,13 @@ fn optional_fields_default_for_version_one_probes() {
             ..
         }
     ));
+    let WorkerMsg::Hello { push, .. } = hello else {
+        unreachable!()
+    };
+    assert!(
+        !push,
+        "a probe that does not say push is asked, never told to report"
+    );
     let written: WorkerMsg = serde_json::from_value(legacy[2].clone()).unwrap();
     assert!(matches!(
         written,
@@ -79,7 +86,10 @@ fn optional_fields_default_for_version_one_probes() {
 
 #[test]
 fn node_stats_carry_no_jemalloc_figures() {
-    let node_stats = bodies("worker_to_agent")[3].clone();
+    let node_stats = bodies("worker_to_agent")
+        .into_iter()
+        .find(|b| b["type"] == "stats" && b["seq"] == 7)
+        .expect("the Node stats example");
     let WorkerMsg::Stats {
         heap: Some(heap),
         external_bytes,
@@ -110,4 +120,46 @@ fn invalid_bodies_are_malformed_frames_not_panics() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn pushing_probes_say_so_and_their_pushed_stats_carry_seq_zero() {
+    let examples = bodies("worker_to_agent");
+    let pushers: Vec<WorkerMsg> = examples
+        .iter()
+        .filter(|b| b["push"] == true)
+        .map(|b| serde_json::from_value(b.clone()).unwrap())
+        .collect();
+    assert!(matches!(pushers[..], [WorkerMsg::Hello { push: true, .. }]));
+    let pushed = examples
+        .iter()
+        .find(|b| b["type"] == "stats" && b["seq"] == 0)
+        .expect("a pushed stats example");
+    let WorkerMsg::Stats {
+        seq, heap, metrics, ..
+    } = serde_json::from_value(pushed.clone()).unwrap()
+    else {
+        panic!("stats");
+    };
+    assert_eq!(seq, PUSHED_SEQ);
+    assert_eq!(heap.map(|h| h.allocated), Some(2000));
+    assert_eq!(metrics, None, "a push never carries metrics");
+    let reports: Vec<AgentMsg> = bodies("agent_to_worker")
+        .into_iter()
+        .filter(|b| b["type"] == "report")
+        .map(|b| serde_json::from_value(b).unwrap())
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            AgentMsg::Report {
+                every_ms: 1000,
+                first_ms: 430
+            },
+            AgentMsg::Report {
+                every_ms: 0,
+                first_ms: 0
+            }
+        ]
+    );
 }

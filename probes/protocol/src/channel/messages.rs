@@ -68,10 +68,15 @@ pub enum WorkerMsg {
         probe_version: String,
         #[serde(default)]
         runtime: Runtime,
+        /// The probe pushes its stats on a timer when told to ([`AgentMsg::Report`]).
+        /// Absent (false) in probes older than that message: the agent keeps asking them.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        push: bool,
     },
     /// The app is listening and can take traffic.
     Ready,
-    /// Answer to [`AgentMsg::Sample`].
+    /// Answer to [`AgentMsg::Sample`], or, with `seq` [`PUSHED_SEQ`], one the probe pushed
+    /// on its own timer after an [`AgentMsg::Report`] (never carrying metrics).
     Stats {
         seq: u64,
         heap: Option<HeapStats>,
@@ -129,4 +134,19 @@ pub enum AgentMsg {
     InvalidateDone { seq: u64 },
     /// Reply with [`WorkerMsg::Pong`].
     Ping { seq: u64 },
+    /// Push a [`WorkerMsg::Stats`] (seq [`PUSHED_SEQ`], no metrics) `first_ms` from now and
+    /// then every `every_ms`, without being asked; `every_ms` 0 stops. Sent only to a
+    /// probe whose hello said `push`, at each claim and when the interval changes. The
+    /// agent picks `first_ms` so the pushes land just before its sampling rounds; a probe
+    /// schedules every push from the time this arrived (not from the previous push), so
+    /// the two clocks do not drift apart.
+    Report { every_ms: u64, first_ms: u64 },
 }
+
+/// The `seq` of a [`WorkerMsg::Stats`] the probe pushed on its own: the agent numbers its
+/// requests from 1, so no answer carries it.
+pub const PUSHED_SEQ: u64 = 0;
+
+/// The shortest push interval a probe accepts; a smaller non-zero `every_ms` is raised
+/// to it, so a hostile or buggy agent cannot make a worker spin.
+pub const MIN_REPORT_EVERY_MS: u64 = 10;

@@ -33,13 +33,14 @@ fn lag() -> impl Strategy<Value = Option<f64>> {
 
 pub(super) fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
     prop_oneof![
-        (any::<u32>(), any::<String>(), runtime()).prop_map(|(pid, probe_version, runtime)| {
-            WorkerMsg::Hello {
+        (any::<u32>(), any::<String>(), runtime(), any::<bool>()).prop_map(
+            |(pid, probe_version, runtime, push)| WorkerMsg::Hello {
                 pid,
                 probe_version,
                 runtime,
+                push,
             }
-        }),
+        ),
         Just(WorkerMsg::Ready),
         (
             any::<u64>(),
@@ -106,6 +107,8 @@ pub(super) fn agent_msg() -> impl Strategy<Value = AgentMsg> {
             .prop_map(|(seq, key, version)| AgentMsg::Invalidate { seq, key, version }),
         any::<u64>().prop_map(|seq| AgentMsg::InvalidateDone { seq }),
         any::<u64>().prop_map(|seq| AgentMsg::Ping { seq }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(every_ms, first_ms)| AgentMsg::Report { every_ms, first_ms }),
     ]
 }
 
