@@ -103,9 +103,10 @@ impl CaptureRequest {
     /// The same profile taken in one of `worker`'s forked children when it is a pre-fork
     /// server whose children report on their own channels (the memory is theirs, not the
     /// arbiter's): for a baseline the largest child, so a server that loads the app in
-    /// its children diffs like against like; for a leak, a manual or a periodic profile
-    /// the child that grew most since it first reported, else (manual, periodic) the
-    /// largest. Stays on the worker when no such child is linked.
+    /// its children diffs like against like; for a leak or a manual profile the child
+    /// that grew most since it first reported, else (manual) the largest. Stays on the
+    /// worker when no such child is linked. (Periodic profiles do not call this yet: the
+    /// exporter does not see the sampler's figures, so they stay the worker's own.)
     pub fn in_forked_child(mut self, worker: &WorkerView, children: ProfiledChildren) -> Self {
         let wanted = match self.trigger {
             Trigger::Baseline => children.largest,
