@@ -45,3 +45,30 @@ fn a_snapshot_larger_than_max_bytes_is_refused_and_the_profiles_stay() {
         assert!(file.is_file(), "{} is gone", file.display());
     }
 }
+
+/// With `leak-snapshot`, workers warming up together each get their warm-up snapshot:
+/// one snapshot is taken at a time, and the watchdog's wait their turn rather than
+/// being refused as a manual one is.
+#[test]
+fn with_leak_snapshot_every_worker_gets_its_warm_up_snapshot() {
+    let _guard = TimeoutGuard::new("warm-up snapshots", SECS(120));
+    let setup = start(
+        r#"["node", "app.js"]"#,
+        3,
+        "[watchdog]\nwarmup = \"1s\"\nleak-snapshot = true",
+    );
+    setup
+        .agent
+        .logs
+        .wait_for_n(3, SECS(90), "three warm-up snapshots", |r| {
+            r["msg"] == "A heap snapshot was written." && r["trigger"] == "baseline"
+        });
+    let mut slots: Vec<u64> = setup
+        .profiles()
+        .iter()
+        .filter(|p| p["kind"] == "snapshot" && p["trigger"] == "baseline")
+        .filter_map(|p| p["slot"].as_u64())
+        .collect();
+    slots.sort_unstable();
+    assert_eq!(slots, [0, 1, 2], "one warm-up snapshot per slot");
+}

@@ -15,7 +15,6 @@
 //! failed snapshot's deleted file is replaced.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use heapwarden_protocol::Runtime;
@@ -40,8 +39,12 @@ const SNAPSHOT_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
 /// 50 MiB of small objects).
 const SNAPSHOT_BYTES_PER_HEAP_BYTE: u64 = 2;
 /// One snapshot at a time, agent-wide: each costs a worker a frozen event loop and
-/// the machine twice that worker's heap.
-static IN_PROGRESS: AtomicBool = AtomicBool::new(false);
+/// the machine twice that worker's heap. A manual one is refused while another is taken;
+/// the watchdog's (warm-up and trip, with `leak-snapshot`) wait their turn, so workers
+/// warming up together, or a trip during a warm-up snapshot, all get theirs.
+static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// How long a watchdog snapshot waits for its turn.
+const TURN_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -109,21 +112,16 @@ pub struct SnapshotRequest {
     pub replace: Option<mpsc::Sender<Request>>,
 }
 
-/// Clears [`IN_PROGRESS`] however the snapshot ends.
-struct Turn;
-
-impl Turn {
-    fn take() -> Option<Turn> {
-        IN_PROGRESS
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            .then_some(Turn)
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        IN_PROGRESS.store(false, Ordering::Release);
+/// This snapshot's turn, released however it ends.
+async fn turn(trigger: super::Trigger) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    match trigger {
+        super::Trigger::Manual | super::Trigger::Periodic => TURN.try_acquire().ok(),
+        super::Trigger::Baseline | super::Trigger::Leak => {
+            tokio::time::timeout(TURN_WAIT, TURN.acquire())
+                .await
+                .ok()?
+                .ok()
+        }
     }
 }
 
@@ -175,7 +173,7 @@ async fn snapshot(
     let link = link
         .filter(|_| runtime == Some(Runtime::Node))
         .ok_or(SnapshotError::NotNode { slot })?;
-    let _turn = Turn::take().ok_or(SnapshotError::Busy)?;
+    let _turn = turn(trigger).await.ok_or(SnapshotError::Busy)?;
     // Before the first heap sample, RSS stands in (it is larger: the safe side).
     let heap = figures
         .heap_allocated
