@@ -123,14 +123,16 @@ fn baseline_and_leak_profiles_arrive_labelled_and_an_outage_loses_and_repeats_no
     let logs = &setup.agent.logs;
 
     // Both baselines arrive with the labels, and the leak's pprof names the function.
-    // Under load the leaking slot can trip before the other slot's baseline is pushed:
-    // wait for the baselines themselves, not for the first two profiles.
-    let first = poll(SECS(60), "both baselines pushed", || {
-        let baselines: Vec<_> = receiver
+    // Under load the leaking slot can trip (and its replacement write a baseline) before
+    // the other slot's baseline is pushed: wait for a baseline of each slot.
+    let first = poll(SECS(60), "both slots' baselines pushed", || {
+        let mut baselines: Vec<_> = receiver
             .received()
             .into_iter()
             .filter(|r| r.label("trigger") == "baseline")
             .collect();
+        let mut seen = BTreeSet::new();
+        baselines.retain(|r| seen.insert(r.label("worker").to_string()));
         (baselines.len() >= 2).then_some(baselines)
     });
     for r in &first {
@@ -153,10 +155,20 @@ fn baseline_and_leak_profiles_arrive_labelled_and_an_outage_loses_and_repeats_no
     assert_eq!(slots, BTreeSet::from(["0", "1"]));
 
     // The sink goes down before the leak is caught: the leak profile waits on disk.
+    // Under load slot 1 may have tripped already (its profile then reached the sink):
+    // take the first detection after the sink went down.
+    let on_slot_1 =
+        |r: &serde_json::Value| r["msg"] == "A memory leak was detected." && r["worker"] == 1;
+    let before = logs.matching(on_slot_1).len();
     receiver.down();
-    let detection = logs.wait_for(SECS(60), "leak detection on worker 1", |r| {
-        r["msg"] == "A memory leak was detected." && r["worker"] == 1
-    });
+    let detection = logs
+        .wait_for_n(
+            before + 1,
+            SECS(60),
+            "leak detection on worker 1",
+            on_slot_1,
+        )
+        .remove(before);
     assert_eq!(detection["profile_export"], "pending", "{detection}");
     let link = detection["profile_link"].as_str().unwrap_or_default();
     assert!(
