@@ -18,6 +18,7 @@ use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
+use crate::log::Causes;
 use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView};
 
 /// A worker to sample this round.
@@ -245,7 +246,7 @@ impl SamplerState {
             Some(Ok(reply)) => (ProbeAnswer::Answered, Some(reply)),
             Some(Err(e)) => {
                 debug!(self.log, "A worker did not answer a sample request.";
-                    "worker" => target.slot, "worker_id" => target.worker_id, "error" => %e);
+                    "worker" => target.slot, "worker_id" => target.worker_id, "error" => %Causes(&e));
                 (ProbeAnswer::Missed, None)
             }
         }
@@ -263,7 +264,7 @@ impl SamplerState {
             Err(e) => {
                 if self.warned.insert(target.worker_id) {
                     warn!(self.log, "A worker's memory figures could not be read.";
-                        "worker" => target.slot, "pid" => target.pid, "error" => %e);
+                        "worker" => target.slot, "pid" => target.pid, "error" => %Causes(&e));
                 }
                 None
             }

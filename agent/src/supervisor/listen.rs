@@ -22,9 +22,9 @@ pub struct ServiceSocket {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("cannot use the socket passed by systemd: {0}")]
+    #[error("cannot use the socket passed by systemd")]
     Inherited(#[from] InheritedFdError),
     #[error("cannot use the socket passed by systemd: {0}")]
     Move(io::Error),
@@ -59,4 +59,29 @@ pub fn open(addr: SocketAddr) -> Result<ServiceSocket, ListenError> {
         local_addr,
         socket_activated: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under anyhow's `{e:#}` (the binary's edge) and in logs (`Causes`), the OS error
+    /// appears once: the message says what failed, its source says why.
+    #[test]
+    fn a_bind_failure_names_its_cause_once() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = match open(addr) {
+            Err(e) => e,
+            Ok(_) => panic!("bound {addr} twice"),
+        };
+        let logged = crate::log::causes(&error);
+        let edge = format!("{:#}", anyhow::Error::new(error));
+        assert_eq!(logged, edge);
+        assert!(
+            logged.starts_with(&format!("cannot listen on {addr}: ")),
+            "{logged}"
+        );
+        assert_eq!(logged.matches("in use").count(), 1, "{logged}");
+    }
 }
