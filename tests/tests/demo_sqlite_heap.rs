@@ -7,11 +7,10 @@
 //! than a few KiB).
 #![forbid(unsafe_code)]
 
-use std::path::Path;
-use std::process::Command;
+mod native_support;
+
 use std::time::Duration;
 
-use heapwarden_tests::tools::{assert_success, run_tool};
 use heapwarden_tests::{AgentConfig, Sandbox, TimeoutGuard, cli_json, poll, wait_until_ok};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -55,17 +54,6 @@ fn largest_cum(table: &str, prefix: &str) -> Option<(f64, String)> {
         .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
-fn go_pprof_top_cum(dir: &Path, profile: &Path) -> String {
-    let mut cmd = Command::new("go");
-    cmd.args(["tool", "pprof", "-top", "-cum"])
-        .arg(profile)
-        .env("PPROF_TMPDIR", dir)
-        .env("HOME", dir);
-    let output = run_tool(cmd, "golang-go");
-    assert_success("go tool pprof", &output);
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[test]
 fn the_demos_sqlite_memory_is_in_its_heap_figures_and_its_profile() {
     let _guard = TimeoutGuard::new("demo_sqlite_heap", SECS(240));
@@ -97,7 +85,8 @@ fn the_demos_sqlite_memory_is_in_its_heap_figures_and_its_profile() {
         "-o",
         file.to_str().expect("utf-8 path"),
     ]);
-    let table = go_pprof_top_cum(sandbox.path(), &file);
+    let file = file.to_str().expect("utf-8 path");
+    let table = native_support::go_pprof(sandbox.path(), &["-top", "-cum", file]);
     let (sqlite, function) = largest_cum(&table, "sqlite3")
         .unwrap_or_else(|| panic!("no sqlite3 function in the profile:\n{table}"));
     println!(
