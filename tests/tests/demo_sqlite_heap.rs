@@ -3,8 +3,7 @@
 //! is in the worker's `heap_allocated` and in its heap profile, under SQLite's own
 //! functions. While the preload library shared the root workspace, cargo's feature
 //! unification gave the demo a `_rjem_`-prefixed jemalloc, and SQLite allocated from the
-//! C library's malloc, outside both (this test failed then: no `sqlite3` frame held more
-//! than a few KiB).
+//! C library's malloc, outside both.
 #![forbid(unsafe_code)]
 
 mod native_support;
