@@ -9,7 +9,7 @@
 #               on fresh connections; reads older than the acknowledged write
 #   replace     2 workers under wrk -c16; 100 `heapwarden restart` one after another;
 #               failed requests (non-2xx + socket errors)
-#   profiling   L1-hit req/s with heap profiling on vs _RJEM_MALLOC_CONF=prof:false (median of
+#   profiling   L1-hit req/s with heap profiling on vs MALLOC_CONF=prof:false (median of
 #               3), and p99 while the agent dumps a heap profile every 200 ms
 #
 #   compare     L1 hit, alone and under the agent, this build against BASELINE_BIN (an
@@ -366,24 +366,24 @@ part_profiling() {
         out=$(wrk -t1 -c8 -d"$DURATION" -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
         on+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
         stop
-        start demo 1 warn "$L1_TOML" '_RJEM_MALLOC_CONF = "prof:false"'
+        start demo 1 warn "$L1_TOML" 'MALLOC_CONF = "prof:false"'
         wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "http://127.0.0.1:$PORT" >/dev/null
         out=$(wrk -t1 -c8 -d"$DURATION" -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
         off+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
         stop
     done
     # The worker must notice that profiling is off and keep serving (logged at info).
-    start demo 1 info "$L1_TOML" '_RJEM_MALLOC_CONF = "prof:false"'
+    start demo 1 info "$L1_TOML" 'MALLOC_CONF = "prof:false"'
     if grep -q "Heap profiling is unavailable" "$SERVER_LOG" && curl -fs -o /dev/null "http://127.0.0.1:$PORT/items/1"; then
-        PROF_OFF_NOTE="with _RJEM_MALLOC_CONF=prof:false the worker logged \"Heap profiling is unavailable in this worker.\" and kept serving"
+        PROF_OFF_NOTE="with MALLOC_CONF=prof:false the worker logged \"Heap profiling is unavailable in this worker.\" and kept serving"
     else
-        PROF_OFF_NOTE="WARNING: with _RJEM_MALLOC_CONF=prof:false the worker did not report profiling as unavailable"
+        PROF_OFF_NOTE="WARNING: with MALLOC_CONF=prof:false the worker did not report profiling as unavailable"
     fi
     stop
     local m_on m_off
     m_on=$(median "${on[@]}"); m_off=$(median "${off[@]}")
     printf "| on (lg_prof_sample:19) | %s | %.0f | %.1f%% |\n" "${on[*]}" "$m_on" "$(python3 -c "print($m_on/$m_off*100)")"
-    printf "| off (_RJEM_MALLOC_CONF=prof:false) | %s | %.0f | 100%% |\n" "${off[*]}" "$m_off"
+    printf "| off (MALLOC_CONF=prof:false) | %s | %.0f | 100%% |\n" "${off[*]}" "$m_off"
     echo
     echo "$PROF_OFF_NOTE"
     echo

@@ -5,14 +5,14 @@
 # in the agent's helper) and size with ~50 and ~500 MiB of strings held in a gunicorn child
 # (max-memory trips on the tree's heap once the child holds about that much).
 # Uses the release binaries and the test venv:
-#   cargo build --release -p heapwarden -p heapwarden-preload && bench/python.sh
+#   cargo build --release && bench/python.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # HEAPWARDEN_BIN: another agent binary (the preload is looked for next to it).
 agent="${HEAPWARDEN_BIN:-target/release/heapwarden}"
 venv="${HEAPWARDEN_TEST_PYVENV:-/var/tmp/heapwarden-pyvenv}"
 [ -x "$agent" ] && [ -f "$(dirname "$agent")/libheapwarden_preload.so" ] || {
-  echo "build first: cargo build --release -p heapwarden -p heapwarden-preload" >&2; exit 1; }
+  echo "build first: cargo build --release" >&2; exit 1; }
 [ -x "$venv/bin/gunicorn" ] || { echo "no gunicorn in $venv (scripts/test makes it)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing (apt-get install wrk)" >&2; exit 1; }
 work=$(mktemp -d)

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::profiles::retainers::{HolderGrowth, RetainersDiff};
-pub use crate::profiles::{DiffEntry, DiffReport, ProfileFigures, ProfileMeta};
+pub use crate::profiles::{
+    DiffEntry, DiffReport, DiffView, ProfileFigures, ProfileKind, ProfileMeta,
+};
 pub use crate::watchdog::SlotFigures;
 
 /// One row of `GET /api/v1/workers` (`heapwarden ps`).

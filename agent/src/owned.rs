@@ -25,7 +25,7 @@ pub enum OwnedError {
         path: PathBuf,
         expected: &'static str,
     },
-    #[error("{path}: {source}", path = path.display())]
+    #[error("{path}", path = path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -24,7 +24,7 @@ pub enum ProcError {
     /// The process exited (or never existed) between listing and reading.
     #[error("process {pid} is gone")]
     Gone { pid: u32 },
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}")]
     Io {
         path: PathBuf,
         #[source]

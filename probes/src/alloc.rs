@@ -15,11 +15,20 @@ use crate::error::ProbeError;
 
 /// The options the [`install!`](crate::install) macro compiles into the binary (and the
 /// native preload library into itself). `lg_prof_sample:19` samples once per 512 KiB
-/// allocated on average. jemalloc is built with its `_rjem_` prefix (so that the preload
-/// library can wrap it in `malloc`/`free` exports of its own), which is why it reads
-/// these from `_rjem_malloc_conf` and lets the `_RJEM_MALLOC_CONF` environment variable
-/// (read after this symbol) override any of them.
+/// allocated on average. The environment variable [`MALLOC_CONF_ENV`] (read after the
+/// compiled-in options) overrides any of them.
 pub const DEFAULT_MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
+
+/// The environment variable jemalloc reads its options from: `MALLOC_CONF` in a Rust
+/// worker, whose jemalloc is the process's allocator (feature `process-malloc`);
+/// `_RJEM_MALLOC_CONF` in the preload library, whose jemalloc carries the `_rjem_` prefix
+/// so that the library can wrap it in `malloc`/`free` exports of its own.
+#[cfg(feature = "process-malloc")]
+pub const MALLOC_CONF_ENV: &str = "MALLOC_CONF";
+/// The environment variable jemalloc reads its options from (see the `process-malloc`
+/// variant): `_RJEM_MALLOC_CONF`, since this jemalloc carries the `_rjem_` prefix.
+#[cfg(not(feature = "process-malloc"))]
+pub const MALLOC_CONF_ENV: &str = "_RJEM_MALLOC_CONF";
 
 /// Makes jemalloc the global allocator and compiles in [`DEFAULT_MALLOC_CONF`].
 ///
@@ -28,25 +37,47 @@ pub const DEFAULT_MALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sam
 /// pulled in by the linker. An app under `#![forbid(unsafe_code)]` can still use it: rustc
 /// does not report `unsafe_code` inside another crate's macro expansion, and the one
 /// unsafe attribute is justified here.
+#[cfg(feature = "process-malloc")]
 #[macro_export]
 macro_rules! install {
     () => {
+        $crate::__install_with_conf_symbol!("malloc_conf");
+    };
+}
+
+/// Makes jemalloc the global allocator and compiles in [`DEFAULT_MALLOC_CONF`] (the
+/// `_rjem_`-prefixed jemalloc of the preload library: see the `process-malloc` variant).
+#[cfg(not(feature = "process-malloc"))]
+#[macro_export]
+macro_rules! install {
+    () => {
+        $crate::__install_with_conf_symbol!("_rjem_malloc_conf");
+    };
+}
+
+/// [`install!`](crate::install) with the name jemalloc reads its compiled-in options
+/// from: `malloc_conf`, or `_rjem_malloc_conf` for the prefixed build.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __install_with_conf_symbol {
+    ($symbol:literal) => {
         #[global_allocator]
         static HEAPWARDEN_GLOBAL_ALLOCATOR: $crate::__jemallocator::Jemalloc =
             $crate::__jemallocator::Jemalloc;
 
         /// Read by jemalloc at its first allocation, before `main`.
-        // SAFETY: jemalloc declares `const char *_rjem_malloc_conf`; a `&[u8]` starts
-        // with the data pointer, the bytes are NUL-terminated and 'static, and nothing
-        // else in the binary defines this symbol (the macro is used once per binary).
-        #[unsafe(export_name = "_rjem_malloc_conf")]
+        // SAFETY: jemalloc declares `const char *malloc_conf` (`_rjem_malloc_conf` when
+        // prefixed); a `&[u8]` starts with the data pointer, the bytes are NUL-terminated
+        // and 'static, and nothing else in the binary defines this symbol (the macro is
+        // used once per binary).
+        #[unsafe(export_name = $symbol)]
         pub static MALLOC_CONF: &[u8] = $crate::alloc::DEFAULT_MALLOC_CONF;
     };
 }
 
 /// Starts allocation sampling (`prof.active = true`). Call once at worker start; the
 /// agent role never calls it. Fails when profiling was disabled
-/// (`_RJEM_MALLOC_CONF=prof:false`).
+/// (`MALLOC_CONF=prof:false`, see [`MALLOC_CONF_ENV`]).
 pub fn activate_profiling() -> Result<(), ProbeError> {
     // SAFETY: "prof.active" is a bool key; `raw::write` passes a pointer to a live bool of
     // the right size.
@@ -79,8 +110,7 @@ mod tests {
 
     use tikv_jemalloc_ctl::profiling;
 
-    /// The environment variable a `_rjem_`-prefixed jemalloc reads its options from.
-    const CONF_ENV: &str = "_RJEM_MALLOC_CONF";
+    use super::MALLOC_CONF_ENV as CONF_ENV;
 
     #[test]
     fn compiled_in_options_enable_profiling_at_512k_samples() {
@@ -93,6 +123,29 @@ mod tests {
         assert_eq!(
             profiling::lg_prof_sample::read().expect("lg_prof_sample"),
             19
+        );
+    }
+
+    /// With `process-malloc` the C library's `malloc` is jemalloc's: what C code linked
+    /// into a worker allocates (SQLite's page cache) is in `stats.allocated`.
+    #[cfg(feature = "process-malloc")]
+    #[test]
+    fn c_malloc_is_counted_in_the_heap_figures() {
+        use crate::{HeapStats, ReadHeapStats};
+        const BYTES: usize = 16 << 20;
+        let before = HeapStats::read().expect("heap stats").allocated;
+        // SAFETY: a plain C allocation, written (so it is not optimised away) and freed
+        // below; no other reference to it exists.
+        let block = unsafe { libc::malloc(BYTES) }.cast::<u8>();
+        assert!(!block.is_null(), "malloc failed");
+        // SAFETY: `block` holds BYTES bytes.
+        unsafe { block.write_bytes(1, BYTES) };
+        let during = HeapStats::read().expect("heap stats").allocated;
+        // SAFETY: allocated above by `malloc`, freed once.
+        unsafe { libc::free(block.cast()) };
+        assert!(
+            during >= before + BYTES as u64,
+            "a {BYTES}-byte C malloc is not in stats.allocated: {before} -> {during}"
         );
     }
 
@@ -121,9 +174,7 @@ mod tests {
                 "--nocapture",
             ])
             .env(CHILD_ENV, "1")
-            // The `_rjem_` prefix means jemalloc reads `_RJEM_MALLOC_CONF`, not `MALLOC_CONF`.
             .env(CONF_ENV, "lg_prof_sample:21")
-            .env("MALLOC_CONF", "lg_prof_sample:17")
             .output()
             .expect("run the test binary as a child");
         let stdout = String::from_utf8_lossy(&output.stdout);

@@ -36,9 +36,12 @@
 //!     }
 //! }
 //! ```
-//! `_RJEM_MALLOC_CONF` in the environment still overrides the compiled-in jemalloc options
-//! (jemalloc is built with its `_rjem_` prefix: it serves Rust's allocations only, and the
-//! native preload library can wrap it in `malloc`/`free` of its own).
+//! `MALLOC_CONF` in the environment still overrides the compiled-in jemalloc options.
+//! jemalloc is the whole process's allocator (feature `process-malloc`, on by default):
+//! the C libraries the worker links allocate from it too, so their memory is in the heap
+//! figures and profiles. The native preload library builds this crate without it, in a
+//! workspace of its own, and wraps a `_rjem_`-prefixed jemalloc in `malloc`/`free` of its
+//! own (reading `_RJEM_MALLOC_CONF`).
 //!
 //! Only `alloc` (jemalloc's C interface) and `held_fd` (the probe's own copies of the
 //! control socket, checked before each use) use `unsafe`; each says why every block is
@@ -62,7 +65,7 @@ pub use heapwarden_protocol::channel;
 pub use heapwarden_protocol::python_frames;
 
 #[cfg(feature = "jemalloc")]
-pub use alloc::{DEFAULT_MALLOC_CONF, activate_profiling, profiling_active};
+pub use alloc::{DEFAULT_MALLOC_CONF, MALLOC_CONF_ENV, activate_profiling, profiling_active};
 pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, PROTOCOL_VERSION, Runtime, WorkerMsg,
 };

@@ -14,6 +14,7 @@ use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api_types::{ErrorReply, KeyError, ReloadReply, RestartReply, WorkerRow};
+use crate::log::causes;
 use crate::profiles::retainers::{self, RetainersDiff};
 use crate::profiles::{
     CaptureError, CaptureRequest, ProfileId, ProfileKind, ProfileStoreHandle, SnapshotError,
@@ -90,7 +91,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotAProfile { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.to_string())
+        ApiError::new(status, causes(&e))
     }
 }
 
@@ -189,12 +190,11 @@ async fn profile_now(
         request.replace = Some(state.requests.clone());
         return match take_snapshot(&state.store, request, &state.log).await {
             Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
-            Err(e) if e.is_refusal() => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
-            Err(e @ SnapshotError::Skipped(_)) => Err(ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                e.to_string(),
-            )),
-            Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+            Err(e) if e.is_refusal() => Err(ApiError::new(StatusCode::CONFLICT, causes(&e))),
+            Err(e @ SnapshotError::Skipped(_)) => {
+                Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, causes(&e)))
+            }
+            Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, causes(&e))),
         };
     }
     // A pre-fork server's memory is in its children: the one that grew most, else the
@@ -214,7 +214,7 @@ async fn profile_now(
         Ok(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
         Err(e @ CaptureError::Busy(_)) => {
             let mut response =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, causes(&e)).into_response();
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_DUMP_AFTER_SECONDS),
@@ -222,13 +222,12 @@ async fn profile_now(
             Ok(response)
         }
         Err(e @ CaptureError::NoProbe { .. }) => {
-            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+            Err(ApiError::new(StatusCode::CONFLICT, causes(&e)))
         }
-        Err(e @ CaptureError::Skipped(_)) => Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+        Err(e @ CaptureError::Skipped(_)) => {
+            Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, causes(&e)))
+        }
+        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, causes(&e))),
     }
 }
 

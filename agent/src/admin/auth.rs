@@ -21,17 +21,17 @@ const TOKEN_BYTES: usize = 32;
 pub enum AuthError {
     #[error("token file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`", path = path.display())]
     TooOpen { path: PathBuf, mode: u32 },
-    #[error("token file {0}")]
+    #[error("token file")]
     Owned(#[source] crate::owned::OwnedError),
     #[error("token file {path} is empty", path = path.display())]
     Empty { path: PathBuf },
-    #[error("could not read token file {path}: {source}", path = path.display())]
+    #[error("could not read token file {path}", path = path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("could not create token file {path}: {source}", path = path.display())]
+    #[error("could not create token file {path}", path = path.display())]
     Create {
         path: PathBuf,
         #[source]

@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
+use crate::log::causes;
 use crate::owned::OwnedError;
 
 #[test]
@@ -95,7 +96,11 @@ fn a_token_file_owned_by_another_user_is_refused() {
         matches!(err, AuthError::Owned(OwnedError::NotOwned { .. })),
         "{err}"
     );
-    assert!(err.to_string().contains("not by the agent's user"), "{err}");
+    assert!(
+        causes(&err).contains("not by the agent's user"),
+        "{}",
+        causes(&err)
+    );
     // The generated token in a state directory is checked the same way.
     let state = dir.path().join("state");
     std::fs::create_dir(&state).expect("mkdir");
@@ -123,7 +128,7 @@ fn a_token_file_that_is_a_symlink_is_refused() {
         matches!(err, AuthError::Owned(OwnedError::Symlink { .. })),
         "{err}"
     );
-    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(causes(&err).contains("symbolic link"), "{}", causes(&err));
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
-    #[error("the metrics recorder could not be built: {0}")]
+    #[error("the metrics recorder could not be built")]
     Build(#[from] BuildError),
     #[error("a global metrics recorder is already installed")]
     AlreadyInstalled,

@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::table::{print_diff, print_profiles, print_workers};
 use super::{ConfigArgs, discover};
+use crate::api_types::{
+    DiffReport, ErrorReply, ProfileMeta, ReloadReply, RestartReply, RetainersDiff, WorkerRow,
+};
 use crate::config::Config;
 
 /// A manual profile waits for the worker's dump and the conversion.
@@ -117,12 +121,12 @@ pub fn main(verb: Verb) -> ExitCode {
 fn run(verb: Verb) -> anyhow::Result<()> {
     match verb {
         Verb::Ps(c) => {
-            let rows = Client::new(&c)?.get_json("/workers")?;
-            print_out(&c, &rows, print_workers)
+            let rows: Vec<WorkerRow> = Client::new(&c)?.get_json("/workers")?;
+            print_out(&c, &rows, |rows| print_workers(rows))
         }
         Verb::Profiles(c) => {
-            let rows = Client::new(&c)?.get_json("/profiles")?;
-            print_out(&c, &rows, print_profiles)
+            let rows: Vec<ProfileMeta> = Client::new(&c)?.get_json("/profiles")?;
+            print_out(&c, &rows, |rows| print_profiles(rows))
         }
         Verb::Pull { id, output, common } => {
             let bytes = Client::new(&common)?.get_bytes(&format!("/profiles/{}", segment(&id)))?;
@@ -165,21 +169,21 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             common,
         } => {
             let query = if snapshot { "?kind=snapshot" } else { "" };
-            let meta = Client::new(&common)?
+            let meta: ProfileMeta = Client::new(&common)?
                 .post_json(&format!("/workers/{}/profile{query}", segment(&slot)))?;
             print_out(&common, &meta, |m| {
                 // A pre-fork worker's profile is taken in one of its children: say whose.
-                let process = match m["child_of"].as_u64() {
-                    Some(worker) => format!("pid {}, a forked child of {worker}", m["pid"]),
-                    None => format!("pid {}", m["pid"]),
+                let process = match m.child_of {
+                    Some(worker) => format!("pid {}, a forked child of {worker}", m.pid),
+                    None => format!("pid {}", m.pid),
                 };
                 println!(
                     "{} {} of worker {} ({process}) written ({} bytes); pull it with: heapwarden pull {}",
-                    m["kind"].as_str().unwrap_or("profile"),
-                    m["id"],
-                    m["slot"],
-                    m["bytes"],
-                    m["id"]
+                    m.kind.as_str(),
+                    m.id,
+                    m.slot,
+                    m.bytes,
+                    m.id
                 );
             })
         }
@@ -205,13 +209,15 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             }
             let Some(file) = svg else {
                 let client = Client::new(&common)?;
-                let mut report = client.get_json(&path)?;
-                if let Some(link) = diff_link(&common, &client, &report)? {
-                    report["pyroscope_link"] = Value::String(link);
-                }
-                return print_out(&common, &report, |r| {
-                    print_diff(r, sites);
-                    if let Some(link) = r["pyroscope_link"].as_str() {
+                let report: DiffReport = client.get_json(&path)?;
+                let pyroscope_link = diff_link(&common, &client, report.profile_id)?;
+                let shown = DiffShown {
+                    report,
+                    pyroscope_link,
+                };
+                return print_out(&common, &shown, |r| {
+                    print_diff(&r.report, sites);
+                    if let Some(link) = &r.pyroscope_link {
                         println!("in Pyroscope: {link}");
                     }
                 });
@@ -254,17 +260,17 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             Ok(())
         }
         Verb::Restart { slot, common } => {
-            let reply =
+            let reply: RestartReply =
                 Client::new(&common)?.post_json(&format!("/workers/{}/restart", segment(&slot)))?;
             print_out(&common, &reply, |_| {
                 println!("worker {slot} is being replaced (make-before-break)")
             })
         }
         Verb::Reload(common) => {
-            let reply = Client::for_reload(&common)?.post_json("/reload")?;
+            let reply: ReloadReply = Client::for_reload(&common)?.post_json("/reload")?;
             // A refused file is an error (the agent's 422 names every key).
             print_out(&common, &reply, |reply| {
-                if reply["replaces_workers"] == false {
+                if !reply.replaces_workers {
                     println!(
                         "the config was reloaded; only the agent's own settings changed, \
                          so the workers keep running"
@@ -274,15 +280,22 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                         "the config was reloaded; every worker is being replaced, one at a time"
                     );
                 }
-                for key in reply["needs_restart"].as_array().into_iter().flatten() {
-                    println!(
-                        "{} changed but needs a restart to take effect",
-                        key.as_str().unwrap_or("?")
-                    );
+                for key in &reply.needs_restart {
+                    println!("{key} changed but needs a restart to take effect");
                 }
             })
         }
     }
+}
+
+/// `heapwarden diff` as printed with `--json`: the API's report, and the Pyroscope link
+/// when `[export.pyroscope] link-base` is set.
+#[derive(Serialize)]
+struct DiffShown {
+    #[serde(flatten)]
+    report: DiffReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pyroscope_link: Option<String>,
 }
 
 /// `diff --retainers`: the agent summarises both snapshots in its helper process
@@ -292,30 +305,30 @@ fn diff_retainers(common: &Common, id: &str, base: Option<&str>) -> anyhow::Resu
     if let Some(base) = base {
         path.push_str(&format!("?base={}", segment(base)));
     }
-    let report = Client::new(common)?.get_json(&path)?;
+    let report: RetainersDiff = Client::new(common)?.get_json(&path)?;
     print_out(common, &report, |r| {
-        match r["base_id"].as_u64() {
+        match r.base_id {
             Some(b) => println!(
                 "snapshot {} minus {} snapshot {b}: holders by growth (shortest retaining path, holder first)",
-                r["profile_id"],
-                r["base_trigger"].as_str().unwrap_or("an earlier")
+                r.profile_id,
+                r.base_trigger.map(|t| t.as_str()).unwrap_or("an earlier")
             ),
             None => println!(
                 "snapshot {} (no earlier snapshot of that worker: growth is all it holds)",
-                r["profile_id"]
+                r.profile_id
             ),
         }
         println!(
             "{:>12} {:>9} {:>9}  PATH",
             "GROWTH_MiB", "HELD_MiB", "OBJECTS"
         );
-        for g in r["holders"].as_array().into_iter().flatten() {
+        for g in &r.holders {
             println!(
                 "{:>12.1} {:>9.1} {:>9}  {}",
-                g["delta_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-                g["held_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-                g["objects"],
-                g["path"].as_str().unwrap_or("?")
+                g.delta_bytes as f64 / 1048576.0,
+                g.held_bytes as f64 / 1048576.0,
+                g.objects,
+                g.path
             );
         }
     })
@@ -323,19 +336,14 @@ fn diff_retainers(common: &Common, id: &str, base: Option<&str>) -> anyhow::Resu
 
 /// With `[export.pyroscope] link-base` set, the link to the diffed profile's series in
 /// Grafana or the Pyroscope UI (labels as the exporter sets them).
-fn diff_link(common: &Common, client: &Client, report: &Value) -> anyhow::Result<Option<String>> {
+fn diff_link(common: &Common, client: &Client, id: u64) -> anyhow::Result<Option<String>> {
     let config = super::load_config(&common.config)
         .map_err(|_| anyhow!("the config is invalid (see above)"))?;
     let export = &config.export.pyroscope;
     if export.link_base.is_empty() {
         return Ok(None);
     }
-    let Some(id) = report["profile_id"].as_u64() else {
-        return Ok(None);
-    };
-    let profiles: Vec<crate::profiles::ProfileMeta> =
-        serde_json::from_value(client.get_json("/profiles")?)
-            .context("the agent sent an unexpected profile list")?;
+    let profiles: Vec<ProfileMeta> = client.get_json("/profiles")?;
     let Some(meta) = profiles.into_iter().find(|p| p.id == id) else {
         return Ok(None);
     };
@@ -348,7 +356,8 @@ fn diff_link(common: &Common, client: &Client, report: &Value) -> anyhow::Result
     ))
 }
 
-fn print_out(common: &Common, value: &Value, table: impl Fn(&Value)) -> anyhow::Result<()> {
+/// `--json`: the reply as the API's JSON (the same type the handler wrote); else `table`.
+fn print_out<T: Serialize>(common: &Common, value: &T, table: impl Fn(&T)) -> anyhow::Result<()> {
     if common.json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -448,9 +457,10 @@ impl Client {
         })
     }
 
-    fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    /// `GET path`, read as the API's reply type for it.
+    fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let bytes = self.get_bytes(path)?;
-        serde_json::from_slice(&bytes).context("the agent sent invalid JSON")
+        reply_of(&bytes, "GET", path)
     }
 
     fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
@@ -462,14 +472,15 @@ impl Client {
         self.read(response)
     }
 
-    fn post_json(&self, path: &str) -> anyhow::Result<Value> {
+    /// `POST path` (empty body), read as the API's reply type for it.
+    fn post_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self
             .agent
             .post(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
             .send_empty();
         let bytes = self.read(response)?;
-        serde_json::from_slice(&bytes).context("the agent sent invalid JSON")
+        reply_of(&bytes, "POST", path)
     }
 
     fn read(
@@ -495,14 +506,21 @@ impl Client {
             );
         }
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            let message = serde_json::from_slice::<ErrorReply>(&bytes)
+                .map(|reply| reply.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             bail!("{message} (HTTP {status})");
         }
         Ok(bytes)
     }
+}
+
+/// A 2xx body as the reply type the handler wrote; an agent of another version may
+/// answer differently, which is said as such.
+fn reply_of<T: DeserializeOwned>(bytes: &[u8], method: &str, path: &str) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).with_context(|| {
+        format!("the agent's answer to {method} /api/v1{path} is not the reply this CLI reads (another heapwarden version?)")
+    })
 }
 
 /// Where the running agent answers, for a file that does not load: `state-dir` and
@@ -575,7 +593,24 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::restart_only_keys;
+    use super::{reply_of, restart_only_keys};
+    use crate::api_types::{RestartReply, WorkerRow};
+
+    /// The CLI reads the handlers' own types: a reply of another shape is one clear error
+    /// naming the request, never a table of `-`.
+    #[test]
+    fn replies_are_read_as_the_api_types() {
+        let reply: RestartReply =
+            reply_of(br#"{"replacing":1,"worker_id":7,"pid":42}"#, "POST", "/x").expect("reads");
+        assert_eq!(reply.worker_id, 7);
+        let error = reply_of::<Vec<WorkerRow>>(br#"{"rows":[]}"#, "GET", "/workers")
+            .expect_err("another shape");
+        let text = format!("{error:#}");
+        assert!(
+            text.starts_with("the agent's answer to GET /api/v1/workers is not the reply"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn restart_only_keys_survive_a_broken_file() {

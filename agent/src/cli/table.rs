@@ -1,16 +1,21 @@
-//! Human-readable tables for the on-call verbs (`--json` prints the API's JSON instead).
+//! Human-readable tables for the on-call verbs (`--json` prints the API's JSON instead),
+//! from the admin API's own reply types.
 
-use serde_json::Value;
+use std::fmt::Display;
 
-use crate::profiles::DiffEntry;
+use crate::api_types::{DiffReport, DiffView, ProfileMeta, WorkerRow};
 
-pub fn mib(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
+/// Bytes as MiB with one decimal, `-` when unknown.
+fn mib(bytes: Option<f64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}", b / 1048576.0))
 }
 
-fn duration(v: &Value) -> String {
-    match v.as_f64() {
+fn mib_of(bytes: Option<u64>) -> String {
+    mib(bytes.map(|b| b as f64))
+}
+
+fn duration(seconds: Option<f64>) -> String {
+    match seconds {
         None => "-".into(),
         Some(s) if s.is_nan() => "-".into(),
         Some(s) if s >= 86400.0 => format!("{:.1}d", s / 86400.0),
@@ -20,15 +25,19 @@ fn duration(v: &Value) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value, `-` when unknown.
+fn text(value: Option<impl Display>) -> String {
+    value.map_or("-".into(), |v| v.to_string())
 }
 
-pub fn print_workers(rows: &Value) {
+fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms),
+    )
+    .to_string()
+}
+
+pub fn print_workers(rows: &[WorkerRow]) {
     println!(
         "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
         "SLOT",
@@ -42,26 +51,27 @@ pub fn print_workers(rows: &Value) {
         "TO_LIMIT"
     );
     let mut spent = false;
-    for r in rows.as_array().into_iter().flatten() {
-        let growth = r["growth_bytes_per_second"]
-            .as_f64()
+    for r in rows {
+        let figures = &r.figures;
+        let growth = figures
+            .growth_bytes_per_second
             .map_or("-".into(), |g| format!("{:+.2}", g * 60.0 / 1048576.0));
-        let mut state = text(&r["state"]);
-        if r["budget_exhausted"] == true {
+        let mut state = r.state.clone();
+        if r.budget_exhausted {
             state.push('!');
             spent = true;
         }
         println!(
             "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
-            text(&r["slot"]),
-            text(&r["pid"]),
+            r.slot,
+            text(r.pid),
             state,
-            duration(&r["uptime_seconds"]),
-            text(&r["restarts"]),
-            mib(&r["rss_bytes"]),
-            mib(&r["heap_allocated_bytes"]),
+            duration(r.uptime_seconds),
+            r.restarts,
+            mib_of(figures.rss_bytes),
+            mib_of(figures.heap_allocated_bytes),
             growth,
-            duration(&r["seconds_to_limit"])
+            duration(figures.seconds_to_limit)
         );
     }
     if spent {
@@ -72,74 +82,49 @@ pub fn print_workers(rows: &Value) {
     }
 }
 
-pub fn print_profiles(rows: &Value) {
+pub fn print_profiles(rows: &[ProfileMeta]) {
     println!(
         "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {:<20}  PYROSCOPE",
         "ID", "SLOT", "PID", "TRIGGER", "KIND", "RULE", "BYTES", "HEAP_MiB", "CREATED"
     );
-    for r in rows.as_array().into_iter().flatten() {
-        let created = r["created_unix_ms"]
-            .as_u64()
-            .map(|ms| {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                )
-                .to_string()
-            })
-            .unwrap_or_default();
+    for r in rows {
         // `-`: not pushed (yet, or export is off); else the outcome, and when.
-        let export = match (
-            r["export"]["outcome"].as_str(),
-            r["export"]["at_unix_ms"].as_u64(),
-        ) {
-            (Some(outcome), Some(ms)) => format!(
-                "{outcome} {}",
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
-                )
-            ),
-            _ => "-".to_string(),
-        };
+        let export = r.export.as_ref().map_or("-".to_string(), |mark| {
+            format!("{} {}", mark.outcome.as_str(), rfc3339(mark.at_unix_ms))
+        });
         println!(
-            "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {created:<20}  {export}",
-            text(&r["id"]),
-            text(&r["slot"]),
-            text(&r["pid"]),
-            text(&r["trigger"]),
-            r["kind"].as_str().unwrap_or("profile"),
-            text(&r["rule"]),
-            text(&r["bytes"]),
-            mib(&r["figures"]["heap_allocated"]),
+            "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {:<20}  {export}",
+            r.id,
+            r.slot,
+            r.pid,
+            r.trigger.as_str(),
+            r.kind.as_str(),
+            text(r.rule.as_deref()),
+            r.bytes,
+            mib_of(r.figures.heap_allocated),
+            rfc3339(r.created_unix_ms),
         );
     }
 }
 
 /// The diff's default view (for Node: by first application frame), or with `sites` the
 /// allocation sites; each row with its `file:line`.
-pub fn print_diff(report: &Value, sites: bool) {
+pub fn print_diff(report: &DiffReport, sites: bool) {
     println!(
         "profile {} minus base {}: {} MiB growth",
-        text(&report["profile_id"]),
-        text(&report["base_id"]),
-        mib(&report["total_delta_bytes"])
+        report.profile_id,
+        report.base_id,
+        mib(Some(report.total_delta_bytes as f64))
     );
-    let (rows, heading) = if sites || report["view"] != "app_frame" {
-        (&report["top_sites"], "ALLOCATION SITE")
+    let (rows, heading) = if sites || report.view != DiffView::AppFrame {
+        (&report.top_sites, "ALLOCATION SITE")
     } else {
-        (
-            &report["top"],
-            "APPLICATION FRAME (--sites: allocation sites)",
-        )
+        (&report.top, "APPLICATION FRAME (--sites: allocation sites)")
     };
     // A report from an agent without `top_sites` still prints its `top`.
-    let rows = if rows.as_array().is_some_and(|r| !r.is_empty()) {
-        rows
-    } else {
-        &report["top"]
-    };
+    let rows = if rows.is_empty() { &report.top } else { rows };
     println!("{:>12}  {heading}", "GROWTH_MiB");
-    let entries = rows.as_array().into_iter().flatten().take(15);
-    for e in entries.filter_map(|e| serde_json::from_value::<DiffEntry>(e.clone()).ok()) {
+    for e in rows.iter().take(15) {
         let at = e.short_location();
         let note = if e.in_app {
             ""
@@ -148,7 +133,7 @@ pub fn print_diff(report: &Value, sites: bool) {
         };
         println!(
             "{:>12}  {}{}{note}",
-            mib(&Value::from(e.delta_bytes)),
+            mib(Some(e.delta_bytes as f64)),
             e.function,
             if at.is_empty() {
                 String::new()

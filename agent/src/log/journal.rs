@@ -37,7 +37,7 @@ pub fn is_journal_stream(journal_stream: Option<&str>, fd: impl AsFd) -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    match rustix::fs::fstat(fd) {
+    match nix::sys::stat::fstat(fd) {
         Ok(stat) => stat.st_dev == dev && stat.st_ino == ino,
         Err(_) => false,
     }
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn the_stream_must_be_the_named_file() {
         let file = tempfile::tempfile().expect("temp file");
-        let stat = rustix::fs::fstat(&file).expect("fstat");
+        let stat = nix::sys::stat::fstat(&file).expect("fstat");
         let named = format!("{}:{}", stat.st_dev, stat.st_ino);
         assert!(is_journal_stream(Some(&named), &file));
         let other = format!("{}:{}", stat.st_dev, stat.st_ino + 1);

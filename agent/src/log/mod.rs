@@ -2,8 +2,10 @@
 //! from a slog-async thread. Sensitive keys are redacted before serialisation
 //! (`redact.rs`), and `LogGuard` flushes every queued record at shutdown. The level is a
 //! `LevelHandle` a reload can change while the agent runs. Under systemd each line
-//! carries its journald priority (`journal.rs`).
+//! carries its journald priority (`journal.rs`). Errors are logged with their causes, each
+//! once (`causes.rs`).
 
+mod causes;
 mod journal;
 mod redact;
 
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use slog::{Drain, Level, Logger, o};
 
+pub use causes::{Causes, causes};
 pub use redact::{Redact, RedactedJson};
 
 use crate::config::{LogConfig, LogLevel};

@@ -16,6 +16,7 @@ use super::{
     DumpBusy, ProfileFigures, ProfileMeta, ProfileStoreHandle, SnapshotRequest, StoreError,
     Trigger, convert_in_helper, convert_v8_in_helper,
 };
+use crate::log::{Causes, causes};
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{HEAP_PROFILE_DURATION, HEAP_PROFILES, PROFILES_STORED_BYTES};
 use crate::sampler::ProfiledChildren;
@@ -171,7 +172,7 @@ pub async fn take_profile(
                 "bytes" => meta.bytes, "seconds" => seconds);
         }
         Err(e) => warn!(log, "A heap profile was not written."; "worker" => slot,
-            "trigger" => trigger, "outcome" => outcome, "error" => %e),
+            "trigger" => trigger, "outcome" => outcome, "error" => %Causes(e)),
     }
     if let Ok(stats) = store.stats().await {
         metrics::gauge!(PROFILES_STORED_BYTES.name).set(stats.stored_bytes as f64);
@@ -232,7 +233,7 @@ async fn capture(
             .adopt(&pending)
             .await
             .map(|()| format)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| causes(&e)),
         Err(e) => Err(e),
     };
     if written.is_ok()
@@ -258,7 +259,7 @@ async fn capture(
         store.abort(pending).await;
         return Err(CaptureError::Convert {
             slot,
-            reason: e.to_string(),
+            reason: causes(&e),
         });
     }
     let (meta, removed) = store

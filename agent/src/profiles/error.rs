@@ -8,7 +8,7 @@ use super::raw::RawError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -19,23 +19,23 @@ pub enum ProfileError {
         bytes: u64,
         limit: u64,
     },
-    #[error("raw dump {path}: {source}")]
+    #[error("raw dump {path}")]
     Raw { path: PathBuf, source: RawError },
-    #[error("V8 profile {path}: {source}")]
+    #[error("V8 profile {path}")]
     V8 {
         path: PathBuf,
         source: super::v8::V8Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("profile {path}: {source}")]
+    #[error("profile {path}")]
     Decode { path: PathBuf, source: DecodeError },
     #[error("profile {path} has no inuse_space sample type")]
     NoSpaceSamples { path: PathBuf },
-    #[error("cannot start the conversion helper {exe}: {source}")]
+    #[error("cannot start the conversion helper {exe}")]
     HelperSpawn {
         exe: PathBuf,
         source: std::io::Error,
@@ -50,6 +50,6 @@ pub enum ProfileError {
     },
     #[error("unknown raw profile format {format:?} (jemalloc | v8-sampling)")]
     UnknownFormat { format: String },
-    #[error("cannot render the flame graph: {source}")]
+    #[error("cannot render the flame graph")]
     Render { source: std::io::Error },
 }

@@ -22,6 +22,7 @@ use heapwarden_protocol::channel::{AgentMsg, DumpFormat, DumpKind, WorkerMsg};
 use slog::{Logger, info, warn};
 
 use super::{CaptureRequest, ProfileMeta, ProfileStoreHandle, StoreError};
+use crate::log::{Causes, causes};
 use crate::metric_names::HEAP_SNAPSHOTS;
 use crate::metric_names::labels::SnapshotOutcome;
 use crate::sampler::system::read_meminfo;
@@ -144,7 +145,7 @@ pub async fn take_snapshot(
             "profile_id" => meta.id, "trigger" => trigger, "bytes" => meta.bytes,
             "seconds" => started.elapsed().as_secs_f64()),
         Err(e) => warn!(log, "A heap snapshot was not written."; "worker" => slot,
-            "trigger" => trigger, "outcome" => outcome, "error" => %e),
+            "trigger" => trigger, "outcome" => outcome, "error" => %Causes(e)),
     }
     result
 }
@@ -208,7 +209,7 @@ async fn snapshot(
             ..
         }) => match store.adopt(&pending).await {
             Ok(()) => check_file(&pending.raw_path),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(causes(&e)),
         },
         Ok(WorkerMsg::ProfileWritten { error: Some(e), .. }) => Err(e),
         Ok(other) => Err(format!("unexpected reply {other:?}")),

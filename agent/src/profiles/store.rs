@@ -17,7 +17,7 @@ pub use super::store_handle::{ProfileStoreHandle, StoreStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("profile store {path}: {source}")]
+    #[error("profile store {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -28,7 +28,7 @@ pub enum StoreError {
         free: u64,
         min_free: u64,
     },
-    #[error("profile directory: {0}")]
+    #[error("profile directory")]
     NotOurs(#[source] crate::owned::OwnedError),
     #[error(
         "profile {id} of slot {slot} was not kept: the retention limits are full of profiles it may not evict (a manual profile evicts only manual ones, a heap snapshot only snapshots)"

@@ -37,7 +37,7 @@ const PROBE_FILES: [&str; 2] = ["heapwarden-probe.js", "heapwarden-probe.cjs"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum V8Error {
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error("format {format:?} version {version} is not a heapwarden V8 sampling profile")]
     Format { format: String, version: u32 },

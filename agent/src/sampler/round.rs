@@ -21,6 +21,7 @@ use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
+use crate::log::Causes;
 use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView, SlotState, WorkerView};
 
 /// A worker to sample this round.
@@ -273,7 +274,7 @@ impl SamplerState {
             Some(Ok(reply)) => (ProbeAnswer::Answered, Some(reply)),
             Some(Err(e)) => {
                 debug!(self.log, "A worker did not answer a sample request.";
-                    "worker" => target.slot, "worker_id" => target.worker.worker_id, "error" => %e);
+                    "worker" => target.slot, "worker_id" => target.worker.worker_id, "error" => %Causes(&e));
                 (ProbeAnswer::Missed, None)
             }
         }
@@ -291,7 +292,7 @@ impl SamplerState {
             Err(e) => {
                 if self.warned.insert(target.worker.worker_id) {
                     warn!(self.log, "A worker's memory figures could not be read.";
-                        "worker" => target.slot, "pid" => target.worker.pid, "error" => %e);
+                        "worker" => target.slot, "pid" => target.worker.pid, "error" => %Causes(&e));
                 }
                 None
             }

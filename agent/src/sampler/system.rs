@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}")]
     Io {
         path: PathBuf,
         #[source]

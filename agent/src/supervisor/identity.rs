@@ -17,7 +17,7 @@ pub enum IdentityError {
     NoGroup(String),
     #[error("pool.group needs pool.user: the workers' group is changed along with their user")]
     GroupWithoutUser,
-    #[error("pool.user: looking up {name:?} failed: {source}")]
+    #[error("pool.user: looking up {name:?} failed")]
     Lookup { name: String, source: nix::Error },
     #[error(
         "pool.user {name:?} is root: workers must not run as root (leave pool.user unset to run them as the agent's user)"

@@ -26,6 +26,7 @@ use heapwarden_protocol::channel::{
 };
 
 use super::attach::Attached;
+use crate::log::Causes;
 use slog::{Logger, debug, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -261,12 +262,12 @@ async fn run_link<E: From<LinkEvent>>(
                 let frame = match encode(&msg) {
                     Ok(f) => f,
                     Err(e) => {
-                        warn!(log, "A control message could not be encoded."; "error" => %e);
+                        warn!(log, "A control message could not be encoded."; "error" => %Causes(&e));
                         continue;
                     }
                 };
                 if let Err(e) = stream.write_all(&frame).await {
-                    debug!(log, "The control channel closed while writing."; "error" => %e);
+                    debug!(log, "The control channel closed while writing."; "error" => %Causes(&e));
                     break;
                 }
             }
@@ -297,17 +298,17 @@ async fn run_link<E: From<LinkEvent>>(
                                 route(msg, worker_id, &mut pending, &events).await
                             }
                             Err(e) => {
-                                warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %e);
+                                warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %Causes(&e));
                             }
                         },
                         Ok(None) => break,
                         Err(e) if e.is_fatal() => {
-                            warn!(log, "The worker sent an unreadable control frame; closing the channel."; "error" => %e);
+                            warn!(log, "The worker sent an unreadable control frame; closing the channel."; "error" => %Causes(&e));
                             let _ = events.send(LinkEvent::Closed { worker_id }.into()).await;
                             return;
                         }
                         Err(e) => {
-                            warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %e);
+                            warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %Causes(&e));
                         }
                     }
                 }

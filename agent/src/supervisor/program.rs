@@ -36,7 +36,7 @@ pub enum ProgramError {
     OwnExe(std::io::Error),
     #[error(transparent)]
     Identity(#[from] super::identity::IdentityError),
-    #[error("cannot run {} check-config: {source}", path.display())]
+    #[error("cannot run {} check-config", path.display())]
     CheckSpawn {
         path: PathBuf,
         source: std::io::Error,

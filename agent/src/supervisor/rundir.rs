@@ -24,7 +24,7 @@ const MAX_RUN_DIR_LEN: usize = 108 - 29;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
-    #[error("cannot prepare the run directory {path}: {source}")]
+    #[error("cannot prepare the run directory {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -34,6 +34,7 @@ pub use suspect::{Suspect, SuspectKind, SuspectView};
 
 use crate::config::types::{LeakAction, Watch};
 use crate::config::{Config, WatchdogConfig};
+use crate::log::Causes;
 use crate::log::RedactedJson;
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{
@@ -301,7 +302,7 @@ impl Watchdog {
         if let Err(e) = self.requests.try_send(request) {
             // Asked again on the next silence.
             self.misses.unreport(id);
-            debug!(self.log, "The supervisor's request queue is full; retrying next round."; "error" => %e);
+            debug!(self.log, "The supervisor's request queue is full; retrying next round."; "error" => %Causes(&e));
         }
     }
 

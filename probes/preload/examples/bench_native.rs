@@ -1,5 +1,5 @@
 //! The native probe's figures, printed as tables:
-//! `cargo build --release -p heapwarden-preload && cargo run --release -p heapwarden-preload --example bench_native`
+//! `cargo run --release --manifest-path probes/preload/Cargo.toml --example bench_native`
 //! (`--quick` for fewer runs).
 //!
 //! It compiles the C programs in `bench/native/` with `cc -O2`, then runs them and
@@ -25,7 +25,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// target/release/libheapwarden_preload.so, next to target/release/examples/<this>.
+/// The library of this example's own build (`probes/preload/target/release/`), next to
+/// `examples/<this>`.
 fn library() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let lib = exe
@@ -35,7 +36,7 @@ fn library() -> PathBuf {
         .join("libheapwarden_preload.so");
     assert!(
         lib.is_file(),
-        "{} missing: cargo build --release -p heapwarden-preload",
+        "{} missing: cargo build --release --manifest-path probes/preload/Cargo.toml",
         lib.display()
     );
     lib

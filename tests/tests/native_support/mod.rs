@@ -40,13 +40,13 @@ pub fn compile_worker(sandbox: &Sandbox, name: &str, extra: &[&str]) -> PathBuf 
     out
 }
 
-/// The preload library the agent will find next to itself (built by
-/// `cargo build --workspace --lib --bins`).
+/// The preload library the agent will find next to itself (put there by
+/// `heapwarden-preload-build`, a member of the root workspace: `cargo build --workspace`).
 pub fn assert_preload_built() {
     let library = heapwarden().with_file_name("libheapwarden_preload.so");
     assert!(
         library.is_file(),
-        "{} is missing: build it first (cargo build --workspace --lib --bins)",
+        "{} is missing: build it first (cargo build --workspace)",
         library.display()
     );
     let _ = bin("heapwarden");

@@ -31,6 +31,7 @@ use crate::metric_names::{ADMIN_CONNECTIONS_CLOSED, ADMIN_CONNECTIONS_OPEN};
 
 mod io;
 
+use crate::log::Causes;
 use io::TrackedIo;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -113,7 +114,9 @@ impl AdminServer {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => accept_loop(listener, router, limits, log, stopped).await,
-                        Err(e) => warn!(log, "The admin server could not start."; "error" => %e),
+                        Err(e) => {
+                            warn!(log, "The admin server could not start."; "error" => %Causes(&e))
+                        }
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(1));
@@ -197,7 +200,7 @@ async fn accept_loop(
             Ok((stream, _)) => stream,
             Err(e) => {
                 if !accept_failing {
-                    warn!(log, "The admin server cannot accept connections."; "error" => %e);
+                    warn!(log, "The admin server cannot accept connections."; "error" => %Causes(&e));
                     accept_failing = true;
                 }
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CursorError {
-    #[error("export cursor {path}: {source}")]
+    #[error("export cursor {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

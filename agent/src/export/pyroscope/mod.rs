@@ -33,6 +33,7 @@ pub use labels::{LabelContext, explore_link, profile_labels, profile_link, valid
 pub use periodic::run_periodic;
 
 use crate::config::{Config, PyroscopeConfig};
+use crate::log::Causes;
 use crate::metric_names::labels::ExportOutcome;
 use crate::metric_names::{
     PROFILE_EXPORT_LAG, PROFILE_EXPORT_PENDING, PROFILE_EXPORTS, PROFILE_PUSH_DURATION,
@@ -253,11 +254,11 @@ impl Exporter {
             reason,
         };
         if let Err(e) = self.store.mark_exported(meta.id, mark, last_waiting).await {
-            warn!(self.log, "The profile index could not record an export."; "profile_id" => meta.id, "error" => %e);
+            warn!(self.log, "The profile index could not record an export."; "profile_id" => meta.id, "error" => %Causes(&e));
         }
         if let Err(e) = self.cursor.advance(meta.id) {
             // In memory the cursor still moves; after a restart this profile may be sent again.
-            warn!(self.log, "The export cursor could not be saved."; "error" => %e);
+            warn!(self.log, "The export cursor could not be saved."; "error" => %Causes(&e));
         }
     }
 }
@@ -318,8 +319,8 @@ fn authorization(username: &str, token: &str) -> String {
 fn read_token(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let (mut file, meta) =
-        crate::owned::open_file(path).map_err(|e| format!("export.pyroscope.token-file: {e}"))?;
+    let (mut file, meta) = crate::owned::open_file(path)
+        .map_err(|e| format!("export.pyroscope.token-file: {}", crate::log::causes(&e)))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
             "export.pyroscope.token-file {shown} is readable by others; chmod 600 it"

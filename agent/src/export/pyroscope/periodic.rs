@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::config::types::Toggle;
+use crate::log::Causes;
 use crate::profiles::{CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile};
 use crate::supervisor::view::PoolView;
 
@@ -56,7 +57,7 @@ pub async fn run_periodic(
                 None,
             );
             if let Err(e) = take_profile(&store, request, &log).await {
-                debug!(log, "A periodic profile was not taken."; "worker" => slot, "error" => %e);
+                debug!(log, "A periodic profile was not taken."; "worker" => slot, "error" => %Causes(&e));
             }
         }
     }

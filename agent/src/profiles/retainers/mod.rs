@@ -36,7 +36,7 @@ const PATH_HOPS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetainersError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -47,7 +47,7 @@ pub enum RetainersError {
         bytes: u64,
         limit: u64,
     },
-    #[error("not a V8 heap snapshot: {0}")]
+    #[error("not a V8 heap snapshot")]
     Json(#[from] serde_json::Error),
     #[error("not a V8 heap snapshot: {0}")]
     Shape(String),

@@ -1,5 +1,6 @@
-//! `[pool] probe = "native"`: the preload library (`libheapwarden_preload.so`, built by
-//! this workspace's `heapwarden-preload` crate) goes into every worker's `LD_PRELOAD`,
+//! `[pool] probe = "native"`: the preload library (`libheapwarden_preload.so`, the
+//! `heapwarden-preload` crate in `probes/preload/`, which `cargo build` at the root puts
+//! next to the agent) goes into every worker's `LD_PRELOAD`,
 //! where it makes jemalloc the allocator and answers the control channel like the Rust
 //! probe. The plan says why not when it cannot: library missing or not loadable, program
 //! statically linked, set-user-ID or with file capabilities, built for another machine,

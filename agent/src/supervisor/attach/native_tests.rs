@@ -125,16 +125,35 @@ fn programs_with_file_capabilities_are_refused() {
     // What `setcap cap_net_bind_service+ep` writes: VFS_CAP_REVISION_2 with the effective
     // flag, permitted = bit 10. Setting it needs CAP_SETFCAP (the test suite runs as root).
     let blob = hex_bytes("0100000200040000000000000000000000000000");
-    rustix::fs::setxattr(
-        &path,
-        "security.capability",
-        &blob,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .expect("set a file capability (needs root / CAP_SETFCAP)");
+    set_xattr(&path, "security.capability", &blob)
+        .expect("set a file capability (needs root / CAP_SETFCAP)");
     let program = inspect(path.as_os_str(), None, Path::new("/")).expect("found");
     assert_eq!(program.privileged, Some("file capabilities"));
     assert!(unsupported(&program, library_kind()).is_some());
+}
+
+/// `setxattr(2)`: test set-up only (the agent reads capabilities in `spawn`).
+#[allow(unsafe_code)]
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    let name = std::ffi::CString::new(name).expect("no NUL in name");
+    // SAFETY: both strings are NUL-terminated and outlive the call; `value` is readable
+    // for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn hex_bytes(hex: &str) -> Vec<u8> {

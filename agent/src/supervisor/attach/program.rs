@@ -201,8 +201,5 @@ fn privilege(path: &Path) -> Option<&'static str> {
     if mode & 0o2000 != 0 {
         return Some("set-group-ID");
     }
-    let mut value = [0u8; 64];
-    rustix::fs::getxattr(path, "security.capability", &mut value)
-        .is_ok()
-        .then_some("file capabilities")
+    crate::supervisor::spawn::has_file_capabilities(path).then_some("file capabilities")
 }

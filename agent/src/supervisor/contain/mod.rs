@@ -29,6 +29,7 @@ use slog::{Logger, info, warn};
 use super::procstat;
 use super::rundir::{AgentRecord, GroupRecord, RunDir, RunDirError, WorkerDir};
 use super::state::WorkerId;
+use crate::log::Causes;
 use decide::{OrphanAction, Seen, leftover_victims, orphan_action};
 
 const PROC: &str = "/proc";
@@ -41,7 +42,7 @@ pub enum ContainError {
     RunDir(#[from] RunDirError),
     #[error("cannot read this agent's own /proc entry")]
     OwnStat,
-    #[error("cannot record this agent in {path}: {source}")]
+    #[error("cannot record this agent in {path}")]
     Record {
         path: PathBuf,
         #[source]
@@ -72,7 +73,7 @@ impl Containment {
             start_ticks: own.start_ticks,
         };
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            warn!(log, "The agent cannot adopt orphaned worker processes."; "error" => %e);
+            warn!(log, "The agent cannot adopt orphaned worker processes."; "error" => %Causes(&e));
         }
         if let Some(previous) = leftovers.previous.filter(|p| p.boot_id == me.boot_id) {
             kill_leftovers(&proc_root, &previous, &leftovers.groups, own, log);

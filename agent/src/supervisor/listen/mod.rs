@@ -34,9 +34,9 @@ pub struct ServiceSocket {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("cannot use the socket passed by systemd: {0}")]
+    #[error("cannot use the socket passed by systemd")]
     Inherited(#[from] InheritedFdError),
     #[error("cannot use the socket passed by systemd: {0}")]
     Move(io::Error),
@@ -164,4 +164,29 @@ impl Listeners {
 /// `net.ipv4.tcp_migrate_req`: whether a closed listener's queue moves to its group.
 fn migrates_queued_connections() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under anyhow's `{e:#}` (the binary's edge) and in logs (`Causes`), the OS error
+    /// appears once: the message says what failed, its source says why.
+    #[test]
+    fn a_bind_failure_names_its_cause_once() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = match bind_shared(addr) {
+            Err(e) => e,
+            Ok(_) => panic!("bound {addr} twice"),
+        };
+        let logged = crate::log::causes(&error);
+        let edge = format!("{:#}", anyhow::Error::new(error));
+        assert_eq!(logged, edge);
+        assert!(
+            logged.starts_with(&format!("cannot listen on {addr}: ")),
+            "{logged}"
+        );
+        assert_eq!(logged.matches("in use").count(), 1, "{logged}");
+    }
 }

@@ -10,6 +10,7 @@ use slog::{info, warn};
 use super::super::link::{ControlLink, LinkEvent};
 use super::super::state::{Event, WorkerId};
 use super::Supervisor;
+use crate::log::Causes;
 
 /// How long the relay waits for each worker to drop an invalidated key.
 const INVALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,7 +66,7 @@ impl Supervisor {
             });
             for result in futures_util::future::join_all(asks).await {
                 if let Err(e) = result {
-                    warn!(log, "A worker did not confirm a cache invalidation."; "error" => %e);
+                    warn!(log, "A worker did not confirm a cache invalidation."; "error" => %Causes(&e));
                 }
             }
             let _ = origin_link.send(AgentMsg::InvalidateDone { seq });

@@ -24,6 +24,7 @@ use super::super::state::Event;
 use super::super::view::ReloadOutcome;
 use super::{Inbox, Supervisor};
 use crate::config::{Config, ConfigErrors, reload};
+use crate::log::{Causes, causes};
 
 /// What workers are started with: `pool.command` (or `heapwarden-demo` from next to the
 /// agent), the environment (`pool.env` over the worker context — slot size, state
@@ -160,9 +161,9 @@ impl Supervisor {
             Ok(command) => command,
             Err(e) => {
                 error!(self.log, "The reloaded worker command cannot be resolved; the running config stays.";
-                        "error" => %e);
+                        "error" => %Causes(&e));
                 answer(ReloadOutcome::Refused {
-                    errors: vec![("pool.command".to_string(), e.to_string())],
+                    errors: vec![("pool.command".to_string(), causes(&e))],
                 });
                 return;
             }

@@ -20,6 +20,7 @@ use super::super::rundir::WorkerDir;
 use super::super::spawn::{SpawnSpec, spawn_worker};
 use super::super::state::{Event, ExitStatus, WorkerId};
 use super::{Inbox, Supervisor, signal_group};
+use crate::log::Causes;
 
 pub(super) struct WorkerRuntime {
     pub pid: u32,
@@ -56,7 +57,7 @@ impl Drop for AbortOnDrop {
 impl Supervisor {
     pub(super) fn spawn(&mut self, slot: usize, worker: WorkerId) -> Event {
         let failed = |this: &Self, what: &str, e: std::io::Error| {
-            error!(this.log, "A worker could not be started."; "worker" => slot, "step" => what, "error" => %e);
+            error!(this.log, "A worker could not be started."; "worker" => slot, "step" => what, "error" => %Causes(&e));
             Event::SpawnFailed { worker }
         };
         let dir = match self.containment.create_worker_dir(worker) {
@@ -75,7 +76,7 @@ impl Supervisor {
             Ok(l) => Some(l),
             Err(e) => {
                 slog::warn!(self.log, "A worker's socket for its forked children could not be bound; they are measured from procfs only.";
-                    "worker" => slot, "error" => %e);
+                    "worker" => slot, "error" => %Causes(&e));
                 None
             }
         };

@@ -1,5 +1,8 @@
 //! Starting one worker process: the only module of the agent that needs `unsafe`,
-//! for the code that runs between fork and exec (`pre_exec`).
+//! for the code that runs between fork and exec (`pre_exec`), and for the one question
+//! about an executable that no safe wrapper of ours answers: whether exec will run it
+//! with file capabilities ([`has_file_capabilities`]; `nix`, the agent's one system-call
+//! crate, has no xattr calls).
 //!
 //! The child gets the shared listening socket as fd 3 (`LISTEN_FDS=1`), its end of the
 //! control socketpair as fd 4 (`HEAPWARDEN_CONTROL_FD=4`), its own `NOTIFY_SOCKET`, its
@@ -30,6 +33,28 @@ pub use env::{ChildEnv, with_preload};
 
 use super::attach::native::PRELOAD_ENV;
 use super::identity::WorkerIdentity;
+
+/// Whether `path` carries file capabilities (`security.capability`, what `setcap`
+/// writes): exec then runs it in secure-execution mode, and the dynamic linker ignores
+/// `LD_PRELOAD` paths like the native probe's.
+pub fn has_file_capabilities(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut value = [0u8; 64];
+    // SAFETY: both names are NUL-terminated and live across the call; `value` is a
+    // writable buffer of the length passed, and getxattr writes at most that many bytes.
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    len >= 0
+}
 
 /// fd numbers in the child, by the systemd convention and ours.
 const LISTEN_FD: RawFd = 3;
