@@ -1,11 +1,13 @@
 //! Writes one round's figures to the `metrics` recorder under the catalog's names,
 //! and renders the float CPU counters the recorder cannot hold. Label values come from
-//! fixed sets: the slot number, a state name, a window.
+//! fixed sets: the slot number, a state name, a window. A slot's series are registered
+//! once ([`SlotMetrics`]); a round then only stores values, instead of building a key and
+//! looking it up in the registry for each of the ~20 series of each slot every second.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, counter, gauge, histogram};
 
 use super::WorkerSample;
 use super::collect::HostFigures;
@@ -15,27 +17,84 @@ use crate::metric_names::labels::{
 use crate::metric_names::*;
 use crate::supervisor::{PoolView, SlotState};
 
+/// One slot's series, registered with the recorder once.
+pub struct SlotMetrics {
+    up: Gauge,
+    states: [Gauge; SlotState::ALL.len()],
+    budget_exhausted: Gauge,
+    rss: Gauge,
+    pss: Gauge,
+    uss: Gauge,
+    swap: Gauge,
+    heap_allocated: Gauge,
+    heap_active: Gauge,
+    heap_resident: Gauge,
+    heap_retained: Gauge,
+    external: Gauge,
+    array_buffers: Gauge,
+    runtime_lag: Gauge,
+    probe_dropped: Counter,
+}
+
+impl SlotMetrics {
+    pub fn register(slot: usize) -> SlotMetrics {
+        let worker = slot.to_string();
+        let g = |m: Metric| gauge!(m.name, "worker" => worker.clone());
+        SlotMetrics {
+            up: g(WORKER_UP),
+            states: SlotState::ALL.map(|state| {
+                gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => state.as_str())
+            }),
+            budget_exhausted: gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => BUDGET_EXHAUSTED),
+            rss: g(WORKER_RSS),
+            pss: g(WORKER_PSS),
+            uss: g(WORKER_USS),
+            swap: g(WORKER_SWAP),
+            heap_allocated: g(WORKER_HEAP_ALLOCATED),
+            heap_active: g(WORKER_HEAP_ACTIVE),
+            heap_resident: g(WORKER_HEAP_RESIDENT),
+            heap_retained: g(WORKER_HEAP_RETAINED),
+            external: g(WORKER_EXTERNAL),
+            array_buffers: g(WORKER_ARRAY_BUFFERS),
+            runtime_lag: g(WORKER_RUNTIME_LAG),
+            probe_dropped: counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()),
+        }
+    }
+}
+
+/// Every slot's handles, indexed by slot, registered when a slot is first seen.
+#[derive(Default)]
+pub struct SlotsMetrics(Vec<SlotMetrics>);
+
+impl SlotsMetrics {
+    pub fn slot(&mut self, slot: usize) -> &SlotMetrics {
+        while self.0.len() <= slot {
+            let next = self.0.len();
+            self.0.push(SlotMetrics::register(next));
+        }
+        &self.0[slot]
+    }
+}
+
 /// `heapwarden_worker_up` and `heapwarden_worker_state` for every slot.
-pub fn record_slots(view: &PoolView) {
+pub fn record_slots(view: &PoolView, metrics: &mut SlotsMetrics) {
     for slot in &view.slots {
-        let worker = slot.slot.to_string();
+        let m = metrics.slot(slot.slot);
         let up = slot.worker.as_ref().is_some_and(|w| w.ready)
             && matches!(slot.state, SlotState::Ready | SlotState::Replacing);
-        gauge!(WORKER_UP.name, "worker" => worker.clone()).set(if up { 1.0 } else { 0.0 });
+        m.up.set(if up { 1.0 } else { 0.0 });
         // One state at a time: a ready slot whose leak-restart budget is spent shows as
         // `budget_exhausted` (it serves, but a leak no longer replaces it), not `ready`.
         let exhausted = slot.budget_exhausted && slot.state == SlotState::Ready;
-        for state in SlotState::ALL {
-            let value = if state == slot.state && !exhausted {
+        for (state, gauge) in SlotState::ALL.iter().zip(&m.states) {
+            let value = if *state == slot.state && !exhausted {
                 1.0
             } else {
                 0.0
             };
-            gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => state.as_str())
-                .set(value);
+            gauge.set(value);
         }
-        gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => BUDGET_EXHAUSTED)
-            .set(if exhausted { 1.0 } else { 0.0 });
+        m.budget_exhausted.set(if exhausted { 1.0 } else { 0.0 });
     }
 }
 
@@ -51,40 +110,38 @@ pub fn record_removed_slots(slots: std::ops::Range<usize>) {
 }
 
 /// `dropped_since`: control messages the worker's probe dropped since the last round.
-pub fn record_worker(sample: &WorkerSample, dropped_since: u64) {
-    let worker = sample.slot.to_string();
-    let set = |m: Metric, value: f64| gauge!(m.name, "worker" => worker.clone()).set(value);
-    set(WORKER_RSS, sample.rss as f64);
+pub fn record_worker(sample: &WorkerSample, dropped_since: u64, m: &SlotMetrics) {
+    m.rss.set(sample.rss as f64);
     if let Some(pss) = sample.pss {
-        set(WORKER_PSS, pss as f64);
+        m.pss.set(pss as f64);
     }
     if let Some(uss) = sample.uss {
-        set(WORKER_USS, uss as f64);
+        m.uss.set(uss as f64);
     }
     if let Some(swap) = sample.swap {
-        set(WORKER_SWAP, swap as f64);
+        m.swap.set(swap as f64);
     }
     if let Some(heap) = &sample.heap {
-        set(WORKER_HEAP_ALLOCATED, heap.allocated as f64);
-        set(WORKER_HEAP_ACTIVE, heap.active as f64);
+        m.heap_allocated.set(heap.allocated as f64);
+        m.heap_active.set(heap.active as f64);
         // Absent for Node workers: V8 has no such figures, and none are made up.
         if let Some(resident) = heap.resident {
-            set(WORKER_HEAP_RESIDENT, resident as f64);
+            m.heap_resident.set(resident as f64);
         }
         if let Some(retained) = heap.retained {
-            set(WORKER_HEAP_RETAINED, retained as f64);
+            m.heap_retained.set(retained as f64);
         }
     }
     if let Some(external) = sample.external_bytes {
-        set(WORKER_EXTERNAL, external as f64);
+        m.external.set(external as f64);
     }
     if let Some(array_buffers) = sample.array_buffers_bytes {
-        set(WORKER_ARRAY_BUFFERS, array_buffers as f64);
+        m.array_buffers.set(array_buffers as f64);
     }
     if let Some(lag) = sample.runtime_lag_seconds {
-        set(WORKER_RUNTIME_LAG, lag);
+        m.runtime_lag.set(lag);
     }
-    counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()).increment(dropped_since);
+    m.probe_dropped.increment(dropped_since);
 }
 
 pub fn record_host(host: &HostFigures) {

@@ -69,6 +69,8 @@ pub struct SamplerState {
     trees: Arc<std::sync::Mutex<TreeCache>>,
     /// Heap figures of the workers and their forked children between rounds.
     child_heaps: ChildHeaps,
+    /// Each slot's metric handles, registered once.
+    slot_metrics: record::SlotsMetrics,
 }
 
 impl SamplerState {
@@ -84,6 +86,7 @@ impl SamplerState {
             metrics: Exposition::default(),
             trees: Arc::default(),
             child_heaps: ChildHeaps::default(),
+            slot_metrics: record::SlotsMetrics::default(),
         }
     }
 
@@ -235,7 +238,7 @@ impl SamplerState {
                     .unwrap_or(0);
                 now.saturating_sub(last)
             });
-            record::record_worker(&sample, dropped_since);
+            record::record_worker(&sample, dropped_since, self.slot_metrics.slot(target.slot));
             cpu.insert(target.slot, tree.cpu_seconds);
             outcome.samples.push(sample);
         }
@@ -251,7 +254,7 @@ impl SamplerState {
             debug!(self.log, "Some machine figures could not be read.";
                 "errors" => host.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
         }
-        record::record_slots(view);
+        record::record_slots(view, &mut self.slot_metrics);
         if self.slots_seen > view.slots.len() {
             record::record_removed_slots(view.slots.len()..self.slots_seen);
         }

@@ -315,7 +315,9 @@ fn slots_without_a_ready_worker_are_down() {
         stopping: false,
     };
     let recorder = crate::metric_names::build_recorder().expect("recorder");
-    metrics::with_local_recorder(&recorder, || super::record::record_slots(&view));
+    metrics::with_local_recorder(&recorder, || {
+        super::record::record_slots(&view, &mut Default::default())
+    });
     let page = recorder.handle().render();
     assert!(
         page.contains("heapwarden_worker_up{worker=\"0\"} 0"),
@@ -340,7 +342,9 @@ fn a_spent_leak_budget_is_its_own_state_not_ready() {
         stopping: false,
     };
     let recorder = crate::metric_names::build_recorder().expect("recorder");
-    metrics::with_local_recorder(&recorder, || super::record::record_slots(&view));
+    metrics::with_local_recorder(&recorder, || {
+        super::record::record_slots(&view, &mut Default::default())
+    });
     let page = recorder.handle().render();
     for expected in [
         "heapwarden_worker_state{worker=\"0\",state=\"budget_exhausted\"} 1",

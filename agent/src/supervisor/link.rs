@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 /// Requests waiting for a reply beyond this are a sign of a stuck worker; the oldest
 /// caller has long timed out, so its slot is reclaimed.
 const MAX_PENDING: usize = 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 8 * 1024;
 /// Frames larger than this are decoded off the runtime thread.
 pub const DECODE_OFF_THREAD: usize = 64 * 1024;
 
@@ -230,7 +232,9 @@ async fn run_link<E: From<LinkEvent>>(
     // Requests count from after PUSHED_SEQ, so no answer is taken for a push.
     let mut next_seq: u64 = PUSHED_SEQ + 1;
     let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Per worker, for the link's life: sized for the frames of every second (a pushed
+    // stats is ~200 bytes); a large one (metrics text) takes several reads into the decoder.
+    let mut buf = vec![0u8; READ_CHUNK];
     let mut hello_seen = false;
     let grace = tokio::time::sleep(hello_grace.map_or(Duration::MAX / 4, |(_, d)| d));
     tokio::pin!(grace);

@@ -3,7 +3,7 @@
 //! build in turn before the next case starts, so load from other work on a shared
 //! machine falls on all of them alike.
 
-use super::footprint::measure_window;
+use super::footprint::{Window, measure_window};
 use super::*;
 
 /// `before=/path/heapwarden,jemalloc=/other/heapwarden` → (name, path) pairs.
@@ -82,5 +82,42 @@ pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResul
         );
     }
     println!();
+    per_worker(&builds, &rows, &cases);
     Ok(())
+}
+
+/// What one more worker costs each build: the slope between the fewest and the most
+/// workers measured (CPU per worker and sampling interval of 1 s, RSS per worker).
+fn per_worker(
+    builds: &[(String, PathBuf)],
+    rows: &[(&str, String, Window)],
+    cases: &[(String, usize)],
+) {
+    let (Some(fewest), Some(most)) = (cases.first(), cases.last()) else {
+        return;
+    };
+    let added = most.1.saturating_sub(fewest.1);
+    if added == 0 {
+        return;
+    }
+    let window = |case: &str, build: &str| {
+        rows.iter()
+            .find(|(what, name, _)| *what == case && name == build)
+            .map(|(_, _, w)| w)
+    };
+    println!(
+        "## Per worker, {} → {} workers (slope; 1 % of a core = 10 ms per second)\n",
+        fewest.1, most.1
+    );
+    println!("| build | CPU µs per worker per 1 s sample | RSS KiB per worker |");
+    println!("|---|---:|---:|");
+    for (name, _) in builds {
+        let (Some(low), Some(high)) = (window(&fewest.0, name), window(&most.0, name)) else {
+            continue;
+        };
+        let cpu_us = (high.cpu_percent - low.cpu_percent) * 10_000.0 / added as f64;
+        let rss_kib = (high.rss_mean - low.rss_mean) * 1024.0 / added as f64;
+        println!("| {name} | {cpu_us:.0} | {rss_kib:.0} |");
+    }
+    println!();
 }
