@@ -17,29 +17,56 @@ use crate::metric_names::labels::{
 use crate::metric_names::*;
 use crate::supervisor::{PoolView, SlotState};
 
-/// One slot's series, registered with the recorder once.
+/// One slot's series, registered with the recorder once. A figure a worker may not have
+/// (PSS before the first smaps round, heap figures without a probe, jemalloc's resident
+/// and retained for Node, V8's external for Rust) is registered when first measured: a
+/// registered series is exported at zero, and none is made up.
 pub struct SlotMetrics {
     up: Gauge,
     states: [Gauge; SlotState::ALL.len()],
     budget_exhausted: Gauge,
     rss: Gauge,
-    pss: Gauge,
-    uss: Gauge,
-    swap: Gauge,
-    heap_allocated: Gauge,
-    heap_active: Gauge,
-    heap_resident: Gauge,
-    heap_retained: Gauge,
-    external: Gauge,
-    array_buffers: Gauge,
-    runtime_lag: Gauge,
+    pss: LazyGauge,
+    uss: LazyGauge,
+    swap: LazyGauge,
+    heap_allocated: LazyGauge,
+    heap_active: LazyGauge,
+    heap_resident: LazyGauge,
+    heap_retained: LazyGauge,
+    external: LazyGauge,
+    array_buffers: LazyGauge,
+    runtime_lag: LazyGauge,
     probe_dropped: Counter,
+}
+
+/// A slot's gauge, registered at its first value.
+pub struct LazyGauge {
+    metric: Metric,
+    worker: String,
+    gauge: std::cell::OnceCell<Gauge>,
+}
+
+impl LazyGauge {
+    fn new(metric: Metric, worker: &str) -> LazyGauge {
+        LazyGauge {
+            metric,
+            worker: worker.to_string(),
+            gauge: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn set(&self, value: f64) {
+        self.gauge
+            .get_or_init(|| gauge!(self.metric.name, "worker" => self.worker.clone()))
+            .set(value);
+    }
 }
 
 impl SlotMetrics {
     pub fn register(slot: usize) -> SlotMetrics {
         let worker = slot.to_string();
         let g = |m: Metric| gauge!(m.name, "worker" => worker.clone());
+        let lazy = |m: Metric| LazyGauge::new(m, &worker);
         SlotMetrics {
             up: g(WORKER_UP),
             states: SlotState::ALL.map(|state| {
@@ -47,16 +74,16 @@ impl SlotMetrics {
             }),
             budget_exhausted: gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => BUDGET_EXHAUSTED),
             rss: g(WORKER_RSS),
-            pss: g(WORKER_PSS),
-            uss: g(WORKER_USS),
-            swap: g(WORKER_SWAP),
-            heap_allocated: g(WORKER_HEAP_ALLOCATED),
-            heap_active: g(WORKER_HEAP_ACTIVE),
-            heap_resident: g(WORKER_HEAP_RESIDENT),
-            heap_retained: g(WORKER_HEAP_RETAINED),
-            external: g(WORKER_EXTERNAL),
-            array_buffers: g(WORKER_ARRAY_BUFFERS),
-            runtime_lag: g(WORKER_RUNTIME_LAG),
+            pss: lazy(WORKER_PSS),
+            uss: lazy(WORKER_USS),
+            swap: lazy(WORKER_SWAP),
+            heap_allocated: lazy(WORKER_HEAP_ALLOCATED),
+            heap_active: lazy(WORKER_HEAP_ACTIVE),
+            heap_resident: lazy(WORKER_HEAP_RESIDENT),
+            heap_retained: lazy(WORKER_HEAP_RETAINED),
+            external: lazy(WORKER_EXTERNAL),
+            array_buffers: lazy(WORKER_ARRAY_BUFFERS),
+            runtime_lag: lazy(WORKER_RUNTIME_LAG),
             probe_dropped: counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()),
         }
     }
