@@ -174,7 +174,10 @@ fn every_command_of_the_on_call_guide_works_as_written() {
 
     // No trip yet? `heapwarden dump <slot>`; a snapshot for DevTools.
     let dumped = guide.ok(&["dump", "0"]);
-    assert!(dumped.contains("of worker 0 written"), "{dumped}");
+    assert!(
+        dumped.contains("of worker 0 (pid ") && dumped.contains(") written"),
+        "{dumped}"
+    );
     let snap = guide.ok(&["dump", "0", "--snapshot"]);
     let snap_id = snap
         .split_whitespace()
