@@ -130,8 +130,10 @@ fn a_leaking_worker_is_profiled_diffed_and_replaced_without_a_failed_request() {
     assert!(ok > 300, "the client loop made progress ({ok})");
     let workers = cli(&setup, &["ps"]);
     assert_eq!(
-        workers[0]["restarts"], 0,
-        "the healthy worker was left alone: {workers}"
+        workers[0]["restarts"],
+        0,
+        "the healthy worker was left alone: {workers}\nagent log:\n{}",
+        logs.raw()
     );
 
     // The on-call view: the diff names the leak, the files open in go tool pprof.
