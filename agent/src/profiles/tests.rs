@@ -368,6 +368,26 @@ async fn handle_serves_the_store_from_its_own_thread_and_diffs() {
         .expect("store thread ends with its last handle");
 }
 
+/// Writes one stored profile of `slot`'s worker `worker_id` (pid `pid`) holding `bytes`
+/// in `app::leaky`.
+async fn write_profile(
+    handle: &ProfileStoreHandle,
+    (slot, worker_id, pid): (usize, u64, u32),
+    trigger: Trigger,
+    bytes: i64,
+) {
+    let pending = handle
+        .begin(slot, Some(worker_id), pid, trigger)
+        .await
+        .expect("begin");
+    let profile = profile_of(&[(&["malloc", "app::leaky"], bytes)]);
+    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
+    handle
+        .commit(pending, ProfileFigures::default(), None)
+        .await
+        .expect("commit");
+}
+
 /// Defect: with `action = "restart"` every leak profile is followed by the replacement
 /// worker's own baseline, and `diff <leak>` took the slot's newest baseline, the
 /// replacement's, so it measured another process. The default base is the baseline of
@@ -379,60 +399,21 @@ async fn a_leak_diffs_against_its_own_workers_baseline_not_the_replacements() {
     let (handle, _thread) = ProfileStoreHandle::spawn(store);
     // Worker 1 (pid 42): baseline at 1 MiB, leak at 90 MiB; its replacement, worker 2
     // (pid 43), writes its baseline at 10 MiB; then worker 1's leak profile is diffed.
-    let steps = [
-        (1, 42, Trigger::Baseline, 1 << 20),
-        (1, 42, Trigger::Leak, 90 << 20),
-        (2, 43, Trigger::Baseline, 10 << 20),
-    ];
-    for (worker_id, pid, trigger, bytes) in steps {
-        let pending = handle
-            .begin(0, Some(worker_id), pid, trigger)
-            .await
-            .expect("begin");
-        let profile = profile_of(&[(&["malloc", "app::leaky"], bytes)]);
-        std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
-        handle
-            .commit(pending, ProfileFigures::default(), None)
-            .await
-            .expect("commit");
-    }
+    write_profile(&handle, (0, 1, 42), Trigger::Baseline, 1 << 20).await;
+    write_profile(&handle, (0, 1, 42), Trigger::Leak, 90 << 20).await;
+    write_profile(&handle, (0, 2, 43), Trigger::Baseline, 10 << 20).await;
     let report = handle.diff(2, None).await.expect("diff");
     assert_eq!(report.base_id, 1, "the leaker's own baseline");
     assert_eq!(report.total_delta_bytes, (90 << 20) - (1 << 20));
     // The replacement's later leak takes the replacement's baseline.
-    let pending = handle
-        .begin(0, Some(2), 43, Trigger::Leak)
-        .await
-        .expect("begin");
-    let profile = profile_of(&[(&["malloc", "app::leaky"], 30 << 20)]);
-    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
-    handle
-        .commit(pending, ProfileFigures::default(), None)
-        .await
-        .expect("commit");
+    write_profile(&handle, (0, 2, 43), Trigger::Leak, 30 << 20).await;
     assert_eq!(handle.diff(4, None).await.expect("diff").base_id, 3);
     // A pre-fork worker's leak profile is the child that grew (pid 44), baselined through
     // worker 2's first process: same worker, another pid, still its base.
-    let pending = handle
-        .begin(0, Some(2), 44, Trigger::Leak)
-        .await
-        .expect("begin");
-    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
-    handle
-        .commit(pending, ProfileFigures::default(), None)
-        .await
-        .expect("commit");
+    write_profile(&handle, (0, 2, 44), Trigger::Leak, 30 << 20).await;
     assert_eq!(handle.diff(5, None).await.expect("diff").base_id, 3);
     // A worker without a baseline of its own has no default base.
-    let pending = handle
-        .begin(1, Some(5), 50, Trigger::Manual)
-        .await
-        .expect("begin");
-    std::fs::write(&pending.out_path, pprof::encode_gz(&profile).expect("gz")).expect("w");
-    handle
-        .commit(pending, ProfileFigures::default(), None)
-        .await
-        .expect("commit");
+    write_profile(&handle, (1, 5, 50), Trigger::Manual, 30 << 20).await;
     assert!(matches!(
         handle.diff(6, None).await,
         Err(StoreError::NoBaseline {
