@@ -149,6 +149,29 @@ fn the_cli_says_in_one_line_when_the_agent_is_down() {
     assert!(err.contains("cannot reach the agent"), "{err}");
 }
 
+/// `heapwarden ps --json | head -1`: a reader that goes away ends the verb quietly
+/// (it panicked in `println!` with "failed printing to stdout: Broken pipe").
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes_away() {
+    let _guard = TimeoutGuard::new("cli_broken_pipe", SECS(60));
+    let sandbox = Sandbox::new();
+    let (_agent, _admin, _token) = probe_agent(&sandbox, probe_config());
+    for args in [&["ps", "--json"][..], &["ps"], &["profiles"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(heapwarden())
+            .args(args)
+            .arg("-c")
+            .arg(sandbox.path().join("heapwarden.toml"))
+            .stdout(writer)
+            .output()
+            .expect("run the CLI");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn a_worker_that_stops_answering_is_replaced_as_unhealthy() {
     let _guard = TimeoutGuard::new("unhealthy", SECS(60));

@@ -3,6 +3,7 @@
 //! same config (`-c`, `HEAPWARDEN_ADMIN_LISTEN`, `HEAPWARDEN_ADMIN_TOKEN_FILE`). Every
 //! failure is one clear line on stderr and a non-zero exit.
 
+use super::out::outln;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -140,19 +141,19 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             std::fs::write(&path, &bytes)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if common.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "id": id, "path": path, "bytes": bytes.len() })
                 );
             } else {
                 if ext == "heapsnapshot" {
-                    println!(
+                    outln!(
                         "wrote {} ({} bytes); open it in Chrome DevTools: Memory → Load",
                         path.display(),
                         bytes.len()
                     );
                 } else {
-                    println!(
+                    outln!(
                         "wrote {} ({} bytes); open it with: go tool pprof -top {} \
                          (-http=:8081 for graphs needs graphviz)",
                         path.display(),
@@ -177,7 +178,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                     Some(worker) => format!("pid {}, a forked child of {worker}", m.pid),
                     None => format!("pid {}", m.pid),
                 };
-                println!(
+                outln!(
                     "{} {} of worker {} ({process}) written ({} bytes); pull it with: heapwarden pull {}",
                     m.kind.as_str(),
                     m.id,
@@ -218,7 +219,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 return print_out(&common, &shown, |r| {
                     print_diff(&r.report, sites);
                     if let Some(link) = &r.pyroscope_link {
-                        println!("in Pyroscope: {link}");
+                        outln!("in Pyroscope: {link}");
                     }
                 });
             };
@@ -228,7 +229,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let written = serde_json::json!({ "id": id, "path": file, "bytes": bytes.len() });
             print_out(&common, &written, |_| {
-                println!(
+                outln!(
                     "wrote {} ({} bytes): open it in a browser (red grew, blue shrank)",
                     file.display(),
                     bytes.len()
@@ -239,17 +240,17 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             // A holder must hold at least 1 MiB: below that it is noise next to a leak.
             let summary = crate::profiles::retainers::summarize_file(&file, 1 << 20, top)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                outln!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                println!(
+                outln!(
                     "{}: {:.1} MiB in {} objects; holders (shortest retaining path, holder first):",
                     file.display(),
                     summary.total_bytes as f64 / 1048576.0,
                     summary.objects
                 );
-                println!("{:>9} {:>9}  PATH", "HELD_MiB", "OBJECTS");
+                outln!("{:>9} {:>9}  PATH", "HELD_MiB", "OBJECTS");
                 for h in &summary.holders {
-                    println!(
+                    outln!(
                         "{:>9.1} {:>9}  {}",
                         h.held_bytes as f64 / 1048576.0,
                         h.objects,
@@ -263,7 +264,7 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             let reply: RestartReply =
                 Client::new(&common)?.post_json(&format!("/workers/{}/restart", segment(&slot)))?;
             print_out(&common, &reply, |_| {
-                println!("worker {slot} is being replaced (make-before-break)")
+                outln!("worker {slot} is being replaced (make-before-break)")
             })
         }
         Verb::Reload(common) => {
@@ -271,17 +272,17 @@ fn run(verb: Verb) -> anyhow::Result<()> {
             // A refused file is an error (the agent's 422 names every key).
             print_out(&common, &reply, |reply| {
                 if !reply.replaces_workers {
-                    println!(
+                    outln!(
                         "the config was reloaded; only the agent's own settings changed, \
                          so the workers keep running"
                     );
                 } else {
-                    println!(
+                    outln!(
                         "the config was reloaded; every worker is being replaced, one at a time"
                     );
                 }
                 for key in &reply.needs_restart {
-                    println!("{key} changed but needs a restart to take effect");
+                    outln!("{key} changed but needs a restart to take effect");
                 }
             })
         }
@@ -308,22 +309,24 @@ fn diff_retainers(common: &Common, id: &str, base: Option<&str>) -> anyhow::Resu
     let report: RetainersDiff = Client::new(common)?.get_json(&path)?;
     print_out(common, &report, |r| {
         match r.base_id {
-            Some(b) => println!(
+            Some(b) => outln!(
                 "snapshot {} minus {} snapshot {b}: holders by growth (shortest retaining path, holder first)",
                 r.profile_id,
                 r.base_trigger.map(|t| t.as_str()).unwrap_or("an earlier")
             ),
-            None => println!(
+            None => outln!(
                 "snapshot {} (no earlier snapshot of that worker: growth is all it holds)",
                 r.profile_id
             ),
         }
-        println!(
+        outln!(
             "{:>12} {:>9} {:>9}  PATH",
-            "GROWTH_MiB", "HELD_MiB", "OBJECTS"
+            "GROWTH_MiB",
+            "HELD_MiB",
+            "OBJECTS"
         );
         for g in &r.holders {
-            println!(
+            outln!(
                 "{:>12.1} {:>9.1} {:>9}  {}",
                 g.delta_bytes as f64 / 1048576.0,
                 g.held_bytes as f64 / 1048576.0,
@@ -359,7 +362,7 @@ fn diff_link(common: &Common, client: &Client, id: u64) -> anyhow::Result<Option
 /// `--json`: the reply as the API's JSON (the same type the handler wrote); else `table`.
 fn print_out<T: Serialize>(common: &Common, value: &T, table: impl Fn(&T)) -> anyhow::Result<()> {
     if common.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        outln!("{}", serde_json::to_string_pretty(value)?);
     } else {
         table(value);
     }

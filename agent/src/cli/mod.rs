@@ -6,9 +6,11 @@
 mod args;
 pub mod client;
 mod discover;
+mod out;
 mod package_files;
 mod table;
 
+use out::outln;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -33,7 +35,7 @@ pub fn main() -> ExitCode {
                 for w in config::warnings(&config) {
                     eprintln!("config warning: {}: {}", w.key, w.message);
                 }
-                println!(
+                outln!(
                     "config ok: {} workers, service on {}, admin on {}",
                     config.pool.worker_count(),
                     config.pool.listen,
@@ -57,7 +59,7 @@ pub fn main() -> ExitCode {
             crate::profiles::retainers::summarize_file(&args.file, args.min_bytes, args.top)
                 .map_err(anyhow::Error::from)
                 .and_then(|summary| {
-                    println!("{}", serde_json::to_string(&summary)?);
+                    outln!("{}", serde_json::to_string(&summary)?);
                     Ok(())
                 }),
         ),

@@ -1,6 +1,7 @@
 //! Human-readable tables for the on-call verbs (`--json` prints the API's JSON instead),
 //! from the admin API's own reply types.
 
+use super::out::outln;
 use std::fmt::Display;
 
 use crate::api_types::{DiffReport, DiffView, ProfileMeta, WorkerRow};
@@ -38,7 +39,7 @@ fn rfc3339(unix_ms: u64) -> String {
 }
 
 pub fn print_workers(rows: &[WorkerRow]) {
-    println!(
+    outln!(
         "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
         "SLOT",
         "PID",
@@ -61,7 +62,7 @@ pub fn print_workers(rows: &[WorkerRow]) {
             state.push('!');
             spent = true;
         }
-        println!(
+        outln!(
             "{:>4} {:>8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>12} {:>10}",
             r.slot,
             text(r.pid),
@@ -75,7 +76,7 @@ pub fn print_workers(rows: &[WorkerRow]) {
         );
     }
     if spent {
-        println!(
+        outln!(
             "! leak-restart budget spent (max-leak-restarts-per-hour): the slot serves, \
              but a leak no longer replaces it"
         );
@@ -83,16 +84,24 @@ pub fn print_workers(rows: &[WorkerRow]) {
 }
 
 pub fn print_profiles(rows: &[ProfileMeta]) {
-    println!(
+    outln!(
         "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {:<20}  PYROSCOPE",
-        "ID", "SLOT", "PID", "TRIGGER", "KIND", "RULE", "BYTES", "HEAP_MiB", "CREATED"
+        "ID",
+        "SLOT",
+        "PID",
+        "TRIGGER",
+        "KIND",
+        "RULE",
+        "BYTES",
+        "HEAP_MiB",
+        "CREATED"
     );
     for r in rows {
         // `-`: not pushed (yet, or export is off); else the outcome, and when.
         let export = r.export.as_ref().map_or("-".to_string(), |mark| {
             format!("{} {}", mark.outcome.as_str(), rfc3339(mark.at_unix_ms))
         });
-        println!(
+        outln!(
             "{:>5} {:>4} {:>8} {:<9} {:<9} {:<10} {:>9} {:>9}  {:<20}  {export}",
             r.id,
             r.slot,
@@ -110,7 +119,7 @@ pub fn print_profiles(rows: &[ProfileMeta]) {
 /// The diff's default view (for Node: by first application frame), or with `sites` the
 /// allocation sites; each row with its `file:line`.
 pub fn print_diff(report: &DiffReport, sites: bool) {
-    println!(
+    outln!(
         "profile {} minus base {}: {} MiB growth",
         report.profile_id,
         report.base_id,
@@ -123,7 +132,7 @@ pub fn print_diff(report: &DiffReport, sites: bool) {
     };
     // A report from an agent without `top_sites` still prints its `top`.
     let rows = if rows.is_empty() { &report.top } else { rows };
-    println!("{:>12}  {heading}", "GROWTH_MiB");
+    outln!("{:>12}  {heading}", "GROWTH_MiB");
     for e in rows.iter().take(15) {
         let at = e.short_location();
         let note = if e.in_app {
@@ -131,7 +140,7 @@ pub fn print_diff(report: &DiffReport, sites: bool) {
         } else {
             "  (no application frame on the stack)"
         };
-        println!(
+        outln!(
             "{:>12}  {}{}{note}",
             mib(Some(e.delta_bytes as f64)),
             e.function,
