@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use heapwarden_probes::{Probe, RuntimeLag};
+use heapwarden_probes::{Causes, Probe, RuntimeLag};
 use metrics_exporter_prometheus::PrometheusHandle;
 use slog::{Logger, error, info, o};
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,7 @@ pub fn main(config: DemoConfig, settings: Settings) -> anyhow::Result<()> {
         root.new(o!("module" => "demo", "worker" => settings.slot, "pid" => std::process::id()));
     // Sampling costs little and lets the agent pull profiles; without it we still serve.
     if let Err(e) = heapwarden_probes::activate_profiling() {
-        info!(log, "Heap profiling is unavailable in this worker."; "error" => e.to_string());
+        info!(log, "Heap profiling is unavailable in this worker."; "error" => Causes(&e).to_string());
     }
     let probe = Probe::from_env();
     // Only a pool shares the cores; a worker run alone is single-threaded.

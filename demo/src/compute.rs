@@ -15,7 +15,7 @@ pub enum ComputeError {
     Busy { queue: usize },
     #[error("the compute pool stopped")]
     Stopped,
-    #[error("cannot start compute thread {index}: {source}")]
+    #[error("cannot start compute thread {index}")]
     Spawn {
         index: usize,
         #[source]

@@ -20,13 +20,13 @@ use crate::config::DemoConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot open the database {url}: {source}")]
+    #[error("cannot open the database {url}")]
     Open {
         url: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("{doing} failed: {source}")]
+    #[error("{doing} failed")]
     Query {
         doing: &'static str,
         #[source]

@@ -6,6 +6,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use heapwarden_probes::Causes;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -63,14 +64,17 @@ impl From<DbError> for ApiError {
         if error.is_pool_timeout() {
             ApiError::unavailable("every database connection is busy; retry shortly", 1)
         } else {
-            ApiError::unavailable(format!("the database is unavailable: {error}"), 2)
+            ApiError::unavailable(
+                format!("the database is unavailable: {}", Causes(&error)),
+                2,
+            )
         }
     }
 }
 
 impl From<ComputeError> for ApiError {
     fn from(error: ComputeError) -> ApiError {
-        ApiError::unavailable(error.to_string(), 1)
+        ApiError::unavailable(Causes(&error).to_string(), 1)
     }
 }
 
@@ -129,4 +133,60 @@ pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> R
 pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("id must be an integer, got {raw:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use heapwarden_probes::Causes;
+
+    use super::{ComputeError, DbError};
+    use crate::server::ListenError;
+
+    /// Each error names its cause once when logged with its causes (the demo's log sites
+    /// and API answers print errors through `Causes`, as the agent does).
+    #[test]
+    fn every_cause_is_printed_once() {
+        let io = || std::io::Error::other("no room left");
+        let cases: Vec<(Box<dyn std::error::Error>, &str)> = vec![
+            (
+                Box::new(DbError::Query {
+                    doing: "taking a job",
+                    source: sqlx::Error::PoolClosed,
+                }),
+                "taking a job failed: ",
+            ),
+            (
+                Box::new(DbError::Open {
+                    url: "sqlite::memory:".into(),
+                    source: sqlx::Error::PoolClosed,
+                }),
+                "cannot open the database sqlite::memory:: ",
+            ),
+            (
+                Box::new(ComputeError::Spawn {
+                    index: 2,
+                    source: io(),
+                }),
+                "cannot start compute thread 2: ",
+            ),
+            (
+                Box::new(ListenError::Adopt(io())),
+                "cannot use the inherited listening socket: ",
+            ),
+            (
+                Box::new(ListenError::Bind {
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    source: io(),
+                }),
+                "cannot listen on 127.0.0.1:1: ",
+            ),
+        ];
+        for (error, head) in cases {
+            let line = Causes(error.as_ref()).to_string();
+            let cause = error.source().expect("a source").to_string();
+            assert!(line.starts_with(head), "{line}");
+            assert_eq!(line.matches(cause.as_str()).count(), 1, "{line}");
+            assert!(line.ends_with(&cause), "{line}");
+        }
+    }
 }

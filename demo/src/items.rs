@@ -3,6 +3,7 @@
 //! agent) every other worker's L1 before the write is acknowledged.
 
 use bytes::Bytes;
+use heapwarden_probes::Causes;
 use slog::warn;
 
 use super::App;
@@ -87,7 +88,7 @@ pub async fn invalidate_everywhere(app: &App, id: i64, version: i64) -> Result<(
         && let Err(error) = probe.invalidate_everywhere(&item_key(id), version).await
     {
         warn!(app.log, "Not every worker confirmed a cache invalidation.";
-            "item" => id, "version" => version, "error" => error.to_string());
+            "item" => id, "version" => version, "error" => Causes(&error).to_string());
         return Err(ApiError::unavailable(
             "the write is stored, but not every worker confirmed dropping its cached copy; retry",
             1,

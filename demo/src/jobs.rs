@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use heapwarden_probes::Causes;
 use serde::Deserialize;
 use slog::{Logger, info, warn};
 use tokio::sync::{Notify, Semaphore};
@@ -224,7 +225,7 @@ impl Jobs {
                 Ok(None) => failing = false,
                 Err(error) => {
                     if !failing {
-                        warn!(self.log, "Cannot take jobs from the database."; "error" => error.to_string());
+                        warn!(self.log, "Cannot take jobs from the database."; "error" => Causes(&error).to_string());
                     }
                     failing = true;
                 }
@@ -307,7 +308,7 @@ impl Jobs {
             }
             Err(e) => {
                 warn!(self.log, "Could not record a job outcome; its lease will expire and it runs again.";
-                "job" => job.id, "error" => e.to_string())
+                "job" => job.id, "error" => Causes(&e).to_string())
             }
         }
     }

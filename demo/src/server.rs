@@ -27,9 +27,9 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum ListenError {
     #[error(transparent)]
     Inherited(#[from] heapwarden_probes::ProbeError),
-    #[error("cannot use the inherited listening socket: {0}")]
-    Adopt(std::io::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot use the inherited listening socket")]
+    Adopt(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

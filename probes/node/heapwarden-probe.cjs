@@ -57,17 +57,13 @@ const LAUNCHER = /^(npm|npx|yarn|pnpm|pnpx|corepack)(-cli)?(\.c?js)?$/;
 
 const api = new EventEmitter();
 let channel = null;
-let dropped = 0;
-let decoderBuf = Buffer.alloc(0);
 let session = null;
 // Times the probe had to restart V8's sampling heap profiler another party stopped.
 let samplingRestarts = 0;
 let loopDelay = null;
-let pushTimer = null;
 let metricsRegistry = null;
 let invalidateHook = null;
 let readySent = false;
-let draining = false;
 let listenFd = null;
 let listenPort = null;
 const servers = new Set();
@@ -114,8 +110,9 @@ function encode(msg) {
   return frame;
 }
 
-// Consumes whole frames from `buf`; returns { messages, rest, fatal }.
-function decode(buf) {
+// Consumes whole frames from `buf`; returns { messages, rest, fatal }. Skipped frames
+// (another version, bad JSON) are told to `warn`.
+function decode(buf, warn = report) {
   const messages = [];
   let offset = 0;
   while (buf.length - offset >= 4) {
@@ -125,26 +122,126 @@ function decode(buf) {
     const payload = buf.subarray(offset + 4, offset + 4 + len);
     offset += 4 + len;
     if (len === 0 || payload[0] !== PROTOCOL_VERSION) {
-      report('The heapwarden probe ignored a frame of another protocol version.', { version: len ? payload[0] : null });
+      warn('The heapwarden probe ignored a frame of another protocol version.', { version: len ? payload[0] : null });
       continue;
     }
     try {
       messages.push(JSON.parse(payload.subarray(1).toString('utf8')));
     } catch (error) {
-      report('The heapwarden probe ignored a malformed frame.', { error: String(error.message) });
+      warn('The heapwarden probe ignored a malformed frame.', { error: String(error.message) });
     }
   }
   return { messages, rest: buf.subarray(offset), fatal: null };
 }
 
-function send(msg) {
-  if (!channel || channel.destroyed) return;
-  const frame = encode(msg);
-  if (!frame || channel.writableLength > MAX_QUEUED) {
-    dropped += 1;
-    return;
+// ---- the channel: one socket to the agent, frames in and out, and the push timer ----
+//
+// Takes its dependencies so a test can drive it over a socket pair: `socket` (a duplex
+// stream: the inherited fd here), `onMessage(msg)` for each decoded message, `onClose()`
+// once the socket closed, `warn(msg, fields)` for what it refused or caught, and `clock`
+// ({ now, setTimeout, clearTimeout }) for the push timer. Nothing the agent sends is
+// thrown into the app: bad frames are skipped and reported, an undelimitable one (length
+// over MAX_FRAME) closes the channel, a throwing handler is reported.
+class Channel {
+  constructor(socket, { onMessage, onClose, warn = report, clock = REAL_CLOCK }) {
+    this.socket = socket;
+    this.warn = warn;
+    this.clock = clock;
+    this.onMessage = onMessage;
+    // Frames dropped rather than queued past MAX_QUEUED (or too big to frame).
+    this.dropped = 0;
+    this.pending = Buffer.alloc(0);
+    this.pushTimer = null;
+    socket.on('data', (chunk) => this.caught('read', () => this.receive(chunk)));
+    socket.on('error', (error) => warn('The control channel failed.', { error: String(error && error.message) }));
+    socket.on('close', () => this.caught('close', () => {
+      this.stopPushes();
+      onClose();
+    }));
   }
-  channel.write(frame);
+
+  get open() {
+    return !this.socket.destroyed;
+  }
+
+  caught(what, fn) {
+    try {
+      return fn();
+    } catch (error) {
+      this.warn('The heapwarden probe caught an error.', { while: what, error: String(error && error.message) });
+      return undefined;
+    }
+  }
+
+  receive(chunk) {
+    const { messages, rest, fatal } = decode(this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk, this.warn);
+    this.pending = Buffer.from(rest);
+    for (const msg of messages) this.caught('message', () => this.onMessage(msg));
+    if (fatal) {
+      this.warn('The agent sent a frame that cannot be delimited; closing the channel.', { error: fatal });
+      this.socket.destroy();
+    }
+  }
+
+  // Writes one frame; false when the channel is closed or the frame was dropped.
+  send(msg) {
+    if (!this.open) return false;
+    const frame = encode(msg);
+    if (!frame || this.socket.writableLength > MAX_QUEUED) {
+      this.dropped += 1;
+      return false;
+    }
+    this.socket.write(frame);
+    return true;
+  }
+
+  // Runs `push` `firstMs` from now, then every `everyMs` (0 or nonsense stops). Each push
+  // time is counted from this call, not from the previous push, so the probe stays in step
+  // with the agent's rounds; a push that fell behind is not repeated to catch up.
+  schedulePushes(everyMs, firstMs, push) {
+    this.stopPushes();
+    const every = Number(everyMs);
+    if (!Number.isFinite(every) || every <= 0) return;
+    const period = Math.min(Math.max(MIN_REPORT_EVERY_MS, every), MAX_TIMER_MS);
+    const first = Math.min(Math.max(0, Number(firstMs) || 0), period);
+    const clock = this.clock;
+    let next = clock.now() + first;
+    const arm = () => {
+      if (!this.open) return;
+      this.pushTimer = clock.setTimeout(fire, Math.max(1, Math.min(MAX_TIMER_MS, Math.ceil(next - clock.now()))));
+    };
+    // libuv's timers have millisecond resolution and may fire up to one early. A push
+    // that throws is reported and the chain goes on.
+    const fire = () => {
+      const now = clock.now();
+      if (now >= next - 1) {
+        this.caught('push', push);
+        next += period * Math.max(1, Math.floor((now - next) / period) + 1);
+      }
+      arm();
+    };
+    arm();
+  }
+
+  stopPushes() {
+    if (this.pushTimer) this.clock.clearTimeout(this.pushTimer);
+    this.pushTimer = null;
+  }
+}
+
+// Unref'd timers: the push chain never keeps the process alive.
+const REAL_CLOCK = {
+  now: () => require('perf_hooks').performance.now(),
+  setTimeout: (fn, ms) => {
+    const timer = setTimeout(fn, ms);
+    timer.unref();
+    return timer;
+  },
+  clearTimeout: (timer) => clearTimeout(timer),
+};
+
+function send(msg) {
+  if (channel) channel.send(msg);
 }
 
 // ---- answers to the agent ----
@@ -157,7 +254,7 @@ function onMessage(msg) {
     case 'ping': return send({ type: 'pong', seq: msg.seq });
     case 'invalidate': return invalidate(msg);
     case 'invalidate_done': return undefined;
-    case 'report': return schedulePushes(msg.every_ms, msg.first_ms);
+    case 'report': return channel.schedulePushes(msg.every_ms, msg.first_ms, () => sample(PUSHED_SEQ, false));
     default: return report('The heapwarden probe ignored an unknown message.', { type: String(msg && msg.type) });
   }
 }
@@ -171,7 +268,7 @@ function sample(seq, withMetrics) {
   if (loopDelay) loopDelay.reset();
   const msg = {
     type: 'stats', seq, heap: { allocated: mem.heapUsed, active: mem.heapTotal },
-    runtime_lag_seconds: lag, dropped, metrics: null,
+    runtime_lag_seconds: lag, dropped: channel ? channel.dropped : 0, metrics: null,
     external_bytes: mem.external, array_buffers_bytes: mem.arrayBuffers,
     sampling_restarts: samplingRestarts,
   };
@@ -186,35 +283,6 @@ function sample(seq, withMetrics) {
     .then((text) => { msg.metrics = typeof text === 'string' ? text : null; })
     .catch((error) => report('The app\'s metrics registry failed.', { error: String(error && error.message) }))
     .then(() => send(msg));
-}
-
-// Pushes a stats frame `firstMs` from now, then every `everyMs` (0 stops). Each push time
-// is counted from this report's arrival, not from the previous push, so the probe stays
-// in step with the agent's rounds; a push that fell behind is not repeated to catch up.
-function schedulePushes(everyMs, firstMs) {
-  if (pushTimer) clearTimeout(pushTimer);
-  pushTimer = null;
-  const every = Number(everyMs);
-  if (!Number.isFinite(every) || every <= 0) return;
-  const period = Math.min(Math.max(MIN_REPORT_EVERY_MS, every), MAX_TIMER_MS);
-  const first = Math.min(Math.max(0, Number(firstMs) || 0), period);
-  const { performance } = require('perf_hooks');
-  let next = performance.now() + first;
-  const arm = () => {
-    if (!channel || channel.destroyed) return;
-    pushTimer = setTimeout(push, Math.max(1, Math.min(MAX_TIMER_MS, Math.ceil(next - performance.now()))));
-    pushTimer.unref();
-  };
-  // libuv's timers have millisecond resolution and may fire up to one early.
-  const push = guard('push', () => {
-    const now = performance.now();
-    if (now >= next - 1) {
-      sample(PUSHED_SEQ, false);
-      next += period * Math.max(1, Math.floor((now - next) / period) + 1);
-    }
-    arm();
-  });
-  arm();
 }
 
 function written(seq, file, started, format, error) {
@@ -376,7 +444,7 @@ function patchListen() {
   net.Server.prototype.listen = function heapwardenListen(...args) {
     let use = args;
     try {
-      const redirected = listenFd === null || draining ? null : redirectListen(args);
+      const redirected = listenFd === null || drainer.started ? null : redirectListen(args);
       if (redirected) {
         use = redirected;
         track(this);
@@ -403,35 +471,86 @@ function track(server) {
   });
 }
 
-function drain(deadlineMs) {
-  if (draining) return;
-  draining = true;
-  if (threadChannel && require('worker_threads').isMainThread) threadChannel.postMessage({ type: 'drain' });
-  let open = servers.size;
-  const closed = () => {
-    open -= 1;
-    if (open > 0) return;
-    api.emit('drained');
-    // Nobody hooked `drain`: behave as if SIGTERM arrived (the app's handlers run).
-    if (api.listenerCount('drain') === 0) process.kill(process.pid, 'SIGTERM');
-  };
-  for (const server of servers) {
-    // net's close stops accepting without http's immediate close of idle keep-alive
-    // connections, which races a client's next request on them.
-    net.Server.prototype.close.call(server, guard('drain-closed', closed));
-    server.prependListener('request', (req, res) => { res.shouldKeepAlive = false; });
-    for (const socket of server.heapwardenConnections || []) {
-      const res = socket._httpMessage;
-      if (res && !res.headersSent) res.shouldKeepAlive = false;
-    }
-    const sweep = setInterval(guard('drain-sweep', () => {
-      if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
-    }), IDLE_GRACE_MS);
-    sweep.unref();
-    server.once('close', () => clearInterval(sweep));
+// Stops accepting on the servers listening on the inherited socket, lets in-flight
+// requests finish without keeping their connections alive, then hands over to the app.
+// Takes its dependencies so a test can drive it with fake servers: `servers` (a Set of
+// net.Server-likes, tracked on listen), `events` (the API: emits 'drain' {deadlineMs},
+// then 'drained' once every server closed), `close(server, cb)` (stop accepting),
+// `terminate()` (when the app hooked no 'drain': SIGTERM to itself, so its own handlers
+// run), `every(fn, ms)` / `cancel(timer)` (the idle-connection sweep), `toThreads()`
+// (tell worker threads), `warn`. A second request does nothing.
+class Drain {
+  constructor({ servers, events, close = closeServer, terminate = sigterm, every = unrefInterval, cancel = clearInterval, toThreads = () => {}, warn = report }) {
+    Object.assign(this, { servers, events, close, terminate, every, cancel, toThreads, warn });
+    this.started = false;
   }
-  api.emit('drain', { deadlineMs });
-  if (servers.size === 0 && api.listenerCount('drain') === 0) process.kill(process.pid, 'SIGTERM');
+
+  caught(what, fn) {
+    return (...args) => {
+      try {
+        return fn(...args);
+      } catch (error) {
+        this.warn('The heapwarden probe caught an error.', { while: what, error: String(error && error.message) });
+        return undefined;
+      }
+    };
+  }
+
+  start(deadlineMs) {
+    if (this.started) return;
+    this.started = true;
+    this.caught('drain-threads', this.toThreads)();
+    let open = this.servers.size;
+    const closed = this.caught('drain-closed', () => {
+      open -= 1;
+      if (open > 0) return;
+      // A listener that throws must not keep the process from terminating.
+      this.caught('drained', () => this.events.emit('drained'))();
+      if (this.events.listenerCount('drain') === 0) this.terminate();
+    });
+    for (const server of this.servers) {
+      this.close(server, closed);
+      server.prependListener('request', (req, res) => { res.shouldKeepAlive = false; });
+      for (const socket of server.heapwardenConnections || []) {
+        const res = socket._httpMessage;
+        if (res && !res.headersSent) res.shouldKeepAlive = false;
+      }
+      const sweep = this.every(this.caught('drain-sweep', () => {
+        if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+      }), IDLE_GRACE_MS);
+      server.once('close', () => this.cancel(sweep));
+    }
+    this.caught('drain', () => this.events.emit('drain', { deadlineMs }))();
+    if (this.servers.size === 0 && this.events.listenerCount('drain') === 0) this.terminate();
+  }
+}
+
+// net's close stops accepting without http's immediate close of idle keep-alive
+// connections, which races a client's next request on them.
+function closeServer(server, cb) {
+  net.Server.prototype.close.call(server, cb);
+}
+
+function sigterm() {
+  process.kill(process.pid, 'SIGTERM');
+}
+
+function unrefInterval(fn, ms) {
+  const timer = setInterval(fn, ms);
+  timer.unref();
+  return timer;
+}
+
+const drainer = new Drain({
+  servers,
+  events: api,
+  toThreads: () => {
+    if (threadChannel && require('worker_threads').isMainThread) threadChannel.postMessage({ type: 'drain' });
+  },
+});
+
+function drain(deadlineMs) {
+  drainer.start(deadlineMs);
 }
 
 // ---- claiming the channel: exactly one process per worker talks on it ----
@@ -506,8 +625,8 @@ function joinFromThread() {
   threadChannel = new threads.BroadcastChannel(THREAD_KEY);
   if (typeof threadChannel.unref === 'function') threadChannel.unref();
   threadChannel.onmessage = guard('thread message', (event) => {
-    if (!event.data || event.data.type !== 'drain' || draining) return;
-    draining = true;
+    if (!event.data || event.data.type !== 'drain' || drainer.started) return;
+    drainer.started = true;
     for (const server of servers) net.Server.prototype.close.call(server);
   });
   patchListen();
@@ -548,23 +667,10 @@ function claim() {
   for (const key of Object.keys(env)) {
     if (key.startsWith('HEAPWARDEN_') && key !== 'HEAPWARDEN_WORKER_SLOT') delete env[key];
   }
-  channel = new net.Socket({ fd, readable: true, writable: true });
-  channel.unref();
-  channel.on('data', guard('read', (chunk) => {
-    const { messages, rest, fatal } = decode(decoderBuf.length ? Buffer.concat([decoderBuf, chunk]) : chunk);
-    decoderBuf = Buffer.from(rest);
-    for (const msg of messages) guard('message', onMessage)(msg);
-    if (fatal) {
-      report('The agent sent a frame that cannot be delimited; closing the channel.', { error: fatal });
-      channel.destroy();
-    }
-  }));
-  channel.on('error', (error) => report('The control channel failed.', { error: String(error.message) }));
+  const socket = new net.Socket({ fd, readable: true, writable: true });
+  socket.unref();
   // The agent went away: drain like a Drain message would.
-  channel.on('close', guard('close', () => {
-    if (pushTimer) clearTimeout(pushTimer);
-    drain(0);
-  }));
+  channel = new Channel(socket, { onMessage, onClose: () => drain(0) });
   send({ type: 'hello', pid: process.pid, probe_version: VERSION, runtime: 'node', push: true });
   startProfiling();
   patchListen();
@@ -582,14 +688,16 @@ Object.assign(api, {
   timing,
   // For tests of the protocol: the same framing the channel uses.
   _frames: { encode, decode, flatten, redirectListen },
-  // For tests of the report timer: (everyMs, firstMs).
-  _schedulePushes: schedulePushes,
   // For tests of the snapshot writer: (file, maxBytes, done(error)).
   _writeSnapshot: writeSnapshot,
 });
 // Getters, not values: Object.assign would copy them once.
 Object.defineProperty(api, 'claimed', { get: () => channel !== null, enumerable: true });
 Object.defineProperty(api, 'listenFd', { get: () => listenFd, enumerable: true });
+// For the probe's unit tests (test/channel.test.js, test/drain.test.js): the channel and
+// the drain as classes that take their socket, timers and servers. Symbol-keyed and not
+// enumerable, so an app sees no new key on the API.
+Object.defineProperty(api, Symbol.for('heapwarden.probe.units'), { value: Object.freeze({ Channel, Drain }), enumerable: false });
 globalThis[SINGLETON] = api;
 module.exports = api;
 guard('claim', claim)();

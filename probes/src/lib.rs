@@ -76,9 +76,9 @@ pub use client::{
 pub use dump::dump_profile;
 pub use error::ProbeError;
 pub use heapwarden_protocol::{
-    CONFIG_ENV, ContextError, DEFAULT_LOG_REDACT, InheritedFdError, InheritedSocket, LOG_LEVEL_ENV,
-    LOG_REDACT_ENV, POOL_SIZE_ENV, REDACTED, RedactKeys, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV,
-    WorkerContext, default_state_dir,
+    CONFIG_ENV, Causes, ContextError, DEFAULT_LOG_REDACT, InheritedFdError, InheritedSocket,
+    LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, REDACTED, RedactKeys, SLOT_ENV, STATE_DIR_ENV,
+    WORKER_ID_ENV, WorkerContext, default_state_dir,
 };
 pub use held_fd::{PRIVATE_FD_FLOOR, close_held_in_forked_child};
 pub use liveness::{RuntimeLag, spawn_lag_monitor};

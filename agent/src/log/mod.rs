@@ -3,9 +3,8 @@
 //! (`redact.rs`), and `LogGuard` flushes every queued record at shutdown. The level is a
 //! `LevelHandle` a reload can change while the agent runs. Under systemd each line
 //! carries its journald priority (`journal.rs`). Errors are logged with their causes, each
-//! once (`causes.rs`).
+//! once (`Causes`, from `heapwarden-protocol`, which the demo's logs use too).
 
-mod causes;
 mod journal;
 mod redact;
 
@@ -15,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use slog::{Drain, Level, Logger, o};
 
-pub use causes::{Causes, causes};
+pub use heapwarden_protocol::{Causes, causes};
 pub use redact::{Redact, RedactedJson};
 
 use crate::config::{LogConfig, LogLevel};

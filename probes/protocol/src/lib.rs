@@ -10,6 +10,7 @@
 //!   descriptors, for workers and for the agent when systemd starts it;
 //! - [`HeapStats`]: the heap figures a probe reports;
 //! - [`python_frames`]: how the native probe writes CPython frames into a raw heap dump;
+//! - [`causes`]: an error with its causes on one line, each once (agent and demo logs);
 //! - [`redact`]: which log keys are sensitive (`log.redact`), matched the same way by the
 //!   agent's log and by workers that log request data.
 //!
@@ -19,6 +20,7 @@
 
 #[allow(unsafe_code)]
 pub mod activation;
+pub mod causes;
 pub mod channel;
 pub mod context;
 pub mod python_frames;
@@ -26,6 +28,7 @@ pub mod redact;
 mod stats;
 
 pub use activation::{InheritedFdError, InheritedSocket, take_inherited_socket};
+pub use causes::{Causes, causes};
 pub use channel::{
     AgentMsg, DumpFormat, DumpKind, FrameDecoder, FrameError, MIN_REPORT_EVERY_MS,
     PROTOCOL_VERSION, PUSHED_SEQ, Runtime, WorkerMsg,

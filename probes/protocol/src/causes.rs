@@ -2,8 +2,8 @@
 //! could not read token file /x: No such file or directory (os error 2)`. The agent's
 //! error types keep their source out of their own message (thiserror `#[source]` /
 //! `#[from]`, or `transparent` when they only wrap), so walking `source()` never
-//! repeats a cause. Logs and API answers print errors through this; the binary's edge
-//! prints anyhow's `{e:#}`, which walks the same chain.
+//! repeats a cause. The agent's logs and API answers, and the demo's logs, print errors
+//! through this; a binary's edge prints anyhow's `{e:#}`, which walks the same chain.
 
 use std::error::Error;
 use std::fmt;
