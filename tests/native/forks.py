@@ -56,6 +56,7 @@ if long_lived == 0:
     long_lived_child(beats_w)
 os.close(beats_w)
 forks = fork_failures = spawned = spawn_failures = claimed = inherited_fd = 0
+fork_statuses = []
 for round_no in range(ROUNDS):
     for close_fds in (True, False):
         out = subprocess.run([sys.executable, "-c", CHILD], close_fds=close_fds,
@@ -77,6 +78,7 @@ for round_no in range(ROUNDS):
     _, status = os.waitpid(pid, 0)
     if status != 0:
         fork_failures += 1
+        fork_statuses.append(status)
 beats = 0
 while True:
     chunk = os.read(beats_r, 64)
@@ -85,6 +87,7 @@ while True:
     beats += len(chunk)
 _, status = os.waitpid(long_lived, 0)
 log("python worker children done", forks=forks, fork_failures=fork_failures,
+    fork_statuses=fork_statuses,
     subprocesses=spawned, subprocess_failures=spawn_failures, claimed_in_child=claimed,
     control_fd_inherited=inherited_fd, long_lived_beats=beats,
     long_lived_status=status, worker_still_has_fd=control_fd_open())
