@@ -6,34 +6,18 @@
 // and counted; the push timer follows the reported interval on an injected clock.
 const test = require('node:test');
 const assert = require('node:assert');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
 
 const probe = require('../heapwarden-probe.cjs');
+const { socketPair } = require('../test-support/socket-pair.js');
 const { Channel } = probe[Symbol.for('heapwarden.probe.units')];
 const { encode, decode } = probe._frames;
 
 const MAX_FRAME = 4 * 1024 * 1024;
 
-// A connected pair: `agent` stays with the test, `worker` goes to the channel.
-async function socketPair() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-channel-'));
-  const where = path.join(dir, 's');
-  const server = net.createServer();
-  await new Promise((resolve) => server.listen(where, resolve));
-  const accepted = new Promise((resolve) => server.once('connection', resolve));
-  const agent = net.connect(where);
-  const worker = await accepted;
-  server.close();
-  fs.rmSync(dir, { recursive: true });
-  return { agent, worker };
-}
 
 // A channel on the worker end that records what it received, warned and whether it closed.
 async function open(options = {}) {
-  const { agent, worker } = await socketPair();
+  const { agent, worker } = await socketPair('hw-channel-');
   const seen = { messages: [], warnings: [], closed: false };
   let wake = () => {};
   const changed = () => wake();

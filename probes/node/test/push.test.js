@@ -8,28 +8,13 @@
 const test = require('node:test');
 const assert = require('node:assert');
 const childProcess = require('node:child_process');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
 const path = require('node:path');
 
 const probe = require('../heapwarden-probe.cjs');
+const { socketPair } = require('../test-support/socket-pair.js');
 const { encode, decode } = probe._frames;
 const PROBE = path.join(__dirname, '../heapwarden-probe.cjs');
 
-// A connected pair: `agent` stays here, `worker` is handed to the child as fd 4.
-async function socketPair() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-push-'));
-  const where = path.join(dir, 's');
-  const server = net.createServer();
-  await new Promise((resolve) => server.listen(where, resolve));
-  const accepted = new Promise((resolve) => server.once('connection', resolve));
-  const agent = net.connect(where);
-  const worker = await accepted;
-  server.close();
-  fs.rmSync(dir, { recursive: true });
-  return { agent, worker };
-}
 
 // Every message the worker sends, with its arrival time (ms since `start`).
 function listen(agent) {
@@ -48,7 +33,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const pushesIn = (got, from, to) => got.filter(({ at, msg }) => at >= from && at < to && msg.type === 'stats' && msg.seq === 0);
 
 test('stats are pushed on the reported interval until told to stop', { timeout: 30000 }, async () => {
-  const { agent, worker } = await socketPair();
+  const { agent, worker } = await socketPair('hw-push-');
   const child = childProcess.spawn(process.execPath, ['--require', PROBE, '-e', 'setInterval(() => {}, 1000)'], {
     env: { ...process.env, HEAPWARDEN_CONTROL_FD: '4' },
     stdio: ['ignore', 'ignore', 'inherit', 'ignore', worker],
