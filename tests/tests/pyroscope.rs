@@ -351,6 +351,15 @@ fn rate_limits_are_waited_out_refusals_are_final_and_a_hanging_sink_delays_nothi
     });
 }
 
+/// The exporter's cursor file: the id of the last profile the sink has.
+fn cursor(setup: &Setup) -> String {
+    let path = setup.sandbox.path().join("state/export/pyroscope.cursor");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 #[test]
 fn a_restart_resumes_from_the_cursor_and_a_reload_switches_export_off_and_on() {
     let _guard = TimeoutGuard::new("pyroscope_cursor", SECS(150));
@@ -360,15 +369,8 @@ fn a_restart_resumes_from_the_cursor_and_a_reload_switches_export_off_and_on() {
     let mut setup = start_in(sandbox, &config);
     let first = setup.dump(0);
     receiver.wait_for(1, SECS(30));
-    let cursor_file = setup.sandbox.path().join("state/export/pyroscope.cursor");
-    let cursor = || {
-        std::fs::read_to_string(&cursor_file)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
     poll_until(SECS(30), "the cursor past the first profile", || {
-        cursor() == first.to_string()
+        cursor(&setup) == first.to_string()
     });
     // Down mid-backlog: two more wait on disk when the agent stops.
     receiver.down();
@@ -384,15 +386,8 @@ fn a_restart_resumes_from_the_cursor_and_a_reload_switches_export_off_and_on() {
     receiver.up();
     let setup = start_in(sandbox, &config);
     receiver.wait_for(3, SECS(60));
-    let cursor_file = setup.sandbox.path().join("state/export/pyroscope.cursor");
-    let cursor = || {
-        std::fs::read_to_string(&cursor_file)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
     poll_until(SECS(30), "the cursor past the backlog", || {
-        cursor() == backlog[1].to_string()
+        cursor(&setup) == backlog[1].to_string()
     });
     let arrived = receiver.received();
     assert_eq!(arrived.len(), 3, "the first profile was not sent again");

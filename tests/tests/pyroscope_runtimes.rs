@@ -174,6 +174,17 @@ fn the_receiver_refuses_what_pyroscope_refuses_with_connect_errors() {
     assert_eq!(receiver.received().len(), 1);
 }
 
+/// `heapwarden check-config -c PATH`, which must exit 64: its standard error.
+fn check_config_refuses(path: &std::path::Path) -> String {
+    let out = std::process::Command::new(heapwarden_tests::heapwarden())
+        .args(["check-config", "-c"])
+        .arg(path)
+        .output()
+        .expect("run check-config");
+    assert_eq!(out.status.code(), Some(64));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_bad_export_section_exits_64_naming_each_key() {
     let sandbox = Sandbox::new();
@@ -181,26 +192,14 @@ fn a_bad_export_section_exits_64_naming_each_key() {
         "bad.toml",
         "[export.pyroscope]\nurl = \"https://pyroscope:4040\"\nlabels = { \"a-b\" = \"v\" }\nurll = \"x\"\n",
     );
-    let out = std::process::Command::new(heapwarden_tests::heapwarden())
-        .args(["check-config", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run check-config");
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_config_refuses(&path);
     // The unknown key stops the load before the semantic checks, as for any section.
     assert!(stderr.contains("export.pyroscope.urll"), "{stderr}");
     let path = sandbox.write(
         "bad.toml",
         "[export.pyroscope]\nurl = \"https://pyroscope:4040\"\nlabels = { \"a-b\" = \"v\" }\n",
     );
-    let out = std::process::Command::new(heapwarden_tests::heapwarden())
-        .args(["check-config", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run check-config");
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = check_config_refuses(&path);
     for key in [
         "export.pyroscope.url",
         "export.pyroscope.service-name",
