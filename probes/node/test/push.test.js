@@ -30,6 +30,11 @@ function listen(agent) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// Waits until `done()` holds, or 10 s (the assertion after it then says what is missing).
+async function until(done) {
+  const deadline = performance.now() + 10000;
+  while (!done() && performance.now() < deadline) await sleep(20);
+}
 const pushesIn = (got, from, to) => got.filter(({ at, msg }) => at >= from && at < to && msg.type === 'stats' && msg.seq === 0);
 
 test('stats are pushed on the reported interval until told to stop', { timeout: 30000 }, async () => {
@@ -41,8 +46,7 @@ test('stats are pushed on the reported interval until told to stop', { timeout: 
   worker.destroy();
   try {
     const got = listen(agent);
-    const deadline = performance.now() + 10000;
-    while (!got.some(({ msg }) => msg.type === 'hello') && performance.now() < deadline) await sleep(20);
+    await until(() => got.some(({ msg }) => msg.type === 'hello'));
     const hello = got.find(({ msg }) => msg.type === 'hello');
     assert.ok(hello, 'the probe said hello');
     assert.strictEqual(hello.msg.push, true);
@@ -78,7 +82,7 @@ test('stats are pushed on the reported interval until told to stop', { timeout: 
     }
     const before = got.length;
     agent.write(encode({ type: 'ping', seq: 11 }));
-    await sleep(300);
+    await until(() => got.slice(before).some(({ msg }) => msg.type === 'pong' && msg.seq === 11));
     assert.ok(got.slice(before).some(({ msg }) => msg.type === 'pong' && msg.seq === 11), 'the channel still works');
   } finally {
     child.kill('SIGKILL');
