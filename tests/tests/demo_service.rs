@@ -6,6 +6,8 @@
 
 mod demo_support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use demo_support::*;
@@ -207,21 +209,31 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
 
     let url = demo.url("/compute");
     let heavy = r#"{"password":"pw","rounds":50000000}"#;
+    // Four senders keep the pool saturated until the test has what it needs: one heavy
+    // computation runs, one waits in the queue, the others are refused. A light request
+    // that finds the queue free waits behind the running one (and answers 200); one
+    // that finds it full is refused at once, so it is polled until a 503 comes.
+    let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..4)
         .map(|_| {
-            let url = url.clone();
+            let (url, stop) = (url.clone(), stop.clone());
             std::thread::spawn(move || {
-                let started = Instant::now();
-                let reply = call("POST", &url, &[], Some(heavy));
-                (reply.status, started.elapsed())
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let reply = call("POST", &url, &[], Some(heavy));
+                    answers.push((reply.status, started.elapsed()));
+                    if reply.status == 503 {
+                        // Refused at once: pace the retries instead of spinning a core.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                answers
             })
         })
         .collect();
-    // One runs, one waits in the queue, the rest must be refused at once. The probe is a
-    // one-round request: if it slips in before the heavy ones it is done at once instead
-    // of holding the poll for a whole heavy computation.
     let light = r#"{"password":"pw","rounds":1}"#;
-    let refused = poll(Duration::from_secs(30), "a 503 from /compute", || {
+    let refused = poll(Duration::from_secs(60), "a 503 from /compute", || {
         let r = call("POST", &url, &[], Some(light));
         (r.status == 503).then_some(r)
     });
@@ -240,10 +252,17 @@ fn saturated_compute_pool_answers_503_and_leaves_the_runtime_responsive() {
             assert_eq!(reply.status, 200, "{path}: {reply:?}");
         }
     }
+    stop.store(true, Ordering::Relaxed);
     let answers: Vec<(u16, Duration)> = senders
         .into_iter()
-        .map(|t| t.join().expect("sender"))
+        .flat_map(|t| t.join().expect("sender"))
         .collect();
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| [200, 503].contains(status)),
+        "a heavy request got neither its answer nor a refusal: {answers:?}"
+    );
     let heavy_time = answers
         .iter()
         .filter(|(status, _)| *status == 200)

@@ -125,7 +125,7 @@ fn baseline_and_leak_profiles_arrive_labelled_and_an_outage_loses_and_repeats_no
     // Both baselines arrive with the labels, and the leak's pprof names the function.
     // Under load the leaking slot can trip (and its replacement write a baseline) before
     // the other slot's baseline is pushed: wait for a baseline of each slot.
-    let first = poll(SECS(60), "both slots' baselines pushed", || {
+    let first = try_poll(SECS(60), || {
         let mut baselines: Vec<_> = receiver
             .received()
             .into_iter()
@@ -134,6 +134,24 @@ fn baseline_and_leak_profiles_arrive_labelled_and_an_outage_loses_and_repeats_no
         let mut seen = BTreeSet::new();
         baselines.retain(|r| seen.insert(r.label("worker").to_string()));
         (baselines.len() >= 2).then_some(baselines)
+    })
+    .unwrap_or_else(|| {
+        let received: Vec<_> = (receiver.received().iter())
+            .map(|r| {
+                (
+                    r.label("worker").to_string(),
+                    r.label("trigger").to_string(),
+                )
+            })
+            .collect();
+        panic!(
+            "timed out after 60s waiting for both slots' baselines pushed\n\
+             received (worker, trigger): {received:?}\nattempts: {:?}\n\
+             profiles: {:#?}\nagent log:\n{}",
+            receiver.attempts(),
+            setup.profiles(),
+            logs.raw()
+        )
     });
     for r in &first {
         assert_eq!(r.label("service_name"), "shop", "{:?}", r.labels);
@@ -360,6 +378,13 @@ fn cursor(setup: &Setup) -> String {
         .to_string()
 }
 
+/// The cursor counts profiles in the order they were stored (`stored_seq`), not by id.
+fn stored_seq(setup: &Setup, id: u64) -> String {
+    let profiles = setup.profiles();
+    let entry = profiles.iter().find(|p| p["id"] == id);
+    entry.map_or_else(String::new, |p| p["stored_seq"].to_string())
+}
+
 #[test]
 fn a_restart_resumes_from_the_cursor_and_a_reload_switches_export_off_and_on() {
     let _guard = TimeoutGuard::new("pyroscope_cursor", SECS(150));
@@ -370,7 +395,7 @@ fn a_restart_resumes_from_the_cursor_and_a_reload_switches_export_off_and_on() {
     let first = setup.dump(0);
     receiver.wait_for(1, SECS(30));
     poll_until(SECS(30), "the cursor past the first profile", || {
-        cursor(&setup) == first.to_string()
+        cursor(&setup) == stored_seq(&setup, first)
     });
     // Down mid-backlog: two more wait on disk when the agent stops.
     receiver.down();
@@ -387,7 +412,7 @@ fn a_restart_resumes_from_the_cursor_and_a_reload_switches_export_off_and_on() {
     let setup = start_in(sandbox, &config);
     receiver.wait_for(3, SECS(60));
     poll_until(SECS(30), "the cursor past the backlog", || {
-        cursor(&setup) == backlog[1].to_string()
+        cursor(&setup) == stored_seq(&setup, backlog[1])
     });
     let arrived = receiver.received();
     assert_eq!(arrived.len(), 3, "the first profile was not sent again");

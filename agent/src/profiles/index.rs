@@ -61,6 +61,12 @@ pub struct ProfileFigures {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileMeta {
     pub id: u64,
+    /// Its place in the order profiles were stored (1, 2, …). Ids are reserved when a
+    /// dump starts, so a slow dump's id can be lower than that of a quicker one stored
+    /// before it; the exporter follows this order. Indexes written before it existed
+    /// get their ids ([`IndexFile::load`]).
+    #[serde(default)]
+    pub stored_seq: u64,
     pub slot: usize,
     /// The worker the profile was taken from (`worker_id` of `heapwarden ps`); older
     /// indexes lack it, and their profiles are matched by pid alone.
@@ -146,6 +152,9 @@ impl ProfileId {
 pub struct IndexFile {
     /// The id the next profile gets; never reused, even after retention deletes.
     pub next_id: u64,
+    /// The `stored_seq` the next stored profile gets; never reused either.
+    #[serde(default)]
+    pub next_seq: u64,
     /// Oldest first.
     pub profiles: Vec<ProfileMeta>,
 }
@@ -153,15 +162,36 @@ pub struct IndexFile {
 impl IndexFile {
     /// Reads the index; a missing file is an empty index.
     pub fn load(path: &Path) -> std::io::Result<IndexFile> {
-        match std::fs::read(path) {
+        let mut index: IndexFile = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IndexFile {
-                next_id: 1,
-                profiles: Vec::new(),
-            }),
-            Err(e) => Err(e),
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IndexFile::default(),
+            Err(e) => return Err(e),
+        };
+        index.number();
+        Ok(index)
+    }
+
+    /// Makes the counters safe to hand out: `next_id` and `next_seq` above every entry,
+    /// and an index from before `stored_seq` numbered by id — its entries were stored
+    /// in id order as far as the export cursor (an id then) knows, and every new one
+    /// comes after every old id.
+    fn number(&mut self) {
+        if self.next_seq == 0 {
+            for p in &mut self.profiles {
+                p.stored_seq = p.id;
+            }
+            self.next_seq = self.next_id;
         }
+        let max_id = self.profiles.iter().map(|p| p.id).max().unwrap_or(0);
+        let max_seq = self
+            .profiles
+            .iter()
+            .map(|p| p.stored_seq)
+            .max()
+            .unwrap_or(0);
+        self.next_id = self.next_id.max(max_id + 1).max(1);
+        self.next_seq = self.next_seq.max(max_seq + 1).max(1);
     }
 
     /// Rewrites the index atomically with mode 0600.
@@ -228,6 +258,7 @@ mod tests {
         assert_eq!(index.next_id, 1);
         index.profiles.push(ProfileMeta {
             id: 1,
+            stored_seq: 1,
             slot: 0,
             worker_id: Some(3),
             pid: 7,
@@ -246,6 +277,7 @@ mod tests {
             export: None,
         });
         index.next_id = 2;
+        index.next_seq = 2;
         index.save(&path).expect("saves");
         assert_eq!(IndexFile::load(&path).expect("loads"), index);
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();

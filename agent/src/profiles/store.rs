@@ -149,8 +149,6 @@ impl ProfileStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let max_id = index.profiles.iter().map(|p| p.id).max().unwrap_or(0);
-        index.next_id = index.next_id.max(max_id + 1).max(1);
         let mut store = ProfileStore {
             dir,
             config,
@@ -363,6 +361,7 @@ impl ProfileStore {
             .map_err(io_err(&pending.out_path))?;
         let entry = ProfileMeta {
             id: pending.id,
+            stored_seq: self.index.next_seq,
             slot: pending.slot,
             worker_id: pending.worker_id,
             pid: pending.pid,
@@ -380,6 +379,7 @@ impl ProfileStore {
             child_of: pending.child_of,
             export: None,
         };
+        self.index.next_seq += 1;
         self.index.profiles.push(entry.clone());
         let removed = self.enforce_retention(&entry);
         let refused = entry.trigger.is_disposable() || entry.kind == ProfileKind::Snapshot;
@@ -510,7 +510,7 @@ impl ProfileStore {
             .index
             .profiles
             .iter()
-            .filter(|p| p.id > after && p.kind == ProfileKind::Profile);
+            .filter(|p| p.stored_seq > after && p.kind == ProfileKind::Profile);
         let next = waiting.next().cloned();
         ExportQueue {
             pending: next.as_ref().map_or(0, |_| 1 + waiting.count()),

@@ -294,6 +294,49 @@ fn store_is_private_and_ids_stay_monotonic_across_reopen() {
     );
 }
 
+/// A dump reserves its id when it starts; the export follows the order profiles were
+/// stored, so a slow dump stored after a quicker, later one is still pushed (the
+/// exporter's cursor once moved past it by id, and a baseline never reached the sink).
+#[test]
+fn the_export_queue_follows_store_order_and_an_old_index_is_numbered_by_id() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut store = ProfileStore::open(state.path(), store_config(10, 1 << 20)).expect("open");
+    let slow = store.begin(0, None, 100, Trigger::Baseline).expect("begin");
+    let quick = add(&mut store, 1, Trigger::Baseline, 10);
+    std::fs::write(&slow.out_path, vec![0u8; 10]).expect("out");
+    let slow = store
+        .commit(slow, ProfileFigures::default(), None)
+        .expect("commit")
+        .0;
+    assert!(slow.id < quick.id && slow.stored_seq > quick.stored_seq);
+    let first = store.export_queue(0).next.expect("a profile waits").0;
+    assert_eq!(first.id, quick.id);
+    let queue = store.export_queue(first.stored_seq);
+    assert_eq!(queue.next.expect("the slow one waits").0.id, slow.id);
+    assert_eq!(queue.pending, 1);
+    assert!(store.export_queue(slow.stored_seq).next.is_none());
+
+    // An index written before `stored_seq`: entries numbered by id, new ones after
+    // every old id (an old cursor holds an id).
+    let index = store.dir().join("index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index).expect("index")).expect("json");
+    json.as_object_mut().expect("object").remove("next_seq");
+    for p in json["profiles"].as_array_mut().expect("profiles") {
+        p.as_object_mut().expect("entry").remove("stored_seq");
+    }
+    std::fs::write(&index, json.to_string()).expect("old index");
+    drop(store);
+    let mut store = ProfileStore::open(state.path(), store_config(10, 1 << 20)).expect("reopen");
+    let seqs: Vec<(u64, u64)> = (store.list().iter())
+        .map(|p| (p.id, p.stored_seq))
+        .collect();
+    assert_eq!(seqs, vec![(2, 2), (1, 1)]);
+    let next = add(&mut store, 0, Trigger::Manual, 10);
+    assert_eq!((next.id, next.stored_seq), (3, 3));
+    assert_eq!(store.export_queue(2).next.expect("after 2").0.id, 3);
+}
+
 #[test]
 fn retention_drops_oldest_but_keeps_each_slots_newest_baseline() {
     let state = tempfile::tempdir().expect("temp dir");

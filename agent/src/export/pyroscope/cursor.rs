@@ -1,8 +1,10 @@
-//! The exporter's cursor: the id of the last profile it is done with (sent, refused,
-//! expired or invalid), in `<state-dir>/export/pyroscope.cursor`, rewritten atomically
-//! (temp file, fsync, rename) after each profile, so an agent restart resumes where it
-//! stopped and never pushes a profile twice. Profile ids only grow, so "after the
-//! cursor" is the backlog, in order.
+//! The exporter's cursor: the `stored_seq` of the last profile it is done with (sent,
+//! refused, expired or invalid), in `<state-dir>/export/pyroscope.cursor`, rewritten
+//! atomically (temp file, fsync, rename) after each profile, so an agent restart resumes
+//! where it stopped and never pushes a profile twice. The store numbers profiles in the
+//! order they are stored, so "after the cursor" is the backlog, in order. Ids would not
+//! do: a dump reserves its id when it starts, so a quicker dump started after a slow one
+//! is stored first with the higher id, and a cursor at that id would skip the slow one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ pub enum CursorError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("export cursor {path} holds {text:?}, not a profile id")]
+    #[error("export cursor {path} holds {text:?}, not a position in the profile store")]
     Garbled { path: PathBuf, text: String },
 }
 
@@ -52,18 +54,19 @@ impl Cursor {
         self.last
     }
 
-    /// Moves the cursor past `id` and persists it.
-    pub fn advance(&mut self, id: u64) -> Result<(), CursorError> {
+    /// Moves the cursor past `stored_seq` and persists it.
+    pub fn advance(&mut self, stored_seq: u64) -> Result<(), CursorError> {
         let io = |source| CursorError::Io {
             path: self.path.clone(),
             source,
         };
         let tmp = self.path.with_extension("cursor.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(format!("{id}\n").as_bytes()).map_err(io)?;
+        file.write_all(format!("{stored_seq}\n").as_bytes())
+            .map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        self.last = self.last.max(id);
+        self.last = self.last.max(stored_seq);
         Ok(())
     }
 }

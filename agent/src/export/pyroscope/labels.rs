@@ -224,6 +224,7 @@ mod tests {
     fn meta(trigger: Trigger, rule: Option<&str>) -> ProfileMeta {
         ProfileMeta {
             id: 9,
+            stored_seq: 9,
             slot: 2,
             worker_id: None,
             pid: 4242,

@@ -1,6 +1,7 @@
 //! Every heap profile the agent stores, pushed to Grafana Pyroscope. The exporter is one
 //! task that reads the store — never the dump path — behind a cursor in the state
-//! directory: it pushes the oldest profile after the cursor, records what became of it
+//! directory: it pushes the profile stored next after the cursor (store order, not id
+//! order: a slow dump keeps the lower id it started with), records what became of it
 //! in the profile index (`export` of each entry: sent, rejected, expired, invalid, with
 //! the time), then moves the cursor. A sink that is down or slow only makes the backlog
 //! wait on disk: the agent holds one profile in memory at a time and one socket per
@@ -256,7 +257,7 @@ impl Exporter {
         if let Err(e) = self.store.mark_exported(meta.id, mark, last_waiting).await {
             warn!(self.log, "The profile index could not record an export."; "profile_id" => meta.id, "error" => %Causes(&e));
         }
-        if let Err(e) = self.cursor.advance(meta.id) {
+        if let Err(e) = self.cursor.advance(meta.stored_seq) {
             // In memory the cursor still moves; after a restart this profile may be sent again.
             warn!(self.log, "The export cursor could not be saved."; "error" => %Causes(&e));
         }
@@ -403,6 +404,7 @@ mod tests {
     fn sample_ids_are_uuid_shaped_stable_and_distinct() {
         let meta = |id| ProfileMeta {
             id,
+            stored_seq: id,
             slot: 0,
             worker_id: None,
             pid: 1,

@@ -142,6 +142,7 @@ mod tests {
     fn meta(id: u64, slot: usize, worker: u64, trigger: Trigger, kind: ProfileKind) -> ProfileMeta {
         ProfileMeta {
             id,
+            stored_seq: id,
             slot,
             worker_id: Some(worker),
             pid: 7,
