@@ -124,10 +124,13 @@ fn the_predicted_rule_is_on_by_default_and_its_guards_are_bounded() {
     );
 }
 
+/// One line, as every config error (toml's own message draws the line over three more).
 #[test]
-fn syntax_errors_name_the_file() {
-    let errors = load_text("[pool\nworkers = 2", &[]).unwrap_err();
-    assert!(errors.to_string().contains("not valid TOML"), "{errors}");
+fn syntax_errors_name_the_file_and_the_line_in_one_line() {
+    let errors = load_text("[pool]\nworkers = = 2", &[]).unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("not valid TOML (line 2)"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
 }
 
 proptest::proptest! {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use bytesize::ByteSize;
+use heapwarden_probes::config::ConfigSection;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
@@ -94,8 +94,16 @@ impl Default for DemoConfig {
     }
 }
 
+impl ConfigSection for DemoConfig {
+    const KEY: &'static str = "demo";
+
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        self.check(errors);
+    }
+}
+
 impl DemoConfig {
-    pub(crate) fn validate(&self, errors: &mut Vec<ConfigError>) {
+    fn check(&self, errors: &mut Vec<ConfigError>) {
         let mut fail = |key: &str, message: &str| {
             errors.push(ConfigError::new(&format!("demo.{key}"), message));
         };
@@ -187,7 +195,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
         let mut errors = Vec::new();
-        DemoConfig::default().validate(&mut errors);
+        DemoConfig::default().check(&mut errors);
         assert!(errors.is_empty(), "{errors:?}");
 
         let bad = DemoConfig {
@@ -196,7 +204,7 @@ mod tests {
             max_body: ByteSize(10),
             ..DemoConfig::default()
         };
-        bad.validate(&mut errors);
+        bad.check(&mut errors);
         let text = format!("{errors:?}");
         for key in [
             "demo.database-url",

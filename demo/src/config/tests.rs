@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use heapwarden_probes::config::{env_name, known_keys};
+use heapwarden_probes::config::{ConfigErrors, env_name, known_keys};
 
 use super::*;
 
@@ -15,7 +15,7 @@ fn load(
     heapwarden_probes::config::load(file, env, &[])
 }
 
-const EXAMPLE: &str = include_str!("../../../../systemd/heapwarden.toml");
+const EXAMPLE: &str = include_str!("../../../systemd/heapwarden.toml");
 
 fn load_text(text: &str, env: &[(&str, &str)]) -> Result<DemoConfig, ConfigErrors> {
     let dir = tempfile::tempdir().expect("temp dir");
