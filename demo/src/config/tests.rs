@@ -1,5 +1,5 @@
-//! Tests of loading `[demo]` with the shared loader: the committed example, overrides,
-//! and error reporting.
+//! Tests of loading `[demo]` with the shared loader: the committed example, the demo's
+//! keys and their variables, and its own checks.
 
 use std::path::Path;
 use std::time::Duration;
@@ -98,38 +98,9 @@ fn every_error_is_reported_with_its_key_and_source() {
     assert_eq!(errors.0[0].key, "demo.jobs-concurrency");
 }
 
-#[test]
-fn a_demo_that_is_not_a_table_and_bad_files_are_one_error() {
-    let errors = load_text("demo = 3\n", &[]).unwrap_err();
-    assert_eq!(errors.0.len(), 1);
-    assert_eq!(errors.0[0].key, "demo");
-    let errors = load_text("[other]\n[demo\nl1-ttl = 1", &[]).unwrap_err();
-    let text = errors.to_string();
-    assert!(text.contains("not valid TOML (line 2)"), "{text}");
-    assert_eq!(text.lines().count(), 1, "{text}");
-    let missing = load(Some(Path::new("/nonexistent/heapwarden.toml")), Vec::new()).unwrap_err();
-    assert!(missing.to_string().contains("cannot read"), "{missing}");
-}
-
+// The loader's own behaviour (broken files, a section that is not a table, arbitrary
+// text) is tested once, with the loader (heapwarden-protocol's config tests).
 proptest::proptest! {
-    /// Arbitrary text never panics the loader: it is a config or a list of errors.
-    #[test]
-    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
-        let _ = load_text(&text, &[]);
-    }
-
-    /// Arbitrary values for a real key give a config or errors naming a demo key.
-    #[test]
-    fn bad_values_name_their_key(value in "[a-z0-9\"\\[\\]., -]{0,20}") {
-        let text = format!("[demo]\nl2-ttl = {value}\n");
-        if let Err(errors) = load_text(&text, &[]) {
-            proptest::prop_assert!(
-                errors.0.iter().all(|e| e.key.starts_with("demo") || e.key == "(file)"),
-                "{}", errors
-            );
-        }
-    }
-
     /// Arbitrary override text never panics and is blamed on its variable.
     #[test]
     fn arbitrary_overrides_never_panic(raw in "\\PC{0,40}") {

@@ -162,3 +162,24 @@ fn keys_and_their_variables() {
     assert_eq!(env_name("pool.min-uptime"), "HEAPWARDEN_POOL_MIN_UPTIME");
     assert_eq!(env_name("demo.l1-ttl"), "HEAPWARDEN_DEMO_L1_TTL");
 }
+
+proptest::proptest! {
+    /// Arbitrary text never panics the loader: it is a section or a list of errors.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = load_text(&text, &[], &[]);
+    }
+
+    /// Arbitrary override text never panics, and an error is blamed on its variable.
+    #[test]
+    fn arbitrary_overrides_never_panic(raw in "\\PC{0,40}") {
+        let env = vec![("HEAPWARDEN_APP_RESTART_MAX_TRIES".to_string(), raw)];
+        if let Err(errors) = load::<Section>(None, env, &[]) {
+            let text = errors.to_string();
+            proptest::prop_assert!(
+                text.contains("app.restart.max-tries") && text.contains("(set by HEAPWARDEN_APP_RESTART_MAX_TRIES)"),
+                "{}", text
+            );
+        }
+    }
+}
