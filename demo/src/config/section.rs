@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use bytesize::ByteSize;
-use heapwarden_probes::config::ConfigSection;
+use heapwarden_probes::config::{ConfigSection, Size};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
@@ -27,7 +26,7 @@ pub struct DemoConfig {
     pub seed_rows: u64,
     pub leak_endpoint: bool,
     /// Bytes leaked per second on purpose (0B: none).
-    pub leak_rate: ByteSize,
+    pub leak_rate: Size,
     /// Worker slots that leak at `leak-rate`; empty: every worker.
     pub leak_slots: Vec<usize>,
     /// Upper bound of the SQL connection pool.
@@ -61,7 +60,7 @@ pub struct DemoConfig {
     #[serde(with = "humantime_serde")]
     pub jobs_poll: Duration,
     /// Largest request body accepted (413 beyond).
-    pub max_body: ByteSize,
+    pub max_body: Size,
 }
 
 impl Default for DemoConfig {
@@ -75,7 +74,7 @@ impl Default for DemoConfig {
             l2_ttl: Duration::from_secs(300),
             seed_rows: 1000,
             leak_endpoint: false,
-            leak_rate: ByteSize(0),
+            leak_rate: Size(0),
             leak_slots: Vec::new(),
             db_max_connections: 8,
             db_acquire_timeout: Duration::from_secs(5),
@@ -89,7 +88,7 @@ impl Default for DemoConfig {
             job_backoff: Duration::from_millis(500),
             job_lease: Duration::from_secs(30),
             jobs_poll: Duration::from_millis(250),
-            max_body: ByteSize::kib(64),
+            max_body: Size::kib(64),
         }
     }
 }
@@ -158,7 +157,7 @@ impl DemoConfig {
         if self.jobs_poll.is_zero() {
             fail("jobs-poll", "must be longer than 0s");
         }
-        if self.max_body.as_u64() < 256 {
+        if self.max_body.bytes() < 256 {
             fail("max-body", "must be at least 256B");
         }
         for (key, value, max) in self.duration_bounds() {
@@ -201,7 +200,7 @@ mod tests {
         let bad = DemoConfig {
             database_url: "mysql://x".into(),
             jobs_concurrency: 0,
-            max_body: ByteSize(10),
+            max_body: Size(10),
             ..DemoConfig::default()
         };
         bad.check(&mut errors);
@@ -223,6 +222,6 @@ mod tests {
                 .expect("parses");
         assert_eq!(parsed.db_max_connections, 3);
         assert_eq!(parsed.job_backoff, Duration::from_millis(50));
-        assert_eq!(parsed.max_body, ByteSize::kib(1));
+        assert_eq!(parsed.max_body, Size::kib(1));
     }
 }

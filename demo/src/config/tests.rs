@@ -64,7 +64,7 @@ fn environment_overrides_the_file() {
     )
     .expect("valid");
     assert_eq!(config.l1_capacity, 9);
-    assert_eq!(config.leak_rate.as_u64(), 2 * 1024 * 1024);
+    assert_eq!(config.leak_rate.bytes(), 2 * 1024 * 1024);
     assert_eq!(config.leak_slots, vec![1, 2]);
     assert_eq!(config.redis_url, "redis://a:1");
     assert_eq!(env_name("demo.redis-url"), "HEAPWARDEN_DEMO_REDIS_URL");

@@ -1,7 +1,8 @@
 //! The config file's one loader, for the agent's sections and for a worker's own (the
 //! demo's `[demo]`, or any user's worker that keeps its settings in the agent's file):
 //! one TOML file, kebab-case keys, unknown keys refused (the section's types say
-//! `deny_unknown_fields`), durations and sizes as text ("30s", "512MiB"); then
+//! `deny_unknown_fields`), durations and sizes as text ("30s" with `humantime_serde`,
+//! "512MiB" as a [`Size`]); then
 //! `HEAPWARDEN_*` environment variables, then flags, each over the file; each key
 //! type-checked on its own, so one run reports every bad key and not just the first serde
 //! stops at; then the section's own checks ([`ConfigSection::validate`]). Every error is
@@ -9,6 +10,7 @@
 //!
 //! A worker reads its section with [`crate::WorkerContext::config_section`].
 
+mod size;
 mod tree;
 
 use std::fmt;
@@ -16,6 +18,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+pub use size::Size;
 pub use toml::Table;
 
 /// `EX_USAGE` from sysexits.h: what the agent and its workers exit with on a bad config.
