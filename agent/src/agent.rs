@@ -13,14 +13,15 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::api::{ApiState, api_router};
 use crate::admin::{
     AdminServer, AdminState, AdminToken, Limits, WorkerPageCache, connection_budget,
-    install_recorder, load_or_create_token, raise_fd_limit, router_with_api, spawn_upkeep,
+    exposition_channel, install_recorder, load_or_create_token, raise_fd_limit, router_with_api,
+    run_worker_metrics, spawn_upkeep,
 };
 use crate::config::{Config, ConfigSource};
 use crate::export::pyroscope::{Exporter, run_periodic};
 use crate::log::LevelHandle;
 use crate::metric_names;
 use crate::profiles::{ProfileStore, ProfileStoreHandle};
-use crate::sampler::{Roots, exposition_channel, run_sampler};
+use crate::sampler::{Roots, run_sampler};
 use crate::supervisor::{Containment, Supervisor, SupervisorParts, listen};
 use crate::watchdog::Watchdog;
 
@@ -109,6 +110,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             },
         )?;
         let (exposition_writer, exposition_reader) = exposition_channel(config.sampling.interval);
+        let (cpu_counters_tx, cpu_counters) = watch::channel(bytes::Bytes::new());
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
@@ -118,8 +120,13 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             Roots::system(Path::new(CGROUP_ROOT)),
             handles.view.clone(),
             samples_tx,
-            exposition_writer,
+            cpu_counters_tx,
             root.new(o!("module" => "sampler")),
+        ));
+        let worker_metrics = tokio::spawn(run_worker_metrics(
+            handles.config.clone(),
+            handles.view.clone(),
+            exposition_writer,
         ));
         let watchdog = Watchdog::new(
             handles.config.clone(),
@@ -158,6 +165,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         let admin_state = AdminState {
             metrics,
             exposition: exposition_reader,
+            cpu_counters,
             pool: handles.view.clone(),
             heartbeat: handles.heartbeat.clone(),
             heartbeat_max_age: HEARTBEAT_MAX_AGE,
@@ -184,7 +192,14 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         .context("cannot start the admin server")?;
 
         let outcome = supervisor.run().await;
-        for task in [sampler, watchdog, upkeep, exporter, periodic] {
+        for task in [
+            sampler,
+            worker_metrics,
+            watchdog,
+            upkeep,
+            exporter,
+            periodic,
+        ] {
             task.abort();
         }
         admin.stop();

@@ -194,7 +194,7 @@ fn connect_probe(app: &Arc<App>) {
 
 fn spawn_background(app: &Arc<App>, stop: &CancellationToken) {
     tokio::spawn(app.jobs.clone().run(stop.clone(), FALLBACK_DRAIN));
-    let leak_rate = app.config.leak_rate.as_u64();
+    let leak_rate = app.config.leak_rate.bytes();
     let leaks_here = app.config.leak_slots.is_empty() || app.config.leak_slots.contains(&app.slot);
     if leak_rate > 0 && leaks_here {
         tokio::spawn(leak::leak_steadily(leak_rate, app.log.clone()));

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::CheckConfig(args)) => match load_config(args.file(&context)) {
+        Some(Command::CheckConfig(args)) => match load_config(&context, args.file(&context)) {
             Ok(_) => {
                 println!("demo config ok");
                 ExitCode::SUCCESS
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(config::EX_CONFIG);
                 }
             };
-            let demo = match load_config(settings.config_file.clone()) {
+            let demo = match load_config(&context, settings.config_file.clone()) {
                 Ok(demo) => demo,
                 Err(code) => return code,
             };
@@ -81,10 +81,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The `[demo]` section; on failure prints every error, one per line, and returns exit 64.
-fn load_config(file: Option<std::path::PathBuf>) -> Result<config::DemoConfig, ExitCode> {
-    let env = std::env::vars().filter(|(k, _)| k.starts_with("HEAPWARDEN_DEMO_"));
-    config::load(file.as_deref(), env).map_err(|errors| {
+/// The `[demo]` section of `file` (the agent's, unless a flag named another); on failure
+/// prints every error, one per line, and returns exit 64.
+fn load_config(
+    context: &WorkerContext,
+    file: Option<std::path::PathBuf>,
+) -> Result<config::DemoConfig, ExitCode> {
+    let context = WorkerContext {
+        config_file: file,
+        ..context.clone()
+    };
+    context.config_section().map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::from(config::EX_CONFIG)
     })

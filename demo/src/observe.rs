@@ -23,8 +23,9 @@ use axum::http::header::CONNECTION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::Response;
+use heapwarden_probes::Nested;
 use serde::ser::SerializeMap;
-use slog::{Key, Record, SerdeValue, Serializer, info};
+use slog::info;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -230,7 +231,7 @@ impl Begun {
                 "path" => logged.path(), "status" => status,
                 "latency_ms" => elapsed.as_secs_f64() * 1000.0,
                 "request_id" => self.id.to_str().unwrap_or(""),
-                "headers" => LoggedHeaders(logged.clone()));
+                "headers" => Nested(LoggedHeaders(logged.clone())));
         }
         let headers = response.headers_mut();
         headers.insert(REQUEST_ID, self.id);
@@ -270,9 +271,8 @@ where
     }
 }
 
-/// Request headers as a nested JSON object in the log record (authorization, cookies
-/// and the like already redacted). Shared, so handing it to the log thread copies
-/// nothing.
+/// Request headers as a JSON object (authorization, cookies and the like already
+/// redacted), logged [`Nested`]. Shared, so handing it to the log thread copies nothing.
 #[derive(Clone)]
 struct LoggedHeaders(Arc<Logged>);
 
@@ -287,22 +287,6 @@ impl serde::Serialize for LoggedHeaders {
             )?;
         }
         map.end()
-    }
-}
-
-impl slog::Value for LoggedHeaders {
-    fn serialize(&self, _: &Record, key: Key, serializer: &mut dyn Serializer) -> slog::Result {
-        serializer.emit_serde(key, self)
-    }
-}
-
-impl SerdeValue for LoggedHeaders {
-    fn as_serde(&self) -> &dyn erased_serde::Serialize {
-        self
-    }
-
-    fn to_sendable(&self) -> Box<dyn SerdeValue + Send + 'static> {
-        Box::new(self.clone())
     }
 }
 

@@ -30,7 +30,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 pub fn router(app: Arc<App>) -> Router {
-    let max_body = usize::try_from(app.config.max_body.as_u64()).unwrap_or(usize::MAX);
+    let max_body = usize::try_from(app.config.max_body.bytes()).unwrap_or(usize::MAX);
     Router::new()
         .route("/items/export", get(export_items))
         .route(

@@ -11,7 +11,9 @@
 //!   from a busy one;
 //! - socket activation: [`take_listen_socket`] adopts the listener the agent shares;
 //! - the worker's context ([`WorkerContext`]): slot, pool size, state directory, config
-//!   file and log settings, as the agent passes them.
+//!   file and log settings, as the agent passes them; and the worker's own section of
+//!   that config file, read and checked as the agent reads its own
+//!   ([`WorkerContext::config_section`], [`config`], default feature `config`).
 //!
 //! The channel's frames and messages, the worker context with its environment names and
 //! socket activation live in `heapwarden-protocol` (which the agent links without any
@@ -60,8 +62,12 @@ mod held_fd;
 mod liveness;
 mod stats;
 
+#[cfg(feature = "slog")]
+pub use heapwarden_protocol::Nested;
 /// The control channel's frames and messages, from `heapwarden-protocol` (their one home).
 pub use heapwarden_protocol::channel;
+#[cfg(feature = "config")]
+pub use heapwarden_protocol::config;
 pub use heapwarden_protocol::python_frames;
 
 #[cfg(feature = "jemalloc")]

@@ -13,10 +13,10 @@ use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
 use super::api::{ApiState, api_router};
+use super::exposition::exposition_channel;
 use super::*;
 use crate::metric_names::build_recorder;
 use crate::profiles::{ProfileStore, ProfileStoreHandle};
-use crate::sampler::exposition_channel;
 use crate::supervisor::{
     PoolView, ReloadOutcome, Request as SupervisorRequest, SlotState, SlotView, WorkerView,
 };
@@ -161,6 +161,7 @@ fn fuzz_admin_routes() {
             AdminState {
                 metrics: recorder.handle(),
                 exposition,
+                cpu_counters: watch::channel(bytes::Bytes::new()).1,
                 pool: pool_rx,
                 heartbeat,
                 heartbeat_max_age: Duration::from_secs(5),

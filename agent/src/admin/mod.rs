@@ -2,7 +2,8 @@
 //! merged with every worker's reported families), `/healthz`, `/readyz`, and a place for
 //! the authenticated `/api/v1/*` routes. It runs on its own thread and runtime
 //! ([`server`]) with connection limits, and only reads: the pool view and heartbeat from
-//! the supervisor, the exposition snapshot from the sampler.
+//! the supervisor, the CPU counters from the sampler, the workers' metrics text from
+//! [`exposition`]'s fetching task (which runs on the agent's runtime).
 
 pub mod api;
 pub mod auth;
@@ -26,12 +27,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
-pub use exposition::{Reject, WorkerPage, WorkerPart, merge_workers};
+pub use exposition::{
+    Exposition, ExpositionReader, Reject, WorkerPage, WorkerPart, exposition_channel,
+    merge_workers, run_worker_metrics,
+};
 pub use page::WorkerPageCache;
 pub use recorder::{RecorderError, install_recorder, spawn_upkeep};
 pub use server::{AdminServer, Limits, connection_budget, raise_fd_limit};
 
-use crate::sampler::ExpositionReader;
 use crate::supervisor::PoolView;
 use crate::watchdog::SuspectView;
 
@@ -47,6 +50,8 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub exposition: ExpositionReader,
+    /// The sampler's float CPU counters, as Prometheus text.
+    pub cpu_counters: watch::Receiver<Bytes>,
     pub pool: watch::Receiver<PoolView>,
     /// The supervisor sends `Instant::now()` on every control-loop tick.
     pub heartbeat: watch::Receiver<Instant>,
@@ -90,7 +95,7 @@ pub fn router_with_api(state: AdminState, api: Router) -> Router {
 pub const WORKER_METRICS_BUDGET: usize = 2 * 1024 * 1024;
 
 /// Every worker's families merged, checked and capped.
-pub fn render_workers(snapshot: &crate::sampler::Exposition) -> WorkerPage {
+pub fn render_workers(snapshot: &Exposition) -> WorkerPage {
     let parts: Vec<WorkerPart<'_>> = snapshot
         .workers
         .iter()
@@ -105,9 +110,9 @@ pub fn render_workers(snapshot: &crate::sampler::Exposition) -> WorkerPage {
 /// The whole page: the recorder's families, the sampler's float counters, then the
 /// workers'. The three never share a family: worker families under the agent's
 /// `heapwarden_` prefix are refused.
-pub fn render_metrics(agent: &str, snapshot: &crate::sampler::Exposition) -> String {
+pub fn render_metrics(agent: &str, cpu_counters: &str, workers: &Exposition) -> String {
     let mut page = String::from(agent);
-    for part in [snapshot.sampler.as_str(), &render_workers(snapshot).text] {
+    for part in [cpu_counters, &render_workers(workers).text] {
         if !page.is_empty() && !page.ends_with('\n') {
             page.push('\n');
         }
@@ -127,7 +132,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         .map(|w| w.worker_id)
         .collect();
     let snapshot = state.exposition.scrape_fresh(&ready).await;
-    let sampler = Bytes::from(snapshot.sampler.clone());
+    let cpu_counters = state.cpu_counters.borrow().clone();
     let workers = state.worker_page.get(snapshot).await;
     // Rendered after the worker text, so this page already counts its rejected lines.
     let mut agent = state.metrics.render();
@@ -138,7 +143,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let body = Body::new(page::Chunks::new([
         Bytes::from(agent),
         suspects,
-        sampler,
+        cpu_counters,
         workers,
     ]));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)

@@ -1,4 +1,4 @@
-//! The `/metrics` page. Worker text is merged once per sampler snapshot, off the admin
+//! The `/metrics` page. Worker text is merged once per snapshot of it, off the admin
 //! runtime's thread (on its blocking pool), and concurrent scrapes of the same snapshot
 //! share that one render (single flight); the counts of rejected lines are recorded
 //! once per render. The page goes out as shared chunks, so eight scrapers of a big page
@@ -14,8 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OnceCell;
 
-use super::render_workers;
-use crate::sampler::Exposition;
+use super::{Exposition, render_workers};
 
 type Render = Arc<OnceCell<Bytes>>;
 /// The snapshot last rendered (compared by pointer) and its render.

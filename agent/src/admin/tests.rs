@@ -9,9 +9,9 @@ use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use tower::ServiceExt;
 
+use super::exposition::{ExpositionWriter, WorkerText};
 use super::*;
 use crate::metric_names::build_recorder;
-use crate::sampler::{Exposition, ExpositionWriter, WorkerText, exposition_channel};
 use crate::supervisor::{SlotState, SlotView, WorkerView};
 
 const TOKEN: &str = "test-token-123";
@@ -40,6 +40,7 @@ fn slot(n: usize, state: SlotState, ready: Option<bool>, budget_exhausted: bool)
 struct Fixture {
     state: AdminState,
     writer: ExpositionWriter,
+    cpu_counters: watch::Sender<Bytes>,
     _pool: watch::Sender<PoolView>,
     _heartbeat: watch::Sender<Instant>,
 }
@@ -52,12 +53,14 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
         metrics::histogram!(crate::metric_names::SAMPLE_DURATION.name).record(0.0004);
     });
     let (writer, reader) = exposition_channel(Duration::from_secs(1));
+    let (cpu_counters, cpu_counters_rx) = watch::channel(Bytes::new());
     let (pool_tx, pool) = watch::channel(view);
     let (beat_tx, heartbeat) = watch::channel(last_tick);
     Fixture {
         state: AdminState {
             metrics: handle,
             exposition: reader,
+            cpu_counters: cpu_counters_rx,
             pool,
             heartbeat,
             heartbeat_max_age: Duration::from_secs(5),
@@ -67,6 +70,7 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
             suspects: tokio::sync::watch::channel(Default::default()).1,
         },
         writer,
+        cpu_counters,
         _pool: pool_tx,
         _heartbeat: beat_tx,
     }
@@ -241,20 +245,26 @@ demo_cache_lookups_total{{worker=\"{slot}\",layer=\"l1\"}} 3\n",
             slot + 1
         )),
     };
+    Exposition {
+        workers: [(0, worker(0)), (1, worker(1))].into_iter().collect(),
+        ..Exposition::default()
+    }
+}
+
+/// What the sampler renders for two workers and the agent.
+fn sample_cpu_counters() -> String {
     let mut cpu = std::collections::BTreeMap::new();
     cpu.insert(0, 1.25);
     cpu.insert(1, 0.5);
-    Exposition {
-        workers: [(0, worker(0)), (1, worker(1))].into_iter().collect(),
-        sampler: crate::sampler::render_cpu_counters(&cpu, Some(0.75)),
-        ..Exposition::default()
-    }
+    crate::sampler::render_cpu_counters(&cpu, Some(0.75))
 }
 
 #[tokio::test]
 async fn metrics_merge_worker_families_under_the_worker_label() {
     let f = fixture(ready_pool(), Instant::now(), true);
     f.writer.publish(sample_exposition());
+    f.cpu_counters
+        .send_replace(Bytes::from(sample_cpu_counters()));
     let (status, body) = get_path(router(f.state), "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -290,7 +300,11 @@ fn rendered_metrics_pass_promtool() {
         metrics::counter!("heapwarden_worker_restarts_total", "worker" => "0", "reason" => "leak")
             .increment(1);
     });
-    let page = render_metrics(&handle.render(), &sample_exposition());
+    let page = render_metrics(
+        &handle.render(),
+        &sample_cpu_counters(),
+        &sample_exposition(),
+    );
     promtool_check(&page, Lint::Clean);
 }
 
@@ -328,7 +342,7 @@ fn render_hostile() -> String {
         .collect(),
         ..Exposition::default()
     };
-    render_metrics(&handle.render(), &snapshot)
+    render_metrics(&handle.render(), "", &snapshot)
 }
 
 #[test]
@@ -428,7 +442,7 @@ proptest::proptest! {
                 .collect(),
             ..Exposition::default()
         };
-        promtool_check(&render_metrics("", &snapshot), Lint::OnlyWorkerFamilies);
+        promtool_check(&render_metrics("", "", &snapshot), Lint::OnlyWorkerFamilies);
     }
 }
 

@@ -86,7 +86,7 @@ fn config_file(args: &ConfigArgs) -> Option<std::path::PathBuf> {
 pub fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
     config_source(args).load().map_err(|errors| {
         eprintln!("{errors}");
-        ExitCode::from(EX_CONFIG as u8)
+        ExitCode::from(EX_CONFIG)
     })
 }
 
@@ -117,7 +117,7 @@ fn load_checked(args: &ConfigArgs) -> Result<Config, ExitCode> {
             for line in problems {
                 eprintln!("{line}");
             }
-            Err(ExitCode::from(EX_CONFIG as u8))
+            Err(ExitCode::from(EX_CONFIG))
         }
     }
 }

@@ -314,7 +314,7 @@ pub enum LogLevel {
 
 impl Config {
     /// Semantic checks that serde cannot express; every problem is collected.
-    pub(super) fn validate(&self, errors: &mut Vec<ConfigError>) {
+    pub(super) fn check(&self, errors: &mut Vec<ConfigError>) {
         let p = &self.pool;
         if p.command.first().is_some_and(|c| c.trim().is_empty()) {
             errors.push(ConfigError::new(

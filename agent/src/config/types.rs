@@ -1,61 +1,15 @@
-//! Value types that appear in the config file: sizes ("512MiB"), rates ("1MiB/min"),
-//! limits that can be switched off ("off"), and the watched memory figure.
+//! Value types that appear in the config file: rates ("1MiB/min"), limits that can be
+//! switched off ("off"), and the watched memory figure; sizes ("512MiB") are the shared
+//! loader's ([`Size`]), as the demo's are.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A byte count written like "512MiB", "1.5 GiB" or a bare integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Size(pub u64);
+pub use heapwarden_protocol::config::Size;
 
-impl Size {
-    pub const fn mib(n: u64) -> Size {
-        Size(n * 1024 * 1024)
-    }
-    pub fn bytes(self) -> u64 {
-        self.0
-    }
-}
-
-impl FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|b| Size(b.as_u64()))
-            .map_err(|_| format!("expected a size like \"512MiB\", got {s:?}"))
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-        for (unit, scale) in UNITS {
-            if self.0 >= scale && self.0.is_multiple_of(scale) {
-                return write!(f, "{}{unit}", self.0 / scale);
-            }
-        }
-        write!(f, "{}B", self.0)
-    }
-}
-
-impl Serialize for Size {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match SizeInput::deserialize(d)? {
-            SizeInput::Int(n) => Ok(Size(n)),
-            SizeInput::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
+/// A number or text, as a threshold may be written (`512`, `"512MiB"`, `"off"`).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SizeInput {
@@ -217,14 +171,6 @@ pub enum Predict {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_binary_and_decimal_units() {
-        assert_eq!("512MiB".parse::<Size>().unwrap(), Size::mib(512));
-        assert_eq!("0B".parse::<Size>().unwrap(), Size(0));
-        assert!("lots".parse::<Size>().is_err());
-        assert_eq!(Size::mib(512).to_string(), "512MiB");
-    }
 
     #[test]
     fn rates_need_a_time_unit() {

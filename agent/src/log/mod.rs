@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use slog::{Drain, Level, Logger, o};
 
-pub use heapwarden_protocol::{Causes, causes};
-pub use redact::{Redact, RedactedJson};
+pub use heapwarden_protocol::{Causes, Nested, causes};
+pub use redact::Redact;
 
 use crate::config::{LogConfig, LogLevel};
 
@@ -178,7 +178,7 @@ mod tests {
         let buf = SharedBuffer::default();
         let (logger, guard) = build(&LogConfig::default(), buf.clone());
         let child = logger.new(o!("module" => "supervisor", "worker" => 2, "token" => "t0p"));
-        let nested = RedactedJson(serde_json::json!({
+        let nested = Nested(serde_json::json!({
             "headers": {"Authorization": "Bearer abc", "accept": "*/*"},
             "user": {"password": "hunter2", "name": "ada"}
         }));

@@ -1,11 +1,12 @@
 //! Redaction of sensitive keys before a record reaches the JSON serialiser: a drain
 //! wrapper that hands slog-json a serializer which swaps sensitive values for
 //! "[REDACTED]", at the top level and inside nested JSON values. Which keys match is
-//! `heapwarden_protocol::RedactKeys`, shared with the workers.
+//! `heapwarden_protocol::RedactKeys`, shared with the workers; a nested value goes out as
+//! `heapwarden_protocol::Nested`, as the demo logs one.
 
 use std::fmt;
 
-use heapwarden_protocol::{REDACTED, RedactKeys};
+use heapwarden_protocol::{Nested, REDACTED, RedactKeys};
 use slog::{
     BorrowedKV, Drain, KV, Key, OwnedKV, OwnedKVList, Record, RecordStatic, SerdeValue, Serializer,
 };
@@ -104,28 +105,6 @@ impl Serializer for RedactingSerializer<'_> {
         }
         let mut json = serde_json::to_value(value.as_serde()).unwrap_or(serde_json::Value::Null);
         self.keys.redact_json(&mut json);
-        self.inner.emit_serde(key, &RedactedJson(json))
-    }
-}
-
-/// A nested JSON value in a log record (serialised as JSON, not as a string); its
-/// sensitive keys are redacted like top-level ones.
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(transparent)]
-pub struct RedactedJson(pub serde_json::Value);
-
-impl slog::Value for RedactedJson {
-    fn serialize(&self, _: &Record, key: Key, serializer: &mut dyn Serializer) -> slog::Result {
-        serializer.emit_serde(key, self)
-    }
-}
-
-impl SerdeValue for RedactedJson {
-    fn as_serde(&self) -> &dyn erased_serde::Serialize {
-        self
-    }
-
-    fn to_sendable(&self) -> Box<dyn SerdeValue + Send + 'static> {
-        Box::new(self.clone())
+        self.inner.emit_serde(key, &Nested(json))
     }
 }

@@ -5,12 +5,11 @@
 //! machine and the agent's cgroup. It publishes a [`WorkerSample`] per worker for the
 //! watchdog (facts only: what was measured and whether the probe answered; the watchdog
 //! decides what they mean) and records the metrics. One task (`run_sampler`) owns all of
-//! that state.
+//! that state. Workers' own metrics text is not the sampler's: `admin::exposition`
+//! fetches it when a scrape needs it.
 
 mod child_heaps;
 mod collect;
-mod feed;
-mod fetch;
 pub mod procfs;
 mod record;
 mod round;
@@ -20,13 +19,14 @@ pub mod tree;
 #[cfg(test)]
 mod fake_proc;
 #[cfg(test)]
-mod round_tests;
+pub(crate) mod round_tests;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
 use std::time::Instant;
 
+use bytes::Bytes;
 use heapwarden_protocol::HeapStats;
 use slog::{Logger, debug, info};
 use tokio::sync::{mpsc, watch};
@@ -36,15 +36,10 @@ pub use collect::{
     AgentFigures, HostFigures, Roots, TreeFigures, TreeSmaps, collect_host, collect_trees,
     read_tree,
 };
-pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
 pub use record::render_cpu_counters;
 
 use crate::config::Config;
 use crate::supervisor::{PoolView, SlotState, WorkerView};
-
-/// Bounds of the time a worker has to hand over its metrics text for a scrape.
-const FETCH_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
-const FETCH_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One worker's figures from one round, for the watchdog. It carries the worker it was
 /// taken from, so a decision on it names that worker without asking the pool again.
@@ -123,12 +118,14 @@ impl Roots {
 /// debug), it never slows the sampler down.
 /// `settings` carries the running config; a reload's `[sampling]` applies from the next
 /// round (a new `interval` restarts the ticker).
+/// `cpu_counters`: the float CPU counters of each round, as Prometheus text for `/metrics`
+/// (the `metrics` crate's counters are integers).
 pub async fn run_sampler(
     mut settings: watch::Receiver<Config>,
     roots: Roots,
     mut pool: watch::Receiver<PoolView>,
     samples: mpsc::Sender<WorkerSample>,
-    exposition: ExpositionWriter,
+    cpu_counters: watch::Sender<Bytes>,
     log: Logger,
 ) {
     let cfg = settings.borrow_and_update().sampling.clone();
@@ -138,7 +135,6 @@ pub async fn run_sampler(
         "cgroup" => roots.cgroup_dir.as_ref().map(|d| d.display().to_string()));
     let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
     let mut ticker = ticker_for(cfg.interval);
-    let mut fetching: Option<tokio::task::JoinHandle<fetch::Fetched>> = None;
     loop {
         let tick_at = tokio::select! {
             tick_at = ticker.tick() => tick_at.into_std(),
@@ -159,25 +155,6 @@ pub async fn run_sampler(
                 }
                 continue;
             }
-            () = exposition.fetch_requested(), if fetching.is_none() => {
-                let targets = fetch::fetch_targets(&pool.borrow());
-                let ready: Vec<u64> = targets.iter().filter(|t| t.ready).map(|t| t.worker_id).collect();
-                let interval = state.interval();
-                // Scrapes that asked while the last fetch ran were answered by it.
-                if !exposition.current().fresh_for(&ready, interval, Instant::now()) {
-                    let timeout = interval.clamp(FETCH_TIMEOUT_MIN, FETCH_TIMEOUT_MAX);
-                    fetching = Some(tokio::spawn(fetch::fetch_metrics(targets, timeout)));
-                }
-                continue;
-            }
-            fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
-                fetching = None;
-                if let Ok(fetched) = fetched {
-                    state.apply_fetch(fetched);
-                    exposition.publish(state.exposition());
-                }
-                continue;
-            }
         };
         let view = pool.borrow_and_update().clone();
         let outcome = state.round(&view, tick_at).await;
@@ -190,7 +167,7 @@ pub async fn run_sampler(
         if dropped > 0 {
             debug!(log, "The watchdog is behind; samples were dropped."; "dropped" => dropped);
         }
-        exposition.publish(outcome.exposition);
+        cpu_counters.send_replace(Bytes::from(outcome.cpu_counters));
     }
     info!(log, "The sampler stopped.");
 }

@@ -2,8 +2,7 @@
 //! figures are gathered: a probe that pushes ([`ControlLink::keep_reporting`]) was told to
 //! push [`push_lead`] before each round, and its push is taken; one that did not push in
 //! time (an older probe, or a late one) is asked, all concurrently, so one slow worker
-//! delays nobody. The state also keeps the workers' metrics text between fetches
-//! ([`super::fetch`]).
+//! delays nobody.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,8 +14,6 @@ use slog::{Logger, debug, warn};
 
 use super::child_heaps::ChildHeaps;
 use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};
-use super::feed::{Exposition, WorkerText};
-use super::fetch::Fetched;
 use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
@@ -48,7 +45,8 @@ struct ProbeReply {
 
 pub struct RoundOutcome {
     pub samples: Vec<WorkerSample>,
-    pub exposition: Exposition,
+    /// The CPU counters as Prometheus text ([`record::render_cpu_counters`]).
+    pub cpu_counters: String,
 }
 
 pub struct SamplerState {
@@ -63,8 +61,6 @@ pub struct SamplerState {
     dropped: HashMap<u64, u64>,
     /// The most slots any view had: slots beyond the current view were scaled away.
     slots_seen: usize,
-    /// What the last metrics fetch brought, pruned to live workers every round.
-    metrics: Exposition,
     /// Each worker's process tree between walks (the blocking thread takes it per round).
     trees: Arc<std::sync::Mutex<TreeCache>>,
     /// Heap figures of the workers and their forked children between rounds.
@@ -83,7 +79,6 @@ impl SamplerState {
             warned: HashSet::new(),
             dropped: HashMap::new(),
             slots_seen: 0,
-            metrics: Exposition::default(),
             trees: Arc::default(),
             child_heaps: ChildHeaps::default(),
             slot_metrics: record::SlotsMetrics::default(),
@@ -99,26 +94,6 @@ impl SamplerState {
 
     pub fn interval(&self) -> std::time::Duration {
         self.cfg.interval
-    }
-
-    /// Takes a fetch's texts; a worker that did not answer keeps its last text.
-    pub fn apply_fetch(&mut self, fetched: Fetched) {
-        self.metrics.metrics_asked_at = fetched.asked_at;
-        self.metrics.metrics_asked = fetched.asked;
-        for (slot, worker_id, text) in fetched.texts {
-            if let Some(text) = text {
-                let text = Arc::from(text);
-                self.metrics
-                    .workers
-                    .insert(slot, WorkerText { worker_id, text });
-            }
-        }
-    }
-
-    /// The latest snapshot: metrics text from the last fetch, CPU counters from the
-    /// last round.
-    pub fn exposition(&self) -> Exposition {
-        self.metrics.clone()
     }
 
     /// `tick_at`: when this round was due; the next is one interval later.
@@ -193,7 +168,7 @@ impl SamplerState {
 
         let mut outcome = RoundOutcome {
             samples: Vec::with_capacity(targets.len()),
-            exposition: Exposition::default(),
+            cpu_counters: String::new(),
         };
         let mut cpu = BTreeMap::new();
         let at = Instant::now();
@@ -243,9 +218,6 @@ impl SamplerState {
             outcome.samples.push(sample);
         }
         let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
-        self.metrics
-            .workers
-            .retain(|_, text| live.contains(&text.worker_id));
         self.warned.retain(|id| live.contains(id));
         self.dropped.retain(|id, _| live.contains(id));
         self.child_heaps.retain(&reporting);
@@ -260,8 +232,7 @@ impl SamplerState {
         }
         self.slots_seen = self.slots_seen.max(view.slots.len());
         record::record_host(&host);
-        self.metrics.sampler = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
-        outcome.exposition = self.exposition();
+        outcome.cpu_counters = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
         record::record_round_duration(started.elapsed().as_secs_f64());
         outcome
     }

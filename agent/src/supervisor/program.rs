@@ -22,8 +22,8 @@ use crate::config::{Config, LogLevel};
 pub const DEMO_BIN: &str = "heapwarden-demo";
 /// `heapwarden-demo check-config` reads one file; anything longer is a hang.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// What `check-config` exits with when it found errors (EX_USAGE, as the agent).
-const EX_CONFIG: i32 = 64;
+/// What `check-config` exits with when it found errors (the agent's own).
+const EX_CONFIG: i32 = crate::config::EX_CONFIG as i32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {

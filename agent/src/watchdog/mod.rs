@@ -35,7 +35,7 @@ pub use suspect::{Suspect, SuspectKind, SuspectView};
 use crate::config::types::{LeakAction, Watch};
 use crate::config::{Config, WatchdogConfig};
 use crate::log::Causes;
-use crate::log::RedactedJson;
+use crate::log::Nested;
 use crate::metric_names::labels::ProfileOutcome;
 use crate::metric_names::{
     HEAP_PROFILES, LEAK_DETECTIONS, PREDICT_HORIZON, REPLACEMENT_SECONDS, WORKER_GROWTH,
@@ -619,8 +619,8 @@ impl Watchdog {
                 "suspect_growth_bytes" => culprit.growth_bytes,
                 "baseline_profile_id" => diff.as_ref().map(|d| d.base_id),
                 "growth_bytes" => diff.as_ref().map(|d| d.total_delta_bytes),
-                "top_growing_sites" => RedactedJson(sites),
-                "retainers" => RedactedJson(retainers),
+                "top_growing_sites" => Nested(sites),
+                "retainers" => Nested(retainers),
                 "retainers_base_snapshot_id" => retainers_base,
                 "sites_view" => diff.as_ref().map(|d| match d.view {
                     crate::profiles::DiffView::AppFrame => "app_frame",

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
+use heapwarden_probes::config::{ConfigSection, Size};
 use serde::{Deserialize, Serialize};
-
-use bytesize::ByteSize;
 
 use super::ConfigError;
 
@@ -27,7 +26,7 @@ pub struct DemoConfig {
     pub seed_rows: u64,
     pub leak_endpoint: bool,
     /// Bytes leaked per second on purpose (0B: none).
-    pub leak_rate: ByteSize,
+    pub leak_rate: Size,
     /// Worker slots that leak at `leak-rate`; empty: every worker.
     pub leak_slots: Vec<usize>,
     /// Upper bound of the SQL connection pool.
@@ -61,7 +60,7 @@ pub struct DemoConfig {
     #[serde(with = "humantime_serde")]
     pub jobs_poll: Duration,
     /// Largest request body accepted (413 beyond).
-    pub max_body: ByteSize,
+    pub max_body: Size,
 }
 
 impl Default for DemoConfig {
@@ -75,7 +74,7 @@ impl Default for DemoConfig {
             l2_ttl: Duration::from_secs(300),
             seed_rows: 1000,
             leak_endpoint: false,
-            leak_rate: ByteSize(0),
+            leak_rate: Size(0),
             leak_slots: Vec::new(),
             db_max_connections: 8,
             db_acquire_timeout: Duration::from_secs(5),
@@ -89,13 +88,21 @@ impl Default for DemoConfig {
             job_backoff: Duration::from_millis(500),
             job_lease: Duration::from_secs(30),
             jobs_poll: Duration::from_millis(250),
-            max_body: ByteSize::kib(64),
+            max_body: Size::kib(64),
         }
     }
 }
 
+impl ConfigSection for DemoConfig {
+    const KEY: &'static str = "demo";
+
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        self.check(errors);
+    }
+}
+
 impl DemoConfig {
-    pub(crate) fn validate(&self, errors: &mut Vec<ConfigError>) {
+    fn check(&self, errors: &mut Vec<ConfigError>) {
         let mut fail = |key: &str, message: &str| {
             errors.push(ConfigError::new(&format!("demo.{key}"), message));
         };
@@ -150,7 +157,7 @@ impl DemoConfig {
         if self.jobs_poll.is_zero() {
             fail("jobs-poll", "must be longer than 0s");
         }
-        if self.max_body.as_u64() < 256 {
+        if self.max_body.bytes() < 256 {
             fail("max-body", "must be at least 256B");
         }
         for (key, value, max) in self.duration_bounds() {
@@ -187,16 +194,16 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
         let mut errors = Vec::new();
-        DemoConfig::default().validate(&mut errors);
+        DemoConfig::default().check(&mut errors);
         assert!(errors.is_empty(), "{errors:?}");
 
         let bad = DemoConfig {
             database_url: "mysql://x".into(),
             jobs_concurrency: 0,
-            max_body: ByteSize(10),
+            max_body: Size(10),
             ..DemoConfig::default()
         };
-        bad.validate(&mut errors);
+        bad.check(&mut errors);
         let text = format!("{errors:?}");
         for key in [
             "demo.database-url",
@@ -215,6 +222,6 @@ mod tests {
                 .expect("parses");
         assert_eq!(parsed.db_max_connections, 3);
         assert_eq!(parsed.job_backoff, Duration::from_millis(50));
-        assert_eq!(parsed.max_body, ByteSize::kib(1));
+        assert_eq!(parsed.max_body, Size::kib(1));
     }
 }

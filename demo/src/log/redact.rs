@@ -7,8 +7,7 @@
 //! values the demo chose, so no drain has to inspect every key of every record.
 
 pub use heapwarden_probes::REDACTED;
-use heapwarden_probes::RedactKeys;
-use slog::{Key, Record, SerdeValue, Serializer};
+use heapwarden_probes::{Nested, RedactKeys};
 
 /// The sensitive names (the matcher is the agent's own, `RedactKeys`). Cheap to clone.
 #[derive(Debug, Clone)]
@@ -29,32 +28,11 @@ impl Redactor {
         self.keys.is_sensitive(name)
     }
 
-    /// `value` with every sensitive field, at any depth, redacted: for logging.
-    pub fn json(&self, mut value: serde_json::Value) -> LoggedJson {
+    /// `value` with every sensitive field, at any depth, redacted: for logging, as nested
+    /// JSON (as the agent logs it).
+    pub fn json(&self, mut value: serde_json::Value) -> Nested<serde_json::Value> {
         self.keys.redact_json(&mut value);
-        LoggedJson(value)
-    }
-}
-
-/// A JSON value in a log record, serialised as nested JSON (not as a string); built by
-/// [`Redactor::json`], so it holds nothing sensitive.
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(transparent)]
-pub struct LoggedJson(serde_json::Value);
-
-impl slog::Value for LoggedJson {
-    fn serialize(&self, _: &Record, key: Key, serializer: &mut dyn Serializer) -> slog::Result {
-        serializer.emit_serde(key, self)
-    }
-}
-
-impl SerdeValue for LoggedJson {
-    fn as_serde(&self) -> &dyn erased_serde::Serialize {
-        self
-    }
-
-    fn to_sendable(&self) -> Box<dyn SerdeValue + Send + 'static> {
-        Box::new(self.clone())
+        Nested(value)
     }
 }
 

@@ -61,7 +61,8 @@ fn attach_if_worker() {
         );
         return;
     }
-    let (inherited, channel) = match claim_control_socket(&fd_var) {
+    let expected_inode = std::env::var(CONTROL_INO_ENV).ok();
+    let (inherited, channel) = match claim_control_socket(&fd_var, expected_inode.as_deref()) {
         Ok(claimed) => claimed,
         Err(reason) => {
             warn(
@@ -179,8 +180,12 @@ fn malloc_owner() -> String {
 }
 
 /// The inherited descriptor number (left open for an `exec` in this pid) and a private
-/// close-on-exec duplicate for the probe's threads.
-fn claim_control_socket(value: &str) -> Result<(RawFd, OwnedFd), String> {
+/// close-on-exec duplicate for the probe's threads. `value` is `HEAPWARDEN_CONTROL_FD`,
+/// `expected_inode` the agent's `HEAPWARDEN_CONTROL_INO` (checked when given).
+fn claim_control_socket(
+    value: &str,
+    expected_inode: Option<&str>,
+) -> Result<(RawFd, OwnedFd), String> {
     let fd: RawFd = value
         .trim()
         .parse()
@@ -198,7 +203,7 @@ fn claim_control_socket(value: &str) -> Result<(RawFd, OwnedFd), String> {
     }
     // The agent names the socket's inode too: a number reused for another socket (a
     // wrapper that closed ours and opened its own) is not the channel.
-    if let Ok(expected) = std::env::var(CONTROL_INO_ENV)
+    if let Some(expected) = expected_inode
         && expected.trim() != stat.st_ino.to_string()
     {
         return Err(format!(
@@ -222,4 +227,89 @@ fn claim_control_socket(value: &str) -> Result<(RawFd, OwnedFd), String> {
     }
     // SAFETY: `duplicate` was just created by fcntl and is owned by nobody else.
     Ok((fd, unsafe { OwnedFd::from_raw_fd(duplicate) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn inode(file: &impl AsRawFd) -> u64 {
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat fills a zeroed struct we own.
+        assert_eq!(unsafe { libc::fstat(file.as_raw_fd(), &mut stat) }, 0);
+        stat.st_ino
+    }
+
+    /// This test binary defines `malloc` through `exports` as a program does under
+    /// `LD_PRELOAD`, so libc's allocations land in the probe's jemalloc.
+    #[test]
+    fn the_process_malloc_is_recognised_as_ours() {
+        assert_eq!(allocator_is_ours(), Ok(()));
+    }
+
+    #[test]
+    fn only_an_open_socket_under_a_real_number_is_claimed() {
+        for (value, why) in [
+            ("", "not a file descriptor number"),
+            ("four", "not a file descriptor number"),
+            ("-1", "refusing stdin"),
+            ("2", "refusing stdin"),
+            // Far above what this test process opens.
+            ("4000", "is not open"),
+        ] {
+            let refused = claim_control_socket(value, None).expect_err(value);
+            assert!(refused.contains(why), "{value}: {refused}");
+        }
+        let file = File::open("/dev/null").expect("open /dev/null");
+        let refused = claim_control_socket(&file.as_raw_fd().to_string(), None).unwrap_err();
+        assert!(refused.contains("is not a socket"), "{refused}");
+    }
+
+    #[test]
+    fn a_socket_under_the_number_that_is_not_the_agents_is_refused() {
+        let (ours, _agent) = UnixStream::pair().expect("socketpair");
+        let fd = ours.as_raw_fd().to_string();
+        let other = inode(&ours) + 1;
+        let refused = claim_control_socket(&fd, Some(&other.to_string())).unwrap_err();
+        assert!(refused.contains("not the agent's"), "{refused}");
+    }
+
+    /// The claim keeps the inherited number open (an `exec` in this pid passes it on) and
+    /// gives the probe a close-on-exec duplicate of the same socket, out of the program's
+    /// way.
+    #[test]
+    fn the_claim_keeps_the_inherited_number_and_duplicates_it_high_and_close_on_exec() {
+        let (ours, _agent) = UnixStream::pair().expect("socketpair");
+        // As the agent passes it: inherited, so not close-on-exec (std sets it).
+        // SAFETY: F_SETFD on a descriptor this test owns.
+        assert_eq!(
+            unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_SETFD, 0) },
+            0
+        );
+        let expected = inode(&ours).to_string();
+        let (inherited, channel) =
+            claim_control_socket(&format!(" {} ", ours.as_raw_fd()), Some(&expected))
+                .expect("claimed");
+        assert_eq!(inherited, ours.as_raw_fd());
+        assert_ne!(channel.as_raw_fd(), inherited);
+        assert!(
+            channel.as_raw_fd() >= PRIVATE_FD_FLOOR,
+            "{}",
+            channel.as_raw_fd()
+        );
+        assert_eq!(inode(&channel), inode(&ours), "the same socket");
+        // SAFETY: F_GETFD on descriptors this test owns.
+        let flags = unsafe { libc::fcntl(channel.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let flags = unsafe { libc::fcntl(inherited, libc::F_GETFD) };
+        assert_eq!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "the inherited number survives exec"
+        );
+    }
 }

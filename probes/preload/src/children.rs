@@ -67,14 +67,7 @@ pub(crate) fn arm_in_forked_child() {
     );
     if ino != 0 {
         for fd in 3..MAX_SCANNED_FD {
-            // SAFETY: fstat on any number fills a zeroed struct we own (or fails);
-            // close only of a descriptor that is that channel's socket.
-            unsafe {
-                let mut stat: libc::stat = std::mem::zeroed();
-                if libc::fstat(fd, &mut stat) == 0 && stat.st_dev == dev && stat.st_ino == ino {
-                    libc::close(fd);
-                }
-            }
+            crate::fork::close_if_still(fd, dev, ino);
         }
     }
     PENDING.store(true, Ordering::SeqCst);

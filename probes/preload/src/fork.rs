@@ -61,6 +61,26 @@ pub(crate) fn watch_children(inherited: RawFd) {
     }
 }
 
+/// Closes `fd` only while it still names the file `device`/`inode` (a channel's socket),
+/// and says whether it did: a number the program reused for a file of its own stays the
+/// program's. Inode 0 (identity unknown) closes nothing. Only fstat and close, so a fork
+/// handler may call it.
+pub(crate) fn close_if_still(fd: RawFd, device: u64, inode: u64) -> bool {
+    // SAFETY: fstat on any number fills a zeroed struct we own (or fails); close only of
+    // a descriptor that is that file.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if inode != 0
+            && libc::fstat(fd, &mut stat) == 0
+            && stat.st_dev == device
+            && stat.st_ino == inode
+        {
+            return libc::close(fd) == 0;
+        }
+    }
+    false
+}
+
 extern "C" fn in_forked_child() {
     let Some(claim) = CLAIM.get() else { return };
     // A child that keeps running gets a channel of its own, started lazily (`children`).
@@ -68,18 +88,7 @@ extern "C" fn in_forked_child() {
     // Every copy the probe's threads held (reader and writer), each only while it still
     // names the agent's socket: atomics, fstat and close, nothing else.
     heapwarden_probes::close_held_in_forked_child();
-    // SAFETY: only syscalls on the descriptor number recorded at attach time: close(2)
-    // of the inherited number only while fstat still finds the agent's socket there.
-    unsafe {
-        let mut stat: libc::stat = std::mem::zeroed();
-        if claim.inode != 0
-            && libc::fstat(claim.inherited, &mut stat) == 0
-            && stat.st_dev == claim.device
-            && stat.st_ino == claim.inode
-        {
-            libc::close(claim.inherited);
-        }
-    }
+    close_if_still(claim.inherited, claim.device, claim.inode);
     if let Some(mib) = &claim.prof_active_mib {
         let mut off = false;
         // SAFETY: "prof.active" is a bool key; the MIB was resolved for it, and `off`
@@ -94,5 +103,48 @@ extern "C" fn in_forked_child() {
                 size_of::<bool>(),
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn identity(fd: RawFd) -> (u64, u64) {
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat fills a zeroed struct we own.
+        assert_eq!(unsafe { libc::fstat(fd, &mut stat) }, 0);
+        (stat.st_dev, stat.st_ino)
+    }
+
+    /// What a forked child drops is the agent's socket, never what the program put under
+    /// the same number since.
+    #[test]
+    fn a_child_closes_a_number_only_while_it_names_the_channel() {
+        let (channel, agent) = UnixStream::pair().expect("socketpair");
+        let (device, inode) = identity(channel.as_raw_fd());
+        let programs = File::open("/dev/null").expect("open /dev/null");
+        assert!(!close_if_still(programs.as_raw_fd(), device, inode));
+        identity(programs.as_raw_fd()); // still open
+        assert!(
+            !close_if_still(agent.as_raw_fd(), device, inode),
+            "another socket (the pair's other end)"
+        );
+        assert!(
+            !close_if_still(channel.as_raw_fd(), device, 0),
+            "identity unknown"
+        );
+
+        let copy = channel.try_clone().expect("dup").into_raw_fd();
+        let fd = channel.into_raw_fd();
+        assert!(close_if_still(fd, device, inode));
+        assert!(close_if_still(copy, device, inode), "every copy goes");
+        // Closed: whatever this number names now (another test's file), it is not the
+        // channel.
+        assert!(!close_if_still(fd, device, inode));
     }
 }

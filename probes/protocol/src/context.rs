@@ -158,6 +158,17 @@ impl WorkerContext {
         })
     }
 
+    /// This worker's own section of the agent's config file ([`Self::config_file`];
+    /// defaults without one), overridden by this process's `HEAPWARDEN_<SECTION>_*`
+    /// variables: the agent's loader ([`crate::config`]), so a worker's settings read,
+    /// and fail, as the agent's do.
+    #[cfg(feature = "config")]
+    pub fn config_section<S: crate::config::ConfigSection>(
+        &self,
+    ) -> Result<S, crate::config::ConfigErrors> {
+        crate::config::load(self.config_file.as_deref(), std::env::vars(), &[])
+    }
+
     /// The variables that describe this context, for the agent to set on a worker.
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
         let mut env = Vec::new();

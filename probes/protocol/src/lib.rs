@@ -11,8 +11,11 @@
 //! - [`HeapStats`]: the heap figures a probe reports;
 //! - [`python_frames`]: how the native probe writes CPython frames into a raw heap dump;
 //! - [`causes`]: an error with its causes on one line, each once (agent and demo logs);
+//! - `config` (feature `config`): the config file's one loader, for the agent's sections
+//!   and a worker's own (`WorkerContext::config_section`);
 //! - [`redact`]: which log keys are sensitive (`log.redact`), matched the same way by the
-//!   agent's log and by workers that log request data.
+//!   agent's log and by workers that log request data; with the `slog` feature, the one
+//!   way both log a nested JSON value (`Nested`).
 //!
 //! Only `activation` uses `unsafe` (taking ownership of an inherited descriptor); it says
 //! why every block is sound.
@@ -22,6 +25,8 @@
 pub mod activation;
 pub mod causes;
 pub mod channel;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod context;
 pub mod python_frames;
 pub mod redact;
@@ -38,5 +43,7 @@ pub use context::{
     LOG_REDACT_ENV, POOL_SIZE_ENV, RUST_PROBE_MARK, SLOT_ENV, STATE_DIR_ENV, WORKER_ID_ENV,
     WORKER_PID_ENV, WorkerContext, default_state_dir, worker_pid_matches,
 };
+#[cfg(feature = "slog")]
+pub use redact::Nested;
 pub use redact::{REDACTED, RedactKeys};
 pub use stats::HeapStats;

@@ -1,7 +1,8 @@
 //! Which log keys are sensitive (`log.redact`), and redacting them in JSON: one matcher
 //! for the agent's log drain and for workers that log request data (the demo), so both
 //! sides of the `HEAPWARDEN_LOG_REDACT` contract agree on what a key name matches —
-//! case-insensitive, `_` and `-` alike (`Set-Cookie`, `set_cookie`, `SET-COOKIE`).
+//! case-insensitive, `_` and `-` alike (`Set-Cookie`, `set_cookie`, `SET-COOKIE`). With
+//! the `slog` feature, [`Nested`] puts such JSON (or any serde value) into a log record.
 
 use std::sync::Arc;
 
@@ -58,6 +59,38 @@ impl RedactKeys {
             serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
             _ => {}
         }
+    }
+}
+
+/// A serde value logged as nested JSON (an object in the record, not a string) by slog's
+/// `nested-values` drains: redacted JSON ([`RedactKeys::redact_json`]), or a view of the
+/// caller's own data. Cheap to clone values (an `Arc`) keep a record cheap to hand to a
+/// log thread.
+#[cfg(feature = "slog")]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(transparent)]
+pub struct Nested<T>(pub T);
+
+#[cfg(feature = "slog")]
+impl<T: serde::Serialize + Clone + Send + 'static> slog::Value for Nested<T> {
+    fn serialize(
+        &self,
+        _: &slog::Record,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        serializer.emit_serde(key, self)
+    }
+}
+
+#[cfg(feature = "slog")]
+impl<T: serde::Serialize + Clone + Send + 'static> slog::SerdeValue for Nested<T> {
+    fn as_serde(&self) -> &dyn erased_serde::Serialize {
+        self
+    }
+
+    fn to_sendable(&self) -> Box<dyn slog::SerdeValue + Send + 'static> {
+        Box::new(self.clone())
     }
 }
 

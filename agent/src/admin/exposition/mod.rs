@@ -1,5 +1,7 @@
-//! Worker metrics text → one valid block of the agent's `/metrics` page. Every worker's
-//! text is parsed strictly, line by line ([`line`]); what Prometheus would refuse, or what
+//! Workers' own metrics → one valid block of the agent's `/metrics` page, end to end:
+//! fetched from the probe-linked workers when a scrape needs it ([`fetch`], one task
+//! owning the texts), kept fresh for the scrapes that share it ([`feed`]), then parsed
+//! and merged here. Every worker's text is parsed strictly, line by line ([`line`]); what Prometheus would refuse, or what
 //! would let a worker pose as the agent or as another worker, is dropped and counted, so
 //! no worker can break the page or forge a series:
 //!
@@ -17,11 +19,15 @@
 //! Families are merged by name across workers: each appears once, with one HELP and one
 //! TYPE line, followed by every worker's samples, each with `worker="<slot>"` first.
 
+pub mod feed;
+pub mod fetch;
 pub mod line;
 mod part;
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use feed::{Exposition, ExpositionReader, ExpositionWriter, WorkerText, exposition_channel};
+pub use fetch::run_worker_metrics;
 pub use line::{Kind, Line, LineError, Sample, parse_line};
 pub use part::{PartFamily, parse_part};
 

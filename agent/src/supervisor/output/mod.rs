@@ -13,7 +13,7 @@ mod lines;
 use slog::{Logger, error, info, warn};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::log::RedactedJson;
+use crate::log::Nested;
 use lines::{Line, LineSplitter};
 
 /// Longer lines are cut: a worker printing without newlines must not grow our memory.
@@ -73,7 +73,7 @@ fn relay(log: &Logger, line: Line) {
         // The agent's context already says which worker and pid this is.
         fields.remove("worker");
         fields.remove("pid");
-        let fields = RedactedJson(serde_json::Value::Object(fields));
+        let fields = Nested(serde_json::Value::Object(fields));
         match level.as_ref().and_then(|l| l.as_str()) {
             Some("ERRO" | "ERROR" | "CRIT" | "CRITICAL") => {
                 error!(log, "{}", msg; "fields" => fields)

@@ -1,10 +1,21 @@
-//! Tests of loading `[demo]`: the committed example, overrides, and error reporting.
+//! Tests of loading `[demo]` with the shared loader: the committed example, the demo's
+//! keys and their variables, and its own checks.
 
+use std::path::Path;
 use std::time::Duration;
+
+use heapwarden_probes::config::{ConfigErrors, env_name, known_keys};
 
 use super::*;
 
-const EXAMPLE: &str = include_str!("../../../../systemd/heapwarden.toml");
+fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<DemoConfig, ConfigErrors> {
+    heapwarden_probes::config::load(file, env, &[])
+}
+
+const EXAMPLE: &str = include_str!("../../../systemd/heapwarden.toml");
 
 fn load_text(text: &str, env: &[(&str, &str)]) -> Result<DemoConfig, ConfigErrors> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -22,7 +33,7 @@ fn the_example_config_documents_every_key_with_its_default() {
         .split_once("\n[demo]\n")
         .expect("the example has a [demo] section")
         .1;
-    for key in known_keys() {
+    for key in known_keys::<DemoConfig>() {
         assert!(
             section
                 .lines()
@@ -53,10 +64,10 @@ fn environment_overrides_the_file() {
     )
     .expect("valid");
     assert_eq!(config.l1_capacity, 9);
-    assert_eq!(config.leak_rate.as_u64(), 2 * 1024 * 1024);
+    assert_eq!(config.leak_rate.bytes(), 2 * 1024 * 1024);
     assert_eq!(config.leak_slots, vec![1, 2]);
     assert_eq!(config.redis_url, "redis://a:1");
-    assert_eq!(env_name("redis-url"), "HEAPWARDEN_DEMO_REDIS_URL");
+    assert_eq!(env_name("demo.redis-url"), "HEAPWARDEN_DEMO_REDIS_URL");
 }
 
 #[test]
@@ -87,38 +98,9 @@ fn every_error_is_reported_with_its_key_and_source() {
     assert_eq!(errors.0[0].key, "demo.jobs-concurrency");
 }
 
-#[test]
-fn a_demo_that_is_not_a_table_and_bad_files_are_one_error() {
-    let errors = load_text("demo = 3\n", &[]).unwrap_err();
-    assert_eq!(errors.0.len(), 1);
-    assert_eq!(errors.0[0].key, "demo");
-    let errors = load_text("[other]\n[demo\nl1-ttl = 1", &[]).unwrap_err();
-    let text = errors.to_string();
-    assert!(text.contains("not valid TOML (line 2)"), "{text}");
-    assert_eq!(text.lines().count(), 1, "{text}");
-    let missing = load(Some(Path::new("/nonexistent/heapwarden.toml")), Vec::new()).unwrap_err();
-    assert!(missing.to_string().contains("cannot read"), "{missing}");
-}
-
+// The loader's own behaviour (broken files, a section that is not a table, arbitrary
+// text) is tested once, with the loader (heapwarden-protocol's config tests).
 proptest::proptest! {
-    /// Arbitrary text never panics the loader: it is a config or a list of errors.
-    #[test]
-    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
-        let _ = load_text(&text, &[]);
-    }
-
-    /// Arbitrary values for a real key give a config or errors naming a demo key.
-    #[test]
-    fn bad_values_name_their_key(value in "[a-z0-9\"\\[\\]., -]{0,20}") {
-        let text = format!("[demo]\nl2-ttl = {value}\n");
-        if let Err(errors) = load_text(&text, &[]) {
-            proptest::prop_assert!(
-                errors.0.iter().all(|e| e.key.starts_with("demo") || e.key == "(file)"),
-                "{}", errors
-            );
-        }
-    }
-
     /// Arbitrary override text never panics and is blamed on its variable.
     #[test]
     fn arbitrary_overrides_never_panic(raw in "\\PC{0,40}") {

@@ -1,13 +1,11 @@
-//! What the sampler hands the `/metrics` handler besides the recorder: each worker's
-//! latest metrics text, and the float CPU counters the `metrics` crate cannot hold
-//! (its counters are integers). The sampler owns the writer and publishes a fresh
-//! snapshot each round (tokio `watch`); the admin server only reads.
+//! Each worker's latest metrics text, from the task that fetches it
+//! ([`super::fetch::run_worker_metrics`], the writer) to the `/metrics` handler (the
+//! reader), over a tokio `watch`.
 //!
-//! Freshness: workers are asked for their text only when a scrape needs it (the sampler
-//! runs a fetch, [`super::fetch`], apart from its rounds). A scrape whose snapshot is older
-//! than one sampling interval, or misses a ready worker, asks for a fetch and waits for it
-//! (up to [`MAX_SCRAPE_WAIT`]); scrapes within an interval of a fetch share it. An agent
-//! nobody scrapes costs the workers nothing.
+//! Freshness: workers are asked for their text only when a scrape needs it. A scrape
+//! whose snapshot is older than one sampling interval, or misses a ready worker, asks for
+//! a fetch and waits for it (up to [`MAX_SCRAPE_WAIT`]); scrapes within an interval of a
+//! fetch share it. An agent nobody scrapes costs the workers nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,16 +23,14 @@ pub struct WorkerText {
     pub text: Arc<str>,
 }
 
-/// A snapshot for one scrape.
+/// The workers' text for one scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exposition {
     /// By slot.
     pub workers: BTreeMap<usize, WorkerText>,
-    /// Prometheus text the sampler renders itself (CPU seconds as float counters).
-    pub sampler: String,
-    /// Start of the last round that asked workers for their text.
+    /// Start of the last fetch.
     pub metrics_asked_at: Option<Instant>,
-    /// Workers that were ready when that round asked.
+    /// Workers that were ready when that fetch asked.
     pub metrics_asked: Vec<u64>,
 }
 
@@ -50,7 +46,7 @@ impl Exposition {
     }
 }
 
-/// The sampler's end.
+/// The fetching task's end.
 #[derive(Debug)]
 pub struct ExpositionWriter {
     tx: watch::Sender<Arc<Exposition>>,
@@ -99,7 +95,7 @@ impl ExpositionWriter {
 
 impl ExpositionReader {
     /// A snapshot whose worker text is at most one sampling interval old and covers
-    /// `ready_workers`; asks the sampler for a fetch when needed and waits for it up to
+    /// `ready_workers`; asks for a fetch when needed and waits for it up to
     /// [`MAX_SCRAPE_WAIT`], then settles for the latest.
     pub async fn scrape_fresh(&self, ready_workers: &[u64]) -> Arc<Exposition> {
         let deadline = tokio::time::Instant::now() + MAX_SCRAPE_WAIT;
@@ -127,7 +123,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn freshness_needs_a_recent_round_that_asked_every_ready_worker() {
+    fn freshness_needs_a_recent_fetch_that_asked_every_ready_worker() {
         let now = Instant::now();
         let snapshot = Exposition {
             metrics_asked_at: Some(now),
@@ -143,18 +139,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stale_scrape_waits_for_the_next_round() {
+    async fn a_stale_scrape_waits_for_the_next_fetch() {
         let (writer, reader) = exposition_channel(Duration::from_secs(1));
         let waiting = tokio::spawn(async move { reader.scrape_fresh(&[3]).await });
         writer.fetch_requested().await;
         writer.publish(Exposition {
             metrics_asked_at: Some(Instant::now()),
             metrics_asked: vec![3],
-            sampler: "x 1\n".into(),
             ..Exposition::default()
         });
         let got = waiting.await.expect("scrape task");
-        assert_eq!(got.sampler, "x 1\n");
+        assert_eq!(got.metrics_asked, [3]);
     }
 
     #[tokio::test(start_paused = true)]
