@@ -383,7 +383,16 @@ fn uvicorn_fastapi_on_fd_3_leak_is_caught() {
         caught.ok,
         caught.failures.len()
     );
-    assert_no_failures(&native, &caught.failures);
+    // uvicorn's own graceful shutdown closes a connection it accepted but has not read
+    // yet (Kludex/uvicorn#2757; its fix was not merged): under load the replacement can
+    // reset one request. An answer with a status, or a second reset, still fails.
+    let resets = caught.failures.iter().all(|f| f.contains(": Err("));
+    assert!(
+        caught.failures.len() <= 1 && resets,
+        "{:?}\nagent log:\n{}",
+        caught.failures,
+        native.agent.logs.raw()
+    );
     let growth = caught.detection["growth_bytes"].as_i64().unwrap_or(0);
     assert!(growth > 8 << 20, "{}", caught.detection);
     assert_python_site(&caught.detection, "fastapi_shop.py", 14);
@@ -436,7 +445,11 @@ max-memory = "160MiB"
         .agent
         .logs
         .wait_for(SECS(5), "the trip", msg("A leak rule tripped."));
-    assert_eq!(tripped["rule"], "max_memory", "{tripped}");
+    // The limit applies to the tree either way: at the crossing (`max_memory`) or ahead
+    // of it (`predicted`, on by default with max-memory), whichever the leak's pace and
+    // the machine's load make come first.
+    let rule = tripped["rule"].as_str().unwrap_or_default();
+    assert!(["max_memory", "predicted"].contains(&rule), "{tripped}");
     assert_eq!(tripped["figure"], "heap_allocated", "{tripped}");
     assert_no_failures(&native, &caught.failures);
     assert_child_profile(&caught, &worker_pids(&native));
