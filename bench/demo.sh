@@ -22,8 +22,8 @@
 #               tree (agent + workers, primary + workers), RUNS interleaved runs, medians
 #               and demo/Node ratios
 #
-#   bench/demo.sh [--quick] [throughput|stale|replace|profiling|node ...]   (default: all
-#   but compare and node)
+#   bench/demo.sh [--quick] [throughput|stale|replace|profiling|compare|node ...]
+#   (default: throughput stale replace profiling)
 #   SKIP_BUILD=1 bench/demo.sh node                                     # demo vs Node
 #   SKIP_BUILD=1 DURATION=5s bench/demo.sh throughput
 #   BASELINE_BIN=/path/to/old/heapwarden bench/demo.sh compare          # before/after
@@ -31,7 +31,8 @@
 #
 # Needs wrk, redis-server, curl, python3; `node` also node, npm and psql (the Node app's
 # packages are installed into SEED_NPM, /var/tmp/heapwarden-seed-npm, when missing).
-# Starts its own redis-server on a free port and never touches a shared one. Full run about 5 minutes after the build; --quick ~1 minute.
+# Starts its own redis-server on a free port and never touches a shared one. Full run
+# about 5 minutes after the build, `node` 1.5 minutes; --quick ~1 minute.
 # The machine should be otherwise idle: check `uptime` first.
 set -euo pipefail
 
