@@ -15,14 +15,24 @@
 #   compare     L1 hit, alone and under the agent, this build against BASELINE_BIN (an
 #               older single-binary `heapwarden` whose demo is `heapwarden demo`), rows
 #               interleaved run by run so machine load falls on both alike
+#   node        L1 hit, the demo under the agent against the seeds' Node design
+#               (bench/seed-node: cluster + lru-cache + ioredis + pg), one worker per core
+#               each, both on this redis-server and PostgreSQL (PG_URL, schema
+#               heapwarden_bench): req/s, p50, p99, CPU µs per request of the whole process
+#               tree (agent + workers, primary + workers), RUNS interleaved runs, medians
+#               and demo/Node ratios
 #
-#   bench/demo.sh [--quick] [throughput|stale|replace|profiling ...]   (default: all)
+#   bench/demo.sh [--quick] [throughput|stale|replace|profiling|compare|node ...]
+#   (default: throughput stale replace profiling)
+#   SKIP_BUILD=1 bench/demo.sh node                                     # demo vs Node
 #   SKIP_BUILD=1 DURATION=5s bench/demo.sh throughput
 #   BASELINE_BIN=/path/to/old/heapwarden bench/demo.sh compare          # before/after
 #   HEAPWARDEN_BIN=/other/heapwarden HEAPWARDEN_DEMO_BIN=/other/heapwarden-demo SKIP_BUILD=1 bench/demo.sh
 #
-# Needs wrk, redis-server, curl, python3. Starts its own redis-server on a free port and
-# never touches a shared one. Full run about 5 minutes after the build; --quick ~1 minute.
+# Needs wrk, redis-server, curl, python3; `node` also node, npm and psql (the Node app's
+# packages are installed into SEED_NPM, /var/tmp/heapwarden-seed-npm, when missing).
+# Starts its own redis-server on a free port and never touches a shared one. Full run
+# about 5 minutes after the build, `node` 1.5 minutes; --quick ~1 minute.
 # The machine should be otherwise idle: check `uptime` first.
 set -euo pipefail
 
@@ -32,7 +42,7 @@ PARTS=()
 for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
-        throughput | stale | replace | profiling | compare) PARTS+=("$arg") ;;
+        throughput | stale | replace | profiling | compare | node) PARTS+=("$arg") ;;
         *) echo "bench: unknown argument $arg" >&2; exit 64 ;;
     esac
 done
@@ -47,6 +57,8 @@ TICK=$(getconf CLK_TCK)
 BIN=${HEAPWARDEN_BIN:-"$ROOT/target/release/heapwarden"}
 DEMO_BIN=${HEAPWARDEN_DEMO_BIN:-"$(dirname "$BIN")/heapwarden-demo"}
 BASELINE_BIN=${BASELINE_BIN:-}
+PG_URL=${PG_URL:-"postgres://$(id -un)@127.0.0.1:5432/test"}
+SEED_NPM=${SEED_NPM:-/var/tmp/heapwarden-seed-npm}
 # Which build `start` runs: "new" (BIN + DEMO_BIN) or "baseline" (BASELINE_BIN, one binary).
 BUILD=new
 
@@ -162,6 +174,15 @@ request = function()
 end
 LUA
 
+# parse_wrk WRK_OUTPUT -> RPS, P50, P99, MAX_LATENCY, REQUESTS (of a `wrk --latency` run)
+parse_wrk() {
+    RPS=$(awk '/Requests\/sec/ {print $2}' <<<"$1")
+    P50=$(awk '$1=="50%" {print $2}' <<<"$1")
+    P99=$(awk '$1=="99%" {print $2}' <<<"$1")
+    MAX_LATENCY=$(awk '/Latency/ {print $4}' <<<"$1")
+    REQUESTS=$(awk '/requests in/ {print $1}' <<<"$1")
+}
+
 # wrk_row LABEL MODE WORKERS LOG THREADS CONNS -> one table row (CPU per request measured
 # over the wrk run from /proc/PID/stat of the workers and of the agent).
 wrk_row() {
@@ -184,17 +205,13 @@ wrk_row() {
     # shellcheck disable=SC2086
     local w1; w1=$(cpu_ticks $wpids)
     local a1=0; [[ $mode == run ]] && a1=$(cpu_ticks "$SERVER_PID")
-    local rps p50 p99 requests
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    parse_wrk "$out"
     local us_per_req agent
-    us_per_req=$(python3 -c "print(f'{($w1-$w0)/$TICK*1e6/max($requests,1):.1f}')")
+    us_per_req=$(python3 -c "print(f'{($w1-$w0)/$TICK*1e6/max($REQUESTS,1):.1f}')")
     agent=$(python3 -c "print('-' if '$mode'=='demo' else f'{($a1-$a0)/$TICK/($t1-$t0)*100:.0f}%')")
     printf "| %-16s | %-11s | %-5s | %-6s | %-11s | %10s | %8s | %8s | %7s | %6s |\n" \
         "$label" "$([[ $mode == demo ]] && echo "1 (alone)" || echo "$workers (agent)")" "$layer" "$log" \
-        "-t$threads -c$conns" "$rps" "$p50" "$p99" "$us_per_req" "$agent"
+        "-t$threads -c$conns" "$RPS" "$P50" "$P99" "$us_per_req" "$agent"
 }
 
 REDIS="redis-url = \"redis://127.0.0.1:$REDIS_PORT\""
@@ -313,16 +330,16 @@ part_replace() {
     sleep 1
     kill -INT "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
     local out; out=$(cat "$WORK/replace.out")
-    local requests non2xx sockerr
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    local non2xx sockerr
+    parse_wrk "$out"
     non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
     sockerr=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' <<<"$out"); sockerr=${sockerr:-0}
     echo "### Replacements under load: 2 workers (agent), wrk -t1 -c16, $REPLACEMENTS replacements in ${took}s"
     echo
     echo "| replacements | requests | non-2xx | socket errors (connect+read+write+timeout) | failed per replacement | p99 |"
     echo "|---:|---:|---:|---:|---:|---:|"
-    printf "| %s | %s | %s | %s | %s | %s |\n" "$REPLACEMENTS" "$requests" "$non2xx" "$sockerr" \
-        "$(python3 -c "print(f'{($non2xx+$sockerr)/$REPLACEMENTS:.2f}')")" "$(awk '$1=="99%" {print $2}' <<<"$out")"
+    printf "| %s | %s | %s | %s | %s | %s |\n" "$REPLACEMENTS" "$REQUESTS" "$non2xx" "$sockerr" \
+        "$(python3 -c "print(f'{($non2xx+$sockerr)/$REPLACEMENTS:.2f}')")" "$P99"
     grep -E "Socket errors|Non-2xx" <<<"$out" || true
     stop
     echo
@@ -352,6 +369,150 @@ part_compare() {
     echo
 }
 
+# The seeds' Node app's packages, installed from its lockfile when missing or changed.
+seed_npm() {
+    local lock="$ROOT/bench/seed-node/package-lock.json"
+    if [[ ! -d $SEED_NPM/node_modules ]] || ! cmp -s "$lock" "$SEED_NPM/package-lock.json"; then
+        mkdir -p "$SEED_NPM"
+        cp "$ROOT/bench/seed-node/package.json" "$lock" "$SEED_NPM/"
+        (cd "$SEED_NPM" && npm ci --no-audit --no-fund >&2)
+    fi
+}
+
+# start_node WORKERS DATABASE_URL -> SERVER_PID (the cluster's primary), PORT
+start_node() {
+    PORT=$(free_port)
+    SERVER_LOG="$WORK/node-$PORT.log"
+    NODE_PATH="$SEED_NPM/node_modules" PORT=$PORT WORKERS=$1 DATABASE_URL=$2 \
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$ROOT/bench/seed-node/server.js" >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=($SERVER_PID)
+    for _ in $(seq 1 300); do
+        grep -q "workers are listening" "$SERVER_LOG" && return 0
+        sleep 0.05
+    done
+    echo "bench: the Node app never listened" >&2; cat "$SERVER_LOG" >&2; exit 1
+}
+
+tree_pids() { # ROOT -> ROOT and every process below it
+    local child
+    echo "$1"
+    for child in $(pgrep -P "$1"); do tree_pids "$child"; done
+}
+
+# tree_row SERVER RUN THREADS CONNS: one wrk run against PORT; CPU of SERVER_PID's whole
+# process tree per request. Prints the row and appends it to $WORK/node.tsv.
+tree_row() {
+    local server=$1 run=$2 threads=$3 conns=$4
+    local pids; pids=$(tree_pids "$SERVER_PID")
+    # shellcheck disable=SC2086
+    local c0; c0=$(cpu_ticks $pids)
+    local out; out=$(wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
+    # shellcheck disable=SC2086
+    local c1; c1=$(cpu_ticks $pids)
+    parse_wrk "$out"
+    local us; us=$(python3 -c "print(f'{($c1-$c0)/$TICK*1e6/max($REQUESTS,1):.1f}')")
+    printf "| %s | %-6s | %-5s | %-11s | %10s | %8s | %8s | %7s |\n" \
+        "$run" "$server" "$LAYER" "-t$threads -c$conns" "$RPS" "$P50" "$P99" "$us"
+    echo "$server -t$threads-c$conns $RPS $P50 $P99 $us" >>"$WORK/node.tsv"
+}
+
+# warm_l1: every worker's L1 holds ids 1..1000 afterwards; LAYER = the layer that answered
+# the last of a few fresh-connection reads (l1 expected).
+warm_l1() {
+    local base="http://127.0.0.1:$PORT"
+    wrk -t1 -c8 -d2s -s "$WORK/ids.lua" "$base" >/dev/null
+    for _ in 1 2 3 4; do
+        LAYER=$(curl -s -D - -o /dev/null "$base/items/17" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+    done
+}
+
+part_node() {
+    for tool in node npm psql; do
+        command -v "$tool" >/dev/null || { echo "bench: $tool is required for node" >&2; exit 1; }
+    done
+    seed_npm
+    psql "$PG_URL" -q -v ON_ERROR_STOP=1 -c "SET client_min_messages TO warning" \
+        -c "CREATE SCHEMA IF NOT EXISTS heapwarden_bench"
+    local db_url="$PG_URL?options=-csearch_path%3Dheapwarden_bench"
+    local demo_toml="$REDIS
+database-url = \"$db_url\""
+    local versions
+    versions=$(cd "$SEED_NPM/node_modules" && python3 -c 'import json, sys
+print(", ".join(p + " " + json.load(open(p + "/package.json"))["version"] for p in sys.argv[1:]))' lru-cache ioredis pg)
+    echo "### Demo vs the seeds' Node design: L1 hit, $CORES workers each, Redis + PostgreSQL, $DURATION per row, $RUNS interleaved runs"
+    echo
+    echo "demo: \`heapwarden run\`, $CORES \`heapwarden-demo\` workers, log warn. Node $(node --version): bench/seed-node/server.js,"
+    echo "a cluster of $CORES workers ($versions). CPU µs/req: utime+stime of the whole"
+    echo "process tree (agent + workers, primary + workers) over the run, per request."
+    echo
+    printf "| %s | %-6s | %-5s | %-11s | %10s | %8s | %8s | %7s |\n" "run" "server" "layer" "wrk" "req/s" "p50" "p99" "CPU µs/req"
+    echo "|---:|---|---|---|---:|---:|---:|---:|"
+    : >"$WORK/node.tsv"
+    local run server order bodies=()
+    for run in $(seq 1 "$RUNS"); do
+        # Alternate which goes first, so a trend in the machine's load falls on both.
+        order=(demo Node)
+        if (( run % 2 == 0 )); then order=(Node demo); fi
+        for server in "${order[@]}"; do
+            if [[ $server == demo ]]; then
+                start run "$CORES" warn "$demo_toml"
+            else
+                start_node "$CORES" "$db_url"
+            fi
+            warm_l1
+            if (( run == 1 )); then bodies+=("$server \`$(curl -s "http://127.0.0.1:$PORT/items/17")\`"); fi
+            tree_row "$server" "$run" 1 8
+            tree_row "$server" "$run" 2 32
+            stop
+        done
+    done
+    echo
+    echo "\`GET /items/17\`: ${bodies[*]}"
+    echo
+    python3 - "$WORK/node.tsv" <<'PY'
+import statistics, sys
+
+def micros(text):
+    for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(text)
+
+def show(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+runs = {}
+for line in open(sys.argv[1]):
+    server, load, rps, p50, p99, cpu = line.split()
+    runs.setdefault((server, load), []).append((float(rps), micros(p50), micros(p99), float(cpu)))
+loads = sorted({load for _, load in runs}, key=lambda l: int(l.split("-c")[1]))
+name = {load: load.replace("-c", " -c") for load in loads}
+print("| wrk | server | req/s (median) | p50 | p99 | CPU µs/req |")
+print("|---|---|---:|---:|---:|---:|")
+median = {}
+for load in loads:
+    for server in ("demo", "Node"):
+        rows = runs[(server, load)]
+        median[(server, load)] = m = [statistics.median(r[i] for r in rows) for i in range(4)]
+        print(f"| {name[load]} | {server} | {m[0]:,.0f} | {show(m[1])} | {show(m[2])} | {m[3]:.1f} |")
+print()
+for load in loads:
+    d, n = median[("demo", load)], median[("Node", load)]
+    print(f"- {name[load]}: demo/Node req/s **{d[0] / n[0]:.2f}×**, CPU per request **{d[3] / n[3]:.2f}×**, "
+          f"p99 {show(d[2])} vs {show(n[2])}")
+pairs = list(zip(runs[("demo", "-t1-c8")], runs[("Node", "-t1-c8")]))
+rps_ok = all(d[0] >= 2 * n[0] for d, n in pairs)
+cpu_ok = all(d[3] <= 0.4 * n[3] for d, n in pairs)
+p99_ok = median[("demo", "-t2-c32")][2] < median[("Node", "-t2-c32")][2]
+verdict = {True: "met", False: "MISSED"}
+print()
+print(f"Targets: at -t1 -c8 demo ≥ 2× Node's req/s in every run: {verdict[rps_ok]}; CPU per request "
+      f"≤ 0.4× in every run: {verdict[cpu_ok]}; at -t2 -c32 a lower p99 (median): {verdict[p99_ok]}.")
+PY
+    echo
+}
+
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 part_profiling() {
@@ -364,12 +525,12 @@ part_profiling() {
         start demo 1 warn "$L1_TOML"
         wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "http://127.0.0.1:$PORT" >/dev/null
         out=$(wrk -t1 -c8 -d"$DURATION" -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
-        on+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+        parse_wrk "$out"; on+=("$RPS")
         stop
         start demo 1 warn "$L1_TOML" 'MALLOC_CONF = "prof:false"'
         wrk -t1 -c4 -d1s -s "$WORK/ids.lua" "http://127.0.0.1:$PORT" >/dev/null
         out=$(wrk -t1 -c8 -d"$DURATION" -s "$WORK/ids.lua" "http://127.0.0.1:$PORT")
-        off+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+        parse_wrk "$out"; off+=("$RPS")
         stop
     done
     # The worker must notice that profiling is off and keep serving (logged at info).
@@ -404,9 +565,9 @@ part_profiling() {
         if [[ -n $dumper ]]; then kill "$dumper"; wait "$dumper" 2>/dev/null || true
             dumps=$(find "$(dirname "$CFG")/state" -name '*.pb.gz' 2>/dev/null | wc -l)
         fi
+        parse_wrk "$out"
         printf "| %s | %s | %s | %s | %s | %s |\n" "$([[ $with == yes ]] && echo "every 200 ms" || echo none)" \
-            "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1=="50%" {print $2}' <<<"$out")" \
-            "$(awk '$1=="99%" {print $2}' <<<"$out")" "$(awk '/Latency/ {print $4}' <<<"$out")" "$dumps"
+            "$RPS" "$P50" "$P99" "$MAX_LATENCY" "$dumps"
     done
     stop
     echo
