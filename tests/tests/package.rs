@@ -381,9 +381,13 @@ fn the_debian_package_on_a_real_systemd() {
     // their groups.
     c.ok("test ! -e /var/lib/heapwarden && test ! -e /var/lib/heapwarden-a && ! getent passwd heapwarden >/dev/null && ! getent passwd heapwarden-worker >/dev/null && ! getent group heapwarden >/dev/null && ! getent group heapwarden-worker >/dev/null");
     // A policy-rc.d that forbids starting services (image builds) is honoured: the
-    // unit is enabled, not started.
+    // unit is enabled, not started. This install also runs without systemd-sysusers
+    // (moved away): postinst's useradd fallback creates the same two users.
     c.ok("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d");
+    c.ok("mv \"$(command -v systemd-sysusers)\" /root/systemd-sysusers && ! command -v systemd-sysusers");
     c.ok(&format!("apt-get install -y /pkg/{deb_name}"));
+    c.ok("getent passwd heapwarden | grep -q ':/var/lib/heapwarden:/usr/sbin/nologin$' && getent passwd heapwarden-worker | grep -q ':/usr/sbin/nologin$'");
+    c.ok(&conffile_owner);
     assert_eq!(c.ok("systemctl is-enabled heapwarden").trim(), "enabled");
     let state = c.sh("systemctl is-active heapwarden");
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "inactive");
