@@ -6,8 +6,10 @@
 //! `journalctl -p err`; good file applied), the watchdog restarting a SIGSTOPped agent,
 //! socket activation (first connection served; a bad config stops the socket instead of
 //! burning the start limit), a drained stop that leaves the cgroup empty, leak → profile
-//! → `heapwarden diff` under the hardened unit, two `heapwarden@` instances, `apt remove`
-//! and `apt purge`. A second boot follows the manual recipe for other distributions.
+//! → `heapwarden diff` under the hardened unit with the worker under its own user
+//! (`heapwarden-worker`: its uid, its heap sampled, no token or config it can read), two
+//! `heapwarden@` instances (one socket-activated), `apt remove` and `apt purge` (state
+//! and both users gone). A second boot follows the manual recipe for other distributions.
 //!
 //! Runs as root with debootstrap, systemd-nspawn and nsenter (scripts/test installs
 //! them); anywhere a container cannot boot it says why, loudly, and passes.
@@ -29,23 +31,31 @@ fn timed<T>(figures: &mut Vec<(String, Duration)>, what: &str, f: impl FnOnce() 
     value
 }
 
-/// The instance configs: their own ports, one worker each; `a` leaks on purpose with
-/// rules tight enough to trip within seconds.
+/// The instance configs: their own ports, one worker each. `a` leaks on purpose with
+/// rules tight enough to trip within seconds, and runs its worker as the package's
+/// `heapwarden-worker` (docs/src/operate/identity.md): the demo then cannot read the
+/// config, so its settings come from `[pool.env]`, and its SQLite lives in a directory
+/// of that user's that a drop-in makes writable (`ReadWritePaths=`).
 fn instance_config(name: &str, service_port: u16, admin_port: u16, leak: bool) -> String {
     let mut config = format!(
-        "state-dir = \"/var/lib/heapwarden/{name}\"\n\
+        "state-dir = \"/var/lib/heapwarden-{name}\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
          [pool]\nworkers = 1\nlisten = \"127.0.0.1:{service_port}\"\n"
     );
     if leak {
-        config.push_str(
-            "[sampling]\ninterval = \"500ms\"\n\
-             [watchdog]\nwarmup = \"2s\"\ngrowth = \"16MiB\"\nstrikes = 2\nmax-memory = \"off\"\n\
-             [demo]\nleak-rate = \"8MiB\"\n",
-        );
+        config.push_str(&format!(
+            "user = \"heapwarden-worker\"\n\
+             [pool.env]\nHEAPWARDEN_STATE_DIR = \"{WORKER_DATA}\"\nHEAPWARDEN_DEMO_LEAK_RATE = \"8MiB\"\n\
+             [sampling]\ninterval = \"500ms\"\npss-every = 2\n\
+             [watchdog]\nwarmup = \"2s\"\ngrowth = \"16MiB\"\nstrikes = 2\nmax-memory = \"off\"\n"
+        ));
     }
     config
 }
+
+/// The demo's own state directory under `pool.user` in heapwarden@a: the worker's user
+/// owns it, a drop-in makes it writable under `ProtectSystem=strict`.
+const WORKER_DATA: &str = "/srv/demo-a";
 
 #[test]
 fn the_debian_package_on_a_real_systemd() {
@@ -98,7 +108,14 @@ fn the_debian_package_on_a_real_systemd() {
     );
     c.ok("getent passwd heapwarden | grep -q ':/var/lib/heapwarden:/usr/sbin/nologin$'");
     c.ok("test \"$(stat -c '%U %a' /var/lib/heapwarden)\" = 'heapwarden 700'");
+    // The workers' user exists, and the conffile is readable by the agent's group
+    // (the agent, and `heapwarden reload` run by ExecReload=) but not by the workers.
+    c.ok("getent passwd heapwarden-worker | grep -q ':/usr/sbin/nologin$'");
+    let conffile_owner = format!("test \"$(stat -c '%U:%G %a' {CONFIG})\" = 'root:heapwarden 640'");
+    c.ok(&conffile_owner);
     c.ok("test -f /usr/lib/heapwarden/libheapwarden_preload.so && test -f /usr/share/man/man1/heapwarden-reload.1.gz");
+    // The exposure score docs/src/operate/production.md quotes.
+    let security = c.ok("systemd-analyze security --no-pager heapwarden | tail -n1");
     let status = c.ok("systemctl show -p StatusText --value heapwarden");
     assert!(status.contains("workers ready"), "STATUS= line: {status}");
     c.ok("curl -sf -o /dev/null 127.0.0.1:8080/items/1");
@@ -159,12 +176,21 @@ fn the_debian_package_on_a_real_systemd() {
         c.ok("cat /root/good.toml"),
         "the conffile was replaced"
     );
+    c.ok(&conffile_owner);
 
-    // Two more agents side by side: heapwarden@a (leaking on purpose) and heapwarden@b.
+    // Two more agents side by side: heapwarden@a (leaking on purpose, its worker under
+    // its own user) and heapwarden@b.
     c.ok(&format!(
         "printf '%s' '{}' > /etc/heapwarden/a.toml && printf '%s' '{}' > /etc/heapwarden/b.toml",
         instance_config("a", 8081, 9465, true),
         instance_config("b", 8082, 9466, false)
+    ));
+    c.ok("chgrp heapwarden /etc/heapwarden/a.toml /etc/heapwarden/b.toml && chmod 0640 /etc/heapwarden/a.toml /etc/heapwarden/b.toml");
+    c.ok(&format!(
+        "install -d -m 0700 -o heapwarden-worker -g heapwarden-worker {WORKER_DATA} && \
+         mkdir -p /etc/systemd/system/heapwarden@a.service.d && \
+         printf '[Service]\\nReadWritePaths={WORKER_DATA}\\n' > /etc/systemd/system/heapwarden@a.service.d/worker-data.conf && \
+         systemctl daemon-reload"
     ));
     c.ok("systemctl start heapwarden@a heapwarden@b");
     c.ok("curl -sf -o /dev/null 127.0.0.1:8082/items/1 && curl -sf -o /dev/null 127.0.0.1:9466/readyz");
@@ -172,8 +198,59 @@ fn the_debian_package_on_a_real_systemd() {
         let ps = c.ok(&format!("heapwarden ps -c /etc/heapwarden/{name}.toml"));
         assert!(ps.contains("ready"), "heapwarden@{name} ps:\n{ps}");
     }
-    c.ok("test -d /var/lib/heapwarden/a && test -d /var/lib/heapwarden/b && test -d /run/heapwarden-a");
-    // Leak -> profile -> diff under the hardened unit.
+    c.ok("test -d /var/lib/heapwarden-a && test -d /var/lib/heapwarden-b && test -d /run/heapwarden-a");
+    // heapwarden@a's worker runs as heapwarden-worker under the real unit (the agent's
+    // capabilities, NoNewPrivileges, SystemCallFilter=@setuid), and is still sampled.
+    // It leaks, so it is replaced every few seconds: each check reads the agent's
+    // children afresh and is retried.
+    let agent_a = c.ok("systemctl show -p MainPID --value heapwarden@a");
+    let agent_a = agent_a.trim();
+    let children = format!("ps -o pid= --ppid {agent_a}");
+    c.wait(
+        Duration::from_secs(30),
+        "heapwarden@a's workers under heapwarden-worker",
+        &format!(
+            "u=$(ps -o uid= --ppid {agent_a} | tr -d ' ' | sort -u) && test -n \"$u\" && test \"$u\" = \"$(id -u heapwarden-worker)\""
+        ),
+    );
+    let figure = |field: &str| {
+        let out = c.sh("heapwarden ps --json -c /etc/heapwarden/a.toml");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        rows.get(0)?.get(field)?.as_u64().filter(|v| *v > 0)
+    };
+    for field in ["heap_allocated_bytes", "pss_bytes"] {
+        try_poll(Duration::from_secs(30), || figure(field))
+            .unwrap_or_else(|| c.fail(&format!("no {field} for the worker of heapwarden@a")));
+    }
+    // As the worker's user in the service's mount namespace: no token, no config, and
+    // no config path in a worker's environment.
+    let as_worker = |cmd: &str| {
+        c.sh(&format!(
+            "nsenter -t {agent_a} -m -- setpriv --reuid=heapwarden-worker --regid=heapwarden-worker --clear-groups {cmd}"
+        ))
+        .status
+        .success()
+    };
+    assert!(as_worker("true"), "setpriv into the service's namespace");
+    assert!(
+        !as_worker("cat /var/lib/heapwarden-a/admin-token"),
+        "the workers' user read the token"
+    );
+    for config in [CONFIG, "/etc/heapwarden/a.toml"] {
+        assert!(
+            !as_worker(&format!("cat {config}")),
+            "the workers' user read {config}"
+        );
+    }
+    c.wait(
+        Duration::from_secs(30),
+        "a worker environment without the config path",
+        &format!(
+            "e=$(tr '\\0' '\\n' < /proc/$({children} | head -n1 | tr -d ' ')/environ) && \
+             printf '%s' \"$e\" | grep -q '^HEAPWARDEN_WORKER_SLOT=' && ! printf '%s' \"$e\" | grep -q '^HEAPWARDEN_CONFIG='"
+        ),
+    );
+    // Leak -> profile -> diff under the hardened unit, the profile through the drop box.
     let leak_id = try_poll(Duration::from_secs(90), || {
         let out = c.sh("heapwarden profiles --json -c /etc/heapwarden/a.toml");
         let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -187,7 +264,21 @@ fn the_debian_package_on_a_real_systemd() {
         "heapwarden diff -c /etc/heapwarden/a.toml {leak_id}"
     ));
     assert!(!diff.trim().is_empty(), "heapwarden diff printed nothing");
+    c.ok("test -z \"$(ls -A /var/lib/heapwarden-a/dumps)\"");
+    // The detection is an error in the journal (issue 20: `-p err` finds it).
+    c.ok("journalctl -u heapwarden@a -p err -o cat | grep -q 'A memory leak was detected'");
     c.ok("systemctl stop heapwarden@a heapwarden@b");
+    // An instance socket-activated: heapwarden@b.socket, its address from a drop-in.
+    c.ok("mkdir -p /etc/systemd/system/heapwarden@b.socket.d && \
+          printf '[Socket]\\nListenStream=127.0.0.1:8082\\n' > /etc/systemd/system/heapwarden@b.socket.d/listen.conf && \
+          systemctl daemon-reload && systemctl start heapwarden@b.socket");
+    c.ok("curl -sf --max-time 120 -o /dev/null 127.0.0.1:8082/items/1");
+    c.wait(
+        Duration::from_secs(60),
+        "heapwarden@b started by its socket",
+        "systemctl is-active heapwarden@b && journalctl -u heapwarden@b -o cat | grep -q '\"socket_activated\":true'",
+    );
+    c.ok("systemctl stop heapwarden@b.socket heapwarden@b");
 
     // The watchdog: a stopped agent misses its WATCHDOG=1 and is killed and restarted
     // (a drop-in shortens WatchdogSec=30s to keep the tier short; same mechanism).
@@ -286,11 +377,17 @@ fn the_debian_package_on_a_real_systemd() {
     c.ok("! pgrep -u heapwarden >/dev/null");
     c.ok("test -d /var/lib/heapwarden && getent passwd heapwarden >/dev/null");
     c.ok("apt-get purge -y heapwarden");
-    c.ok("test ! -e /var/lib/heapwarden && ! getent passwd heapwarden >/dev/null");
+    // Purge removes the instances' state too, and both users the package created and
+    // their groups.
+    c.ok("test ! -e /var/lib/heapwarden && test ! -e /var/lib/heapwarden-a && ! getent passwd heapwarden >/dev/null && ! getent passwd heapwarden-worker >/dev/null && ! getent group heapwarden >/dev/null && ! getent group heapwarden-worker >/dev/null");
     // A policy-rc.d that forbids starting services (image builds) is honoured: the
-    // unit is enabled, not started.
+    // unit is enabled, not started. This install also runs without systemd-sysusers
+    // (moved away): postinst's useradd fallback creates the same two users.
     c.ok("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d");
+    c.ok("mv \"$(command -v systemd-sysusers)\" /root/systemd-sysusers && ! command -v systemd-sysusers");
     c.ok(&format!("apt-get install -y /pkg/{deb_name}"));
+    c.ok("getent passwd heapwarden | grep -q ':/var/lib/heapwarden:/usr/sbin/nologin$' && getent passwd heapwarden-worker | grep -q ':/usr/sbin/nologin$'");
+    c.ok(&conffile_owner);
     assert_eq!(c.ok("systemctl is-enabled heapwarden").trim(), "enabled");
     let state = c.sh("systemctl is-active heapwarden");
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "inactive");
@@ -337,6 +434,7 @@ fn the_debian_package_on_a_real_systemd() {
         if cached { "cached" } else { "built" }
     );
     eprintln!("  package size: {deb_size} bytes ({deb_name}, debug binaries, gzip)");
+    eprintln!("  systemd-analyze security: {}", security.trim());
     for (what, took) in &figures {
         eprintln!("  {what}: {:.1} s", took.as_secs_f64());
     }
@@ -354,7 +452,7 @@ install -D -m 0644 /src/systemd/heapwarden.sysusers /usr/lib/sysusers.d/heapward
 install -D -m 0644 /src/systemd/heapwarden.tmpfiles /usr/lib/tmpfiles.d/heapwarden.conf
 systemd-sysusers heapwarden.conf
 systemd-tmpfiles --create heapwarden.conf
-install -m 0644 /src/systemd/heapwarden.toml /etc/heapwarden/heapwarden.toml
+install -m 0640 -g heapwarden /src/systemd/heapwarden.toml /etc/heapwarden/heapwarden.toml
 heapwarden check-config -c /etc/heapwarden/heapwarden.toml
 systemctl daemon-reload
 systemctl enable --now heapwarden

@@ -60,7 +60,7 @@ fn the_template_unit_is_the_service_per_instance() {
         ("/etc/heapwarden/heapwarden.toml", "/etc/heapwarden/%i.toml"),
         (
             "\nStateDirectory=heapwarden\n",
-            "\nStateDirectory=heapwarden/%i\n",
+            "\nStateDirectory=heapwarden-%i\n",
         ),
         (
             "\nRuntimeDirectory=heapwarden\n",
