@@ -59,8 +59,9 @@ fn identity(fd: RawFd) -> Option<(u64, u64)> {
 }
 
 /// A close-on-exec duplicate of `fd` at or above the floor; when the process's
-/// descriptor limit is below the floor, as high as the limit allows.
-fn duplicate_high(fd: RawFd) -> io::Result<RawFd> {
+/// descriptor limit is below the floor, as high as the limit allows. Syscalls only
+/// (`getrlimit`, `fcntl`): a fork handler may call it.
+pub fn duplicate_high(fd: RawFd) -> io::Result<RawFd> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -86,7 +86,7 @@ pub use heapwarden_protocol::{
     LOG_LEVEL_ENV, LOG_REDACT_ENV, POOL_SIZE_ENV, REDACTED, RedactKeys, SLOT_ENV, STATE_DIR_ENV,
     WORKER_ID_ENV, WorkerContext, default_state_dir,
 };
-pub use held_fd::{PRIVATE_FD_FLOOR, close_held_in_forked_child};
+pub use held_fd::{PRIVATE_FD_FLOOR, close_held_in_forked_child, duplicate_high};
 pub use liveness::{RuntimeLag, spawn_lag_monitor};
 pub use stats::{HeapStats, ReadHeapStats};
 

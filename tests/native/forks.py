@@ -2,7 +2,10 @@
 `subprocess` children (exec'd, with and without close_fds, some of them Python with the
 preload inherited), `os.fork()` children that allocate and exit, and one forked child
 that keeps running (and allocating) alongside the worker. Each child reports whether it
-could see the worker's control socket; the worker logs a summary when done."""
+could see the worker's control socket; then 100 quick forks each look at the control
+socket's number while they allocate, since the probe starts a child's own channel on
+its first allocation (which once put a socket under that number for a moment). The
+worker logs a summary when done."""
 import json
 import os
 import signal
@@ -79,6 +82,21 @@ for round_no in range(ROUNDS):
     if status != 0:
         fork_failures += 1
         fork_statuses.append(status)
+# While a child allocates (its probe starts the child's own channel then), the number
+# of the worker's channel stays closed: never a socket, not even for a moment.
+saw_socket = 0
+for _ in range(100):
+    pid = os.fork()
+    if pid == 0:
+        junk = []
+        end = time.monotonic() + 0.02
+        while time.monotonic() < end:
+            junk.append(bytes(1000))
+            if control_fd_open():
+                os._exit(4)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    saw_socket += status == 4 << 8
 beats = 0
 while True:
     chunk = os.read(beats_r, 64)
@@ -87,7 +105,7 @@ while True:
     beats += len(chunk)
 _, status = os.waitpid(long_lived, 0)
 log("python worker children done", forks=forks, fork_failures=fork_failures,
-    fork_statuses=fork_statuses,
+    fork_statuses=fork_statuses, children_saw_the_channel=saw_socket,
     subprocesses=spawned, subprocess_failures=spawn_failures, claimed_in_child=claimed,
     control_fd_inherited=inherited_fd, long_lived_beats=beats,
     long_lived_status=status, worker_still_has_fd=control_fd_open())

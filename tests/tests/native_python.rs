@@ -95,6 +95,7 @@ fn cpython_children_and_forks_leave_the_channel_to_the_worker() {
     assert_eq!(f["subprocesses"], 16, "{done}");
     assert_eq!(f["subprocess_failures"], 0, "{done}");
     assert_eq!(f["claimed_in_child"], 0, "{done}");
+    assert_eq!(f["children_saw_the_channel"], 0, "{done}");
     assert_eq!(
         f["long_lived_beats"], 40,
         "the long-lived child stalled: {done}"

@@ -1,10 +1,12 @@
 //! The app's own heap profiling and the probe's (issue #16, defect 7): an app (an APM
 //! agent, DevTools) that stops V8's sampling heap profiler does not break the probe's
-//! dumps (the probe restarts it and retries once), and under `node --heap-prof` the
+//! dumps (the probe restarts it and retries once, and counts it: `sampling_restarts` in
+//! its stats, exported by the agent), and under `node --heap-prof` the
 //! probe stands aside so node writes its own profile.
 
 mod node_support;
 
+use heapwarden_tests::http::http_get;
 use heapwarden_tests::{TimeoutGuard, msg, poll_until};
 use node_support::{SECS, start};
 
@@ -28,8 +30,24 @@ fn a_dump_after_the_app_stopped_sampling_restarts_it_and_succeeds() {
         "the restart line",
         msg("The sampling heap profiler was stopped by someone else; the probe restarted it."),
     );
-    // And the next dump needs no restart.
+    // The probe counts it in its stats, and the agent exports the count.
+    let series = "heapwarden_worker_probe_sampling_restarts_total{worker=\"0\"} 1";
+    poll_until(SECS(10), "the sampling_restarts count on /metrics", || {
+        http_get(setup.admin, "/metrics", SECS(5))
+            .is_ok_and(|(_, body)| body.lines().any(|l| l == series))
+    });
+    // And the next dump needs no restart: the count stays at one.
     setup.cli(&["dump", "0"]).expect("the second dump");
+    let restarted = setup.agent.logs.matching(msg(
+        "The sampling heap profiler was stopped by someone else; the probe restarted it.",
+    ));
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_eq!(restarted[0]["fields"]["restarts"], 1, "{restarted:?}");
+    let (_, body) = http_get(setup.admin, "/metrics", SECS(5)).unwrap();
+    assert!(
+        body.lines().any(|l| l == series),
+        "{series} missing after the second dump"
+    );
 }
 
 #[test]

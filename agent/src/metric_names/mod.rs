@@ -173,6 +173,12 @@ pub const WORKER_PROBE_DROPPED: Metric = metric(
     WORKER,
     "Control messages the worker's probe dropped because the agent was not reading.",
 );
+pub const WORKER_PROBE_SAMPLING_RESTARTS: Metric = metric(
+    "heapwarden_worker_probe_sampling_restarts_total",
+    Counter,
+    WORKER,
+    "Times the worker's Node probe restarted V8's sampling heap profiler after the app (an APM agent, DevTools) stopped it.",
+);
 pub const WORKER_GROWTH: Metric = metric(
     "heapwarden_worker_growth_bytes_per_second",
     Gauge,
@@ -384,6 +390,7 @@ pub const CATALOG: &[Metric] = &[
     WORKER_CPU,
     WORKER_RUNTIME_LAG,
     WORKER_PROBE_DROPPED,
+    WORKER_PROBE_SAMPLING_RESTARTS,
     WORKER_LOG_LINES_TRUNCATED,
     WORKER_METRICS_REJECTED,
     ADMIN_CONNECTIONS_CLOSED,

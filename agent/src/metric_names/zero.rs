@@ -15,8 +15,9 @@ use super::{
     ADMIN_CONNECTIONS_CLOSED, ADMIN_CONNECTIONS_OPEN, DRAIN_DURATION, HEAP_PROFILE_DURATION,
     HEAP_PROFILES, HEAP_SNAPSHOTS, LEAK_DETECTIONS, PROFILE_EXPORT_LAG, PROFILE_EXPORT_PENDING,
     PROFILE_EXPORTS, PROFILE_PUSH_DURATION, SAMPLE_DURATION, WORKER_FAILED,
-    WORKER_LOG_LINES_TRUNCATED, WORKER_METRICS_REJECTED, WORKER_PROBE_DROPPED, WORKER_RESTARTS,
-    WORKER_STATE, WORKER_UP, WORKER_WATCH_FALLBACKS,
+    WORKER_LOG_LINES_TRUNCATED, WORKER_METRICS_REJECTED, WORKER_PROBE_DROPPED,
+    WORKER_PROBE_SAMPLING_RESTARTS, WORKER_RESTARTS, WORKER_STATE, WORKER_UP,
+    WORKER_WATCH_FALLBACKS,
 };
 
 /// The agent-wide series; each slot's come from [`register_slot`], called by the
@@ -67,6 +68,7 @@ pub fn register_slot(slot: usize) {
     counter!(WORKER_FAILED.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_WATCH_FALLBACKS.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()).increment(0);
+    counter!(WORKER_PROBE_SAMPLING_RESTARTS.name, "worker" => worker.clone()).increment(0);
     counter!(WORKER_LOG_LINES_TRUNCATED.name, "worker" => worker.clone()).increment(0);
     for reason in MetricsReject::ALL {
         counter!(WORKER_METRICS_REJECTED.name, "worker" => worker.clone(), "reason" => reason.as_str())

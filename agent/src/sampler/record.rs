@@ -37,6 +37,7 @@ pub struct SlotMetrics {
     array_buffers: LazyGauge,
     runtime_lag: LazyGauge,
     probe_dropped: Counter,
+    probe_sampling_restarts: Counter,
 }
 
 /// A slot's gauge, registered at its first value.
@@ -85,6 +86,7 @@ impl SlotMetrics {
             array_buffers: lazy(WORKER_ARRAY_BUFFERS),
             runtime_lag: lazy(WORKER_RUNTIME_LAG),
             probe_dropped: counter!(WORKER_PROBE_DROPPED.name, "worker" => worker.clone()),
+            probe_sampling_restarts: counter!(WORKER_PROBE_SAMPLING_RESTARTS.name, "worker" => worker.clone()),
         }
     }
 }
@@ -136,8 +138,8 @@ pub fn record_removed_slots(slots: std::ops::Range<usize>) {
     }
 }
 
-/// `dropped_since`: control messages the worker's probe dropped since the last round.
-pub fn record_worker(sample: &WorkerSample, dropped_since: u64, m: &SlotMetrics) {
+/// `since`: what the worker's probe counted since the last round.
+pub fn record_worker(sample: &WorkerSample, since: ProbeCounts, m: &SlotMetrics) {
     m.rss.set(sample.rss as f64);
     if let Some(pss) = sample.pss {
         m.pss.set(pss as f64);
@@ -168,7 +170,30 @@ pub fn record_worker(sample: &WorkerSample, dropped_since: u64, m: &SlotMetrics)
     if let Some(lag) = sample.runtime_lag_seconds {
         m.runtime_lag.set(lag);
     }
-    m.probe_dropped.increment(dropped_since);
+    m.probe_dropped.increment(since.dropped);
+    m.probe_sampling_restarts.increment(since.sampling_restarts);
+}
+
+/// The counters a probe reports as totals since its start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeCounts {
+    /// Control messages it dropped because the agent was not reading.
+    pub dropped: u64,
+    /// Node: restarts of V8's sampling heap profiler another party stopped.
+    pub sampling_restarts: u64,
+}
+
+impl ProbeCounts {
+    /// What grew since `last` (a worker's totals never go down; a new worker starts
+    /// from none).
+    pub fn since(self, last: ProbeCounts) -> ProbeCounts {
+        ProbeCounts {
+            dropped: self.dropped.saturating_sub(last.dropped),
+            sampling_restarts: self
+                .sampling_restarts
+                .saturating_sub(last.sampling_restarts),
+        }
+    }
 }
 
 pub fn record_host(host: &HostFigures) {

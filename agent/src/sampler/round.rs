@@ -40,7 +40,8 @@ struct ProbeReply {
     runtime_lag_seconds: Option<f64>,
     external_bytes: Option<u64>,
     array_buffers_bytes: Option<u64>,
-    dropped: Option<u64>,
+    /// The probe's totals, when it answered with stats.
+    counts: Option<record::ProbeCounts>,
 }
 
 pub struct RoundOutcome {
@@ -56,9 +57,9 @@ pub struct SamplerState {
     round: u64,
     /// Workers whose procfs read failed, so the failure is logged once, not every second.
     warned: HashSet<u64>,
-    /// Each worker's last reported drop count: the slot's counter grows by the difference,
-    /// so it stays monotonic across replacements.
-    dropped: HashMap<u64, u64>,
+    /// Each worker's last reported probe totals (drops, sampling restarts): the slot's
+    /// counters grow by the difference, so they stay monotonic across replacements.
+    probe_counts: HashMap<u64, record::ProbeCounts>,
     /// The most slots any view had: slots beyond the current view were scaled away.
     slots_seen: usize,
     /// Each worker's process tree between walks (the blocking thread takes it per round).
@@ -77,7 +78,7 @@ impl SamplerState {
             log,
             round: 0,
             warned: HashSet::new(),
-            dropped: HashMap::new(),
+            probe_counts: HashMap::new(),
             slots_seen: 0,
             trees: Arc::default(),
             child_heaps: ChildHeaps::default(),
@@ -206,20 +207,22 @@ impl SamplerState {
                 dumping: target.link.as_ref().is_some_and(ControlLink::is_dumping),
                 probe,
             };
-            let dropped_since = reply.dropped.map_or(0, |now| {
-                let last = self
-                    .dropped
-                    .insert(target.worker.worker_id, now)
-                    .unwrap_or(0);
-                now.saturating_sub(last)
-            });
-            record::record_worker(&sample, dropped_since, self.slot_metrics.slot(target.slot));
+            let since = reply
+                .counts
+                .map_or_else(record::ProbeCounts::default, |now| {
+                    let last = self
+                        .probe_counts
+                        .insert(target.worker.worker_id, now)
+                        .unwrap_or_default();
+                    now.since(last)
+                });
+            record::record_worker(&sample, since, self.slot_metrics.slot(target.slot));
             cpu.insert(target.slot, tree.cpu_seconds);
             outcome.samples.push(sample);
         }
         let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
         self.warned.retain(|id| live.contains(id));
-        self.dropped.retain(|id, _| live.contains(id));
+        self.probe_counts.retain(|id, _| live.contains(id));
         self.child_heaps.retain(&reporting);
 
         if !host.errors.is_empty() {
@@ -312,13 +315,17 @@ async fn ask_probe(
             dropped,
             external_bytes,
             array_buffers_bytes,
+            sampling_restarts,
             ..
         } => ProbeReply {
             heap,
             runtime_lag_seconds,
             external_bytes,
             array_buffers_bytes,
-            dropped: Some(dropped),
+            counts: Some(record::ProbeCounts {
+                dropped,
+                sampling_restarts: sampling_restarts.unwrap_or(0),
+            }),
         },
         // Any reply proves the worker is alive, even one we did not ask for.
         _ => ProbeReply::default(),

@@ -48,6 +48,7 @@ async fn answering_probe(mut stream: UnixStream) {
                 metrics: metrics.then(|| "demo_jobs_total{outcome=\"completed\"} 4\n".to_string()),
                 external_bytes: None,
                 array_buffers_bytes: None,
+                sampling_restarts: Some(2),
             };
             let frame = encode(&reply).expect("encode");
             if stream.write_all(&frame).await.is_err() {
@@ -94,6 +95,7 @@ async fn pushing_probe(stream: UnixStream, asked: Arc<AtomicUsize>) {
         metrics: None,
         external_bytes: None,
         array_buffers_bytes: None,
+        sampling_restarts: None,
     };
     let mut pusher: Option<tokio::task::JoinHandle<()>> = None;
     let mut decoder = FrameDecoder::new();
@@ -266,6 +268,7 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
         "heapwarden_worker_heap_allocated_bytes{worker=\"0\"} 1000",
         "heapwarden_worker_heap_retained_bytes{worker=\"0\"} 5000",
         "heapwarden_worker_probe_dropped_messages_total{worker=\"0\"} 3",
+        "heapwarden_worker_probe_sampling_restarts_total{worker=\"0\"} 2",
         "heapwarden_system_memory_bytes{state=\"used\"} 409600",
         "heapwarden_system_load{period=\"15m\"} 2",
         "heapwarden_agent_rss_bytes 40960",

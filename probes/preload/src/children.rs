@@ -14,19 +14,29 @@
 //! the agent learns the child's pid from the kernel (`SO_PEERCRED`), not from the hello,
 //! and accepts only processes of the worker's own tree.
 //!
-//! When: the fork handler (`fork`) only sets a flag — it must not allocate or start
-//! threads. The child's first allocation through the exported `malloc` then starts one
-//! thread that connects, switches sampling back on (the handler switched it off) and
-//! starts the probe. A child that never allocates has nothing to report and never
-//! connects; one that `exec`s at once takes its thread with it.
+//! When: the fork handler (`fork`) must not allocate or start threads. It creates the
+//! child's socket (unconnected, close-on-exec, moved above the floor) and sets a flag;
+//! the child's first allocation through the exported `malloc` then starts one thread
+//! that connects it, switches sampling back on (the handler switched it off) and starts
+//! the probe. A child that never allocates has nothing to report and never connects; one
+//! that `exec`s takes the socket and the thread with it.
+//!
+//! Why the socket is made in the handler: `socket(2)` takes the lowest free number,
+//! which in the child is the worker's channel number the handler has just closed. Made
+//! on the child's thread, that number named a socket for a moment while the program's
+//! own threads ran: a child checking its descriptors saw the channel still open (1 in
+//! 20 forked children in a 300-fork loop), and a program reusing the number
+//! (`dup2(file, 4)`) in that moment would have had its file taken for the socket and
+//! closed. In the handler the child has one thread, and the program runs again only
+//! once the socket sits above the floor.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use heapwarden_probes::diag::{info, warn};
-use heapwarden_probes::{CHILD_SOCKET_ENV, Probe, Runtime, activate_profiling};
+use heapwarden_probes::{CHILD_SOCKET_ENV, Probe, Runtime, activate_profiling, duplicate_high};
 use serde_json::json;
 
 use crate::no_unwind;
@@ -40,8 +50,12 @@ static PENDING: AtomicBool = AtomicBool::new(false);
 /// this child can close every inherited copy of it.
 static CHANNEL_DEV: AtomicU64 = AtomicU64::new(0);
 static CHANNEL_INO: AtomicU64 = AtomicU64::new(0);
-/// Lowest number for the child's channel, as for the worker's (`attach`).
-const HIGH_FD_FLOOR: i32 = 500;
+/// The socket the fork handler made for this child's channel (-1: none), not yet
+/// connected, with its identity so that a child of this child (forked before it
+/// connected) closes its copy.
+static UNCONNECTED_FD: AtomicI32 = AtomicI32::new(-1);
+static UNCONNECTED_DEV: AtomicU64 = AtomicU64::new(0);
+static UNCONNECTED_INO: AtomicU64 = AtomicU64::new(0);
 /// Descriptor numbers scanned for inherited copies of a child channel.
 const MAX_SCANNED_FD: i32 = 4096;
 
@@ -56,7 +70,8 @@ pub(crate) fn remember_socket() {
 }
 
 /// Fork child handler's part: closes inherited copies of the parent's own child channel
-/// (a grandchild talks on its own) and arms the lazy start. Syscalls and atomics only.
+/// and of its unconnected socket (a grandchild talks on its own), makes this child's
+/// socket above the floor and arms the lazy start. Syscalls and atomics only.
 pub(crate) fn arm_in_forked_child() {
     if SOCKET_PATH.get().is_none() {
         return;
@@ -70,7 +85,41 @@ pub(crate) fn arm_in_forked_child() {
             crate::fork::close_if_still(fd, dev, ino);
         }
     }
+    let inherited = UNCONNECTED_FD.swap(-1, Ordering::SeqCst);
+    if inherited >= 0 {
+        crate::fork::close_if_still(
+            inherited,
+            UNCONNECTED_DEV.load(Ordering::SeqCst),
+            UNCONNECTED_INO.load(Ordering::SeqCst),
+        );
+    }
+    let Some(fd) = unconnected_socket_above_the_floor() else {
+        return; // no channel for this child: it runs as a plain program
+    };
+    // SAFETY: fstat fills a zeroed struct we own.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } == 0 {
+        UNCONNECTED_DEV.store(stat.st_dev, Ordering::SeqCst);
+        UNCONNECTED_INO.store(stat.st_ino, Ordering::SeqCst);
+    }
+    UNCONNECTED_FD.store(fd, Ordering::SeqCst);
     PENDING.store(true, Ordering::SeqCst);
+}
+
+/// A close-on-exec stream socket at or above the floor, or `None`; nothing is left
+/// below the floor either way. Syscalls only.
+fn unconnected_socket_above_the_floor() -> Option<i32> {
+    // SAFETY: socket(2) returns a new descriptor we own or -1; it is closed once
+    // duplicated (or when it cannot be), so only the high copy remains.
+    unsafe {
+        let low = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if low < 0 {
+            return None;
+        }
+        let high = duplicate_high(low);
+        libc::close(low);
+        high.ok()
+    }
 }
 
 /// Called on every allocation through the exported names: one relaxed load when there is
@@ -140,11 +189,18 @@ fn run_child_channel(path: &CString) {
     }
 }
 
-/// A close-on-exec stream connected to `path`, or `None`.
+/// The socket the fork handler made, connected to `path`, or `None` (then closed).
 fn connect(path: &CString) -> Option<OwnedFd> {
+    let fd = UNCONNECTED_FD.swap(-1, Ordering::SeqCst);
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is the socket the fork handler created in this process and nothing
+    // else holds (taken out of `UNCONNECTED_FD` above); owned from here on.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let bytes = path.as_bytes_with_nul();
-    // SAFETY: a zeroed sockaddr_un we own, filled within its sun_path bound; socket(2)
-    // and connect(2) with a correct length; the descriptor is owned from here on.
+    // SAFETY: a zeroed sockaddr_un we own, filled within its sun_path bound; connect(2)
+    // with a correct length.
     unsafe {
         let mut address: libc::sockaddr_un = std::mem::zeroed();
         if bytes.len() > address.sun_path.len() {
@@ -153,18 +209,6 @@ fn connect(path: &CString) -> Option<OwnedFd> {
         address.sun_family = libc::AF_UNIX as libc::sa_family_t;
         for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
             *slot = *byte as libc::c_char;
-        }
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let mut socket = OwnedFd::from_raw_fd(fd);
-        // Out of the program's way: its next descriptor keeps the number it expects
-        // (the worker's inherited channel number, just closed by the fork handler, is
-        // the lowest free one here).
-        let high = libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD_FLOOR);
-        if high >= 0 {
-            socket = OwnedFd::from_raw_fd(high);
         }
         let length = (size_of::<libc::sa_family_t>() + bytes.len()) as libc::socklen_t;
         let connected = libc::connect(

@@ -228,5 +228,6 @@ pub(super) fn sample(shared: &Shared, seq: u64, with_metrics: bool) -> WorkerMsg
         metrics,
         external_bytes: None,
         array_buffers_bytes: None,
+        sampling_restarts: None,
     }
 }

@@ -94,6 +94,7 @@ fn node_stats_carry_no_jemalloc_figures() {
         heap: Some(heap),
         external_bytes,
         array_buffers_bytes,
+        sampling_restarts,
         ..
     } = serde_json::from_value(node_stats).unwrap()
     else {
@@ -103,6 +104,7 @@ fn node_stats_carry_no_jemalloc_figures() {
     assert_eq!(heap.resident, None, "absent, not faked as 0");
     assert_eq!(external_bytes, Some(1_048_576));
     assert_eq!(array_buffers_bytes, Some(524_288));
+    assert_eq!(sampling_restarts, Some(1));
 }
 
 #[test]

@@ -91,6 +91,10 @@ pub enum WorkerMsg {
         /// Node: `process.memoryUsage().arrayBuffers` (part of `external`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         array_buffers_bytes: Option<u64>,
+        /// Node: times since start the probe restarted V8's sampling heap profiler after
+        /// another party (an APM agent, DevTools) stopped it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sampling_restarts: Option<u64>,
     },
     /// Answer to [`AgentMsg::Dump`]; `error` is set when nothing was written.
     ProfileWritten {

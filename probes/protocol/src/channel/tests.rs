@@ -60,6 +60,7 @@ pub(super) fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
                         metrics,
                         external_bytes: external,
                         array_buffers_bytes: external.map(|e| e / 2),
+                        sampling_restarts: external.map(|e| e % 3),
                     }
                 }
             ),
@@ -273,6 +274,7 @@ fn encoding_a_message_over_the_limit_fails() {
         metrics: Some("x".repeat(MAX_FRAME)),
         external_bytes: None,
         array_buffers_bytes: None,
+        sampling_restarts: None,
     };
     assert!(matches!(encode(&msg), Err(FrameError::Oversized { .. })));
 }
