@@ -11,6 +11,7 @@
 pub mod config;
 pub mod http;
 pub mod leftovers;
+pub mod markdown;
 pub mod nspawn;
 pub mod promql;
 pub mod pyroscope;

@@ -1,8 +1,11 @@
-//! Every command of the on-call guide (`docs/src/oncall/cli-as-written.md`), run as
-//! written against a real agent started the way the systemd unit starts it
-//! (`heapwarden run -c FILE`): no `-c` on the verbs, the agent is found from its own
-//! process. The one addition is `HEAPWARDEN_ADMIN_LISTEN` in the verbs' environment,
-//! because other agents (other tests) run on this machine at the same time.
+//! Every command of the on-call guide (`docs/src/oncall/cli-as-written.md`), read from
+//! the page and run as written against a real agent started the way the systemd unit
+//! starts it (`heapwarden run -c FILE`): no `-c` on the verbs, the agent is found from its
+//! own process. The story names each command by its text on the page; a command the page
+//! does not have fails the test, and so does one of the page's that the story never ran.
+//! What differs from the page: the placeholders become the real ids, `sudo` is dropped,
+//! the config path is the sandbox's, and `HEAPWARDEN_ADMIN_LISTEN` is in the verbs'
+//! environment because other agents (other tests) run on this machine at the same time.
 //!
 //! The story: a Node worker leaks; the first trip replaces it, the second finds the
 //! leak-restart budget spent (`ps` shows `ready!`, `/readyz` says so, the state metric is
@@ -12,8 +15,11 @@
 
 mod node_support;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::process::Command;
 
+use heapwarden_tests::tools::repo_root;
 use heapwarden_tests::*;
 use node_support::*;
 
@@ -35,21 +41,69 @@ max-leak-restarts-per-hour = 1
 level = "info"
 "#;
 
+const PAGE: &str = "docs/src/oncall/cli-as-written.md";
+/// Where the page's commands keep the agent's config.
+const PAGE_CONFIG: &str = "/etc/heapwarden/heapwarden.toml";
+
 struct Guide<'a> {
     setup: &'a NodeSetup,
+    /// The page's commands, each with whether the story has run it.
+    commands: RefCell<BTreeMap<String, bool>>,
+    /// What each placeholder of the page stands for, learnt as the story goes.
+    values: RefCell<Vec<(&'static str, String)>>,
 }
 
-impl Guide<'_> {
-    /// `heapwarden ARGS` as the guide writes it; (success, stdout, stderr).
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(heapwarden())
-            .args(args)
+impl<'a> Guide<'a> {
+    fn new(setup: &'a NodeSetup) -> Guide<'a> {
+        let page = std::fs::read_to_string(repo_root().join(PAGE)).expect("the on-call page");
+        let commands = heapwarden_tests::markdown::commands(&page)
+            .into_iter()
+            .map(|c| (c, false))
+            .collect();
+        Guide {
+            setup,
+            commands: RefCell::new(commands),
+            values: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// From now on `placeholder` (`<leak-id>`) in the page's commands stands for `value`.
+    fn learn(&self, placeholder: &'static str, value: impl ToString) {
+        self.values
+            .borrow_mut()
+            .push((placeholder, value.to_string()));
+    }
+
+    /// The page's `command`, placeholders filled, run by `sh` in the sandbox with this
+    /// build's `heapwarden` first on `PATH`; (success, stdout, stderr).
+    fn run(&self, command: &str) -> (bool, String, String) {
+        match self.commands.borrow_mut().get_mut(command) {
+            Some(ran) => *ran = true,
+            None => panic!("`{command}` is not a command of {PAGE}"),
+        }
+        let mut line = command.strip_prefix("sudo ").unwrap_or(command).to_string();
+        for (placeholder, value) in self.values.borrow().iter() {
+            line = line.replace(placeholder, value);
+        }
+        line = line.replace(PAGE_CONFIG, &self.setup.config.display().to_string());
+        assert!(
+            !line.contains('<'),
+            "`{command}`: a placeholder is not known yet"
+        );
+        let bin_dir = heapwarden().parent().unwrap().to_path_buf();
+        let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
+        .unwrap();
+        let out = Command::new("sh")
+            .args(["-c", &line])
+            .env("PATH", path)
             .env_remove("HEAPWARDEN_CONFIG")
             .env_remove("HEAPWARDEN_ADMIN_TOKEN_FILE")
             .env("HEAPWARDEN_ADMIN_LISTEN", self.setup.admin.to_string())
             .current_dir(self.setup.sandbox.path())
             .output()
-            .expect("run the CLI");
+            .expect("run sh");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -57,11 +111,31 @@ impl Guide<'_> {
         )
     }
 
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.run(args);
-        assert!(ok, "heapwarden {args:?} failed: {stderr}{stdout}");
+    fn ok(&self, command: &str) -> String {
+        let (ok, stdout, stderr) = self.run(command);
+        assert!(ok, "`{command}` failed: {stderr}{stdout}");
         stdout
     }
+
+    /// Every command of the page was run: a command added to the page joins the story.
+    fn assert_every_command_ran(&self) {
+        let missed: Vec<String> = (self.commands.borrow().iter())
+            .filter(|(_, ran)| !**ran)
+            .map(|(c, _)| c.clone())
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "{PAGE} has commands the test never ran: {missed:#?}"
+        );
+    }
+}
+
+/// The first row of `go tool pprof -top`'s table, under its `flat` header.
+fn pprof_top(text: &str) -> &str {
+    text.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default()
 }
 
 /// Ids from `heapwarden profiles`' table: (id, trigger) per row.
@@ -80,7 +154,7 @@ fn profile_rows(table: &str) -> Vec<(u64, String)> {
 fn every_command_of_the_on_call_guide_works_as_written() {
     let _guard = TimeoutGuard::new("on-call guide", SECS(300));
     let setup = start(r#"["node", "app.js"]"#, 1, RULES);
-    let guide = Guide { setup: &setup };
+    let guide = Guide::new(&setup);
     let logs = &setup.agent.logs;
 
     // A first trip replaces the worker; the second finds the budget spent.
@@ -93,7 +167,7 @@ fn every_command_of_the_on_call_guide_works_as_written() {
     // 1. Is it real? `heapwarden ps`: the spent budget is `ready!`, with its legend.
     // (The pool view is published once the supervisor's step that logged it ends.)
     let ps = poll(SECS(10), "ps showing ready!", || {
-        let ps = guide.ok(&["ps"]);
+        let ps = guide.ok("heapwarden ps");
         ps.lines().nth(1)?.contains("ready!").then_some(ps)
     });
     assert!(ps.contains("! leak-restart budget spent"), "{ps}");
@@ -119,7 +193,7 @@ fn every_command_of_the_on_call_guide_works_as_written() {
     });
 
     // 2. What is leaking? `heapwarden profiles`, `heapwarden diff <leak-id>`.
-    let table = guide.ok(&["profiles"]);
+    let table = guide.ok("heapwarden profiles");
     let rows = profile_rows(&table);
     let leak = rows
         .iter()
@@ -133,12 +207,13 @@ fn every_command_of_the_on_call_guide_works_as_written() {
         .find(|(id, t)| t == "baseline" && *id < leak)
         .map(|(id, _)| *id)
         .unwrap_or_else(|| panic!("no baseline before {leak} in:\n{table}"));
-    let (leak_id, base_id) = (leak.to_string(), base.to_string());
-    let diff = guide.ok(&["diff", &leak_id]);
+    guide.learn("<leak-id>", leak);
+    guide.learn("<baseline-id>", base);
+    let diff = guide.ok("heapwarden diff <leak-id>");
     let top = diff.lines().nth(2).unwrap_or_default();
     assert!(top.contains("leakInNamedFunction  app.js:"), "{diff}");
     // The runbook's `heapwarden diff <baseline> <leak>`.
-    let both = guide.ok(&["diff", &base_id, &leak_id]);
+    let both = guide.ok("heapwarden diff <baseline-id> <leak-id>");
     assert!(
         both.starts_with(&format!("profile {leak} minus base {base}:")),
         "{both}"
@@ -149,48 +224,43 @@ fn every_command_of_the_on_call_guide_works_as_written() {
             .unwrap_or_default()
             .contains("leakInNamedFunction")
     );
-    let sites = guide.ok(&["diff", &leak_id, "--sites"]);
+    let sites = guide.ok("heapwarden diff <leak-id> --sites");
     assert!(sites.contains("ALLOCATION SITE"), "{sites}");
 
     // 3. Read it in pprof: pull both, then `go tool pprof -top -base`.
-    let pulled = guide.ok(&["pull", &leak_id, "-o", "leak.pb.gz"]);
+    let pulled = guide.ok("heapwarden pull <leak-id> -o leak.pb.gz");
     assert!(
         pulled.contains("go tool pprof") && pulled.contains("graphviz"),
         "{pulled}"
     );
-    guide.ok(&["pull", &base_id, "-o", "base.pb.gz"]);
-    let pprof = Command::new("go")
-        .args(["tool", "pprof", "-top", "-base", "base.pb.gz", "leak.pb.gz"])
-        .current_dir(setup.sandbox.path())
-        .output()
-        .expect("go tool pprof (scripts/test installs golang-go)");
-    let text = String::from_utf8_lossy(&pprof.stdout);
-    let first = text
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .nth(1)
-        .unwrap_or_default();
-    assert!(first.ends_with("leakInNamedFunction"), "{text}");
+    guide.ok("heapwarden pull <baseline-id> -o base.pb.gz");
+    let text = guide.ok("go tool pprof -top -base base.pb.gz leak.pb.gz");
+    assert!(pprof_top(&text).ends_with("leakInNamedFunction"), "{text}");
 
     // No trip yet? `heapwarden dump <slot>`; a snapshot for DevTools.
-    let dumped = guide.ok(&["dump", "0"]);
+    guide.learn("<slot>", 0);
+    let dumped = guide.ok("heapwarden dump <slot>");
     assert!(
         dumped.contains("of worker 0 (pid ") && dumped.contains(") written"),
         "{dumped}"
     );
-    let snap = guide.ok(&["dump", "0", "--snapshot"]);
-    let snap_id = snap
-        .split_whitespace()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    let pulled = guide.ok(&["pull", &snap_id]);
+    let snap = guide.ok("heapwarden dump <slot> --snapshot");
+    guide.learn(
+        "<snapshot-id>",
+        snap.split_whitespace().last().unwrap_or_default(),
+    );
+    let pulled = guide.ok("heapwarden pull <snapshot-id>");
     assert!(pulled.contains("Chrome DevTools"), "{pulled}");
     assert!(!pulled.contains("go tool pprof"), "{pulled}");
+    let holders = guide.ok("heapwarden retainers heapwarden-<snapshot-id>.heapsnapshot");
+    assert!(
+        holders.contains(".heapsnapshot: ") && holders.contains("HELD_MiB"),
+        "{holders}"
+    );
 
     // 4. Buy time: `heapwarden restart <slot>`, a planned drain.
     let started = logs.matching(msg("A worker started.")).len();
-    let restarted = guide.ok(&["restart", "0"]);
+    let restarted = guide.ok("heapwarden restart <slot>");
     assert!(
         restarted.contains("worker 0 is being replaced"),
         "{restarted}"
@@ -210,13 +280,10 @@ fn every_command_of_the_on_call_guide_works_as_written() {
     );
 
     // 5. Tune, don't silence: the dry run by reload replaces no worker.
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        text.replace("action = \"restart\"", "action = \"profile-only\""),
-    )
-    .unwrap();
-    let reloaded = guide.ok(&["reload"]);
+    guide.ok(r#"sed -i 's/^action = "restart"/action = "profile-only"/' /etc/heapwarden/heapwarden.toml"#);
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    assert!(config.contains("\naction = \"profile-only\"\n"), "{config}");
+    let reloaded = guide.ok("heapwarden reload");
     assert!(reloaded.contains("the workers keep running"), "{reloaded}");
     logs.wait_for(
         SECS(10),
@@ -231,12 +298,23 @@ fn every_command_of_the_on_call_guide_works_as_written() {
     );
     assert!(
         guide
-            .ok(&["ps"])
+            .ok("heapwarden ps")
             .lines()
             .nth(1)
             .is_some_and(|r| r.contains("ready")),
         "the worker still serves"
     );
+
+    // The WorkerLeaking runbook's commands, as corrected on the page.
+    guide.ok("sudo heapwarden profiles");
+    guide.ok("sudo heapwarden pull <baseline-id> -o baseline.pb.gz");
+    guide.ok("sudo heapwarden pull <leak-id> -o leak.pb.gz");
+    let both = guide.ok("sudo heapwarden diff <baseline-id> <leak-id>");
+    assert!(both.contains("leakInNamedFunction"), "{both}");
+    let text = guide.ok("go tool pprof -top -base baseline.pb.gz leak.pb.gz");
+    assert!(pprof_top(&text).ends_with("leakInNamedFunction"), "{text}");
+
+    guide.assert_every_command_ran();
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use heapwarden_tests::markdown;
 use heapwarden_tests::tools::repo_root;
 use heapwarden_tests::*;
 
@@ -14,21 +15,10 @@ const LEAK_FN: &str = "leak_on_purpose_for_heap_profile";
 /// The `sh` blocks of the README's tour section, continuation lines joined, comments cut.
 fn tour_commands() -> Vec<Vec<String>> {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("A 60-second tour"))
-        .expect("the README has a tour section");
-    section
-        .split("```sh\n")
-        .skip(1)
-        .map(|block| {
-            let body = block.split("```").next().unwrap_or_default();
-            body.replace("\\\n", " ")
-                .lines()
-                .map(|l| l.split(" #").next().unwrap_or_default().trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect()
-        })
+    markdown::code_blocks(markdown::section(&readme, "A 60-second tour"))
+        .into_iter()
+        .filter(|block| block.lang == "sh")
+        .map(|block| block.lines)
         .collect()
 }
 

@@ -1,8 +1,11 @@
-//! Upper bounds of every duration and count the agent computes with, checked at load so a
-//! value that would overflow an instant or a delay (`ready-timeout = "400000000000y"`) is
-//! a config error with its key, exit 64 — never a panic later. The code that computes
-//! with these values saturates as well; the bounds say what is sane.
+//! The ranges of every duration and number the agent computes with, as data: checked at
+//! load so a value that would overflow an instant or a delay (`ready-timeout =
+//! "400000000000y"`) is a config error with its key, exit 64 — never a panic later — and
+//! stated on the configuration page from the same tables ([`stated`]; a test compares the
+//! page's Bounds table with it). The code that computes with these values saturates as
+//! well; the bounds say what is sane.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::load::ConfigError;
@@ -22,6 +25,18 @@ pub struct DurationBound {
 
 /// Every duration key of the agent's own sections (`[demo]` bounds its own).
 pub const DURATION_BOUNDS: &[DurationBound] = &[
+    bound(
+        "admin.header-timeout",
+        Duration::from_millis(100),
+        HOUR,
+        |c| c.admin.header_timeout,
+    ),
+    bound(
+        "admin.idle-timeout",
+        Duration::from_millis(100),
+        HOUR,
+        |c| c.admin.idle_timeout,
+    ),
     bound("pool.min-uptime", Duration::ZERO, HOUR, |c| {
         c.pool.min_uptime
     }),
@@ -77,6 +92,120 @@ pub const MAX_RESTARTS: u32 = 10_000;
 /// Samples the trend rule keeps (`trend-window` / `interval` beyond it would never be
 /// covered, so the rule could never trip).
 pub const MAX_WINDOW_SAMPLES: u32 = 3600;
+/// Most samples the prediction's persistence may ask for.
+pub const MAX_PREDICT_SAMPLES: u32 = 60;
+
+/// A number key and its allowed range; `below_max` when the maximum itself is refused.
+pub struct NumberBound {
+    pub key: &'static str,
+    pub min: f64,
+    pub max: f64,
+    pub below_max: bool,
+    pub get: fn(&Config) -> f64,
+}
+
+/// Every bounded count and number. NaN is outside every range.
+pub const NUMBER_BOUNDS: &[NumberBound] = &[
+    number("admin.max-connections", 1.0, 4096.0, |c| {
+        c.admin.max_connections as f64
+    }),
+    number("pool.workers", 0.0, 1024.0, |c| c.pool.workers as f64),
+    number("pool.restart.factor", 1.0, MAX_FACTOR, |c| {
+        c.pool.restart.factor
+    }),
+    number("pool.restart.max-restarts", 1.0, MAX_RESTARTS as f64, |c| {
+        c.pool.restart.max_restarts.into()
+    }),
+    // A fraction of max-memory: 1.0 would predict the limit itself, too late to act.
+    NumberBound {
+        below_max: true,
+        ..number("watchdog.predict-level", 0.0, 1.0, |c| {
+            c.watchdog.predict_level
+        })
+    },
+    number(
+        "watchdog.predict-samples",
+        1.0,
+        MAX_PREDICT_SAMPLES as f64,
+        |c| c.watchdog.predict_samples.into(),
+    ),
+    number("watchdog.predict-confidence", 0.5, 0.999, |c| {
+        c.watchdog.predict_confidence
+    }),
+    number("watchdog.predict-margin", 1.0, 100.0, |c| {
+        c.watchdog.predict_margin
+    }),
+];
+
+/// A window key that must span a number of sampling intervals (`sampling.interval`).
+pub struct SpanBound {
+    pub key: &'static str,
+    pub min_intervals: u32,
+    pub max_intervals: u32,
+    pub get: fn(&Config) -> Duration,
+}
+
+pub const SPAN_BOUNDS: &[SpanBound] = &[
+    SpanBound {
+        key: "watchdog.trend-window",
+        min_intervals: 5,
+        max_intervals: MAX_WINDOW_SAMPLES,
+        get: |c| c.watchdog.trend_window,
+    },
+    // A window shorter than 5 intervals still fits the latest 5 samples (the fewest the
+    // rule fits on), so a long `sampling.interval` never makes the default window an error.
+    SpanBound {
+        key: "watchdog.predict-window",
+        min_intervals: 0,
+        max_intervals: MAX_WINDOW_SAMPLES,
+        get: |c| c.watchdog.predict_window,
+    },
+];
+
+const fn number(key: &'static str, min: f64, max: f64, get: fn(&Config) -> f64) -> NumberBound {
+    NumberBound {
+        key,
+        min,
+        max,
+        below_max: false,
+        get,
+    }
+}
+
+impl NumberBound {
+    /// The range as the page and the error state it: `1 to 100`, `0 to below 1`.
+    pub fn range(&self) -> String {
+        let below = if self.below_max { "below " } else { "" };
+        format!("{} to {below}{}", self.min, self.max)
+    }
+
+    fn holds(&self, value: f64) -> bool {
+        value >= self.min && (value < self.max || (!self.below_max && value == self.max))
+    }
+}
+
+/// Every bounded key with its ranges as the configuration page states them, in the
+/// page's words: `0s to 1h`, `5 to 3600 sampling intervals`, `1 to 100`.
+pub fn stated() -> BTreeMap<&'static str, Vec<String>> {
+    let mut keys: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for b in DURATION_BOUNDS {
+        keys.entry(b.key).or_default().push(format!(
+            "{} to {}",
+            humantime::format_duration(b.min),
+            humantime::format_duration(b.max)
+        ));
+    }
+    for b in SPAN_BOUNDS {
+        keys.entry(b.key).or_default().push(format!(
+            "{} to {} sampling intervals",
+            b.min_intervals, b.max_intervals
+        ));
+    }
+    for b in NUMBER_BOUNDS {
+        keys.entry(b.key).or_default().push(b.range());
+    }
+    keys
+}
 
 const fn bound(
     key: &'static str,
@@ -103,74 +232,28 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
-    let r = &config.pool.restart;
-    if !(r.factor >= 1.0 && r.factor <= MAX_FACTOR) {
-        errors.push(ConfigError::new(
-            "pool.restart.factor",
-            format!("must be a number from 1.0 to {MAX_FACTOR}"),
-        ));
-    }
-    if r.max_restarts == 0 || r.max_restarts > MAX_RESTARTS {
-        errors.push(ConfigError::new(
-            "pool.restart.max-restarts",
-            format!("must be from 1 to {MAX_RESTARTS}"),
-        ));
-    }
     let interval = config.sampling.interval;
-    let window = config.watchdog.trend_window;
-    if window < interval.saturating_mul(5) {
-        errors.push(ConfigError::new(
-            "watchdog.trend-window",
-            "must span at least 5 sampling intervals",
-        ));
-    } else if window > interval.saturating_mul(MAX_WINDOW_SAMPLES) {
-        errors.push(ConfigError::new(
-            "watchdog.trend-window",
-            format!("must span at most {MAX_WINDOW_SAMPLES} sampling intervals"),
-        ));
+    for b in SPAN_BOUNDS {
+        let window = (b.get)(config);
+        if window < interval.saturating_mul(b.min_intervals) {
+            errors.push(ConfigError::new(
+                b.key,
+                format!("must span at least {} sampling intervals", b.min_intervals),
+            ));
+        } else if window > interval.saturating_mul(b.max_intervals) {
+            errors.push(ConfigError::new(
+                b.key,
+                format!("must span at most {} sampling intervals", b.max_intervals),
+            ));
+        }
     }
-    check_predict(config, errors);
-}
-
-/// Most samples the prediction's persistence may ask for.
-pub const MAX_PREDICT_SAMPLES: u32 = 60;
-
-/// The `predicted` rule's guards: fractions, counts and margins within sane ranges, and a
-/// fit window the rule's sample store can hold.
-fn check_predict(config: &Config, errors: &mut Vec<ConfigError>) {
-    let w = &config.watchdog;
-    let interval = config.sampling.interval;
-    // A window shorter than 5 intervals still fits the latest 5 samples (the fewest the
-    // rule fits on), so a long `sampling.interval` never makes the default window an error.
-    if w.predict_window > interval.saturating_mul(MAX_WINDOW_SAMPLES) {
-        errors.push(ConfigError::new(
-            "watchdog.predict-window",
-            format!("must span at most {MAX_WINDOW_SAMPLES} sampling intervals"),
-        ));
-    }
-    if !(w.predict_level >= 0.0 && w.predict_level < 1.0) {
-        errors.push(ConfigError::new(
-            "watchdog.predict-level",
-            "must be a fraction of max-memory from 0.0 to below 1.0",
-        ));
-    }
-    if w.predict_samples == 0 || w.predict_samples > MAX_PREDICT_SAMPLES {
-        errors.push(ConfigError::new(
-            "watchdog.predict-samples",
-            format!("must be from 1 to {MAX_PREDICT_SAMPLES}"),
-        ));
-    }
-    if !(w.predict_confidence >= 0.5 && w.predict_confidence <= 0.999) {
-        errors.push(ConfigError::new(
-            "watchdog.predict-confidence",
-            "must be from 0.5 to 0.999",
-        ));
-    }
-    if !(w.predict_margin >= 1.0 && w.predict_margin <= 100.0) {
-        errors.push(ConfigError::new(
-            "watchdog.predict-margin",
-            "must be a number from 1.0 to 100",
-        ));
+    for b in NUMBER_BOUNDS {
+        if !b.holds((b.get)(config)) {
+            errors.push(ConfigError::new(
+                b.key,
+                format!("must be from {}", b.range()),
+            ));
+        }
     }
 }
 

@@ -5,10 +5,12 @@
 //! Live: `[pool]` (workers, command, env, cwd, timeouts, restart policy — the command and
 //! env on the rolling replacement), `[sampling]`, `[watchdog]`, `log.level`, `[demo]`
 //! (which the replacement workers read themselves) and `[export.pyroscope]` (the exporter
-//! reads the live config before each push). Restart only: `state-dir`, `[admin]`
-//! (the listener, the token, open metrics), `pool.listen` and `pool.balance` (bound once),
-//! `pool.user`/`pool.group` (the state directory's modes follow them),
-//! `[profiles]` (the store's limits) and `log.redact` (built into the log pipeline).
+//! reads the live config before each push). Restart only ([`RESTART_ONLY`], which the
+//! reload table of `docs/src/operate/production.md` states key for key): `state-dir`,
+//! `[admin]` (the listener and its limits, the token, open metrics), `pool.listen` and
+//! `pool.balance` (bound once), `pool.user`/`pool.group` (the state directory's modes
+//! follow them), `[profiles]` (the store's limits) and `log.redact` (built into the log
+//! pipeline).
 
 use std::path::PathBuf;
 
@@ -61,39 +63,101 @@ impl ReloadPlan {
     }
 }
 
+/// A key a reload cannot change: the running value stays, and a change is reported.
+pub struct RestartOnly {
+    pub key: &'static str,
+    /// Puts the running value back into the new config; whether they differed.
+    keep: fn(&mut Config, &Config) -> bool,
+}
+
+fn keep<T: PartialEq + Clone>(new: &mut T, running: &T) -> bool {
+    let changed = new != running;
+    new.clone_from(running);
+    changed
+}
+
+/// Every restart-only key, in the order a reload reports them.
+pub const RESTART_ONLY: &[RestartOnly] = &[
+    RestartOnly {
+        key: "state-dir",
+        keep: |n, r| keep(&mut n.state_dir, &r.state_dir),
+    },
+    RestartOnly {
+        key: "admin.listen",
+        keep: |n, r| keep(&mut n.admin.listen, &r.admin.listen),
+    },
+    RestartOnly {
+        key: "admin.token-file",
+        keep: |n, r| keep(&mut n.admin.token_file, &r.admin.token_file),
+    },
+    RestartOnly {
+        key: "admin.open-metrics",
+        keep: |n, r| keep(&mut n.admin.open_metrics, &r.admin.open_metrics),
+    },
+    // The admin server's limits are set when it binds.
+    RestartOnly {
+        key: "admin.header-timeout",
+        keep: |n, r| keep(&mut n.admin.header_timeout, &r.admin.header_timeout),
+    },
+    RestartOnly {
+        key: "admin.idle-timeout",
+        keep: |n, r| keep(&mut n.admin.idle_timeout, &r.admin.idle_timeout),
+    },
+    RestartOnly {
+        key: "admin.max-connections",
+        keep: |n, r| keep(&mut n.admin.max_connections, &r.admin.max_connections),
+    },
+    RestartOnly {
+        key: "pool.listen",
+        keep: |n, r| keep(&mut n.pool.listen, &r.pool.listen),
+    },
+    RestartOnly {
+        key: "pool.balance",
+        keep: |n, r| keep(&mut n.pool.balance, &r.pool.balance),
+    },
+    // The state and run directories' modes follow the workers' identity.
+    RestartOnly {
+        key: "pool.user",
+        keep: |n, r| keep(&mut n.pool.user, &r.pool.user),
+    },
+    RestartOnly {
+        key: "pool.group",
+        keep: |n, r| keep(&mut n.pool.group, &r.pool.group),
+    },
+    RestartOnly {
+        key: "profiles.max-count",
+        keep: |n, r| keep(&mut n.profiles.max_count, &r.profiles.max_count),
+    },
+    RestartOnly {
+        key: "profiles.max-bytes",
+        keep: |n, r| keep(&mut n.profiles.max_bytes, &r.profiles.max_bytes),
+    },
+    RestartOnly {
+        key: "profiles.min-free-disk",
+        keep: |n, r| keep(&mut n.profiles.min_free_disk, &r.profiles.min_free_disk),
+    },
+    RestartOnly {
+        key: "profiles.snapshot-headroom",
+        keep: |n, r| {
+            keep(
+                &mut n.profiles.snapshot_headroom,
+                &r.profiles.snapshot_headroom,
+            )
+        },
+    },
+    RestartOnly {
+        key: "log.redact",
+        keep: |n, r| keep(&mut n.log.redact, &r.log.redact),
+    },
+];
+
 pub fn plan(running: &Config, new: Config) -> ReloadPlan {
     let mut config = new;
-    let mut needs_restart = Vec::new();
-    let mut keep = |changed: bool, key: &'static str| {
-        if changed {
-            needs_restart.push(key);
-        }
-    };
-    keep(config.state_dir != running.state_dir, "state-dir");
-    keep(config.admin.listen != running.admin.listen, "admin.listen");
-    keep(
-        config.admin.token_file != running.admin.token_file,
-        "admin.token-file",
-    );
-    keep(
-        config.admin.open_metrics != running.admin.open_metrics,
-        "admin.open-metrics",
-    );
-    keep(config.pool.listen != running.pool.listen, "pool.listen");
-    keep(config.pool.balance != running.pool.balance, "pool.balance");
-    // The state and run directories' modes follow the workers' identity.
-    keep(config.pool.user != running.pool.user, "pool.user");
-    keep(config.pool.group != running.pool.group, "pool.group");
-    keep(config.profiles != running.profiles, "profiles");
-    keep(config.log.redact != running.log.redact, "log.redact");
-    config.state_dir = running.state_dir.clone();
-    config.admin = running.admin.clone();
-    config.pool.listen = running.pool.listen;
-    config.pool.balance = running.pool.balance;
-    config.pool.user = running.pool.user.clone();
-    config.pool.group = running.pool.group.clone();
-    config.profiles = running.profiles.clone();
-    config.log.redact = running.log.redact.clone();
+    let needs_restart = RESTART_ONLY
+        .iter()
+        .filter(|k| (k.keep)(&mut config, running))
+        .map(|k| k.key)
+        .collect();
 
     let mut changed = Vec::new();
     // Timeouts and restart policy: the pool section minus what is reported on its own.
@@ -206,6 +270,36 @@ mod tests {
         let plan = plan(&running, running.clone());
         assert_eq!(plan.config, running);
         assert!(plan.changed.is_empty() && plan.needs_restart.is_empty());
+    }
+
+    /// `[admin]` and `[profiles]` are read once, at start: each of their keys is
+    /// restart-only, so a key added to either is kept (and reported) by a reload.
+    #[test]
+    fn every_key_of_the_sections_read_once_is_restart_only() {
+        let restart_only: Vec<&str> = RESTART_ONLY.iter().map(|k| k.key).collect();
+        for key in crate::config::load::known_keys() {
+            if key.starts_with("admin.") || key.starts_with("profiles.") {
+                assert!(restart_only.contains(&key.as_str()), "{key}");
+            }
+        }
+    }
+
+    /// The reload table of the production page names the restart-only keys exactly as
+    /// [`RESTART_ONLY`] has them.
+    #[test]
+    fn the_production_page_states_every_restart_only_key() {
+        const PAGE: &str = include_str!("../../../docs/src/operate/production.md");
+        let row = PAGE
+            .lines()
+            .find(|l| l.starts_with("| ") && l.contains("| **on restart only**"))
+            .expect("production.md's reload table has an `on restart only` row");
+        let cell = row[2..].split(" | ").next().unwrap_or_default();
+        let stated: Vec<&str> = cell.split(", ").map(|k| k.trim_matches('`')).collect();
+        let code: Vec<&str> = RESTART_ONLY.iter().map(|k| k.key).collect();
+        assert_eq!(
+            stated, code,
+            "docs/src/operate/production.md#reload: the restart-only row"
+        );
     }
 
     proptest::proptest! {

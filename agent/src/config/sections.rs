@@ -329,9 +329,6 @@ impl Config {
                 "must be a number >= 0 (2.0: free memory of twice the heap)",
             ));
         }
-        if p.workers > 1024 {
-            errors.push(ConfigError::new("pool.workers", "at most 1024 workers"));
-        }
         let r = &p.restart;
         if r.initial_delay > r.max_delay {
             errors.push(ConfigError::new(
@@ -346,12 +343,6 @@ impl Config {
         if w.strikes == 0 {
             errors.push(ConfigError::new("watchdog.strikes", "must be at least 1"));
         }
-        if w.trend_window < self.sampling.interval.saturating_mul(5) {
-            errors.push(ConfigError::new(
-                "watchdog.trend-window",
-                "must span at least 5 sampling intervals",
-            ));
-        }
         if w.max_concurrent_replacements == 0 {
             errors.push(ConfigError::new(
                 "watchdog.max-concurrent-replacements",
@@ -360,21 +351,6 @@ impl Config {
         }
         if self.profiles.max_count == 0 {
             errors.push(ConfigError::new("profiles.max-count", "must be at least 1"));
-        }
-        let a = &self.admin;
-        for (key, value) in [
-            ("admin.header-timeout", a.header_timeout),
-            ("admin.idle-timeout", a.idle_timeout),
-        ] {
-            if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
-                errors.push(ConfigError::new(key, "must be between 100ms and 1h"));
-            }
-        }
-        if !(1..=4096).contains(&a.max_connections) {
-            errors.push(ConfigError::new(
-                "admin.max-connections",
-                "must be between 1 and 4096",
-            ));
         }
         if p.listen == self.admin.listen && p.listen.port() != 0 {
             errors.push(ConfigError::new(

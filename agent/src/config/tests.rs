@@ -1,5 +1,6 @@
 //! Tests of loading: the committed example, overrides, and error reporting.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::load::{env_name, known_keys};
@@ -253,4 +254,35 @@ fn pool_env_takes_integers_and_booleans_as_their_string_form() {
     let err = load_text("[pool.env]\nRATIO = 1.5\nLIST = [1]\n", &[]).unwrap_err();
     let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["pool.env"], "{err}");
+}
+
+/// The configuration page's Bounds table states every range `bounds.rs` checks, in the
+/// words of [`super::bounds::stated`], and no range the code does not check.
+#[test]
+fn the_configuration_page_states_every_bound() {
+    const PAGE: &str = include_str!("../../../docs/src/operate/configuration.md");
+    let section = PAGE
+        .split("\n## ")
+        .find(|s| s.starts_with("Bounds"))
+        .expect("docs/src/operate/configuration.md has a `## Bounds` section");
+    let stated: BTreeMap<String, String> = section
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("| `")?
+                .strip_suffix(" |")?
+                .split_once("` | ")
+        })
+        .map(|(key, bounds)| (key.to_string(), bounds.to_string()))
+        .collect();
+    let code: BTreeMap<String, String> = super::bounds::stated()
+        .into_iter()
+        .map(|(key, bounds)| (key.to_string(), bounds.join("; ")))
+        .collect();
+    let rows: String = (code.iter())
+        .map(|(key, bounds)| format!("| `{key}` | {bounds} |\n"))
+        .collect();
+    assert_eq!(
+        stated, code,
+        "docs/src/operate/configuration.md#bounds should read:\n{rows}"
+    );
 }
