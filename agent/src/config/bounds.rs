@@ -1,4 +1,5 @@
-//! The ranges of every duration and number the agent computes with, as data: checked at
+//! The ranges of every duration and number the agent computes with, as data
+//! ([`Bound`], the config loader's, which a worker's section uses too): checked at
 //! load so a value that would overflow an instant or a delay (`ready-timeout =
 //! "400000000000y"`) is a config error with its key, exit 64 — never a panic later — and
 //! stated on the configuration page from the same tables ([`stated`]; a test compares the
@@ -8,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use heapwarden_protocol::config::bounds::Bound;
+
 use super::load::ConfigError;
 use super::sections::Config;
 
@@ -15,71 +18,63 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// A duration key and its allowed range.
-pub struct DurationBound {
-    pub key: &'static str,
-    pub min: Duration,
-    pub max: Duration,
-    pub get: fn(&Config) -> Duration,
-}
-
 /// Every duration key of the agent's own sections (`[demo]` bounds its own).
-pub const DURATION_BOUNDS: &[DurationBound] = &[
-    bound(
+pub const DURATION_BOUNDS: &[Bound<Config, Duration>] = &[
+    Bound::new(
         "admin.header-timeout",
         Duration::from_millis(100),
         HOUR,
         |c| c.admin.header_timeout,
     ),
-    bound(
+    Bound::new(
         "admin.idle-timeout",
         Duration::from_millis(100),
         HOUR,
         |c| c.admin.idle_timeout,
     ),
-    bound("pool.min-uptime", Duration::ZERO, HOUR, |c| {
+    Bound::new("pool.min-uptime", Duration::ZERO, HOUR, |c| {
         c.pool.min_uptime
     }),
-    bound("pool.ready-timeout", Duration::ZERO, HOUR, |c| {
+    Bound::new("pool.ready-timeout", Duration::ZERO, HOUR, |c| {
         c.pool.ready_timeout
     }),
-    bound("pool.drain-timeout", Duration::ZERO, HOUR, |c| {
+    Bound::new("pool.drain-timeout", Duration::ZERO, HOUR, |c| {
         c.pool.drain_timeout
     }),
-    bound("pool.kill-timeout", Duration::ZERO, HOUR, |c| {
+    Bound::new("pool.kill-timeout", Duration::ZERO, HOUR, |c| {
         c.pool.kill_timeout
     }),
-    bound("pool.restart.initial-delay", Duration::ZERO, HOUR, |c| {
+    Bound::new("pool.restart.initial-delay", Duration::ZERO, HOUR, |c| {
         c.pool.restart.initial_delay
     }),
-    bound("pool.restart.max-delay", Duration::ZERO, HOUR, |c| {
+    Bound::new("pool.restart.max-delay", Duration::ZERO, HOUR, |c| {
         c.pool.restart.max_delay
     }),
-    bound("pool.restart.window", Duration::ZERO, DAY, |c| {
+    Bound::new("pool.restart.window", Duration::ZERO, DAY, |c| {
         c.pool.restart.window
     }),
-    bound("pool.restart.cool-down", Duration::ZERO, DAY, |c| {
+    Bound::new("pool.restart.cool-down", Duration::ZERO, DAY, |c| {
         c.pool.restart.cool_down
     }),
-    bound("sampling.interval", Duration::from_millis(50), HOUR, |c| {
+    Bound::new("sampling.interval", Duration::from_millis(50), HOUR, |c| {
         c.sampling.interval
     }),
-    bound("watchdog.warmup", Duration::ZERO, DAY, |c| {
+    Bound::new("watchdog.warmup", Duration::ZERO, DAY, |c| {
         c.watchdog.warmup
     }),
-    bound("watchdog.trend-window", Duration::ZERO, WEEK, |c| {
+    Bound::new("watchdog.trend-window", Duration::ZERO, WEEK, |c| {
         c.watchdog.trend_window
     }),
-    bound("watchdog.suspect-ttl", Duration::ZERO, WEEK, |c| {
+    Bound::new("watchdog.suspect-ttl", Duration::ZERO, WEEK, |c| {
         c.watchdog.suspect_ttl
     }),
-    bound(
+    Bound::new(
         "export.pyroscope.timeout",
         Duration::from_millis(100),
         Duration::from_secs(300),
         |c| c.export.pyroscope.timeout,
     ),
-    bound("watchdog.predict-window", Duration::ZERO, DAY, |c| {
+    Bound::new("watchdog.predict-window", Duration::ZERO, DAY, |c| {
         c.watchdog.predict_window
     }),
 ];
@@ -95,49 +90,44 @@ pub const MAX_WINDOW_SAMPLES: u32 = 3600;
 /// Most samples the prediction's persistence may ask for.
 pub const MAX_PREDICT_SAMPLES: u32 = 60;
 
-/// A number key and its allowed range; `below_max` when the maximum itself is refused.
-pub struct NumberBound {
-    pub key: &'static str,
-    pub min: f64,
-    pub max: f64,
-    pub below_max: bool,
-    pub get: fn(&Config) -> f64,
-}
-
 /// Every bounded count and number. NaN is outside every range.
-pub const NUMBER_BOUNDS: &[NumberBound] = &[
-    number("admin.max-connections", 1.0, 4096.0, |c| {
+pub const NUMBER_BOUNDS: &[Bound<Config, f64>] = &[
+    Bound::new("admin.max-connections", 1.0, 4096.0, |c| {
         c.admin.max_connections as f64
     }),
-    number("pool.workers", 0.0, 1024.0, |c| c.pool.workers as f64),
-    number("pool.restart.factor", 1.0, MAX_FACTOR, |c| {
+    Bound::new("pool.workers", 0.0, 1024.0, |c| c.pool.workers as f64),
+    Bound::new("pool.restart.factor", 1.0, MAX_FACTOR, |c| {
         c.pool.restart.factor
     }),
-    number("pool.restart.max-restarts", 1.0, MAX_RESTARTS as f64, |c| {
+    Bound::new("pool.restart.max-restarts", 1.0, MAX_RESTARTS as f64, |c| {
         c.pool.restart.max_restarts.into()
     }),
+    Bound::at_least("sampling.pss-every", 1.0, |c| c.sampling.pss_every as f64),
+    Bound::at_least("watchdog.strikes", 1.0, |c| c.watchdog.strikes as f64),
+    Bound::at_least("watchdog.max-concurrent-replacements", 1.0, |c| {
+        c.watchdog.max_concurrent_replacements as f64
+    }),
+    Bound::at_least("profiles.max-count", 1.0, |c| c.profiles.max_count as f64),
     // A fraction of max-memory: 1.0 would predict the limit itself, too late to act.
-    NumberBound {
-        below_max: true,
-        ..number("watchdog.predict-level", 0.0, 1.0, |c| {
-            c.watchdog.predict_level
-        })
-    },
-    number(
+    Bound::below("watchdog.predict-level", 0.0, 1.0, |c| {
+        c.watchdog.predict_level
+    }),
+    Bound::new(
         "watchdog.predict-samples",
         1.0,
         MAX_PREDICT_SAMPLES as f64,
         |c| c.watchdog.predict_samples.into(),
     ),
-    number("watchdog.predict-confidence", 0.5, 0.999, |c| {
+    Bound::new("watchdog.predict-confidence", 0.5, 0.999, |c| {
         c.watchdog.predict_confidence
     }),
-    number("watchdog.predict-margin", 1.0, 100.0, |c| {
+    Bound::new("watchdog.predict-margin", 1.0, 100.0, |c| {
         c.watchdog.predict_margin
     }),
 ];
 
-/// A window key that must span a number of sampling intervals (`sampling.interval`).
+/// A window key that must span a number of sampling intervals (`sampling.interval`): a
+/// range relative to another key, which [`Bound`] does not express.
 pub struct SpanBound {
     pub key: &'static str,
     pub min_intervals: u32,
@@ -162,38 +152,12 @@ pub const SPAN_BOUNDS: &[SpanBound] = &[
     },
 ];
 
-const fn number(key: &'static str, min: f64, max: f64, get: fn(&Config) -> f64) -> NumberBound {
-    NumberBound {
-        key,
-        min,
-        max,
-        below_max: false,
-        get,
-    }
-}
-
-impl NumberBound {
-    /// The range as the page and the error state it: `1 to 100`, `0 to below 1`.
-    pub fn range(&self) -> String {
-        let below = if self.below_max { "below " } else { "" };
-        format!("{} to {below}{}", self.min, self.max)
-    }
-
-    fn holds(&self, value: f64) -> bool {
-        value >= self.min && (value < self.max || (!self.below_max && value == self.max))
-    }
-}
-
 /// Every bounded key with its ranges as the configuration page states them, in the
-/// page's words: `0s to 1h`, `5 to 3600 sampling intervals`, `1 to 100`.
+/// page's words: `0s to 1h`, `5 to 3600 sampling intervals`, `1 to 100`, `at least 1`.
 pub fn stated() -> BTreeMap<&'static str, Vec<String>> {
     let mut keys: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for b in DURATION_BOUNDS {
-        keys.entry(b.key).or_default().push(format!(
-            "{} to {}",
-            humantime::format_duration(b.min),
-            humantime::format_duration(b.max)
-        ));
+        keys.entry(b.key).or_default().push(b.stated());
     }
     for b in SPAN_BOUNDS {
         keys.entry(b.key).or_default().push(format!(
@@ -202,35 +166,15 @@ pub fn stated() -> BTreeMap<&'static str, Vec<String>> {
         ));
     }
     for b in NUMBER_BOUNDS {
-        keys.entry(b.key).or_default().push(b.range());
+        keys.entry(b.key).or_default().push(b.stated());
     }
     keys
-}
-
-const fn bound(
-    key: &'static str,
-    min: Duration,
-    max: Duration,
-    get: fn(&Config) -> Duration,
-) -> DurationBound {
-    DurationBound { key, min, max, get }
 }
 
 /// Checks every bound; each violation is one error naming its key.
 pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
     for b in DURATION_BOUNDS {
-        let value = (b.get)(config);
-        if value > b.max {
-            errors.push(ConfigError::new(
-                b.key,
-                format!("must be at most {}", humantime::format_duration(b.max)),
-            ));
-        } else if value < b.min {
-            errors.push(ConfigError::new(
-                b.key,
-                format!("must be at least {}", humantime::format_duration(b.min)),
-            ));
-        }
+        b.check(config, errors);
     }
     let interval = config.sampling.interval;
     for b in SPAN_BOUNDS {
@@ -248,12 +192,7 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
     for b in NUMBER_BOUNDS {
-        if !b.holds((b.get)(config)) {
-            errors.push(ConfigError::new(
-                b.key,
-                format!("must be from {}", b.range()),
-            ));
-        }
+        b.check(config, errors);
     }
 }
 

@@ -336,22 +336,6 @@ impl Config {
                 "must not exceed pool.restart.max-delay",
             ));
         }
-        if self.sampling.pss_every == 0 {
-            errors.push(ConfigError::new("sampling.pss-every", "must be at least 1"));
-        }
-        let w = &self.watchdog;
-        if w.strikes == 0 {
-            errors.push(ConfigError::new("watchdog.strikes", "must be at least 1"));
-        }
-        if w.max_concurrent_replacements == 0 {
-            errors.push(ConfigError::new(
-                "watchdog.max-concurrent-replacements",
-                "must be at least 1",
-            ));
-        }
-        if self.profiles.max_count == 0 {
-            errors.push(ConfigError::new("profiles.max-count", "must be at least 1"));
-        }
         if p.listen == self.admin.listen && p.listen.port() != 0 {
             errors.push(ConfigError::new(
                 "admin.listen",

@@ -259,7 +259,9 @@ fn duration_for(max: Duration) -> impl Strategy<Value = String> {
 #[test]
 fn whatever_check_config_accepts_the_state_machine_survives() {
     let bounds = crate::config::bounds::DURATION_BOUNDS;
-    let values: Vec<_> = bounds.iter().map(|b| duration_for(b.max).boxed()).collect();
+    let values: Vec<_> = (bounds.iter())
+        .map(|b| duration_for(b.max.expect("every agent duration has a maximum")).boxed())
+        .collect();
     let factor = prop_oneof![4 => 1.0f64..100.0, 1 => any::<f64>()];
     let accepted = std::cell::Cell::new(0u32);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));

@@ -8,8 +8,11 @@
 //! stops at; then the section's own checks ([`ConfigSection::validate`]). Every error is
 //! one line naming its dotted key; a program exits [`EX_CONFIG`] on any.
 //!
-//! A worker reads its section with [`crate::WorkerContext::config_section`].
+//! A worker reads its section with [`crate::WorkerContext::config_section`]; a section
+//! bounds its durations and numbers with [`bounds`], which also says how the
+//! configuration page states them.
 
+pub mod bounds;
 mod size;
 mod tree;
 
