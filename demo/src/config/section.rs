@@ -1,8 +1,12 @@
-//! The `[demo]` section: the demo service's own settings, their defaults and the checks
-//! that need more than one key or more than a type.
+//! The `[demo]` section: the demo service's own settings, their defaults, their ranges
+//! as data (the loader's [`Bound`], stated on the configuration page as checked here) and
+//! the checks that need more than a type.
 
+#[cfg(test)]
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use heapwarden_probes::config::bounds::Bound;
 use heapwarden_probes::config::{ConfigSection, Size};
 use serde::{Deserialize, Serialize};
 
@@ -101,20 +105,78 @@ impl ConfigSection for DemoConfig {
     }
 }
 
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const MONTH: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The section's durations: a cache TTL of centuries (moka refuses over 1000 years) or a
+/// pool timeout that overflows an instant is a typo, and a zero TTL, timeout or poll
+/// interval would cache nothing, fail every wait or spin.
+pub const DURATION_BOUNDS: &[Bound<DemoConfig, Duration>] = &[
+    Bound::new("demo.l1-ttl", Duration::from_millis(1), MONTH, |c| c.l1_ttl),
+    // Redis expiry is in whole seconds.
+    Bound::new("demo.l2-ttl", Duration::from_secs(1), MONTH, |c| c.l2_ttl),
+    Bound::new(
+        "demo.db-acquire-timeout",
+        Duration::from_millis(1),
+        HOUR,
+        |c| c.db_acquire_timeout,
+    ),
+    Bound::new("demo.db-idle-timeout", Duration::ZERO, DAY, |c| {
+        c.db_idle_timeout
+    }),
+    Bound::new("demo.redis-timeout", Duration::from_millis(1), HOUR, |c| {
+        c.redis_timeout
+    }),
+    Bound::new("demo.job-backoff", Duration::ZERO, DAY, |c| c.job_backoff),
+    Bound::new("demo.job-lease", Duration::from_secs(1), DAY, |c| {
+        c.job_lease
+    }),
+    Bound::new("demo.jobs-poll", Duration::from_millis(1), HOUR, |c| {
+        c.jobs_poll
+    }),
+];
+
+/// The section's counts: none of these may be zero.
+pub const COUNT_BOUNDS: &[Bound<DemoConfig, u64>] = &[
+    Bound::at_least("demo.l1-capacity", 1, |c| c.l1_capacity),
+    Bound::at_least("demo.db-max-connections", 1, |c| {
+        c.db_max_connections.into()
+    }),
+    Bound::at_least("demo.compute-queue", 1, |c| c.compute_queue as u64),
+    Bound::at_least("demo.compute-max-rounds", 1, |c| c.compute_max_rounds),
+    Bound::at_least("demo.jobs-concurrency", 1, |c| c.jobs_concurrency as u64),
+    Bound::at_least("demo.job-max-attempts", 1, |c| c.job_max_attempts.into()),
+];
+
+/// The section's sizes.
+pub const SIZE_BOUNDS: &[Bound<DemoConfig, Size>] =
+    &[Bound::at_least("demo.max-body", Size(256), |c| c.max_body)];
+
+/// Every bounded key with its range as the configuration page states it (`1s to
+/// 30days`, `at least 1`); a test holds the page's Bounds table to it.
+#[cfg(test)]
+pub fn stated() -> BTreeMap<&'static str, String> {
+    let durations = DURATION_BOUNDS.iter().map(|b| (b.key, b.stated()));
+    let counts = COUNT_BOUNDS.iter().map(|b| (b.key, b.stated()));
+    let sizes = SIZE_BOUNDS.iter().map(|b| (b.key, b.stated()));
+    durations.chain(counts).chain(sizes).collect()
+}
+
 impl DemoConfig {
     fn check(&self, errors: &mut Vec<ConfigError>) {
+        for b in DURATION_BOUNDS {
+            b.check(self, errors);
+        }
+        for b in COUNT_BOUNDS {
+            b.check(self, errors);
+        }
+        for b in SIZE_BOUNDS {
+            b.check(self, errors);
+        }
         let mut fail = |key: &str, message: &str| {
             errors.push(ConfigError::new(&format!("demo.{key}"), message));
         };
-        if self.l1_capacity == 0 {
-            fail("l1-capacity", "must be at least 1");
-        }
-        if self.l1_ttl.is_zero() {
-            fail("l1-ttl", "must be longer than 0s");
-        }
-        if self.l2_ttl.as_secs() == 0 {
-            fail("l2-ttl", "must be at least 1s (Redis expiry is in seconds)");
-        }
         let url = self.database_url.as_str();
         if !(url.is_empty()
             || url.starts_with("postgres://")
@@ -130,60 +192,6 @@ impl DemoConfig {
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             fail("redis-url", "must be empty (no L2) or redis://…");
         }
-        if self.db_max_connections == 0 {
-            fail("db-max-connections", "must be at least 1");
-        }
-        if self.db_acquire_timeout.is_zero() {
-            fail("db-acquire-timeout", "must be longer than 0s");
-        }
-        if self.redis_timeout.is_zero() {
-            fail("redis-timeout", "must be longer than 0s");
-        }
-        if self.compute_queue == 0 {
-            fail("compute-queue", "must be at least 1");
-        }
-        if self.compute_max_rounds == 0 {
-            fail("compute-max-rounds", "must be at least 1");
-        }
-        if self.jobs_concurrency == 0 {
-            fail("jobs-concurrency", "must be at least 1");
-        }
-        if self.job_max_attempts == 0 {
-            fail("job-max-attempts", "must be at least 1");
-        }
-        if self.job_lease < Duration::from_secs(1) {
-            fail("job-lease", "must be at least 1s");
-        }
-        if self.jobs_poll.is_zero() {
-            fail("jobs-poll", "must be longer than 0s");
-        }
-        if self.max_body.bytes() < 256 {
-            fail("max-body", "must be at least 256B");
-        }
-        for (key, value, max) in self.duration_bounds() {
-            if value > max {
-                let message = format!("must be at most {}", humantime::format_duration(max));
-                fail(key, &message);
-            }
-        }
-    }
-
-    /// Upper bounds of the section's durations: a cache TTL of centuries (moka refuses
-    /// over 1000 years) or a pool timeout that overflows an instant is a typo.
-    fn duration_bounds(&self) -> [(&'static str, Duration, Duration); 8] {
-        const HOUR: Duration = Duration::from_secs(3600);
-        const DAY: Duration = Duration::from_secs(24 * 3600);
-        const MONTH: Duration = Duration::from_secs(30 * 24 * 3600);
-        [
-            ("l1-ttl", self.l1_ttl, MONTH),
-            ("l2-ttl", self.l2_ttl, MONTH),
-            ("db-acquire-timeout", self.db_acquire_timeout, HOUR),
-            ("db-idle-timeout", self.db_idle_timeout, DAY),
-            ("redis-timeout", self.redis_timeout, HOUR),
-            ("job-backoff", self.job_backoff, DAY),
-            ("job-lease", self.job_lease, DAY),
-            ("jobs-poll", self.jobs_poll, HOUR),
-        ]
     }
 }
 

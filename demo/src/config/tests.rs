@@ -1,9 +1,12 @@
 //! Tests of loading `[demo]` with the shared loader: the committed example, the demo's
-//! keys and their variables, and its own checks.
+//! keys and their variables, its own checks, and its bounds as the configuration page
+//! states them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use heapwarden_probes::config::bounds::page_table;
 use heapwarden_probes::config::{ConfigErrors, env_name, known_keys};
 
 use super::*;
@@ -111,26 +114,37 @@ proptest::proptest! {
     }
 }
 
+/// The section's duration keys: those whose default is written as a duration (`"60s"`).
+fn duration_keys() -> Vec<String> {
+    let defaults = toml::Value::try_from(DemoConfig::default()).expect("defaults serialise");
+    known_keys::<DemoConfig>()
+        .into_iter()
+        .filter(|key| {
+            (defaults.get(key).and_then(|v| v.as_str()))
+                .is_some_and(|s| humantime::parse_duration(s).is_ok())
+        })
+        .collect()
+}
+
 /// Durations that parse but overflow an instant (issue 11's examples) are errors naming
-/// their key, for every duration key of the section.
+/// their key, for every duration key of the section; each has its bound.
 #[test]
 fn every_duration_key_has_an_upper_bound() {
-    let keys = [
-        "l1-ttl",
-        "l2-ttl",
-        "db-acquire-timeout",
-        "db-idle-timeout",
-        "redis-timeout",
-        "job-backoff",
-        "job-lease",
-        "jobs-poll",
-    ];
+    let keys = duration_keys();
+    let bounded: Vec<String> = (section::DURATION_BOUNDS.iter())
+        .map(|b| b.key.trim_start_matches("demo.").to_string())
+        .collect();
+    assert_eq!(
+        keys.iter().collect::<BTreeSet<_>>(),
+        bounded.iter().collect::<BTreeSet<_>>(),
+        "every duration key of [demo] is in DURATION_BOUNDS"
+    );
     for huge in [
         "\"400000000000y\"",
         "\"4000000000000000000s\"",
         "\"1000000h\"",
     ] {
-        for key in keys {
+        for key in &keys {
             let errors = load_text(&format!("[demo]\n{key} = {huge}\n"), &[])
                 .expect_err(&format!("demo.{key} = {huge} was accepted"));
             assert!(
@@ -139,4 +153,71 @@ fn every_duration_key_has_an_upper_bound() {
             );
         }
     }
+}
+
+/// Each bound is enforced as stated: its edges load, a step past either edge is one error
+/// naming the key in the page's words.
+#[test]
+fn every_bound_holds_at_its_edges_and_not_past_them() {
+    let load_one = |key: &str, value: String| load_text(&format!("[demo]\n{key} = {value}\n"), &[]);
+    for b in section::DURATION_BOUNDS {
+        let key = b.key.trim_start_matches("demo.");
+        let max = b.max.expect("every demo duration has a maximum");
+        for edge in [b.min, max] {
+            let value = format!("\"{}\"", humantime::format_duration(edge));
+            load_one(key, value.clone()).unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+        }
+        let mut past = vec![max + Duration::from_nanos(1)];
+        past.extend(b.min.checked_sub(Duration::from_nanos(1)));
+        for value in past {
+            let value = format!("\"{}\"", humantime::format_duration(value));
+            let errors = load_one(key, value.clone()).expect_err(&value);
+            assert_eq!(
+                errors.to_string(),
+                format!("config error: {}: must be from {}", b.key, b.stated()),
+                "{key} = {value}"
+            );
+        }
+    }
+    for b in section::COUNT_BOUNDS {
+        let key = b.key.trim_start_matches("demo.");
+        load_one(key, b.min.to_string()).expect("the minimum loads");
+        let errors = load_one(key, (b.min - 1).to_string()).expect_err(key);
+        assert_eq!(
+            errors.to_string(),
+            format!("config error: {}: must be {}", b.key, b.stated())
+        );
+    }
+    for b in section::SIZE_BOUNDS {
+        let key = b.key.trim_start_matches("demo.");
+        load_one(key, format!("\"{}\"", b.min)).expect("the minimum loads");
+        let errors = load_one(key, (b.min.bytes() - 1).to_string()).expect_err(key);
+        assert_eq!(
+            errors.to_string(),
+            format!("config error: {}: must be {}", b.key, b.stated())
+        );
+    }
+}
+
+/// The configuration page's Bounds table states every `demo.` range the section checks,
+/// in the words of [`section::stated`], and no `demo.` range it does not check (the other rows are
+/// the agent's: its tests hold them to its `bounds.rs`).
+#[test]
+fn the_configuration_page_states_every_demo_bound() {
+    const PAGE: &str = include_str!("../../../docs/src/operate/configuration.md");
+    let page: BTreeMap<String, String> = page_table(PAGE)
+        .expect("docs/src/operate/configuration.md has a `## Bounds` section")
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("demo."))
+        .collect();
+    let code: BTreeMap<String, String> = (section::stated().into_iter())
+        .map(|(key, bounds)| (key.to_string(), bounds))
+        .collect();
+    let rows: String = (code.iter())
+        .map(|(key, bounds)| format!("| `{key}` | {bounds} |\n"))
+        .collect();
+    assert_eq!(
+        page, code,
+        "docs/src/operate/configuration.md#bounds should have these demo rows:\n{rows}"
+    );
 }
