@@ -1,6 +1,7 @@
 //! The commands a docs page shows, read from the page: its `## ` sections and the lines
 //! of its fenced code blocks. The tests that run a page's commands (`tour.rs` for the
-//! README, `oncall_guide.rs` for the on-call page) run what the page says, not a copy.
+//! README, `oncall_guide.rs` for the on-call page, `package.rs` for the manual install in
+//! production.md) run what the page says, not a copy.
 
 /// The text under the `## ` heading that starts with `title`, up to the next `## `.
 pub fn section<'a>(markdown: &'a str, title: &str) -> &'a str {

@@ -8,8 +8,10 @@
 //! burning the start limit), a drained stop that leaves the cgroup empty, leak → profile
 //! → `heapwarden diff` under the hardened unit with the worker under its own user
 //! (`heapwarden-worker`: its uid, its heap sampled, no token or config it can read), two
-//! `heapwarden@` instances (one socket-activated), `apt remove` and `apt purge` (state
-//! and both users gone). A second boot follows the manual recipe for other distributions.
+//! `heapwarden@` instances (one socket-activated, its socket stopped by a bad config like
+//! the main one), `apt remove` and `apt purge` (state and both users gone). A second boot
+//! runs the manual recipe for other distributions as docs/src/operate/production.md#install
+//! shows it.
 //!
 //! Runs as root with debootstrap, systemd-nspawn and nsenter (scripts/test installs
 //! them); anywhere a container cannot boot it says why, loudly, and passes.
@@ -18,6 +20,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use heapwarden_tests::markdown;
 use heapwarden_tests::nspawn::{Container, cached_root, cannot_boot, run};
 use heapwarden_tests::tools::{build_deb, repo_root};
 use heapwarden_tests::{TimeoutGuard, try_poll};
@@ -278,6 +281,29 @@ fn the_debian_package_on_a_real_systemd() {
         "heapwarden@b started by its socket",
         "systemctl is-active heapwarden@b && journalctl -u heapwarden@b -o cat | grep -q '\"socket_activated\":true'",
     );
+    // A bad config behind the instance's socket: the template's ExecStopPost stops
+    // heapwarden@b.socket on exit 64 as the service's stops heapwarden.socket: one
+    // failed start, the socket inactive (not failed by the start limit) and refusing,
+    // and starting both recovers once the config is fixed.
+    c.ok("systemctl stop heapwarden@b && sed -i 's/^workers = 1$/workers = \"many\"/' /etc/heapwarden/b.toml");
+    let _ = c.sh("curl -s --max-time 30 -o /dev/null 127.0.0.1:8082/items/1");
+    c.wait(
+        Duration::from_secs(30),
+        "heapwarden@b.socket stopped after exit 64",
+        "systemctl is-failed heapwarden@b >/dev/null && test \"$(systemctl is-active heapwarden@b.socket)\" = inactive",
+    );
+    assert!(
+        !c.sh("curl -s --max-time 5 -o /dev/null 127.0.0.1:8082/items/1")
+            .status
+            .success(),
+        "heapwarden@b.socket accepted a connection without an agent"
+    );
+    let socket_result = c.ok("systemctl show -p Result --value heapwarden@b.socket");
+    assert_ne!(socket_result.trim(), "service-start-limit-hit");
+    let status = c.ok("systemctl show -p ExecMainStatus --value heapwarden@b");
+    assert_eq!(status.trim(), "64");
+    c.ok("sed -i 's/^workers = \"many\"$/workers = 1/' /etc/heapwarden/b.toml");
+    c.ok("systemctl start heapwarden@b.socket heapwarden@b && curl -sf -o /dev/null 127.0.0.1:8082/items/1");
     c.ok("systemctl stop heapwarden@b.socket heapwarden@b");
 
     // The watchdog: a stopped agent misses its WATCHDOG=1 and is killed and restarted
@@ -404,6 +430,19 @@ fn the_debian_package_on_a_real_systemd() {
         },
         "dpkg-deb -x",
     );
+    // The page's `target/release/`: the package's binaries, linked from the unpacked tree.
+    let release = tempfile::tempdir_in(unpacked.path()).expect("release dir");
+    for file in [
+        "usr/bin/heapwarden",
+        "usr/bin/heapwarden-demo",
+        "usr/lib/heapwarden/libheapwarden_preload.so",
+    ] {
+        let from = unpacked.path().join(file);
+        let name = from.file_name().expect("file name");
+        std::fs::hard_link(&from, release.path().join(name))
+            .unwrap_or_else(|e| panic!("link {}: {e}", from.display()));
+    }
+    let recipe = manual_recipe();
     let m = timed(
         &mut figures,
         "manual recipe (boot + install + ready)",
@@ -412,10 +451,10 @@ fn the_debian_package_on_a_real_systemd() {
                 &root,
                 &[
                     (systemd_dir.as_path(), "/src/systemd"),
-                    (unpacked.path(), "/src/pkg"),
+                    (release.path(), "/src/target/release"),
                 ],
             );
-            m.ok(MANUAL_RECIPE);
+            m.ok(&recipe);
             m
         },
     );
@@ -440,20 +479,35 @@ fn the_debian_package_on_a_real_systemd() {
     }
 }
 
-/// The README's manual install, for distributions without the package: the same
-/// files from the repository (units, snippets, config) and the binaries.
-const MANUAL_RECIPE: &str = r#"set -e
-install -m 0755 /src/pkg/usr/bin/heapwarden /usr/local/bin/heapwarden
-install -m 0755 /src/pkg/usr/bin/heapwarden-demo /usr/local/bin/heapwarden-demo
-install -D -m 0644 /src/pkg/usr/lib/heapwarden/libheapwarden_preload.so /usr/local/lib/heapwarden/libheapwarden_preload.so
-install -m 0644 /src/systemd/heapwarden.service /etc/systemd/system/heapwarden.service
-install -m 0644 /src/systemd/heapwarden.socket /etc/systemd/system/heapwarden.socket
-install -D -m 0644 /src/systemd/heapwarden.sysusers /usr/lib/sysusers.d/heapwarden.conf
-install -D -m 0644 /src/systemd/heapwarden.tmpfiles /usr/lib/tmpfiles.d/heapwarden.conf
-systemd-sysusers heapwarden.conf
-systemd-tmpfiles --create heapwarden.conf
-install -m 0640 -g heapwarden /src/systemd/heapwarden.toml /etc/heapwarden/heapwarden.toml
-heapwarden check-config -c /etc/heapwarden/heapwarden.toml
-systemctl daemon-reload
-systemctl enable --now heapwarden
-"#;
+/// The manual install for other distributions, read from production.md#install: its
+/// `sh` block that starts with `cargo build --release`, run from `/src`, where the
+/// container has the repository's `systemd/` and the package's binaries as
+/// `target/release/`. The container's only changes to the page: step 1 (`cargo build
+/// --release`) is skipped, since the root has no toolchain and the binaries are the
+/// package's, and `sudo ` is dropped, since the script runs as root. Comment lines go.
+fn manual_recipe() -> String {
+    const BUILD: &str = "cargo build --release";
+    let page = std::fs::read_to_string(repo_root().join("docs/src/operate/production.md"))
+        .expect("docs/src/operate/production.md");
+    let mut blocks = markdown::code_blocks(markdown::section(&page, "Install"))
+        .into_iter()
+        .filter(|block| block.lang == "sh" && block.lines.iter().any(|l| l == BUILD));
+    let block = blocks
+        .next()
+        .unwrap_or_else(|| panic!("production.md#install has no `sh` block with `{BUILD}`"));
+    assert!(
+        blocks.next().is_none(),
+        "production.md#install has two `sh` blocks with `{BUILD}`"
+    );
+    let mut script = vec!["set -e".to_string(), "cd /src".to_string()];
+    for line in block.lines {
+        if line.starts_with('#') || line == BUILD {
+            continue;
+        }
+        let command = line
+            .strip_prefix("sudo ")
+            .unwrap_or_else(|| panic!("a step of production.md#install without `sudo`: {line}"));
+        script.push(command.to_string());
+    }
+    script.join("\n")
+}
