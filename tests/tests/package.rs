@@ -286,22 +286,7 @@ fn the_debian_package_on_a_real_systemd() {
     // failed start, the socket inactive (not failed by the start limit) and refusing,
     // and starting both recovers once the config is fixed.
     c.ok("systemctl stop heapwarden@b && sed -i 's/^workers = 1$/workers = \"many\"/' /etc/heapwarden/b.toml");
-    let _ = c.sh("curl -s --max-time 30 -o /dev/null 127.0.0.1:8082/items/1");
-    c.wait(
-        Duration::from_secs(30),
-        "heapwarden@b.socket stopped after exit 64",
-        "systemctl is-failed heapwarden@b >/dev/null && test \"$(systemctl is-active heapwarden@b.socket)\" = inactive",
-    );
-    assert!(
-        !c.sh("curl -s --max-time 5 -o /dev/null 127.0.0.1:8082/items/1")
-            .status
-            .success(),
-        "heapwarden@b.socket accepted a connection without an agent"
-    );
-    let socket_result = c.ok("systemctl show -p Result --value heapwarden@b.socket");
-    assert_ne!(socket_result.trim(), "service-start-limit-hit");
-    let status = c.ok("systemctl show -p ExecMainStatus --value heapwarden@b");
-    assert_eq!(status.trim(), "64");
+    assert_exit_64_stops_the_socket(&c, "heapwarden@b", 8082, 1);
     c.ok("sed -i 's/^workers = \"many\"$/workers = 1/' /etc/heapwarden/b.toml");
     c.ok("systemctl start heapwarden@b.socket heapwarden@b && curl -sf -o /dev/null 127.0.0.1:8082/items/1");
     c.ok("systemctl stop heapwarden@b.socket heapwarden@b");
@@ -372,23 +357,7 @@ fn the_debian_package_on_a_real_systemd() {
         "sed -i 's/^workers = 0$/workers = \"many\"/' {CONFIG}"
     ));
     c.ok("systemctl reset-failed heapwarden heapwarden.socket 2>/dev/null; systemctl start heapwarden.socket");
-    let _ = c.sh("curl -s --max-time 30 -o /dev/null 127.0.0.1:8080/items/1");
-    c.wait(
-        Duration::from_secs(30),
-        "the socket stopped after exit 64",
-        "systemctl is-failed heapwarden >/dev/null && ! systemctl is-active heapwarden.socket >/dev/null",
-    );
-    for _ in 0..6 {
-        let refused = c.sh("curl -s --max-time 5 -o /dev/null 127.0.0.1:8080/items/1");
-        assert!(
-            !refused.status.success(),
-            "a connection was accepted without an agent"
-        );
-    }
-    let socket_result = c.ok("systemctl show -p Result --value heapwarden.socket");
-    assert_ne!(socket_result.trim(), "service-start-limit-hit");
-    let status = c.ok("systemctl show -p ExecMainStatus --value heapwarden");
-    assert_eq!(status.trim(), "64");
+    assert_exit_64_stops_the_socket(&c, "heapwarden", 8080, 6);
     c.ok(&format!("cp /root/good.toml {CONFIG}"));
     c.ok("systemctl start heapwarden.socket heapwarden && curl -sf -o /dev/null 127.0.0.1:8080/items/1");
 
@@ -485,6 +454,36 @@ fn the_debian_package_on_a_real_systemd() {
 /// `target/release/`. The container's only changes to the page: step 1 (`cargo build
 /// --release`) is skipped, since the root has no toolchain and the binaries are the
 /// package's, and `sudo ` is dropped, since the script runs as root. Comment lines go.
+/// A bad config behind `unit`'s socket on `port` (the socket started, the config already
+/// broken): one connection starts the agent, which exits 64, and the unit's
+/// `ExecStopPost=` stops the socket — one failed start, the socket inactive (not failed
+/// by the start limit) and refusing `refused` connections in a row.
+fn assert_exit_64_stops_the_socket(c: &Container, unit: &str, port: u16, refused: usize) {
+    let _ = c.sh(&format!(
+        "curl -s --max-time 30 -o /dev/null 127.0.0.1:{port}/items/1"
+    ));
+    c.wait(
+        Duration::from_secs(30),
+        &format!("{unit}.socket stopped after exit 64"),
+        &format!(
+            "systemctl is-failed {unit} >/dev/null && test \"$(systemctl is-active {unit}.socket)\" = inactive"
+        ),
+    );
+    for _ in 0..refused {
+        let reply = c.sh(&format!(
+            "curl -s --max-time 5 -o /dev/null 127.0.0.1:{port}/items/1"
+        ));
+        assert!(
+            !reply.status.success(),
+            "{unit}.socket accepted a connection without an agent"
+        );
+    }
+    let socket_result = c.ok(&format!("systemctl show -p Result --value {unit}.socket"));
+    assert_ne!(socket_result.trim(), "service-start-limit-hit");
+    let status = c.ok(&format!("systemctl show -p ExecMainStatus --value {unit}"));
+    assert_eq!(status.trim(), "64");
+}
+
 fn manual_recipe() -> String {
     const BUILD: &str = "cargo build --release";
     let page = std::fs::read_to_string(repo_root().join("docs/src/operate/production.md"))

@@ -286,12 +286,16 @@ fn node_app() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("node/app.js")
 }
 
-/// The native tests' C worker, compiled once into the temp dir.
+/// The native tests' C worker, compiled once into the temp dir against the preload's
+/// header (`probes/preload/include/heapwarden.h`), as the tests compile it.
 fn compile_c_worker() -> BenchResult<PathBuf> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("native/worker.c");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = manifest.join("native/worker.c");
+    let include = manifest.join("../probes/preload/include");
     let out = std::env::temp_dir().join(format!("bench-agent-c-worker-{}", std::process::id()));
     let status = Command::new("cc")
-        .args(["-O1", "-g", "-Wall"])
+        .args(["-O1", "-g", "-Wall", "-I"])
+        .arg(&include)
         .arg(&source)
         .arg("-o")
         .arg(&out)
