@@ -5,11 +5,12 @@
 //! (`CONFIG_PROC_CHILDREN`); otherwise from one scan of every `/proc/*/stat` per round,
 //! shared by all workers (`ParentTable`). The walk (one `children` file per thread of
 //! every process) is most of a round's procfs work, so `TreeCache` keeps each worker's
-//! members between walks.
+//! members between walks, each with its `stat` open ([`KEPT_OPEN`] per tree), so reading a
+//! member is one `pread`.
 
 use std::collections::HashMap;
 
-use super::procfs::{ProcFs, parse_stat};
+use super::procfs::{ProcFs, StatFile, parse_stat};
 use crate::procfs::read_file;
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
@@ -20,6 +21,12 @@ pub const MAX_TREE: usize = 4096;
 /// descendant is counted at most this many rounds late.
 pub const TREE_REFRESH_ROUNDS: u32 = 5;
 
+/// Members of a tree whose `stat` stays open between rounds: the worker and its first
+/// descendants. A larger tree's other members are opened on each read, so the agent's
+/// descriptors stay bounded by its workers, not by what they fork
+/// (`admin::server::FD_PER_WORKER` counts these).
+pub const KEPT_OPEN: usize = 8;
+
 /// The members of each worker's tree, kept between rounds; entries go with their worker.
 #[derive(Debug, Default)]
 pub struct TreeCache {
@@ -28,9 +35,16 @@ pub struct TreeCache {
 
 #[derive(Debug)]
 struct CachedTree {
-    members: Vec<u32>,
+    members: Vec<Member>,
     /// Rounds read from the cache since the walk.
     age: u32,
+}
+
+/// A process of a worker's tree; the first [`KEPT_OPEN`] have their `stat` open.
+#[derive(Debug)]
+pub struct Member {
+    pub pid: u32,
+    pub stat: Option<StatFile>,
 }
 
 impl TreeCache {
@@ -47,17 +61,43 @@ impl TreeCache {
     }
 
     /// The members found by the last walk, counting one more round of use.
-    pub fn reuse(&mut self, root: u32) -> Option<&[u32]> {
+    pub fn reuse(&mut self, root: u32) -> Option<&[Member]> {
         let tree = self.trees.get_mut(&root)?;
         tree.age += 1;
         Some(&tree.members)
     }
 
-    pub fn store(&mut self, root: u32, members: Vec<u32>) {
+    /// A fresh walk's `pids` (root first) as members: taken out of the cache (hand them
+    /// back with [`TreeCache::store`]), each keeping the `stat` it had open in the last
+    /// walk, the new ones opened. A process that exited since is left unopened, and its
+    /// read says so.
+    pub fn take_walked(&mut self, root: u32, pids: Vec<u32>, proc: &ProcFs) -> Vec<Member> {
+        let mut open: HashMap<u32, StatFile> = self
+            .trees
+            .remove(&root)
+            .map(|tree| {
+                tree.members
+                    .into_iter()
+                    .filter_map(|m| Some((m.pid, m.stat?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.into_iter()
+            .enumerate()
+            .map(|(i, pid)| Member {
+                pid,
+                stat: (i < KEPT_OPEN)
+                    .then(|| open.remove(&pid).or_else(|| proc.open_stat(pid).ok()))
+                    .flatten(),
+            })
+            .collect()
+    }
+
+    pub fn store(&mut self, root: u32, members: Vec<Member>) {
         self.trees.insert(root, CachedTree { members, age: 0 });
     }
 
-    /// A member vanished: walk again next round.
+    /// A member vanished: walk again next round (closing the tree's files).
     pub fn expire(&mut self, root: u32) {
         self.trees.remove(&root);
     }
