@@ -1,8 +1,9 @@
 //! The procfs half of one sampling round: every worker's tree, the agent itself, the
 //! machine and the agent's cgroup; one `stat` read per process (into one buffer per
 //! round, a `pread` of the file the tree cache keeps open) gives its RSS and CPU. Plain
-//! blocking reads, run off the async runtime (`spawn_blocking`) so a slow `smaps_rollup`
-//! never stalls the supervisor.
+//! blocking reads: a round that walks a tree or reads `smaps_rollup` runs them off the
+//! async runtime (`spawn_blocking`), so a slow `smaps_rollup` never stalls the
+//! supervisor; one that only re-reads open `stat`s runs in place (`round`).
 
 use std::path::PathBuf;
 
