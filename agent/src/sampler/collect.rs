@@ -93,7 +93,7 @@ pub fn collect_trees(
                 }
                 return figures;
             }
-            let walked = process_tree(&roots.proc, pid, source);
+            let walked = cache.walk(&roots.proc, pid, source);
             let members = cache.take_walked(pid, walked, &roots.proc);
             let (figures, vanished) = read_members(&roots.proc, &members, with_smaps, &mut buf);
             // A tree that lost a member is walked again next round instead.

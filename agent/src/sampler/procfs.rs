@@ -3,5 +3,5 @@
 //! path, `smaps_rollup` on the slow one.
 
 pub use crate::procfs::{
-    KeptFile, ProcError, ProcFs, SmapsRollup, Stat, StatFile, parse_smaps_rollup, parse_stat,
+    ChildLists, ProcError, ProcFs, SmapsRollup, Stat, StatFile, parse_smaps_rollup, parse_stat,
 };

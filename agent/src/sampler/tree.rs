@@ -6,11 +6,13 @@
 //! shared by all workers (`ParentTable`). The walk (one `children` file per thread of
 //! every process) is most of a round's procfs work, so `TreeCache` keeps each worker's
 //! members between walks, each with its `stat` open ([`KEPT_OPEN`] per tree), so reading a
-//! member is one `pread`.
+//! member is one `pread`, and the worker's own children lists open between walks
+//! ([`ChildLists`]), so a walk of a worker without descendants is one directory listing
+//! and a `pread` per thread.
 
 use std::collections::HashMap;
 
-use super::procfs::{ProcFs, StatFile, parse_stat};
+use super::procfs::{ChildLists, ProcFs, StatFile, parse_stat};
 use crate::procfs::read_file;
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
@@ -24,13 +26,15 @@ pub const TREE_REFRESH_ROUNDS: u32 = 5;
 /// Members of a tree whose `stat` stays open between rounds: the worker and its first
 /// descendants. A larger tree's other members are opened on each read, so the agent's
 /// descriptors stay bounded by its workers, not by what they fork
-/// (`admin::server::FD_PER_WORKER` counts these).
+/// (`admin::server::FD_PER_WORKER` counts these and the worker's [`ChildLists`]).
 pub const KEPT_OPEN: usize = 8;
 
 /// The members of each worker's tree, kept between rounds; entries go with their worker.
 #[derive(Debug, Default)]
 pub struct TreeCache {
     trees: HashMap<u32, CachedTree>,
+    /// Each worker's own children lists, open from one walk to the next.
+    lists: HashMap<u32, ChildLists>,
 }
 
 #[derive(Debug)]
@@ -51,6 +55,22 @@ impl TreeCache {
     /// Forgets every root not in `roots`.
     pub fn retain(&mut self, roots: &[u32]) {
         self.trees.retain(|pid, _| roots.contains(pid));
+        self.lists.retain(|pid, _| roots.contains(pid));
+    }
+
+    /// Walks `root`'s tree; with the kernel's lists, the root's are kept open for the next
+    /// walk.
+    pub fn walk(&mut self, proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
+        let lists = match source {
+            ChildSource::Kernel => match self.lists.entry(root) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    proc.open_children(root).map(|lists| e.insert(lists))
+                }
+            },
+            ChildSource::Table(_) => None,
+        };
+        walk(proc, root, source, lists)
     }
 
     /// Whether `root`'s tree must be walked this round.
@@ -97,9 +117,11 @@ impl TreeCache {
         self.trees.insert(root, CachedTree { members, age: 0 });
     }
 
-    /// A member vanished: walk again next round (closing the tree's files).
+    /// A member vanished: walk again next round (closing the tree's files; the root may be
+    /// gone, and its pid reused by a new worker).
     pub fn expire(&mut self, root: u32) {
         self.trees.remove(&root);
+        self.lists.remove(&root);
     }
 
     pub fn len(&self) -> usize {
@@ -170,6 +192,16 @@ pub fn kernel_lists_children(proc: &ProcFs, pid: u32) -> bool {
 
 /// `root` and every descendant, root first. A vanished process simply has no children.
 pub fn process_tree(proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
+    walk(proc, root, source, None)
+}
+
+/// [`process_tree`], reading the root's children from `root_lists` when given.
+fn walk(
+    proc: &ProcFs,
+    root: u32,
+    source: ChildSource<'_>,
+    mut root_lists: Option<&mut ChildLists>,
+) -> Vec<u32> {
     let mut tree = vec![root];
     let mut next = 0;
     let mut buf = Vec::new();
@@ -177,9 +209,14 @@ pub fn process_tree(proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u3
         let pid = tree[next];
         next += 1;
         match source {
-            ChildSource::Kernel => {
-                proc.children(pid, &mut buf, &mut tree);
-            }
+            ChildSource::Kernel => match root_lists.take() {
+                Some(lists) => {
+                    lists.read(&mut buf, &mut tree);
+                }
+                None => {
+                    proc.children(pid, &mut buf, &mut tree);
+                }
+            },
             ChildSource::Table(table) => tree.extend_from_slice(table.children_of(pid)),
         }
     }
