@@ -14,18 +14,14 @@
 //!
 //! A file read every round is kept open instead ([`KeptFile`], [`StatFile`]): procfs and
 //! kernfs generate a file afresh on a read from offset 0, so a round costs one `pread`
-//! per file where it cost `openat`, `read` and `close`. So are a process's children lists
-//! ([`ChildLists`]): a walk of a 5-thread process cost ~60 µs in opens, ~10 µs in
-//! `pread`s.
+//! per file where it cost `openat`, `read` and `close`. So are a process's threads'
+//! `children` files ([`ChildLists`]): a walk of a 5-thread process cost ~60 µs in opens.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use nix::dir::Dir;
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::Mode;
 use nix::unistd::{SysconfVar, sysconf};
 
 /// Why a process figure could not be read.
@@ -204,15 +200,13 @@ impl ProcFs {
         listed
     }
 
-    /// `pid`'s children lists, kept open for walk after walk ([`ChildLists::read`]); `None`
-    /// when the process is gone.
-    pub fn open_children(&self, pid: u32) -> Option<ChildLists> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let tasks = Dir::open(&self.pid_path(pid, "task"), flags, Mode::empty()).ok()?;
-        Some(ChildLists {
-            tasks,
+    /// `pid`'s children lists, kept open for walk after walk ([`ChildLists::read`]); the
+    /// files are opened by the first read.
+    pub fn open_children(&self, pid: u32) -> ChildLists {
+        ChildLists {
+            task_dir: self.pid_path(pid, "task"),
             threads: Vec::new(),
-        })
+        }
     }
 
     /// Whether this kernel exposes `children` files, judged on `pid` (the agent itself).
@@ -250,12 +244,13 @@ impl StatFile {
 /// costs the agent no more than this many descriptors.
 pub const KEPT_THREADS: usize = 8;
 
-/// A process's children lists kept open between walks (see [`ProcFs::children`]): its
-/// `task` directory, listed again on each read to follow threads that come and go, and
-/// the `children` files of its first [`KEPT_THREADS`] threads.
+/// A process's children lists kept open between walks (see [`ProcFs::children`]): the
+/// `children` files of its first [`KEPT_THREADS`] threads. Its `task` directory is listed
+/// on each read, to follow threads that come and go (a directory kept open would hold
+/// the C library's 32 KiB listing buffer per worker).
 #[derive(Debug)]
 pub struct ChildLists {
-    tasks: Dir,
+    task_dir: PathBuf,
     threads: Vec<(u32, KeptFile)>,
 }
 
@@ -263,11 +258,11 @@ impl ChildLists {
     /// Appends the process's children to `out`; false when no thread's list could be read
     /// (the process is gone).
     pub fn read(&mut self, buf: &mut Vec<u8>, out: &mut Vec<u32>) -> bool {
-        // Iterating rewinds the directory afterwards, so each read lists it afresh.
-        let tids: Vec<u32> = self
-            .tasks
-            .iter()
-            .filter_map(|e| e.ok()?.file_name().to_str().ok()?.parse().ok())
+        let Ok(tasks) = std::fs::read_dir(&self.task_dir) else {
+            return false;
+        };
+        let tids: Vec<u32> = tasks
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         self.threads.retain(|(tid, _)| tids.contains(tid));
         let mut listed = false;
@@ -275,17 +270,9 @@ impl ChildLists {
             let read = match self.threads.iter().find(|(t, _)| *t == tid) {
                 Some((_, file)) => file.read(buf).is_ok(),
                 None => {
-                    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-                    let Ok(fd) = openat(
-                        &self.tasks,
-                        format!("{tid}/children").as_str(),
-                        flags,
-                        Mode::empty(),
-                    ) else {
+                    let path = self.task_dir.join(format!("{tid}/children"));
+                    let Ok(file) = KeptFile::open(&path) else {
                         continue;
-                    };
-                    let file = KeptFile {
-                        file: File::from(fd),
                     };
                     let read = file.read(buf).is_ok();
                     if self.threads.len() < KEPT_THREADS {
@@ -591,7 +578,7 @@ mod tests {
     fn kept_children_lists_follow_children_of_threads_that_come_and_go() {
         let proc = ProcFs::system();
         let me = std::process::id();
-        let mut lists = proc.open_children(me).expect("own lists");
+        let mut lists = proc.open_children(me);
         let (mut buf, mut found) = (Vec::new(), Vec::new());
         let listed = |lists: &mut ChildLists, buf: &mut Vec<u8>, found: &mut Vec<u32>| {
             found.clear();

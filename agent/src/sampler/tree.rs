@@ -6,9 +6,9 @@
 //! shared by all workers (`ParentTable`). The walk (one `children` file per thread of
 //! every process) is most of a round's procfs work, so `TreeCache` keeps each worker's
 //! members between walks, each with its `stat` open ([`KEPT_OPEN`] per tree), so reading a
-//! member is one `pread`, and the worker's own children lists open between walks
-//! ([`ChildLists`]), so a walk of a worker without descendants is one directory listing
-//! and a `pread` per thread.
+//! member is one `pread`, and the worker's threads' children lists open between walks
+//! ([`ChildLists`]), so a walk of a worker without descendants is one listing of its
+//! `task` directory and a `pread` per thread.
 
 use std::collections::HashMap;
 
@@ -62,12 +62,11 @@ impl TreeCache {
     /// walk.
     pub fn walk(&mut self, proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
         let lists = match source {
-            ChildSource::Kernel => match self.lists.entry(root) {
-                std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    proc.open_children(root).map(|lists| e.insert(lists))
-                }
-            },
+            ChildSource::Kernel => Some(
+                self.lists
+                    .entry(root)
+                    .or_insert_with(|| proc.open_children(root)),
+            ),
             ChildSource::Table(_) => None,
         };
         walk(proc, root, source, lists)
