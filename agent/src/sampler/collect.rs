@@ -1,7 +1,9 @@
 //! The procfs half of one sampling round: every worker's tree, the agent itself, the
 //! machine and the agent's cgroup; one `stat` read per process (into one buffer per
-//! round) gives its RSS and CPU. Plain blocking reads, run off the async runtime
-//! (`spawn_blocking`) so a slow `smaps_rollup` never stalls the supervisor.
+//! round, a `pread` of the file the tree cache keeps open) gives its RSS and CPU. Plain
+//! blocking reads: a round that walks a tree or reads `smaps_rollup` runs them off the
+//! async runtime (`spawn_blocking`), so a slow `smaps_rollup` never stalls the
+//! supervisor; one that only re-reads open `stat`s runs in place (`round`).
 
 use std::path::PathBuf;
 
@@ -10,7 +12,7 @@ use super::system::{
     CgroupMemory, LoadAverage, SystemError, SystemMemory, read_cgroup_memory, read_loadavg,
     read_meminfo,
 };
-use super::tree::{ChildSource, ParentTable, TreeCache, process_tree};
+use super::tree::{ChildSource, Member, ParentTable, TreeCache, process_tree};
 
 /// Where the readers look; the real paths in production, temp dirs in tests.
 #[derive(Debug, Clone)]
@@ -91,7 +93,8 @@ pub fn collect_trees(
                 }
                 return figures;
             }
-            let members = process_tree(&roots.proc, pid, source);
+            let walked = cache.walk(&roots.proc, pid, source);
+            let members = cache.take_walked(pid, walked, &roots.proc);
             let (figures, vanished) = read_members(&roots.proc, &members, with_smaps, &mut buf);
             // A tree that lost a member is walked again next round instead.
             if vanished {
@@ -111,19 +114,17 @@ pub fn read_tree(
     with_smaps: bool,
 ) -> Result<TreeFigures, ProcError> {
     let mut buf = Vec::new();
-    read_members(
-        proc,
-        &process_tree(proc, root, source),
-        with_smaps,
-        &mut buf,
-    )
-    .0
+    let members: Vec<Member> = process_tree(proc, root, source)
+        .into_iter()
+        .map(|pid| Member { pid, stat: None })
+        .collect();
+    read_members(proc, &members, with_smaps, &mut buf).0
 }
 
 /// The figures of `members` (root first) and whether a descendant had vanished.
 fn read_members(
     proc: &ProcFs,
-    members: &[u32],
+    members: &[Member],
     with_smaps: bool,
     buf: &mut Vec<u8>,
 ) -> (Result<TreeFigures, ProcError>, bool) {
@@ -131,9 +132,10 @@ fn read_members(
     let mut smaps = TreeSmaps::default();
     let mut ticks: u64 = 0;
     let mut vanished = false;
-    let root = members.first().copied().unwrap_or(0);
-    for &pid in members {
-        let read = read_one(proc, pid, with_smaps, buf);
+    let root = members.first().map_or(0, |m| m.pid);
+    for member in members {
+        let pid = member.pid;
+        let read = read_one(proc, member, with_smaps, buf);
         let (stat, rollup) = match read {
             Ok(r) => r,
             Err(e) if pid != root && e.is_gone() => {
@@ -160,16 +162,20 @@ fn read_members(
 
 type OneProcess = (Stat, Option<SmapsRollup>);
 
-/// One `stat` read (RSS and CPU both), plus `smaps_rollup` on smaps rounds.
+/// One `stat` read (RSS and CPU both), a `pread` where it is kept open, plus
+/// `smaps_rollup` on smaps rounds.
 fn read_one(
     proc: &ProcFs,
-    pid: u32,
+    member: &Member,
     with_smaps: bool,
     buf: &mut Vec<u8>,
 ) -> Result<OneProcess, ProcError> {
-    let stat = proc.stat(pid, buf)?;
+    let stat = match &member.stat {
+        Some(file) => proc.read_stat_file(file, buf)?,
+        None => proc.stat(member.pid, buf)?,
+    };
     let rollup = if with_smaps {
-        Some(proc.smaps_rollup(pid, buf)?)
+        Some(proc.smaps_rollup(member.pid, buf)?)
     } else {
         None
     };

@@ -65,8 +65,10 @@ Pss_Anon: 1 kB\nShared_Clean: 8 kB\nPrivate_Clean: {} kB\nPrivate_Dirty: {} kB\n
         std::fs::create_dir_all(self.root().join(format!("{pid}/task/{pid}"))).expect("task dir");
     }
 
-    /// The process exits: its directory goes.
+    /// The process exits: its directory goes. A `stat` the sampler keeps open still reads
+    /// the unlinked file, so it is emptied first (procfs would answer ESRCH).
     pub fn remove(&self, pid: u32) {
+        let _ = std::fs::write(self.root().join(format!("{pid}/stat")), "");
         std::fs::remove_dir_all(self.root().join(pid.to_string())).expect("remove");
     }
 

@@ -1,5 +1,7 @@
 //! The sampler's view of `crate::procfs` (the agent's one `/proc` reader): a process's
-//! `stat` (RSS, CPU ticks and parent in one read) on the fast path, `smaps_rollup` on the
-//! slow one.
+//! `stat` (RSS, CPU ticks and parent in one read, kept open between rounds) on the fast
+//! path, `smaps_rollup` on the slow one.
 
-pub use crate::procfs::{ProcError, ProcFs, SmapsRollup, Stat, parse_smaps_rollup, parse_stat};
+pub use crate::procfs::{
+    ChildLists, ProcError, ProcFs, SmapsRollup, Stat, StatFile, parse_smaps_rollup, parse_stat,
+};

@@ -5,11 +5,14 @@
 //! (`CONFIG_PROC_CHILDREN`); otherwise from one scan of every `/proc/*/stat` per round,
 //! shared by all workers (`ParentTable`). The walk (one `children` file per thread of
 //! every process) is most of a round's procfs work, so `TreeCache` keeps each worker's
-//! members between walks.
+//! members between walks, each with its `stat` open ([`KEPT_OPEN`] per tree), so reading a
+//! member is one `pread`, and the worker's threads' children lists open between walks
+//! ([`ChildLists`]), so a walk of a worker without descendants is one listing of its
+//! `task` directory and a `pread` per thread.
 
 use std::collections::HashMap;
 
-use super::procfs::{ProcFs, parse_stat};
+use super::procfs::{ChildLists, ProcFs, StatFile, parse_stat};
 use crate::procfs::read_file;
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
@@ -20,23 +23,53 @@ pub const MAX_TREE: usize = 4096;
 /// descendant is counted at most this many rounds late.
 pub const TREE_REFRESH_ROUNDS: u32 = 5;
 
+/// Members of a tree whose `stat` stays open between rounds: the worker and its first
+/// descendants. A larger tree's other members are opened on each read, so the agent's
+/// descriptors stay bounded by its workers, not by what they fork
+/// (`admin::server::FD_PER_WORKER` counts these and the worker's [`ChildLists`]).
+pub const KEPT_OPEN: usize = 8;
+
 /// The members of each worker's tree, kept between rounds; entries go with their worker.
 #[derive(Debug, Default)]
 pub struct TreeCache {
     trees: HashMap<u32, CachedTree>,
+    /// Each worker's own children lists, open from one walk to the next.
+    lists: HashMap<u32, ChildLists>,
 }
 
 #[derive(Debug)]
 struct CachedTree {
-    members: Vec<u32>,
+    members: Vec<Member>,
     /// Rounds read from the cache since the walk.
     age: u32,
+}
+
+/// A process of a worker's tree; the first [`KEPT_OPEN`] have their `stat` open.
+#[derive(Debug)]
+pub struct Member {
+    pub pid: u32,
+    pub stat: Option<StatFile>,
 }
 
 impl TreeCache {
     /// Forgets every root not in `roots`.
     pub fn retain(&mut self, roots: &[u32]) {
         self.trees.retain(|pid, _| roots.contains(pid));
+        self.lists.retain(|pid, _| roots.contains(pid));
+    }
+
+    /// Walks `root`'s tree; with the kernel's lists, the root's are kept open for the next
+    /// walk.
+    pub fn walk(&mut self, proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
+        let lists = match source {
+            ChildSource::Kernel => Some(
+                self.lists
+                    .entry(root)
+                    .or_insert_with(|| proc.open_children(root)),
+            ),
+            ChildSource::Table(_) => None,
+        };
+        walk(proc, root, source, lists)
     }
 
     /// Whether `root`'s tree must be walked this round.
@@ -47,19 +80,47 @@ impl TreeCache {
     }
 
     /// The members found by the last walk, counting one more round of use.
-    pub fn reuse(&mut self, root: u32) -> Option<&[u32]> {
+    pub fn reuse(&mut self, root: u32) -> Option<&[Member]> {
         let tree = self.trees.get_mut(&root)?;
         tree.age += 1;
         Some(&tree.members)
     }
 
-    pub fn store(&mut self, root: u32, members: Vec<u32>) {
+    /// A fresh walk's `pids` (root first) as members: taken out of the cache (hand them
+    /// back with [`TreeCache::store`]), each keeping the `stat` it had open in the last
+    /// walk, the new ones opened. A process that exited since is left unopened, and its
+    /// read says so.
+    pub fn take_walked(&mut self, root: u32, pids: Vec<u32>, proc: &ProcFs) -> Vec<Member> {
+        let mut open: HashMap<u32, StatFile> = self
+            .trees
+            .remove(&root)
+            .map(|tree| {
+                tree.members
+                    .into_iter()
+                    .filter_map(|m| Some((m.pid, m.stat?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.into_iter()
+            .enumerate()
+            .map(|(i, pid)| Member {
+                pid,
+                stat: (i < KEPT_OPEN)
+                    .then(|| open.remove(&pid).or_else(|| proc.open_stat(pid).ok()))
+                    .flatten(),
+            })
+            .collect()
+    }
+
+    pub fn store(&mut self, root: u32, members: Vec<Member>) {
         self.trees.insert(root, CachedTree { members, age: 0 });
     }
 
-    /// A member vanished: walk again next round.
+    /// A member vanished: walk again next round (closing the tree's files; the root may be
+    /// gone, and its pid reused by a new worker).
     pub fn expire(&mut self, root: u32) {
         self.trees.remove(&root);
+        self.lists.remove(&root);
     }
 
     pub fn len(&self) -> usize {
@@ -130,6 +191,16 @@ pub fn kernel_lists_children(proc: &ProcFs, pid: u32) -> bool {
 
 /// `root` and every descendant, root first. A vanished process simply has no children.
 pub fn process_tree(proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u32> {
+    walk(proc, root, source, None)
+}
+
+/// [`process_tree`], reading the root's children from `root_lists` when given.
+fn walk(
+    proc: &ProcFs,
+    root: u32,
+    source: ChildSource<'_>,
+    mut root_lists: Option<&mut ChildLists>,
+) -> Vec<u32> {
     let mut tree = vec![root];
     let mut next = 0;
     let mut buf = Vec::new();
@@ -137,9 +208,14 @@ pub fn process_tree(proc: &ProcFs, root: u32, source: ChildSource<'_>) -> Vec<u3
         let pid = tree[next];
         next += 1;
         match source {
-            ChildSource::Kernel => {
-                proc.children(pid, &mut buf, &mut tree);
-            }
+            ChildSource::Kernel => match root_lists.take() {
+                Some(lists) => {
+                    lists.read(&mut buf, &mut tree);
+                }
+                None => {
+                    proc.children(pid, &mut buf, &mut tree);
+                }
+            },
             ChildSource::Table(table) => tree.extend_from_slice(table.children_of(pid)),
         }
     }

@@ -28,7 +28,7 @@ use heapwarden_protocol::channel::{
 use super::attach::Attached;
 use crate::log::Causes;
 use slog::{Logger, debug, warn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,6 +37,13 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_PENDING: usize = 1024;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
+
+thread_local! {
+    /// Every link on a thread reads into this one buffer and hands the bytes to its own
+    /// decoder at once, so an idle link holds no read buffer (a pushed stats is ~200 bytes
+    /// a second; 8 KiB per worker was most of a link's memory).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
+}
 /// Frames larger than this are decoded off the runtime thread.
 pub const DECODE_OFF_THREAD: usize = 64 * 1024;
 
@@ -232,9 +239,6 @@ async fn run_link<E: From<LinkEvent>>(
     // Requests count from after PUSHED_SEQ, so no answer is taken for a push.
     let mut next_seq: u64 = PUSHED_SEQ + 1;
     let mut decoder = FrameDecoder::new();
-    // Per worker, for the link's life: sized for the frames of every second (a pushed
-    // stats is ~200 bytes); a large one (metrics text) takes several reads into the decoder.
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut hello_seen = false;
     let grace = tokio::time::sleep(hello_grace.map_or(Duration::MAX / 4, |(_, d)| d));
     tokio::pin!(grace);
@@ -275,12 +279,10 @@ async fn run_link<E: From<LinkEvent>>(
                     break;
                 }
             }
-            read = stream.read(&mut buf) => {
-                let n = match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                decoder.push(&buf[..n]);
+            readable = stream.readable() => {
+                if readable.is_err() || !read_available(&stream, &mut decoder) {
+                    break;
+                }
                 loop {
                     match decoder.next_raw() {
                         Ok(Some(frame)) => match decode(frame).await {
@@ -320,6 +322,23 @@ async fn run_link<E: From<LinkEvent>>(
         }
     }
     let _ = events.send(LinkEvent::Closed { worker_id }.into()).await;
+}
+
+/// Moves up to one chunk of what `stream` has into `decoder` through the thread's scratch
+/// buffer; false at the end of the stream or on an error. A large frame (metrics text)
+/// takes several turns of the link's loop, as other tasks run in between.
+fn read_available(stream: &UnixStream, decoder: &mut FrameDecoder) -> bool {
+    SCRATCH.with_borrow_mut(|scratch| match stream.try_read(scratch) {
+        Ok(0) => false,
+        Ok(n) => {
+            decoder.push(&scratch[..n]);
+            true
+        }
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
+    })
 }
 
 /// Decodes a frame, a large one on the blocking pool. The link waits for it (one at a

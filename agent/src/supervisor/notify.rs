@@ -128,10 +128,12 @@ const MAX_PASSED_FDS: usize = 253;
 
 async fn receive(socket: &UnixDatagram) -> io::Result<(String, Option<Sender>)> {
     let fd = socket.as_raw_fd();
-    let mut buf = vec![0u8; 4096];
-    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_PASSED_FDS]);
     loop {
         socket.readable().await?;
+        // Made once a message is there: a worker's socket waits idle for its life, and
+        // ~5 KiB of buffers per worker would wait with it.
+        let mut buf = vec![0u8; 4096];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_PASSED_FDS]);
         let received = socket.try_io(Interest::READABLE, || {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)

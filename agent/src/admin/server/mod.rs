@@ -42,8 +42,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 const EVICT_WAIT: Duration = Duration::from_millis(200);
 /// File descriptors kept for the agent itself whatever the admin clients do.
 const FD_RESERVE: u64 = 64;
-/// Per worker: control socket, stdout/stderr pipes, notify socket, a replacement's set.
-const FD_PER_WORKER: u64 = 16;
+/// Per worker: control socket, stdout/stderr pipes, notify socket, a replacement's set
+/// (16), and what the sampler keeps open for its tree: up to 8 `stat` files
+/// (`sampler::tree::KEPT_OPEN`) and up to 8 of the worker's threads' `children` files
+/// (`procfs::KEPT_THREADS`).
+const FD_PER_WORKER: u64 = 32;
 /// Blocking threads of the admin runtime (metrics rendering, profile diffs).
 const BLOCKING_THREADS: usize = 2;
 

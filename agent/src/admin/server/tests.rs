@@ -8,9 +8,9 @@ use super::*;
 #[test]
 fn the_budget_leaves_the_supervisor_its_fds() {
     assert_eq!(connection_budget(64, 1 << 20, 8), 64);
-    // 256 fds, 2 workers: (256 - 64 - 32) / 2 = 80, capped by the configured 64.
-    assert_eq!(connection_budget(64, 256, 2), 64);
-    assert_eq!(connection_budget(64, 160, 2), 32);
+    // 320 fds, 2 workers: (320 - 64 - 64) / 2 = 96, capped by the configured 64.
+    assert_eq!(connection_budget(64, 320, 2), 64);
+    assert_eq!(connection_budget(64, 160, 2), 16);
     assert_eq!(connection_budget(64, 10, 100), 1, "never zero");
 }
 

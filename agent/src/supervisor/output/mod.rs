@@ -10,8 +10,10 @@
 
 mod lines;
 
+use std::os::fd::OwnedFd;
+
 use slog::{Logger, error, info, warn};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 
 use crate::log::Nested;
 use lines::{Line, LineSplitter};
@@ -20,31 +22,48 @@ use lines::{Line, LineSplitter};
 pub const MAX_LINE: usize = 64 * 1024;
 const MARKER: &str = " [truncated]";
 
-/// Relays `reader` until end of file. `log` is the worker-output logger (module
-/// `worker`) with the slot and pid in its context.
-pub fn capture<R: AsyncRead + Unpin + Send + 'static>(
-    mut reader: R,
-    stream: &'static str,
-    slot: usize,
-    log: Logger,
-) {
+thread_local! {
+    /// Every relay on a thread reads through this one buffer into its own splitter, so
+    /// an idle worker's pipes hold no read buffer (8 KiB each were most of the heap a
+    /// worker cost the agent).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 8 * 1024]);
+}
+
+/// Relays the pipe `read_end` until end of file. `log` is the worker-output logger
+/// (module `worker`) with the slot and pid in its context.
+pub fn capture(read_end: OwnedFd, stream: &'static str, slot: usize, log: Logger) {
     let log = log.new(slog::o!("stream" => stream));
     let truncated = metrics::counter!(crate::metric_names::WORKER_LOG_LINES_TRUNCATED.name, "worker" => slot.to_string());
     tokio::spawn(async move {
+        let pipe = match pipe::Receiver::from_owned_fd(read_end) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                warn!(log, "The worker's output cannot be relayed."; "error" => %crate::log::Causes(&e));
+                return;
+            }
+        };
         let mut splitter = LineSplitter::new(MAX_LINE);
-        let mut buf = vec![0u8; 8 * 1024];
         let mut emit = |line: Line| {
             if line.truncated > 0 {
                 truncated.increment(1);
             }
             relay(&log, line);
         };
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => splitter.push(&buf[..n], &mut emit),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+        while pipe.readable().await.is_ok() {
+            // One read per wake-up: a flood of output interleaves with every other task.
+            let open = SCRATCH.with_borrow_mut(|scratch| match pipe.try_read(scratch) {
+                Ok(0) => false,
+                Ok(n) => {
+                    splitter.push(&scratch[..n], &mut emit);
+                    true
+                }
+                Err(e) => matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ),
+            });
+            if !open {
+                break;
             }
         }
         if let Some(line) = splitter.finish() {

@@ -112,10 +112,12 @@ impl Supervisor {
         info!(log, "A worker started."; "worker_id" => worker);
         let mut child = spawned.child;
         let output_log = self.worker_log.new(o!("worker" => slot, "pid" => pid));
-        if let Some(out) = child.stdout.take() {
+        // The pipes leave the process handle for the relay's own readiness-driven reads
+        // (`into_owned_fd` fails only if the reactor refuses to let them go).
+        if let Some(Ok(out)) = child.stdout.take().map(|out| out.into_owned_fd()) {
             capture(out, "stdout", slot, output_log.clone());
         }
-        if let Some(err) = child.stderr.take() {
+        if let Some(Ok(err)) = child.stderr.take().map(|err| err.into_owned_fd()) {
             capture(err, "stderr", slot, output_log);
         }
         let hello_grace = self

@@ -67,8 +67,14 @@ pub(super) fn measure_window(
     progress(format!("footprint: {what}, {seconds} s window"));
     let agent = Agent::start(bench, spec)?;
     agent.wait_ready(1, Duration::from_secs(60));
-    // Let start-up settle so the window sees the steady state only.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let start-up settle so the window sees the steady state only;
+    // BENCH_SETTLE_SECONDS=40 also leaves out each worker's baseline heap profile (taken
+    // once `warmup`, 30 s, has passed), a one-off cost that is no part of sampling.
+    let settle = std::env::var("BENCH_SETTLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    std::thread::sleep(Duration::from_secs(settle));
     let pid = agent.proc.child.id();
     let rounds = |body: Option<String>| {
         let body = body.unwrap_or_default();
