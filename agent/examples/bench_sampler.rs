@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let stat_text = std::fs::read(format!("/proc/{pid}/stat"))?;
     let smaps_text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
     let kernel = kernel_lists_children(&proc, std::process::id());
-    let table = ParentTable::scan(&proc)?;
+    let table = ParentTable::scan(&proc);
     let roots = Roots::system(&PathBuf::from("/sys/fs/cgroup"));
     let smaps_iters = (iters / 10).max(10);
     let sixteen = vec![pid; 16];

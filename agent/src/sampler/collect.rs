@@ -76,7 +76,7 @@ pub fn collect_trees(
         None
     } else {
         // Without the kernel's lists, a scan failure only costs the descendants.
-        Some(ParentTable::scan(&roots.proc).unwrap_or_default())
+        Some(ParentTable::scan(&roots.proc))
     };
     let source = table
         .as_ref()

@@ -12,8 +12,7 @@
 
 use std::collections::HashMap;
 
-use super::procfs::{ChildLists, ProcFs, StatFile, parse_stat};
-use crate::procfs::read_file;
+use super::procfs::{ChildLists, ProcFs, StatFile};
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
 pub const MAX_TREE: usize = 4096;
@@ -139,27 +138,17 @@ pub struct ParentTable {
 }
 
 impl ParentTable {
-    /// Reads every numeric entry's `stat`; processes that vanish mid-scan are skipped.
-    pub fn scan(proc: &ProcFs) -> std::io::Result<ParentTable> {
+    /// Reads every process's `stat` through the one `/proc` reader; processes that vanish
+    /// mid-scan are skipped, and an unreadable `/proc` is an empty table.
+    pub fn scan(proc: &ProcFs) -> ParentTable {
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut buf = Vec::with_capacity(1024);
-        for entry in std::fs::read_dir(proc.root())? {
-            let Ok(entry) = entry else { continue };
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if read_file(&entry.path().join("stat"), &mut buf).is_err() {
-                continue;
-            }
-            if let Some(stat) = parse_stat(pid, &buf) {
+        for pid in proc.all_pids() {
+            if let Ok(stat) = proc.stat(pid, &mut buf) {
                 children.entry(stat.ppid).or_default().push(pid);
             }
         }
-        Ok(ParentTable { children })
+        ParentTable { children }
     }
 
     /// Processes seen by the scan.
