@@ -213,20 +213,7 @@ fn leak_runs(
     let trip_msg = msg("A leak rule tripped.");
     let deadline = Instant::now()
         + Duration::from_secs(60 + (wanted as f64 * 250.0 / rate / SLOTS as f64) as u64 * 2);
-    let gone = |records: &[Value], pid: &Value| {
-        records.iter().any(|r| {
-            r["pid"] == *pid
-                && matches!(
-                    r["msg"].as_str(),
-                    Some(
-                        "A worker exited."
-                            | "A worker was killed by a signal."
-                            | "probe-worker exits."
-                            | "node worker exits."
-                    )
-                )
-        })
-    };
+    let gone = |records: &[Value], pid: &Value| records.iter().any(|r| is_exit_of(r, pid));
     loop {
         let records = agent.proc.logs.records();
         let done = records
@@ -251,10 +238,7 @@ fn leak_runs(
     for trip in records.iter().filter(|r| trip_msg(r)).take(wanted) {
         let pid = &trip["pid"];
         let exit_of = |m: &str| records.iter().find(|r| r["pid"] == *pid && r["msg"] == m);
-        let Some(exited) = exit_of("A worker exited.")
-            .or_else(|| exit_of("A worker was killed by a signal."))
-            .or_else(|| exit_of("probe-worker exits."))
-        else {
+        let Some(exited) = records.iter().find(|r| is_exit_of(r, pid)) else {
             continue;
         };
         let trip_mib = trip["bytes"].as_f64().unwrap_or(f64::NAN) / MIB;
@@ -280,6 +264,22 @@ fn leak_runs(
         });
     }
     Ok((replaced, failed, served))
+}
+
+/// Whether `record` says the worker `pid` is gone: the agent's lines (a drained worker's
+/// own, since a drain is never logged as a crash) or the worker's last line.
+fn is_exit_of(record: &Value, pid: &Value) -> bool {
+    record["pid"] == *pid
+        && matches!(
+            record["msg"].as_str(),
+            Some(
+                "A worker exited."
+                    | "A drained worker has exited."
+                    | "A worker was killed by a signal."
+                    | "probe-worker exits."
+                    | "node worker exits."
+            )
+        )
 }
 
 fn node_app() -> PathBuf {
