@@ -255,17 +255,21 @@ mod tests {
         }
     }
 
+    /// A full queue of records (a burst the writer has not started on) is written at
+    /// shutdown, in order. More than the queue holds at once is dropped and reported
+    /// (`DropAndReport`): logging never blocks the agent.
     #[test]
     fn nothing_is_lost_at_shutdown() {
         let buf = SharedBuffer::default();
         let (logger, guard) = build(&LogConfig::default(), buf.clone());
-        for i in 0..5000u32 {
+        let queued = u32::try_from(LOG_QUEUE).expect("small");
+        for i in 0..queued {
             info!(logger, "A numbered record."; "n" => i);
         }
         drop(logger);
         drop(guard);
         let lines = buf.lines();
-        assert_eq!(lines.len(), 5000);
-        assert_eq!(lines[4999]["n"], 4999);
+        assert_eq!(lines.len(), LOG_QUEUE);
+        assert_eq!(lines[LOG_QUEUE - 1]["n"], queued - 1);
     }
 }
