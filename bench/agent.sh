@@ -13,5 +13,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # One build: the agent links heapwarden-protocol, not the probe, so building it with the
 # workers no longer hands it jemalloc (it ships on the C allocator).
-cargo build --release --workspace --bins >&2
+# The native preload library too (a library crate, not a bin): the overshoot bench's C
+# rows run under `probe = "native"`, which finds it next to the agent.
+cargo build --release --workspace --bins -p heapwarden-preload-build >&2
 exec "${CARGO_TARGET_DIR:-$root/target}/release/bench-agent" "$@"

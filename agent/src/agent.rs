@@ -115,6 +115,11 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
         let upkeep = spawn_upkeep(metrics.clone());
+        let resident = tokio::spawn(crate::resident::shed_start_up_pages(
+            handles.view.clone(),
+            config.sampling.interval,
+            root.new(o!("module" => "agent")),
+        ));
         let sampler = tokio::spawn(run_sampler(
             handles.config.clone(),
             Roots::system(Path::new(CGROUP_ROOT)),
@@ -199,6 +204,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             upkeep,
             exporter,
             periodic,
+            resident,
         ] {
             task.abort();
         }

@@ -19,6 +19,7 @@ pub mod metric_names;
 pub mod owned;
 pub mod procfs;
 pub mod profiles;
+pub mod resident;
 pub mod sampler;
 pub mod supervisor;
 pub mod watchdog;

@@ -152,6 +152,30 @@ impl HeldFd {
         }
     }
 
+    /// Blocks until the socket has something to read, or the peer hung up. A reader parked
+    /// here is woken for input only; one parked in `read(2)` on a stream socket is also
+    /// woken every time the agent consumes a frame this side wrote (the kernel's
+    /// write-space wake-up reaches a blocked `read` unfiltered), which cost the agent a
+    /// wake-up of this thread, and often a preemption, for every pushed report.
+    pub fn wait_readable(&self) -> io::Result<()> {
+        self.check()?;
+        let mut poll = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: polls one descriptor we hold and just checked, through a struct we own.
+            if unsafe { libc::poll(&mut poll, 1, -1) } >= 0 {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+
     /// `shutdown(2)` both directions, only while the number is still ours.
     pub fn shutdown(&self) {
         if self.is_ours() {
@@ -237,6 +261,60 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
+
+    /// The thread's voluntary context switches: each is a sleep it was woken from.
+    fn sleeps_of(tid: i32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_reader_waiting_for_input_is_not_woken_by_the_agent_consuming_our_writes() {
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let reader = HeldFd::adopt(OwnedFd::from(ours)).unwrap();
+        let mut writer = reader.try_clone().unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let parked = std::thread::spawn(move || {
+            // SAFETY (test): gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            reader.wait_readable().unwrap();
+            let mut one = [0u8; 1];
+            let mut reader = reader;
+            reader.read_exact(&mut one).unwrap();
+            one[0]
+        });
+        let tid = tid_rx.recv().unwrap();
+        // Parked: the thread sleeps (state S) in poll.
+        let state = |tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                .map(|s| s.rsplit(')').next().unwrap_or("").trim().starts_with('S'))
+                .unwrap_or(false)
+        };
+        while !state(tid) {
+            std::thread::yield_now();
+        }
+        let before = sleeps_of(tid);
+        let frame = [b'x'; 200];
+        let mut taken = [0u8; 200];
+        for _ in 0..200 {
+            writer.write_all(&frame).unwrap();
+            agent.read_exact(&mut taken).unwrap();
+        }
+        let woken = sleeps_of(tid) - before;
+        agent.write_all(&[7]).unwrap();
+        assert_eq!(parked.join().unwrap(), 7);
+        // Parked in read(2) instead, this thread was woken about once per frame (200).
+        assert!(
+            woken < 20,
+            "the parked reader was woken {woken} times by 200 frames the agent consumed"
+        );
+    }
 
     #[test]
     fn copies_sit_above_the_floor_and_leave_a_reused_number_alone() {

@@ -1,17 +1,15 @@
 //! The procfs half of one sampling round: every worker's tree, the agent itself, the
 //! machine and the agent's cgroup; one `stat` read per process (into one buffer per
-//! round, a `pread` of the file the tree cache keeps open) gives its RSS and CPU. Plain
+//! round, a `pread` of the file the tree cache keeps open) gives its RSS and CPU, and
+//! the host's files are kept open too ([`HostReaders`]). Plain
 //! blocking reads: a round that walks a tree or reads `smaps_rollup` runs them off the
 //! async runtime (`spawn_blocking`), so a slow `smaps_rollup` never stalls the
 //! supervisor; one that only re-reads open `stat`s runs in place (`round`).
 
 use std::path::PathBuf;
 
-use super::procfs::{ProcError, ProcFs, SmapsRollup, Stat};
-use super::system::{
-    CgroupMemory, LoadAverage, SystemError, SystemMemory, read_cgroup_memory, read_loadavg,
-    read_meminfo,
-};
+use super::procfs::{ProcError, ProcFs, SmapsRollup, StatFile};
+use super::system::{CgroupMemory, HostFiles, LoadAverage, SystemError, SystemMemory};
 use super::tree::{ChildSource, Member, ParentTable, TreeCache, process_tree};
 
 /// Where the readers look; the real paths in production, temp dirs in tests.
@@ -63,7 +61,8 @@ pub struct HostFigures {
 /// Reads every tree rooted at `pids`, in order. The root's own figures decide the
 /// result (a vanished root is `Gone`); a descendant that exits mid-read is skipped.
 /// Trees are walked when `cache` says they are due (always on smaps rounds), else the
-/// cached members are read; roots not in `pids` leave the cache.
+/// cached members are read; roots not in `pids` leave the cache. On smaps rounds a tree
+/// whose RSS has not moved keeps its last smaps figures ([`TreeCache::kept_smaps`]).
 pub fn collect_trees(
     roots: &Roots,
     pids: &[u32],
@@ -83,23 +82,41 @@ pub fn collect_trees(
         .map_or(ChildSource::Kernel, ChildSource::Table);
     // One read buffer for the whole round.
     let mut buf = Vec::with_capacity(1024);
+    let proc = &roots.proc;
     pids.iter()
         .zip(due)
         .map(|(&pid, due)| {
-            if !due && let Some(members) = cache.reuse(pid) {
-                let (figures, vanished) = read_members(&roots.proc, members, with_smaps, &mut buf);
-                if vanished {
-                    cache.expire(pid);
-                }
-                return figures;
+            // Members from a walk are taken out of the cache and handed back after.
+            let walked = (due || cache.reuse(pid).is_none()).then(|| {
+                let walked = cache.walk(proc, pid, source);
+                cache.take_walked(pid, walked, proc)
+            });
+            let (mut figures, mut vanished) =
+                read_stats(proc, members_of(walked.as_deref(), cache, pid), &mut buf);
+            if with_smaps && let Ok(tree) = figures {
+                figures = match cache.kept_smaps(pid, tree.rss, tree.processes) {
+                    Some(kept) => Ok(TreeFigures {
+                        smaps: Some(kept),
+                        ..tree
+                    }),
+                    None => {
+                        let members = members_of(walked.as_deref(), cache, pid);
+                        let (smaps, gone) = read_smaps(proc, members, &mut buf);
+                        vanished |= gone;
+                        smaps.map(|smaps| {
+                            cache.read_smaps(pid, tree.rss, tree.processes, smaps);
+                            TreeFigures {
+                                smaps: Some(smaps),
+                                ..tree
+                            }
+                        })
+                    }
+                };
             }
-            let walked = cache.walk(&roots.proc, pid, source);
-            let members = cache.take_walked(pid, walked, &roots.proc);
-            let (figures, vanished) = read_members(&roots.proc, &members, with_smaps, &mut buf);
             // A tree that lost a member is walked again next round instead.
             if vanished {
                 cache.expire(pid);
-            } else {
+            } else if let Some(members) = walked {
                 cache.store(pid, members);
             }
             figures
@@ -118,27 +135,36 @@ pub fn read_tree(
         .into_iter()
         .map(|pid| Member { pid, stat: None })
         .collect();
-    read_members(proc, &members, with_smaps, &mut buf).0
+    let mut figures = read_stats(proc, &members, &mut buf).0?;
+    if with_smaps {
+        figures.smaps = Some(read_smaps(proc, &members, &mut buf).0?);
+    }
+    Ok(figures)
 }
 
-/// The figures of `members` (root first) and whether a descendant had vanished.
-fn read_members(
+/// A tree's members: from this round's walk, else from the cache.
+fn members_of<'a>(walked: Option<&'a [Member]>, cache: &'a TreeCache, root: u32) -> &'a [Member] {
+    walked.or_else(|| cache.members(root)).unwrap_or_default()
+}
+
+/// The RSS and CPU of `members` (root first) and whether a descendant had vanished.
+fn read_stats(
     proc: &ProcFs,
     members: &[Member],
-    with_smaps: bool,
     buf: &mut Vec<u8>,
 ) -> (Result<TreeFigures, ProcError>, bool) {
     let mut figures = TreeFigures::default();
-    let mut smaps = TreeSmaps::default();
     let mut ticks: u64 = 0;
     let mut vanished = false;
     let root = members.first().map_or(0, |m| m.pid);
     for member in members {
-        let pid = member.pid;
-        let read = read_one(proc, member, with_smaps, buf);
-        let (stat, rollup) = match read {
-            Ok(r) => r,
-            Err(e) if pid != root && e.is_gone() => {
+        let read = match &member.stat {
+            Some(file) => proc.read_stat_file(file, buf),
+            None => proc.stat(member.pid, buf),
+        };
+        let stat = match read {
+            Ok(stat) => stat,
+            Err(e) if member.pid != root && e.is_gone() => {
                 vanished = true;
                 continue;
             }
@@ -149,44 +175,66 @@ fn read_members(
             .saturating_add(proc.pages_to_bytes(stat.rss_pages));
         figures.processes += 1;
         ticks = ticks.saturating_add(stat.tree_ticks());
-        if let Some(r) = rollup {
-            smaps.pss = smaps.pss.saturating_add(r.pss);
-            smaps.uss = smaps.uss.saturating_add(r.uss);
-            smaps.swap = smaps.swap.saturating_add(r.swap);
-        }
     }
     figures.cpu_seconds = proc.ticks_to_seconds(ticks);
-    figures.smaps = with_smaps.then_some(smaps);
     (Ok(figures), vanished)
 }
 
-type OneProcess = (Stat, Option<SmapsRollup>);
-
-/// One `stat` read (RSS and CPU both), a `pread` where it is kept open, plus
-/// `smaps_rollup` on smaps rounds.
-fn read_one(
+/// The summed `smaps_rollup` of `members` and whether a descendant had vanished.
+fn read_smaps(
     proc: &ProcFs,
-    member: &Member,
-    with_smaps: bool,
+    members: &[Member],
     buf: &mut Vec<u8>,
-) -> Result<OneProcess, ProcError> {
-    let stat = match &member.stat {
-        Some(file) => proc.read_stat_file(file, buf)?,
-        None => proc.stat(member.pid, buf)?,
-    };
-    let rollup = if with_smaps {
-        Some(proc.smaps_rollup(member.pid, buf)?)
-    } else {
-        None
-    };
-    Ok((stat, rollup))
+) -> (Result<TreeSmaps, ProcError>, bool) {
+    let mut smaps = TreeSmaps::default();
+    let mut vanished = false;
+    let root = members.first().map_or(0, |m| m.pid);
+    for member in members {
+        let rollup: SmapsRollup = match proc.smaps_rollup(member.pid, buf) {
+            Ok(rollup) => rollup,
+            Err(e) if member.pid != root && e.is_gone() => {
+                vanished = true;
+                continue;
+            }
+            Err(e) => return (Err(e), vanished),
+        };
+        smaps.pss = smaps.pss.saturating_add(rollup.pss);
+        smaps.uss = smaps.uss.saturating_add(rollup.uss);
+        smaps.swap = smaps.swap.saturating_add(rollup.swap);
+    }
+    (Ok(smaps), vanished)
 }
 
-pub fn collect_host(roots: &Roots) -> HostFigures {
+/// What [`collect_host`] keeps open between rounds: the agent's own `stat` and the
+/// machine's and cgroup's files.
+#[derive(Debug)]
+pub struct HostReaders {
+    agent_stat: Option<StatFile>,
+    files: HostFiles,
+    buf: Vec<u8>,
+}
+
+impl HostReaders {
+    pub fn new(roots: &Roots) -> Self {
+        HostReaders {
+            agent_stat: None,
+            files: HostFiles::new(roots.proc.root(), roots.cgroup_dir.as_deref()),
+            buf: Vec::new(),
+        }
+    }
+}
+
+pub fn collect_host(roots: &Roots, readers: &mut HostReaders) -> HostFigures {
     let mut host = HostFigures::default();
     let proc = &roots.proc;
-    let mut buf = Vec::new();
-    host.agent = match proc.stat(roots.agent_pid, &mut buf) {
+    if readers.agent_stat.is_none() {
+        readers.agent_stat = proc.open_stat(roots.agent_pid).ok();
+    }
+    let stat = match &readers.agent_stat {
+        Some(file) => proc.read_stat_file(file, &mut readers.buf),
+        None => proc.stat(roots.agent_pid, &mut readers.buf),
+    };
+    host.agent = match stat {
         // Own CPU only: the agent reaps its workers, so its cutime is theirs.
         Ok(stat) => Some(AgentFigures {
             rss: proc.pages_to_bytes(stat.rss_pages),
@@ -194,12 +242,12 @@ pub fn collect_host(roots: &Roots) -> HostFigures {
         }),
         Err(_) => None,
     };
-    host.memory = keep(read_meminfo(proc.root()), &mut host.errors);
-    host.load = keep(read_loadavg(proc.root()), &mut host.errors);
-    host.cgroup = roots
-        .cgroup_dir
-        .as_deref()
-        .and_then(|dir| keep(read_cgroup_memory(dir), &mut host.errors));
+    host.memory = keep(readers.files.meminfo(), &mut host.errors);
+    host.load = keep(readers.files.loadavg(), &mut host.errors);
+    host.cgroup = readers
+        .files
+        .cgroup_memory()
+        .and_then(|read| keep(read, &mut host.errors));
     host
 }
 

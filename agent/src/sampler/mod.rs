@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use child_heaps::ProfiledChildren;
 pub use collect::{
-    AgentFigures, HostFigures, Roots, TreeFigures, TreeSmaps, collect_host, collect_trees,
-    read_tree,
+    AgentFigures, HostFigures, HostReaders, Roots, TreeFigures, TreeSmaps, collect_host,
+    collect_trees, read_tree,
 };
 pub use record::render_cpu_counters;
 

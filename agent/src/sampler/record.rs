@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use metrics::{Counter, Gauge, counter, gauge, histogram};
+use std::cell::OnceCell;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use super::WorkerSample;
 use super::collect::HostFigures;
@@ -44,7 +46,7 @@ pub struct SlotMetrics {
 pub struct LazyGauge {
     metric: Metric,
     worker: String,
-    gauge: std::cell::OnceCell<Gauge>,
+    gauge: OnceCell<Gauge>,
 }
 
 impl LazyGauge {
@@ -52,7 +54,7 @@ impl LazyGauge {
         LazyGauge {
             metric,
             worker: worker.to_string(),
-            gauge: std::cell::OnceCell::new(),
+            gauge: OnceCell::new(),
         }
     }
 
@@ -196,48 +198,86 @@ impl ProbeCounts {
     }
 }
 
-pub fn record_host(host: &HostFigures) {
+/// The agent's own and the machine's series, each registered when first measured (a
+/// host without a cgroup v2 memory controller exports none of those), then only stored.
+#[derive(Default)]
+pub struct HostMetrics {
+    agent_rss: OnceCell<Gauge>,
+    memory: [OnceCell<Gauge>; 3],
+    load: [OnceCell<Gauge>; 3],
+    pressure: [OnceCell<Gauge>; 2],
+    cgroup_current: OnceCell<Gauge>,
+    cgroup_max: OnceCell<Gauge>,
+    round_duration: OnceCell<Histogram>,
+}
+
+fn set(cell: &OnceCell<Gauge>, register: impl FnOnce() -> Gauge, value: f64) {
+    cell.get_or_init(register).set(value);
+}
+
+pub fn record_host(host: &HostFigures, m: &HostMetrics) {
     if let Some(agent) = &host.agent {
-        gauge!(AGENT_RSS.name).set(agent.rss as f64);
+        set(&m.agent_rss, || gauge!(AGENT_RSS.name), agent.rss as f64);
     }
     if let Some(mem) = &host.memory {
-        for (state, bytes) in [
+        for ((state, bytes), cell) in [
             (MemoryState::Total, mem.total),
             (MemoryState::Available, mem.available),
             (MemoryState::Used, mem.used()),
-        ] {
-            gauge!(SYSTEM_MEMORY.name, "state" => state.as_str()).set(bytes as f64);
+        ]
+        .into_iter()
+        .zip(&m.memory)
+        {
+            let register = || gauge!(SYSTEM_MEMORY.name, "state" => state.as_str());
+            set(cell, register, bytes as f64);
         }
     }
     if let Some(load) = &host.load {
-        for (period, value) in [
+        for ((period, value), cell) in [
             (LoadPeriod::OneMinute, load.one),
             (LoadPeriod::FiveMinutes, load.five),
             (LoadPeriod::FifteenMinutes, load.fifteen),
-        ] {
-            gauge!(SYSTEM_LOAD.name, "period" => period.as_str()).set(value);
+        ]
+        .into_iter()
+        .zip(&m.load)
+        {
+            set(
+                cell,
+                || gauge!(SYSTEM_LOAD.name, "period" => period.as_str()),
+                value,
+            );
         }
     }
     if let Some(cg) = &host.cgroup {
-        for (window, value) in [
+        for ((window, value), cell) in [
             (PressureWindow::Avg10, cg.pressure_avg10),
             (PressureWindow::Avg60, cg.pressure_avg60),
-        ] {
+        ]
+        .into_iter()
+        .zip(&m.pressure)
+        {
             if let Some(v) = value {
-                gauge!(CGROUP_MEMORY_PRESSURE.name, "window" => window.as_str()).set(v);
+                let register = || gauge!(CGROUP_MEMORY_PRESSURE.name, "window" => window.as_str());
+                set(cell, register, v);
             }
         }
         if let Some(v) = cg.current {
-            gauge!(CGROUP_MEMORY_CURRENT.name).set(v as f64);
+            set(
+                &m.cgroup_current,
+                || gauge!(CGROUP_MEMORY_CURRENT.name),
+                v as f64,
+            );
         }
         if let Some(v) = cg.max {
-            gauge!(CGROUP_MEMORY_MAX.name).set(v as f64);
+            set(&m.cgroup_max, || gauge!(CGROUP_MEMORY_MAX.name), v as f64);
         }
     }
 }
 
-pub fn record_round_duration(seconds: f64) {
-    histogram!(SAMPLE_DURATION.name).record(seconds);
+pub fn record_round_duration(seconds: f64, m: &HostMetrics) {
+    m.round_duration
+        .get_or_init(|| histogram!(SAMPLE_DURATION.name))
+        .record(seconds);
 }
 
 /// CPU seconds as Prometheus counters with fractional values, by slot, plus the agent's.

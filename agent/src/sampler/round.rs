@@ -13,7 +13,7 @@ use heapwarden_protocol::{AgentMsg, HeapStats, WorkerMsg};
 use slog::{Logger, debug, warn};
 
 use super::child_heaps::ChildHeaps;
-use super::collect::{HostFigures, Roots, TreeFigures, collect_host, collect_trees};
+use super::collect::{HostFigures, HostReaders, Roots, TreeFigures, collect_host, collect_trees};
 use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
@@ -64,14 +64,19 @@ pub struct SamplerState {
     slots_seen: usize,
     /// Each worker's process tree between walks (the blocking thread takes it per round).
     trees: Arc<std::sync::Mutex<TreeCache>>,
+    /// The agent's own and the machine's files, kept open.
+    host: Arc<std::sync::Mutex<HostReaders>>,
     /// Heap figures of the workers and their forked children between rounds.
     child_heaps: ChildHeaps,
     /// Each slot's metric handles, registered once.
     slot_metrics: record::SlotsMetrics,
+    /// The agent's and the machine's, likewise.
+    host_metrics: record::HostMetrics,
 }
 
 impl SamplerState {
     pub fn new(cfg: SamplingConfig, roots: Roots, log: Logger) -> Self {
+        let host = Arc::new(std::sync::Mutex::new(HostReaders::new(&roots)));
         SamplerState {
             cfg,
             roots,
@@ -81,8 +86,10 @@ impl SamplerState {
             probe_counts: HashMap::new(),
             slots_seen: 0,
             trees: Arc::default(),
+            host,
             child_heaps: ChildHeaps::default(),
             slot_metrics: record::SlotsMetrics::default(),
+            host_metrics: record::HostMetrics::default(),
         }
     }
 
@@ -128,6 +135,7 @@ impl SamplerState {
 
         let roots = self.roots.clone();
         let trees = self.trees.clone();
+        let host = self.host.clone();
         let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
         let collect = move || {
             (
@@ -137,7 +145,7 @@ impl SamplerState {
                     with_smaps,
                     &mut trees.lock().unwrap_or_else(|p| p.into_inner()),
                 ),
-                collect_host(&roots),
+                collect_host(&roots, &mut host.lock().unwrap_or_else(|p| p.into_inner())),
             )
         };
         // A round that only re-reads the trees' open `stat`s (about a microsecond each)
@@ -246,9 +254,9 @@ impl SamplerState {
             record::record_removed_slots(view.slots.len()..self.slots_seen);
         }
         self.slots_seen = self.slots_seen.max(view.slots.len());
-        record::record_host(&host);
+        record::record_host(&host, &self.host_metrics);
         outcome.cpu_counters = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
-        record::record_round_duration(started.elapsed().as_secs_f64());
+        record::record_round_duration(started.elapsed().as_secs_f64(), &self.host_metrics);
         outcome
     }
 

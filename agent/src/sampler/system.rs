@@ -1,9 +1,16 @@
 //! Machine-wide figures (`/proc/meminfo`, `/proc/loadavg`) and the agent's own cgroup v2
 //! memory accounting, each under roots given as parameters. Absent files are `None`, not
 //! errors: a cgroup v1 host or a kernel without PSI is a normal place to run.
+//!
+//! The sampler reads these files every round through one [`HostFiles`], which keeps each
+//! open ([`KeptFile`]: a round costs one `pread` per file instead of `openat`, `read` and
+//! `close`) and does not look for an absent one again; the one-off readers
+//! ([`read_meminfo`], …) are the same code on a fresh `HostFiles`.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+
+use crate::procfs::KeptFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
@@ -47,38 +54,145 @@ pub struct CgroupMemory {
     pub pressure_avg60: Option<f64>,
 }
 
-/// Read with `procfs::read_file` (no `statx`, one read for these small files).
-fn read_text(path: &Path) -> std::io::Result<String> {
-    let mut buf = Vec::new();
-    crate::procfs::read_file(path, &mut buf)?;
-    String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+/// One file of [`HostFiles`]: opened on its first read and kept open.
+#[derive(Debug)]
+struct HostFile {
+    path: PathBuf,
+    state: FileState,
 }
 
-fn read(path: &Path) -> Result<String, SystemError> {
-    read_text(path).map_err(|source| SystemError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+#[derive(Debug)]
+enum FileState {
+    Unopened,
+    Open(KeptFile),
+    /// It did not exist: not looked for again (a cgroup controller enabled later is seen
+    /// by the next agent).
+    Absent,
 }
 
-/// A file that may legitimately be missing.
-fn read_optional(path: &Path) -> Result<Option<String>, SystemError> {
-    match read_text(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SystemError::Io {
-            path: path.to_path_buf(),
+impl HostFile {
+    fn new(path: PathBuf) -> Self {
+        HostFile {
+            path,
+            state: FileState::Unopened,
+        }
+    }
+
+    /// The file's text now, in `buf`; `None` when it does not exist. A failed open is
+    /// tried again on the next read.
+    fn read<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<Option<&'b str>, SystemError> {
+        if let FileState::Unopened = self.state {
+            self.state = match KeptFile::open(&self.path) {
+                Ok(file) => FileState::Open(file),
+                Err(e) if e.kind() == ErrorKind::NotFound => FileState::Absent,
+                Err(source) => return Err(self.io_error(source)),
+            };
+        }
+        let FileState::Open(file) = &self.state else {
+            return Ok(None);
+        };
+        file.read(buf).map_err(|e| self.io_error(e))?;
+        std::str::from_utf8(buf)
+            .map(Some)
+            .map_err(|_| SystemError::Parse {
+                path: self.path.clone(),
+                what: "UTF-8 text",
+            })
+    }
+
+    /// The text of a file that must exist.
+    fn read_required<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<&'b str, SystemError> {
+        let path = self.path.clone();
+        self.read(buf)?.ok_or_else(|| SystemError::Io {
+            path,
+            source: ErrorKind::NotFound.into(),
+        })
+    }
+
+    fn io_error(&self, source: std::io::Error) -> SystemError {
+        SystemError::Io {
+            path: self.path.clone(),
             source,
-        }),
+        }
+    }
+
+    fn parse_error(&self, what: &'static str) -> SystemError {
+        SystemError::Parse {
+            path: self.path.clone(),
+            what,
+        }
     }
 }
 
-pub fn read_meminfo(proc_root: &Path) -> Result<SystemMemory, SystemError> {
-    let path = proc_root.join("meminfo");
-    parse_meminfo(&read(&path)?).ok_or(SystemError::Parse {
-        path,
-        what: "MemTotal and MemAvailable",
+/// The machine's and the agent's cgroup's files, kept open between sampling rounds.
+#[derive(Debug)]
+pub struct HostFiles {
+    meminfo: HostFile,
+    loadavg: HostFile,
+    /// `memory.current`, `memory.max`, `memory.pressure` of the agent's cgroup v2.
+    cgroup: Option<[HostFile; 3]>,
+    buf: Vec<u8>,
+}
+
+impl HostFiles {
+    pub fn new(proc_root: &Path, cgroup_dir: Option<&Path>) -> Self {
+        HostFiles {
+            meminfo: HostFile::new(proc_root.join("meminfo")),
+            loadavg: HostFile::new(proc_root.join("loadavg")),
+            cgroup: cgroup_dir.map(|dir| {
+                ["memory.current", "memory.max", "memory.pressure"]
+                    .map(|file| HostFile::new(dir.join(file)))
+            }),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn meminfo(&mut self) -> Result<SystemMemory, SystemError> {
+        let file = &mut self.meminfo;
+        let text = file.read_required(&mut self.buf)?;
+        parse_meminfo(text).ok_or_else(|| file.parse_error("MemTotal and MemAvailable"))
+    }
+
+    pub fn loadavg(&mut self) -> Result<LoadAverage, SystemError> {
+        let file = &mut self.loadavg;
+        let text = file.read_required(&mut self.buf)?;
+        parse_loadavg(text).ok_or_else(|| file.parse_error("three load averages"))
+    }
+
+    /// `None` without a cgroup directory.
+    pub fn cgroup_memory(&mut self) -> Option<Result<CgroupMemory, SystemError>> {
+        let [current, max, pressure] = self.cgroup.as_mut()?;
+        Some(read_cgroup_files(current, max, pressure, &mut self.buf))
+    }
+}
+
+fn read_cgroup_files(
+    current: &mut HostFile,
+    max: &mut HostFile,
+    pressure: &mut HostFile,
+    buf: &mut Vec<u8>,
+) -> Result<CgroupMemory, SystemError> {
+    let mut number = |file: &mut HostFile| -> Result<Option<u64>, SystemError> {
+        Ok(file.read(buf)?.and_then(|t| t.trim().parse().ok()))
+    };
+    let current = number(current)?;
+    // "max" does not parse as a number, which is exactly "no limit".
+    let max = number(max)?;
+    let (pressure_avg10, pressure_avg60) = match pressure.read(buf)? {
+        Some(text) => parse_pressure_some(text),
+        None => (None, None),
+    };
+    Ok(CgroupMemory {
+        current,
+        max,
+        pressure_avg10,
+        pressure_avg60,
     })
+}
+
+/// `/proc/meminfo` once (the sampler keeps a [`HostFiles`]).
+pub fn read_meminfo(proc_root: &Path) -> Result<SystemMemory, SystemError> {
+    HostFiles::new(proc_root, None).meminfo()
 }
 
 pub fn parse_meminfo(text: &str) -> Option<SystemMemory> {
@@ -101,12 +215,9 @@ pub fn parse_meminfo(text: &str) -> Option<SystemMemory> {
     })
 }
 
+/// `/proc/loadavg` once.
 pub fn read_loadavg(proc_root: &Path) -> Result<LoadAverage, SystemError> {
-    let path = proc_root.join("loadavg");
-    parse_loadavg(&read(&path)?).ok_or(SystemError::Parse {
-        path,
-        what: "three load averages",
-    })
+    HostFiles::new(proc_root, None).loadavg()
 }
 
 pub fn parse_loadavg(text: &str) -> Option<LoadAverage> {
@@ -124,7 +235,8 @@ pub fn own_cgroup_dir(
     proc_root: &Path,
     cgroup_root: &Path,
 ) -> Result<Option<PathBuf>, SystemError> {
-    let Some(text) = read_optional(&proc_root.join("self/cgroup"))? else {
+    let mut buf = Vec::new();
+    let Some(text) = HostFile::new(proc_root.join("self/cgroup")).read(&mut buf)? else {
         return Ok(None);
     };
     Ok(text
@@ -133,21 +245,11 @@ pub fn own_cgroup_dir(
         .map(|rel| cgroup_root.join(rel.trim().trim_start_matches('/'))))
 }
 
+/// A cgroup directory's memory figures once.
 pub fn read_cgroup_memory(dir: &Path) -> Result<CgroupMemory, SystemError> {
-    let number = |file: &str| -> Result<Option<u64>, SystemError> {
-        Ok(read_optional(&dir.join(file))?.and_then(|t| t.trim().parse().ok()))
-    };
-    let (pressure_avg10, pressure_avg60) = match read_optional(&dir.join("memory.pressure"))? {
-        Some(text) => parse_pressure_some(&text),
-        None => (None, None),
-    };
-    Ok(CgroupMemory {
-        current: number("memory.current")?,
-        // "max" does not parse as a number, which is exactly "no limit".
-        max: number("memory.max")?,
-        pressure_avg10,
-        pressure_avg60,
-    })
+    HostFiles::new(Path::new("/nonexistent"), Some(dir))
+        .cgroup_memory()
+        .unwrap_or_else(|| Ok(CgroupMemory::default()))
 }
 
 /// `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` → (avg10, avg60).

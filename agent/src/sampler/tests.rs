@@ -2,14 +2,15 @@
 
 use std::path::Path;
 
-use super::collect::{Roots, collect_host, collect_trees, read_tree};
+use super::collect::{HostReaders, Roots, collect_host, collect_trees, read_tree};
 use super::fake_proc::{FakeProc, PAGE, TICKS, write_file};
 use super::procfs::{ProcError, parse_smaps_rollup, parse_stat};
 use super::system::{
     own_cgroup_dir, parse_pressure_some, read_cgroup_memory, read_loadavg, read_meminfo,
 };
 use super::tree::{
-    ChildSource, ParentTable, TREE_REFRESH_ROUNDS, TreeCache, kernel_lists_children, process_tree,
+    ChildSource, PSS_MAX_KEPT, ParentTable, TREE_REFRESH_ROUNDS, TreeCache, kernel_lists_children,
+    process_tree,
 };
 
 fn roots(fake: &FakeProc, kernel_children: bool) -> Roots {
@@ -82,6 +83,36 @@ fn the_tree_follows_kernel_children_lists() {
         (smaps.pss, smaps.uss, smaps.swap),
         (150 * 1024, 80 * 1024, 4 * 1024)
     );
+}
+
+#[test]
+fn a_steady_trees_smaps_figures_are_kept_until_its_rss_moves_or_they_are_too_old() {
+    let fake = FakeProc::new();
+    fake.process(10, 1, 1000, [1, 0, 0, 0], [3000, 2000, 0]);
+    let roots = roots(&fake, true);
+    let mut cache = TreeCache::default();
+    let pss = |cache: &mut TreeCache| {
+        let tree = collect_trees(&roots, &[10], true, cache).remove(0);
+        tree.expect("10").smaps.expect("an smaps round").pss / 1024
+    };
+    assert_eq!(pss(&mut cache), 3000);
+    // The kernel's figure moves (sharing changed) but RSS does not: kept...
+    fake.process(10, 1, 1000, [1, 0, 0, 0], [2900, 2000, 0]);
+    for _ in 0..PSS_MAX_KEPT {
+        assert_eq!(pss(&mut cache), 3000);
+    }
+    // ... but never more than PSS_MAX_KEPT smaps rounds in a row.
+    assert_eq!(pss(&mut cache), 2900);
+    // RSS within 1 %: kept; beyond: read again.
+    fake.process(10, 1, 1009, [1, 0, 0, 0], [2950, 2000, 0]);
+    assert_eq!(pss(&mut cache), 2900);
+    fake.process(10, 1, 1011, [1, 0, 0, 0], [2960, 2000, 0]);
+    assert_eq!(pss(&mut cache), 2960);
+    // A new member: read again, whatever the RSS.
+    fake.process(10, 1, 1000, [1, 0, 0, 0], [2000, 2000, 0]);
+    fake.process(11, 10, 11, [1, 0, 0, 0], [10, 10, 0]);
+    fake.children(10, &[11]);
+    assert_eq!(pss(&mut cache), 2010);
 }
 
 #[test]
@@ -225,7 +256,9 @@ fn a_v1_host_has_no_cgroup_dir() {
 fn host_figures_use_the_agents_own_cpu_only() {
     let fake = FakeProc::new();
     fake.process(1, 0, 64, [100, 50, 900, 900], [1, 1, 0]);
-    let host = collect_host(&roots(&fake, true));
+    let roots = roots(&fake, true);
+    let mut readers = HostReaders::new(&roots);
+    let host = collect_host(&roots, &mut readers);
     let agent = host.agent.expect("agent");
     assert_eq!(agent.rss, 64 * PAGE);
     assert!(
@@ -233,4 +266,8 @@ fn host_figures_use_the_agents_own_cpu_only() {
         "reaped workers' CPU is not the agent's"
     );
     assert!(host.memory.is_some() && host.load.is_some() && host.errors.is_empty());
+    // The next round reads the files kept open: the agent's CPU has grown since.
+    fake.process(1, 0, 64, [200, 50, 900, 900], [1, 1, 0]);
+    let again = collect_host(&roots, &mut readers);
+    assert!((again.agent.expect("agent").cpu_seconds - 2.5).abs() < 1e-9);
 }

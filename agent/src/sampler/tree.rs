@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use super::collect::TreeSmaps;
 use super::procfs::{ChildLists, ProcFs, StatFile};
 
 /// Stops a fork bomb in a worker from making one sampling round unbounded.
@@ -28,12 +29,34 @@ pub const TREE_REFRESH_ROUNDS: u32 = 5;
 /// (`admin::server::FD_PER_WORKER` counts these and the worker's [`ChildLists`]).
 pub const KEPT_OPEN: usize = 8;
 
+/// On an smaps round, a tree whose RSS moved by less than 1/this since its last
+/// `smaps_rollup` read (and whose process count is the same) keeps those PSS/USS/swap
+/// figures instead of reading them again: the kernel walks every page table entry of the
+/// worker for them (~0.8 ms for 80 MiB, milliseconds for a large worker), and an idle or
+/// steady worker's figures have not moved.
+pub const PSS_RSS_TOLERANCE: u64 = 100;
+
+/// ... but never more than this many smaps rounds in a row (sharing with other processes
+/// moves PSS without moving RSS): with the default `pss-every` a steady worker's PSS is
+/// read at least once a minute.
+pub const PSS_MAX_KEPT: u32 = 5;
+
 /// The members of each worker's tree, kept between rounds; entries go with their worker.
 #[derive(Debug, Default)]
 pub struct TreeCache {
     trees: HashMap<u32, CachedTree>,
     /// Each worker's own children lists, open from one walk to the next.
     lists: HashMap<u32, ChildLists>,
+    /// Each tree's last `smaps_rollup` figures.
+    pss: HashMap<u32, PssMemo>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PssMemo {
+    rss: u64,
+    processes: usize,
+    smaps: TreeSmaps,
+    kept: u32,
 }
 
 #[derive(Debug)]
@@ -55,6 +78,7 @@ impl TreeCache {
     pub fn retain(&mut self, roots: &[u32]) {
         self.trees.retain(|pid, _| roots.contains(pid));
         self.lists.retain(|pid, _| roots.contains(pid));
+        self.pss.retain(|pid, _| roots.contains(pid));
     }
 
     /// Walks `root`'s tree; with the kernel's lists, the root's are kept open for the next
@@ -76,6 +100,37 @@ impl TreeCache {
         self.trees
             .get(&root)
             .is_none_or(|t| t.age + 1 >= TREE_REFRESH_ROUNDS)
+    }
+
+    /// The members found by the last walk.
+    pub fn members(&self, root: u32) -> Option<&[Member]> {
+        self.trees.get(&root).map(|t| t.members.as_slice())
+    }
+
+    /// The tree's last smaps figures, when its RSS and process count say they still hold
+    /// ([`PSS_RSS_TOLERANCE`], [`PSS_MAX_KEPT`]); `None`: read them again.
+    pub fn kept_smaps(&mut self, root: u32, rss: u64, processes: usize) -> Option<TreeSmaps> {
+        let memo = self.pss.get_mut(&root)?;
+        let moved = memo.rss.abs_diff(rss);
+        if memo.processes != processes
+            || memo.kept >= PSS_MAX_KEPT
+            || moved.saturating_mul(PSS_RSS_TOLERANCE) > memo.rss
+        {
+            return None;
+        }
+        memo.kept += 1;
+        Some(memo.smaps)
+    }
+
+    /// Smaps figures just read, with the RSS and process count they went with.
+    pub fn read_smaps(&mut self, root: u32, rss: u64, processes: usize, smaps: TreeSmaps) {
+        let memo = PssMemo {
+            rss,
+            processes,
+            smaps,
+            kept: 0,
+        };
+        self.pss.insert(root, memo);
     }
 
     /// The members found by the last walk, counting one more round of use.
@@ -120,6 +175,7 @@ impl TreeCache {
     pub fn expire(&mut self, root: u32) {
         self.trees.remove(&root);
         self.lists.remove(&root);
+        self.pss.remove(&root);
     }
 
     pub fn len(&self) -> usize {

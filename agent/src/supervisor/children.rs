@@ -61,7 +61,9 @@ async fn run(
 ) {
     let agent_uid = nix::unistd::geteuid().as_raw();
     let proc_root = Path::new("/proc");
-    let (events_tx, mut events) = mpsc::channel::<LinkEvent>(64);
+    // Made at the first child: most workers never fork one, and the channel's first
+    // block of slots is ~6 KiB per worker.
+    let mut events: Option<(mpsc::Sender<LinkEvent>, mpsc::Receiver<LinkEvent>)> = None;
     // connection number → child; the number tells a closed old connection of a reused
     // pid from the live one.
     let mut children: BTreeMap<u64, ChildLink> = BTreeMap::new();
@@ -92,13 +94,19 @@ async fn run(
                 }
                 let connection = next_connection;
                 next_connection += 1;
+                let (events_tx, _) = events.get_or_insert_with(|| mpsc::channel(64));
                 let link = spawn_link(stream, connection, events_tx.clone(), None,
                     log.new(o!("child_pid" => pid)));
                 debug!(log, "A forked child of the worker connected."; "child_pid" => pid);
                 children.insert(connection, ChildLink { pid, link });
                 publish.send_replace(children.values().cloned().collect());
             }
-            Some(event) = events.recv() => {
+            Some(event) = async {
+                match events.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 // Children's own messages (hello, ready) decide nothing; only their end
                 // matters.
                 if let LinkEvent::Closed { worker_id: connection } = event

@@ -31,7 +31,11 @@ pub(super) fn run_reader(shared: Arc<Shared>, mut socket: HeldFd) {
     let mut metrics_thread: Option<SyncSender<u64>> = None;
     let mut reporter: Option<Reporter> = None;
     'read: loop {
-        let n = match socket.read(&mut chunk) {
+        // Parked in poll, not read: see `HeldFd::wait_readable`.
+        let n = match socket
+            .wait_readable()
+            .and_then(|()| socket.read(&mut chunk))
+        {
             Ok(0) => {
                 if let Err(error) = decoder.finish() {
                     warn(

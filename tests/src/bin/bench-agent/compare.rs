@@ -1,5 +1,6 @@
 //! `--compare NAME=PATH,…`: the agent footprint of other `heapwarden` builds (an older
-//! release, a jemalloc variant) next to this one, in one run. Each case measures every
+//! release, a jemalloc variant) next to this one, in one run; each runs the
+//! `probe-worker` beside it when there is one (a whole older build), else this tree's. Each case measures every
 //! build in turn before the next case starts, so load from other work on a shared
 //! machine falls on all of them alike.
 
@@ -52,10 +53,16 @@ pub(super) fn compare(bench: &Bench, others: &[(String, PathBuf)]) -> BenchResul
     for (what, workers) in &cases {
         let (what, workers) = (what.as_str(), *workers);
         for (name, path) in &builds {
-            let spec = Spec {
+            let mut spec = Spec {
                 agent: Some(path.clone()),
                 ..Spec::probe(bench, workers)
             };
+            // A build's own probe-worker, when it was built beside it: the probe's side of
+            // the channel is part of what is compared.
+            let own_worker = path.with_file_name("probe-worker");
+            if own_worker.is_file() {
+                spec.command = vec![own_worker.display().to_string()];
+            }
             let window = measure_window(bench, &spec, seconds, &format!("{what}, {name}"))?;
             rows.push((what, name.clone(), window));
         }

@@ -58,6 +58,9 @@ fn cpu_seconds_between(
         / 1e9
 }
 
+/// How often a window scrapes `/metrics`: a common Prometheus `scrape_interval`.
+const SCRAPE_SECONDS: u64 = 15;
+
 pub(super) fn measure_window(
     bench: &Bench,
     spec: &Spec,
@@ -90,6 +93,11 @@ pub(super) fn measure_window(
     for second in 1..=seconds {
         let next = t0 + Duration::from_secs(second);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        // Scraped as Prometheus would (every SCRAPE_SECONDS): the exposition's code and
+        // CPU are part of the agent's steady state.
+        if second % SCRAPE_SECONDS == 0 {
+            agent.metrics();
+        }
         rss.push(status_kib(pid, "VmRSS:") / 1024.0);
     }
     let (threads1, wall) = (thread_cpu_ns(pid), t0.elapsed().as_secs_f64());

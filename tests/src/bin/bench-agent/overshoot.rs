@@ -26,6 +26,15 @@ enum Kind {
 }
 
 impl Kind {
+    /// Its name in `BENCH_OVERSHOOT_WORKERS`.
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Rust => "rust",
+            Kind::Node => "node",
+            Kind::Native => "native",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Rust => "Rust probe-worker",
@@ -85,6 +94,23 @@ pub(super) fn overshoot(bench: &Bench) -> BenchResult<()> {
             .filter_map(|r| r.trim().parse().ok())
             .collect();
         cases.retain(|(_, rate, _)| rates.contains(rate));
+    }
+    // BENCH_OVERSHOOT_WORKERS=node,native limits the rows to those workers (rust, node,
+    // native).
+    if let Ok(kinds) = std::env::var("BENCH_OVERSHOOT_WORKERS") {
+        let kinds: Vec<String> = kinds.split(',').map(|k| k.trim().to_lowercase()).collect();
+        cases.retain(|(kind, _, _)| kinds.iter().any(|k| *k == kind.key()));
+    }
+    let preload = bench
+        .heapwarden()
+        .with_file_name("libheapwarden_preload.so");
+    if cases.iter().any(|(kind, _, _)| *kind == Kind::Native) && !preload.is_file() {
+        // Without it the C worker runs probe-less, watched on PSS: rows of another thing.
+        return Err(format!(
+            "{} is missing: build it with `cargo build --release -p heapwarden-preload-build`",
+            preload.display()
+        )
+        .into());
     }
     for (kind, rate, predict) in cases {
         let wanted = if predict { runs(rate) } else { runs(1.0) };
