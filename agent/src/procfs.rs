@@ -1,8 +1,9 @@
 //! The agent's one reader of `/proc`, under a root given as a parameter (tests use a fake
 //! tree in a temp dir): a process's `stat` — parent, group, state, start time, CPU ticks
 //! and resident pages, everything the sampler and the supervisor need, in ONE read into
-//! a buffer the caller reuses — its `smaps_rollup`, its children, its environment, and
-//! the pid list. The bottom of the agent: it uses nothing of it.
+//! a buffer the caller reuses — its `smaps_rollup`, its children, its environment, the
+//! pid list, and the one parser of a `maps` line (a process's own, or a heap dump's copy).
+//! The bottom of the agent: it uses nothing of it.
 //!
 //! Why by hand, and why this way: `std::fs::read_to_string` costs an `openat`, a `statx`
 //! (for a size hint procfs cannot give), two `read`s and a `close`; `stat` and `statm`
@@ -384,6 +385,51 @@ fn parse_ticks(word: &[u8]) -> Option<u64> {
     Some(v.max(0) as u64)
 }
 
+/// One line of `/proc/PID/maps` (or of a dump's copy of it):
+/// `start-end perms offset major:minor inode path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsLine<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub writable: bool,
+    /// Offset into the file of `start`.
+    pub offset: u64,
+    /// `makedev(major, minor)`, comparable with `st_dev`.
+    pub device: u64,
+    /// 0 for an anonymous mapping.
+    pub inode: u64,
+    /// Empty for an anonymous mapping; `[heap]`, `[stack]`… for the kernel's; a file's
+    /// path may end in " (deleted)".
+    pub path: &'a str,
+}
+
+pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
+    // The first five fields are separated by one space; the path (which may itself
+    // contain spaces) follows padding.
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("").trim();
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    let (start, end) = (hex(start)?, hex(end)?);
+    let device = libc::makedev(
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
+    (end > start).then_some(MapsLine {
+        start,
+        end,
+        writable: perms.as_bytes().get(1) == Some(&b'w'),
+        offset: hex(offset)?,
+        device,
+        inode,
+        path,
+    })
+}
+
 /// `pid (comm) state ppid pgrp … utime stime cutime cstime … starttime vsize rss …`.
 /// `comm` may hold spaces, parentheses and any byte, so fields are counted from the last
 /// `)`.
@@ -572,6 +618,35 @@ mod tests {
             proc.read_stat_file(&file, &mut buf),
             Err(ProcError::Gone { .. })
         ));
+    }
+
+    #[test]
+    fn maps_lines_parse_and_nonsense_is_skipped() {
+        let line = "55d0c2a00000-55d0c2e45000 r-xp 00245000 fd:01 1843211    /usr/bin/heap warden (deleted)";
+        assert_eq!(
+            parse_maps_line(line),
+            Some(MapsLine {
+                start: 0x55d0_c2a0_0000,
+                end: 0x55d0_c2e4_5000,
+                writable: false,
+                offset: 0x24_5000,
+                device: libc::makedev(0xfd, 0x01),
+                inode: 1_843_211,
+                path: "/usr/bin/heap warden (deleted)",
+            })
+        );
+        let data = "55d0c2e46000-55d0c2e80000 rw-p 00908000 fd:01 1843211 /usr/bin/heapwarden";
+        assert!(parse_maps_line(data).expect("rw").writable);
+        let anonymous = parse_maps_line("7f00-7f10 rw-p 00000000 00:00 0 ").expect("anon");
+        assert_eq!((anonymous.inode, anonymous.path), (0, ""));
+        for bad in [
+            "",
+            "zz-10 r-xp 0 fd:01 1",
+            "10-5 r-xp 0 fd:01 1 /x",
+            "10-20 r-xp 0 fd 1",
+        ] {
+            assert_eq!(parse_maps_line(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

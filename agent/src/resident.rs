@@ -23,6 +23,7 @@ use std::time::Duration;
 use slog::{Logger, debug, info};
 use tokio::sync::watch;
 
+use crate::procfs::{ProcFs, parse_maps_line};
 use crate::supervisor::PoolView;
 
 /// Sampling rounds after the pool is first ready before the pages are handed back: the
@@ -65,7 +66,7 @@ pub fn page_out_own_executable() -> std::io::Result<u64> {
     let exe = std::fs::metadata("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let mut advised = 0;
-    for mapping in maps.lines().filter_map(Mapping::parse) {
+    for mapping in maps.lines().filter_map(parse_maps_line) {
         if mapping.writable || mapping.inode != exe.ino() || mapping.device != exe.dev() {
             continue;
         }
@@ -88,79 +89,16 @@ pub fn page_out_own_executable() -> std::io::Result<u64> {
     Ok(advised)
 }
 
-/// `VmRSS` of `/proc/self/status`, for the log line; 0 when unreadable.
+/// The agent's RSS in KiB, for the log line; 0 when unreadable.
 fn own_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let kib = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-            kib.trim().trim_end_matches("kB").trim().parse().ok()
-        })
-        .unwrap_or(0)
-}
-
-/// One line of `/proc/PID/maps`: `start-end perms offset major:minor inode path`.
-#[derive(Debug, PartialEq, Eq)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    writable: bool,
-    device: u64,
-    inode: u64,
-}
-
-impl Mapping {
-    fn parse(line: &str) -> Option<Mapping> {
-        let mut fields = line.split_ascii_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let perms = fields.next()?;
-        let _offset = fields.next()?;
-        let (major, minor) = fields.next()?.split_once(':')?;
-        let inode = fields.next()?.parse().ok()?;
-        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
-        let (start, end) = (hex(start)?, hex(end)?);
-        let device = libc::makedev(
-            u32::from_str_radix(major, 16).ok()?,
-            u32::from_str_radix(minor, 16).ok()?,
-        );
-        (end > start).then_some(Mapping {
-            start,
-            end,
-            writable: perms.as_bytes().get(1) == Some(&b'w'),
-            device,
-            inode,
-        })
-    }
+    ProcFs::system()
+        .rss_bytes(std::process::id(), &mut Vec::new())
+        .map_or(0, |bytes| bytes / 1024)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn maps_lines_parse_and_nonsense_is_skipped() {
-        let line = "55d0c2a00000-55d0c2e45000 r-xp 00245000 fd:01 1843211    /usr/bin/heapwarden (deleted)";
-        assert_eq!(
-            Mapping::parse(line),
-            Some(Mapping {
-                start: 0x55d0_c2a0_0000,
-                end: 0x55d0_c2e4_5000,
-                writable: false,
-                device: libc::makedev(0xfd, 0x01),
-                inode: 1_843_211,
-            })
-        );
-        let data = "55d0c2e46000-55d0c2e80000 rw-p 00908000 fd:01 1843211 /usr/bin/heapwarden";
-        assert!(Mapping::parse(data).expect("rw").writable);
-        for bad in [
-            "",
-            "zz-10 r-xp 0 fd:01 1",
-            "10-5 r-xp 0 fd:01 1 /x",
-            "10-20 r-xp 0 fd 1",
-        ] {
-            assert_eq!(Mapping::parse(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn the_test_binary_is_found_and_paged_out_and_keeps_running() {
@@ -170,6 +108,6 @@ mod tests {
         assert!(advised > 0, "no mapping of the test binary was found");
         assert!(own_rss_kib() > 0);
         // Code runs as before: it faults back in.
-        assert_eq!(Mapping::parse("1-2 r--p 0 0:0 0 x").map(|m| m.end), Some(2));
+        assert_eq!(parse_maps_line("1-2 r--p 0 0:0 0").map(|m| m.end), Some(2));
     }
 }

@@ -165,29 +165,20 @@ pub fn parse_maps(text: &str) -> Vec<MappedFile> {
 }
 
 fn parse_maps_line(line: &str) -> Option<MappedFile> {
-    // "start-end perms offset dev inode   path": the first five fields are separated by
-    // one space; the path (which may itself contain spaces) follows padding.
-    let mut fields = line.splitn(6, ' ');
-    let range = fields.next()?;
-    let _perms = fields.next()?;
-    let offset = fields.next()?;
-    let _dev = fields.next()?;
-    let inode = fields.next()?;
-    let path = fields.next()?.trim_start();
-    if inode == "0" || !path.starts_with('/') {
+    let line = crate::procfs::parse_maps_line(line)?;
+    if line.inode == 0 || !line.path.starts_with('/') {
         return None; // anonymous, [heap], [stack], [vdso]...
     }
-    let (start, end) = range.split_once('-')?;
-    let (path, deleted) = match path.strip_suffix(" (deleted)") {
+    let (path, deleted) = match line.path.strip_suffix(" (deleted)") {
         Some(p) => (p, true),
-        None => (path, false),
+        None => (line.path, false),
     };
     Some(MappedFile {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        file_offset: u64::from_str_radix(offset, 16).ok()?,
+        start: line.start,
+        end: line.end,
+        file_offset: line.offset,
         path: PathBuf::from(path),
-        inode: inode.parse().ok()?,
+        inode: line.inode,
         deleted,
     })
 }

@@ -102,11 +102,8 @@ impl HostFile {
 
     /// The text of a file that must exist.
     fn read_required<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<&'b str, SystemError> {
-        let path = self.path.clone();
-        self.read(buf)?.ok_or_else(|| SystemError::Io {
-            path,
-            source: ErrorKind::NotFound.into(),
-        })
+        let text = self.read(buf)?;
+        text.ok_or_else(|| self.io_error(ErrorKind::NotFound.into()))
     }
 
     fn io_error(&self, source: std::io::Error) -> SystemError {
