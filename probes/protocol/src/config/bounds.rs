@@ -2,8 +2,8 @@
 //! section lists its bounded keys as [`Bound`]s, checks them with [`Bound::check`] in its
 //! [`ConfigSection::validate`](super::ConfigSection::validate), and the same tables say
 //! what the configuration page states ([`Bound::stated`]: `0s to 1h`, `1 to 100`,
-//! `at least 1`), so a test can hold the page's `## Bounds` table ([`page_table`]) to the
-//! code key for key. A value outside is one error naming its key: a typo can never
+//! `at least 1`), so a test can hold the page's `## Bounds` table to the code key for key
+//! ([`check_page_table`]). A value outside is one error naming its key: a typo can never
 //! overflow a deadline later.
 
 use std::collections::BTreeMap;
@@ -117,10 +117,34 @@ impl<C, T: Bounded> Bound<C, T> {
     }
 }
 
-/// The rows of `page`'s `## Bounds` table (`` | `key` | bounds | ``), key → bounds, as
-/// the docs tests of the agent and of a worker compare them with [`Bound::stated`]; `None`
-/// without such a section.
-pub fn page_table(page: &str) -> Option<BTreeMap<String, String>> {
+/// The docs test of the agent and of a worker: the rows of `page`'s `## Bounds` table
+/// whose key `owns` selects must be exactly `code` (key → bounds, as [`Bound::stated`]
+/// says them). `Err` says what is wrong and lists the rows the table should have.
+pub fn check_page_table(
+    page: &str,
+    owns: impl Fn(&str) -> bool,
+    code: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let stated: BTreeMap<String, String> = page_table(page)
+        .ok_or("the page has no `## Bounds` section")?
+        .into_iter()
+        .filter(|(key, _)| owns(key))
+        .collect();
+    if stated == *code {
+        return Ok(());
+    }
+    let rows: String = code
+        .iter()
+        .map(|(key, bounds)| format!("| `{key}` | {bounds} |\n"))
+        .collect();
+    Err(format!(
+        "its rows {stated:?} differ from the code's; they should read:\n{rows}"
+    ))
+}
+
+/// The rows of `page`'s `## Bounds` table (`` | `key` | bounds | ``), key → bounds;
+/// `None` without such a section.
+fn page_table(page: &str) -> Option<BTreeMap<String, String>> {
     let section = page.split("\n## ").find(|s| s.starts_with("Bounds"))?;
     let rows = section
         .lines()
@@ -208,5 +232,13 @@ mod tests {
         ]);
         assert_eq!(rows, expected);
         assert_eq!(page_table("# Config\n"), None);
+        let code = BTreeMap::from([("app.count".to_string(), "at least 1".to_string())]);
+        let page = "# Config\n## Bounds\n| `app.count` | at least 1 |\n| `other.key` | x |\n";
+        assert_eq!(
+            check_page_table(page, |k| k.starts_with("app."), &code),
+            Ok(())
+        );
+        let wrong = check_page_table(page, |_| true, &code).expect_err("other.key is extra");
+        assert!(wrong.ends_with("| `app.count` | at least 1 |\n"), "{wrong}");
     }
 }
