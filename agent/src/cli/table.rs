@@ -135,10 +135,12 @@ pub fn print_diff(report: &DiffReport, sites: bool) {
     outln!("{:>12}  {heading}", "GROWTH_MiB");
     for e in rows.iter().take(15) {
         let at = e.short_location();
-        let note = if e.in_app {
-            ""
+        let note = if !e.in_app {
+            "  (no application frame on the stack)".to_owned()
+        } else if !e.inlined_into.is_empty() {
+            format!("  (with its code inlined into {})", e.inlined_into)
         } else {
-            "  (no application frame on the stack)"
+            String::new()
         };
         outln!(
             "{:>12}  {}{}{note}",

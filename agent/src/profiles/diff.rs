@@ -9,11 +9,16 @@
 //! the probe — so `JSON.parse` called by a route handler counts for the handler. Bytes
 //! allocated with no application frame on the stack at all (body parsers run on the
 //! request stream's `end`, from Node's tick queue) keep their allocation site, marked
-//! `in_app: false`, after the application's growing frames. `top` is the default view
+//! `in_app: false`, after the application's growing frames — unless their stack's
+//! innermost scripted frame is a dependency's function that calls exactly one application
+//! function elsewhere in the two profiles: V8's sampling profiler credits a function
+//! inlined by the optimising compiler to the function it was inlined into (a framework's
+//! dispatcher that has only ever called one route handler inlines it), so those bytes are
+//! that application function's, marked `inlined_into`. `top` is the default view
 //! (application frames for Node, allocation sites otherwise) and `view` says which it
 //! is. Every entry carries its file and line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -76,6 +81,11 @@ pub struct DiffEntry {
     /// such as a body parser's on a stream's end); see `heapwarden diff --retainers`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub in_app: bool,
+    /// In the application-frame view: the dependency's function this application function
+    /// was inlined into, when some of its bytes were sampled there (V8 credits inlined
+    /// code to its caller); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub inlined_into: String,
     pub delta_bytes: i64,
     pub base_bytes: i64,
     pub profile_bytes: i64,
@@ -156,8 +166,13 @@ struct Aggregate {
     /// Whether the profile came from the V8 converter (the app-frame view applies).
     node: bool,
     by_site: HashMap<Frame, i64>,
-    /// (frame, whether it is the application's) for Node profiles.
-    by_app: HashMap<(Frame, bool), i64>,
+    /// Node profiles: bytes by the first application frame of their stack.
+    by_app: HashMap<Frame, i64>,
+    /// Node profiles: bytes with no application frame on their stack, by allocation site
+    /// and the stack's innermost scripted frame (where V8 puts inlined application code).
+    no_app: HashMap<(Frame, Option<Frame>), i64>,
+    /// Node profiles: the application functions each dependency's frame was seen calling.
+    app_callees: HashMap<Frame, HashSet<Frame>>,
     by_stack: HashMap<Vec<String>, i64>,
     /// Native profiles group a function's call sites together (its lines are call sites,
     /// not one definition); the line shown is that of its largest sample.
@@ -327,11 +342,25 @@ fn aggregate(profile: &Profile, path: &Path) -> Result<Aggregate, ProfileError> 
             site.line = 0;
         }
         if node {
-            let key = match app {
-                Some(i) => (frames[i].clone(), true),
-                None => (site.clone(), false),
-            };
-            *agg.by_app.entry(key).or_default() += bytes;
+            match app {
+                Some(i) => *agg.by_app.entry(frames[i].clone()).or_default() += bytes,
+                None => {
+                    let host = frames.iter().find(|f| !f.file.is_empty()).cloned();
+                    *agg.no_app.entry((site.clone(), host)).or_default() += bytes;
+                }
+            }
+            for pair in frames.windows(2) {
+                let (callee, caller) = (&pair[0], &pair[1]);
+                if is_application_file(&callee.file)
+                    && !caller.file.is_empty()
+                    && !is_application_file(&caller.file)
+                {
+                    let seen = agg.app_callees.entry(caller.clone()).or_default();
+                    if !seen.contains(callee) {
+                        seen.insert(callee.clone());
+                    }
+                }
+            }
         }
         let stack: Vec<String> = frames
             .iter()
@@ -362,6 +391,7 @@ fn ranked<K: Eq + std::hash::Hash>(
                 file: frame.file.clone(),
                 line: frame.line,
                 in_app,
+                inlined_into: String::new(),
                 delta_bytes: p - b,
                 base_bytes: b,
                 profile_bytes: p,
@@ -395,7 +425,17 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
     // The app-frame view when the newer profile is a Node one (a base from before an
     // upgrade may be either; its sites still subtract by frame).
     let (view, top) = if profile.node {
-        let mut app = ranked(&base.by_app, &profile.by_app, |(f, in_app)| (f, *in_app));
+        let hosts = inline_hosts(base, profile);
+        let mut inlined = HashMap::new();
+        let base_view = app_view(base, &hosts, &mut inlined);
+        let profile_view = app_view(profile, &hosts, &mut inlined);
+        let mut app = ranked(&base_view, &profile_view, |(f, in_app)| (f, *in_app));
+        for e in app.iter_mut().filter(|e| e.in_app) {
+            let same = |f: &Frame| f.function == e.function && f.file == e.file && f.line == e.line;
+            if let Some((_, host)) = inlined.iter().find(|(f, _)| same(f)) {
+                e.inlined_into = host.clone();
+            }
+        }
         // The application's growing frames lead; bytes allocated with no application
         // frame on the stack (a dependency's own callback, such as a body parser's on
         // the request stream's end) follow, marked: their holder is found by retainers.
@@ -434,6 +474,54 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
         top_sites,
         top_stacks,
     }
+}
+
+/// Each dependency's frame that the two profiles show calling exactly one application
+/// function, with that function: where V8 credits the function's code once it is inlined.
+fn inline_hosts<'a>(base: &'a Aggregate, profile: &'a Aggregate) -> HashMap<&'a Frame, &'a Frame> {
+    let mut callees: HashMap<&Frame, HashSet<&Frame>> = HashMap::new();
+    for (caller, apps) in base.app_callees.iter().chain(&profile.app_callees) {
+        callees.entry(caller).or_default().extend(apps);
+    }
+    callees
+        .into_iter()
+        .filter_map(|(caller, apps)| {
+            let mut apps = apps.into_iter();
+            match (apps.next(), apps.next()) {
+                (Some(app), None) => Some((caller, app)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// One profile's application-frame view, `(frame, in_app) -> bytes`. Bytes with no
+/// application frame on their stack go to the application function their innermost
+/// scripted frame inlines (`hosts`), noted in `inlined` (function → host's name), else
+/// stay under their allocation site, marked.
+fn app_view(
+    agg: &Aggregate,
+    hosts: &HashMap<&Frame, &Frame>,
+    inlined: &mut HashMap<Frame, String>,
+) -> HashMap<(Frame, bool), i64> {
+    let mut view: HashMap<(Frame, bool), i64> = agg
+        .by_app
+        .iter()
+        .map(|(frame, bytes)| ((frame.clone(), true), *bytes))
+        .collect();
+    for ((site, host), bytes) in &agg.no_app {
+        let key = match host.as_ref().and_then(|h| Some((h, *hosts.get(h)?))) {
+            Some((host, app)) => {
+                inlined
+                    .entry(app.clone())
+                    .or_insert_with(|| host.function.clone());
+                (app.clone(), true)
+            }
+            None => (site.clone(), false),
+        };
+        *view.entry(key).or_default() += bytes;
+    }
+    view
 }
 
 /// Keys of either map, each once.

@@ -144,6 +144,94 @@ fn express_like(handler_bytes: u64, orphan_bytes: u64) -> Vec<u8> {
     )
 }
 
+/// A Fastify route handler before and after the optimising compiler inlined it into the
+/// framework's dispatcher (V8 then credits its allocations to the dispatcher), the body
+/// parser's bytes beside it; `second_route` makes the dispatcher call two handlers.
+fn fastify_like(direct: u64, inlined: u64, parser: u64, second_route: bool) -> Vec<u8> {
+    let dispatcher = "file:///srv/app/node_modules/fastify/lib/handle-request.js";
+    let mut nodes = vec![
+        json!([1, 0, "(root)", "", -1, -1, 0]),
+        json!([
+            2,
+            1,
+            "processTicksAndRejections",
+            "node:internal/process/task_queues",
+            60,
+            0,
+            0
+        ]),
+        json!([3, 2, "preHandlerCallbackInner", dispatcher, 170, 0, inlined]),
+        json!([
+            4,
+            3,
+            "recordAudit",
+            "file:///srv/app/server.js",
+            7,
+            40,
+            direct
+        ]),
+        json!([
+            5,
+            2,
+            "onEnd",
+            "file:///srv/app/node_modules/fastify/lib/content-type-parser.js",
+            200,
+            0,
+            0
+        ]),
+        json!([6, 5, "parse", "", -1, -1, parser]),
+    ];
+    if second_route {
+        nodes.push(json!([
+            7,
+            3,
+            "listAudit",
+            "file:///srv/app/server.js",
+            12,
+            40,
+            4096
+        ]));
+    }
+    profile(json!(nodes), json!([]))
+}
+
+#[test]
+fn a_handler_inlined_into_a_dependency_keeps_its_bytes_in_the_app_frame_view() {
+    let build = |p: Vec<u8>| parse_and_build(&p, SystemTime::now()).unwrap().0;
+    let base = build(fastify_like(1 << 20, 0, 1 << 20, false));
+    let leak = build(fastify_like(2 << 20, 30 << 20, 20 << 20, false));
+    let report = diff_profiles(1, &base, 2, &leak).unwrap();
+    let top = &report.top[0];
+    assert_eq!((top.function.as_str(), top.line), ("recordAudit", 8));
+    assert!(top.in_app);
+    assert_eq!(top.delta_bytes, 31 << 20);
+    assert_eq!(top.inlined_into, "preHandlerCallbackInner");
+    // The parser's bytes have no application function to go to: they stay its own.
+    let parser = &report.top[1];
+    assert_eq!((parser.function.as_str(), parser.in_app), ("parse", false));
+    assert_eq!(parser.inlined_into, "");
+    // The raw view is V8's: the dispatcher allocated them.
+    assert_eq!(report.top_sites[0].function, "preHandlerCallbackInner");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["top"][0]["inlined_into"], "preHandlerCallbackInner");
+    assert!(json["top"][1].get("inlined_into").is_none(), "{json}");
+
+    // A dispatcher seen calling two handlers does not say which one it inlined.
+    let base = build(fastify_like(1 << 20, 0, 1 << 20, true));
+    let leak = build(fastify_like(2 << 20, 30 << 20, 20 << 20, true));
+    let report = diff_profiles(1, &base, 2, &leak).unwrap();
+    assert_eq!(report.top[0].function, "recordAudit");
+    assert_eq!(report.top[0].delta_bytes, 1 << 20);
+    assert_eq!(report.top[0].inlined_into, "");
+    let dispatcher = report
+        .top
+        .iter()
+        .find(|e| e.function == "preHandlerCallbackInner")
+        .unwrap();
+    assert!(!dispatcher.in_app);
+    assert_eq!(dispatcher.delta_bytes, 30 << 20);
+}
+
 #[test]
 fn anonymous_functions_of_one_file_are_told_apart_by_line_and_column() {
     let (p, totals) = parse_and_build(&express_like(1 << 20, 0), SystemTime::now()).unwrap();
