@@ -115,9 +115,10 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
         let upkeep = spawn_upkeep(metrics.clone());
-        let resident = tokio::spawn(crate::resident::shed_start_up_pages(
+        let resident = tokio::spawn(crate::resident::keep_resident_set_lean(
             handles.view.clone(),
             config.sampling.interval,
+            config.watchdog.warmup,
             root.new(o!("module" => "agent")),
         ));
         let sampler = tokio::spawn(run_sampler(
