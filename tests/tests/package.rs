@@ -128,6 +128,24 @@ fn the_debian_package_on_a_real_systemd() {
         ps.contains("SLOT") && ps.contains("ready"),
         "heapwarden ps:\n{ps}"
     );
+    // As `heapwarden` the agent may not page out root's binary (the kernel allows
+    // MADV_PAGEOUT only on files one owns or may write); it drops its start-up pages
+    // from its own page tables, which needs no privilege.
+    let record = c.wait(
+        Duration::from_secs(30),
+        "the start-up hand-back in the journal",
+        "journalctl -u heapwarden -o cat | grep -m1 'start-up pages were handed back'",
+    );
+    let record: serde_json::Value = serde_json::from_str(record.trim()).expect("a JSON record");
+    let kib = |key: &str| {
+        record[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {record}"))
+    };
+    assert!(
+        kib("rss_after_kib") + 1024 < kib("rss_before_kib"),
+        "the hand-back freed under a MiB of the agent's RSS: {record}"
+    );
     // The CrashLooping runbook's grep finds a worker's records (`worker` is a number).
     c.ok("journalctl -u heapwarden -o cat | grep -qE '\"worker\":[0-9]+[,}]'");
     // Longer /compute requests for the drain check below (applied by the next reload).
