@@ -461,6 +461,12 @@ pub fn parse_stat(pid: u32, text: &[u8]) -> Option<Stat> {
     })
 }
 
+/// The value of a `Key:   123 kB` line of `meminfo`, `status`, `smaps` (what follows the
+/// colon), in KiB.
+pub fn parse_kib(rest: &str) -> Option<u64> {
+    rest.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// Sums the `kB` lines of `smaps_rollup` we need; `None` when there is no `Pss:` line
 /// (an unreadable or kernel-thread rollup).
 pub fn parse_smaps_rollup(text: &str) -> Option<SmapsRollup> {
@@ -480,7 +486,7 @@ pub fn parse_smaps_rollup(text: &str) -> Option<SmapsRollup> {
             "Swap" => &mut rollup.swap,
             _ => continue,
         };
-        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kib = parse_kib(rest)?;
         *slot = slot.saturating_add(kib.saturating_mul(1024));
     }
     saw_pss.then_some(rollup)

@@ -28,7 +28,7 @@ use std::time::Duration;
 use slog::{Logger, debug, info};
 use tokio::sync::watch;
 
-use crate::procfs::{ProcFs, parse_maps_line};
+use crate::procfs::{ProcFs, parse_kib, parse_maps_line};
 use crate::supervisor::PoolView;
 
 /// Sampling rounds after the pool is first ready, and after the warm-up, before the pages
@@ -61,10 +61,10 @@ pub async fn keep_resident_set_lean(
     }
     let after = interval.saturating_mul(ROUNDS_AFTER);
     tokio::time::sleep(after).await;
-    hand_back(&log, "start-up").await;
+    hand_back(&log, After::StartUp).await;
     if !warmup.is_zero() {
         tokio::time::sleep(warmup).await;
-        hand_back(&log, "warm-up").await;
+        hand_back(&log, After::WarmUp).await;
     }
     let period = interval.saturating_mul(CHECK_ROUNDS).max(CHECK_AT_LEAST);
     let (mut settled, mut checks, mut last) = (0, 0, tokio::time::Instant::now());
@@ -74,7 +74,7 @@ pub async fn keep_resident_set_lean(
         checks += 1;
         if checks > SETTLE_CHECKS && rss > settled + REGROWTH_KIB && last.elapsed() >= REGROWTH_GAP
         {
-            hand_back(&log, "regrowth").await;
+            hand_back(&log, After::Regrowth).await;
             (settled, checks, last) = (0, 0, tokio::time::Instant::now());
         } else {
             settled = settled.max(rss);
@@ -82,10 +82,18 @@ pub async fn keep_resident_set_lean(
     }
 }
 
-async fn hand_back(log: &Logger, after: &'static str) {
+/// What a hand-back follows: the start-up's is logged at info, the later ones at debug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    StartUp,
+    WarmUp,
+    Regrowth,
+}
+
+async fn hand_back(log: &Logger, after: After) {
     let before = own_rss_kib();
     match tokio::task::spawn_blocking(drop_read_only_file_pages).await {
-        Ok(Ok(dropped)) if after == "start-up" => {
+        Ok(Ok(dropped)) if after == After::StartUp => {
             info!(log, "The agent's start-up pages were handed back to the kernel.";
                 "mappings" => dropped.mappings,
                 "mapped_kib" => dropped.resident_kib,
@@ -93,13 +101,13 @@ async fn hand_back(log: &Logger, after: &'static str) {
                 "rss_after_kib" => own_rss_kib())
         }
         Ok(Ok(dropped)) => debug!(log, "The agent's pages were handed back to the kernel.";
-            "after" => after,
+            "after" => ?after,
             "mappings" => dropped.mappings,
             "mapped_kib" => dropped.resident_kib,
             "rss_before_kib" => before,
             "rss_after_kib" => own_rss_kib()),
         Ok(Err(e)) => debug!(log, "The agent's pages could not be handed back.";
-            "after" => after, "error" => %e),
+            "after" => ?after, "error" => %e),
         Err(_) => {}
     }
 }
@@ -174,18 +182,11 @@ fn clean_read_only_file_mappings(smaps: &str) -> Vec<CleanMapping> {
         let Some((m, anonymous)) = current.as_mut() else {
             continue;
         };
-        let kib = |rest: &str| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        };
         if let Some(rest) = line.strip_prefix("Rss:") {
-            m.rss_kib = kib(rest).unwrap_or(0);
+            m.rss_kib = parse_kib(rest).unwrap_or(0);
         } else if let Some(rest) = line.strip_prefix("Anonymous:") {
             // An unreadable figure counts as private pages: the mapping is left alone.
-            *anonymous = Some(kib(rest).unwrap_or(u64::MAX));
+            *anonymous = Some(parse_kib(rest).unwrap_or(u64::MAX));
         }
     }
     finish(current);
@@ -254,7 +255,7 @@ Rss:                   4 kB
             status
                 .lines()
                 .find_map(|l| l.strip_prefix("RssFile:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(parse_kib)
                 .unwrap()
         };
         let before = file_kib();

@@ -10,7 +10,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::procfs::KeptFile;
+use crate::procfs::{KeptFile, parse_kib};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
@@ -203,7 +203,7 @@ pub fn parse_meminfo(text: &str) -> Option<SystemMemory> {
             "MemAvailable" => &mut available,
             _ => continue,
         };
-        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kib = parse_kib(rest)?;
         *target = Some(kib.saturating_mul(1024));
     }
     Some(SystemMemory {
