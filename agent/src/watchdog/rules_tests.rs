@@ -254,3 +254,21 @@ fn leak_under_a_gc_sawtooth_trips_trend_once_the_floor_climbs() {
     assert!(matches!(trip.rule, Rule::Trend | Rule::Growth), "{trip:?}");
     assert!(at <= warmup + 300, "took {}s after warm-up", at - warmup);
 }
+
+#[test]
+fn a_chance_rise_in_a_short_window_of_wide_noise_does_not_trip_trend() {
+    // Found by the property test above: a flat 36 MiB with ±48 MiB of noise (clipped at
+    // 0) and an 80 s window, whose window at 318 s rose 0.72 MiB/s by chance and, with no
+    // persistence, tripped trend there.
+    let config = RulesConfig {
+        max_memory: None,
+        growth: None,
+        trend_window: Duration::from_secs(80),
+        ..defaults()
+    };
+    let mut noise = Noise(13315202267340863549);
+    let trip = run(config, 1200, |_| {
+        (36 * MIB).saturating_add_signed(noise.next(48 * MIB))
+    });
+    assert_eq!(trip, None);
+}
