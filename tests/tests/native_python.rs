@@ -136,7 +136,14 @@ fn a_python_thread_s_allocations_are_named_by_its_python_function_file_and_line(
     let logs = &native.agent.logs;
     logs.wait_for(SECS(30), "python holds", msg("python worker holds"));
     // `python3` may be a shim (pyenv's shell script) that execs the interpreter: each
-    // image attaches in turn, and the interpreter's line says Python frames are on.
+    // image attaches in turn, and the interpreter's line says Python frames are on. That
+    // line comes on stderr, relayed apart from the script's stdout, so it is awaited.
+    let is_attached = msg(ATTACHED);
+    logs.wait_for(
+        SECS(30),
+        "the interpreter's probe with Python frames",
+        |r| is_attached(r) && r["fields"]["python_frames"] == "on",
+    );
     let attached = logs.matching(msg(ATTACHED));
     let last = attached.last().expect("the probe attached");
     assert_eq!(last["fields"]["python_frames"], "on", "{attached:?}");
