@@ -52,7 +52,7 @@ const MIN_SLOPE_SAMPLES: usize = 5;
 /// Persistence of the trend rule: its conditions must hold on this share of the window's
 /// samples in a row. One window of pure noise can rise by chance; the next eighth of a
 /// window of fresh samples undoes it (±48 MiB of noise, 80 s windows: 4 of 600
-/// twenty-minute runs tripped without it, 0 of 1,800 with it).
+/// twenty-minute runs tripped without it, 0 of 1,200 with it).
 const TREND_PERSISTENCE: usize = 8;
 
 #[derive(Debug, Clone, PartialEq)]
