@@ -1,8 +1,8 @@
 //! The agent's own resident set. Once the pool is first ready, again after the warm-up
 //! baselines, and whenever the agent's RSS later jumps by a MiB over its settled level (a
 //! leak trip's profiling, a burst of admin calls; at most every 10 minutes), the code and
-//! read-only data that the burst touched and the steady state does not are handed back, the way a kernel frees its init
-//! sections after boot. Start-up runs far more code than the running agent does —
+//! read-only data that the burst touched and the steady state does not are handed back,
+//! the way a kernel frees its init sections after boot. Start-up runs far more code than the running agent does —
 //! argument and config parsing, the state directory, the first spawns, every path's first
 //! call — and the kernel maps file pages 64 KiB around each fault, so after start-up
 //! ~5 MiB of the binary is resident of which the steady state uses ~3.5 MiB. What the
@@ -114,15 +114,15 @@ async fn hand_back(log: &Logger, after: After) {
 
 /// What one hand-back advised.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Dropped {
-    pub mappings: usize,
+struct Dropped {
+    mappings: usize,
     /// Their resident size before, by `smaps`.
-    pub resident_kib: u64,
+    resident_kib: u64,
 }
 
 /// `malloc_trim(0)`, then `MADV_DONTNEED` on every read-only file mapping of this
 /// process that holds no private page.
-pub fn drop_read_only_file_pages() -> std::io::Result<Dropped> {
+fn drop_read_only_file_pages() -> std::io::Result<Dropped> {
     // Heap pages that the burst used and freed, in every malloc arena, first.
     // SAFETY: malloc_trim only returns free memory of the C library's allocator (the
     // agent's own) to the kernel; it is thread-safe.

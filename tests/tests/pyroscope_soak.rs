@@ -1,9 +1,9 @@
 //! Soak: the Pyroscope sink is down while many profiles are written (manual dumps in a
 //! loop, through the admin API): the agent's RSS stays flat and its descriptors (but the
-//! sampler's `/proc` readers) return to their count before the outage; when the sink is back, the backlog drains to the exact
-//! count, each profile once. A bounded run is in the suite; the 1,000-profile
-//! run is `cargo test -p heapwarden-tests --test pyroscope_soak -- --ignored --nocapture`
-//! (`SOAK_PROFILES=N` changes the count).
+//! sampler's `/proc` readers) return to their count before the outage; when the sink is
+//! back, the backlog drains to the exact count, each profile once. A bounded run is in
+//! the suite; the 1,000-profile run is `cargo test -p heapwarden-tests --test
+//! pyroscope_soak -- --ignored --nocapture` (`SOAK_PROFILES=N` changes the count).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -431,8 +431,12 @@ fn report(base_id: u64, base: &Aggregate, profile_id: u64, profile: &Aggregate) 
         let profile_view = app_view(profile, &hosts, &mut inlined);
         let mut app = ranked(&base_view, &profile_view, |(f, in_app)| (f, *in_app));
         for e in app.iter_mut().filter(|e| e.in_app) {
-            let same = |f: &Frame| f.function == e.function && f.file == e.file && f.line == e.line;
-            if let Some((_, host)) = inlined.iter().find(|(f, _)| same(f)) {
+            let frame = Frame {
+                function: e.function.clone(),
+                file: e.file.clone(),
+                line: e.line,
+            };
+            if let Some(host) = inlined.get(&frame) {
                 e.inlined_into = host.clone();
             }
         }
