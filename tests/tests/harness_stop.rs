@@ -32,6 +32,12 @@ fn a_dropped_process_gets_sigterm_and_runs_its_shutdown() {
     ]);
     let proc = Proc::spawn(command);
     let child = pid_in(&sandbox, "child");
+    // The shell writes the pid right after its fork; a TERM that reaches the child before
+    // it runs `sleep` lands in the shell's copy of the trap and is lost with the exec.
+    poll(SECS(10), "the grandchild runs sleep", || {
+        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    });
     let mark = leftovers::marked()
         .into_iter()
         .find(|m| m.pid == child)
