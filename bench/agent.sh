@@ -15,5 +15,8 @@ cd "$root"
 # workers no longer hands it jemalloc (it ships on the C allocator).
 # The native preload library too (a library crate, not a bin): the overshoot bench's C
 # rows run under `probe = "native"`, which finds it next to the agent.
-cargo build --release --workspace --bins -p heapwarden-preload-build >&2
+# (`--bins` alone would skip it: the preload-build crate has no binary, so its build script
+# would not run.)
+cargo build --release --workspace --bins >&2
+cargo build --release -p heapwarden-preload-build >&2
 exec "${CARGO_TARGET_DIR:-$root/target}/release/bench-agent" "$@"

@@ -121,14 +121,6 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             config.watchdog.warmup,
             root.new(o!("module" => "agent")),
         ));
-        let sampler = tokio::spawn(run_sampler(
-            handles.config.clone(),
-            Roots::system(Path::new(CGROUP_ROOT)),
-            handles.view.clone(),
-            samples_tx,
-            cpu_counters_tx,
-            root.new(o!("module" => "sampler")),
-        ));
         let worker_metrics = tokio::spawn(run_worker_metrics(
             handles.config.clone(),
             handles.view.clone(),
@@ -144,6 +136,15 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         )
         .with_snapshot_headroom(config.profiles.snapshot_headroom);
         let suspects = watchdog.suspects();
+        let sampler = tokio::spawn(run_sampler(
+            handles.config.clone(),
+            Roots::system(Path::new(CGROUP_ROOT)),
+            handles.view.clone(),
+            watchdog.fast_lane(),
+            samples_tx,
+            cpu_counters_tx,
+            root.new(o!("module" => "sampler")),
+        ));
         let watchdog = tokio::spawn(watchdog.run(samples_rx));
         // Its own tasks, reading the store: no dump or sample ever waits on the sink.
         let exporter = Exporter::new(

@@ -59,6 +59,12 @@ pub const DURATION_BOUNDS: &[Bound<Config, Duration>] = &[
     Bound::new("sampling.interval", Duration::from_millis(50), HOUR, |c| {
         c.sampling.interval
     }),
+    Bound::new(
+        "sampling.fast-interval",
+        Duration::from_millis(50),
+        HOUR,
+        |c| c.sampling.fast_interval,
+    ),
     Bound::new("watchdog.warmup", Duration::ZERO, DAY, |c| {
         c.watchdog.warmup
     }),

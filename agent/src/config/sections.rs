@@ -181,6 +181,20 @@ pub struct SamplingConfig {
     pub pss_every: u32,
     /// Unanswered pings after which a probe-linked worker is unhealthy.
     pub missed_pings: u32,
+    /// How often a worker heading for `max-memory` is sampled (the watchdog's fast lane):
+    /// the predicted rule's persistence then takes this many times fewer seconds. At most
+    /// `interval` takes effect ([`SamplingConfig::fast_interval`]); `interval` itself
+    /// turns the lane off.
+    #[serde(with = "humantime_serde")]
+    pub fast_interval: Duration,
+}
+
+impl SamplingConfig {
+    /// The fast lane's interval as it takes effect: never slower than `interval`, so a
+    /// fast `interval` alone does not make the default an error.
+    pub fn fast_interval(&self) -> Duration {
+        self.fast_interval.min(self.interval)
+    }
 }
 
 impl Default for SamplingConfig {
@@ -189,6 +203,7 @@ impl Default for SamplingConfig {
             interval: Duration::from_secs(1),
             pss_every: 10,
             missed_pings: 5,
+            fast_interval: Duration::from_millis(250),
         }
     }
 }

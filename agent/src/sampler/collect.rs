@@ -70,6 +70,17 @@ pub fn collect_trees(
     cache: &mut TreeCache,
 ) -> Vec<Result<TreeFigures, ProcError>> {
     cache.retain(pids);
+    read_trees(roots, pids, with_smaps, cache)
+}
+
+/// [`collect_trees`] for some of the workers (a fast-lane round): the others' cached
+/// trees are kept.
+pub fn read_trees(
+    roots: &Roots,
+    pids: &[u32],
+    with_smaps: bool,
+    cache: &mut TreeCache,
+) -> Vec<Result<TreeFigures, ProcError>> {
     let due: Vec<bool> = pids.iter().map(|&p| with_smaps || cache.due(p)).collect();
     let table = if roots.kernel_children || !due.contains(&true) {
         None

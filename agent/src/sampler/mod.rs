@@ -4,9 +4,11 @@
 //! those that did not push, over the control channel), and measures the agent, the
 //! machine and the agent's cgroup. It publishes a [`WorkerSample`] per worker for the
 //! watchdog (facts only: what was measured and whether the probe answered; the watchdog
-//! decides what they mean) and records the metrics. One task (`run_sampler`) owns all of
-//! that state. Workers' own metrics text is not the sampler's: `admin::exposition`
-//! fetches it when a scrape needs it.
+//! decides what they mean) and records the metrics. Workers the watchdog puts in the
+//! fast lane ([`FastLane`]: heading for `max-memory`) are also sampled every
+//! `fast-interval` between rounds. One task (`run_sampler`) owns all of that state.
+//! Workers' own metrics text is not the sampler's: `admin::exposition` fetches it when a
+//! scrape needs it.
 
 mod child_heaps;
 mod collect;
@@ -52,6 +54,10 @@ pub struct WorkerSample {
     /// runtime, control link and forked children.
     pub worker: WorkerView,
     pub at: Instant,
+    /// Taken by a fast-lane round between full rounds ([`FastLane`]): the watchdog's
+    /// leak rules use it, its probe-health count does not (a fast round gives a probe
+    /// only half a `fast-interval` to answer).
+    pub fast: bool,
     /// Bytes, summed over the worker's process tree.
     pub rss: u64,
     /// Present on smaps rounds (every `pss-every` intervals).
@@ -79,6 +85,10 @@ pub struct WorkerSample {
     /// Whether the worker's probe answered this round's sample request.
     pub probe: ProbeAnswer,
 }
+
+/// The workers (by worker id) the watchdog wants sampled every `fast-interval` as well:
+/// the watchdog decides who, the sampler only takes the samples.
+pub type FastLane = Vec<u64>;
 
 /// The probe's side of one round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,12 +128,15 @@ impl Roots {
 /// debug), it never slows the sampler down.
 /// `settings` carries the running config; a reload's `[sampling]` applies from the next
 /// round (a new `interval` restarts the ticker).
+/// `lane`: the workers to sample every `fast-interval` too; a fast tick that falls within
+/// half a fast interval of a full round is skipped (that round samples them).
 /// `cpu_counters`: the float CPU counters of each round, as Prometheus text for `/metrics`
 /// (the `metrics` crate's counters are integers).
 pub async fn run_sampler(
     mut settings: watch::Receiver<Config>,
     roots: Roots,
     mut pool: watch::Receiver<PoolView>,
+    mut lane: watch::Receiver<FastLane>,
     samples: mpsc::Sender<WorkerSample>,
     cpu_counters: watch::Sender<Bytes>,
     log: Logger,
@@ -131,16 +144,34 @@ pub async fn run_sampler(
     let cfg = settings.borrow_and_update().sampling.clone();
     info!(log, "The sampler started.";
         "interval_ms" => cfg.interval.as_millis() as u64, "pss_every" => cfg.pss_every,
+        "fast_interval_ms" => cfg.fast_interval().as_millis() as u64,
         "kernel_children" => roots.kernel_children,
         "cgroup" => roots.cgroup_dir.as_ref().map(|d| d.display().to_string()));
     let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
     let mut ticker = ticker_for(cfg.interval);
+    let mut fast_ticker = ticker_for(cfg.fast_interval());
+    let mut lane_open = fast_lane_open(&lane.borrow_and_update(), &cfg);
+    let mut last_round = Instant::now();
     loop {
-        let tick_at = tokio::select! {
-            tick_at = ticker.tick() => tick_at.into_std(),
+        let (tick_at, fast) = tokio::select! {
+            tick_at = ticker.tick() => {
+                last_round = tick_at.into_std();
+                (last_round, false)
+            }
+            tick_at = fast_ticker.tick(), if lane_open => {
+                let tick_at = tick_at.into_std();
+                if near_a_round(tick_at, last_round, &state) {
+                    continue;
+                }
+                (tick_at, true)
+            }
             changed = pool.changed() => {
                 if changed.is_err() { break }
                 // A new view alone is no reason to sample; wait for the tick.
+                continue;
+            }
+            Ok(()) = lane.changed() => {
+                lane_open = fast_lane_open(&lane.borrow_and_update(), state.config());
                 continue;
             }
             Ok(()) = settings.changed() => {
@@ -148,18 +179,30 @@ pub async fn run_sampler(
                 if new.interval != state.interval() {
                     ticker = ticker_for(new.interval);
                 }
+                if new.fast_interval() != state.fast_interval() {
+                    fast_ticker = ticker_for(new.fast_interval());
+                }
+                lane_open = fast_lane_open(&lane.borrow(), &new);
                 if state.set_config(new.clone()) {
                     info!(log, "The sampler uses new settings.";
                         "interval_ms" => new.interval.as_millis() as u64, "pss_every" => new.pss_every,
+                        "fast_interval_ms" => new.fast_interval().as_millis() as u64,
                         "missed_pings" => new.missed_pings);
                 }
                 continue;
             }
         };
         let view = pool.borrow_and_update().clone();
-        let outcome = state.round(&view, tick_at).await;
+        let taken = if fast {
+            let lane = lane.borrow().clone();
+            state.fast_round(&view, &lane, tick_at).await
+        } else {
+            let outcome = state.round(&view, tick_at).await;
+            cpu_counters.send_replace(Bytes::from(outcome.cpu_counters));
+            outcome.samples
+        };
         let mut dropped = 0usize;
-        for sample in outcome.samples {
+        for sample in taken {
             if samples.try_send(sample).is_err() {
                 dropped += 1;
             }
@@ -167,9 +210,22 @@ pub async fn run_sampler(
         if dropped > 0 {
             debug!(log, "The watchdog is behind; samples were dropped."; "dropped" => dropped);
         }
-        cpu_counters.send_replace(Bytes::from(outcome.cpu_counters));
     }
     info!(log, "The sampler stopped.");
+}
+
+/// Whether a fast tick falls within half a fast interval of the last full round or the
+/// next one (that round samples the lane's workers).
+fn near_a_round(tick_at: Instant, last_round: Instant, state: &round::SamplerState) -> bool {
+    let since = tick_at.saturating_duration_since(last_round);
+    let half = state.fast_interval() / 2;
+    since < half || since + half > state.interval()
+}
+
+/// Whether fast rounds run: someone is in the lane, and `fast-interval` is below
+/// `interval` (equal turns the lane off).
+fn fast_lane_open(lane: &FastLane, cfg: &crate::config::SamplingConfig) -> bool {
+    !lane.is_empty() && cfg.fast_interval() < cfg.interval
 }
 
 /// Rounds stay on one grid (a late round skips to the next grid time rather than shifting

@@ -2,7 +2,8 @@
 //! figures are gathered: a probe that pushes ([`ControlLink::keep_reporting`]) was told to
 //! push [`push_lead`] before each round, and its push is taken; one that did not push in
 //! time (an older probe, or a late one) is asked, all concurrently, so one slow worker
-//! delays nobody.
+//! delays nobody. A fast-lane round ([`SamplerState::fast_round`]) takes the same samples
+//! of a few workers between full rounds, asking their probes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -13,13 +14,15 @@ use heapwarden_protocol::{AgentMsg, HeapStats, WorkerMsg};
 use slog::{Logger, debug, warn};
 
 use super::child_heaps::ChildHeaps;
-use super::collect::{HostFigures, HostReaders, Roots, TreeFigures, collect_host, collect_trees};
+use super::collect::{HostFigures, HostReaders, Roots, TreeFigures, collect_host, read_trees};
 use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
 use crate::config::SamplingConfig;
 use crate::log::Causes;
-use crate::supervisor::{ChildLink, ControlLink, LinkError, PoolView, SlotState, WorkerView};
+use crate::supervisor::{
+    ChildLink, ControlLink, LinkError, PoolView, SlotState, SlotView, WorkerView,
+};
 
 /// A worker to sample this round.
 #[derive(Debug, Clone)]
@@ -31,6 +34,41 @@ struct Target {
     link: Option<ControlLink>,
     /// Its forked children that report on their own channels.
     children: Vec<ChildLink>,
+}
+
+impl Target {
+    fn of(s: &SlotView) -> Option<Target> {
+        let w = s.worker.as_ref()?;
+        Some(Target {
+            slot: s.slot,
+            state: s.state,
+            worker: w.clone(),
+            link: if w.probe { w.link.clone() } else { None },
+            children: w
+                .children
+                .as_ref()
+                .map(|c| c.borrow().to_vec())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Which round is taken.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    /// Every worker, on the `interval` grid; smaps on every `pss-every`th.
+    Full { with_smaps: bool },
+    /// The fast lane's workers, on the `fast-interval` grid.
+    Fast,
+}
+
+/// What [`SamplerState::take`] read.
+struct Taken {
+    samples: Vec<WorkerSample>,
+    /// The pids whose probes were asked (workers and their reporting children).
+    reporting: HashSet<u32>,
+    /// The machine's and the agent's figures, on full rounds.
+    host: Option<HostFigures>,
 }
 
 /// What a probe said, when it answered.
@@ -104,49 +142,119 @@ impl SamplerState {
         self.cfg.interval
     }
 
+    pub fn fast_interval(&self) -> std::time::Duration {
+        self.cfg.fast_interval()
+    }
+
+    pub fn config(&self) -> &SamplingConfig {
+        &self.cfg
+    }
+
     /// `tick_at`: when this round was due; the next is one interval later.
     pub async fn round(&mut self, view: &PoolView, tick_at: Instant) -> RoundOutcome {
         let started = Instant::now();
-        let interval = self.cfg.interval;
-        // A push taken this round arrived within the last half interval.
-        let pushed_since = tick_at.checked_sub(interval / 2).unwrap_or(tick_at);
         let with_smaps = self
             .round
             .is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
         self.round += 1;
+        let targets: Vec<Target> = view.slots.iter().filter_map(Target::of).collect();
+        let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
+        let roots = self.roots.clone();
+        let host = self.host.clone();
+        let read_host =
+            move || collect_host(&roots, &mut host.lock().unwrap_or_else(|p| p.into_inner()));
+        let taken = self
+            .take(&targets, tick_at, Scope::Full { with_smaps }, read_host)
+            .await;
+        let host = taken.host.unwrap_or_default();
+
+        let mut cpu = BTreeMap::new();
+        for sample in &taken.samples {
+            cpu.insert(sample.slot, sample.cpu_seconds);
+        }
+        let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
+        self.warned.retain(|id| live.contains(id));
+        self.probe_counts.retain(|id, _| live.contains(id));
+        self.child_heaps.retain(&taken.reporting);
+        self.trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(&pids);
+
+        if !host.errors.is_empty() {
+            debug!(self.log, "Some machine figures could not be read.";
+                "errors" => host.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+        }
+        record::record_slots(view, &mut self.slot_metrics);
+        if self.slots_seen > view.slots.len() {
+            record::record_removed_slots(view.slots.len()..self.slots_seen);
+        }
+        self.slots_seen = self.slots_seen.max(view.slots.len());
+        record::record_host(&host, &self.host_metrics);
+        let cpu_counters = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
+        record::record_round_duration(started.elapsed().as_secs_f64(), &self.host_metrics);
+        RoundOutcome {
+            samples: taken.samples,
+            cpu_counters,
+        }
+    }
+
+    /// A fast-lane round, every `fast-interval` between full rounds: samples only the
+    /// workers in `lane` (by worker id), without smaps, the machine's figures or the
+    /// per-round bookkeeping, and marks its samples `fast`.
+    pub async fn fast_round(
+        &mut self,
+        view: &PoolView,
+        lane: &[u64],
+        tick_at: Instant,
+    ) -> Vec<WorkerSample> {
         let targets: Vec<Target> = view
             .slots
             .iter()
-            .filter_map(|s| {
-                let w = s.worker.as_ref()?;
-                Some(Target {
-                    slot: s.slot,
-                    state: s.state,
-                    worker: w.clone(),
-                    link: if w.probe { w.link.clone() } else { None },
-                    children: w
-                        .children
-                        .as_ref()
-                        .map(|c| c.borrow().to_vec())
-                        .unwrap_or_default(),
-                })
+            .filter(|s| {
+                s.worker
+                    .as_ref()
+                    .is_some_and(|w| lane.contains(&w.worker_id))
             })
+            .filter_map(Target::of)
             .collect();
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        self.take(&targets, tick_at, Scope::Fast, HostFigures::default)
+            .await
+            .samples
+    }
 
+    /// Reads `targets`' trees (and, beside them on the same thread, `host`) while their
+    /// probes are heard, and makes their samples; records each slot's figures.
+    async fn take<H>(
+        &mut self,
+        targets: &[Target],
+        tick_at: Instant,
+        scope: Scope,
+        host: H,
+    ) -> Taken
+    where
+        H: FnOnce() -> HostFigures + Send + 'static,
+    {
+        let (interval, with_smaps, full) = match scope {
+            Scope::Full { with_smaps } => (self.cfg.interval, with_smaps, true),
+            Scope::Fast => (self.cfg.fast_interval(), false, false),
+        };
+        // A push taken this round arrived within the last half interval.
+        let pushed_since = tick_at.checked_sub(interval / 2).unwrap_or(tick_at);
         let roots = self.roots.clone();
         let trees = self.trees.clone();
-        let host = self.host.clone();
         let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
         let collect = move || {
-            (
-                collect_trees(
-                    &roots,
-                    &pids,
-                    with_smaps,
-                    &mut trees.lock().unwrap_or_else(|p| p.into_inner()),
-                ),
-                collect_host(&roots, &mut host.lock().unwrap_or_else(|p| p.into_inner())),
-            )
+            let trees = read_trees(
+                &roots,
+                &pids,
+                with_smaps,
+                &mut trees.lock().unwrap_or_else(|p| p.into_inner()),
+            );
+            (trees, full.then(host))
         };
         // A round that only re-reads the trees' open `stat`s (about a microsecond each)
         // runs here: the blocking pool's hand-off (a futex wake and two wake-ups of this
@@ -173,27 +281,28 @@ impl SamplerState {
             }))
         }));
         let (procfs, replies, children) = tokio::join!(procfs, probes, children);
-        // New claimants (and all, after an interval change) are told when to push.
-        let next_push = (tick_at + interval)
-            .checked_sub(push_lead(interval))
-            .map_or(Duration::ZERO, |at| {
-                at.saturating_duration_since(Instant::now())
-            });
-        let links = targets
-            .iter()
-            .flat_map(|t| t.link.iter().chain(t.children.iter().map(|c| &c.link)));
-        for link in links {
-            link.keep_reporting(interval, next_push);
+        if full {
+            // New claimants (and all, after an interval change) are told when to push.
+            let next_push = (tick_at + interval)
+                .checked_sub(push_lead(interval))
+                .map_or(Duration::ZERO, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+            let links = targets
+                .iter()
+                .flat_map(|t| t.link.iter().chain(t.children.iter().map(|c| &c.link)));
+            for link in links {
+                link.keep_reporting(interval, next_push);
+            }
         }
-        let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), HostFigures::default()));
+        let (trees, host) = procfs.unwrap_or_else(|_| (Vec::new(), None));
 
-        let mut outcome = RoundOutcome {
+        let mut taken = Taken {
             samples: Vec::with_capacity(targets.len()),
-            cpu_counters: String::new(),
+            reporting: HashSet::new(),
+            host,
         };
-        let mut cpu = BTreeMap::new();
         let at = Instant::now();
-        let mut reporting = HashSet::new();
         for (i, ((target, reply), children)) in
             targets.iter().zip(replies).zip(children).enumerate()
         {
@@ -202,8 +311,8 @@ impl SamplerState {
                 continue;
             };
             let reply = reply.unwrap_or_default();
-            reporting.insert(target.worker.pid);
-            reporting.extend(children.iter().map(|(pid, _)| *pid));
+            taken.reporting.insert(target.worker.pid);
+            taken.reporting.extend(children.iter().map(|(pid, _)| *pid));
             let tree_heap = self
                 .child_heaps
                 .combine(target.worker.pid, reply.heap, &children);
@@ -212,6 +321,7 @@ impl SamplerState {
                 slot_state: target.state,
                 worker: target.worker.clone(),
                 at,
+                fast: !full,
                 rss: tree.rss,
                 pss: tree.smaps.map(|s| s.pss),
                 uss: tree.smaps.map(|s| s.uss),
@@ -237,27 +347,9 @@ impl SamplerState {
                     now.since(last)
                 });
             record::record_worker(&sample, since, self.slot_metrics.slot(target.slot));
-            cpu.insert(target.slot, tree.cpu_seconds);
-            outcome.samples.push(sample);
+            taken.samples.push(sample);
         }
-        let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
-        self.warned.retain(|id| live.contains(id));
-        self.probe_counts.retain(|id, _| live.contains(id));
-        self.child_heaps.retain(&reporting);
-
-        if !host.errors.is_empty() {
-            debug!(self.log, "Some machine figures could not be read.";
-                "errors" => host.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-        }
-        record::record_slots(view, &mut self.slot_metrics);
-        if self.slots_seen > view.slots.len() {
-            record::record_removed_slots(view.slots.len()..self.slots_seen);
-        }
-        self.slots_seen = self.slots_seen.max(view.slots.len());
-        record::record_host(&host, &self.host_metrics);
-        outcome.cpu_counters = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
-        record::record_round_duration(started.elapsed().as_secs_f64(), &self.host_metrics);
-        outcome
+        taken
     }
 
     /// Whether a probe-linked worker answered; the watchdog decides what a silence means.

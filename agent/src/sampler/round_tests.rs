@@ -136,6 +136,16 @@ async fn pushing_probe(stream: UnixStream, asked: Arc<AtomicUsize>) {
     }
 }
 
+/// The fake `/proc` as the sampler's roots, the agent being pid 1, without a cgroup.
+fn roots_of(fake: &FakeProc) -> Roots {
+    Roots {
+        proc: fake.procfs(),
+        cgroup_dir: None,
+        agent_pid: 1,
+        kernel_children: false,
+    }
+}
+
 /// A control link to a probe that answers (`answering_probe`) or one that never does.
 pub(crate) fn link(worker_id: u64, answers: bool) -> ControlLink {
     let (agent_end, worker_end) = UnixStream::pair().expect("socketpair");
@@ -188,16 +198,12 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
     fake.process(10, 1, 100, [10, 0, 0, 0], [300, 200, 0]);
     fake.process(20, 1, 200, [20, 0, 0, 0], [500, 400, 8]);
     fake.process(30, 1, 300, [30, 0, 0, 0], [700, 600, 0]);
-    let roots = Roots {
-        proc: fake.procfs(),
-        cgroup_dir: None,
-        agent_pid: 1,
-        kernel_children: false,
-    };
+    let roots = roots_of(&fake);
     let cfg = SamplingConfig {
         interval: Duration::from_millis(100),
         pss_every: 2,
         missed_pings: 2,
+        ..SamplingConfig::default()
     };
     let view = PoolView {
         slots: vec![
@@ -341,18 +347,14 @@ async fn a_probe_that_pushes_is_told_once_and_then_not_asked() {
     let fake = FakeProc::new();
     fake.process(1, 0, 10, [1, 1, 0, 0], [1, 1, 0]);
     fake.process(10, 1, 100, [10, 0, 0, 0], [300, 200, 0]);
-    let roots = Roots {
-        proc: fake.procfs(),
-        cgroup_dir: None,
-        agent_pid: 1,
-        kernel_children: false,
-    };
+    let roots = roots_of(&fake);
     // Long enough that a loaded machine still lands each push before its round.
     let interval = Duration::from_millis(400);
     let cfg = SamplingConfig {
         interval,
         pss_every: 1,
         missed_pings: 2,
+        ..SamplingConfig::default()
     };
     let (agent_end, worker_end) = UnixStream::pair().expect("socketpair");
     let asked = Arc::new(AtomicUsize::new(0));
@@ -398,5 +400,56 @@ async fn a_probe_that_pushes_is_told_once_and_then_not_asked() {
     assert!(
         !pusher.keep_reporting(interval, Duration::ZERO),
         "told once per claim and interval"
+    );
+}
+
+#[tokio::test]
+async fn a_fast_round_samples_only_the_lane_and_leaves_the_round_s_bookkeeping() {
+    let fake = FakeProc::new();
+    fake.process(1, 0, 10, [1, 1, 0, 0], [1, 1, 0]);
+    fake.process(10, 1, 100, [10, 0, 0, 0], [300, 200, 0]);
+    fake.process(20, 1, 200, [20, 0, 0, 0], [500, 400, 8]);
+    let roots = roots_of(&fake);
+    let cfg = SamplingConfig {
+        interval: Duration::from_millis(400),
+        pss_every: 1,
+        ..SamplingConfig::default()
+    };
+    let view = PoolView {
+        slots: vec![slot(0, 10, None), slot(1, 20, Some(link(101, true)))],
+        stopping: false,
+    };
+    let mut state = SamplerState::new(cfg, roots, slog::Logger::root(slog::Discard, slog::o!()));
+    let recorder = crate::metric_names::build_recorder().expect("recorder");
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let run = async {
+        let full = state.round(&view, Instant::now()).await;
+        let fast = state.fast_round(&view, &[101], Instant::now()).await;
+        let none = state.fast_round(&view, &[], Instant::now()).await;
+        let gone = state.fast_round(&view, &[7], Instant::now()).await;
+        (full, fast, none, gone)
+    };
+    let (full, fast, none, gone) = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("rounds finish");
+    assert!(full.samples.iter().all(|s| !s.fast));
+    assert_eq!(
+        full.samples[1].pss,
+        Some(500 * 1024),
+        "full rounds read smaps"
+    );
+    assert_eq!(fast.len(), 1, "only the lane's worker: {fast:?}");
+    let s = &fast[0];
+    assert!(s.fast);
+    assert_eq!((s.slot, s.worker.worker_id), (1, 101));
+    assert_eq!(s.rss, 200 * PAGE);
+    assert_eq!(s.heap, Some(HEAP), "its probe was asked");
+    assert_eq!(s.probe, ProbeAnswer::Answered);
+    assert_eq!(s.pss, None, "no smaps in a fast round");
+    assert!(none.is_empty() && gone.is_empty());
+    let page = recorder.handle().render();
+    assert!(
+        page.contains("heapwarden_sample_duration_seconds_count 1"),
+        "a fast round is not a round: {page}"
     );
 }

@@ -7,7 +7,10 @@
 //! samples is replaced as unhealthy (`health`). It publishes each slot's latest figures
 //! (`figures`) for the admin API, each slot's leak suspect (`suspect`: what grew and
 //! which function, for the page) for `/metrics`, and learns what a replacement costs the
-//! pool (`lead`) so the predicted rule acts that far ahead of `max-memory`.
+//! pool (`lead`) so the predicted rule acts that far ahead of `max-memory`. It also
+//! decides which workers the sampler takes every `fast-interval` as well (the fast lane:
+//! those the predicted rule sees reaching `max-memory` within twice its horizon), so the
+//! rule's persistence is confirmed in fractions of a second on a fast leak.
 
 mod fallback;
 mod figures;
@@ -44,7 +47,7 @@ use crate::metric_names::{
 use crate::profiles::{
     CaptureRequest, ProfileFigures, ProfileStoreHandle, Trigger, take_profile, take_snapshot,
 };
-use crate::sampler::{ProbeAnswer, WorkerSample};
+use crate::sampler::{FastLane, ProbeAnswer, WorkerSample};
 use crate::supervisor::{PoolView, Request, RestartReason, Runtime};
 
 /// How many growing sites a detection record lists.
@@ -108,6 +111,8 @@ struct SlotWatch {
     base: MemoryFigures,
     /// PSS is read every `pss-every` rounds; the latest reading stands in between.
     last_pss: Option<u64>,
+    /// Whether the worker's entry into the fast lane was logged (once per worker).
+    fast_logged: bool,
     /// Heap against the tree's PSS, for a worker watched on its heap.
     fallback: fallback::PssFallback,
 }
@@ -120,6 +125,7 @@ impl SlotWatch {
             detector: LeakDetector::new(rules.clone()),
             base: MemoryFigures::default(),
             last_pss: None,
+            fast_logged: false,
             fallback: fallback::PssFallback::default(),
         };
         watch.base = watch.figures(sample);
@@ -166,6 +172,12 @@ pub struct Watchdog {
     profile_times: (mpsc::Sender<Duration>, mpsc::Receiver<Duration>),
     /// The predicted rule's horizon, as last exported.
     horizon: Duration,
+    /// `sampling.fast-interval` as it takes effect, and the horizon for a worker sampled
+    /// that often.
+    fast_interval: Duration,
+    fast_horizon: Duration,
+    /// The workers sampled every `fast-interval` too; the sampler reads it.
+    fast_lane: watch::Sender<FastLane>,
 }
 
 impl Watchdog {
@@ -183,12 +195,13 @@ impl Watchdog {
         figures: watch::Sender<FiguresView>,
         log: Logger,
     ) -> Watchdog {
-        let (config, missed_pings, interval) = {
+        let (config, missed_pings, interval, fast_interval) = {
             let running = settings.borrow_and_update();
             (
                 running.watchdog.clone(),
                 running.sampling.missed_pings,
                 running.sampling.interval,
+                running.sampling.fast_interval(),
             )
         };
         let serving = pool
@@ -203,6 +216,9 @@ impl Watchdog {
             clock: ReplacementClock::default(),
             profile_times: mpsc::channel(16),
             horizon: Duration::ZERO,
+            fast_interval,
+            fast_horizon: Duration::ZERO,
+            fast_lane: watch::Sender::new(FastLane::new()),
             rules: RulesConfig::from_watchdog(&config),
             config,
             slots: HashMap::new(),
@@ -222,6 +238,11 @@ impl Watchdog {
     /// Each slot's leak suspect, as `/metrics` renders it.
     pub fn suspects(&self) -> watch::Receiver<SuspectView> {
         self.suspects.subscribe()
+    }
+
+    /// The workers to sample every `fast-interval` as well, for the sampler.
+    pub fn fast_lane(&self) -> watch::Receiver<FastLane> {
+        self.fast_lane.subscribe()
     }
 
     /// Consumes samples until the sampler stops.
@@ -286,6 +307,10 @@ impl Watchdog {
     /// samples in a row while serving (a starting worker is covered by the supervisor's
     /// ready timeout, a replacing one is already on its way out).
     fn check_health(&mut self, sample: &WorkerSample) {
+        if sample.fast {
+            // Half a fast interval to answer is no test of health; full rounds judge it.
+            return;
+        }
         let answered = match sample.probe {
             ProbeAnswer::NotLinked => return,
             ProbeAnswer::Answered => true,
@@ -321,6 +346,11 @@ impl Watchdog {
             .collect();
         let live = |id| self.serving.contains(&Some(id));
         self.misses.retain(live);
+        self.fast_lane.send_if_modified(|lane| {
+            let before = lane.len();
+            lane.retain(|id| live(*id));
+            lane.len() != before
+        });
         self.clock.note_view(&view);
         let slots = view.slots.len();
         drop(view);
@@ -339,7 +369,12 @@ impl Watchdog {
             self.clock.note_profile(took);
         }
         let replacement = self.clock.replacement();
-        let horizon = self.rules.horizon(replacement, self.interval);
+        let horizon = self
+            .rules
+            .horizon(replacement, self.interval, self.interval);
+        self.fast_horizon = self
+            .rules
+            .horizon(replacement, self.interval, self.fast_interval);
         if horizon != self.horizon {
             self.horizon = horizon;
             metrics::gauge!(REPLACEMENT_SECONDS.name).set(replacement.as_secs_f64());
@@ -354,16 +389,18 @@ impl Watchdog {
         if !self.settings.has_changed().unwrap_or(false) {
             return;
         }
-        let (new, missed_pings, interval) = {
+        let (new, missed_pings, interval, fast_interval) = {
             let running = self.settings.borrow_and_update();
             (
                 running.watchdog.clone(),
                 running.sampling.missed_pings,
                 running.sampling.interval,
+                running.sampling.fast_interval(),
             )
         };
         self.missed_pings = missed_pings;
         self.interval = interval;
+        self.fast_interval = fast_interval;
         if new == self.config {
             return;
         }
@@ -421,12 +458,60 @@ impl Watchdog {
             watch.detector = LeakDetector::with_baseline(rules.clone(), switch.pss_baseline);
         }
         let value = watch.figure.read(sample)?;
-        watch.detector.set_horizon(self.horizon);
+        let id = worker.worker_id;
+        let in_lane = sample.fast || self.fast_lane.borrow().contains(&id);
+        // The persistence counts this worker's samples, so its horizon counts in the
+        // interval it is sampled at.
+        watch.detector.set_horizon(if in_lane {
+            self.fast_horizon
+        } else {
+            self.horizon
+        });
         let obs = watch.detector.observe(sample.at, value);
         if watch.figure == Figure::Heap && obs.baseline_ready {
             watch.fallback.arm(value, sample.pss);
         }
-        Some((watch.figure, obs))
+        let figure = watch.figure;
+        self.steer_fast_lane(sample, &obs, figure);
+        Some((figure, obs))
+    }
+
+    /// Puts the worker in the fast lane while the predicted rule sees it reaching
+    /// `max-memory` within twice the (full-round) horizon, and takes it out when that no
+    /// longer holds or a rule tripped. A worker watched on PSS stays out: fast rounds
+    /// read no smaps.
+    fn steer_fast_lane(&mut self, sample: &WorkerSample, obs: &Observation, figure: Figure) {
+        let Some(watch) = self.slots.get_mut(&sample.slot) else {
+            return;
+        };
+        let id = sample.worker.worker_id;
+        let close = self.fast_interval < self.interval
+            && figure != Figure::Pss
+            && watch.detector.tripped().is_none()
+            && obs
+                .predict_seconds
+                .is_some_and(|s| s <= 2.0 * self.horizon.as_secs_f64());
+        let changed = self.fast_lane.send_if_modified(|lane| {
+            match (close, lane.iter().position(|w| *w == id)) {
+                (true, None) => lane.push(id),
+                (false, Some(i)) => drop(lane.swap_remove(i)),
+                _ => return false,
+            }
+            true
+        });
+        if !changed {
+            return;
+        }
+        if close && !watch.fast_logged {
+            watch.fast_logged = true;
+            info!(self.log, "A worker heads for max-memory; it is sampled every fast-interval until it is replaced or turns back.";
+                "worker" => sample.slot, "pid" => sample.worker.pid, "figure" => figure.as_str(),
+                "seconds_to_limit" => obs.predict_seconds,
+                "fast_interval_ms" => self.fast_interval.as_millis() as u64);
+        } else {
+            debug!(self.log, "A worker's fast-lane sampling changed.";
+                "worker" => sample.slot, "pid" => sample.worker.pid, "fast" => close);
+        }
     }
 
     fn on_trip(
@@ -444,7 +529,9 @@ impl Watchdog {
             "baseline_bytes" => trip.baseline,
             "growth_bytes_per_second" => trip.slope_bytes_per_sec,
             "seconds_to_limit" => trip.seconds_to_limit,
-            "horizon_seconds" => (trip.rule == rules::Rule::Predicted).then_some(self.horizon.as_secs_f64()),
+            "horizon_seconds" => (trip.rule == rules::Rule::Predicted)
+                .then(|| self.slots.get(&slot).map(|w| w.detector.horizon().as_secs_f64()))
+                .flatten(),
             "action" => match self.config.action { LeakAction::Restart => "restart", LeakAction::ProfileOnly => "profile-only" });
         let detection = Detection {
             trip,

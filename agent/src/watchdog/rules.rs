@@ -93,10 +93,11 @@ impl RulesConfig {
         }
     }
 
-    /// The predicted rule's horizon for a measured replacement time (zero when off).
-    pub fn horizon(&self, replacement: Duration, interval: Duration) -> Duration {
+    /// The predicted rule's horizon for a measured replacement time and a worker sampled
+    /// `every` (zero when off): [`predict::horizon`].
+    pub fn horizon(&self, replacement: Duration, interval: Duration, every: Duration) -> Duration {
         self.predict.as_ref().map_or(Duration::ZERO, |p| {
-            predict::horizon(p, replacement, interval)
+            predict::horizon(p, replacement, interval, every)
         })
     }
 }
@@ -127,6 +128,9 @@ pub struct Observation {
     pub baseline_ready: bool,
     /// The predicted rule's prediction, on the sample where it has held long enough.
     pub predicted: Option<Prediction>,
+    /// How near the limit the predicted rule sees this sample, within the horizon or not
+    /// ([`Predictor::seconds_to_limit_hint`]): the watchdog's fast lane.
+    pub predict_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,7 +153,8 @@ pub struct LeakDetector {
 
 impl LeakDetector {
     pub fn new(config: RulesConfig) -> LeakDetector {
-        let horizon = config.horizon(DEFAULT_REPLACEMENT, Duration::from_secs(1));
+        let second = Duration::from_secs(1);
+        let horizon = config.horizon(DEFAULT_REPLACEMENT, second, second);
         LeakDetector {
             predictor: Predictor::default(),
             horizon,
@@ -184,6 +189,11 @@ impl LeakDetector {
     /// measure of this pool's replacement time, through `RulesConfig::horizon`.
     pub fn set_horizon(&mut self, horizon: Duration) {
         self.horizon = horizon;
+    }
+
+    /// The predicted rule's horizon, as last set.
+    pub fn horizon(&self) -> Duration {
+        self.horizon
     }
 
     /// Consecutive samples the predicted rule's prediction held on so far.
@@ -231,6 +241,7 @@ impl LeakDetector {
             obs.predicted = self
                 .predictor
                 .observe(predict, limit, self.horizon, at, value);
+            obs.predict_seconds = self.predictor.seconds_to_limit_hint();
             if trip.is_none() && obs.predicted.is_some() {
                 trip = Some(Rule::Predicted);
             }

@@ -17,6 +17,8 @@
 //!
 //! The horizon includes the persistence (see [`horizon`]), so when the prediction first
 //! holds there is still the replacement time × margin left after it has held long enough.
+//! Every sample also says how near the limit looks ([`Predictor::seconds_to_limit_hint`]),
+//! from which the watchdog decides whom to sample faster; it never trips anything.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -51,20 +53,32 @@ pub struct Prediction {
     pub slope_lower: f64,
 }
 
-/// How far ahead the rule looks: the replacement time × `margin` (at least one sampling
-/// interval: the next sample may already be too late), plus `samples` intervals for the
+/// How far ahead the rule looks: the replacement time × `margin` (at least one full-round
+/// `interval`: the next sample may already be too late, and for a worker in the fast lane
+/// a fast sample can go unanswered while the full round always comes), plus `samples`
+/// samples `every` apart (`interval`, or `fast-interval` in the fast lane) for the
 /// persistence to be confirmed.
-pub fn horizon(config: &PredictConfig, replacement: Duration, interval: Duration) -> Duration {
+pub fn horizon(
+    config: &PredictConfig,
+    replacement: Duration,
+    interval: Duration,
+    every: Duration,
+) -> Duration {
     let lead = replacement
         .mul_f64(config.margin.clamp(1.0, 100.0))
         .max(interval);
-    lead.saturating_add(interval.saturating_mul(config.samples.max(1)))
+    lead.saturating_add(every.saturating_mul(config.samples.max(1)))
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Predictor {
     window: VecDeque<(Instant, f64)>,
     holds: u32,
+    /// The latest sample's conservative time to the limit, when the guards passed.
+    latest: Option<Prediction>,
+    /// Before the fit has its 5 samples: the time to the limit at the rise since the
+    /// previous sample, above the level guard.
+    early: Option<f64>,
 }
 
 impl Predictor {
@@ -86,7 +100,12 @@ impl Predictor {
         {
             self.window.pop_front();
         }
-        match self.predict(config, limit, horizon, at, value) {
+        self.latest = self.predict(config, limit, at, value);
+        self.early = self.early_estimate(config, limit);
+        match self
+            .latest
+            .filter(|p| p.seconds_to_limit <= horizon.as_secs_f64())
+        {
             Some(prediction) => {
                 self.holds = self.holds.saturating_add(1);
                 (self.holds >= config.samples.max(1)).then_some(prediction)
@@ -103,11 +122,31 @@ impl Predictor {
         self.holds
     }
 
+    /// How near the limit looks, for the fast lane ([`crate::sampler::FastLane`]): the
+    /// latest sample's conservative time to the limit, within the horizon or not; before
+    /// the fit has its 5 samples, the time at the rise since the previous sample. `None`
+    /// below the level guard or without a rise. Never a reason to trip: sampling a worker
+    /// faster only brings the rule's own evidence sooner.
+    pub fn seconds_to_limit_hint(&self) -> Option<f64> {
+        self.latest.map(|p| p.seconds_to_limit).or(self.early)
+    }
+
+    fn early_estimate(&self, config: &PredictConfig, limit: u64) -> Option<f64> {
+        let n = self.window.len();
+        if !(2..MIN_SAMPLES).contains(&n) {
+            return None;
+        }
+        let ((t0, v0), (t1, v1)) = (self.window[n - 2], self.window[n - 1]);
+        let dt = t1.saturating_duration_since(t0).as_secs_f64();
+        let limit = limit as f64;
+        (v1 >= config.level * limit && v1 > v0 && dt > 0.0)
+            .then(|| ((limit - v1) * dt / (v1 - v0)).max(0.0))
+    }
+
     fn predict(
         &mut self,
         config: &PredictConfig,
         limit: u64,
-        horizon: Duration,
         at: Instant,
         value: u64,
     ) -> Option<Prediction> {
@@ -125,9 +164,8 @@ impl Predictor {
         if now < floor || slope_lower <= 0.0 {
             return None;
         }
-        let seconds_to_limit = ((limit - now) / slope_lower).max(0.0);
-        (seconds_to_limit <= horizon.as_secs_f64()).then_some(Prediction {
-            seconds_to_limit,
+        Some(Prediction {
+            seconds_to_limit: ((limit - now) / slope_lower).max(0.0),
             slope: fit.slope,
             slope_lower,
         })

@@ -80,19 +80,30 @@ fn the_horizon_is_the_margin_on_the_replacement_plus_the_persistence() {
     let second = Duration::from_secs(1);
     // 2 × 0.8 s + 3 samples of 1 s.
     assert_eq!(
-        horizon(&p, Duration::from_millis(800), second),
+        horizon(&p, Duration::from_millis(800), second, second),
         Duration::from_millis(4600)
     );
     // A replacement faster than one interval still leaves one interval.
     assert_eq!(
-        horizon(&p, Duration::from_millis(50), second),
+        horizon(&p, Duration::from_millis(50), second, second),
         Duration::from_secs(4)
+    );
+    // In the fast lane: the same lead, never under one full round, and the persistence
+    // in samples 250 ms apart.
+    let fast = Duration::from_millis(250);
+    assert_eq!(
+        horizon(&p, Duration::from_millis(50), second, fast),
+        Duration::from_millis(1750)
+    );
+    assert_eq!(
+        horizon(&p, Duration::from_millis(800), second, fast),
+        Duration::from_millis(2350)
     );
     let off = RulesConfig {
         predict: None,
         ..defaults()
     };
-    assert_eq!(off.horizon(second, second), Duration::ZERO);
+    assert_eq!(off.horizon(second, second, second), Duration::ZERO);
     let no_limit = crate::config::WatchdogConfig {
         max_memory: crate::config::types::Toggle::Off,
         ..Default::default()
@@ -105,7 +116,11 @@ fn steady_leaks_trip_predicted_while_a_replacement_still_fits_under_the_limit() 
     // A replacement measured at 0.3 s (start → ready + profile): horizon 2 × 0.3 → 1 s
     // (one interval) + 3 s.
     let config = limited(200.0);
-    let h = config.horizon(Duration::from_millis(300), Duration::from_secs(1));
+    let h = config.horizon(
+        Duration::from_millis(300),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     for rate in [1.0, 5.0, 10.0, 20.0] {
         // Every phase of the leak against the sampling clock, with ±0.5 MiB of noise.
         for phase in 0..10 {
@@ -203,7 +218,11 @@ fn off_leaves_the_limit_to_max_memory() {
 
 #[test]
 fn plateaus_after_a_load_step_never_trip() {
-    let h = defaults().horizon(Duration::from_secs(1), Duration::from_secs(1));
+    let h = defaults().horizon(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     // 150 MiB, then a step that climbs at 10 MiB/s to 400 MiB (78 % of 512) and stays;
     // and a cache filling towards 450 MiB (88 %) ever more slowly.
     let mut noise = Noise(5);
@@ -222,7 +241,11 @@ fn plateaus_after_a_load_step_never_trip() {
 
 #[test]
 fn start_up_ramps_never_trip() {
-    let h = defaults().horizon(Duration::from_secs(1), Duration::from_secs(1));
+    let h = defaults().horizon(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     // From the first sample (warm-up): a linear ramp 20 → 350 MiB in 30 s, and a ramp
     // that decelerates towards 450 MiB (88 % of the limit) with an 8 s time constant.
     let ramp = |t: f64| 20.0 + (11.0 * t).min(330.0);
@@ -247,7 +270,11 @@ fn start_up_ramps_never_trip() {
 
 #[test]
 fn one_off_spikes_near_the_limit_never_trip() {
-    let h = defaults().horizon(Duration::from_secs(1), Duration::from_secs(1));
+    let h = defaults().horizon(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     for width in [1.0, 2.0] {
         let spike = |t: f64| {
             if (100.0..100.0 + width).contains(&t) {
@@ -266,7 +293,11 @@ fn one_off_spikes_near_the_limit_never_trip() {
 
 #[test]
 fn gc_sawtooth_reaching_three_quarters_of_the_limit_never_trips() {
-    let h = defaults().horizon(Duration::from_secs(1), Duration::from_secs(1));
+    let h = defaults().horizon(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     // 100 → 384 MiB (75 % of 512) and back, at periods shorter and longer than the fit.
     for period in [10.0, 20.0, 45.0, 90.0] {
         for phase in [0.0, 3.0, 7.0] {

@@ -6,7 +6,8 @@
 //! prediction's lead and the measured trip → exit time. Rows for the Rust probe-worker
 //! (peak = its own `stats.allocated` at exit), a Node worker (`heapUsed + external` at
 //! exit) and a native (LD_PRELOAD) C worker (peak extrapolated from the tripping sample
-//! at the leak's rate to the exit), and the same 10 MiB/s leak with `predict = "off"`.
+//! at the leak's rate to the exit), the same 10 MiB/s leak with `predict = "off"`, and the
+//! Rust 20 MiB/s leak with the fast lane off (`fast-interval` = `interval`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,35 @@ use heapwarden_tests::ClientLoop;
 use super::*;
 
 const SLOTS: usize = 4;
+
+/// How the agent acts on the leak.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// The defaults: the predicted rule, with the fast lane.
+    Predict,
+    /// The predicted rule on full rounds only (`fast-interval = "1s"`).
+    NoLane,
+    /// `predict = "off"`: `max-memory` alone.
+    Off,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Predict => "on",
+            Mode::NoLane => "on, fast lane off",
+            Mode::Off => "off",
+        }
+    }
+
+    fn sections(self) -> &'static str {
+        match self {
+            Mode::Predict => "predict = \"on\"\n",
+            Mode::NoLane => "predict = \"on\"\n[sampling]\nfast-interval = \"1s\"\n",
+            Mode::Off => "predict = \"off\"\n",
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -57,8 +87,8 @@ struct Replaced {
 pub(super) fn overshoot(bench: &Bench) -> BenchResult<()> {
     println!("## Acting ahead: peak of the replaced worker against a {LIMIT_MIB} MiB max-memory\n");
     println!(
-        "Config: defaults (1 s sampling, `predict = \"on\"`, `predict-margin = 2.0`, `predict-samples = 3`, \
-         `predict-level = 0.5`) but `max-memory = \"{LIMIT_MIB}MiB\"`, {SLOTS} slots leaking at once \
+        "Config: defaults (1 s sampling, 250 ms in the fast lane, `predict = \"on\"`, `predict-margin = 2.0`, \
+         `predict-samples = 3`, `predict-level = 0.5`) but `max-memory = \"{LIMIT_MIB}MiB\"`, {SLOTS} slots leaking at once \
          (`max-concurrent-replacements = {SLOTS}`), a client loop of 2 threads on the service (not for the C \
          worker, which serves nothing). Peak: the old worker's watched figure when it exits (a leak only grows).\n"
     );
@@ -78,14 +108,15 @@ pub(super) fn overshoot(bench: &Bench) -> BenchResult<()> {
         (false, true) => 20,
         (false, false) => others,
     };
-    let mut cases: Vec<(Kind, f64, bool)> = [1.0, 5.0, 10.0, 20.0]
+    let mut cases: Vec<(Kind, f64, Mode)> = [1.0, 5.0, 10.0, 20.0]
         .into_iter()
-        .map(|rate| (Kind::Rust, rate, true))
+        .map(|rate| (Kind::Rust, rate, Mode::Predict))
         .collect();
-    cases.push((Kind::Rust, 10.0, false));
+    cases.push((Kind::Rust, 20.0, Mode::NoLane));
+    cases.push((Kind::Rust, 10.0, Mode::Off));
     for kind in [Kind::Node, Kind::Native] {
-        cases.push((kind, 10.0, true));
-        cases.push((kind, 20.0, true));
+        cases.push((kind, 10.0, Mode::Predict));
+        cases.push((kind, 20.0, Mode::Predict));
     }
     // BENCH_OVERSHOOT_RATES=10,20 limits the rows (a smoke run).
     if let Ok(rates) = std::env::var("BENCH_OVERSHOOT_RATES") {
@@ -112,14 +143,19 @@ pub(super) fn overshoot(bench: &Bench) -> BenchResult<()> {
         )
         .into());
     }
-    for (kind, rate, predict) in cases {
-        let wanted = if predict { runs(rate) } else { runs(1.0) };
+    for (kind, rate, mode) in cases {
+        let wanted = if mode == Mode::Predict {
+            runs(rate)
+        } else {
+            runs(1.0)
+        };
         progress(format!(
-            "overshoot: {} at {rate} MiB/s, predict {predict}, {wanted} runs",
-            kind.name()
+            "overshoot: {} at {rate} MiB/s, predict {}, {wanted} runs",
+            kind.name(),
+            mode.label()
         ));
-        let (replaced, failed, served) = leak_runs(bench, kind, rate, predict, wanted, &c_worker)?;
-        println!("{}", row(kind, rate, predict, &replaced, failed, served));
+        let (replaced, failed, served) = leak_runs(bench, kind, rate, mode, wanted, &c_worker)?;
+        println!("{}", row(kind, rate, mode, &replaced, failed, served));
     }
     println!(
         "| PM2 7 `max_memory_restart` (checks every 30 s; measured for the README) | 10 | | | | 321 max | | | | | ≈ 12 (up to 30) after the crossing | |\n"
@@ -130,7 +166,7 @@ pub(super) fn overshoot(bench: &Bench) -> BenchResult<()> {
 fn row(
     kind: Kind,
     rate: f64,
-    predict: bool,
+    mode: Mode,
     replaced: &[Replaced],
     failed: Option<usize>,
     served: u64,
@@ -156,7 +192,7 @@ fn row(
     format!(
         "| {} | {rate} | {} | {} | **{under} of {}** | {:.1} / {:.1} | {} | {:.1} | {} | {} | {} / {} | {} |",
         kind.name(),
-        if predict { "on" } else { "off" },
+        mode.label(),
         replaced.len(),
         replaced.len(),
         median(&peaks),
@@ -180,7 +216,7 @@ fn leak_runs(
     bench: &Bench,
     kind: Kind,
     rate: f64,
-    predict: bool,
+    mode: Mode,
     wanted: usize,
     c_worker: &Path,
 ) -> BenchResult<(Vec<Replaced>, Option<usize>, u64)> {
@@ -229,8 +265,8 @@ fn leak_runs(
     spec.min_uptime = "200ms";
     spec.sections = format!(
         "[watchdog]\nmax-memory = \"{LIMIT_MIB}MiB\"\nmax-concurrent-replacements = {SLOTS}\n\
-         max-leak-restarts-per-hour = 1000\npredict = \"{}\"\n",
-        if predict { "on" } else { "off" }
+         max-leak-restarts-per-hour = 1000\n{}",
+        mode.sections()
     );
     let agent = Agent::start(bench, &spec)?;
     agent.wait_ready(1, Duration::from_secs(60));
