@@ -458,11 +458,10 @@ impl Watchdog {
             watch.detector = LeakDetector::with_baseline(rules.clone(), switch.pss_baseline);
         }
         let value = watch.figure.read(sample)?;
-        let id = worker.worker_id;
-        let in_lane = sample.fast || self.fast_lane.borrow().contains(&id);
+        let in_lane = self.fast_lane.borrow().contains(&worker.worker_id);
         // The persistence counts this worker's samples, so its horizon counts in the
         // interval it is sampled at.
-        watch.detector.set_horizon(if in_lane {
+        watch.detector.set_horizon(if in_lane || sample.fast {
             self.fast_horizon
         } else {
             self.horizon
@@ -472,7 +471,7 @@ impl Watchdog {
             watch.fallback.arm(value, sample.pss);
         }
         let figure = watch.figure;
-        self.steer_fast_lane(sample, &obs, figure);
+        self.steer_fast_lane(sample, &obs, figure, in_lane);
         Some((figure, obs))
     }
 
@@ -480,28 +479,34 @@ impl Watchdog {
     /// `max-memory` within twice the (full-round) horizon, and takes it out when that no
     /// longer holds or a rule tripped. A worker watched on PSS stays out: fast rounds
     /// read no smaps.
-    fn steer_fast_lane(&mut self, sample: &WorkerSample, obs: &Observation, figure: Figure) {
+    /// `in_lane`: whether it was in the lane before this sample.
+    fn steer_fast_lane(
+        &mut self,
+        sample: &WorkerSample,
+        obs: &Observation,
+        figure: Figure,
+        in_lane: bool,
+    ) {
         let Some(watch) = self.slots.get_mut(&sample.slot) else {
             return;
         };
-        let id = sample.worker.worker_id;
         let close = self.fast_interval < self.interval
             && figure != Figure::Pss
             && watch.detector.tripped().is_none()
             && obs
                 .predict_seconds
                 .is_some_and(|s| s <= 2.0 * self.horizon.as_secs_f64());
-        let changed = self.fast_lane.send_if_modified(|lane| {
-            match (close, lane.iter().position(|w| *w == id)) {
-                (true, None) => lane.push(id),
-                (false, Some(i)) => drop(lane.swap_remove(i)),
-                _ => return false,
-            }
-            true
-        });
-        if !changed {
+        if close == in_lane {
+            // Most samples of most workers: no change, and no write to the channel.
             return;
         }
+        let id = sample.worker.worker_id;
+        self.fast_lane.send_modify(|lane| {
+            lane.retain(|w| *w != id);
+            if close {
+                lane.push(id);
+            }
+        });
         if close && !watch.fast_logged {
             watch.fast_logged = true;
             info!(self.log, "A worker heads for max-memory; it is sampled every fast-interval until it is replaced or turns back.";
