@@ -102,6 +102,10 @@ fn only_the_worker_itself_can_say_ready() {
 
     std::fs::write(&go, "").unwrap();
     wait_until_ok(admin, "/readyz", SECS(20), &agent.logs);
+    // `/readyz` can answer before the agent's record of it is read from its stderr.
+    agent
+        .logs
+        .wait_for(SECS(10), "the ready record", msg("Every worker is ready."));
     assert!(
         agent.logs.matching(msg("Every worker is ready.")).len() == 1,
         "ready once, from the worker's own READY=1"
