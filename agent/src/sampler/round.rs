@@ -14,7 +14,9 @@ use heapwarden_protocol::{AgentMsg, HeapStats, WorkerMsg};
 use slog::{Logger, debug, warn};
 
 use super::child_heaps::ChildHeaps;
-use super::collect::{HostFigures, HostReaders, Roots, TreeFigures, collect_host, read_trees};
+use super::collect::{
+    HostFigures, HostReaders, Roots, TreeFigures, collect_host, collect_trees, read_trees,
+};
 use super::procfs::ProcError;
 use super::tree::TreeCache;
 use super::{ProbeAnswer, WorkerSample, record};
@@ -158,7 +160,6 @@ impl SamplerState {
             .is_multiple_of(u64::from(self.cfg.pss_every.max(1)));
         self.round += 1;
         let targets: Vec<Target> = view.slots.iter().filter_map(Target::of).collect();
-        let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
         let roots = self.roots.clone();
         let host = self.host.clone();
         let read_host =
@@ -176,10 +177,6 @@ impl SamplerState {
         self.warned.retain(|id| live.contains(id));
         self.probe_counts.retain(|id, _| live.contains(id));
         self.child_heaps.retain(&taken.reporting);
-        self.trees
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(&pids);
 
         if !host.errors.is_empty() {
             debug!(self.log, "Some machine figures could not be read.";
@@ -248,12 +245,13 @@ impl SamplerState {
         let trees = self.trees.clone();
         let pids: Vec<u32> = targets.iter().map(|t| t.worker.pid).collect();
         let collect = move || {
-            let trees = read_trees(
-                &roots,
-                &pids,
-                with_smaps,
-                &mut trees.lock().unwrap_or_else(|p| p.into_inner()),
-            );
+            let cache = &mut trees.lock().unwrap_or_else(|p| p.into_inner());
+            // A full round's workers are all of them: the others' trees leave the cache.
+            let trees = if full {
+                collect_trees(&roots, &pids, with_smaps, cache)
+            } else {
+                read_trees(&roots, &pids, with_smaps, cache)
+            };
             (trees, full.then(host))
         };
         // A round that only re-reads the trees' open `stat`s (about a microsecond each)
