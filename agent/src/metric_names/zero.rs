@@ -5,6 +5,8 @@
 //! measured figures appear with their first measurement: a 0 there would be a false
 //! reading.
 
+use std::sync::Arc;
+
 use metrics::{counter, gauge, histogram};
 
 use super::labels::{
@@ -56,7 +58,9 @@ pub fn register_zero_series() {
 
 /// One slot's series (for a slot added later, e.g. when the pool grows).
 pub fn register_slot(slot: usize) {
-    let worker = slot.to_string();
+    // One shared value for the slot's ~40 series: the registry keeps each key's labels,
+    // and an owned `String` per series cost an allocation each.
+    let worker: Arc<str> = Arc::from(slot.to_string());
     for reason in RestartReason::ALL {
         counter!(WORKER_RESTARTS.name, "worker" => worker.clone(), "reason" => reason.as_str())
             .increment(0);

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -42,32 +43,34 @@ pub struct SlotMetrics {
     probe_sampling_restarts: Counter,
 }
 
-/// A slot's gauge, registered at its first value.
+/// A slot's gauge, registered at its first value. It keeps only the name, the shared label
+/// and the handle (not the whole [`Metric`]): each slot has ten of them.
 pub struct LazyGauge {
-    metric: Metric,
-    worker: String,
+    name: &'static str,
+    worker: Arc<str>,
     gauge: OnceCell<Gauge>,
 }
 
 impl LazyGauge {
-    fn new(metric: Metric, worker: &str) -> LazyGauge {
+    fn new(metric: Metric, worker: &Arc<str>) -> LazyGauge {
         LazyGauge {
-            metric,
-            worker: worker.to_string(),
+            name: metric.name,
+            worker: worker.clone(),
             gauge: OnceCell::new(),
         }
     }
 
     pub fn set(&self, value: f64) {
         self.gauge
-            .get_or_init(|| gauge!(self.metric.name, "worker" => self.worker.clone()))
+            .get_or_init(|| gauge!(self.name, "worker" => self.worker.clone()))
             .set(value);
     }
 }
 
 impl SlotMetrics {
     pub fn register(slot: usize) -> SlotMetrics {
-        let worker = slot.to_string();
+        // Shared by every series of the slot (see `register_slot`).
+        let worker: Arc<str> = Arc::from(slot.to_string());
         let g = |m: Metric| gauge!(m.name, "worker" => worker.clone());
         let lazy = |m: Metric| LazyGauge::new(m, &worker);
         SlotMetrics {

@@ -59,12 +59,15 @@ pub enum LinkError {
 
 type BuildMsg = Box<dyn FnOnce(u64) -> AgentMsg + Send>;
 
+/// Kept small: tokio allocates a channel's first block of 32 slots up front, so a link
+/// that never sends holds 32 of these for the worker's life (56 bytes each with the
+/// message inline, 24 with it boxed).
 enum LinkCommand {
     Request {
         build: BuildMsg,
         reply: oneshot::Sender<WorkerMsg>,
     },
-    Send(AgentMsg),
+    Send(Box<AgentMsg>),
 }
 
 /// What a link reports to the supervisor.
@@ -185,7 +188,7 @@ impl ControlLink {
     /// Sends a message that expects no reply; never waits.
     pub fn send(&self, msg: AgentMsg) -> Result<(), LinkError> {
         self.tx
-            .try_send(LinkCommand::Send(msg))
+            .try_send(LinkCommand::Send(Box::new(msg)))
             .map_err(|e| self.send_error(e))
     }
 
@@ -256,7 +259,7 @@ async fn run_link<E: From<LinkEvent>>(
             command = commands.recv() => {
                 let Some(command) = command else { break };
                 let msg = match command {
-                    LinkCommand::Send(msg) => msg,
+                    LinkCommand::Send(msg) => *msg,
                     LinkCommand::Request { build, reply } => {
                         let seq = next_seq;
                         next_seq += 1;
@@ -310,8 +313,7 @@ async fn run_link<E: From<LinkEvent>>(
                         Ok(None) => break,
                         Err(e) if e.is_fatal() => {
                             warn!(log, "The worker sent an unreadable control frame; closing the channel."; "error" => %Causes(&e));
-                            let _ = events.send(LinkEvent::Closed { worker_id }.into()).await;
-                            return;
+                            return closed(worker_id, &events).await;
                         }
                         Err(e) => {
                             warn!(log, "The worker sent a malformed control message; ignoring it."; "error" => %Causes(&e));
@@ -321,7 +323,16 @@ async fn run_link<E: From<LinkEvent>>(
             }
         }
     }
-    let _ = events.send(LinkEvent::Closed { worker_id }.into()).await;
+    closed(worker_id, &events).await;
+}
+
+/// Tells the supervisor the link is gone. Here and in [`route`] a slot in the inbox is
+/// taken before the event is built: the link's task is allocated for the worker's life at
+/// the size of its largest state, and a `send` future would add a whole event to it.
+async fn closed<E: From<LinkEvent>>(worker_id: u64, events: &mpsc::Sender<E>) {
+    if let Ok(slot) = events.reserve().await {
+        slot.send(LinkEvent::Closed { worker_id }.into());
+    }
 }
 
 /// Moves up to one chunk of what `stream` has into `decoder` through the thread's scratch
@@ -370,7 +381,17 @@ async fn route<E: From<LinkEvent>>(
         let _ = waiter.send(msg);
         return;
     }
-    let _ = events
-        .send(LinkEvent::Message { worker_id, msg }.into())
-        .await;
+    if let Ok(slot) = events.reserve().await {
+        slot.send(LinkEvent::Message { worker_id, msg }.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A link's command channel allocates room for 32 commands when it is made, and most
+    /// links never send one: the command must stay small (see [`super::LinkCommand`]).
+    #[test]
+    fn a_link_command_is_three_words() {
+        assert!(std::mem::size_of::<super::LinkCommand>() <= 24);
+    }
 }

@@ -110,9 +110,11 @@ pub fn watch_worker<E: From<NotifiedReady> + Send + 'static>(
                 continue;
             }
             if text.lines().any(|l| l.trim() == "READY=1") {
-                if ready.send(NotifiedReady(worker_id).into()).await.is_err() {
+                // A slot first, then the message: see `link::closed`.
+                let Ok(slot) = ready.reserve().await else {
                     break;
-                }
+                };
+                slot.send(NotifiedReady(worker_id).into());
             } else {
                 debug!(log, "A worker sent an sd_notify message."; "message" => %text.trim());
             }

@@ -115,6 +115,7 @@ struct SlotWatch {
     fast_logged: bool,
     /// Heap against the tree's PSS, for a worker watched on its heap.
     fallback: fallback::PssFallback,
+    trend: TrendGauges,
 }
 
 impl SlotWatch {
@@ -127,6 +128,7 @@ impl SlotWatch {
             last_pss: None,
             fast_logged: false,
             fallback: fallback::PssFallback::default(),
+            trend: TrendGauges::register(sample.slot),
         };
         watch.base = watch.figures(sample);
         watch
@@ -275,9 +277,9 @@ impl Watchdog {
             }
         });
         let Some((figure, obs)) = trend else { return };
-        record_trend(slot, &obs);
         let (base, now) = match self.slots.get_mut(&slot) {
             Some(watch) => {
+                watch.trend.record(&obs);
                 let now = watch.figures(&sample);
                 if obs.baseline_ready {
                     watch.base = now;
@@ -766,13 +768,28 @@ impl ExportNote {
     }
 }
 
-fn record_trend(slot: usize, obs: &Observation) {
-    let worker = slot.to_string();
-    metrics::gauge!(WORKER_GROWTH.name, "worker" => worker.clone())
-        .set(obs.slope_bytes_per_sec.unwrap_or(0.0));
-    // NaN when not growing: comparisons against it are false, so alerts stay quiet.
-    metrics::gauge!(WORKER_SECONDS_TO_LIMIT.name, "worker" => worker)
-        .set(obs.seconds_to_limit.unwrap_or(f64::NAN));
+/// A slot's trend gauges, looked up in the registry once per worker rather than on
+/// every sample (a key built, hashed and cloned twice per worker and second).
+struct TrendGauges {
+    growth: metrics::Gauge,
+    seconds_to_limit: metrics::Gauge,
+}
+
+impl TrendGauges {
+    fn register(slot: usize) -> TrendGauges {
+        let worker: Arc<str> = Arc::from(slot.to_string());
+        TrendGauges {
+            growth: metrics::gauge!(WORKER_GROWTH.name, "worker" => worker.clone()),
+            seconds_to_limit: metrics::gauge!(WORKER_SECONDS_TO_LIMIT.name, "worker" => worker),
+        }
+    }
+
+    fn record(&self, obs: &Observation) {
+        self.growth.set(obs.slope_bytes_per_sec.unwrap_or(0.0));
+        // NaN when not growing: comparisons against it are false, so alerts stay quiet.
+        self.seconds_to_limit
+            .set(obs.seconds_to_limit.unwrap_or(f64::NAN));
+    }
 }
 
 #[cfg(test)]

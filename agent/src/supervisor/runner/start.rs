@@ -160,6 +160,7 @@ impl Supervisor {
                 },
                 Err(_) => ExitStatus::Code(-1),
             };
+            drop(child);
             // Whatever the worker left in its process group goes with it.
             signal_group(pid, NixSignal::SIGKILL);
             // A drained worker's exit is the supervisor's to log (`record_drain`).
@@ -170,7 +171,12 @@ impl Supervisor {
                     info!(log, "A worker was killed by a signal."; "signal" => sig)
                 }
             }
-            let _ = exits.send(Inbox::Exited { worker, status }).await;
+            // The task is allocated for the worker's whole life at the size of its largest
+            // state: the `Child` is gone before the last one, which takes a slot first and
+            // builds the message after (a `send` future would carry an `Inbox` too).
+            if let Ok(permit) = exits.reserve().await {
+                permit.send(Inbox::Exited { worker, status });
+            }
         });
         self.runtimes.insert(
             worker,

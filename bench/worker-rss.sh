@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# What one more worker costs the agent in anonymous memory, with no scrape: runs each
+# given agent build twice, with 8 and with 64 idle probe-workers, all at once (so load
+# falls on every build alike), waits, and prints RssAnon and the main heap of each
+# agent and the slope per worker. Nothing scrapes `/metrics` (a scrape's render adds its
+# own; see docs/src/internals/performance.md, "Where the per-worker RSS is").
+#
+#   bench/worker-rss.sh [SECONDS] NAME=PATH/heapwarden [NAME=PATH …]
+#       (default SECONDS 90; each build runs the probe-worker beside it, or this tree's)
+# Needs release builds: cargo build --release --workspace --bins
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECONDS_TO_WAIT=90
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then SECONDS_TO_WAIT=$1; shift; fi
+(($#)) || { echo "usage: bench/worker-rss.sh [SECONDS] NAME=PATH/heapwarden …" >&2; exit 64; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port=$((20000 + RANDOM % 20000))
+declare -A AGENT
+for build in "$@"; do
+    name=${build%%=*} bin=$(realpath "${build#*=}")
+    [[ -x $bin ]] || { echo "worker-rss: $bin is not an executable" >&2; exit 66; }
+    worker=$(dirname "$bin")/probe-worker
+    [[ -x $worker ]] || worker=$ROOT/target/release/probe-worker
+    for n in 8 64; do
+        dir=$WORK/$name-$n
+        mkdir -p "$dir"
+        cat > "$dir/heapwarden.toml" <<TOML
+state-dir = "$dir/state"
+[admin]
+listen = "127.0.0.1:$port"
+[pool]
+workers = $n
+listen = "127.0.0.1:$((port + 1))"
+command = ["$worker"]
+min-uptime = "1s"
+[pool.restart]
+max-restarts = 1000
+TOML
+        port=$((port + 2))
+        (cd "$dir" && exec "$bin" run -c heapwarden.toml >"$dir/log" 2>&1) &
+        PIDS+=($!)
+        AGENT[$name-$n]=$!
+    done
+done
+echo "worker-rss: $((${#PIDS[@]})) agents up, waiting ${SECONDS_TO_WAIT} s with no scrape" >&2
+sleep "$SECONDS_TO_WAIT"
+
+kib() { # PID FIELD → KiB from /proc/PID/status
+    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+heap() { # PID → KiB resident in [heap]
+    awk '/ \[heap\]$/ { h = 1; next } h && /^Rss:/ { print $2; exit }' "/proc/$1/smaps"
+}
+echo "## Agent anonymous memory per worker, no scrape, after ${SECONDS_TO_WAIT} s — load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| build | RssAnon 8 / 64 workers KiB | [heap] 8 / 64 KiB | RssAnon per worker KiB | [heap] per worker KiB |"
+echo "|---|---:|---:|---:|---:|"
+for build in "$@"; do
+    name=${build%%=*}
+    a8=${AGENT[$name-8]} a64=${AGENT[$name-64]}
+    r8=$(kib "$a8" RssAnon) r64=$(kib "$a64" RssAnon)
+    h8=$(heap "$a8") h64=$(heap "$a64")
+    printf "| %s | %s / %s | %s / %s | %.1f | %.1f |\n" "$name" "$r8" "$r64" "$h8" "$h64" \
+        "$(echo "($r64 - $r8) / 56" | bc -l)" "$(echo "($h64 - $h8) / 56" | bc -l)"
+done
