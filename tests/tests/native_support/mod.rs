@@ -149,13 +149,20 @@ pub fn go_pprof(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The function column of the first row of a `-top` table.
+/// The function column of the first row of a `-top` table that grew (a flat above
+/// zero). pprof orders a `-base` diff by size, shrinking included: between two sampled
+/// profiles a churning working set can shrink by more than the leak grew (CI saw -9.66 MB
+/// of it against the leak's +8.32 MB). A plain `-top` has only rows above zero.
 pub fn top_entry(table: &str) -> String {
     table
         .lines()
         .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .nth(1)
-        .and_then(|row| row.split_whitespace().nth(5))
+        .skip(1)
+        .map(str::split_whitespace)
+        .find_map(|mut row| {
+            let flat = row.next()?;
+            (flat != "0" && !flat.starts_with('-')).then(|| row.nth(4))?
+        })
         .unwrap_or_default()
         .to_string()
 }
