@@ -83,6 +83,13 @@ label_values! {
 /// serving), but what alerts page on.
 pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
 
+/// The `worker` label's value for a slot. Each holder of a slot's series makes it once
+/// and clones it into every series it registers: the registry keeps each key's labels,
+/// and a shared value is one allocation where an owned `String` per series was one each.
+pub fn worker(slot: usize) -> std::sync::Arc<str> {
+    std::sync::Arc::from(slot.to_string())
+}
+
 /// Every `state` value of `heapwarden_worker_state`.
 pub fn worker_states() -> impl Iterator<Item = &'static str> {
     SlotState::ALL

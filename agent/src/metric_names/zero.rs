@@ -5,12 +5,10 @@
 //! measured figures appear with their first measurement: a 0 there would be a false
 //! reading.
 
-use std::sync::Arc;
-
 use metrics::{counter, gauge, histogram};
 
 use super::labels::{
-    ConnectionClose, ExportOutcome, MetricsReject, ProfileOutcome, RestartReason, Rule,
+    self, ConnectionClose, ExportOutcome, MetricsReject, ProfileOutcome, RestartReason, Rule,
     SnapshotOutcome, Trigger, worker_states,
 };
 use super::{
@@ -58,9 +56,7 @@ pub fn register_zero_series() {
 
 /// One slot's series (for a slot added later, e.g. when the pool grows).
 pub fn register_slot(slot: usize) {
-    // One shared value for the slot's ~40 series: the registry keeps each key's labels,
-    // and an owned `String` per series cost an allocation each.
-    let worker: Arc<str> = Arc::from(slot.to_string());
+    let worker = labels::worker(slot);
     for reason in RestartReason::ALL {
         counter!(WORKER_RESTARTS.name, "worker" => worker.clone(), "reason" => reason.as_str())
             .increment(0);

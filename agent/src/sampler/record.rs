@@ -69,8 +69,7 @@ impl LazyGauge {
 
 impl SlotMetrics {
     pub fn register(slot: usize) -> SlotMetrics {
-        // Shared by every series of the slot (see `register_slot`).
-        let worker: Arc<str> = Arc::from(slot.to_string());
+        let worker = crate::metric_names::labels::worker(slot);
         let g = |m: Metric| gauge!(m.name, "worker" => worker.clone());
         let lazy = |m: Metric| LazyGauge::new(m, &worker);
         SlotMetrics {

@@ -777,7 +777,7 @@ struct TrendGauges {
 
 impl TrendGauges {
     fn register(slot: usize) -> TrendGauges {
-        let worker: Arc<str> = Arc::from(slot.to_string());
+        let worker = crate::metric_names::labels::worker(slot);
         TrendGauges {
             growth: metrics::gauge!(WORKER_GROWTH.name, "worker" => worker.clone()),
             seconds_to_limit: metrics::gauge!(WORKER_SECONDS_TO_LIMIT.name, "worker" => worker),
