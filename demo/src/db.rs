@@ -114,6 +114,43 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long a SQLite statement waits for another connection's lock, and how long the
+/// open retries turning a new file to WAL.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects the SQLite pool, retrying while the file is busy. The first connection turns
+/// the file to WAL (`journal_mode`), which needs it alone: a sibling worker opening the
+/// same new file at the same moment gets `SQLITE_BUSY` at once, without SQLite's busy
+/// handler, and would fail its start. Once the file is WAL the pragma takes no lock.
+async fn connect_sqlite(
+    pool: SqlitePoolOptions,
+    options: SqliteConnectOptions,
+) -> Result<SqlitePool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Err(error) if is_busy(&error) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or one of its extended codes.
+fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+}
+
 impl Db {
     /// Opens the pool the config names; the SQLite file lives in `state_dir`.
     pub async fn open(config: &DemoConfig, state_dir: &Path) -> Result<Db, DbError> {
@@ -146,14 +183,12 @@ impl Db {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(config.db_max_connections)
             .acquire_timeout(config.db_acquire_timeout)
-            .idle_timeout(config.db_idle_timeout)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+            .idle_timeout(config.db_idle_timeout);
+        let pool = connect_sqlite(pool, options).await.map_err(open_error)?;
         Ok(Db::Sqlite(pool))
     }
 
@@ -290,5 +325,59 @@ impl Db {
                 .send(Err(std::io::Error::other(error.to_string())))
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{ConnectOptions, Connection};
+
+    use super::*;
+
+    /// A sibling worker mid-write on the new file (as while it turns it to WAL) makes
+    /// SQLite refuse the change to WAL at once, whatever the busy timeout: the open waits
+    /// the lock out instead of failing the worker's start.
+    #[tokio::test]
+    async fn the_open_waits_out_a_sibling_holding_the_new_file_s_write_lock() {
+        const HELD: Duration = Duration::from_millis(300);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sibling = SqliteConnectOptions::new()
+            .filename(dir.path().join("demo.sqlite"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Delete)
+            .connect()
+            .await
+            .expect("sibling connects");
+        sqlx::raw_sql("CREATE TABLE held (x); BEGIN IMMEDIATE")
+            .execute(&mut sibling)
+            .await
+            .expect("sibling takes the write lock");
+        let started = std::time::Instant::now();
+        let sibling = tokio::spawn(async move {
+            tokio::time::sleep(HELD).await;
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut sibling)
+                .await
+                .expect("commit");
+            sibling
+        });
+        let db = Db::open(&DemoConfig::default(), dir.path())
+            .await
+            .expect("the open waits for the sibling's commit");
+        assert!(started.elapsed() >= HELD, "opened while the lock was held");
+        let Db::Sqlite(pool) = &db else {
+            panic!("the default database is SQLite")
+        };
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .expect("journal mode");
+        assert_eq!(mode, "wal");
+        sibling
+            .await
+            .expect("sibling")
+            .close()
+            .await
+            .expect("close");
     }
 }
