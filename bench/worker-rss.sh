@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# What one more worker costs the agent in anonymous memory, with no scrape: runs each
-# given agent build twice, with 8 and with 64 idle probe-workers, all at once (so load
-# falls on every build alike), waits, and prints RssAnon and the main heap of each
-# agent and the slope per worker. Nothing scrapes `/metrics` (a scrape's render adds its
-# own; see docs/src/internals/performance.md, "Where the per-worker RSS is").
+# What one more worker costs the agent in anonymous memory: runs each given agent build
+# twice, with 8 and with 64 idle probe-workers, all at once (so load falls on every
+# build alike), waits, and prints RssAnon and the main heap of each agent and the slope
+# per worker. By default nothing scrapes `/metrics`; SCRAPE_EVERY=15 scrapes every agent
+# every 15 s, as Prometheus would (a scrape's render adds its own; see
+# docs/src/internals/performance.md, "Where the per-worker RSS is").
 #
-#   bench/worker-rss.sh [SECONDS] NAME=PATH/heapwarden [NAME=PATH …]
+#   [SCRAPE_EVERY=S] bench/worker-rss.sh [SECONDS] NAME=PATH/heapwarden [NAME=PATH …]
 #       (default SECONDS 90; each build runs the probe-worker beside it, or this tree's)
 # Needs release builds: cargo build --release --workspace --bins
 set -euo pipefail
@@ -22,8 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+SCRAPE_EVERY=${SCRAPE_EVERY:-0}
 port=$((20000 + RANDOM % 20000))
 declare -A AGENT
+ADMINS=()
 for build in "$@"; do
     name=${build%%=*} bin=$(realpath "${build#*=}")
     [[ -x $bin ]] || { echo "worker-rss: $bin is not an executable" >&2; exit 66; }
@@ -44,13 +47,26 @@ min-uptime = "1s"
 [pool.restart]
 max-restarts = 1000
 TOML
+        ADMINS+=("127.0.0.1:$port")
         port=$((port + 2))
         (cd "$dir" && exec "$bin" run -c heapwarden.toml >"$dir/log" 2>&1) &
         PIDS+=($!)
         AGENT[$name-$n]=$!
     done
 done
-echo "worker-rss: $((${#PIDS[@]})) agents up, waiting ${SECONDS_TO_WAIT} s with no scrape" >&2
+if ((SCRAPE_EVERY > 0)); then
+    scraping="a scrape every ${SCRAPE_EVERY} s"
+    while :; do
+        for admin in "${ADMINS[@]}"; do
+            curl -sf -o /dev/null --max-time 5 "http://$admin/metrics" || true
+        done
+        sleep "$SCRAPE_EVERY"
+    done &
+    PIDS+=($!)
+else
+    scraping="no scrape"
+fi
+echo "worker-rss: ${#ADMINS[@]} agents up, waiting ${SECONDS_TO_WAIT} s with $scraping" >&2
 sleep "$SECONDS_TO_WAIT"
 
 kib() { # PID FIELD → KiB from /proc/PID/status
@@ -59,7 +75,7 @@ kib() { # PID FIELD → KiB from /proc/PID/status
 heap() { # PID → KiB resident in [heap]
     awk '/ \[heap\]$/ { h = 1; next } h && /^Rss:/ { print $2; exit }' "/proc/$1/smaps"
 }
-echo "## Agent anonymous memory per worker, no scrape, after ${SECONDS_TO_WAIT} s — load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "## Agent anonymous memory per worker, $scraping, after ${SECONDS_TO_WAIT} s — load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| build | RssAnon 8 / 64 workers KiB | [heap] 8 / 64 KiB | RssAnon per worker KiB | [heap] per worker KiB |"
 echo "|---|---:|---:|---:|---:|"

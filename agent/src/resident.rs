@@ -19,6 +19,9 @@
 //! `/usr/bin/heapwarden` for an agent running as `heapwarden`), and where it works it
 //! evicts the binary's pages from the page cache, so the next profile conversion — a
 //! helper process running the same binary — and the next trip read them from disk.
+//!
+//! It also owns the trim of malloc's free pages ([`trim_heap`]), which the `/metrics`
+//! handler calls after each render.
 
 // `madvise` on the agent's own read-only file mappings, and `malloc_trim`.
 #![allow(unsafe_code)]
@@ -120,16 +123,24 @@ struct Dropped {
     resident_kib: u64,
 }
 
-/// `malloc_trim(0)`, then `MADV_DONTNEED` on every read-only file mapping of this
-/// process that holds no private page.
-fn drop_read_only_file_pages() -> std::io::Result<Dropped> {
-    // Heap pages that the burst used and freed, in every malloc arena, first.
+/// Hands the free pages of every malloc arena back to the kernel. A burst's scratch
+/// (a `/metrics` render's, say) is freed to the arena of the thread that ran it, and
+/// glibc keeps a freed page resident unless it sits at the top of its arena above the
+/// trim threshold, which grows with each large block freed.
+pub fn trim_heap() {
     // SAFETY: malloc_trim only returns free memory of the C library's allocator (the
     // agent's own) to the kernel; it is thread-safe.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::malloc_trim(0)
     };
+}
+
+/// `malloc_trim(0)`, then `MADV_DONTNEED` on every read-only file mapping of this
+/// process that holds no private page.
+fn drop_read_only_file_pages() -> std::io::Result<Dropped> {
+    // Heap pages that the burst used and freed, in every malloc arena, first.
+    trim_heap();
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut dropped = Dropped::default();
     for m in clean_read_only_file_mappings(&smaps) {

@@ -140,6 +140,9 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         agent.push('\n');
     }
     let suspects = Bytes::from(crate::watchdog::suspect::render(&state.suspects.borrow()));
+    // The renders' scratch is a few times the page; without a trim the admin thread's
+    // arena keeps its pages resident between scrapes.
+    crate::resident::trim_heap();
     let body = Body::new(page::Chunks::new([
         Bytes::from(agent),
         suspects,
