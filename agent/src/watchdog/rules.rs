@@ -49,6 +49,15 @@ const MAX_WINDOW_SAMPLES: usize = crate::config::bounds::MAX_WINDOW_SAMPLES as u
 const MIN_WINDOW_COVERAGE: f64 = 0.8;
 /// Slope is reported (metrics, time to limit) from this many post-warm-up samples on.
 const MIN_SLOPE_SAMPLES: usize = 5;
+/// While the trend is quiet (its slope under [`QUIET_SHARE`] of `trend-min-rate`, or the
+/// rule off, and its conditions not holding), the fit is redone on every this many samples
+/// and its line serves in between. The fit was ~10 % of the agent's CPU per worker, and
+/// most workers are flat most of the time. Four samples move a full window's slope little,
+/// and the rule needs an eighth of the window in a row to trip, so a leak trips at most 3
+/// samples later (`--example rules_quality`).
+const QUIET_REFIT: u8 = 4;
+/// The share of `trend-min-rate` under which the trend counts as quiet.
+const QUIET_SHARE: f64 = 0.5;
 /// Persistence of the trend rule: its conditions must hold on this share of the window's
 /// samples in a row. One window of pure noise can rise by chance; the next eighth of a
 /// window of fresh samples undoes it (±48 MiB of noise, 80 s windows: 4 of 600
@@ -149,6 +158,9 @@ pub struct LeakDetector {
     horizon: Duration,
     /// Consecutive samples the trend rule's conditions held on.
     trend_holds: usize,
+    /// The latest fit of the window, and the samples it has served since (`QUIET_REFIT`).
+    last_fit: Option<Fit>,
+    fit_age: u8,
 }
 
 impl LeakDetector {
@@ -166,6 +178,8 @@ impl LeakDetector {
             window: VecDeque::new(),
             tripped: None,
             trend_holds: 0,
+            last_fit: None,
+            fit_age: 0,
         }
     }
 
@@ -210,6 +224,7 @@ impl LeakDetector {
     /// trimmed to a shorter `trend-window` at the next sample.
     pub fn set_config(&mut self, config: RulesConfig) {
         self.config = config;
+        self.last_fit = None;
     }
 
     pub fn baseline(&self) -> Option<u64> {
@@ -262,7 +277,8 @@ impl LeakDetector {
         if trip.is_none() && self.growth_tripped(value) {
             trip = Some(Rule::Growth);
         }
-        let fit = self.fit();
+        // A trip's record carries the slope: fitted afresh on that sample.
+        let fit = self.fit(trip.is_some());
         if let Some(fit) = fit {
             obs.slope_bytes_per_sec = Some(fit.slope);
             obs.seconds_to_limit = self.seconds_to_limit(&fit, at);
@@ -317,11 +333,32 @@ impl LeakDetector {
         self.strikes >= self.config.strikes.max(1)
     }
 
-    fn fit(&mut self) -> Option<Fit> {
+    /// The window's Theil–Sen line: the last one while the trend is quiet and it has
+    /// served fewer than `QUIET_REFIT` samples (`fresh` refits anyway), else a new fit.
+    fn fit(&mut self, fresh: bool) -> Option<Fit> {
         if self.window.len() < MIN_SLOPE_SAMPLES {
+            self.last_fit = None;
             return None;
         }
-        theil_sen(self.window.make_contiguous())
+        if let Some(fit) = self.last_fit
+            && !fresh
+            && self.trend_holds == 0
+            && self.fit_age + 1 < QUIET_REFIT
+            && self.quiet(&fit)
+        {
+            self.fit_age += 1;
+            return Some(fit);
+        }
+        self.fit_age = 0;
+        self.last_fit = theil_sen(self.window.make_contiguous());
+        self.last_fit
+    }
+
+    /// Whether a fitted slope is too low for the trend rule to trip within a few samples.
+    fn quiet(&self, fit: &Fit) -> bool {
+        self.config
+            .trend_min_rate
+            .is_none_or(|min_rate| fit.slope < QUIET_SHARE * min_rate)
     }
 
     fn seconds_to_limit(&self, fit: &Fit, now: Instant) -> Option<f64> {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::{LeakDetector, Observation, Rule, RulesConfig};
+use super::{LeakDetector, Observation, QUIET_REFIT, Rule, RulesConfig};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -271,4 +271,49 @@ fn a_chance_rise_in_a_short_window_of_wide_noise_does_not_trip_trend() {
         (36 * MIB).saturating_add_signed(noise.next(48 * MIB))
     });
     assert_eq!(trip, None);
+}
+
+/// The reported slopes of `seconds` samples of `series`, from the first fit on.
+fn fitted_slopes(seconds: u64, mut series: impl FnMut(u64) -> u64) -> Vec<f64> {
+    let config = RulesConfig {
+        max_memory: None,
+        growth: None,
+        ..defaults()
+    };
+    let t0 = Instant::now();
+    let mut detector = LeakDetector::new(config);
+    (0..seconds)
+        .filter_map(|s| {
+            detector
+                .observe(t0 + Duration::from_secs(s), series(s))
+                .slope_bytes_per_sec
+        })
+        .collect()
+}
+
+#[test]
+fn a_quiet_trend_is_refitted_every_few_samples_and_a_rising_one_on_every_sample() {
+    let changes = |slopes: &[f64]| slopes.windows(2).filter(|w| w[0] != w[1]).count();
+    // Flat with 1 MiB of jitter: each new fit moves the slope, but only every
+    // QUIET_REFIT-th sample fits.
+    let mut noise = Noise(5);
+    let flat = fitted_slopes(900, |_| (100 * MIB).saturating_add_signed(noise.next(MIB)));
+    let refits = flat.len() / usize::from(QUIET_REFIT);
+    assert!(
+        (refits - 2..=refits + 1).contains(&changes(&flat)),
+        "{} changes in {} slopes",
+        changes(&flat),
+        flat.len()
+    );
+    // Rising at 2 MiB/min, four times the quiet share of the minimum rate: every sample.
+    let mut noise = Noise(6);
+    let rising = fitted_slopes(900, |s| {
+        (100 * MIB + s * 2 * MIB / 60).saturating_add_signed(noise.next(MIB))
+    });
+    assert!(
+        changes(&rising) * 10 >= (rising.len() - 1) * 9,
+        "{} changes in {} slopes",
+        changes(&rising),
+        rising.len()
+    );
 }
