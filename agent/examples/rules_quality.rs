@@ -76,7 +76,7 @@ fn main() {
     for (window, amplitude, runs) in [(80, 48.0, 600), (300, 48.0, 200), (300, 5.0, 200)] {
         let mut trips = 0;
         for run_index in 0..runs {
-            let mut noise = Noise(0x9e37_79b9_7f4a_7c15 ^ (run_index as u64 + 1) * 7919);
+            let mut noise = Noise(0x9e37_79b9_7f4a_7c15 ^ ((run_index as u64 + 1) * 7919));
             let (trip, _) = run(trend_only(Duration::from_secs(window)), 1200, 0, |_| {
                 100.0 * MIB + noise.next(amplitude * MIB)
             });
@@ -99,7 +99,7 @@ fn main() {
         let mut squared = 0.0;
         let mut count = 0usize;
         for run_index in 0..RUNS {
-            let mut noise = Noise(0x2545_f491_4f6c_dd1d ^ (run_index as u64 + 1) * 104_729);
+            let mut noise = Noise(0x2545_f491_4f6c_dd1d ^ ((run_index as u64 + 1) * 104_729));
             let (trip, slopes) = run(
                 trend_only(Duration::from_secs(300)),
                 3600,
