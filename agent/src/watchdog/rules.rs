@@ -19,7 +19,6 @@
 //!
 //! A detector trips at most once; the caller `reset()`s it for the replacement worker.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,7 +26,7 @@ use serde::Serialize;
 use crate::config::WatchdogConfig;
 use crate::config::types::Predict;
 use predict::{PredictConfig, Prediction, Predictor};
-use stats::{Fit, median, quantile, theil_sen};
+use stats::{Fit, Window, median, quantile};
 
 // Kept beside this file (watchdog/rules_*.rs) and declared here, so the watchdog module
 // only declares `rules`.
@@ -151,7 +150,7 @@ pub struct LeakDetector {
     baseline: Option<u64>,
     strikes: u32,
     /// Post-warm-up samples within `trend_window`, oldest first.
-    window: VecDeque<(Instant, f64)>,
+    window: Window,
     tripped: Option<Rule>,
     predictor: Predictor,
     /// How far ahead `predicted` looks (`set_horizon`).
@@ -175,7 +174,7 @@ impl LeakDetector {
             warmup_tail: Vec::new(),
             baseline: None,
             strikes: 0,
-            window: VecDeque::new(),
+            window: Window::default(),
             tripped: None,
             trend_holds: 0,
             last_fit: None,
@@ -312,13 +311,9 @@ impl LeakDetector {
     }
 
     fn push_window(&mut self, at: Instant, value: u64) {
-        self.window.push_back((at, value as f64));
-        while let Some((t, _)) = self.window.front()
-            && (at.saturating_duration_since(*t) > self.config.trend_window
-                || self.window.len() > MAX_WINDOW_SAMPLES)
-        {
-            self.window.pop_front();
-        }
+        self.window.push(at, value);
+        self.window
+            .trim(at, self.config.trend_window, 0, MAX_WINDOW_SAMPLES);
     }
 
     fn growth_tripped(&mut self, value: u64) -> bool {
@@ -350,7 +345,7 @@ impl LeakDetector {
             return Some(fit);
         }
         self.fit_age = 0;
-        self.last_fit = theil_sen(self.window.make_contiguous());
+        self.last_fit = self.window.fit();
         self.last_fit
     }
 
@@ -375,10 +370,10 @@ impl LeakDetector {
         let Some(min_rate) = self.config.trend_min_rate else {
             return false;
         };
-        let (Some(first), Some(last)) = (self.window.front(), self.window.back()) else {
+        if self.window.is_empty() {
             return false;
-        };
-        let span = last.0.saturating_duration_since(first.0).as_secs_f64();
+        }
+        let span = self.window.span().as_secs_f64();
         if fit.slope <= min_rate
             || span < MIN_WINDOW_COVERAGE * self.config.trend_window.as_secs_f64()
         {
@@ -405,7 +400,7 @@ impl LeakDetector {
         // sawtooth whose floor does not rise cannot climb more than its amplitude; for
         // bounded noise ±a the IQR is about a, and a chance slope of pure noise stays
         // far below a rise of 2a.
-        let mut residuals: Vec<f64> = self.window.iter().map(|(t, v)| v - fit.at(*t)).collect();
+        let mut residuals: Vec<f64> = self.window.iter().map(|(t, v)| v - fit.at(t)).collect();
         let q1 = quantile(&mut residuals, 0.25).unwrap_or(0.0);
         let q3 = quantile(&mut residuals, 0.75).unwrap_or(0.0);
         fit.slope * span > 2.0 * (q3 - q1)

@@ -20,10 +20,9 @@
 //! Every sample also says how near the limit looks ([`Predictor::seconds_to_limit_hint`]),
 //! from which the watchdog decides whom to sample faster; it never trips anything.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::stats::{theil_sen, theil_sen_lower};
+use super::stats::Window;
 
 /// The fewest samples a prediction is fitted on.
 const MIN_SAMPLES: usize = 5;
@@ -72,7 +71,7 @@ pub fn horizon(
 
 #[derive(Debug, Clone, Default)]
 pub struct Predictor {
-    window: VecDeque<(Instant, f64)>,
+    window: Window,
     holds: u32,
     /// The latest sample's conservative time to the limit, when the guards passed.
     latest: Option<Prediction>,
@@ -92,14 +91,9 @@ impl Predictor {
         at: Instant,
         value: u64,
     ) -> Option<Prediction> {
-        self.window.push_back((at, value as f64));
-        while let Some((t, _)) = self.window.front()
-            && ((at.saturating_duration_since(*t) > config.window
-                && self.window.len() > MIN_SAMPLES)
-                || self.window.len() > MAX_SAMPLES)
-        {
-            self.window.pop_front();
-        }
+        self.window.push(at, value);
+        self.window
+            .trim(at, config.window, MIN_SAMPLES, MAX_SAMPLES);
         self.latest = self.predict(config, limit, at, value);
         self.early = self.early_estimate(config, limit);
         match self
@@ -136,7 +130,7 @@ impl Predictor {
         if !(2..MIN_SAMPLES).contains(&n) {
             return None;
         }
-        let ((t0, v0), (t1, v1)) = (self.window[n - 2], self.window[n - 1]);
+        let ((t0, v0), (t1, v1)) = (self.window.get(n - 2)?, self.window.get(n - 1)?);
         let dt = t1.saturating_duration_since(t0).as_secs_f64();
         let limit = limit as f64;
         (v1 >= config.level * limit && v1 > v0 && dt > 0.0)
@@ -156,9 +150,8 @@ impl Predictor {
         if (value as f64) < floor || self.window.len() < MIN_SAMPLES {
             return None;
         }
-        let points = self.window.make_contiguous();
-        let (fit, lower) = theil_sen_lower(points, config.confidence)?;
-        let recent = theil_sen(&points[points.len() / 2..]).map_or(lower, |f| f.slope);
+        let (fit, lower) = self.window.fit_lower(config.confidence)?;
+        let recent = self.window.fit_recent_half().map_or(lower, |f| f.slope);
         let slope_lower = lower.min(recent);
         let now = fit.at(at).min(value as f64);
         if now < floor || slope_lower <= 0.0 {

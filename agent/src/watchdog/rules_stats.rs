@@ -1,8 +1,9 @@
 //! Robust statistics for the leak rules: medians, quantiles and the Theil–Sen slope (the
 //! median of pairwise slopes), which ignores up to ~29% outliers where least squares
-//! would follow a single spike.
+//! would follow a single spike; and the rules' compact sample [`Window`] they fit.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Theil–Sen is O(n²) in pairs; past this many points an evenly spaced subset is used
 /// (64 points = 2016 pairs), which keeps one evaluation in the tens of microseconds.
@@ -60,10 +61,134 @@ impl Fit {
     }
 }
 
-/// Theil–Sen fit of (time, value) points given in time order. Needs 3 points spanning
-/// some time.
-pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
-    let (chosen, origin) = choose(points)?;
+/// One sample of a [`Window`]: 8 bytes where `(Instant, f64)` takes 24, since a full
+/// default trend window holds 300 of them for every worker. An `f32` keeps a value to 7
+/// digits (64 bytes at 1 GiB), far finer than the page-sized steps of RSS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Point {
+    /// Milliseconds since the window's origin.
+    ms: u32,
+    value: f32,
+}
+
+/// Sample times past this many milliseconds from the origin move the origin up to the
+/// oldest sample (~25 days; a window spans at most a week, `config::bounds`).
+const REBASE_MS: u32 = 1 << 31;
+
+/// A rule's samples in time order, as compact [`Point`]s, and the fits on them.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    origin: Option<Instant>,
+    points: VecDeque<Point>,
+}
+
+impl Window {
+    /// Appends a sample no older than the newest.
+    pub fn push(&mut self, at: Instant, value: u64) {
+        if self.points.is_empty() {
+            self.origin = Some(at);
+        }
+        let mut ms = self.offset(at);
+        if ms >= REBASE_MS {
+            self.rebase();
+            ms = self.offset(at);
+        }
+        self.points.push_back(Point {
+            ms,
+            value: value as f32,
+        });
+    }
+
+    /// Drops the oldest samples while one is older than `max_age` at `at` and more than
+    /// `keep_at_least` remain, or while more than `at_most` remain.
+    pub fn trim(&mut self, at: Instant, max_age: Duration, keep_at_least: usize, at_most: usize) {
+        while let Some(oldest) = self.points.front().and_then(|p| self.instant(p))
+            && ((at.saturating_duration_since(oldest) > max_age
+                && self.points.len() > keep_at_least)
+                || self.points.len() > at_most)
+        {
+            self.points.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// The `i`-th sample, oldest first.
+    pub fn get(&self, i: usize) -> Option<(Instant, f64)> {
+        let point = self.points.get(i)?;
+        Some((self.instant(point)?, f64::from(point.value)))
+    }
+
+    /// Time from the oldest sample to the newest.
+    pub fn span(&self) -> Duration {
+        match (self.points.front(), self.points.back()) {
+            (Some(first), Some(last)) => Duration::from_millis(u64::from(last.ms - first.ms)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The samples, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (Instant, f64)> + '_ {
+        self.points
+            .iter()
+            .filter_map(|p| Some((self.instant(p)?, f64::from(p.value))))
+    }
+
+    /// Theil–Sen fit of the whole window: [`theil_sen`].
+    pub fn fit(&mut self) -> Option<Fit> {
+        let origin = self.origin?;
+        theil_sen(origin, self.points.make_contiguous())
+    }
+
+    /// Theil–Sen fit of the newer half of the window.
+    pub fn fit_recent_half(&mut self) -> Option<Fit> {
+        let origin = self.origin?;
+        let points = self.points.make_contiguous();
+        theil_sen(origin, &points[points.len() / 2..])
+    }
+
+    /// Theil–Sen fit of the whole window and its slope's lower bound: [`theil_sen_lower`].
+    pub fn fit_lower(&mut self, confidence: f64) -> Option<(Fit, f64)> {
+        let origin = self.origin?;
+        theil_sen_lower(origin, self.points.make_contiguous(), confidence)
+    }
+
+    fn offset(&self, at: Instant) -> u32 {
+        let since = self
+            .origin
+            .map_or(Duration::ZERO, |o| at.saturating_duration_since(o));
+        u32::try_from(since.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// A sample's instant (the origin is set whenever there are samples).
+    fn instant(&self, point: &Point) -> Option<Instant> {
+        Some(self.origin? + Duration::from_millis(u64::from(point.ms)))
+    }
+
+    /// Makes the oldest sample the origin.
+    fn rebase(&mut self) {
+        let Some(shift) = self.points.front().map(|p| p.ms) else {
+            return;
+        };
+        self.origin = self
+            .origin
+            .map(|o| o + Duration::from_millis(u64::from(shift)));
+        for point in &mut self.points {
+            point.ms -= shift;
+        }
+    }
+}
+
+/// Theil–Sen fit of points given in time order, their times counted from `origin`. Needs
+/// 3 points spanning some time.
+fn theil_sen(origin: Instant, points: &[Point]) -> Option<Fit> {
+    let (chosen, origin) = choose(origin, points)?;
     let mut slopes = pairwise_slopes(&chosen);
     fit_with(&chosen, origin, &mut slopes)
 }
@@ -73,8 +198,8 @@ pub fn theil_sen(points: &[(Instant, f64)]) -> Option<Fit> {
 /// ⌊(N − C)/2⌋-th, C = z·√(n(n−1)(2n+5)/18), z the normal quantile of `confidence`).
 /// Noise, a sawtooth's drop or a plateau widen the spread of pairwise slopes and pull the
 /// bound down; a steady climb keeps it near the slope.
-pub fn theil_sen_lower(points: &[(Instant, f64)], confidence: f64) -> Option<(Fit, f64)> {
-    let (chosen, origin) = choose(points)?;
+fn theil_sen_lower(origin: Instant, points: &[Point], confidence: f64) -> Option<(Fit, f64)> {
+    let (chosen, origin) = choose(origin, points)?;
     let mut slopes = pairwise_slopes(&chosen);
     let fit = fit_with(&chosen, origin, &mut slopes)?;
     let n = chosen.len() as f64;
@@ -84,11 +209,12 @@ pub fn theil_sen_lower(points: &[(Instant, f64)], confidence: f64) -> Option<(Fi
     Some((fit, select_key(&mut slopes, rank)))
 }
 
-/// The points as (seconds since the first, value), at most `MAX_POINTS` of them.
-fn choose(points: &[(Instant, f64)]) -> Option<(Vec<(f64, f64)>, Instant)> {
-    let origin = points.first()?.0;
+/// The points as (seconds since the first, value), at most `MAX_POINTS` of them, and the
+/// first one's instant.
+fn choose(origin: Instant, points: &[Point]) -> Option<(Vec<(f64, f64)>, Instant)> {
+    let first = points.first()?.ms;
     let stride = points.len().div_ceil(MAX_POINTS).max(1);
-    let as_secs = |(t, v): &(Instant, f64)| (t.saturating_duration_since(origin).as_secs_f64(), *v);
+    let as_secs = |p: &Point| (f64::from(p.ms - first) / 1000.0, f64::from(p.value));
     let mut chosen: Vec<(f64, f64)> = points.iter().step_by(stride).map(as_secs).collect();
     // Keep the newest point even when striding skips it.
     if !(points.len() - 1).is_multiple_of(stride)
@@ -96,6 +222,7 @@ fn choose(points: &[(Instant, f64)]) -> Option<(Vec<(f64, f64)>, Instant)> {
     {
         chosen.push(as_secs(last));
     }
+    let origin = origin + Duration::from_millis(u64::from(first));
     (chosen.len() >= 3).then_some((chosen, origin))
 }
 
@@ -140,9 +267,15 @@ pub fn normal_quantile(p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    fn window(points: impl IntoIterator<Item = (Instant, u64)>) -> Window {
+        let mut window = Window::default();
+        for (at, value) in points {
+            window.push(at, value);
+        }
+        window
+    }
 
     #[test]
     fn quantiles_and_median() {
@@ -155,11 +288,15 @@ mod tests {
     #[test]
     fn theil_sen_ignores_a_spike_that_least_squares_would_follow() {
         let t0 = Instant::now();
-        let mut points: Vec<(Instant, f64)> = (0..100)
-            .map(|i| (t0 + Duration::from_secs(i), 1000.0 + 2.0 * i as f64))
-            .collect();
-        points[50].1 = 1e12;
-        let fit = theil_sen(&points).expect("fits");
+        let value = |i| {
+            if i == 50 {
+                1_000_000_000_000
+            } else {
+                1000 + 2 * i
+            }
+        };
+        let mut points = window((0..100).map(|i| (t0 + Duration::from_secs(i), value(i))));
+        let fit = points.fit().expect("fits");
         assert!((fit.slope - 2.0).abs() < 1e-9, "slope {}", fit.slope);
         assert!((fit.at(t0 + Duration::from_secs(10)) - 1020.0).abs() < 1e-6);
     }
@@ -167,12 +304,35 @@ mod tests {
     #[test]
     fn subsampling_keeps_the_slope_on_long_series() {
         let t0 = Instant::now();
-        let points: Vec<(Instant, f64)> = (0..3000)
-            .map(|i| (t0 + Duration::from_millis(100 * i), 5.0 * (i as f64 / 10.0)))
-            .collect();
-        let fit = theil_sen(&points).expect("fits");
-        assert!((fit.slope - 5.0).abs() < 1e-6, "slope {}", fit.slope);
-        assert_eq!(theil_sen(&points[..2]), None);
+        let at = |i| t0 + Duration::from_millis(100 * i);
+        let mut points = window((0..3000).map(|i| (at(i), 5 * i)));
+        let fit = points.fit().expect("fits");
+        assert!((fit.slope - 50.0).abs() < 1e-6, "slope {}", fit.slope);
+        assert_eq!(window((0..2).map(|i| (at(i), 5 * i))).fit(), None);
+    }
+
+    #[test]
+    fn a_window_keeps_its_samples_instants_across_a_rebase_and_trims_by_age_and_count() {
+        let t0 = Instant::now();
+        let day = Duration::from_secs(86_400);
+        let mut points = window([(t0, 1), (t0 + 20 * day, 2)]);
+        // 20 days old, past 15: dropped.
+        points.trim(t0 + 20 * day, 15 * day, 0, 10);
+        assert_eq!(points.iter().collect::<Vec<_>>(), [(t0 + 20 * day, 2.0)]);
+        // 30 days from the origin is past `REBASE_MS`: the origin moves up to day 20.
+        points.push(t0 + 30 * day, 3);
+        assert_eq!(points.origin, Some(t0 + 20 * day));
+        let kept: Vec<(Instant, f64)> = points.iter().collect();
+        assert_eq!(kept, [(t0 + 20 * day, 2.0), (t0 + 30 * day, 3.0)]);
+        assert_eq!(points.span(), 10 * day);
+        // All older than a day, but at least 2 stay; then at most 1.
+        points.push(t0 + 31 * day, 4);
+        points.trim(t0 + 100 * day, day, 2, 2);
+        assert_eq!(points.len(), 2);
+        assert_eq!(points.get(0), Some((t0 + 30 * day, 3.0)));
+        points.trim(t0 + 31 * day, 100 * day, 0, 1);
+        assert_eq!(points.get(0), Some((t0 + 31 * day, 4.0)));
+        assert_eq!(points.get(1), None);
     }
 
     #[test]
@@ -190,12 +350,12 @@ mod tests {
     fn the_lower_bound_hugs_a_clean_line_and_drops_on_a_sawtooth() {
         let t0 = Instant::now();
         let at = |i: u64| t0 + Duration::from_secs(i);
-        let line: Vec<(Instant, f64)> = (0..20).map(|i| (at(i), 10.0 * i as f64)).collect();
-        let (fit, lower) = theil_sen_lower(&line, 0.95).expect("fits");
+        let mut line = window((0..20).map(|i| (at(i), 10 * i)));
+        let (fit, lower) = line.fit_lower(0.95).expect("fits");
         assert_eq!((fit.slope, lower), (10.0, 10.0));
         // Two teeth: rising 10/s, falling back every 10 s.
-        let saw: Vec<(Instant, f64)> = (0..20).map(|i| (at(i), 10.0 * (i % 10) as f64)).collect();
-        let (fit, lower) = theil_sen_lower(&saw, 0.95).expect("fits");
+        let mut saw = window((0..20).map(|i| (at(i), 10 * (i % 10))));
+        let (fit, lower) = saw.fit_lower(0.95).expect("fits");
         assert!(
             lower < 2.0 && lower < fit.slope,
             "slope {} lower {lower}: a sawtooth's climb is no line",
@@ -211,8 +371,8 @@ mod tests {
         use proptest::prelude::*;
         use std::time::Duration;
 
-        fn plain(points: &[(Instant, f64)], confidence: f64) -> Option<(Fit, f64)> {
-            let (chosen, origin) = choose(points)?;
+        fn plain(origin: Instant, points: &[Point], confidence: f64) -> Option<(Fit, f64)> {
+            let (chosen, origin) = choose(origin, points)?;
             let mut slopes = Vec::new();
             for (i, a) in chosen.iter().enumerate() {
                 for b in &chosen[i + 1..] {
@@ -249,15 +409,16 @@ mod tests {
             ) {
                 let start = Instant::now();
                 let mut at = start;
-                let points: Vec<(Instant, f64)> = steps
-                    .iter()
-                    .map(|(ms, value)| {
-                        at += Duration::from_millis(*ms);
-                        (at, *value as f64)
-                    })
-                    .collect();
-                prop_assert_eq!(theil_sen_lower(&points, confidence), plain(&points, confidence));
-                prop_assert_eq!(theil_sen(&points), plain(&points, confidence).map(|(fit, _)| fit));
+                let mut window = Window::default();
+                for (ms, value) in &steps {
+                    at += Duration::from_millis(*ms);
+                    window.push(at, *value);
+                }
+                let origin = window.origin.expect("samples");
+                let points = window.points.make_contiguous();
+                let plain = plain(origin, points, confidence);
+                prop_assert_eq!(theil_sen_lower(origin, points, confidence), plain);
+                prop_assert_eq!(theil_sen(origin, points), plain.map(|(fit, _)| fit));
             }
 
             #[test]
