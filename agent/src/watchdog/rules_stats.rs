@@ -93,6 +93,11 @@ impl Window {
             self.rebase();
             ms = self.offset(at);
         }
+        if self.points.len() == self.points.capacity() {
+            // A quarter more, not double: a full window keeps its length for the worker's
+            // life, and 300 samples would sit in room for 512.
+            self.points.reserve_exact((self.points.len() / 4).max(8));
+        }
         self.points.push_back(Point {
             ms,
             value: value as f32,
