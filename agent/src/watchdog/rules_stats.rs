@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 /// Theil–Sen is O(n²) in pairs; past this many points an evenly spaced subset is used
 /// (64 points = 2016 pairs), which keeps one evaluation in the tens of microseconds.
+/// Fewer lose slow leaks: with 32, a 2 MiB/min leak under ±5 MiB of noise was caught in
+/// 16 of 100 runs within an hour, against 88 (`--example rules_quality`).
 const MAX_POINTS: usize = 64;
 
 /// The `q` quantile (0..=1, nearest rank) of `values`; `None` when empty. Reorders.
