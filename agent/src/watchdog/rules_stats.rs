@@ -85,7 +85,8 @@ pub struct Window {
 }
 
 impl Window {
-    /// Appends a sample no older than the newest.
+    /// Appends a sample. Samples come in time order; one that does not is kept where it
+    /// lands, and the offsets saturate rather than wrap.
     pub fn push(&mut self, at: Instant, value: u64) {
         if self.points.is_empty() {
             self.origin = Some(at);
@@ -135,7 +136,9 @@ impl Window {
     /// Time from the oldest sample to the newest.
     pub fn span(&self) -> Duration {
         match (self.points.front(), self.points.back()) {
-            (Some(first), Some(last)) => Duration::from_millis(u64::from(last.ms - first.ms)),
+            (Some(first), Some(last)) => {
+                Duration::from_millis(u64::from(last.ms.saturating_sub(first.ms)))
+            }
             _ => Duration::ZERO,
         }
     }
@@ -187,7 +190,7 @@ impl Window {
             .origin
             .map(|o| o + Duration::from_millis(u64::from(shift)));
         for point in &mut self.points {
-            point.ms -= shift;
+            point.ms = point.ms.saturating_sub(shift);
         }
     }
 }
@@ -221,7 +224,12 @@ fn theil_sen_lower(origin: Instant, points: &[Point], confidence: f64) -> Option
 fn choose(origin: Instant, points: &[Point]) -> Option<(Vec<(f64, f64)>, Instant)> {
     let first = points.first()?.ms;
     let stride = points.len().div_ceil(MAX_POINTS).max(1);
-    let as_secs = |p: &Point| (f64::from(p.ms - first) / 1000.0, f64::from(p.value));
+    let as_secs = |p: &Point| {
+        (
+            f64::from(p.ms.saturating_sub(first)) / 1000.0,
+            f64::from(p.value),
+        )
+    };
     let mut chosen: Vec<(f64, f64)> = points.iter().step_by(stride).map(as_secs).collect();
     // Keep the newest point even when striding skips it.
     if !(points.len() - 1).is_multiple_of(stride)
@@ -340,6 +348,19 @@ mod tests {
         points.trim(t0 + 31 * day, 100 * day, 0, 1);
         assert_eq!(points.get(0), Some((t0 + 31 * day, 4.0)));
         assert_eq!(points.get(1), None);
+    }
+
+    #[test]
+    fn a_sample_out_of_time_order_neither_panics_nor_wraps() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut points = window([(at(0), 1), (at(5), 2), (at(2), 3), (at(6), 4)]);
+        // Drops the first: the oldest left (5 s) is newer than the one after it (2 s).
+        points.trim(at(6), Duration::from_millis(5_500), 0, 10);
+        assert_eq!(points.len(), 3);
+        assert_eq!(points.span(), Duration::from_secs(1));
+        let fit = points.fit().expect("fits");
+        assert!(fit.slope.is_finite(), "slope {}", fit.slope);
     }
 
     #[test]
