@@ -282,6 +282,21 @@ fn assert_pprof_top(native: &NativeAgent, id: u64, function: &str) {
     assert_eq!(top_entry(&table), function, "{table}");
 }
 
+/// The pid in the leaking child's "shop leaker pid N" line. The gunicorn processes share
+/// one stderr pipe, so another's output may follow the digits on the relayed line; the
+/// record is in the panic when there are none.
+fn leaker_pid(record: &Value) -> u64 {
+    let text = record["msg"].as_str().unwrap_or_default();
+    let digits: String = text
+        .trim_start_matches("shop leaker pid ")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|e| panic!("no pid in the leaker's line ({e}): {record}"))
+}
+
 fn worker_pids(native: &NativeAgent) -> Vec<i64> {
     native
         .agent
@@ -331,10 +346,7 @@ fn gunicorn_with_three_children_profiles_the_one_that_leaks() {
                 .as_str()
                 .is_some_and(|m| m.starts_with("shop leaker pid "))
         });
-    let leaker: i64 = leaker["msg"].as_str().unwrap()["shop leaker pid ".len()..]
-        .trim()
-        .parse()
-        .unwrap();
+    let leaker = leaker_pid(&leaker) as i64;
     let caught = catch_leak(&native, 3);
     println!(
         "gunicorn 1x3, one child leaking: caught {:.1} s after the load started, {} ok, {} failed",
@@ -532,10 +544,7 @@ trend-min-rate = "off"
             .as_str()
             .is_some_and(|m| m.starts_with("shop leaker pid "))
     });
-    let leaker: u64 = leaker["msg"].as_str().unwrap()["shop leaker pid ".len()..]
-        .trim()
-        .parse()
-        .unwrap();
+    let leaker = leaker_pid(&leaker);
     wait_serving(&native);
     logs.wait_for(SECS(60), "a baseline profile", |r| {
         r["msg"] == "A heap profile was written." && r["trigger"] == "baseline"
