@@ -140,8 +140,8 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         agent.push('\n');
     }
     let suspects = Bytes::from(crate::watchdog::suspect::render(&state.suspects.borrow()));
-    // The renders' scratch is a few times the page; without a trim the admin thread's
-    // arena keeps its pages resident between scrapes.
+    // The renders' scratch is freed into this thread's malloc arena, which would keep its
+    // pages resident until the next scrape (~11 KiB per worker, internals/performance.md).
     crate::resident::trim_heap();
     let body = Body::new(page::Chunks::new([
         Bytes::from(agent),

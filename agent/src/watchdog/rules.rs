@@ -49,9 +49,10 @@ const MIN_WINDOW_COVERAGE: f64 = 0.8;
 /// Slope is reported (metrics, time to limit) from this many post-warm-up samples on.
 const MIN_SLOPE_SAMPLES: usize = 5;
 /// While the trend is quiet (its slope under [`QUIET_SHARE`] of `trend-min-rate`, or the
-/// rule off, and its conditions not holding), the fit is redone on every this many samples
-/// and its line serves in between. The fit was ~10 % of the agent's CPU per worker, and
-/// most workers are flat most of the time. Four samples move a full window's slope little,
+/// rule off), the fit is redone on every this many samples and its line serves in
+/// between. A quiet line cannot hold the rule's conditions, whose slope must exceed the
+/// whole rate. The fit was ~6 % of the agent's CPU with 64 workers (`perf`), and most
+/// workers are flat most of the time. Four samples move a full window's slope little,
 /// and the rule needs an eighth of the window in a row to trip, so a leak trips at most 3
 /// samples later (`--example rules_quality`).
 const QUIET_REFIT: u8 = 4;
@@ -337,7 +338,6 @@ impl LeakDetector {
         }
         if let Some(fit) = self.last_fit
             && !fresh
-            && self.trend_holds == 0
             && self.fit_age + 1 < QUIET_REFIT
             && self.quiet(&fit)
         {
