@@ -25,6 +25,26 @@ fn reads_fill_the_cache_and_writes_invalidate_it() {
     assert_eq!(first.json()["name"], "item-3");
     let second = get(&demo.url("/items/3"));
     assert_eq!(second.header("x-cache"), Some("l1"));
+    // An L1 hit is answered before the router, from a header map made once: it carries
+    // what every answer does, and its request id is this request's, not the map's slot.
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("content-type"), Some("application/json"));
+    assert_eq!(second.header("x-worker"), first.header("x-worker"));
+    let id = second
+        .header("x-request-id")
+        .expect("an L1 hit has a request id");
+    assert!(
+        id.len() > 2 && id != first.header("x-request-id").unwrap(),
+        "{id}"
+    );
+    let given = call(
+        "GET",
+        &demo.url("/items/3"),
+        &[("x-request-id", "given-7")],
+        None,
+    );
+    assert_eq!(given.header("x-cache"), Some("l1"));
+    assert_eq!(given.header("x-request-id"), Some("given-7"));
 
     let put = call(
         "PUT",
