@@ -25,8 +25,8 @@ fn reads_fill_the_cache_and_writes_invalidate_it() {
     assert_eq!(first.json()["name"], "item-3");
     let second = get(&demo.url("/items/3"));
     assert_eq!(second.header("x-cache"), Some("l1"));
-    // An L1 hit is answered before the router, from a header map made once: it carries
-    // what every answer does, and its request id is this request's, not the map's slot.
+    // An L1 hit is answered before the router (`serve.rs`'s fast path): it still carries
+    // what every answer does, and a request id of its own.
     assert_eq!(second.body, first.body);
     assert_eq!(second.header("content-type"), Some("application/json"));
     assert_eq!(second.header("x-worker"), first.header("x-worker"));
