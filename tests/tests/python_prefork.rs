@@ -282,13 +282,20 @@ fn assert_pprof_top(native: &NativeAgent, id: u64, function: &str) {
     assert_eq!(top_entry(&table), function, "{table}");
 }
 
-/// The pid in the leaking child's "shop leaker pid N" line. The gunicorn processes share
-/// one stderr pipe, so another's output may follow the digits on the relayed line; the
-/// record is in the panic when there are none.
-fn leaker_pid(record: &Value) -> u64 {
+/// Waits for the leaking child's "shop leaker pid N" line and returns N. The gunicorn
+/// processes share one stderr pipe, so another's output may follow the digits on the
+/// relayed line; the record is in the panic when there are none.
+fn leaker_pid(native: &NativeAgent) -> u64 {
+    const PREFIX: &str = "shop leaker pid ";
+    let record = native
+        .agent
+        .logs
+        .wait_for(SECS(40), "the leaking child", |r| {
+            r["msg"].as_str().is_some_and(|m| m.starts_with(PREFIX))
+        });
     let text = record["msg"].as_str().unwrap_or_default();
     let digits: String = text
-        .trim_start_matches("shop leaker pid ")
+        .trim_start_matches(PREFIX)
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
@@ -338,15 +345,7 @@ fn gunicorn_with_three_children_profiles_the_one_that_leaks() {
         &gunicorn(3, &["--config", &config]),
         &format!("[pool.env]\nSHOP_ORDER_BYTES = \"262144\"\n{RULES}"),
     );
-    let leaker = native
-        .agent
-        .logs
-        .wait_for(SECS(40), "the leaking child", |r| {
-            r["msg"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("shop leaker pid "))
-        });
-    let leaker = leaker_pid(&leaker) as i64;
+    let leaker = leaker_pid(&native) as i64;
     let caught = catch_leak(&native, 3);
     println!(
         "gunicorn 1x3, one child leaking: caught {:.1} s after the load started, {} ok, {} failed",
@@ -539,12 +538,7 @@ trend-min-rate = "off"
 "#;
     let native = start_gunicorn(1, &gunicorn(3, &["--config", &config]), rules);
     let logs = &native.agent.logs;
-    let leaker = logs.wait_for(SECS(40), "the leaking child", |r| {
-        r["msg"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("shop leaker pid "))
-    });
-    let leaker = leaker_pid(&leaker);
+    let leaker = leaker_pid(&native);
     wait_serving(&native);
     logs.wait_for(SECS(60), "a baseline profile", |r| {
         r["msg"] == "A heap profile was written." && r["trigger"] == "baseline"

@@ -370,9 +370,7 @@ impl LeakDetector {
         let Some(min_rate) = self.config.trend_min_rate else {
             return false;
         };
-        if self.window.is_empty() {
-            return false;
-        }
+        // A fit exists only for a window of `MIN_SLOPE_SAMPLES` or more.
         let span = self.window.span().as_secs_f64();
         if fit.slope <= min_rate
             || span < MIN_WINDOW_COVERAGE * self.config.trend_window.as_secs_f64()

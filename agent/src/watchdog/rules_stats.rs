@@ -123,10 +123,6 @@ impl Window {
         self.points.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
-    }
-
     /// The `i`-th sample, oldest first.
     pub fn get(&self, i: usize) -> Option<(Instant, f64)> {
         let point = self.points.get(i)?;
