@@ -5,7 +5,8 @@
 # agent, the CPU it used after the warm-up's baseline profiles (from SETTLE seconds on,
 # default 60), and the slopes per worker. By default nothing scrapes `/metrics`;
 # SCRAPE_EVERY=15 scrapes every agent every 15 s, as Prometheus would (a scrape's render
-# adds its own; see docs/src/internals/performance.md, "Where the per-worker RSS is").
+# adds its own; see docs/src/internals/performance.md, "Where the per-worker RSS is"), and
+# prints the mean time a scrape took, `curl` included.
 #
 #   [SCRAPE_EVERY=S] [SETTLE=S] bench/worker-rss.sh [SECONDS] NAME=PATH/heapwarden …
 #       (default SECONDS 90, counted after SETTLE; each build runs the probe-worker
@@ -29,7 +30,7 @@ SCRAPE_EVERY=${SCRAPE_EVERY:-0}
 SETTLE=${SETTLE:-60}
 port=$((20000 + RANDOM % 20000))
 declare -A AGENT
-ADMINS=()
+ADMINS=() ADMIN_KEYS=()
 for build in "$@"; do
     name=${build%%=*} bin=$(realpath "${build#*=}")
     [[ -x $bin ]] || { echo "worker-rss: $bin is not an executable" >&2; exit 66; }
@@ -51,6 +52,7 @@ min-uptime = "1s"
 max-restarts = 1000
 TOML
         ADMINS+=("127.0.0.1:$port")
+        ADMIN_KEYS+=("$name-$n")
         port=$((port + 2))
         (cd "$dir" && exec "$bin" run -c heapwarden.toml >"$dir/log" 2>&1) &
         PIDS+=($!)
@@ -60,8 +62,9 @@ done
 if ((SCRAPE_EVERY > 0)); then
     scraping="a scrape every ${SCRAPE_EVERY} s"
     while :; do
-        for admin in "${ADMINS[@]}"; do
-            curl -sf -o /dev/null --max-time 5 "http://$admin/metrics" || true
+        for i in "${!ADMINS[@]}"; do
+            curl -sf -o /dev/null --max-time 5 -w '%{time_total}\n' "http://${ADMINS[$i]}/metrics" \
+                >>"$WORK/scrapes-${ADMIN_KEYS[$i]}" || true
         done
         sleep "$SCRAPE_EVERY"
     done &
@@ -71,6 +74,7 @@ else
 fi
 echo "worker-rss: ${#ADMINS[@]} agents up, settling ${SETTLE} s, then ${SECONDS_TO_WAIT} s with $scraping" >&2
 sleep "$SETTLE"
+rm -f "$WORK"/scrapes-*
 ticks() { # PID → utime + stime in clock ticks, ended threads included
     sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
@@ -90,6 +94,9 @@ echo "## Agent memory and CPU per worker, $scraping, CPU over ${SECONDS_TO_WAIT}
 echo
 echo "| build | RssAnon 8 / 64 workers KiB | [heap] 8 / 64 KiB | RssAnon per worker KiB | [heap] per worker KiB | CPU 8 / 64 workers, % of a core | CPU per worker and sample µs |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
+scrape_ms() { # KEY → mean seconds of its scrapes in the measured window, as ms
+    awk '{ t += $1; n++ } END { if (n) printf "%.2f", 1000 * t / n; else printf "—" }' "$WORK/scrapes-$1" 2>/dev/null || printf "—"
+}
 for build in "$@"; do
     name=${build%%=*}
     a8=${AGENT[$name-8]} a64=${AGENT[$name-64]}
@@ -102,3 +109,12 @@ for build in "$@"; do
         "$(echo "100 * $c64 / $HZ / $SECONDS_TO_WAIT" | bc -l)" \
         "$(echo "1000000 * ($c64 - $c8) / $HZ / $SECONDS_TO_WAIT / 56" | bc -l)"
 done
+if ((SCRAPE_EVERY > 0)); then
+    echo
+    echo "| build | mean scrape, 8 / 64 workers, ms (\`curl\` included) |"
+    echo "|---|---:|"
+    for build in "$@"; do
+        name=${build%%=*}
+        echo "| $name | $(scrape_ms "$name-8") / $(scrape_ms "$name-64") |"
+    done
+fi

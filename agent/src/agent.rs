@@ -110,7 +110,6 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             },
         )?;
         let (exposition_writer, exposition_reader) = exposition_channel(config.sampling.interval);
-        let (cpu_counters_tx, cpu_counters) = watch::channel(bytes::Bytes::new());
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
@@ -142,7 +141,6 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             handles.view.clone(),
             watchdog.fast_lane(),
             samples_tx,
-            cpu_counters_tx,
             root.new(o!("module" => "sampler")),
         ));
         let watchdog = tokio::spawn(watchdog.run(samples_rx));
@@ -172,7 +170,6 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         let admin_state = AdminState {
             metrics,
             exposition: exposition_reader,
-            cpu_counters,
             pool: handles.view.clone(),
             heartbeat: handles.heartbeat.clone(),
             heartbeat_max_age: HEARTBEAT_MAX_AGE,

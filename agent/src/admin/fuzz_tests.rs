@@ -161,7 +161,6 @@ fn fuzz_admin_routes() {
             AdminState {
                 metrics: recorder.handle(),
                 exposition,
-                cpu_counters: watch::channel(bytes::Bytes::new()).1,
                 pool: pool_rx,
                 heartbeat,
                 heartbeat_max_age: Duration::from_secs(5),

@@ -2,8 +2,8 @@
 //! merged with every worker's reported families), `/healthz`, `/readyz`, and a place for
 //! the authenticated `/api/v1/*` routes. It runs on its own thread and runtime
 //! ([`server`]) with connection limits, and only reads: the pool view and heartbeat from
-//! the supervisor, the CPU counters from the sampler, the workers' metrics text from
-//! [`exposition`]'s fetching task (which runs on the agent's runtime).
+//! the supervisor, the workers' metrics text from [`exposition`]'s fetching task (which
+//! runs on the agent's runtime).
 
 pub mod api;
 pub mod auth;
@@ -23,7 +23,6 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use bytes::Bytes;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 pub use auth::{AdminToken, AuthError, load_or_create_token, require_token};
@@ -35,6 +34,7 @@ pub use page::WorkerPageCache;
 pub use recorder::{RecorderError, install_recorder, spawn_upkeep};
 pub use server::{AdminServer, Limits, connection_budget, raise_fd_limit};
 
+use crate::metric_names::MetricsHandle;
 use crate::supervisor::PoolView;
 use crate::watchdog::SuspectView;
 
@@ -48,10 +48,8 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Everything the handlers read; cheap to clone.
 #[derive(Clone)]
 pub struct AdminState {
-    pub metrics: PrometheusHandle,
+    pub metrics: MetricsHandle,
     pub exposition: ExpositionReader,
-    /// The sampler's float CPU counters, as Prometheus text.
-    pub cpu_counters: watch::Receiver<Bytes>,
     pub pool: watch::Receiver<PoolView>,
     /// The supervisor sends `Instant::now()` on every control-loop tick.
     pub heartbeat: watch::Receiver<Instant>,
@@ -107,17 +105,14 @@ pub fn render_workers(snapshot: &Exposition) -> WorkerPage {
     merge_workers(&parts, WORKER_METRICS_BUDGET)
 }
 
-/// The whole page: the recorder's families, the sampler's float counters, then the
-/// workers'. The three never share a family: worker families under the agent's
-/// `heapwarden_` prefix are refused.
-pub fn render_metrics(agent: &str, cpu_counters: &str, workers: &Exposition) -> String {
+/// The whole page: the recorder's families, then the workers'. The two never share a
+/// family: worker families under the agent's `heapwarden_` prefix are refused.
+pub fn render_metrics(agent: &str, workers: &Exposition) -> String {
     let mut page = String::from(agent);
-    for part in [cpu_counters, &render_workers(workers).text] {
-        if !page.is_empty() && !page.ends_with('\n') {
-            page.push('\n');
-        }
-        page.push_str(part);
+    if !page.is_empty() && !page.ends_with('\n') {
+        page.push('\n');
     }
+    page.push_str(&render_workers(workers).text);
     page
 }
 
@@ -132,7 +127,6 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         .map(|w| w.worker_id)
         .collect();
     let snapshot = state.exposition.scrape_fresh(&ready).await;
-    let cpu_counters = state.cpu_counters.borrow().clone();
     let workers = state.worker_page.get(snapshot).await;
     // Rendered after the worker text, so this page already counts its rejected lines.
     let mut agent = state.metrics.render();
@@ -143,12 +137,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     // The renders' scratch is freed into this thread's malloc arena, which would keep its
     // pages resident until the next scrape (~11 KiB per worker, internals/performance.md).
     crate::resident::trim_heap();
-    let body = Body::new(page::Chunks::new([
-        Bytes::from(agent),
-        suspects,
-        cpu_counters,
-        workers,
-    ]));
+    let body = Body::new(page::Chunks::new([Bytes::from(agent), suspects, workers]));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }
 

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{BuildError, PrometheusHandle};
+use metrics_exporter_prometheus::BuildError;
 
-use crate::metric_names::{build_recorder, describe_all};
+use crate::metric_names::{MetricsHandle, build_recorder, describe_all};
 
-/// How often `PrometheusHandle::run_upkeep` should run (histogram housekeeping).
+/// How often `MetricsHandle::run_upkeep` should run (histogram housekeeping).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum RecorderError {
 }
 
 /// Installs the recorder process-wide and returns the handle `/metrics` renders from.
-pub fn install_recorder() -> Result<PrometheusHandle, RecorderError> {
+pub fn install_recorder() -> Result<MetricsHandle, RecorderError> {
     let recorder = build_recorder()?;
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| RecorderError::AlreadyInstalled)?;
@@ -29,7 +29,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, RecorderError> {
 }
 
 /// Runs histogram upkeep until the returned task is aborted or the runtime stops.
-pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+pub fn spawn_upkeep(handle: MetricsHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -40,7 +40,6 @@ fn slot(n: usize, state: SlotState, ready: Option<bool>, budget_exhausted: bool)
 struct Fixture {
     state: AdminState,
     writer: ExpositionWriter,
-    cpu_counters: watch::Sender<Bytes>,
     _pool: watch::Sender<PoolView>,
     _heartbeat: watch::Sender<Instant>,
 }
@@ -50,17 +49,16 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
         metrics::gauge!("heapwarden_worker_up", "worker" => "0").set(1.0);
+        metrics::gauge!("heapwarden_worker_cpu_seconds_total", "worker" => "0").set(1.25);
         metrics::histogram!(crate::metric_names::SAMPLE_DURATION.name).record(0.0004);
     });
     let (writer, reader) = exposition_channel(Duration::from_secs(1));
-    let (cpu_counters, cpu_counters_rx) = watch::channel(Bytes::new());
     let (pool_tx, pool) = watch::channel(view);
     let (beat_tx, heartbeat) = watch::channel(last_tick);
     Fixture {
         state: AdminState {
             metrics: handle,
             exposition: reader,
-            cpu_counters: cpu_counters_rx,
             pool,
             heartbeat,
             heartbeat_max_age: Duration::from_secs(5),
@@ -70,7 +68,6 @@ fn fixture(view: PoolView, last_tick: Instant, open_metrics: bool) -> Fixture {
             suspects: tokio::sync::watch::channel(Default::default()).1,
         },
         writer,
-        cpu_counters,
         _pool: pool_tx,
         _heartbeat: beat_tx,
     }
@@ -251,20 +248,10 @@ demo_cache_lookups_total{{worker=\"{slot}\",layer=\"l1\"}} 3\n",
     }
 }
 
-/// What the sampler renders for two workers and the agent.
-fn sample_cpu_counters() -> String {
-    let mut cpu = std::collections::BTreeMap::new();
-    cpu.insert(0, 1.25);
-    cpu.insert(1, 0.5);
-    crate::sampler::render_cpu_counters(&cpu, Some(0.75))
-}
-
 #[tokio::test]
 async fn metrics_merge_worker_families_under_the_worker_label() {
     let f = fixture(ready_pool(), Instant::now(), true);
     f.writer.publish(sample_exposition());
-    f.cpu_counters
-        .send_replace(Bytes::from(sample_cpu_counters()));
     let (status, body) = get_path(router(f.state), "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -299,12 +286,10 @@ fn rendered_metrics_pass_promtool() {
         metrics::histogram!(crate::metric_names::SAMPLE_DURATION.name).record(0.002);
         metrics::counter!("heapwarden_worker_restarts_total", "worker" => "0", "reason" => "leak")
             .increment(1);
+        metrics::gauge!("heapwarden_worker_cpu_seconds_total", "worker" => "1").set(0.5);
+        metrics::gauge!("heapwarden_agent_cpu_seconds_total").set(0.75);
     });
-    let page = render_metrics(
-        &handle.render(),
-        &sample_cpu_counters(),
-        &sample_exposition(),
-    );
+    let page = render_metrics(&handle.render(), &sample_exposition());
     promtool_check(&page, Lint::Clean);
 }
 
@@ -342,7 +327,7 @@ fn render_hostile() -> String {
         .collect(),
         ..Exposition::default()
     };
-    render_metrics(&handle.render(), "", &snapshot)
+    render_metrics(&handle.render(), &snapshot)
 }
 
 #[test]
@@ -442,7 +427,7 @@ proptest::proptest! {
                 .collect(),
             ..Exposition::default()
         };
-        promtool_check(&render_metrics("", "", &snapshot), Lint::OnlyWorkerFamilies);
+        promtool_check(&render_metrics("", &snapshot), Lint::OnlyWorkerFamilies);
     }
 }
 
@@ -481,4 +466,72 @@ async fn metrics_carry_the_leak_suspects_and_promtool_accepts_them() {
     // recorder has no HELP texts, so the whole page would not).
     let family = crate::watchdog::suspect::render(&suspects_tx.borrow());
     promtool_check(&family, Lint::Clean);
+}
+
+/// A label value as the text format escapes it, read back.
+fn unescape(value: &str) -> String {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        out.push(match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => '\n',
+                Some(other) => other,
+                None => '\\',
+            },
+            (c, false) => c,
+        });
+    }
+    out
+}
+
+// The series the agent renders itself (per-worker families, float counters) are strict
+// text format whatever their label values and figures, and read back as recorded.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+    ))]
+    #[test]
+    fn the_agents_own_series_are_strict_text_and_read_back_as_recorded(
+        worker in proptest::prelude::any::<String>(),
+        value in proptest::num::f64::ANY,
+        count in proptest::prelude::any::<u64>(),
+    ) {
+        use crate::metric_names::{WORKER_FAILED, WORKER_RSS};
+        use super::exposition::{Line, parse_line};
+        let recorder = build_recorder().expect("recorder");
+        metrics::with_local_recorder(&recorder, || {
+            metrics::gauge!(WORKER_RSS.name, "worker" => worker.clone()).set(value);
+            metrics::counter!(WORKER_FAILED.name, "worker" => worker.clone()).absolute(count);
+        });
+        let page = recorder.handle().render();
+        let mut read = 0;
+        for line in page.lines() {
+            let sample = match parse_line(line) {
+                Ok(Line::Sample(sample)) => sample,
+                Ok(_) => continue,
+                Err(e) => return Err(proptest::test_runner::TestCaseError::fail(format!("{line:?}: {e:?}"))),
+            };
+            if sample.name != WORKER_RSS.name && sample.name != WORKER_FAILED.name {
+                continue;
+            }
+            proptest::prop_assert_eq!(sample.labels.len(), 1);
+            proptest::prop_assert_eq!(unescape(sample.label("worker").unwrap_or_default()), worker.clone());
+            if sample.name == WORKER_FAILED.name {
+                proptest::prop_assert_eq!(sample.value.parse::<u64>().ok(), Some(count));
+            } else {
+                let back: f64 = match sample.value {
+                    "+Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    text => text.parse().unwrap_or(f64::NAN),
+                };
+                proptest::prop_assert!(
+                    back == value || (back.is_nan() && value.is_nan()),
+                    "{} for {value}", sample.value
+                );
+            }
+            read += 1;
+        }
+        proptest::prop_assert_eq!(read, 2, "{}", page);
+    }
 }

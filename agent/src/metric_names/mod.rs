@@ -5,15 +5,21 @@
 //! forgotten. Whatever records a metric names it from here (`WORKER_UP.name`); a test
 //! checks every name the dashboards and alert rules use against this catalog.
 //!
+//! It also builds the agent's recorder ([`build_recorder`]), which decides where each
+//! family is stored: the per-worker families and the float counters by the agent itself
+//! (`own_series`), every other by the Prometheus exporter.
+//!
 //! The bottom layer of the agent: it uses nothing of the agent, and every part may use it.
 
 pub mod labels;
+mod own_series;
 #[cfg(test)]
 mod tests;
 mod zero;
 
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
+pub use own_series::{AgentRecorder, MetricsHandle, is_own_family};
 pub use zero::{register_slot, register_zero_series};
 
 /// Every family of the agent's starts with this; workers may not send such families.
@@ -24,8 +30,8 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
-    /// A counter with fractional values (CPU seconds), rendered as text by the sampler:
-    /// the `metrics` crate's counters are integers.
+    /// A counter with fractional values (CPU seconds), recorded as a gauge and rendered
+    /// as a counter by `own_series`: the `metrics` crate's counters are integers.
     FloatCounter,
 }
 
@@ -429,14 +435,15 @@ pub fn find(name: &str) -> Option<&'static Metric> {
     CATALOG.iter().find(|m| m.name == name)
 }
 
-/// A Prometheus recorder with every histogram's buckets; not installed (the agent
-/// installs one process-wide, tests use one locally).
-pub fn build_recorder() -> Result<PrometheusRecorder, BuildError> {
+/// The agent's recorder: a Prometheus exporter with every histogram's buckets, and the
+/// agent's own families beside it ([`AgentRecorder`]); not installed (the agent installs
+/// one process-wide, tests use one locally).
+pub fn build_recorder() -> Result<AgentRecorder, BuildError> {
     let mut builder = PrometheusBuilder::new();
     for m in CATALOG.iter().filter(|m| m.kind == Kind::Histogram) {
         builder = builder.set_buckets_for_metric(Matcher::Full(m.name.to_string()), m.buckets)?;
     }
-    Ok(builder.build_recorder())
+    Ok(AgentRecorder::new(builder.build_recorder()))
 }
 
 /// Registers every family's HELP text with the current recorder. Prometheus tooling
@@ -450,7 +457,7 @@ pub fn describe_all() {
             Kind::Gauge if m.name == LEAK_SUSPECT.name => {}
             Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
             Kind::Histogram => metrics::describe_histogram!(m.name, m.help),
-            // Rendered with its HELP line by the sampler.
+            // Rendered with its HELP line from the catalog by `own_series`.
             Kind::FloatCounter => {}
         }
     }

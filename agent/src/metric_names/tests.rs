@@ -248,3 +248,77 @@ fn the_agent_names_its_metrics_only_through_the_catalog() {
         literals.join("\n")
     );
 }
+
+/// Each family's `# TYPE` line in a rendered page, with how often it appears.
+fn type_lines(page: &str) -> std::collections::BTreeMap<&str, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            *seen.entry(rest).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn own_families_are_rendered_once_with_help_and_type_and_the_rest_by_the_exporter() {
+    let recorder = build_recorder().expect("recorder");
+    metrics::with_local_recorder(&recorder, || {
+        describe_all();
+        register_zero_series();
+        register_slot(0);
+        register_slot(12);
+        metrics::gauge!(WORKER_RSS.name, "worker" => "12").set(1_500_000_000.0);
+        metrics::gauge!(WORKER_SECONDS_TO_LIMIT.name, "worker" => "0").set(f64::INFINITY);
+        metrics::gauge!(WORKER_GROWTH.name, "worker" => "0").set(-0.25);
+        metrics::gauge!(WORKER_CPU.name, "worker" => "12").set(1.25);
+        metrics::gauge!(AGENT_CPU.name).set(0.75);
+        metrics::counter!(WORKER_RESTARTS.name, "worker" => "12", "reason" => "leak").increment(3);
+        // Label values come from fixed sets; one that is not is still escaped.
+        metrics::counter!(WORKER_FAILED.name, "worker" => "a\"b\\c\nd").increment(1);
+    });
+    let page = recorder.handle().render();
+
+    for line in [
+        "heapwarden_worker_rss_bytes{worker=\"12\"} 1500000000",
+        "heapwarden_worker_seconds_to_limit{worker=\"0\"} +Inf",
+        "heapwarden_worker_growth_bytes_per_second{worker=\"0\"} -0.25",
+        "heapwarden_worker_restarts_total{worker=\"12\",reason=\"leak\"} 3",
+        "heapwarden_worker_failed_total{worker=\"a\\\"b\\\\c\\nd\"} 1",
+        "heapwarden_worker_up{worker=\"0\"} 0",
+        "heapwarden_worker_cpu_seconds_total{worker=\"12\"} 1.25",
+        "heapwarden_agent_cpu_seconds_total 0.75",
+    ] {
+        assert!(
+            page.lines().any(|l| l == line),
+            "missing {line:?} in\n{page}"
+        );
+    }
+    // One TYPE per family: the store and the exporter never both render one.
+    let types = type_lines(&page);
+    assert!(types.values().all(|n| *n == 1), "{types:?}");
+    for m in CATALOG.iter().filter(|m| is_own_family(m)) {
+        if series(&page, m.name).is_empty() {
+            continue;
+        }
+        let kind = if m.kind == Kind::Gauge {
+            "gauge"
+        } else {
+            "counter"
+        };
+        assert_eq!(
+            types.get(format!("{} {kind}", m.name).as_str()),
+            Some(&1),
+            "{}",
+            m.name
+        );
+        assert!(
+            page.contains(&format!("# HELP {} {}\n", m.name, m.help)),
+            "{}",
+            m.name
+        );
+    }
+    // Both owners rendered something: histograms and agent-wide counters are the exporter's.
+    assert!(page.contains("# TYPE heapwarden_sample_duration_seconds histogram"));
+    assert!(types.keys().any(|t| t.starts_with(HEAP_PROFILES.name)));
+}

@@ -28,7 +28,6 @@ mod tests;
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::Bytes;
 use heapwarden_protocol::HeapStats;
 use slog::{Logger, debug, info};
 use tokio::sync::{mpsc, watch};
@@ -38,7 +37,6 @@ pub use collect::{
     AgentFigures, HostFigures, HostReaders, Roots, TreeFigures, TreeSmaps, collect_host,
     collect_trees, read_tree,
 };
-pub use record::render_cpu_counters;
 
 use crate::config::Config;
 use crate::supervisor::{PoolView, SlotState, WorkerView};
@@ -130,15 +128,12 @@ impl Roots {
 /// round (a new `interval` restarts the ticker).
 /// `lane`: the workers to sample every `fast-interval` too; a fast tick that falls within
 /// half a fast interval of a full round is skipped (that round samples them).
-/// `cpu_counters`: the float CPU counters of each round, as Prometheus text for `/metrics`
-/// (the `metrics` crate's counters are integers).
 pub async fn run_sampler(
     mut settings: watch::Receiver<Config>,
     roots: Roots,
     mut pool: watch::Receiver<PoolView>,
     mut lane: watch::Receiver<FastLane>,
     samples: mpsc::Sender<WorkerSample>,
-    cpu_counters: watch::Sender<Bytes>,
     log: Logger,
 ) {
     let cfg = settings.borrow_and_update().sampling.clone();
@@ -197,9 +192,7 @@ pub async fn run_sampler(
             let lane = lane.borrow().clone();
             state.fast_round(&view, &lane, tick_at).await
         } else {
-            let outcome = state.round(&view, tick_at).await;
-            cpu_counters.send_replace(Bytes::from(outcome.cpu_counters));
-            outcome.samples
+            state.round(&view, tick_at).await
         };
         let mut dropped = 0usize;
         for sample in taken {

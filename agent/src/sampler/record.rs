@@ -1,11 +1,8 @@
-//! Writes one round's figures to the `metrics` recorder under the catalog's names,
-//! and renders the float CPU counters the recorder cannot hold. Label values come from
-//! fixed sets: the slot number, a state name, a window. A slot's series are registered
-//! once ([`SlotMetrics`]); a round then only stores values, instead of building a key and
+//! Writes one round's figures to the `metrics` recorder under the catalog's names (CPU
+//! seconds, float counters, as gauges: the recorder renders them as counters). Label
+//! values come from fixed sets: the slot number, a state name, a window. A slot's series
+//! are registered once ([`SlotMetrics`]); a round then only stores values, instead of building a key and
 //! looking it up in the registry for each of the ~20 series of each slot every second.
-
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -29,6 +26,7 @@ pub struct SlotMetrics {
     states: [Gauge; SlotState::ALL.len()],
     budget_exhausted: Gauge,
     rss: Gauge,
+    cpu: LazyGauge,
     pss: LazyGauge,
     uss: LazyGauge,
     swap: LazyGauge,
@@ -79,6 +77,7 @@ impl SlotMetrics {
             }),
             budget_exhausted: gauge!(WORKER_STATE.name, "worker" => worker.clone(), "state" => BUDGET_EXHAUSTED),
             rss: g(WORKER_RSS),
+            cpu: lazy(WORKER_CPU),
             pss: lazy(WORKER_PSS),
             uss: lazy(WORKER_USS),
             swap: lazy(WORKER_SWAP),
@@ -145,6 +144,7 @@ pub fn record_removed_slots(slots: std::ops::Range<usize>) {
 /// `since`: what the worker's probe counted since the last round.
 pub fn record_worker(sample: &WorkerSample, since: ProbeCounts, m: &SlotMetrics) {
     m.rss.set(sample.rss as f64);
+    m.cpu.set(sample.cpu_seconds);
     if let Some(pss) = sample.pss {
         m.pss.set(pss as f64);
     }
@@ -205,6 +205,7 @@ impl ProbeCounts {
 #[derive(Default)]
 pub struct HostMetrics {
     agent_rss: OnceCell<Gauge>,
+    agent_cpu: OnceCell<Gauge>,
     memory: [OnceCell<Gauge>; 3],
     load: [OnceCell<Gauge>; 3],
     pressure: [OnceCell<Gauge>; 2],
@@ -220,6 +221,7 @@ fn set(cell: &OnceCell<Gauge>, register: impl FnOnce() -> Gauge, value: f64) {
 pub fn record_host(host: &HostFigures, m: &HostMetrics) {
     if let Some(agent) = &host.agent {
         set(&m.agent_rss, || gauge!(AGENT_RSS.name), agent.rss as f64);
+        set(&m.agent_cpu, || gauge!(AGENT_CPU.name), agent.cpu_seconds);
     }
     if let Some(mem) = &host.memory {
         for ((state, bytes), cell) in [
@@ -280,24 +282,4 @@ pub fn record_round_duration(seconds: f64, m: &HostMetrics) {
     m.round_duration
         .get_or_init(|| histogram!(SAMPLE_DURATION.name))
         .record(seconds);
-}
-
-/// CPU seconds as Prometheus counters with fractional values, by slot, plus the agent's.
-pub fn render_cpu_counters(workers: &BTreeMap<usize, f64>, agent: Option<f64>) -> String {
-    fn family(out: &mut String, m: Metric) {
-        let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
-        let _ = writeln!(out, "# TYPE {} counter", m.name);
-    }
-    let mut out = String::new();
-    if !workers.is_empty() {
-        family(&mut out, WORKER_CPU);
-        for (slot, seconds) in workers {
-            let _ = writeln!(out, "{}{{worker=\"{slot}\"}} {seconds}", WORKER_CPU.name);
-        }
-    }
-    if let Some(seconds) = agent {
-        family(&mut out, AGENT_CPU);
-        let _ = writeln!(out, "{} {seconds}", AGENT_CPU.name);
-    }
-    out
 }

@@ -5,7 +5,7 @@
 //! delays nobody. A fast-lane round ([`SamplerState::fast_round`]) takes the same samples
 //! of a few workers between full rounds, asking their probes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,12 +84,6 @@ struct ProbeReply {
     counts: Option<record::ProbeCounts>,
 }
 
-pub struct RoundOutcome {
-    pub samples: Vec<WorkerSample>,
-    /// The CPU counters as Prometheus text ([`record::render_cpu_counters`]).
-    pub cpu_counters: String,
-}
-
 pub struct SamplerState {
     cfg: SamplingConfig,
     roots: Roots,
@@ -153,7 +147,7 @@ impl SamplerState {
     }
 
     /// `tick_at`: when this round was due; the next is one interval later.
-    pub async fn round(&mut self, view: &PoolView, tick_at: Instant) -> RoundOutcome {
+    pub async fn round(&mut self, view: &PoolView, tick_at: Instant) -> Vec<WorkerSample> {
         let started = Instant::now();
         let with_smaps = self
             .round
@@ -169,10 +163,6 @@ impl SamplerState {
             .await;
         let host = taken.host.unwrap_or_default();
 
-        let mut cpu = BTreeMap::new();
-        for sample in &taken.samples {
-            cpu.insert(sample.slot, sample.cpu_seconds);
-        }
         let live: HashSet<u64> = targets.iter().map(|t| t.worker.worker_id).collect();
         self.warned.retain(|id| live.contains(id));
         self.probe_counts.retain(|id, _| live.contains(id));
@@ -188,12 +178,8 @@ impl SamplerState {
         }
         self.slots_seen = self.slots_seen.max(view.slots.len());
         record::record_host(&host, &self.host_metrics);
-        let cpu_counters = record::render_cpu_counters(&cpu, host.agent.map(|a| a.cpu_seconds));
         record::record_round_duration(started.elapsed().as_secs_f64(), &self.host_metrics);
-        RoundOutcome {
-            samples: taken.samples,
-            cpu_counters,
-        }
+        taken.samples
     }
 
     /// A fast-lane round, every `fast-interval` between full rounds: samples only the

@@ -227,33 +227,24 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
         .await
         .expect("rounds finish");
 
-    assert_eq!(first.samples.len(), 3);
-    let s0 = &first.samples[0];
+    assert_eq!(first.len(), 3);
+    let s0 = &first[0];
     assert_eq!(
         (s0.slot, s0.rss, s0.pss, s0.heap),
         (0, 100 * PAGE, Some(300 * 1024), Some(HEAP))
     );
     assert_eq!(s0.runtime_lag_seconds, Some(0.002));
     assert_eq!(
-        first.samples[1].heap, None,
+        first[1].heap, None,
         "the silent worker still gets procfs figures"
     );
-    assert_eq!(first.samples[2].uss, Some(600 * 1024));
-    assert_eq!(
-        second.samples[0].pss, None,
-        "smaps only every pss-every rounds"
-    );
-    assert_eq!(third.samples[0].pss, Some(300 * 1024));
-
-    assert!(
-        first
-            .cpu_counters
-            .contains("heapwarden_worker_cpu_seconds_total{worker=\"2\"} 0.3")
-    );
+    assert_eq!(first[2].uss, Some(600 * 1024));
+    assert_eq!(second[0].pss, None, "smaps only every pss-every rounds");
+    assert_eq!(third[0].pss, Some(300 * 1024));
 
     // Facts only: whether each probe answered (the watchdog decides what a silence means).
     for round in [&first, &second, &third] {
-        let answers: Vec<ProbeAnswer> = round.samples.iter().map(|s| s.probe).collect();
+        let answers: Vec<ProbeAnswer> = round.iter().map(|s| s.probe).collect();
         assert_eq!(
             answers,
             [
@@ -270,6 +261,7 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
         "heapwarden_worker_state{worker=\"0\",state=\"ready\"} 1",
         "heapwarden_worker_state{worker=\"0\",state=\"backoff\"} 0",
         "heapwarden_worker_rss_bytes{worker=\"1\"} 819200",
+        "heapwarden_worker_cpu_seconds_total{worker=\"2\"} 0.3",
         "heapwarden_worker_pss_bytes{worker=\"0\"} 307200",
         "heapwarden_worker_heap_allocated_bytes{worker=\"0\"} 1000",
         "heapwarden_worker_heap_retained_bytes{worker=\"0\"} 5000",
@@ -278,6 +270,7 @@ async fn rounds_sample_every_worker_and_say_which_probe_was_silent() {
         "heapwarden_system_memory_bytes{state=\"used\"} 409600",
         "heapwarden_system_load{period=\"15m\"} 2",
         "heapwarden_agent_rss_bytes 40960",
+        "heapwarden_agent_cpu_seconds_total 0.02",
         "heapwarden_sample_duration_seconds_count 3",
     ] {
         assert!(page.contains(expected), "missing {expected} in\n{page}");
@@ -377,8 +370,8 @@ async fn a_probe_that_pushes_is_told_once_and_then_not_asked() {
         for _ in 0..6 {
             let tick_at = ticks.tick().await.into_std();
             let round = state.round(&view, tick_at).await;
-            assert_eq!(round.samples[0].probe, ProbeAnswer::Answered);
-            heaps.push(round.samples[0].heap.map(|h| h.allocated));
+            assert_eq!(round[0].probe, ProbeAnswer::Answered);
+            heaps.push(round[0].heap.map(|h| h.allocated));
         }
         heaps
     };
@@ -432,12 +425,8 @@ async fn a_fast_round_samples_only_the_lane_and_leaves_the_round_s_bookkeeping()
     let (full, fast, none, gone) = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("rounds finish");
-    assert!(full.samples.iter().all(|s| !s.fast));
-    assert_eq!(
-        full.samples[1].pss,
-        Some(500 * 1024),
-        "full rounds read smaps"
-    );
+    assert!(full.iter().all(|s| !s.fast));
+    assert_eq!(full[1].pss, Some(500 * 1024), "full rounds read smaps");
     assert_eq!(fast.len(), 1, "only the lane's worker: {fast:?}");
     let s = &fast[0];
     assert!(s.fast);
