@@ -64,9 +64,17 @@ impl Default for OwnSeries {
 
 impl OwnSeries {
     /// The value cell of `key`, made at its first registration; `None` when the key's
-    /// family is not stored here.
-    fn cell(&self, key: &Key) -> Option<Arc<AtomicU64>> {
+    /// family is not stored here. `counter`: registered with `counter!`, not `gauge!`.
+    fn cell(&self, key: &Key, counter: bool) -> Option<Arc<AtomicU64>> {
         let family = self.families.iter().find(|f| f.metric.name == key.name())?;
+        // A counter's cell holds an integer, a gauge's or a float counter's an `f64`'s
+        // bits: the render reads it by the catalog's kind.
+        debug_assert_eq!(
+            family.metric.kind == Kind::Counter,
+            counter,
+            "{} registered as the wrong kind",
+            family.metric.name
+        );
         let mut series = family.series.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cell) = series.get(key) {
             return Some(cell.clone());
@@ -188,14 +196,14 @@ impl Recorder for AgentRecorder {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        match self.own.cell(key) {
+        match self.own.cell(key, true) {
             Some(cell) => Counter::from_arc(cell),
             None => self.exporter.register_counter(key, metadata),
         }
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        match self.own.cell(key) {
+        match self.own.cell(key, false) {
             Some(cell) => Gauge::from_arc(cell),
             None => self.exporter.register_gauge(key, metadata),
         }

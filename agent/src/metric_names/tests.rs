@@ -322,3 +322,12 @@ fn own_families_are_rendered_once_with_help_and_type_and_the_rest_by_the_exporte
     assert!(page.contains("# TYPE heapwarden_sample_duration_seconds histogram"));
     assert!(types.keys().any(|t| t.starts_with(HEAP_PROFILES.name)));
 }
+
+#[test]
+#[should_panic(expected = "registered as the wrong kind")]
+fn a_family_of_the_agents_own_registered_as_the_wrong_kind_is_caught_in_tests() {
+    let recorder = build_recorder().expect("recorder");
+    metrics::with_local_recorder(&recorder, || {
+        metrics::gauge!(WORKER_RESTARTS.name, "worker" => "0", "reason" => "leak").set(1.0);
+    });
+}
