@@ -19,7 +19,7 @@ mod zero;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
-pub use own_series::{AgentRecorder, MetricsHandle, is_own_family};
+pub use own_series::{AgentRecorder, MetricsHandle, is_own_family, push_label_value};
 pub use zero::{register_slot, register_zero_series};
 
 /// Every family of the agent's starts with this; workers may not send such families.

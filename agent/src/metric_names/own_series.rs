@@ -126,18 +126,23 @@ fn write_labels(page: &mut String, key: &Key) {
         first = false;
         page.push_str(label.key());
         page.push_str("=\"");
-        for c in label.value().chars() {
-            match c {
-                '\\' => page.push_str("\\\\"),
-                '"' => page.push_str("\\\""),
-                '\n' => page.push_str("\\n"),
-                c => page.push(c),
-            }
-        }
+        push_label_value(page, label.value());
         page.push('"');
     }
     if !first {
         page.push('}');
+    }
+}
+
+/// A label value in the text format: backslash, double quote and line feed escaped.
+pub fn push_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
     }
 }
 

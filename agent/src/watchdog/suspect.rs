@@ -197,17 +197,10 @@ pub fn render(view: &SuspectView) -> String {
     out
 }
 
-/// A label value in the text format: backslash, double quote and line feed escaped.
-pub fn escape_label(value: &str) -> String {
+/// A label value in the text format, escaped.
+fn escape_label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+    crate::metric_names::push_label_value(&mut out, value);
     out
 }
 
