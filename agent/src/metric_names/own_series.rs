@@ -63,10 +63,15 @@ impl Default for OwnSeries {
 }
 
 impl OwnSeries {
+    /// The family named `name`, when it is stored here.
+    fn family(&self, name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.metric.name == name)
+    }
+
     /// The value cell of `key`, made at its first registration; `None` when the key's
     /// family is not stored here. `counter`: registered with `counter!`, not `gauge!`.
     fn cell(&self, key: &Key, counter: bool) -> Option<Arc<AtomicU64>> {
-        let family = self.families.iter().find(|f| f.metric.name == key.name())?;
+        let family = self.family(key.name())?;
         // A counter's cell holds an integer, a gauge's or a float counter's an `f64`'s
         // bits: the render reads it by the catalog's kind.
         debug_assert_eq!(
@@ -178,7 +183,7 @@ impl AgentRecorder {
     }
 
     fn stored_here(&self, name: &str) -> bool {
-        self.own.families.iter().any(|f| f.metric.name == name)
+        self.own.family(name).is_some()
     }
 }
 
