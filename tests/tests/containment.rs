@@ -130,3 +130,49 @@ fn a_descendant_that_leaves_the_worker_group_dies_with_its_worker() {
         assert!(wait_gone(pid, SECS(5)), "sleep {pid} outlived the agent");
     }
 }
+
+/// The agent looks for orphans on SIGCHLD and when it forgets an exited worker, not on a
+/// timer. Here the workers' exits are the last events for 60 s (their restarts wait):
+/// each escaped `sleep` must go when its worker does, though the SIGCHLD of that exit may
+/// be handled while the worker still counts as live (four workers, four chances).
+#[test]
+fn an_escaped_descendant_dies_with_its_worker_when_nothing_else_happens() {
+    let _guard = TimeoutGuard::new("setsid_escape_alone", SECS(60));
+    let sandbox = Sandbox::new();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let port = free_port();
+    let text = format!(
+        r#"
+[admin]
+listen = "{admin}"
+[pool]
+workers = 4
+listen = "127.0.0.1:{port}"
+command = ["sh", "-c", "setsid sleep 4051 & sleep 0.5; exit 3"]
+[pool.restart]
+initial-delay = "60s"
+max-delay = "60s"
+"#
+    );
+    let mut agent = sandbox.agent(&text);
+    let escaped = poll(SECS(20), "the escaped sleeps", || {
+        let found = processes(&["sleep", "4051"]);
+        (found.len() == 4).then_some(found)
+    });
+    agent
+        .logs
+        .wait_for_n(4, SECS(10), "the workers' exits", msg("A worker exited."));
+    for &pid in &escaped {
+        assert!(
+            wait_gone(pid, SECS(5)),
+            "sleep {pid} outlived its worker while no restart came"
+        );
+    }
+    agent.logs.wait_for(
+        SECS(5),
+        "the kill record",
+        msg("A process left behind by an exited worker was killed."),
+    );
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(SECS(20)).expect("the agent stops");
+}

@@ -190,7 +190,8 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
-        // Adopted orphans (the agent is a subreaper) are reaped or killed on each SIGCHLD.
+        // Adopted orphans (the agent is a subreaper) are reaped or killed on each SIGCHLD
+        // and when the pool forgets a worker (`publish`), not on a timer.
         let mut sigchld = signal(SignalKind::child())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut signals_seen = 0u32;
@@ -242,7 +243,6 @@ impl Supervisor {
                 _ = sleep => self.timers.pop().map(|Reverse((_, _, TimerKey(t)))| Event::Timer(t)),
                 _ = tick.tick() => {
                     self.heartbeat();
-                    self.sweep_orphans();
                     None
                 }
             };
@@ -259,6 +259,10 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Reaps adopted processes that exited and kills those whose worker is gone. Run on
+    /// the two events that change either: a SIGCHLD (an adopted process exited, or a
+    /// process in a worker's tree did and its children were adopted) and a worker leaving
+    /// `runtimes`. A process adopted while its worker lives is left until then.
     fn sweep_orphans(&self) {
         let live: HashMap<u32, WorkerId> =
             self.runtimes.iter().map(|(id, rt)| (rt.pid, *id)).collect();

@@ -61,7 +61,12 @@ impl Supervisor {
     pub(super) fn publish(&mut self) {
         // A worker the pool forgot was reaped: its resources and its timers go with it.
         let pool = &self.pool;
+        let known = self.runtimes.len();
         self.runtimes.retain(|id, _| pool.worker(*id).is_some());
+        if self.runtimes.len() < known {
+            // What the forgotten workers' trees left behind has no live worker now.
+            self.sweep_orphans();
+        }
         self.timers.retain(|Reverse((_, _, TimerKey(t)))| {
             t.worker().is_none_or(|id| pool.worker(id).is_some())
         });
