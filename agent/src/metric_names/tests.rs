@@ -323,6 +323,8 @@ fn own_families_are_rendered_once_with_help_and_type_and_the_rest_by_the_exporte
     assert!(types.keys().any(|t| t.starts_with(HEAP_PROFILES.name)));
 }
 
+/// The check is a `debug_assert`: a release build of the tests has nothing to catch.
+#[cfg(debug_assertions)]
 #[test]
 #[should_panic(expected = "registered as the wrong kind")]
 fn a_family_of_the_agents_own_registered_as_the_wrong_kind_is_caught_in_tests() {
