@@ -23,6 +23,7 @@ use crate::metric_names;
 use crate::profiles::{ProfileStore, ProfileStoreHandle};
 use crate::sampler::{Roots, run_sampler};
 use crate::supervisor::{Containment, Supervisor, SupervisorParts, listen};
+use crate::ticks::Grid;
 use crate::watchdog::Watchdog;
 
 /// `/healthz` fails when the control loop has not ticked for this long.
@@ -97,6 +98,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
         metrics::gauge!(metric_names::PROFILES_STORED_BYTES.name).set(store.stored_bytes() as f64);
         metric_names::register_zero_series();
         let (store, _store_thread) = ProfileStoreHandle::spawn(store);
+        let grid = Grid::start();
         let (supervisor, handles) = Supervisor::new(
             config.clone(),
             SupervisorParts {
@@ -107,13 +109,14 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
                 log_level: parts.log_level,
                 worker_log: root.new(o!("module" => "worker")),
                 slot_series: register_slot_series,
+                grid,
             },
         )?;
         let (exposition_writer, exposition_reader) = exposition_channel(config.sampling.interval);
         let (samples_tx, samples_rx) = mpsc::channel(1024);
         let (figures_tx, figures_rx) = watch::channel(Default::default());
 
-        let upkeep = spawn_upkeep(metrics.clone());
+        let upkeep = spawn_upkeep(metrics.clone(), grid);
         let resident = tokio::spawn(crate::resident::keep_resident_set_lean(
             handles.view.clone(),
             config.sampling.interval,
@@ -141,6 +144,7 @@ fn run_logged(config: Config, parts: Parts, root: Logger) -> anyhow::Result<()> 
             handles.view.clone(),
             watchdog.fast_lane(),
             samples_tx,
+            grid,
             root.new(o!("module" => "sampler")),
         ));
         let watchdog = tokio::spawn(watchdog.run(samples_rx));

@@ -22,4 +22,5 @@ pub mod profiles;
 pub mod resident;
 pub mod sampler;
 pub mod supervisor;
+pub mod ticks;
 pub mod watchdog;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::BuildError;
 
 use crate::metric_names::{MetricsHandle, build_recorder, describe_all};
+use crate::ticks::Grid;
 
 /// How often `MetricsHandle::run_upkeep` should run (histogram housekeeping).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -28,11 +29,10 @@ pub fn install_recorder() -> Result<MetricsHandle, RecorderError> {
     Ok(handle)
 }
 
-/// Runs histogram upkeep until the returned task is aborted or the runtime stops.
-pub fn spawn_upkeep(handle: MetricsHandle) -> tokio::task::JoinHandle<()> {
+/// Runs histogram upkeep (on the agent's timer grid) until the returned task is aborted or the runtime stops.
+pub fn spawn_upkeep(handle: MetricsHandle, grid: Grid) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = grid.interval(UPKEEP_INTERVAL);
         loop {
             ticker.tick().await;
             handle.run_upkeep();

@@ -40,6 +40,7 @@ pub use collect::{
 
 use crate::config::Config;
 use crate::supervisor::{PoolView, SlotState, WorkerView};
+use crate::ticks::Grid;
 
 /// One worker's figures from one round, for the watchdog. It carries the worker it was
 /// taken from, so a decision on it names that worker without asking the pool again.
@@ -128,12 +129,16 @@ impl Roots {
 /// round (a new `interval` restarts the ticker).
 /// `lane`: the workers to sample every `fast-interval` too; a fast tick that falls within
 /// half a fast interval of a full round is skipped (that round samples them).
+/// `grid`: rounds tick on the agent's timer grid, and a late round skips to the next grid
+/// time rather than shifting it, because probes that push time their pushes to land just
+/// before each round.
 pub async fn run_sampler(
     mut settings: watch::Receiver<Config>,
     roots: Roots,
     mut pool: watch::Receiver<PoolView>,
     mut lane: watch::Receiver<FastLane>,
     samples: mpsc::Sender<WorkerSample>,
+    grid: Grid,
     log: Logger,
 ) {
     let cfg = settings.borrow_and_update().sampling.clone();
@@ -143,8 +148,8 @@ pub async fn run_sampler(
         "kernel_children" => roots.kernel_children,
         "cgroup" => roots.cgroup_dir.as_ref().map(|d| d.display().to_string()));
     let mut state = round::SamplerState::new(cfg.clone(), roots, log.clone());
-    let mut ticker = ticker_for(cfg.interval);
-    let mut fast_ticker = ticker_for(cfg.fast_interval());
+    let mut ticker = grid.interval(cfg.interval);
+    let mut fast_ticker = grid.interval(cfg.fast_interval());
     let mut lane_open = fast_lane_open(&lane.borrow_and_update(), &cfg);
     let mut last_round = Instant::now();
     loop {
@@ -172,10 +177,10 @@ pub async fn run_sampler(
             Ok(()) = settings.changed() => {
                 let new = settings.borrow_and_update().sampling.clone();
                 if new.interval != state.interval() {
-                    ticker = ticker_for(new.interval);
+                    ticker = grid.interval(new.interval);
                 }
                 if new.fast_interval() != state.fast_interval() {
-                    fast_ticker = ticker_for(new.fast_interval());
+                    fast_ticker = grid.interval(new.fast_interval());
                 }
                 lane_open = fast_lane_open(&lane.borrow(), &new);
                 if state.set_config(new.clone()) {
@@ -219,12 +224,4 @@ fn near_a_round(tick_at: Instant, last_round: Instant, state: &round::SamplerSta
 /// `interval` (equal turns the lane off).
 fn fast_lane_open(lane: &FastLane, cfg: &crate::config::SamplingConfig) -> bool {
     !lane.is_empty() && cfg.fast_interval() < cfg.interval
-}
-
-/// Rounds stay on one grid (a late round skips to the next grid time rather than shifting
-/// it), because probes that push time their pushes to land just before each round.
-fn ticker_for(interval: std::time::Duration) -> tokio::time::Interval {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticker
 }

@@ -31,6 +31,7 @@ use super::view::{PoolView, Request};
 use crate::config::{Config, ConfigErrors, ConfigSource};
 use crate::log::LevelHandle;
 use crate::metric_names::{WORKER_FAILED, WORKER_RESTARTS};
+use crate::ticks::Grid;
 use reload::{ReloadReply, WorkerCommand};
 use start::WorkerRuntime;
 
@@ -91,6 +92,7 @@ pub struct Supervisor {
     /// What workers are started with; prepared again by each reload.
     command: WorkerCommand,
     slot_series: fn(Range<usize>),
+    grid: Grid,
     runtimes: HashMap<WorkerId, WorkerRuntime>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
     timer_seq: u64,
@@ -116,6 +118,8 @@ pub struct SupervisorParts {
     pub worker_log: Logger,
     /// Zero-initialises the per-slot series of new slots (at start and on scale-up).
     pub slot_series: fn(Range<usize>),
+    /// The agent's timer grid: the heartbeat ticks on it, with the sampler's rounds.
+    pub grid: Grid,
 }
 
 /// `Timer` wrapped so the heap can order it (timers carry no meaningful order).
@@ -164,6 +168,7 @@ impl Supervisor {
             containment: parts.containment,
             command,
             slot_series: parts.slot_series,
+            grid: parts.grid,
             runtimes: HashMap::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -193,7 +198,7 @@ impl Supervisor {
         // Adopted orphans (the agent is a subreaper) are reaped or killed on each SIGCHLD
         // and when the pool forgets a worker (`publish`), not on a timer.
         let mut sigchld = signal(SignalKind::child())?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = self.grid.interval(Duration::from_secs(1));
         let mut signals_seen = 0u32;
         if self.feed(Event::Start) {
             return Ok(());
