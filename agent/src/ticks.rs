@@ -30,10 +30,10 @@ impl Grid {
     /// The last grid time of `period` at or before `now`.
     fn last_point(self, period: Duration, now: Instant) -> Instant {
         let since = now.saturating_duration_since(self.0).as_nanos();
-        let periods = since / period.as_nanos();
-        // Beyond u32 periods (136 years at 1 s) the grid is the start itself.
-        let periods = u32::try_from(periods).unwrap_or(0);
-        self.0 + period * periods
+        let whole = since - since % period.as_nanos();
+        // Whole nanoseconds fit a u64 for 584 years; past that the start itself, which a
+        // skipping interval keeps on the grid as well.
+        self.0 + Duration::from_nanos(u64::try_from(whole).unwrap_or(0))
     }
 }
 

@@ -29,7 +29,8 @@ pub fn install_recorder() -> Result<MetricsHandle, RecorderError> {
     Ok(handle)
 }
 
-/// Runs histogram upkeep (on the agent's timer grid) until the returned task is aborted or the runtime stops.
+/// Runs histogram upkeep, on the agent's timer grid, until the returned task is aborted or
+/// the runtime stops.
 pub fn spawn_upkeep(handle: MetricsHandle, grid: Grid) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = grid.interval(UPKEEP_INTERVAL);
