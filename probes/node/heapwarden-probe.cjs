@@ -195,16 +195,18 @@ class Channel {
     return true;
   }
 
-  // Runs `push` `firstMs` from now, then every `everyMs` (0 or nonsense stops). Each push
-  // time is counted from this call, not from the previous push, so the probe stays in step
-  // with the agent's rounds; a push that fell behind is not repeated to catch up.
-  schedulePushes(everyMs, firstMs, push) {
+  // Runs `push` at `atUs` (the host's CLOCK_MONOTONIC in microseconds, the same instant
+  // for every worker) when that is within one interval of this process's clock, else
+  // `firstMs` from now; then every `everyMs` (0 or nonsense stops). Each push time is
+  // counted from the first, not from the previous push, so the probe stays in step with
+  // the agent's rounds; a push that fell behind is not repeated to catch up.
+  schedulePushes(everyMs, firstMs, push, atUs) {
     this.stopPushes();
     const every = Number(everyMs);
     if (!Number.isFinite(every) || every <= 0) return;
     const period = Math.min(Math.max(MIN_REPORT_EVERY_MS, every), MAX_TIMER_MS);
-    const first = Math.min(Math.max(0, Number(firstMs) || 0), period);
     const clock = this.clock;
+    const first = untilGrid(atUs, period, clock.monotonicUs()) ?? Math.min(Math.max(0, Number(firstMs) || 0), period);
     let next = clock.now() + first;
     const arm = () => {
       if (!this.open) return;
@@ -229,9 +231,23 @@ class Channel {
   }
 }
 
+// Milliseconds from `nowUs` until the first of `atUs + k * periodMs` not in the past, when
+// `atUs` is within one period of `nowUs` either way; null otherwise (an older agent sent
+// none, or this process reads another clock), and the caller counts `first_ms`.
+function untilGrid(atUs, periodMs, nowUs) {
+  const at = Number(atUs);
+  if (atUs == null || !Number.isFinite(at) || !Number.isFinite(nowUs)) return null;
+  const periodUs = periodMs * 1000;
+  const ahead = at - nowUs;
+  if (ahead > periodUs || ahead < -periodUs) return null;
+  return (ahead >= 0 ? ahead : periodUs + ahead) / 1000;
+}
+
 // Unref'd timers: the push chain never keeps the process alive.
 const REAL_CLOCK = {
   now: () => require('perf_hooks').performance.now(),
+  // CLOCK_MONOTONIC, the clock the agent names push times on (libuv's hrtime reads it).
+  monotonicUs: () => Number(process.hrtime.bigint() / 1000n),
   setTimeout: (fn, ms) => {
     const timer = setTimeout(fn, ms);
     timer.unref();
@@ -254,7 +270,7 @@ function onMessage(msg) {
     case 'ping': return send({ type: 'pong', seq: msg.seq });
     case 'invalidate': return invalidate(msg);
     case 'invalidate_done': return undefined;
-    case 'report': return channel.schedulePushes(msg.every_ms, msg.first_ms, () => sample(PUSHED_SEQ, false));
+    case 'report': return channel.schedulePushes(msg.every_ms, msg.first_ms, () => sample(PUSHED_SEQ, false), msg.at_us);
     default: return report('The heapwarden probe ignored an unknown message.', { type: String(msg && msg.type) });
   }
 }

@@ -23,9 +23,10 @@ const INPUTS: [&str; 8] = [
 ];
 
 /// Set by the cargo that runs this script for its own purposes; the nested build must
-/// not see them. `RUSTC_WORKSPACE_WRAPPER` is clippy's under `cargo clippy`: the preload
-/// is linted by its own `cargo clippy` (.ci/run), and a wrapper here would only make the
-/// nested build differ between `cargo clippy` and `cargo build`.
+/// not see them. `RUSTC_WORKSPACE_WRAPPER` is clippy's driver under `cargo clippy` and in
+/// .ci/run's linting build: the preload is linted by its own `cargo clippy` (.ci/run),
+/// and a wrapper here would only make the nested build differ between a linting build
+/// and a plain one.
 const NOT_INHERITED: [&str; 5] = [
     "CARGO_TARGET_DIR",
     "CARGO_BUILD_TARGET_DIR",

@@ -369,6 +369,31 @@ fn pushes(got: &[(Instant, WorkerMsg)]) -> Vec<Instant> {
 }
 
 #[test]
+fn a_report_s_clock_time_sets_the_first_push_not_first_ms() {
+    let (_probe, mut agent) = connect();
+    let sent = Instant::now();
+    let at = sent + Duration::from_millis(300);
+    agent.send(&AgentMsg::Report {
+        every_ms: 400,
+        first_ms: 50,
+        at_us: Some(heapwarden_protocol::clock::monotonic_us_at(at)),
+    });
+    let pushed = pushes(&agent.collect_for(Duration::from_millis(900)));
+    let first = pushed.first().expect("pushes within 900 ms");
+    // A loaded machine delays a push, never brings it forward: first_ms would be ~50 ms.
+    let after = first.duration_since(sent);
+    assert!(
+        after >= Duration::from_millis(295),
+        "the first push came {after:?} after the report, before the clock time it named (300 ms)"
+    );
+    assert!(
+        (1..=3).contains(&pushed.len()),
+        "{} pushes from 300 to 900 ms at every_ms 400",
+        pushed.len()
+    );
+}
+
+#[test]
 fn stats_are_pushed_on_the_reported_interval_until_told_to_stop() {
     let (_probe, mut agent) = connect();
     assert!(
@@ -378,6 +403,7 @@ fn stats_are_pushed_on_the_reported_interval_until_told_to_stop() {
     agent.send(&AgentMsg::Report {
         every_ms: 100,
         first_ms: 50,
+        at_us: None,
     });
     agent.send(&AgentMsg::Sample {
         seq: 9,
@@ -401,6 +427,7 @@ fn stats_are_pushed_on_the_reported_interval_until_told_to_stop() {
     agent.send(&AgentMsg::Report {
         every_ms: 1,
         first_ms: u64::MAX,
+        at_us: None,
     });
     let fast = pushes(&agent.collect_for(Duration::from_millis(500)));
     assert!(fast.len() <= 55, "{} pushes in 500 ms", fast.len());
@@ -413,6 +440,7 @@ fn stats_are_pushed_on_the_reported_interval_until_told_to_stop() {
     agent.send(&AgentMsg::Report {
         every_ms: 0,
         first_ms: 0,
+        at_us: None,
     });
     // One push may already be on its way when the stop is read.
     agent.collect_for(Duration::from_millis(100));

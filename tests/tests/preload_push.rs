@@ -111,6 +111,7 @@ fn a_native_worker_pushes_its_stats_on_the_reported_interval() {
         AgentMsg::Report {
             every_ms: 100,
             first_ms: 50,
+            at_us: None,
         },
     );
     let got = collect_for(&mut agent, &mut decoder, Duration::from_secs(1));
@@ -125,6 +126,7 @@ fn a_native_worker_pushes_its_stats_on_the_reported_interval() {
         AgentMsg::Report {
             every_ms: 0,
             first_ms: 0,
+            at_us: None,
         },
     );
     collect_for(&mut agent, &mut decoder, Duration::from_millis(100));

@@ -269,9 +269,7 @@ impl SamplerState {
             // New claimants (and all, after an interval change) are told when to push.
             let next_push = (tick_at + interval)
                 .checked_sub(push_lead(interval))
-                .map_or(Duration::ZERO, |at| {
-                    at.saturating_duration_since(Instant::now())
-                });
+                .unwrap_or(tick_at);
             let links = targets
                 .iter()
                 .flat_map(|t| t.link.iter().chain(t.children.iter().map(|c| &c.link)));

@@ -111,7 +111,9 @@ async fn pushing_probe(stream: UnixStream, asked: Arc<AtomicUsize>) {
                 AgentMsg::Report { every_ms: 0, .. } => {
                     pusher.take().inspect(tokio::task::JoinHandle::abort);
                 }
-                AgentMsg::Report { every_ms, first_ms } => {
+                AgentMsg::Report {
+                    every_ms, first_ms, ..
+                } => {
                     let (every, first) = (
                         Duration::from_millis(every_ms),
                         Duration::from_millis(first_ms),
@@ -362,7 +364,7 @@ async fn a_probe_that_pushes_is_told_once_and_then_not_asked() {
     let _local = metrics::set_default_local_recorder(&recorder);
     let run = async {
         // Until the hello is read, the link cannot know the probe pushes.
-        while !pusher.keep_reporting(Duration::ZERO, Duration::ZERO) {
+        while !pusher.keep_reporting(Duration::ZERO, Instant::now()) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut ticks = tokio::time::interval(interval);
@@ -391,7 +393,7 @@ async fn a_probe_that_pushes_is_told_once_and_then_not_asked() {
         "a round that took a push sent no request"
     );
     assert!(
-        !pusher.keep_reporting(interval, Duration::ZERO),
+        !pusher.keep_reporting(interval, Instant::now()),
         "told once per claim and interval"
     );
 }

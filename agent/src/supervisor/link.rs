@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use heapwarden_protocol::channel::{
     AgentMsg, FrameDecoder, FrameError, PUSHED_SEQ, WorkerMsg, decode_raw, encode,
 };
+use heapwarden_protocol::clock;
 
 use super::attach::Attached;
 use crate::log::Causes;
@@ -136,17 +137,24 @@ impl ControlLink {
         DumpingMark(self.dumping.clone())
     }
 
-    /// Tells a probe that pushes to send its stats every `every`, the first in `first`,
-    /// unless its current claimant was told this interval already. A probe that does not
-    /// push (an older one) is never told, and stays asked. True when a report was sent.
-    pub fn keep_reporting(&self, every: Duration, first: Duration) -> bool {
+    /// Tells a probe that pushes to send its stats every `every`, the first at
+    /// `first_push` (named on the host's monotonic clock, so every probe pushes at that
+    /// same instant, and as a delay from now for older probes), unless its current
+    /// claimant was told this interval already. A probe that does not push (an older
+    /// one) is never told, and stays asked. True when a report was sent.
+    pub fn keep_reporting(&self, every: Duration, first_push: Instant) -> bool {
         let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         let mut pushes = self.pushes();
         if !pushes.capable || pushes.told == Some((pushes.claim, every_ms)) {
             return false;
         }
-        let first_ms = u64::try_from(first.as_millis()).unwrap_or(u64::MAX);
-        if self.send(AgentMsg::Report { every_ms, first_ms }).is_err() {
+        let first = first_push.saturating_duration_since(Instant::now());
+        let report = AgentMsg::Report {
+            every_ms,
+            first_ms: u64::try_from(first.as_millis()).unwrap_or(u64::MAX),
+            at_us: Some(clock::monotonic_us_at(first_push)),
+        };
+        if self.send(report).is_err() {
             return false;
         }
         pushes.told = Some((pushes.claim, every_ms));

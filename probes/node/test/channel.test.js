@@ -152,6 +152,8 @@ function fakeClock() {
   let timers = [];
   return {
     now: () => now,
+    // CLOCK_MONOTONIC in µs: the same clock, 5 s ahead of `now`'s origin.
+    monotonicUs: () => (now + 5000) * 1000,
     setTimeout: (fn, ms) => { const t = { at: now + ms, fn }; timers.push(t); return t; },
     clearTimeout: (t) => { timers = timers.filter((x) => x !== t); },
     pending: () => timers.length,
@@ -171,6 +173,37 @@ function fakeClock() {
     stall(ms) { now += ms; },
   };
 }
+
+test('a report\'s clock time sets the first push, unless it is off this clock', { timeout: 10000 }, async () => {
+  const clock = fakeClock();
+  const { agent, channel, seen, until } = await open({ clock });
+  const pushes = [];
+  const push = () => pushes.push(clock.now() - 1000);
+  const nowUs = clock.monotonicUs();
+
+  // The named instant (30 ms on), not first_ms (50), then on its grid.
+  channel.schedulePushes(100, 50, push, nowUs + 30000);
+  clock.advance(240);
+  assert.deepStrictEqual(pushes, [30, 130, 230]);
+
+  // Named 20 ms ago (told late): the next point of that grid, 80 ms from now.
+  pushes.length = 0;
+  channel.schedulePushes(100, 50, push, clock.monotonicUs() - 20000);
+  clock.advance(100);
+  assert.deepStrictEqual(pushes, [320]);
+
+  // Further than an interval either way, or not a number: first_ms from now.
+  for (const atUs of [clock.monotonicUs() + 100001, clock.monotonicUs() - 100001, 'soon', undefined]) {
+    pushes.length = 0;
+    const from = clock.now() - 1000;
+    channel.schedulePushes(100, 50, push, atUs);
+    clock.advance(60);
+    assert.deepStrictEqual(pushes, [from + 50], `at_us ${atUs}`);
+  }
+
+  agent.destroy();
+  await until(() => seen.closed);
+});
 
 test('pushes follow the reported interval, skip what fell behind, stop on 0 and on close', { timeout: 10000 }, async () => {
   const clock = fakeClock();

@@ -6,6 +6,7 @@
 //!   crate is the written fixture every probe decodes, the Node one included);
 //! - [`context`]: the worker context ([`WorkerContext`]) and every environment variable
 //!   the agent passes a worker;
+//! - [`clock`]: the host's monotonic clock, on which the agent names push times;
 //! - [`activation`]: socket activation (`LISTEN_FDS` and friends) and adopting inherited
 //!   descriptors, for workers and for the agent when systemd starts it;
 //! - [`HeapStats`]: the heap figures a probe reports;
@@ -25,6 +26,7 @@
 pub mod activation;
 pub mod causes;
 pub mod channel;
+pub mod clock;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod context;

@@ -188,12 +188,16 @@ fn handle(
             }
         }
         AgentMsg::Ping { seq } => reply(shared, WorkerMsg::Pong { seq }),
-        AgentMsg::Report { every_ms, first_ms } => {
+        AgentMsg::Report {
+            every_ms,
+            first_ms,
+            at_us,
+        } => {
             if reporter.is_none() && every_ms > 0 {
                 *reporter = Reporter::start(shared);
             }
             if let Some(reporter) = reporter {
-                reporter.set(every_ms, first_ms);
+                reporter.set(every_ms, first_ms, at_us);
             }
         }
     }

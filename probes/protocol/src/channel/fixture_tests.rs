@@ -156,12 +156,25 @@ fn pushing_probes_say_so_and_their_pushed_stats_carry_seq_zero() {
         [
             AgentMsg::Report {
                 every_ms: 1000,
-                first_ms: 430
+                first_ms: 430,
+                at_us: Some(98_765_430_000)
             },
             AgentMsg::Report {
                 every_ms: 0,
-                first_ms: 0
+                first_ms: 0,
+                at_us: None
             }
         ]
+    );
+    let legacy: AgentMsg =
+        serde_json::from_value(bodies("legacy_agent_to_worker")[1].clone()).unwrap();
+    assert_eq!(
+        legacy,
+        AgentMsg::Report {
+            every_ms: 1000,
+            first_ms: 430,
+            at_us: None
+        },
+        "an older agent's report has no clock time: the probe counts first_ms"
     );
 }

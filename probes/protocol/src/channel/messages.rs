@@ -141,10 +141,21 @@ pub enum AgentMsg {
     /// Push a [`WorkerMsg::Stats`] (seq [`PUSHED_SEQ`], no metrics) `first_ms` from now and
     /// then every `every_ms`, without being asked; `every_ms` 0 stops. Sent only to a
     /// probe whose hello said `push`, at each claim and when the interval changes. The
-    /// agent picks `first_ms` so the pushes land just before its sampling rounds; a probe
-    /// schedules every push from the time this arrived (not from the previous push), so
-    /// the two clocks do not drift apart.
-    Report { every_ms: u64, first_ms: u64 },
+    /// agent picks the first push time so the pushes land just before its sampling rounds;
+    /// a probe schedules every push from it (not from the previous push), so the two do
+    /// not drift apart.
+    Report {
+        every_ms: u64,
+        first_ms: u64,
+        /// The first push's time on the host's `CLOCK_MONOTONIC`, in microseconds
+        /// ([`crate::clock`]). A probe uses it rather than `first_ms` when it is within
+        /// one interval of its own clock, so all workers push at one instant, whenever
+        /// each was told, and the agent wakes once for most of them rather than once per
+        /// worker. Absent from older agents; a probe in another time namespace falls
+        /// back on `first_ms`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_us: Option<u64>,
+    },
 }
 
 /// The `seq` of a [`WorkerMsg::Stats`] the probe pushed on its own: the agent numbers its

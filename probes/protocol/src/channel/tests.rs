@@ -108,8 +108,13 @@ pub(super) fn agent_msg() -> impl Strategy<Value = AgentMsg> {
             .prop_map(|(seq, key, version)| AgentMsg::Invalidate { seq, key, version }),
         any::<u64>().prop_map(|seq| AgentMsg::InvalidateDone { seq }),
         any::<u64>().prop_map(|seq| AgentMsg::Ping { seq }),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(every_ms, first_ms)| AgentMsg::Report { every_ms, first_ms }),
+        (any::<u64>(), any::<u64>(), any::<Option<u64>>()).prop_map(
+            |(every_ms, first_ms, at_us)| AgentMsg::Report {
+                every_ms,
+                first_ms,
+                at_us
+            }
+        ),
     ]
 }
 
