@@ -20,7 +20,9 @@
 #               each, both on this redis-server and PostgreSQL (PG_URL, schema
 #               heapwarden_bench): req/s, p50, p99, CPU µs per request of the whole process
 #               tree (agent + workers, primary + workers), RUNS interleaved runs, medians
-#               and demo/Node ratios
+#               and demo/Node ratios; beside them the floor (the demo crate's `floor`
+#               example under the agent: hyper answering a constant), what any hyper
+#               server reaches here
 #
 #   bench/demo.sh [--quick] [throughput|stale|replace|profiling|compare|node ...]
 #   (default: throughput stale replace profiling)
@@ -56,6 +58,8 @@ CORES=$(nproc)
 TICK=$(getconf CLK_TCK)
 BIN=${HEAPWARDEN_BIN:-"$ROOT/target/release/heapwarden"}
 DEMO_BIN=${HEAPWARDEN_DEMO_BIN:-"$(dirname "$BIN")/heapwarden-demo"}
+# The demo crate's `floor` example: hyper answering a constant, for `node`.
+FLOOR_BIN=${FLOOR_BIN:-"$(dirname "$BIN")/examples/floor"}
 BASELINE_BIN=${BASELINE_BIN:-}
 PG_URL=${PG_URL:-"postgres://$(id -un)@127.0.0.1:5432/test"}
 SEED_NPM=${SEED_NPM:-/var/tmp/heapwarden-seed-npm}
@@ -67,7 +71,7 @@ for tool in wrk redis-server curl python3; do
 done
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     # One invocation: the agent links heapwarden-protocol, so no jemalloc reaches it.
-    (cd "$ROOT" && cargo build --release -p heapwarden -p heapwarden-demo >&2)
+    (cd "$ROOT" && cargo build --release -p heapwarden -p heapwarden-demo --bins --example floor >&2)
 fi
 
 WORK=$(mktemp -d)
@@ -93,9 +97,10 @@ wait_http() { # url
     echo "bench: $1 never answered" >&2; exit 1
 }
 
-# start MODE(demo|run) WORKERS LOG_LEVEL DEMO_TOML [POOL_ENV_TOML] -> SERVER_PID, PORT, CFG
+# start MODE(demo|run) WORKERS LOG_LEVEL DEMO_TOML [POOL_ENV_TOML] [POOL_TOML]
+#   -> SERVER_PID, PORT, CFG
 start() {
-    local mode=$1 workers=$2 level=$3 demo_toml=$4 pool_env=${5:-}
+    local mode=$1 workers=$2 level=$3 demo_toml=$4 pool_env=${5:-} pool_toml=${6:-}
     PORT=$(free_port)
     local dir="$WORK/$mode-$workers-$RANDOM"
     mkdir -p "$dir"
@@ -108,6 +113,7 @@ token-file = "$dir/token"
 [pool]
 workers = $workers
 listen = "127.0.0.1:$PORT"
+$pool_toml
 [pool.env]
 $pool_env
 [log]
@@ -413,7 +419,7 @@ tree_row() {
     parse_wrk "$out"
     local us; us=$(python3 -c "print(f'{($c1-$c0)/$TICK*1e6/max($REQUESTS,1):.1f}')")
     printf "| %s | %-6s | %-5s | %-11s | %10s | %8s | %8s | %7s |\n" \
-        "$run" "$server" "$LAYER" "-t$threads -c$conns" "$RPS" "$P50" "$P99" "$us"
+        "$run" "$server" "${LAYER:--}" "-t$threads -c$conns" "$RPS" "$P50" "$P99" "$us"
     echo "$server -t$threads-c$conns $RPS $P50 $P99 $us" >>"$WORK/node.tsv"
 }
 
@@ -444,22 +450,29 @@ print(", ".join(p + " " + json.load(open(p + "/package.json"))["version"] for p 
     echo
     echo "demo: \`heapwarden run\`, $CORES \`heapwarden-demo\` workers, log warn. Node $(node --version): bench/seed-node/server.js,"
     echo "a cluster of $CORES workers ($versions). CPU µs/req: utime+stime of the whole"
-    echo "process tree (agent + workers, primary + workers) over the run, per request."
+    echo "process tree (agent + workers, primary + workers) over the run, per request. floor:"
+    echo "\`heapwarden run\` with $CORES workers of the demo crate's \`floor\` example (hyper answering"
+    echo "the same body to every request, probe off): what any hyper server reaches here."
     echo
     printf "| %s | %-6s | %-5s | %-11s | %10s | %8s | %8s | %7s |\n" "run" "server" "layer" "wrk" "req/s" "p50" "p99" "CPU µs/req"
     echo "|---:|---|---|---|---:|---:|---:|---:|"
     : >"$WORK/node.tsv"
+    [[ -x $FLOOR_BIN ]] || { echo "bench: $FLOOR_BIN is missing (cargo build --release -p heapwarden-demo --example floor)" >&2; exit 1; }
+    local floor_pool="command = [\"$FLOOR_BIN\"]
+probe = \"off\"
+min-uptime = \"1s\""
     local run server order bodies=()
     for run in $(seq 1 "$RUNS"); do
-        # Alternate which goes first, so a trend in the machine's load falls on both.
-        order=(demo Node)
-        if (( run % 2 == 0 )); then order=(Node demo); fi
+        # Rotate which goes first, so a trend in the machine's load falls on all three.
+        order=(demo Node floor)
+        if (( run % 3 == 2 )); then order=(Node floor demo); fi
+        if (( run % 3 == 0 )); then order=(floor demo Node); fi
         for server in "${order[@]}"; do
-            if [[ $server == demo ]]; then
-                start run "$CORES" warn "$demo_toml"
-            else
-                start_node "$CORES" "$db_url"
-            fi
+            case $server in
+                demo) start run "$CORES" warn "$demo_toml" ;;
+                Node) start_node "$CORES" "$db_url" ;;
+                floor) start run "$CORES" warn "" "" "$floor_pool" ;;
+            esac
             warm_l1
             if (( run == 1 )); then bodies+=("$server \`$(curl -s "http://127.0.0.1:$PORT/items/17")\`"); fi
             tree_row "$server" "$run" 1 8
@@ -492,15 +505,17 @@ print("| wrk | server | req/s (median) | p50 | p99 | CPU µs/req |")
 print("|---|---|---:|---:|---:|---:|")
 median = {}
 for load in loads:
-    for server in ("demo", "Node"):
+    for server in ("demo", "Node", "floor"):
         rows = runs[(server, load)]
         median[(server, load)] = m = [statistics.median(r[i] for r in rows) for i in range(4)]
         print(f"| {name[load]} | {server} | {m[0]:,.0f} | {show(m[1])} | {show(m[2])} | {m[3]:.1f} |")
 print()
 for load in loads:
     d, n = median[("demo", load)], median[("Node", load)]
+    f = median[("floor", load)]
     print(f"- {name[load]}: demo/Node req/s **{d[0] / n[0]:.2f}×**, CPU per request **{d[3] / n[3]:.2f}×**, "
-          f"p99 {show(d[2])} vs {show(n[2])}")
+          f"p99 {show(d[2])} vs {show(n[2])}; the floor/Node {f[0] / n[0]:.2f}× at {f[3] / n[3]:.2f}×, "
+          f"p99 {show(f[2])}; the demo's own work {d[3] - f[3]:.1f} µs per request")
 pairs = list(zip(runs[("demo", "-t1-c8")], runs[("Node", "-t1-c8")]))
 rps_ok = all(d[0] >= 2 * n[0] for d, n in pairs)
 cpu_ok = all(d[3] <= 0.4 * n[3] for d, n in pairs)

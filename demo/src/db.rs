@@ -184,10 +184,13 @@ impl Db {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        // An embedded database has no connection to lose: a ping before each acquire
+        // would only be one more round trip to the connection's thread per query.
         let pool = SqlitePoolOptions::new()
             .max_connections(config.db_max_connections)
             .acquire_timeout(config.db_acquire_timeout)
-            .idle_timeout(config.db_idle_timeout);
+            .idle_timeout(config.db_idle_timeout)
+            .test_before_acquire(false);
         let pool = connect_sqlite(pool, options).await.map_err(open_error)?;
         Ok(Db::Sqlite(pool))
     }

@@ -1,7 +1,8 @@
 //! The worker's logger: one JSON object per line on stdout, the agent's record format
 //! (`ts`, `level`, `msg`, then the fields), serialised on the logging thread into an
-//! in-memory batch that one flusher thread writes to stdout every `FLUSH_EVERY` (sooner
-//! when `WAKE_AT` bytes wait). Its level and the keys it redacts come from the agent
+//! in-memory batch that one flusher thread writes to stdout `FLUSH_EVERY` after the batch's
+//! first record (sooner when `WAKE_AT` bytes wait); with nothing logged the flusher sleeps
+//! until a record comes, so an idle worker's log costs no wake-ups. Its level and the keys it redacts come from the agent
 //! through the probe's `WorkerContext` (or `--log-level` when run alone); redaction is
 //! done where request data is logged (`redact`), not by a drain on every record.
 //!
@@ -19,6 +20,7 @@
 mod redact;
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,9 +38,17 @@ struct Batch {
     stopped: bool,
 }
 
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.dropped == 0
+    }
+}
+
 struct Shared {
     batch: Mutex<Batch>,
     wake: Condvar,
+    /// The flusher's passes (each one wake-up), for the tests.
+    passes: AtomicU64,
 }
 
 impl Shared {
@@ -75,13 +85,15 @@ impl Write for RecordWriter {
         self.record.extend_from_slice(buf);
         if buf.ends_with(b"\n") {
             let mut batch = self.shared.lock();
+            // The first record of a batch starts the flusher's wait; a full batch ends it.
+            let first = batch.is_empty();
             if batch.pending.len() + self.record.len() > MAX_BACKLOG {
                 batch.dropped += 1;
             } else {
                 batch.pending.extend_from_slice(&self.record);
-                if batch.pending.len() >= WAKE_AT {
-                    self.shared.wake.notify_one();
-                }
+            }
+            if first || batch.pending.len() >= WAKE_AT {
+                self.shared.wake.notify_one();
             }
             self.record.clear();
         }
@@ -119,6 +131,32 @@ fn write_out<W: Write>(out: &Mutex<W>, shared: &Shared) {
     let _ = out.write_all(&bytes).and_then(|()| out.flush());
 }
 
+/// Sleeps until a batch has a record, gives it `every` to fill (a full batch or the stop
+/// ends that wait), writes it, and so on until stopped.
+fn flusher<W: Write>(shared: &Shared, out: &Mutex<W>, every: Duration) {
+    loop {
+        let stopped = {
+            let mut batch = shared.lock();
+            while batch.is_empty() && !batch.stopped {
+                batch = shared.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
+            }
+            if !batch.stopped && batch.pending.len() < WAKE_AT {
+                batch = shared
+                    .wake
+                    .wait_timeout(batch, every)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            batch.stopped
+        };
+        shared.passes.fetch_add(1, Ordering::Relaxed);
+        write_out(out, shared);
+        if stopped {
+            return;
+        }
+    }
+}
+
 /// `error`, `warn`, `info`, `debug` or `trace`, as the agent's `log.level`.
 pub fn parse_level(text: &str) -> Result<Level, String> {
     match text.trim().to_ascii_lowercase().as_str() {
@@ -138,7 +176,8 @@ pub fn stdout_logger(level: Level) -> (Logger, LogFlush<io::Stdout>) {
     logger(level, io::stdout(), FLUSH_EVERY)
 }
 
-/// A logger writing JSON lines to `out`, flushed every `every` by its own thread.
+/// A logger writing JSON lines to `out`, flushed by its own thread `every` after a batch's
+/// first record.
 pub fn logger<W: Write + Send + 'static>(
     level: Level,
     out: W,
@@ -151,6 +190,7 @@ pub fn logger<W: Write + Send + 'static>(
             stopped: false,
         }),
         wake: Condvar::new(),
+        passes: AtomicU64::new(0),
     });
     let out = Arc::new(Mutex::new(out));
     let (for_thread, out_for_thread) = (shared.clone(), out.clone());
@@ -158,22 +198,7 @@ pub fn logger<W: Write + Send + 'static>(
     // worker that fails to start over its log.
     let _ = std::thread::Builder::new()
         .name("demo-log-flush".into())
-        .spawn(move || {
-            loop {
-                let stopped = {
-                    let batch = for_thread.lock();
-                    let (batch, _) = for_thread
-                        .wake
-                        .wait_timeout(batch, every)
-                        .unwrap_or_else(|p| p.into_inner());
-                    batch.stopped
-                };
-                write_out(&out_for_thread, &for_thread);
-                if stopped {
-                    return;
-                }
-            }
-        });
+        .spawn(move || flusher(&for_thread, &out_for_thread, every));
     let json = slog_json::Json::new(RecordWriter {
         shared: shared.clone(),
         record: Vec::with_capacity(1024),
@@ -235,6 +260,33 @@ mod tests {
         assert!(line["ts"].is_string());
         drop(flush);
         assert_eq!(sink.lines().len(), 1, "the debug record was written");
+    }
+
+    #[test]
+    fn the_flusher_sleeps_until_a_record_comes_then_writes_it_a_period_later() {
+        let sink = SharedBuffer::default();
+        let every = Duration::from_millis(20);
+        let (log, flush) = logger(Level::Info, sink.clone(), every);
+        let passes = || flush.shared.passes.load(Ordering::Relaxed);
+        // Ten periods with nothing logged (and one record below the level): no pass.
+        slog::debug!(log, "Below the level.");
+        std::thread::sleep(every * 10);
+        assert_eq!(passes(), 0, "the flusher woke with nothing to write");
+        let logged = Instant::now();
+        info!(log, "A record.");
+        let deadline = logged + Duration::from_secs(5);
+        while sink.lines().is_empty() {
+            assert!(Instant::now() < deadline, "the flusher never wrote");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            logged.elapsed() >= every,
+            "written before the batch had its period"
+        );
+        std::thread::sleep(every * 5);
+        assert_eq!(passes(), 1, "one record, one pass");
+        drop(flush);
+        assert_eq!(sink.lines().len(), 1);
     }
 
     #[test]
