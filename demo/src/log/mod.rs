@@ -1,10 +1,11 @@
 //! The worker's logger: one JSON object per line on stdout, the agent's record format
 //! (`ts`, `level`, `msg`, then the fields), serialised on the logging thread into an
-//! in-memory batch that one flusher thread writes to stdout `FLUSH_EVERY` after the batch's
-//! first record (sooner when `WAKE_AT` bytes wait); with nothing logged the flusher sleeps
-//! until a record comes, so an idle worker's log costs no wake-ups. Its level and the keys it redacts come from the agent
-//! through the probe's `WorkerContext` (or `--log-level` when run alone); redaction is
-//! done where request data is logged (`redact`), not by a drain on every record.
+//! in-memory batch that one flusher thread writes to stdout `FLUSH_EVERY` after the
+//! batch's first record (sooner when `WAKE_AT` bytes wait). With nothing logged the
+//! flusher sleeps until a record comes, so an idle worker's log costs no wake-ups. Its
+//! level and the keys it redacts come from the agent through the probe's `WorkerContext`
+//! (or `--log-level` when run alone); redaction is done where request data is logged
+//! (`redact`), not by a drain on every record.
 //!
 //! Why not a slog-async pipeline like the agent's: with the request log on, handing every
 //! record to the log thread cost more than serving the request. Each record's values were
