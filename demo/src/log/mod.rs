@@ -263,31 +263,44 @@ mod tests {
         assert_eq!(sink.lines().len(), 1, "the debug record was written");
     }
 
+    /// Hands each write of the flusher to the test, so it can wait for one.
+    struct ChannelSink(std::sync::mpsc::Sender<Vec<u8>>);
+
+    impl Write for ChannelSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.send(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn the_flusher_sleeps_until_a_record_comes_then_writes_it_a_period_later() {
-        let sink = SharedBuffer::default();
+        let (sink, written) = std::sync::mpsc::channel();
         let every = Duration::from_millis(20);
-        let (log, flush) = logger(Level::Info, sink.clone(), every);
+        let (log, flush) = logger(Level::Info, ChannelSink(sink), every);
         let passes = || flush.shared.passes.load(Ordering::Relaxed);
-        // Ten periods with nothing logged (and one record below the level): no pass.
+        // Ten periods with nothing logged (one record below the level): no write, no pass.
         slog::debug!(log, "Below the level.");
-        std::thread::sleep(every * 10);
+        assert!(
+            written.recv_timeout(every * 10).is_err(),
+            "wrote a dropped record"
+        );
         assert_eq!(passes(), 0, "the flusher woke with nothing to write");
         let logged = Instant::now();
         info!(log, "A record.");
-        let deadline = logged + Duration::from_secs(5);
-        while sink.lines().is_empty() {
-            assert!(Instant::now() < deadline, "the flusher never wrote");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let batch = written
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the flusher never wrote");
         assert!(
             logged.elapsed() >= every,
             "written before the batch had its period"
         );
-        std::thread::sleep(every * 5);
+        assert!(String::from_utf8_lossy(&batch).contains("A record."));
+        assert!(written.recv_timeout(every * 5).is_err(), "a second write");
         assert_eq!(passes(), 1, "one record, one pass");
-        drop(flush);
-        assert_eq!(sink.lines().len(), 1);
     }
 
     #[test]
